@@ -1,0 +1,37 @@
+// Macros that let one header serve host and device: every node, evaluator and
+// math function in weft is marked WEFT_HD so nvcc can instantiate it in kernels.
+#pragma once
+
+#if defined(__CUDACC__)
+#define WEFT_HD __host__ __device__
+#define WEFT_DEVICE_COMPILE 1
+#else
+#define WEFT_HD
+#define WEFT_DEVICE_COMPILE 0
+#endif
+
+#if defined(__CUDA_ARCH__)
+#define WEFT_IN_DEVICE_CODE 1
+#else
+#define WEFT_IN_DEVICE_CODE 0
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define WEFT_INLINE inline __attribute__((always_inline))
+#define WEFT_RESTRICT __restrict__
+#else
+#define WEFT_INLINE inline
+#define WEFT_RESTRICT
+#endif
+
+namespace weft {
+
+// Largest tensor rank weft handles. Shapes are runtime values; the rank bound
+// keeps index arithmetic in fixed-size arrays (no allocation, device-friendly).
+inline constexpr int max_rank = 4;
+
+// Used in static_asserts of primary templates that have no valid instantiation.
+template <class...>
+inline constexpr bool dependent_false = false;
+
+}  // namespace weft

@@ -1,0 +1,39 @@
+# Shared by scripts/test.sh, scripts/demo.sh and bench/*.sh: install what is
+# missing (Debian 12, as root), configure and build with Meson.
+# shellcheck shell=bash
+
+WEFT_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+WEFT_BUILD=${WEFT_BUILD:-$WEFT_ROOT/build}
+
+# Packages every build needs; callers add their own.
+WEFT_BASE_PKGS=(meson ninja-build g++ pkg-config doctest-dev libopenblas-dev zlib1g-dev
+                libopenmpi-dev openmpi-bin python3)
+
+weft_install() {
+  local missing=()
+  local p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "== installing: ${missing[*]}"
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+}
+
+# weft_build [meson setup options...]: configure once (reconfigure if options change), then build.
+weft_build() {
+  if [ ! -f "$WEFT_BUILD/build.ninja" ]; then
+    meson setup "$WEFT_BUILD" "$WEFT_ROOT" "$@"
+  elif [ $# -gt 0 ]; then
+    meson configure "$WEFT_BUILD" "$@"
+  fi
+  ninja -C "$WEFT_BUILD"
+}
+
+# Open MPI refuses to run as root unless told; CI runs as root.
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+# Open MPI's vader/shared-memory BTL works in containers without a network; keep it quiet.
+export OMPI_MCA_btl_vader_single_copy_mechanism=none

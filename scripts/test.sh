@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# README command 2: install what is missing, build, run every test.
+# Ends with "N passed, N failed"; exits non-zero on any failure.
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+
+weft_install "${WEFT_BASE_PKGS[@]}" clang dataset-fashion-mnist
+weft_build
+
+set +e
+meson test -C "$WEFT_BUILD" --num-processes 2 --print-errorlogs "$@" 2>&1 | tee "$WEFT_BUILD/test-output.txt"
+rc=${PIPESTATUS[0]}
+set -e
+
+count() { grep -E "^$1:" "$WEFT_BUILD/test-output.txt" | tail -1 | awk '{print $2}'; }
+ok=$(count Ok); xfail=$(count "Expected Fail"); fail=$(count Fail); xpass=$(count "Unexpected Pass")
+skip=$(count Skipped); tout=$(count Timeout)
+passed=$(( ${ok:-0} + ${xfail:-0} ))
+failed=$(( ${fail:-0} + ${xpass:-0} + ${tout:-0} ))
+[ "$rc" -ne 0 ] && [ "$failed" -eq 0 ] && failed=1   # meson itself failed
+echo "skipped: ${skip:-0} (no GPU / no MPI: exit code 77)"
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
