@@ -1,0 +1,127 @@
+// cross_entropy(logits (N, C), labels (N,) integer): mean over the batch of
+// -log_softmax(logits)[label], PyTorch's default reduction. Fused: forward
+// keeps one log-sum-exp per row; backward seeds the logits' region with
+// (softmax - onehot) / N computed on the fly from the recomputed logits.
+#pragma once
+
+#include <type_traits>
+
+#include "../core/math.hpp"
+#include "../kernels/cpu/loops.hpp"
+#include "node.hpp"
+
+namespace weft {
+
+template <class A, class L>
+struct CrossEntropy : ExprTag {
+  using value_type = typename A::value_type;
+  using device_type = typename A::device_type;
+  using label_type = typename L::value_type;
+  static constexpr int static_rank = 0;
+  static_assert(std::is_integral_v<label_type>,
+                "cross_entropy: labels must be an integer tensor of class indices (int32 or int64), not floating point");
+  static_assert(is_floating_v<value_type>, "cross_entropy: logits must be floating point");
+  static_assert(A::static_rank == -1 || A::static_rank == 2,
+                "cross_entropy: logits must have rank 2 (batch, classes); this operand's rank is known and is not 2");
+
+  A a;
+  L labels;  // a Leaf: labels are data, never differentiated
+
+  CrossEntropy(A logits, L lab) : a(logits), labels(lab) {
+    Shape s = a.shape(), ls = labels.shape();
+    if (s.rank != 2) throw_error<ShapeError>("cross_entropy: logits must be (batch, classes), got shape ", s);
+    if (ls.rank != 1 || ls[0] != s[0])
+      throw_error<ShapeError>("cross_entropy: logits ", s, " need labels of shape (", s[0], ",), got ", ls);
+  }
+  Shape shape() const { return Shape{}; }
+
+  struct State {
+    typename A::State a;
+    TensorView<value_type> val;  // the loss, rank 0
+    TensorView<value_type> adj;
+    TensorView<value_type> lse;  // (N,)
+  };
+
+  index_t label(index_t r) const {
+    return static_cast<index_t>(labels.v.data[r * (labels.v.shape.rank ? labels.v.strides[0] : 0)]);
+  }
+
+  template <class W>
+  State forward(W& ws) const {
+    State st{a.forward(ws), {}, {}, {}};
+    Shape s = a.shape();
+    const index_t rows = s[0], cols = s[1];
+    NoGrad ng;
+    auto logits = ws.template alloc<value_type>(s);
+    kernels::cpu::evaluate(a.bind(st.a, s, ng), logits);
+    st.lse = ws.template alloc<value_type>(Shape{rows});
+    st.val = ws.template alloc<value_type>(Shape{});
+    value_type total = 0;
+    for (index_t r = 0; r < rows; ++r) {
+      index_t y = label(r);
+      if (y < 0 || y >= cols)
+        throw_error<ValueError>("cross_entropy: label ", y, " at row ", r, " is out of range for ", cols, " classes");
+      const value_type* x = logits.data + r * cols;
+      value_type m = x[0];
+      for (index_t c = 1; c < cols; ++c) m = x[c] > m ? x[c] : m;
+      value_type z = 0;
+      for (index_t c = 0; c < cols; ++c) z += math::exp(x[c] - m);
+      value_type lse = m + math::log(z);
+      st.lse.data[r] = lse;
+      total += lse - x[y];
+    }
+    st.val.data[0] = rows ? total / static_cast<value_type>(rows) : value_type(0);
+    return st;
+  }
+
+  template <class G>
+  auto bind(State& st, const Shape& o, G& g) const {
+    Strides al = aligned_strides(Shape{}, Strides{}, o);
+    if constexpr (G::active) {
+      st.adj = g.ws->template zeros<value_type>(Shape{});
+      return BoundBuffer<value_type, true>{st.val.data, st.adj.data, al, Shape{}, Strides{}};
+    } else {
+      return BoundBuffer<value_type, false>{st.val.data, nullptr, al, Shape{}, Strides{}};
+    }
+  }
+
+  // d loss / d logits[r, c] = adj / N * (softmax[r, c] - [c == label r])
+  struct Seed {
+    const value_type* lse;
+    const label_type* lab;
+    index_t lab_stride;
+    index_t cols;
+    value_type scale;
+    WEFT_HD WEFT_INLINE value_type at(index_t r, index_t c, value_type v) const {
+      value_type p = math::exp(v - lse[r]);
+      return scale * (p - (static_cast<index_t>(lab[r * lab_stride]) == c ? value_type(1) : value_type(0)));
+    }
+    WEFT_HD WEFT_INLINE value_type operator()(index_t i, value_type v) const { return at(i / cols, i % cols, v); }
+    WEFT_HD WEFT_INLINE value_type operator()(const Index4& ix, value_type v) const { return at(ix.i[2], ix.i[3], v); }
+    bool linear(const Shape&) const { return true; }
+  };
+
+  template <class G>
+  void backward_children(State& st, G& g) const {
+    Shape s = a.shape();
+    value_type scale = s[0] ? st.adj.data[0] / static_cast<value_type>(s[0]) : value_type(0);
+    g.run_region(a, st.a, s, Seed{st.lse.data, labels.v.data, labels.v.strides[0], s[1], scale});
+  }
+
+  template <std::size_t I>
+  static constexpr int slots_in_region() {
+    return 0;
+  }
+  template <std::size_t I>
+  static constexpr int slots_total() {
+    return A::template slots_total<I>();
+  }
+};
+
+template <Operand X, TensorLike Y>
+auto cross_entropy(X&& logits, Y&& labels) {
+  using Lab = expr_t<Y>;
+  return CrossEntropy<expr_t<X>, Lab>(as_expr(std::forward<X>(logits)), as_expr(std::forward<Y>(labels)));
+}
+
+}  // namespace weft

@@ -1,0 +1,155 @@
+// Reductions: sum, mean, max over everything or over one axis (keepdim
+// optional). They are materialisation points: forward reduces the child's
+// elementwise region in one pass into a workspace buffer; backward seeds the
+// child's region with the (broadcast) adjoint.
+#pragma once
+
+#include "../kernels/cpu/loops.hpp"
+#include "node.hpp"
+
+namespace weft {
+
+enum class ReduceKind { sum, mean, max };
+
+template <ReduceKind Kind, class A, bool All>
+struct Reduce : ExprTag {
+  using value_type = typename A::value_type;
+  using device_type = typename A::device_type;
+  static constexpr int static_rank = All ? 0 : -1;
+  static_assert(is_floating_v<value_type>, "sum/mean/max of an integer expression: cast it with weft::cast<float>(x) first");
+
+  A a;
+  int axis = 0;       // normalised; unused when All
+  Shape keep;         // the reduced shape with the axis kept as 1
+  Shape out;          // the result's shape
+
+  Reduce(A child, int ax, bool keepdim) : a(child) {
+    Shape in = a.shape();
+    if constexpr (All) {
+      (void)ax;
+      keep.rank = in.rank;
+      for (int d = 0; d < in.rank; ++d) keep[d] = 1;
+      out = keepdim ? keep : Shape{};
+    } else {
+      axis = normalize_axis(name(), ax, in.rank);
+      keep = in;
+      keep[axis] = 1;
+      out.rank = 0;
+      for (int d = 0; d < in.rank; ++d)
+        if (d != axis || keepdim) out[out.rank++] = d == axis ? 1 : in[d];
+    }
+    if (Kind == ReduceKind::max && in.numel() == 0)
+      throw_error<ShapeError>(name(), ": max of an empty tensor of shape ", in, " is undefined");
+  }
+  static constexpr const char* name() {
+    return Kind == ReduceKind::sum ? "sum" : Kind == ReduceKind::mean ? "mean" : "max";
+  }
+  Shape shape() const { return out; }
+  index_t count() const { return All ? a.shape().numel() : a.shape()[axis]; }
+
+  struct State {
+    typename A::State a;
+    TensorView<value_type> val;  // keep-dims shape
+    TensorView<value_type> adj;
+  };
+
+  template <class W>
+  State forward(W& ws) const {
+    State st{a.forward(ws), {}, {}};
+    NoGrad ng;
+    Shape in = a.shape();
+    auto b = a.bind(st.a, in, ng);
+    st.val = ws.template alloc<value_type>(keep);
+    using R = std::conditional_t<Kind == ReduceKind::max, kernels::cpu::MaxOp, kernels::cpu::SumOp>;
+    if constexpr (All)
+      st.val.data[0] = kernels::cpu::reduce_all<R>(b, in);
+    else
+      kernels::cpu::reduce_into<R>(b, in, st.val.data, aligned_strides(keep, contiguous_strides(keep), in), keep.numel());
+    if constexpr (Kind == ReduceKind::mean) {
+      value_type inv = value_type(1) / static_cast<value_type>(count());
+      for (index_t i = 0; i < keep.numel(); ++i) st.val.data[i] *= inv;
+    }
+    return st;
+  }
+
+  template <class G>
+  auto bind(State& st, const Shape& o, G& g) const {
+    Strides s = aligned_strides(out, contiguous_strides(out), o);
+    if constexpr (G::active) {
+      st.adj = g.ws->template zeros<value_type>(keep);
+      return BoundBuffer<value_type, true>{st.val.data, st.adj.data, s, out, contiguous_strides(out)};
+    } else {
+      return BoundBuffer<value_type, false>{st.val.data, nullptr, s, out, contiguous_strides(out)};
+    }
+  }
+
+  template <class G>
+  void backward_children(State& st, G& g) const {
+    Shape in = a.shape();
+    Strides s = aligned_strides(keep, contiguous_strides(keep), in);
+    if constexpr (Kind == ReduceKind::max) {
+      // Ties share the adjoint evenly (PyTorch's amax rule): count them first.
+      auto ties = g.ws->template zeros<value_type>(keep);
+      NoGrad ng;
+      auto b = a.bind(st.a, in, ng);
+      kernels::cpu::for_each_index(in, [&](const Index4& ix) {
+        index_t o = offset(ix, s);
+        if (b.fwd(ix).v == st.val.data[o]) ties.data[o] += value_type(1);
+      });
+      for (index_t i = 0; i < keep.numel(); ++i) st.adj.data[i] /= ties.data[i];
+      g.run_region(a, st.a, in, MaxSeed{st.adj.data, st.val.data, s});
+    } else {
+      value_type scale = Kind == ReduceKind::mean ? value_type(1) / static_cast<value_type>(count()) : value_type(1);
+      g.run_region(a, st.a, in, kernels::cpu::BufferSeed<value_type>{st.adj.data, s, scale});
+    }
+    (void)st;
+  }
+
+  // The adjoint of max reaches the elements equal to the maximum.
+  struct MaxSeed {
+    const value_type* adj;
+    const value_type* mx;
+    Strides st;
+    template <class Ix>
+    WEFT_HD WEFT_INLINE value_type operator()(const Ix& ix, value_type v) const {
+      index_t o = offset(ix, st);
+      return v == mx[o] ? adj[o] : value_type(0);
+    }
+    bool linear(const Shape& sh) const { return kernels::cpu::strides_linear(st, sh); }
+  };
+
+  template <std::size_t I>
+  static constexpr int slots_in_region() {
+    return 0;
+  }
+  template <std::size_t I>
+  static constexpr int slots_total() {
+    return A::template slots_total<I>();
+  }
+};
+
+template <class E>
+struct is_full_sum : std::false_type {};
+template <ReduceKind K, class A>
+struct is_full_sum<Reduce<K, A, true>> : std::bool_constant<K != ReduceKind::max> {};
+
+template <Operand X> auto sum(X&& x, bool keepdim = false) {
+  return Reduce<ReduceKind::sum, expr_t<X>, true>(as_expr(std::forward<X>(x)), 0, keepdim);
+}
+template <Operand X> auto mean(X&& x, bool keepdim = false) {
+  return Reduce<ReduceKind::mean, expr_t<X>, true>(as_expr(std::forward<X>(x)), 0, keepdim);
+}
+template <Operand X> auto max(X&& x, bool keepdim = false) {
+  return Reduce<ReduceKind::max, expr_t<X>, true>(as_expr(std::forward<X>(x)), 0, keepdim);
+}
+template <Operand X> auto sum(X&& x, int axis, bool keepdim = false) {
+  return Reduce<ReduceKind::sum, expr_t<X>, false>(as_expr(std::forward<X>(x)), axis, keepdim);
+}
+template <Operand X> auto mean(X&& x, int axis, bool keepdim = false) {
+  return Reduce<ReduceKind::mean, expr_t<X>, false>(as_expr(std::forward<X>(x)), axis, keepdim);
+}
+template <Operand X> auto max(X&& x, int axis, bool keepdim = false) {
+  return Reduce<ReduceKind::max, expr_t<X>, false>(as_expr(std::forward<X>(x)), axis, keepdim);
+}
+
+}  // namespace weft

@@ -1,0 +1,90 @@
+// transpose(x): swap the last two axes. Of a tensor, view or differentiated
+// input it is free (a view with swapped strides, which matmul turns into a BLAS
+// flag); of a computed expression it is a materialisation point.
+#pragma once
+
+#include "../kernels/cpu/loops.hpp"
+#include "node.hpp"
+
+namespace weft {
+
+namespace detail {
+inline Shape swap_last(Shape s) {
+  if (s.rank >= 2) std::swap(s[s.rank - 1], s[s.rank - 2]);
+  return s;
+}
+inline Strides swap_last(Strides st, int rank) {
+  if (rank >= 2) std::swap(st[rank - 1], st[rank - 2]);
+  return st;
+}
+}  // namespace detail
+
+template <class A>
+struct Transpose : ExprTag {
+  using value_type = typename A::value_type;
+  using device_type = typename A::device_type;
+  static constexpr int static_rank = A::static_rank;
+  A a;
+  explicit Transpose(A child) : a(child) {}
+  Shape shape() const { return detail::swap_last(a.shape()); }
+
+  struct State {
+    typename A::State a;
+    TensorView<value_type> val;  // the child's value, untransposed
+    TensorView<value_type> adj;  // likewise
+  };
+  template <class W>
+  State forward(W& ws) const {
+    State st{a.forward(ws), {}, {}};
+    NoGrad ng;
+    st.val = ws.template alloc<value_type>(a.shape());
+    kernels::cpu::evaluate(a.bind(st.a, a.shape(), ng), st.val);
+    return st;
+  }
+  // Read the child's buffer through swapped strides.
+  Strides read_strides(const Shape& o) const {
+    Shape s = a.shape();
+    return aligned_strides(shape(), detail::swap_last(contiguous_strides(s), s.rank), o);
+  }
+  template <class G>
+  auto bind(State& st, const Shape& o, G& g) const {
+    Shape s = a.shape();
+    Strides own = detail::swap_last(contiguous_strides(s), s.rank);
+    if constexpr (G::active) {
+      st.adj = g.ws->template zeros<value_type>(s);
+      return BoundBuffer<value_type, true>{st.val.data, st.adj.data, read_strides(o), shape(), own};
+    } else {
+      return BoundBuffer<value_type, false>{st.val.data, nullptr, read_strides(o), shape(), own};
+    }
+  }
+  template <class G>
+  void backward_children(State& st, G& g) const {
+    Shape s = a.shape();
+    g.run_region(a, st.a, s, kernels::cpu::BufferSeed<value_type>{st.adj.data, aligned_strides(s, contiguous_strides(s), s), value_type(1)});
+  }
+  template <std::size_t I>
+  static constexpr int slots_in_region() {
+    return 0;
+  }
+  template <std::size_t I>
+  static constexpr int slots_total() {
+    return A::template slots_total<I>();
+  }
+};
+
+template <Operand X>
+auto transpose(X&& x) {
+  using E = expr_t<X>;
+  if constexpr (TensorLike<X>) {
+    auto leaf = as_expr(std::forward<X>(x));
+    return Leaf<typename decltype(leaf.v)::value_type, typename E::device_type>(leaf.v.transposed());
+  } else if constexpr (requires { E::slot; }) {
+    return Arg<E::slot, typename decltype(x.v)::value_type, typename E::device_type>(x.v.transposed());
+  } else if constexpr (requires { x.v.transposed(); }) {
+    return E(x.v.transposed());
+  } else {
+    return Transpose<E>(as_expr(std::forward<X>(x)));
+  }
+}
+
+}  // namespace weft

@@ -1,0 +1,55 @@
+// CBLAS (OpenBLAS) GEMM on strided matrix views. Opt-in header: it needs a
+// CBLAS at link time (Meson's `blas` feature; pkg-config `openblas`).
+#pragma once
+
+#include <cblas.h>
+
+#include "../../core/error.hpp"
+#include "../../tensor/tensor.hpp"
+
+namespace weft::kernels::cpu {
+
+// A rank-2 view as BLAS sees it: row-major with a leading dimension, or the
+// transpose of one. Returns false when neither stride is 1 (needs a copy).
+template <class T>
+bool blas_layout(const TensorView<T>& m, CBLAS_TRANSPOSE& trans, int& ld) {
+  const index_t r = m.shape[0], c = m.shape[1];
+  if (m.strides[1] == 1 || c == 1) {
+    trans = CblasNoTrans;
+    ld = static_cast<int>(std::max<index_t>({m.strides[0], c, 1}));
+    return r <= 1 || m.strides[0] >= c;
+  }
+  if (m.strides[0] == 1 || r == 1) {
+    trans = CblasTrans;
+    ld = static_cast<int>(std::max<index_t>({m.strides[1], r, 1}));
+    return c <= 1 || m.strides[1] >= r;
+  }
+  return false;
+}
+
+// C (m x n, contiguous) = alpha * A (m x k) * B (k x n) + beta * C. A and B are
+// views in any BLAS layout (callers copy other layouts first).
+template <class T>
+void gemm(const TensorView<T>& a, const TensorView<T>& b, const TensorView<T>& c, T alpha, T beta) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "BLAS gemm handles float and double");
+  const index_t m = a.shape[0], k = a.shape[1], n = b.shape[1];
+  if (b.shape[0] != k || c.shape[0] != m || c.shape[1] != n)
+    throw_error<ShapeError>("gemm: ", a.shape, " x ", b.shape, " -> ", c.shape, " do not fit");
+  if (m == 0 || n == 0) return;
+  if (k == 0) {
+    for (index_t i = 0; i < m * n; ++i) c.data[i] = beta == T(0) ? T(0) : beta * c.data[i];
+    return;
+  }
+  CBLAS_TRANSPOSE ta, tb;
+  int lda, ldb;
+  if (!blas_layout(a, ta, lda) || !blas_layout(b, tb, ldb))
+    throw_error<ShapeError>("gemm: operand layout is not expressible in BLAS (internal error: copy first)");
+  if constexpr (std::is_same_v<T, float>)
+    cblas_sgemm(CblasRowMajor, ta, tb, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), alpha, a.data, lda,
+                b.data, ldb, beta, c.data, static_cast<int>(n));
+  else
+    cblas_dgemm(CblasRowMajor, ta, tb, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), alpha, a.data, lda,
+                b.data, ldb, beta, c.data, static_cast<int>(n));
+}
+
+}  // namespace weft::kernels::cpu

@@ -1,0 +1,218 @@
+// CPU evaluators: the loops that run bound expression trees. One pass per
+// elementwise region, forward (evaluate, reduce) and backward (adjoints of
+// every leaf of the region at once). A contiguous fast path walks a linear
+// index in blocks of W lanes, which GCC and Clang vectorise; the general path
+// walks a padded 4-D index with per-leaf strides (broadcasting, views).
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <limits>
+#include <utility>
+
+#include "../../expr/node.hpp"
+
+namespace weft::kernels::cpu {
+
+inline constexpr int lanes = 16;
+
+// True when strides aligned to `shape` are those of a contiguous tensor of that
+// shape (extent-1 dimensions are ignored): the leaf can be read with index i.
+inline bool strides_linear(const Strides& st, const Shape& shape) {
+  Shape p = padded(shape);
+  index_t expect = 1;
+  for (int d = max_rank - 1; d >= 0; --d) {
+    if (p[d] != 1 && st[d] != expect) return false;
+    expect *= p[d];
+  }
+  return true;
+}
+
+template <class B>
+bool linear_ok(const B& b, const Shape& shape) {
+  bool ok = true;
+  b.visit([&](const LeafInfo& l) { ok = ok && strides_linear(l.strides, shape); });
+  return ok;
+}
+
+// Calls f(Index4) for every element of `shape` in row-major order.
+template <class F>
+WEFT_INLINE void for_each_index(const Shape& shape, F&& f) {
+  Shape p = padded(shape);
+  if (shape.numel() == 0) return;
+  for (index_t a = 0; a < p[0]; ++a)
+    for (index_t b = 0; b < p[1]; ++b)
+      for (index_t c = 0; c < p[2]; ++c)
+        for (index_t d = 0; d < p[3]; ++d) f(Index4{{a, b, c, d}});
+}
+
+// dst = bound expression (dst has the expression's shape).
+template <class B, class T>
+void evaluate(const B& bound, TensorView<T, weft::cpu> dst) {
+  const B b = bound;  // a local copy: its pointers cannot alias the stores below
+  const index_t n = dst.numel();
+  if (dst.is_contiguous() && linear_ok(b, dst.shape)) {
+    T* WEFT_RESTRICT out = dst.data;
+    for (index_t i = 0; i < n; ++i) out[i] = from_compute<T>(b.fwd(i).v);
+    return;
+  }
+  Strides ds = aligned_strides(dst.shape, dst.strides, dst.shape);
+  for_each_index(dst.shape, [&](const Index4& ix) { dst.data[offset(ix, ds)] = from_compute<T>(b.fwd(ix).v); });
+}
+
+// ---------------------------------------------------------------- reductions
+
+struct SumOp {
+  template <class T> WEFT_HD WEFT_INLINE static T identity() { return T(0); }
+  template <class T> WEFT_HD WEFT_INLINE static T combine(T a, T b) { return a + b; }
+};
+struct MaxOp {
+  template <class T> WEFT_HD WEFT_INLINE static T identity() { return -std::numeric_limits<T>::infinity(); }
+  template <class T> WEFT_HD WEFT_INLINE static T combine(T a, T b) { return b > a ? b : a; }
+};
+
+// Reduce the whole region. The lane-blocked order is fixed for a given shape,
+// so results are reproducible run to run.
+template <class R, class B>
+typename B::value_type reduce_all(const B& bound, const Shape& shape) {
+  using T = typename B::value_type;
+  const B b = bound;
+  const index_t n = shape.numel();
+  if (linear_ok(b, shape)) {
+    T acc[lanes];
+    for (int j = 0; j < lanes; ++j) acc[j] = R::template identity<T>();
+    index_t i = 0;
+    for (; i + lanes <= n; i += lanes)
+      for (int j = 0; j < lanes; ++j) acc[j] = R::combine(acc[j], b.fwd(i + j).v);
+    for (int j = 0; i < n; ++i, ++j) acc[j] = R::combine(acc[j], b.fwd(i).v);
+    for (int w = lanes / 2; w > 0; w /= 2)
+      for (int j = 0; j < w; ++j) acc[j] = R::combine(acc[j], acc[j + w]);
+    return acc[0];
+  }
+  T acc = R::template identity<T>();
+  for_each_index(shape, [&](const Index4& ix) { acc = R::combine(acc, b.fwd(ix).v); });
+  return acc;
+}
+
+// Reduce the region into `out` (contiguous, keep-dims shape), read through
+// strides aligned to the region's shape (0 along reduced axes).
+template <class R, class B>
+void reduce_into(const B& bound, const Shape& shape, typename B::value_type* out, const Strides& out_st, index_t out_n) {
+  using T = typename B::value_type;
+  const B b = bound;
+  for (index_t i = 0; i < out_n; ++i) out[i] = R::template identity<T>();
+  for_each_index(shape, [&](const Index4& ix) {
+    T& o = out[offset(ix, out_st)];
+    o = R::combine(o, b.fwd(ix).v);
+  });
+}
+
+// ---------------------------------------------------------------- backward
+
+// The adjoint entering a region, per element. `v` is the region's value there.
+template <class T>
+struct ConstSeed {
+  T c;
+  template <class Ix> WEFT_HD WEFT_INLINE T operator()(const Ix&, T) const { return c; }
+  bool linear(const Shape&) const { return true; }
+};
+
+// Adjoint read from a buffer (broadcast through strides), times a scale.
+template <class T>
+struct BufferSeed {
+  const T* p;
+  Strides st;
+  T scale;
+  template <class Ix> WEFT_HD WEFT_INLINE T operator()(const Ix& ix, T) const { return p[offset(ix, st)] * scale; }
+  bool linear(const Shape& s) const { return strides_linear(st, s); }
+};
+
+// Adjoints of the K differentiated inputs for one element, kept in registers
+// (contiguous path: every occurrence of input I is read at index i).
+template <class T, std::size_t K>
+struct SlotAcc {
+  T v[K > 0 ? K : 1];
+  template <std::size_t I, class Ix>
+  WEFT_HD WEFT_INLINE void add(const Ix&, const Strides&, T g) {
+    v[I] += g;
+  }
+};
+
+// Adjoints written straight to memory through each occurrence's own strides
+// (general path: broadcast or transposed occurrences).
+template <class T, std::size_t K>
+struct SlotMem {
+  T* g[K > 0 ? K : 1] = {};
+  template <std::size_t I>
+  WEFT_HD WEFT_INLINE void add(const Index4& ix, const Strides& st, T v) {
+    g[I][offset(ix, st)] += v;
+  }
+};
+
+template <class E, std::size_t K>
+constexpr std::array<bool, K> active_slots() {
+  return []<std::size_t... I>(std::index_sequence<I...>) {
+    return std::array<bool, K>{(E::template slots_in_region<I>() > 0)...};
+  }(std::make_index_sequence<K>{});
+}
+
+// One fused pass over a region: recompute its values in registers, apply the
+// adjoint rules, and write the adjoints of all its leaves. Contiguous path:
+//   assign = true    first writer of every slot: g[i] = adjoint
+//   assign = false   g[i] += adjoint (slot buffers zeroed beforehand by the caller)
+// General path: always accumulates. With Sum = true it also returns the sum of
+// the region's values (the fused value-and-gradient of sum(region) at the root).
+template <class E, bool Sum, std::size_t K, class B, class Seed, class T>
+T backward_region(const B& bound, const Shape& shape, const Seed& seed_in, const SlotMem<T, K>& sinks, bool linear,
+                  bool assign) {
+  const B b = bound;
+  const Seed seed = seed_in;
+  constexpr std::array<bool, K> active = active_slots<E, K>();
+  const index_t n = shape.numel();
+  T total = 0;
+
+  if (linear) {
+    auto run = [&](auto store) {
+      auto one = [&](index_t i) {
+        auto t = b.fwd(i);
+        SlotAcc<T, K> acc;
+        for (std::size_t k = 0; k < (K > 0 ? K : 1); ++k) acc.v[k] = T(0);
+        b.bwd(i, t, seed(i, t.v), acc);
+        for (std::size_t k = 0; k < K; ++k)
+          if (active[k]) store(sinks.g[k][i], acc.v[k]);
+        return t.v;
+      };
+      T acc[lanes];
+      for (int j = 0; j < lanes; ++j) acc[j] = T(0);
+      index_t i = 0;
+      for (; i + lanes <= n; i += lanes)
+        for (int j = 0; j < lanes; ++j) {
+          T v = one(i + j);
+          if constexpr (Sum) acc[j] += v;
+        }
+      for (int j = 0; i < n; ++i, ++j) {
+        T v = one(i);
+        if constexpr (Sum) acc[j] += v;
+      }
+      if constexpr (Sum) {
+        for (int w = lanes / 2; w > 0; w /= 2)
+          for (int j = 0; j < w; ++j) acc[j] += acc[j + w];
+        total = acc[0];
+      }
+    };
+    if (assign)
+      run([](T& g, T v) { g = v; });
+    else
+      run([](T& g, T v) { g += v; });
+  } else {
+    SlotMem<T, K> mem = sinks;
+    for_each_index(shape, [&](const Index4& ix) {
+      auto t = b.fwd(ix);
+      b.bwd(ix, t, seed(ix, t.v), mem);
+      if constexpr (Sum) total += t.v;
+    });
+  }
+  return total;
+}
+
+}  // namespace weft::kernels::cpu

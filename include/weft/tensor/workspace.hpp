@@ -1,0 +1,100 @@
+// Workspace: scratch memory for the values an evaluation materialises
+// (reductions, matmuls, softmax) and for the adjoints of backward. A bump
+// arena: reset() at the start of each evaluation; after the first step it has
+// grown to the high-water mark and never allocates again.
+#pragma once
+
+#include <cstddef>
+#include <cstring>
+#include <vector>
+
+#include "tensor.hpp"
+
+namespace weft {
+
+template <class Device = cpu>
+class Workspace {
+ public:
+  Workspace() = default;
+  Workspace(const Workspace&) = delete;
+  Workspace& operator=(const Workspace&) = delete;
+  ~Workspace() { release(); }
+
+  // Start a new evaluation. If the last one spilled into extra blocks, replace
+  // them by one block of the total size, so the next evaluation fits in it.
+  void reset() {
+    if (blocks_.size() > 1) {
+      std::size_t total = 0;
+      for (auto& b : blocks_) total += b.size;
+      release();
+      add_block(total);
+    }
+    if (!blocks_.empty()) blocks_.front().used = 0;
+    current_ = 0;
+  }
+
+  template <class T>
+  TensorView<T, Device> alloc(const Shape& shape) {
+    std::size_t bytes = static_cast<std::size_t>(shape.numel()) * sizeof(T);
+    return TensorView<T, Device>(static_cast<T*>(alloc_bytes(bytes)), shape);
+  }
+  template <class T>
+  TensorView<T, Device> zeros(const Shape& shape) {
+    auto v = alloc<T>(shape);
+    static_assert(std::is_same_v<Device, cpu>, "Workspace::zeros is host-only");
+    if (v.numel() > 0) std::memset(static_cast<void*>(v.data), 0, static_cast<std::size_t>(v.numel()) * sizeof(T));
+    return v;
+  }
+
+  std::size_t capacity() const {
+    std::size_t c = 0;
+    for (auto& b : blocks_) c += b.size;
+    return c;
+  }
+  // Number of blocks ever allocated (tests use it to show the steady state allocates nothing).
+  std::size_t allocations() const { return allocations_; }
+
+ private:
+  struct Block {
+    char* base;
+    std::size_t size;
+    std::size_t used;
+  };
+  static constexpr std::size_t align = device_memory<Device>::alignment;
+
+  void* alloc_bytes(std::size_t bytes) {
+    bytes = (bytes + align - 1) / align * align;
+    if (bytes == 0) bytes = align;
+    while (current_ < blocks_.size()) {
+      Block& b = blocks_[current_];
+      if (b.used + bytes <= b.size) {
+        void* p = b.base + b.used;
+        b.used += bytes;
+        return p;
+      }
+      ++current_;
+      if (current_ < blocks_.size()) blocks_[current_].used = 0;
+    }
+    std::size_t size = bytes;
+    if (!blocks_.empty() && size < blocks_.back().size * 2) size = blocks_.back().size * 2;
+    add_block(size);
+    current_ = blocks_.size() - 1;
+    Block& b = blocks_.back();
+    b.used = bytes;
+    return b.base;
+  }
+  void add_block(std::size_t size) {
+    blocks_.push_back(Block{static_cast<char*>(device_memory<Device>::allocate(size)), size, 0});
+    ++allocations_;
+  }
+  void release() {
+    for (auto& b : blocks_) device_memory<Device>::deallocate(b.base);
+    blocks_.clear();
+  }
+
+  std::vector<Block> blocks_;
+  std::size_t current_ = 0;
+  std::size_t allocations_ = 0;
+};
+
+}  // namespace weft

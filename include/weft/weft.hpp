@@ -1,0 +1,22 @@
+// weft umbrella: everything that needs no optional dependency.
+// Opt-in headers (each needs its library at link time):
+//   <weft/expr/matmul.hpp>          matmul through CBLAS (OpenBLAS)
+//   <weft/kernels/cuda/...>         CUDA kernels (nvcc)
+//   <weft/comm/transport/mpi.hpp>   MPI transport
+#pragma once
+
+#include "core/config.hpp"
+#include "core/dtype.hpp"
+#include "core/error.hpp"
+#include "core/math.hpp"
+#include "core/shape.hpp"
+#include "tensor/tensor.hpp"
+#include "tensor/workspace.hpp"
+#include "expr/node.hpp"
+#include "expr/elementwise.hpp"
+#include "expr/reduce.hpp"
+#include "expr/transpose.hpp"
+#include "expr/softmax.hpp"
+#include "expr/cross_entropy.hpp"
+#include "expr/assign.hpp"
+#include "autodiff/value_and_grad.hpp"
