@@ -1,0 +1,559 @@
+// Communicator<Algorithm, Transport>: what user code holds. Every call is
+// labelled (op, sequence number), bounded by a deadline (the communicator's
+// default or a per-call override), optionally fingerprinted so mismatched
+// calls fail on every rank naming who called what, and on any communication
+// failure the communicator is marked broken so later calls fail at once.
+// Deterministic mode computes every reduction in rank order (bitwise equal
+// across algorithms, chunk sizes and runs for a given rank count).
+//
+//   weft::comm::run_local(4, [](auto& t) {
+//     weft::comm::Communicator<weft::comm::Ring, std::decay_t<decltype(t)>> comm{t};
+//     std::vector<float> g(1 << 20, 1.0f);
+//     comm.allreduce(g);                       // in place, sum
+//     auto req = comm.iallreduce(g, weft::comm::ReduceOp::avg);
+//     /* ... compute ... */ req.wait();
+//   });
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <ranges>
+#include <span>
+#include <string>
+#include <thread>
+#include <type_traits>
+#include <utility>
+
+#include "../core/dtype.hpp"
+#include "../core/error.hpp"
+#include "algorithm.hpp"
+#include "collective.hpp"
+#include "context.hpp"
+#include "deadline.hpp"
+#include "detail/blocks.hpp"
+#include "error.hpp"
+#include "fingerprint.hpp"
+#include "reduce_op.hpp"
+#include "transport.hpp"
+
+namespace weft::comm {
+
+struct CommOptions {
+  Duration timeout = std::chrono::seconds(300);  // default deadline of every call
+#if defined(NDEBUG)
+  bool fingerprints = false;
+#else
+  bool fingerprints = true;  // on by default in debug builds
+#endif
+  bool deterministic = false;
+};
+
+// Per-call settings; a zero timeout means the communicator's default.
+struct CallOptions {
+  Duration timeout = Duration::zero();
+};
+
+namespace detail {
+template <class E>
+inline constexpr bool is_element_v =
+    std::is_same_v<E, float> || std::is_same_v<E, double> || std::is_same_v<E, half> ||
+    std::is_same_v<E, bfloat16> || std::is_same_v<E, std::int32_t> || std::is_same_v<E, std::int64_t> ||
+    std::is_same_v<E, std::uint8_t>;
+}  // namespace detail
+
+// A contiguous range of a type collectives can move (f32, f64, f16, bf16, i32, i64, u8).
+template <class R>
+concept CommBuffer = std::ranges::contiguous_range<R> && std::ranges::sized_range<R> &&
+                     detail::is_element_v<std::remove_cv_t<std::ranges::range_value_t<R>>>;
+
+template <class Algo, Transport T>
+  requires AlgorithmFor<Algo, T>
+class Communicator {
+  struct Job {
+    Collective op = Collective::barrier;
+    const void* in = nullptr;
+    void* out = nullptr;
+    std::size_t count = 0;
+    dtype type = dtype::u8;
+    ReduceOp reduce = ReduceOp::sum;
+    int root = -1;
+    std::uint64_t seq = 0;
+    Deadline deadline{};
+    Clock::time_point start{};
+  };
+
+ public:
+  using transport_type = T;
+  using algorithm_type = Algo;
+
+  // A pending non-blocking operation. wait() rethrows its error; it must not
+  // outlive the communicator, and must be waited (or tested to completion).
+  class Request {
+   public:
+    Request() = default;
+    Request(Request&&) noexcept = default;
+    Request& operator=(Request&&) noexcept = default;
+
+    void wait() {
+      if (!c_) return;
+      if (p2p_) {
+        c_->wait_p2p(*this);
+      } else {
+        c_->wait_ticket(ticket_, deadline_);
+      }
+      c_ = nullptr;
+    }
+    bool test() {
+      if (!c_) return true;
+      bool done = p2p_ ? c_->ctx_.transport().test(req_) : c_->ticket_done(ticket_);
+      if (done) wait();
+      return done;
+    }
+
+   private:
+    friend class Communicator;
+    Communicator* c_ = nullptr;
+    std::uint64_t ticket_ = 0;
+    Deadline deadline_{};
+    bool p2p_ = false;
+    Collective op_ = Collective::send;
+    int peer_ = -1;
+    int tag_ = 0;
+    typename T::Request req_{};
+  };
+
+  explicit Communicator(T transport, Algo algo = {}, CommOptions opts = {})
+      : ctx_(std::move(transport)), algo_(algo), opts_(opts) {}
+  Communicator(T transport, CommOptions opts) : Communicator(std::move(transport), Algo{}, opts) {}
+
+  Communicator(const Communicator&) = delete;
+  Communicator& operator=(const Communicator&) = delete;
+  ~Communicator() { stop_worker(); }
+
+  int rank() const { return ctx_.rank(); }
+  int size() const { return ctx_.size(); }
+  T& transport() { return ctx_.transport(); }
+  const Algo& algorithm() const { return algo_; }
+  Algo& algorithm() { return algo_; }
+
+  Duration timeout() const { return opts_.timeout; }
+  void set_timeout(Duration d) { opts_.timeout = d; }
+  bool fingerprints() const { return opts_.fingerprints; }
+  void set_fingerprints(bool on) { opts_.fingerprints = on; }
+  bool deterministic() const { return opts_.deterministic; }
+  void set_deterministic(bool on) { opts_.deterministic = on; }
+  // Must be the same on every rank; change it only between calls, with no request pending.
+
+  bool broken() const { return broken_.load(std::memory_order_acquire); }
+  std::string broken_reason() const { return broken() ? reason_ : std::string(); }
+  std::uint64_t sequence() const { return next_seq_ - 1; }  // number of collectives issued
+
+  // ---- blocking collectives: pointer + count --------------------------------------
+  template <class E>
+  void allreduce(const E* in, E* out, std::size_t n, ReduceOp op = ReduceOp::sum, CallOptions o = {}) {
+    run(make(Collective::allreduce, in, out, n, dtype_v<E>, op, -1, o));
+  }
+  template <class E>
+  void reduce_scatter(const E* in, E* out, std::size_t n_per_rank, ReduceOp op = ReduceOp::sum, CallOptions o = {}) {
+    run(make(Collective::reduce_scatter, in, out, n_per_rank, dtype_v<E>, op, -1, o));
+  }
+  template <class E>
+  void allgather(const E* in, E* out, std::size_t n_per_rank, CallOptions o = {}) {
+    run(make(Collective::allgather, in, out, n_per_rank, dtype_v<E>, ReduceOp::sum, -1, o));
+  }
+  template <class E>
+  void broadcast(E* buf, std::size_t n, int root, CallOptions o = {}) {
+    run(make(Collective::broadcast, buf, buf, n, dtype_v<E>, ReduceOp::sum, root, o));
+  }
+  template <class E>
+  void reduce(const E* in, E* out, std::size_t n, int root, ReduceOp op = ReduceOp::sum, CallOptions o = {}) {
+    run(make(Collective::reduce, in, out, n, dtype_v<E>, op, root, o));
+  }
+  template <class E>
+  void gather(const E* in, E* out, std::size_t n_per_rank, int root, CallOptions o = {}) {
+    run(make(Collective::gather, in, out, n_per_rank, dtype_v<E>, ReduceOp::sum, root, o));
+  }
+  template <class E>
+  void scatter(const E* in, E* out, std::size_t n_per_rank, int root, CallOptions o = {}) {
+    run(make(Collective::scatter, in, out, n_per_rank, dtype_v<E>, ReduceOp::sum, root, o));
+  }
+  template <class E>
+  void alltoall(const E* in, E* out, std::size_t n_per_rank, CallOptions o = {}) {
+    run(make(Collective::alltoall, in, out, n_per_rank, dtype_v<E>, ReduceOp::sum, -1, o));
+  }
+  void barrier(CallOptions o = {}) {
+    run(make(Collective::barrier, nullptr, nullptr, 0, dtype::u8, ReduceOp::sum, -1, o));
+  }
+
+  // ---- blocking collectives: ranges (std::vector, std::span, std::array) --------
+  template <CommBuffer In, CommBuffer Out>
+  void allreduce(const In& in, Out&& out, ReduceOp op = ReduceOp::sum, CallOptions o = {}) {
+    same_size("allreduce", "input", std::ranges::size(in), "output", std::ranges::size(out));
+    allreduce(std::ranges::data(in), std::ranges::data(out), std::ranges::size(in), op, o);
+  }
+  template <CommBuffer IO>
+  void allreduce(IO&& inout, ReduceOp op = ReduceOp::sum, CallOptions o = {}) {
+    allreduce(std::ranges::data(inout), std::ranges::data(inout), std::ranges::size(inout), op, o);
+  }
+  template <CommBuffer In, CommBuffer Out>
+  void reduce_scatter(const In& in, Out&& out, ReduceOp op = ReduceOp::sum, CallOptions o = {}) {
+    same_size("reduce_scatter", "input", std::ranges::size(in), "size() x output", size() * std::ranges::size(out));
+    reduce_scatter(std::ranges::data(in), std::ranges::data(out), std::ranges::size(out), op, o);
+  }
+  template <CommBuffer In, CommBuffer Out>
+  void allgather(const In& in, Out&& out, CallOptions o = {}) {
+    same_size("allgather", "size() x input", size() * std::ranges::size(in), "output", std::ranges::size(out));
+    allgather(std::ranges::data(in), std::ranges::data(out), std::ranges::size(in), o);
+  }
+  template <CommBuffer IO>
+  void broadcast(IO&& buf, int root, CallOptions o = {}) {
+    broadcast(std::ranges::data(buf), std::ranges::size(buf), root, o);
+  }
+  // `out` is only written on the root (it may be empty elsewhere).
+  template <CommBuffer In, CommBuffer Out>
+  void reduce(const In& in, Out&& out, int root, ReduceOp op = ReduceOp::sum, CallOptions o = {}) {
+    if (rank() == root) same_size("reduce", "input", std::ranges::size(in), "output", std::ranges::size(out));
+    reduce(std::ranges::data(in), std::ranges::data(out), std::ranges::size(in), root, op, o);
+  }
+  template <CommBuffer In, CommBuffer Out>
+  void gather(const In& in, Out&& out, int root, CallOptions o = {}) {
+    if (rank() == root)
+      same_size("gather", "size() x input", size() * std::ranges::size(in), "output", std::ranges::size(out));
+    gather(std::ranges::data(in), std::ranges::data(out), std::ranges::size(in), root, o);
+  }
+  template <CommBuffer In, CommBuffer Out>
+  void scatter(const In& in, Out&& out, int root, CallOptions o = {}) {
+    if (rank() == root)
+      same_size("scatter", "input", std::ranges::size(in), "size() x output", size() * std::ranges::size(out));
+    scatter(std::ranges::data(in), std::ranges::data(out), std::ranges::size(out), root, o);
+  }
+  template <CommBuffer In, CommBuffer Out>
+  void alltoall(const In& in, Out&& out, CallOptions o = {}) {
+    same_size("alltoall", "input", std::ranges::size(in), "output", std::ranges::size(out));
+    if (std::ranges::size(in) % static_cast<std::size_t>(size()))
+      throw_error<ValueError>("alltoall on rank ", rank(), ": buffer of ", std::ranges::size(in),
+                              " elements does not split into ", size(), " equal blocks");
+    alltoall(std::ranges::data(in), std::ranges::data(out), std::ranges::size(in) / static_cast<std::size_t>(size()), o);
+  }
+
+  // ---- non-blocking collectives: return a Request; the call runs on this
+  // communicator's progress thread (started on first use) in issue order.
+  template <CommBuffer In, CommBuffer Out>
+  [[nodiscard]] Request iallreduce(const In& in, Out&& out, ReduceOp op = ReduceOp::sum, CallOptions o = {}) {
+    same_size("iallreduce", "input", std::ranges::size(in), "output", std::ranges::size(out));
+    return submit(make(Collective::allreduce, std::ranges::data(in), std::ranges::data(out), std::ranges::size(in),
+                       elem<In>(), op, -1, o));
+  }
+  template <CommBuffer IO>
+  [[nodiscard]] Request iallreduce(IO&& inout, ReduceOp op = ReduceOp::sum, CallOptions o = {}) {
+    return submit(make(Collective::allreduce, std::ranges::data(inout), std::ranges::data(inout),
+                       std::ranges::size(inout), elem<IO>(), op, -1, o));
+  }
+  template <CommBuffer In, CommBuffer Out>
+  [[nodiscard]] Request ireduce_scatter(const In& in, Out&& out, ReduceOp op = ReduceOp::sum, CallOptions o = {}) {
+    same_size("ireduce_scatter", "input", std::ranges::size(in), "size() x output", size() * std::ranges::size(out));
+    return submit(make(Collective::reduce_scatter, std::ranges::data(in), std::ranges::data(out),
+                       std::ranges::size(out), elem<In>(), op, -1, o));
+  }
+  template <CommBuffer In, CommBuffer Out>
+  [[nodiscard]] Request iallgather(const In& in, Out&& out, CallOptions o = {}) {
+    same_size("iallgather", "size() x input", size() * std::ranges::size(in), "output", std::ranges::size(out));
+    return submit(make(Collective::allgather, std::ranges::data(in), std::ranges::data(out), std::ranges::size(in),
+                       elem<In>(), ReduceOp::sum, -1, o));
+  }
+  template <CommBuffer IO>
+  [[nodiscard]] Request ibroadcast(IO&& buf, int root, CallOptions o = {}) {
+    return submit(make(Collective::broadcast, std::ranges::data(buf), std::ranges::data(buf), std::ranges::size(buf),
+                       elem<IO>(), ReduceOp::sum, root, o));
+  }
+  [[nodiscard]] Request ibarrier(CallOptions o = {}) {
+    return submit(make(Collective::barrier, nullptr, nullptr, 0, dtype::u8, ReduceOp::sum, -1, o));
+  }
+
+  // ---- point-to-point (tags 0..8191; no sequence number, no fingerprint) -----------
+  template <CommBuffer In>
+  void send(const In& buf, int peer, int tag = 0, CallOptions o = {}) {
+    isend(buf, peer, tag, o).wait();
+  }
+  template <CommBuffer Out>
+  void recv(Out&& buf, int peer, int tag = 0, CallOptions o = {}) {
+    irecv(buf, peer, tag, o).wait();
+  }
+  template <CommBuffer In>
+  [[nodiscard]] Request isend(const In& buf, int peer, int tag = 0, CallOptions o = {}) {
+    Request r = p2p_request(Collective::send, peer, tag, o);
+    r.req_ = ctx_.transport().isend(std::ranges::data(buf), std::ranges::size(buf) * sizeof(*std::ranges::data(buf)),
+                                    peer, user_tag_base | static_cast<Tag>(tag));
+    return r;
+  }
+  template <CommBuffer Out>
+  [[nodiscard]] Request irecv(Out&& buf, int peer, int tag = 0, CallOptions o = {}) {
+    Request r = p2p_request(Collective::recv, peer, tag, o);
+    r.req_ = ctx_.transport().irecv(std::ranges::data(buf), std::ranges::size(buf) * sizeof(*std::ranges::data(buf)),
+                                    peer, user_tag_base | static_cast<Tag>(tag));
+    return r;
+  }
+
+ private:
+  template <class R>
+  static constexpr dtype elem() {
+    return dtype_v<std::remove_cv_t<std::ranges::range_value_t<R>>>;
+  }
+
+  void same_size(const char* op, const char* a, std::size_t na, const char* b, std::size_t nb) const {
+    if (na != nb)
+      throw_error<ValueError>(op, " on rank ", rank(), ": ", a, " has ", na, " elements but ", b, " has ", nb);
+  }
+
+  Job make(Collective op, const void* in, void* out, std::size_t n, dtype t, ReduceOp r, int root, CallOptions o) {
+    if (has_root(op) && (root < 0 || root >= size()))
+      throw_error<ValueError>(collective_name(op), " on rank ", rank(), ": root ", root, " is not a rank of this ",
+                              size(), "-rank communicator");
+    if (n && op != Collective::barrier) {
+      bool needs_in = !(op == Collective::scatter && rank() != root) && op != Collective::broadcast;
+      bool needs_out = !((op == Collective::reduce || op == Collective::gather) && rank() != root);
+      if ((needs_in && !in) || (needs_out && !out))
+        throw_error<ValueError>(collective_name(op), " on rank ", rank(), ": null buffer for ", n, " elements");
+    }
+    Job j;
+    j.op = op;
+    j.in = in;
+    j.out = out;
+    j.count = n;
+    j.type = t;
+    j.reduce = r;
+    j.root = root;
+    j.start = Clock::now();
+    j.deadline = deadline_after(o.timeout.count() > 0 ? o.timeout : opts_.timeout);
+    return j;
+  }
+
+  void check_broken(const Job& j) const {
+    if (broken())
+      throw BrokenError(std::string(collective_name(j.op)) + " on rank " + std::to_string(rank()) +
+                        ": the communicator is broken by an earlier failure: " + reason_);
+  }
+
+  void mark_broken(const char* what) {
+    if (!broken()) {
+      reason_ = what;
+      broken_.store(true, std::memory_order_release);
+    }
+  }
+
+  // Blocking path: earlier non-blocking calls complete first (collectives are ordered).
+  void run(Job j) {
+    check_broken(j);
+    drain(j.deadline);
+    j.seq = next_seq_++;
+    execute(j);
+  }
+
+  void execute(const Job& j) {
+    check_broken(j);
+    CallInfo& c = ctx_.call;
+    c.op = j.op;
+    c.seq = j.seq;
+    c.type = j.type;
+    c.count = j.count;
+    c.root = j.root;
+    c.reduce = j.reduce;
+    c.deadline = j.deadline;
+    c.start = j.start;
+    c.algorithm = Algo::name;
+    try {
+      if (opts_.fingerprints && size() > 1)
+        ctx_.check_fingerprints(Fingerprint{j.seq, j.count, j.root, j.op, j.type, j.reduce,
+                                            static_cast<std::uint8_t>(opts_.deterministic)});
+      dispatch(j);
+    } catch (const CommError& e) {
+      mark_broken(e.what());
+      throw;
+    }
+  }
+
+  void dispatch(const Job& j) {
+    if (j.count == 0 && j.op != Collective::barrier) return;
+    const int p = size(), r = rank();
+    const std::size_t es = dtype_size(j.type);
+    if (opts_.deterministic && is_reduction(j.op) && p > 1) {
+      switch (j.op) {
+        case Collective::allreduce: {
+          detail::Segments seg{j.count, p};
+          detail::ordered_reduce_scatter(ctx_, j.in, 0, seg, detail::at(j.out, seg.off(r), es));
+          detail::ring_allgatherv(ctx_, j.out, seg, std::size_t{1} << 20);
+          return;
+        }
+        case Collective::reduce_scatter:
+          detail::ordered_reduce_scatter(ctx_, j.in, 0, detail::Segments{j.count * static_cast<std::size_t>(p), p},
+                                         j.out);
+          return;
+        default: {  // reduce
+          detail::Segments seg{j.count, p};
+          void* dst = r == j.root ? static_cast<void*>(detail::at(j.out, seg.off(r), es)) : det_.get(seg.len(r) * es);
+          detail::ordered_reduce_scatter(ctx_, j.in, 0, seg, dst);
+          detail::linear_gatherv(ctx_, dst, j.out, seg, j.root);
+          return;
+        }
+      }
+    }
+    switch (j.op) {
+      case Collective::allreduce: algo_.allreduce(ctx_, j.in, j.out, j.count); return;
+      case Collective::reduce_scatter: algo_.reduce_scatter(ctx_, j.in, j.out, j.count); return;
+      case Collective::allgather: algo_.allgather(ctx_, j.in, j.out, j.count); return;
+      case Collective::broadcast: algo_.broadcast(ctx_, j.out, j.count, j.root); return;
+      case Collective::reduce: algo_.reduce(ctx_, j.in, j.out, j.count, j.root); return;
+      case Collective::gather: algo_.gather(ctx_, j.in, j.out, j.count, j.root); return;
+      case Collective::scatter: algo_.scatter(ctx_, j.in, j.out, j.count, j.root); return;
+      case Collective::alltoall: algo_.alltoall(ctx_, j.in, j.out, j.count); return;
+      case Collective::barrier: algo_.barrier(ctx_); return;
+      default: return;
+    }
+  }
+
+  // ---- point-to-point requests ----
+  Request p2p_request(Collective op, int peer, int tag, CallOptions o) {
+    if (tag < 0 || tag > static_cast<int>(max_user_tag))
+      throw_error<ValueError>(collective_name(op), " on rank ", rank(), ": tag ", tag, " is outside 0..", max_user_tag);
+    if (peer < 0 || peer >= size() || peer == rank())
+      throw_error<ValueError>(collective_name(op), " on rank ", rank(), ": peer ", peer,
+                              " is not another rank of this ", size(), "-rank communicator");
+    if (broken())
+      throw BrokenError(std::string(collective_name(op)) + " on rank " + std::to_string(rank()) +
+                        ": the communicator is broken by an earlier failure: " + reason_);
+    Request r;
+    r.c_ = this;
+    r.p2p_ = true;
+    r.op_ = op;
+    r.peer_ = peer;
+    r.tag_ = tag;
+    r.deadline_ = deadline_after(o.timeout.count() > 0 ? o.timeout : opts_.timeout);
+    return r;
+  }
+
+  void wait_p2p(Request& r) {
+    WaitStatus s = ctx_.transport().wait(r.req_, r.deadline_);
+    if (s == WaitStatus::done) return;
+    ctx_.transport().cancel(r.req_);
+    std::string what = std::string(collective_name(r.op_)) + (r.op_ == Collective::send ? " to" : " from") +
+                       " rank " + std::to_string(r.peer_) + " (tag " + std::to_string(r.tag_) + ") on rank " +
+                       std::to_string(rank());
+    if (s == WaitStatus::timed_out) throw TimeoutError(what + " timed out: rank " + std::to_string(r.peer_) + " did not arrive");
+    throw PeerFailedError(what + " abandoned: " + ctx_.transport().failure());
+  }
+
+  // ---- progress thread for non-blocking collectives ----
+  static constexpr std::size_t queue_slots = 64;
+
+  struct Worker {
+    std::mutex m;
+    std::condition_variable work, done;
+    Job jobs[queue_slots];
+    std::exception_ptr errors[queue_slots];
+    std::uint64_t submitted = 0, completed = 0;
+    bool stop = false;
+    std::thread thread;
+  };
+
+  Request submit(Job j) {
+    check_broken(j);
+    if (!worker_) {
+      worker_ = std::make_unique<Worker>();
+      worker_->thread = std::thread([this] { worker_loop(); });
+    }
+    Worker& w = *worker_;
+    std::unique_lock lock(w.m);
+    if (!w.done.wait_until(lock, j.deadline, [&] { return w.submitted - w.completed < queue_slots; }))
+      throw TimeoutError(std::string(collective_name(j.op)) + " on rank " + std::to_string(rank()) +
+                         ": 64 non-blocking calls are still pending; wait on some first");
+    j.seq = next_seq_++;
+    std::uint64_t ticket = w.submitted++;
+    w.jobs[ticket % queue_slots] = j;
+    w.errors[ticket % queue_slots] = nullptr;
+    w.work.notify_one();
+    Request r;
+    r.c_ = this;
+    r.ticket_ = ticket;
+    r.deadline_ = j.deadline;
+    return r;
+  }
+
+  void worker_loop() {
+    Worker& w = *worker_;
+    std::unique_lock lock(w.m);
+    for (;;) {
+      w.work.wait(lock, [&] { return w.stop || w.completed < w.submitted; });
+      if (w.completed == w.submitted) return;  // stop requested and nothing pending
+      Job j = w.jobs[w.completed % queue_slots];
+      lock.unlock();
+      std::exception_ptr err;
+      try {
+        execute(j);
+      } catch (...) {
+        err = std::current_exception();
+      }
+      lock.lock();
+      w.errors[w.completed % queue_slots] = err;
+      ++w.completed;
+      w.done.notify_all();
+    }
+  }
+
+  bool ticket_done(std::uint64_t ticket) {
+    std::lock_guard lock(worker_->m);
+    return worker_->completed > ticket;
+  }
+
+  void wait_ticket(std::uint64_t ticket, Deadline deadline) {
+    Worker& w = *worker_;
+    std::unique_lock lock(w.m);
+    // The job itself is bounded by its deadline; allow a grace period past it
+    // for the worker to report instead of racing it.
+    Deadline limit = deadline == Deadline::max() ? deadline : deadline + std::chrono::seconds(5);
+    if (!w.done.wait_until(lock, limit, [&] { return w.completed > ticket; }))
+      throw TimeoutError("non-blocking call on rank " + std::to_string(rank()) + " did not complete by its deadline");
+    if (auto e = w.errors[ticket % queue_slots]) {
+      w.errors[ticket % queue_slots] = nullptr;
+      std::rethrow_exception(e);
+    }
+  }
+
+  void drain(Deadline deadline) {
+    if (!worker_) return;
+    Worker& w = *worker_;
+    std::unique_lock lock(w.m);
+    w.done.wait_until(lock, deadline, [&] { return w.completed == w.submitted; });
+    if (w.completed != w.submitted)
+      throw TimeoutError("rank " + std::to_string(rank()) +
+                         ": earlier non-blocking calls did not complete before this call's deadline");
+  }
+
+  void stop_worker() {
+    if (!worker_) return;
+    {
+      std::lock_guard lock(worker_->m);
+      worker_->stop = true;
+      worker_->work.notify_one();
+    }
+    worker_->thread.join();
+    worker_.reset();
+  }
+
+  Context<T> ctx_;
+  Algo algo_;
+  CommOptions opts_;
+  std::uint64_t next_seq_ = 1;
+  std::atomic<bool> broken_{false};
+  std::string reason_;
+  detail::Buffer det_;
+  std::unique_ptr<Worker> worker_;
+};
+
+}  // namespace weft::comm

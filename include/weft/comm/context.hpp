@@ -1,0 +1,344 @@
+// Context<T>: what an algorithm policy runs against. It wraps a transport with
+// the current call's label (op, sequence number, dtype, deadline), turns every
+// failed wait into an error naming the call and the peer, owns the workspace
+// (grown once, reused: no allocation in steady state), and provides the
+// chunk-pipelined exchange steps all algorithms are built from. Sub-contexts
+// (node-local and cross-node groups for hierarchical algorithms) are created
+// on first use and cached.
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <new>
+#include <span>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "../core/dtype.hpp"
+#include "collective.hpp"
+#include "deadline.hpp"
+#include "error.hpp"
+#include "fingerprint.hpp"
+#include "reduce_op.hpp"
+#include "transport.hpp"
+
+namespace weft::comm {
+
+// The label of the call being executed.
+struct CallInfo {
+  Collective op = Collective::barrier;
+  std::uint64_t seq = 0;
+  dtype type = dtype::u8;
+  std::size_t count = 0;
+  int root = -1;
+  ReduceOp reduce = ReduceOp::sum;
+  Deadline deadline = Deadline::max();
+  Clock::time_point start{};
+  const char* algorithm = "";
+
+  std::string label() const {
+    Fingerprint f{seq, count, root, op, type, reduce, 0};
+    return f.describe(is_reduction(op));
+  }
+};
+
+namespace detail {
+struct FreeDeleter {
+  void operator()(std::byte* p) const noexcept { std::free(p); }
+};
+
+// A grow-only, 64-byte aligned buffer.
+class Buffer {
+ public:
+  std::byte* get(std::size_t bytes) {
+    if (bytes > cap_) {
+      std::size_t n = (bytes + 63) / 64 * 64;
+      auto* p = static_cast<std::byte*>(std::aligned_alloc(64, n));
+      if (!p) throw std::bad_alloc();
+      data_.reset(p);
+      cap_ = n;
+    }
+    return data_.get();
+  }
+
+ private:
+  std::unique_ptr<std::byte, FreeDeleter> data_;
+  std::size_t cap_ = 0;
+};
+
+inline std::string seconds(Duration d) {
+  std::ostringstream os;
+  os << std::chrono::duration<double>(d).count() << " s";
+  return os.str();
+}
+}  // namespace detail
+
+// Tag layout (15 bits): data of call #seq, fingerprints of call #seq, user point-to-point.
+inline constexpr Tag data_tag_base = 0x0000, fingerprint_tag_base = 0x2000, user_tag_base = 0x4000;
+inline constexpr Tag max_user_tag = 0x1fff;
+
+template <Transport T>
+class Context {
+ public:
+  using Request = typename T::Request;
+
+  explicit Context(T t) : t_(std::move(t)) {
+    names_.resize(static_cast<std::size_t>(t_.size()));
+    for (int i = 0; i < t_.size(); ++i) names_[static_cast<std::size_t>(i)] = i;
+  }
+  Context(T t, std::vector<int> names) : t_(std::move(t)), names_(std::move(names)) {}
+
+  T& transport() { return t_; }
+  const T& transport() const { return t_; }
+  int rank() const { return t_.rank(); }
+  int size() const { return t_.size(); }
+
+  CallInfo call;
+
+  Tag tag() const { return data_tag_base | static_cast<Tag>(call.seq & 0x1fff); }
+
+  // The caller's number for a rank of this context (sub-contexts map back to
+  // the communicator's ranks so errors name the ranks a user knows).
+  int name_of(int r) const { return names_[static_cast<std::size_t>(r)]; }
+
+  // Algorithm scratch (at least `bytes`, 64-byte aligned; contents not kept between calls).
+  std::byte* workspace(std::size_t bytes) { return scratch_.get(bytes); }
+
+  // n reusable request slots (grown once; a later call reuses them).
+  std::span<Request> requests(std::size_t n) {
+    if (pool_.size() < n) pool_.resize(n);
+    return std::span<Request>(pool_.data(), n);
+  }
+
+  Request isend(const void* p, std::size_t bytes, int peer) { return t_.isend(p, bytes, peer, tag()); }
+  Request irecv(void* p, std::size_t bytes, int peer) { return t_.irecv(p, bytes, peer, tag()); }
+
+  void wait(Request& r) {
+    int peer = r.peer();
+    WaitStatus s = t_.wait(r, call.deadline);
+    if (s != WaitStatus::done) fail(s, peer);
+  }
+
+  [[noreturn]] void fail(WaitStatus s, int peer) {
+    std::ostringstream os;
+    os << call.label() << " on rank " << name_of(rank());
+    if (call.algorithm[0]) os << " (" << call.algorithm << ", " << t_.name() << ")";
+    if (s == WaitStatus::timed_out) {
+      os << " timed out after " << detail::seconds(Clock::now() - call.start) << " waiting for rank "
+         << name_of(peer);
+      throw TimeoutError(os.str());
+    }
+    if (s == WaitStatus::aborted) {
+      os << " abandoned: " << t_.failure();
+      throw PeerFailedError(os.str());
+    }
+    os << ": rank " << name_of(peer) << " left without taking part (" << t_.failure() << ")";
+    throw PeerFailedError(os.str());
+  }
+
+  // One step of most algorithms: send `sbytes` to `to` while receiving `rbytes`
+  // from `from` (either may be -1), in chunks of `chunk` bytes with two chunks
+  // in flight each way. Zero-byte messages still synchronise the pair.
+  void exchange(const void* send, std::size_t sbytes, int to, void* recv, std::size_t rbytes, int from,
+                std::size_t chunk) {
+    auto* s = static_cast<const std::byte*>(send);
+    auto* d = static_cast<std::byte*>(recv);
+    std::size_t ns = to >= 0 ? chunks(sbytes, chunk) : 0, nr = from >= 0 ? chunks(rbytes, chunk) : 0;
+    std::size_t n = std::max(ns, nr);
+    Request sr[2], rr[2];
+    auto post = [&](std::size_t c) {
+      if (c < ns) sr[c % 2] = isend(s + c * chunk, piece(sbytes, c, chunk), to);
+      if (c < nr) rr[c % 2] = irecv(d + c * chunk, piece(rbytes, c, chunk), from);
+    };
+    post(0);
+    if (n > 1) post(1);
+    for (std::size_t c = 0; c < n; ++c) {
+      if (c < nr) wait(rr[c % 2]);
+      if (c < ns) wait(sr[c % 2]);
+      if (c + 2 < n) post(c + 2);
+    }
+  }
+
+  // Send `scount` elements to `to`; receive `rcount` from `from` and store
+  // local (op) received into out (local may alias out). Uses the transport's
+  // RecvReduce when it has one (no staging copy), else stages chunks in a
+  // two-chunk buffer and combines each while the next is in flight.
+  void exchange_reduce(const void* send, std::size_t scount, int to, const void* local, void* out,
+                       std::size_t rcount, int from, std::size_t chunk_bytes) {
+    const std::size_t es = dtype_size(call.type);
+    // chunk size in bytes, a whole number of elements; 0 = one message
+    const std::size_t cb = chunk_bytes ? std::max<std::size_t>(1, chunk_bytes / es) * es : 0;
+    auto* s = static_cast<const std::byte*>(send);
+    auto* l = static_cast<const std::byte*>(local);
+    auto* o = static_cast<std::byte*>(out);
+    std::size_t ns = to >= 0 ? chunks(scount * es, cb) : 0, nr = from >= 0 ? chunks(rcount * es, cb) : 0;
+    std::size_t n = std::max(ns, nr);
+    std::byte* stage = nullptr;
+    const std::size_t stage_len = cb ? std::min(cb, rcount * es) : rcount * es;
+    if constexpr (!RecvReduce<T>) {
+      if (nr) stage = staging_.get(2 * stage_len + 1);
+    }
+    Request sr[2], rr[2];
+    auto post = [&](std::size_t c) {
+      if (c < ns) sr[c % 2] = isend(s + c * cb, piece(scount * es, c, cb), to);
+      if (c < nr) {
+        std::size_t b = piece(rcount * es, c, cb);
+        if constexpr (RecvReduce<T>)
+          rr[c % 2] = t_.irecv_reduce(l + c * cb, o + c * cb, b / es, call.type, call.reduce, from, tag());
+        else
+          rr[c % 2] = irecv(stage + (c % 2) * stage_len, b, from);
+      }
+    };
+    post(0);
+    if (n > 1) post(1);
+    for (std::size_t c = 0; c < n; ++c) {
+      if (c < nr) {
+        wait(rr[c % 2]);
+        if constexpr (!RecvReduce<T>) {
+          std::size_t b = piece(rcount * es, c, cb);
+          detail::combine(call.type, call.reduce, l + c * cb, stage + (c % 2) * stage_len, o + c * cb, b / es);
+        }
+      }
+      if (c < ns) wait(sr[c % 2]);
+      if (c + 2 < n) post(c + 2);
+    }
+  }
+
+  // Exchanges fingerprints with every rank; throws on absence or mismatch.
+  void check_fingerprints(const Fingerprint& mine) {
+    const int p = size(), me = rank();
+    fps_.resize(static_cast<std::size_t>(p));
+    reqs_.resize(static_cast<std::size_t>(2 * p));
+    fps_[static_cast<std::size_t>(me)] = mine;
+    Tag tag = fingerprint_tag_base | static_cast<Tag>(call.seq & 0x1fff);
+    for (int r = 0; r < p; ++r) {
+      if (r == me) continue;
+      reqs_[static_cast<std::size_t>(r)] = t_.irecv(&fps_[static_cast<std::size_t>(r)], sizeof(Fingerprint), r, tag);
+      reqs_[static_cast<std::size_t>(p + r)] = t_.isend(&fps_[static_cast<std::size_t>(me)], sizeof(Fingerprint), r, tag);
+    }
+    WaitStatus worst = WaitStatus::done;
+    for (int r = 0; r < p && worst == WaitStatus::done; ++r)
+      if (r != me) worst = t_.wait(reqs_[static_cast<std::size_t>(r)], call.deadline);
+    if (worst == WaitStatus::done) {
+      for (int r = 0; r < p && worst == WaitStatus::done; ++r)
+        if (r != me) worst = t_.wait(reqs_[static_cast<std::size_t>(p + r)], call.deadline);
+    }
+    if (worst != WaitStatus::done) {
+      std::vector<int> missing, here{name_of(me)};
+      for (int r = 0; r < p; ++r)
+        if (r != me) (t_.test(reqs_[static_cast<std::size_t>(r)]) ? here : missing).push_back(name_of(r));
+      for (auto& q : reqs_) t_.cancel(q);
+      std::sort(here.begin(), here.end());
+      std::ostringstream os;
+      os << call.label() << " on rank " << name_of(me);
+      if (worst == WaitStatus::timed_out) {
+        os << " timed out after " << detail::seconds(Clock::now() - call.start) << ": rank"
+           << (missing.size() == 1 ? " " : "s ") << detail::rank_list(missing) << " did not arrive (rank"
+           << (here.size() == 1 ? " " : "s ") << detail::rank_list(here) << " did)";
+        throw TimeoutError(os.str());
+      }
+      os << ": rank" << (missing.size() == 1 ? " " : "s ") << detail::rank_list(missing) << " did not arrive: "
+         << t_.failure();
+      throw PeerFailedError(os.str());
+    }
+    std::string msg = detail::mismatch_message(fps_.data(), p);
+    if (!msg.empty()) {
+      if (names_.size() && names_[0] != 0) msg += " (ranks of a sub-group)";
+      throw MismatchError("collective mismatch detected on rank " + std::to_string(name_of(me)) + ": " + msg);
+    }
+  }
+
+  // Cached sub-contexts for hierarchical algorithms: ranks on this node, and
+  // ranks with this node-local index on other nodes (a "rail").
+  struct Levels {
+    std::unique_ptr<Context> node, rail;
+    bool uniform = true;          // every node holds the same number of ranks
+    std::vector<int> node_of;      // node id of each rank
+    std::vector<int> local_index;  // each rank's index on its node (= its rail)
+  };
+  Levels& levels() {
+    if (!levels_) {
+      auto lv = std::make_unique<Levels>();
+      Deadline dl = call.deadline;
+      T node_t = t_.split(t_.node(), rank(), dl);
+      T rail_t = t_.split(node_t.rank(), rank(), dl);
+      lv->node = std::make_unique<Context>(node_t, gather_names(node_t));
+      lv->rail = std::make_unique<Context>(rail_t, gather_names(rail_t));
+      lv->node_of = all_values(t_.node());
+      lv->local_index.resize(lv->node_of.size());
+      for (std::size_t x = 0; x < lv->node_of.size(); ++x)
+        lv->local_index[x] = static_cast<int>(std::count(lv->node_of.begin(), lv->node_of.begin() + static_cast<std::ptrdiff_t>(x), lv->node_of[x]));
+      for (std::size_t x = 0; x < lv->node_of.size(); ++x)
+        lv->uniform &= std::count(lv->node_of.begin(), lv->node_of.end(), lv->node_of[x]) == node_t.size();
+      levels_ = std::move(lv);
+    }
+    return *levels_;
+  }
+
+  // Copies this call's label into a sub-context before running an algorithm on it.
+  Context& with_call(Context& sub, std::size_t count) {
+    sub.call = call;
+    sub.call.count = count;
+    return sub;
+  }
+
+ private:
+  static std::size_t chunks(std::size_t bytes, std::size_t chunk) {
+    if (chunk == 0 || bytes <= chunk) return 1;
+    return (bytes + chunk - 1) / chunk;
+  }
+  static std::size_t piece(std::size_t bytes, std::size_t c, std::size_t chunk) {
+    if (chunk == 0) return bytes;
+    std::size_t off = c * chunk;
+    return off >= bytes ? 0 : std::min(chunk, bytes - off);
+  }
+
+  // The communicator-level rank of every member of a sub-transport.
+  std::vector<int> gather_names(T& sub) {
+    std::vector<int> names(static_cast<std::size_t>(sub.size()));
+    int mine = name_of(rank());
+    std::vector<Request> rq(static_cast<std::size_t>(2 * sub.size()));
+    Tag tag = fingerprint_tag_base | 0x1fff;
+    for (int r = 0; r < sub.size(); ++r) {
+      if (r == sub.rank()) {
+        names[static_cast<std::size_t>(r)] = mine;
+        continue;
+      }
+      rq[static_cast<std::size_t>(r)] = sub.irecv(&names[static_cast<std::size_t>(r)], sizeof(int), r, tag);
+      rq[static_cast<std::size_t>(sub.size() + r)] = sub.isend(&mine, sizeof(int), r, tag);
+    }
+    for (auto& q : rq)
+      if (WaitStatus s = sub.wait(q, call.deadline); s != WaitStatus::done) fail(s, 0);
+    return names;
+  }
+
+  std::vector<int> all_values(int v) {
+    const int p = size();
+    std::vector<int> vals(static_cast<std::size_t>(p), v);
+    std::vector<Request> rq(static_cast<std::size_t>(2 * p));
+    Tag tag = fingerprint_tag_base | 0x1ffe;
+    for (int r = 0; r < p; ++r) {
+      if (r == rank()) continue;
+      rq[static_cast<std::size_t>(r)] = t_.irecv(&vals[static_cast<std::size_t>(r)], sizeof(int), r, tag);
+      rq[static_cast<std::size_t>(p + r)] = t_.isend(&v, sizeof(int), r, tag);
+    }
+    for (int i = 0; i < 2 * p; ++i)
+      if (WaitStatus s = t_.wait(rq[static_cast<std::size_t>(i)], call.deadline); s != WaitStatus::done)
+        fail(s, i % p);
+    return vals;
+  }
+
+  T t_;
+  std::vector<int> names_;
+  detail::Buffer scratch_, staging_;
+  std::vector<Fingerprint> fps_;
+  std::vector<Request> reqs_, pool_;
+  std::unique_ptr<Levels> levels_;
+};
+
+}  // namespace weft::comm

@@ -1,0 +1,93 @@
+// Spin-then-block waiting for the in-process transport: a waiter spins briefly
+// (microsecond latency when every rank has a core), then yields, then sleeps on
+// its rank's doorbell (a futex on Linux) until a peer rings it or a short
+// timeout passes, so deadlines and failures are always re-checked.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <thread>
+
+#include "../deadline.hpp"
+
+#if defined(__linux__)
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+#endif
+
+namespace weft::comm::detail {
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield" ::: "memory");
+#endif
+}
+
+// One per rank. Peers ring it after any change the rank may be waiting for.
+struct alignas(64) Bell {
+  std::atomic<std::uint32_t> seq{0};
+  std::atomic<std::uint32_t> sleepers{0};
+
+  void ring() {
+    seq.fetch_add(1, std::memory_order_seq_cst);
+    if (sleepers.load(std::memory_order_seq_cst) != 0) wake();
+  }
+
+  void wake() {
+#if defined(__linux__)
+    syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&seq), FUTEX_WAKE_PRIVATE, 0x7fffffff, nullptr, nullptr, 0);
+#endif
+  }
+
+  // Sleeps until rung or `max_ns` passes; returns early if `ready()` already holds.
+  template <class Ready>
+  void sleep(Ready&& ready, std::int64_t max_ns) {
+    sleepers.fetch_add(1, std::memory_order_seq_cst);
+    std::uint32_t s = seq.load(std::memory_order_seq_cst);
+    if (!ready()) {
+#if defined(__linux__)
+      timespec ts{static_cast<time_t>(max_ns / 1000000000), static_cast<long>(max_ns % 1000000000)};
+      syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&seq), FUTEX_WAIT_PRIVATE, s, &ts, nullptr, 0);
+#else
+      (void)s;
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+#endif
+    }
+    sleepers.fetch_sub(1, std::memory_order_seq_cst);
+  }
+};
+
+struct SpinPolicy {
+  int spins = 2000;  // busy iterations before yielding (0 when ranks outnumber cores)
+  int yields = 64;   // sched_yield rounds before sleeping on the bell
+};
+
+// Waits until ready() holds, stop() returns a status other than done, or the
+// deadline passes. ready() must be cheap and side-effect free unless it
+// completes the wait (it may make progress, e.g. consume a message).
+template <class Ready, class Stop>
+WaitStatus wait_until(Bell& bell, const SpinPolicy& sp, Deadline deadline, Ready&& ready, Stop&& stop) {
+  for (int i = 0; i < sp.spins; ++i) {
+    if (ready()) return WaitStatus::done;
+    cpu_relax();
+  }
+  for (int i = 0;; ++i) {
+    if (ready()) return WaitStatus::done;
+    if (WaitStatus s = stop(); s != WaitStatus::done) return s;
+    auto now = Clock::now();
+    if (now >= deadline) return ready() ? WaitStatus::done : WaitStatus::timed_out;
+    if (i < sp.yields) {
+      std::this_thread::yield();
+    } else {
+      auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(deadline - now).count();
+      bell.sleep(ready, left < 20'000'000 ? left : 20'000'000);
+    }
+  }
+}
+
+}  // namespace weft::comm::detail
