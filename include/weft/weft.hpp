@@ -20,3 +20,4 @@
 #include "expr/cross_entropy.hpp"
 #include "expr/assign.hpp"
 #include "autodiff/value_and_grad.hpp"
+#include "autodiff/gradcheck.hpp"

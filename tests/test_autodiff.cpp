@@ -1,0 +1,207 @@
+// Reverse mode checked by finite differences (weft::gradcheck, double), the
+// fused float path against the double path, gradient hooks, and that the
+// checker itself catches a wrong adjoint.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+#include <weft/expr/matmul.hpp>
+#include <weft/weft.hpp>
+
+using namespace weft;
+
+namespace {
+
+template <class T = double>
+Tensor<T> randn(const Shape& s, unsigned seed, double scale = 1.0, double shift = 0.0) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<double> nd(0.0, scale);
+  Tensor<T> t(s);
+  for (index_t i = 0; i < t.numel(); ++i) t.data()[i] = static_cast<T>(nd(rng) + shift);
+  return t;
+}
+
+// Away from kinks (relu, abs, max ties) finite differences are meaningful.
+Tensor<double> away_from_zero(const Shape& s, unsigned seed) {
+  Tensor<double> t = randn(s, seed);
+  for (index_t i = 0; i < t.numel(); ++i) t.data()[i] += t.data()[i] >= 0 ? 0.2 : -0.2;
+  return t;
+}
+
+#define CHECK_GRAD(...)                         \
+  do {                                          \
+    auto r_ = gradcheck(__VA_ARGS__);           \
+    INFO(r_.message);                           \
+    CHECK(r_.ok);                               \
+  } while (0)
+
+}  // namespace
+
+TEST_CASE("every unary node's adjoint") {
+  Tensor<double> x = away_from_zero({3, 4}, 1);
+  Tensor<double> pos = randn({3, 4}, 2, 0.5, 2.0);
+  CHECK_GRAD([](auto a) { return -a; }, x);
+  CHECK_GRAD([](auto a) { return abs(a); }, x);
+  CHECK_GRAD([](auto a) { return exp(a); }, x);
+  CHECK_GRAD([](auto a) { return log(a); }, pos);
+  CHECK_GRAD([](auto a) { return sqrt(a); }, pos);
+  CHECK_GRAD([](auto a) { return square(a); }, x);
+  CHECK_GRAD([](auto a) { return tanh(a); }, x);
+  CHECK_GRAD([](auto a) { return sigmoid(a); }, x);
+  CHECK_GRAD([](auto a) { return relu(a); }, x);
+  CHECK_GRAD([](auto a) { return gelu(a); }, x);
+  CHECK_GRAD([](auto a) { return sin(a); }, x);
+  CHECK_GRAD([](auto a) { return cos(a); }, x);
+}
+
+TEST_CASE("every binary node's adjoint, with broadcasting and scalars") {
+  Tensor<double> a = away_from_zero({2, 3, 4}, 3), b = away_from_zero({3, 1}, 4), c = away_from_zero({4}, 5);
+  Tensor<double> pa = randn({2, 3, 4}, 6, 0.3, 1.5), pb = randn({3, 1}, 7, 0.3, 1.2);
+  CHECK_GRAD([](auto x, auto y) { return x + y; }, a, b);
+  CHECK_GRAD([](auto x, auto y) { return x - y; }, a, c);
+  CHECK_GRAD([](auto x, auto y) { return x * y; }, a, b);
+  CHECK_GRAD([](auto x, auto y) { return x / y; }, a, pb);
+  CHECK_GRAD([](auto x, auto y) { return pow(x, y); }, pa, pb);
+  CHECK_GRAD([](auto x) { return pow(x, 3.0); }, a);
+  CHECK_GRAD([](auto x, auto y) { return maximum(x, y); }, a, c);
+  CHECK_GRAD([](auto x, auto y) { return minimum(x, y); }, a, c);
+  CHECK_GRAD([](auto x) { return 3.0 * x - x / 2.0 + 1.0; }, a);
+  // an input used several times in one region, broadcast and not
+  CHECK_GRAD([](auto x, auto y) { return x * y + sin(x) * y * y; }, a, c);
+}
+
+TEST_CASE("reductions over everything and each axis") {
+  Tensor<double> x = randn({3, 4, 5}, 8);
+  CHECK_GRAD([](auto a) { return sum(a); }, x);
+  CHECK_GRAD([](auto a) { return mean(square(a)); }, x);
+  CHECK_GRAD([](auto a) { return max(a); }, x);
+  for (int axis = -3; axis < 3; ++axis) {
+    INFO("axis " << axis);
+    CHECK_GRAD([axis](auto a) { return sum(a, axis); }, x);
+    CHECK_GRAD([axis](auto a) { return mean(tanh(a), axis, true); }, x);
+    CHECK_GRAD([axis](auto a) { return max(a, axis); }, x);
+    CHECK_GRAD([axis](auto a) { return a / sum(exp(a), axis, true); }, x);
+  }
+}
+
+TEST_CASE("matmul with all four transpose combinations") {
+  Tensor<double> a = randn({4, 3}, 9), at = randn({3, 4}, 10), b = randn({3, 5}, 11), bt = randn({5, 3}, 12);
+  CHECK_GRAD([](auto x, auto y) { return matmul(x, y); }, a, b);
+  CHECK_GRAD([](auto x, auto y) { return matmul(transpose(x), y); }, at, b);
+  CHECK_GRAD([](auto x, auto y) { return matmul(x, transpose(y)); }, a, bt);
+  CHECK_GRAD([](auto x, auto y) { return matmul(transpose(x), transpose(y)); }, at, bt);
+  // operands that are regions, and a region of the product
+  CHECK_GRAD([](auto x, auto y) { return tanh(matmul(sin(x), y * 2.0)); }, a, b);
+  // the same input on both sides
+  Tensor<double> sq = randn({4, 4}, 13);
+  CHECK_GRAD([](auto x) { return matmul(x, x); }, sq);
+  // transpose of a computed expression
+  CHECK_GRAD([](auto x) { return transpose(exp(x)) * 2.0; }, a);
+}
+
+TEST_CASE("softmax, log_softmax, cross_entropy and a small MLP") {
+  Tensor<double> x = randn({3, 5}, 14);
+  Tensor<std::int64_t> y({3}, {4, 0, 2});
+  CHECK_GRAD([](auto a) { return softmax(a); }, x);
+  CHECK_GRAD([](auto a) { return log_softmax(a * 2.0); }, x);
+  CHECK_GRAD([&](auto a) { return cross_entropy(a, y); }, x);
+  Tensor<double> in = randn({6, 4}, 15), w1 = randn({4, 5}, 16), b1 = randn({5}, 17), w2 = randn({5, 3}, 18),
+                 b2 = randn({3}, 19);
+  Tensor<std::int32_t> lab({6}, {0, 1, 2, 2, 1, 0});
+  auto mlp = [&](auto W1, auto B1, auto W2, auto B2) {
+    return cross_entropy(matmul(relu(matmul(in, W1) + B1), W2) + B2, lab);
+  };
+  CHECK_GRAD(mlp, w1, b1, w2, b2);
+  GradcheckOptions fast;
+  fast.fast = true;
+  fast.seed = 7;
+  CHECK_GRAD(mlp, fast, w1, b1, w2, b2);
+}
+
+TEST_CASE("float gradients agree with the double path (fused kernels)") {
+  const index_t n = 1000;
+  Tensor<float> xf = randn<float>({n}, 20), yf = randn<float>({n}, 21);
+  Tensor<double> xd = randn<double>({n}, 20), yd = randn<double>({n}, 21);
+  auto f = [](auto x, auto y) { return sum(tanh(x * y + sin(x)) * exp(-y * y)); };
+  auto [vf, gxf, gyf] = value_and_grad(f, xf, yf);
+  auto [vd, gxd, gyd] = value_and_grad(f, xd, yd);
+  CHECK(std::abs(vf.item() - vd.item()) < 1e-4 * (1 + std::abs(vd.item())));
+  for (index_t i = 0; i < n; ++i) {
+    CHECK(std::abs(gxf.data()[i] - gxd.data()[i]) < 1e-5);
+    CHECK(std::abs(gyf.data()[i] - gyd.data()[i]) < 1e-5);
+  }
+  // mean at the root takes the same fused path
+  auto [vm, gm] = value_and_grad([](auto x) { return mean(x * x); }, xd);
+  for (index_t i = 0; i < n; ++i) CHECK(std::abs(gm.data()[i] - 2 * xd.data()[i] / n) < 1e-15);
+}
+
+TEST_CASE("gradient hooks fire once per input, when final, in an order fixed by the type") {
+  Tensor<double> x = randn({4, 3}, 22), w = randn({3, 2}, 23), u = randn({5}, 24), unused = randn({2}, 25);
+  auto f = [](auto X, auto W, auto U, auto) { return sum(matmul(X, W)) + sum(U * U); };
+  auto [v, gx, gw, gu, gunused] = value_and_grad(f, x, w, u, unused);
+  for (int run = 0; run < 2; ++run) {
+    std::vector<std::size_t> order;
+    std::vector<std::vector<double>> at_hook(4);
+    Workspace<> ws;
+    std::array<Tensor<double>, 4> g{Tensor<double>(x.shape()), Tensor<double>(w.shape()), Tensor<double>(u.shape()),
+                                    Tensor<double>(unused.shape())};
+    std::array<TensorView<double>, 4> gv{g[0].view(), g[1].view(), g[2].view(), g[3].view()};
+    auto hook = [&](std::size_t k, TensorView<double> grad) {
+      order.push_back(k);
+      at_hook[k].assign(grad.data, grad.data + grad.numel());
+    };
+    value_and_grad_into(f, ws, gv.data(), hook, x, w, u, unused);
+    // unused input first (final at once), then backward walks the type left to
+    // right: the matmul operands X, W, then the sum(U * U) branch
+    CHECK(order == std::vector<std::size_t>{3, 0, 1, 2});
+    // the gradient handed to the hook was already the final one
+    CHECK(at_hook[0] == gx.to_vector());
+    CHECK(at_hook[1] == gw.to_vector());
+    CHECK(at_hook[2] == gu.to_vector());
+    CHECK(at_hook[3] == std::vector<double>{0, 0});
+  }
+}
+
+TEST_CASE("steady-state value_and_grad allocates nothing in its workspace") {
+  Tensor<float> in = randn<float>({8, 4}, 26), w = randn<float>({4, 3}, 27);
+  Tensor<std::int32_t> lab({8}, {0, 1, 2, 0, 1, 2, 0, 1});
+  Tensor<float> gw(w.shape());
+  TensorView<float> gv[1] = {gw.view()};
+  Workspace<> ws;
+  NoHook hook;
+  auto f = [&](auto W) { return cross_entropy(tanh(matmul(in, W)), lab); };
+  value_and_grad_into(f, ws, gv, hook, w);
+  value_and_grad_into(f, ws, gv, hook, w);
+  std::size_t n = ws.allocations();
+  for (int i = 0; i < 5; ++i) value_and_grad_into(f, ws, gv, hook, w);
+  CHECK(ws.allocations() == n);
+}
+
+namespace {
+// A deliberately wrong adjoint (cos + 0.1): the checker must catch it.
+struct WrongSin {
+  static constexpr const char* name = "wrong_sin";
+  template <class T> static T f(T x) { return std::sin(x); }
+  template <class T> static T df(T x, T) { return std::cos(x) + T(0.1); }
+};
+}  // namespace
+
+TEST_CASE("gradcheck catches a wrong adjoint, in full and fast mode") {
+  Tensor<double> x = randn({5}, 28);
+  auto bad = [](auto a) { return make_unary<WrongSin>(a); };
+  auto full = gradcheck(bad, x);
+  CHECK_FALSE(full.ok);
+  CHECK(full.message.find("input 0 element") != std::string::npos);
+  GradcheckOptions o;
+  o.fast = true;
+  CHECK_FALSE(gradcheck(bad, o, x).ok);
+  CHECK(gradcheck([](auto a) { return sin(a); }, o, x).ok);
+}
+
+TEST_CASE("inputs that value_and_grad refuses") {
+  Tensor<float> m({3, 4});
+  m.fill(1.0f);
+  CHECK_THROWS_AS(value_and_grad([](auto a) { return sum(a); }, m.transposed()), ValueError);
+}

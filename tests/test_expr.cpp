@@ -1,0 +1,255 @@
+// Expressions against plain-loop references: elementwise ops, broadcasting,
+// reductions, matmul (all transposes), softmax, cross-entropy, shape errors,
+// aliasing.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <string>
+#include <weft/expr/matmul.hpp>
+#include <weft/weft.hpp>
+
+using namespace weft;
+
+namespace {
+
+template <class T>
+Tensor<T> randn(const Shape& s, unsigned seed, double scale = 1.0) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<double> nd(0.0, scale);
+  Tensor<T> t(s);
+  for (index_t i = 0; i < t.numel(); ++i) t.data()[i] = static_cast<T>(nd(rng));
+  return t;
+}
+
+template <class T>
+void check_close(const Tensor<T>& a, const std::vector<double>& ref, double tol) {
+  REQUIRE(a.numel() == static_cast<index_t>(ref.size()));
+  for (index_t i = 0; i < a.numel(); ++i) {
+    double x = static_cast<double>(a.data()[i]), r = ref[static_cast<std::size_t>(i)];
+    INFO("element " << i << ": " << x << " vs reference " << r);
+    CHECK(std::abs(x - r) <= tol * (1.0 + std::abs(r)));
+  }
+}
+
+std::string message_of(auto&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no exception)";
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("unary ops match the C library", T, float, double) {
+  const double tol = std::is_same_v<T, float> ? 2e-6 : 1e-14;
+  Tensor<T> x = randn<T>({4, 33}, 3);
+  Tensor<T> p({4, 33});
+  for (index_t i = 0; i < p.numel(); ++i) p.data()[i] = std::abs(x.data()[i]) + T(0.1);
+  auto ref = [&](auto fn, const Tensor<T>& in) {
+    std::vector<double> r;
+    for (index_t i = 0; i < in.numel(); ++i) r.push_back(fn(static_cast<double>(in.data()[i])));
+    return r;
+  };
+  check_close(eval(-x), ref([](double v) { return -v; }, x), tol);
+  check_close(eval(abs(x)), ref([](double v) { return std::abs(v); }, x), tol);
+  check_close(eval(exp(x)), ref([](double v) { return std::exp(v); }, x), tol);
+  check_close(eval(log(p)), ref([](double v) { return std::log(v); }, p), tol);
+  check_close(eval(sqrt(p)), ref([](double v) { return std::sqrt(v); }, p), tol);
+  check_close(eval(square(x)), ref([](double v) { return v * v; }, x), tol);
+  check_close(eval(tanh(x)), ref([](double v) { return std::tanh(v); }, x), tol);
+  check_close(eval(sigmoid(x)), ref([](double v) { return 1 / (1 + std::exp(-v)); }, x), tol);
+  check_close(eval(relu(x)), ref([](double v) { return v > 0 ? v : 0; }, x), tol);
+  check_close(eval(gelu(x)), ref([](double v) { return 0.5 * v * (1 + std::erf(v / std::sqrt(2.0))); }, x), tol);
+  check_close(eval(sin(x)), ref([](double v) { return std::sin(v); }, x), tol);
+  check_close(eval(cos(x)), ref([](double v) { return std::cos(v); }, x), tol);
+}
+
+TEST_CASE_TEMPLATE("binary ops broadcast like NumPy", T, float, double) {
+  const double tol = std::is_same_v<T, float> ? 2e-6 : 1e-14;
+  Tensor<T> a = randn<T>({2, 3, 5}, 4), b = randn<T>({3, 1}, 5), c = randn<T>({5}, 6);
+  for (index_t i = 0; i < b.numel(); ++i) b.data()[i] = std::abs(b.data()[i]) + T(0.5);
+  auto ref2 = [&](auto fn, const Tensor<T>& y) {
+    // y broadcast against a: (3,1) -> index [j], (5,) -> index [k]
+    std::vector<double> r;
+    for (int i = 0; i < 2; ++i)
+      for (int j = 0; j < 3; ++j)
+        for (int k = 0; k < 5; ++k) {
+          double yv = y.rank() == 2 ? y(j, 0) : y(k);
+          r.push_back(fn(static_cast<double>(a(i, j, k)), yv));
+        }
+    return r;
+  };
+  CHECK((a + b).shape() == Shape{2, 3, 5});
+  check_close(eval(a + b), ref2([](double u, double v) { return u + v; }, b), tol);
+  check_close(eval(a - c), ref2([](double u, double v) { return u - v; }, c), tol);
+  check_close(eval(a * b), ref2([](double u, double v) { return u * v; }, b), tol);
+  check_close(eval(a / b), ref2([](double u, double v) { return u / v; }, b), tol);
+  check_close(eval(pow(b + T(0) * a, a)), ref2([](double u, double v) { return std::pow(v, u); }, b), 10 * tol);
+  check_close(eval(maximum(a, c)), ref2([](double u, double v) { return std::max(u, v); }, c), tol);
+  check_close(eval(minimum(a, c)), ref2([](double u, double v) { return std::min(u, v); }, c), tol);
+  // scalars on either side take the tensor's type
+  check_close(eval(2 * a - 1), ref2([](double u, double) { return 2 * u - 1; }, c), tol);
+  check_close(eval(1.0 / b + a * 0), ref2([](double, double v) { return 1 / v; }, b), tol);
+  // a fused chain gives the same as the step-by-step result
+  Tensor<T> s1 = eval(a * b), s2 = eval(s1 + c), s3 = eval(tanh(s2));
+  Tensor<T> fused = eval(tanh(a * b + c));
+  check_close(fused, std::vector<double>(s3.data(), s3.data() + s3.numel()), tol);
+}
+
+TEST_CASE("shape errors name the operation and both shapes") {
+  Tensor<float> a({2, 3}), b({4}), m({3, 4}), k({5, 2});
+  std::string msg = message_of([&] { (void)(a + b); });
+  CHECK(msg.find("add") != std::string::npos);
+  CHECK(msg.find("(2, 3)") != std::string::npos);
+  CHECK(msg.find("(4,)") != std::string::npos);
+  msg = message_of([&] { (void)matmul(m, k); });
+  CHECK(msg.find("matmul") != std::string::npos);
+  CHECK(msg.find("(3, 4) @ (5, 2)") != std::string::npos);
+  CHECK_THROWS_AS((void)matmul(b, m), ShapeError);
+  Tensor<float> a2 = eval(a * 2.0f);
+  msg = message_of([&] { a = a2 + m * 0.0f; });
+  CHECK(msg.find("(2, 3)") != std::string::npos);
+  Tensor<float> dst({3});
+  msg = message_of([&] { dst.view() = a * 2.0f; });
+  CHECK(msg.find("assign") != std::string::npos);
+  CHECK_THROWS_AS((void)sum(a, 2), ValueError);
+  Tensor<std::int32_t> lab({3}, {0, 1, 2});
+  CHECK_THROWS_AS((void)cross_entropy(a, lab), ShapeError);
+  Tensor<std::int32_t> bad({2}, {0, 3});
+  msg = message_of([&] { (void)eval(cross_entropy(a, bad)); });
+  CHECK(msg.find("label 3 at row 1") != std::string::npos);
+}
+
+TEST_CASE_TEMPLATE("reductions over everything and over each axis", T, float, double) {
+  const double tol = std::is_same_v<T, float> ? 1e-5 : 1e-13;
+  Tensor<T> x = randn<T>({3, 4, 5}, 7);
+  double s = 0, mx = -1e300;
+  for (index_t i = 0; i < x.numel(); ++i) {
+    s += x.data()[i];
+    mx = std::max(mx, static_cast<double>(x.data()[i]));
+  }
+  check_close(eval(sum(x)), {s}, tol);
+  check_close(eval(mean(x)), {s / 60}, tol);
+  check_close(eval(max(x)), {mx}, tol);
+  CHECK(sum(x, true).shape() == Shape{1, 1, 1});
+  for (int axis = 0; axis < 3; ++axis) {
+    Shape out = x.shape();
+    out[axis] = 1;
+    std::vector<double> rs(static_cast<std::size_t>(out.numel()), 0.0), rm(rs.size(), -1e300);
+    for (int i = 0; i < 3; ++i)
+      for (int j = 0; j < 4; ++j)
+        for (int k = 0; k < 5; ++k) {
+          int idx[3] = {i, j, k};
+          idx[axis] = 0;
+          std::size_t o = static_cast<std::size_t>((idx[0] * out[1] + idx[1]) * out[2] + idx[2]);
+          rs[o] += x(i, j, k);
+          rm[o] = std::max(rm[o], static_cast<double>(x(i, j, k)));
+        }
+    std::vector<double> rmean = rs;
+    for (auto& v : rmean) v /= static_cast<double>(x.shape()[axis]);
+    CHECK(sum(x, axis).shape().rank == 2);
+    CHECK(sum(x, axis, true).shape() == out);
+    check_close(eval(sum(x, axis)), rs, tol);
+    check_close(eval(mean(x, axis, true)), rmean, tol);
+    check_close(eval(max(x, axis)), rm, tol);
+  }
+  // negative axis counts from the end
+  Tensor<T> last = eval(sum(x, 2));
+  check_close(eval(sum(x, -1)), std::vector<double>(last.data(), last.data() + last.numel()), 0);
+  // normalising rows: a reduction with keepdim broadcasts back
+  Tensor<T> p = eval(exp(x));
+  Tensor<T> q = eval(p / sum(p, 2, true));
+  Tensor<T> rowsum = eval(sum(q, 2));
+  for (index_t i = 0; i < rowsum.numel(); ++i) CHECK(std::abs(rowsum.data()[i] - T(1)) < 10 * tol);
+}
+
+TEST_CASE_TEMPLATE("matmul with every transpose combination", T, float, double) {
+  const double tol = std::is_same_v<T, float> ? 1e-5 : 1e-13;
+  const int M = 7, K = 5, N = 3;
+  Tensor<T> a = randn<T>({M, K}, 8), at = randn<T>({K, M}, 9), b = randn<T>({K, N}, 10), bt = randn<T>({N, K}, 11);
+  auto ref = [&](bool ta, bool tb) {
+    std::vector<double> r;
+    for (int i = 0; i < M; ++i)
+      for (int j = 0; j < N; ++j) {
+        double acc = 0;
+        for (int k = 0; k < K; ++k) acc += static_cast<double>(ta ? at(k, i) : a(i, k)) * (tb ? bt(j, k) : b(k, j));
+        r.push_back(acc);
+      }
+    return r;
+  };
+  check_close(eval(matmul(a, b)), ref(false, false), tol);
+  check_close(eval(matmul(transpose(at), b)), ref(true, false), tol);
+  check_close(eval(matmul(a, transpose(bt))), ref(false, true), tol);
+  check_close(eval(matmul(transpose(at), transpose(bt))), ref(true, true), tol);
+  // operands that are expressions, and an expression of the product
+  auto r = ref(false, false);
+  for (auto& v : r) v = std::tanh(2 * v);
+  check_close(eval(tanh(matmul(a * 2, b))), r, tol);
+  // strided operand: a column slice of a wider matrix is copied for BLAS
+  Tensor<T> wide = randn<T>({K, 2 * N}, 12);
+  Tensor<T> left = eval(transpose(transpose(wide)));
+  CHECK(eval(matmul(a, wide)).shape() == Shape{M, 2 * N});
+}
+
+TEST_CASE_TEMPLATE("softmax, log_softmax and cross_entropy match plain loops", T, float, double) {
+  const double tol = std::is_same_v<T, float> ? 1e-5 : 1e-13;
+  Tensor<T> x = randn<T>({4, 6}, 13, 3.0);
+  Tensor<std::int64_t> y({4}, {5, 0, 2, 2});
+  std::vector<double> sm, lsm;
+  double ce = 0;
+  for (int i = 0; i < 4; ++i) {
+    double m = -1e300, z = 0;
+    for (int j = 0; j < 6; ++j) m = std::max(m, static_cast<double>(x(i, j)));
+    for (int j = 0; j < 6; ++j) z += std::exp(x(i, j) - m);
+    for (int j = 0; j < 6; ++j) {
+      sm.push_back(std::exp(x(i, j) - m) / z);
+      lsm.push_back(x(i, j) - m - std::log(z));
+    }
+    ce -= lsm[static_cast<std::size_t>(i * 6 + y(i))];
+  }
+  check_close(eval(softmax(x)), sm, tol);
+  check_close(eval(log_softmax(x)), lsm, tol);
+  check_close(eval(cross_entropy(x, y)), {ce / 4}, tol);
+  // large logits do not overflow
+  Tensor<T> big = eval(x * 1000);
+  Tensor<T> p = eval(softmax(big));
+  for (index_t i = 0; i < p.numel(); ++i) CHECK(std::isfinite(static_cast<double>(p.data()[i])));
+}
+
+TEST_CASE("aliasing is handled, never silently wrong") {
+  Tensor<float> x({3, 3});
+  for (int i = 0; i < 9; ++i) x.data()[i] = static_cast<float>(i);
+  Tensor<float> expect = eval(transpose(x) * 1.0f);
+  x = transpose(x);
+  CHECK(x.to_vector() == expect.to_vector());
+  Tensor<float> r({2, 3}, {1, 2, 3, 4, 5, 6});
+  r = transpose(r);  // non-square: resized
+  CHECK(r.shape() == Shape{3, 2});
+  CHECK(r(2, 1) == 6.0f);
+  Tensor<float> v({4}, {1, 2, 3, 4});
+  v = v / sum(v);
+  CHECK(v.to_vector() == std::vector<float>{0.1f, 0.2f, 0.3f, 0.4f});
+  // overlapping shifted views: out[i] = in[i] + 1 with out = in shifted by one
+  Tensor<float> s({5}, {0, 1, 2, 3, 4});
+  s.slice(1, 5) = s.slice(0, 4) + 0.5f;
+  CHECK(s.to_vector() == std::vector<float>{0, 0.5f, 1.5f, 2.5f, 3.5f});
+  // same-element reads need no copy and are right
+  Tensor<float> t({3}, {1, 2, 3});
+  t = t * t + t;
+  CHECK(t.to_vector() == std::vector<float>{2, 6, 12});
+}
+
+TEST_CASE("integer tensors and strided operands") {
+  Tensor<std::int32_t> a({3}, {1, 2, 3});
+  Tensor<std::int32_t> b = eval(a * a + 1);
+  CHECK(b.to_vector() == std::vector<std::int32_t>{2, 5, 10});
+  Tensor<float> m({2, 3}, {1, 2, 3, 4, 5, 6});
+  Tensor<float> col = eval(m.transposed().row(1) * 10.0f);  // column 1 of m
+  CHECK(col.to_vector() == std::vector<float>{20, 50});
+  Tensor<float> f = eval(cast<float>(a) / 2.0f);
+  CHECK(f.to_vector() == std::vector<float>{0.5f, 1.0f, 1.5f});
+}
