@@ -106,8 +106,10 @@ class Context {
   // the communicator's ranks so errors name the ranks a user knows).
   int name_of(int r) const { return names_[static_cast<std::size_t>(r)]; }
 
-  // Algorithm scratch (at least `bytes`, 64-byte aligned; contents not kept between calls).
-  std::byte* workspace(std::size_t bytes) { return scratch_.get(bytes); }
+  // Algorithm scratch (at least `bytes`, 64-byte aligned; contents not kept
+  // between calls). Two independent slots, so a block that needs its own
+  // scratch (slot 1) can run inside one that holds slot 0.
+  std::byte* workspace(std::size_t bytes, int slot = 0) { return scratch_[slot & 1].get(bytes); }
 
   // n reusable request slots (grown once; a later call reuses them).
   std::span<Request> requests(std::size_t n) {
@@ -129,15 +131,17 @@ class Context {
     os << call.label() << " on rank " << name_of(rank());
     if (call.algorithm[0]) os << " (" << call.algorithm << ", " << t_.name() << ")";
     if (s == WaitStatus::timed_out) {
-      os << " timed out after " << detail::seconds(Clock::now() - call.start) << " waiting for rank "
-         << name_of(peer);
+      os << " timed out after " << detail::seconds(Clock::now() - call.start) << " waiting for ";
+      if (peer >= 0) os << "rank " << name_of(peer);
+      else os << "the other ranks";
       throw TimeoutError(os.str());
     }
     if (s == WaitStatus::aborted) {
       os << " abandoned: " << t_.failure();
       throw PeerFailedError(os.str());
     }
-    os << ": rank " << name_of(peer) << " left without taking part (" << t_.failure() << ")";
+    if (peer >= 0) os << ": rank " << name_of(peer) << " left without taking part (" << t_.failure() << ")";
+    else os << ": " << t_.failure();
     throw PeerFailedError(os.str());
   }
 
@@ -335,7 +339,7 @@ class Context {
 
   T t_;
   std::vector<int> names_;
-  detail::Buffer scratch_, staging_;
+  detail::Buffer scratch_[2], staging_;
   std::vector<Fingerprint> fps_;
   std::vector<Request> reqs_, pool_;
   std::unique_ptr<Levels> levels_;

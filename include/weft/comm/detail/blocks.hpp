@@ -232,7 +232,7 @@ void recursive_doubling_allreduce(Ctx& ctx, const void* in, void* out, std::size
   }
   Fold f(p);
   int idx = f.index(r);
-  std::byte* ws = ctx.workspace(bytes);
+  std::byte* ws = ctx.workspace(bytes, 1);
   auto other = [&](const void* b) -> void* { return b == out ? static_cast<void*>(ws) : out; };
   const void* cur = in;
   if (r < 2 * f.extra) {
@@ -254,6 +254,25 @@ void recursive_doubling_allreduce(Ctx& ctx, const void* in, void* out, std::size
   if (cur != out && bytes) std::memcpy(out, cur, bytes);
   if (ctx.call.reduce == ReduceOp::avg) divide_by(ctx.call.type, out, count, p);
   if (r < 2 * f.extra) ctx.exchange(out, bytes, r - 1, nullptr, 0, -1, 0);
+}
+
+// Recursive halving over q segments of buf (in place): each round sends the
+// half this rank gives up to partner idx ^ mask and combines the half it
+// keeps; afterwards participant idx holds segment idx fully reduced.
+template <class Ctx>
+void halving_steps(Ctx& ctx, void* buf, const Segments& seg, int idx, const Fold& f, std::size_t chunk) {
+  const std::size_t es = dtype_size(ctx.call.type);
+  int lo = 0;
+  for (int mask = f.q / 2; mask >= 1; mask >>= 1) {
+    int partner = f.rank_of(idx ^ mask);
+    bool lower = (idx & mask) == 0;
+    int keep = lower ? lo : lo + mask, give = lower ? lo + mask : lo;
+    std::size_t keep_off = seg.off(keep), keep_len = seg.off(keep + mask) - keep_off;
+    std::size_t give_off = seg.off(give), give_len = seg.off(give + mask) - give_off;
+    ctx.exchange_reduce(at(buf, give_off, es), give_len, partner, at(buf, keep_off, es), at(buf, keep_off, es),
+                        keep_len, partner, chunk);
+    lo = keep;
+  }
 }
 
 // Rabenseifner: fold to q ranks, reduce-scatter by recursive halving (send
@@ -280,18 +299,7 @@ void halving_doubling_allreduce(Ctx& ctx, const void* in, void* out, std::size_t
     std::memcpy(out, in, bytes);
   }
   Segments seg{count, f.q};
-  // segments [lo, lo + width) are this rank's responsibility
-  int lo = 0;
-  for (int mask = f.q / 2; mask >= 1; mask >>= 1) {
-    int partner = f.rank_of(idx ^ mask);
-    bool lower = (idx & mask) == 0;
-    int keep = lower ? lo : lo + mask, give = lower ? lo + mask : lo;
-    std::size_t keep_off = seg.off(keep), keep_len = seg.off(keep + mask) - keep_off;
-    std::size_t give_off = seg.off(give), give_len = seg.off(give + mask) - give_off;
-    ctx.exchange_reduce(at(out, give_off, es), give_len, partner, at(out, keep_off, es), at(out, keep_off, es), keep_len,
-                        partner, chunk);
-    lo = keep;
-  }
+  halving_steps(ctx, out, seg, idx, f, chunk);
   if (ctx.call.reduce == ReduceOp::avg) divide_by(ctx.call.type, at(out, seg.off(idx), es), seg.len(idx), p);
   for (int mask = 1; mask < f.q; mask <<= 1) {
     int partner = f.rank_of(idx ^ mask);
