@@ -61,6 +61,7 @@ struct GradContext {
         sinks.g[k] = grads[k].data;
         any_written = any_written || written[k];
       }
+    check_no_overlap(b, active_k);
     const bool linear = kernels::cpu::linear_ok(b, shape) && seed.linear(shape);
     const bool assign = linear && !any_written;
     for (std::size_t k = 0; k < K; ++k)
@@ -74,6 +75,24 @@ struct GradContext {
     }(std::make_index_sequence<K>{});
     e.backward_children(st, *this);
     return total;
+  }
+
+  // The fused kernels read leaves and write gradients in one pass: a gradient
+  // buffer that overlaps anything the region reads would corrupt it.
+  template <class B>
+  void check_no_overlap(const B& b, const std::array<bool, K>& active_k) const {
+    for (std::size_t k = 0; k < K; ++k) {
+      if (!active_k[k]) continue;
+      const char* glo = reinterpret_cast<const char*>(grads[k].data);
+      const char* ghi = glo + grads[k].numel() * static_cast<index_t>(sizeof(T));
+      b.visit([&](const LeafInfo& l) {
+        const char *lo, *hi;
+        detail::byte_range(l.base, l.shape, l.own_strides, l.elem_size, lo, hi);
+        if (lo < ghi && glo < hi && glo != ghi)
+          throw_error<ValueError>("value_and_grad: the gradient buffer of input ", k, " (shape ", grads[k].shape,
+                                  ") overlaps a tensor the expression reads; give it its own memory");
+      });
+    }
   }
 
   void zero(std::size_t k) {

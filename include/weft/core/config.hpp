@@ -24,6 +24,17 @@
 #define WEFT_RESTRICT
 #endif
 
+// Loop hints for the CPU kernels' lane loops: keep the loop (no full unroll
+// before vectorisation) and skip alias versioning, which is safe because
+// kernels never write memory they read in the same pass (checked by callers).
+#if defined(__clang__)
+#define WEFT_SIMD_LOOP _Pragma("clang loop vectorize(assume_safety) unroll(disable)")
+#elif defined(__GNUC__) && !defined(__CUDACC__)
+#define WEFT_SIMD_LOOP _Pragma("GCC ivdep") _Pragma("GCC unroll 1")
+#else
+#define WEFT_SIMD_LOOP
+#endif
+
 namespace weft {
 
 // Largest tensor rank weft handles. Shapes are runtime values; the rank bound

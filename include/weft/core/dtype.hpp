@@ -167,11 +167,11 @@ using compute_t = typename compute_type<T>::type;
 
 // Storage <-> compute conversions usable in kernels.
 template <class T>
-WEFT_HD inline compute_t<T> to_compute(const T& v) {
+WEFT_HD WEFT_INLINE compute_t<T> to_compute(T v) {
   return static_cast<compute_t<T>>(v);
 }
 template <class T, class C>
-WEFT_HD inline T from_compute(const C& v) {
+WEFT_HD WEFT_INLINE T from_compute(C v) {
   if constexpr (std::is_same_v<T, half> || std::is_same_v<T, bfloat16>)
     return T(static_cast<float>(v));
   else

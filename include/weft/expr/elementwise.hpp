@@ -147,9 +147,9 @@ struct BoundUnary {
     typename A::Tape a;
   };
   template <class Ix>
-  WEFT_HD WEFT_INLINE Tape fwd(const Ix& ix) const {
-    auto ta = a.fwd(ix);
-    return {Op::f(ta.v), ta};
+  WEFT_HD WEFT_INLINE void fwd(const Ix& ix, Tape& t) const {
+    a.fwd(ix, t.a);
+    t.v = Op::f(t.a.v);
   }
   template <class Ix, class S>
   WEFT_HD WEFT_INLINE void bwd(const Ix& ix, const Tape& t, value_type g, S& s) const {
@@ -170,9 +170,9 @@ struct BoundUnary<op::Cast<U>, A> {
     typename A::Tape a;
   };
   template <class Ix>
-  WEFT_HD WEFT_INLINE Tape fwd(const Ix& ix) const {
-    auto ta = a.fwd(ix);
-    return {static_cast<U>(ta.v), ta};
+  WEFT_HD WEFT_INLINE void fwd(const Ix& ix, Tape& t) const {
+    a.fwd(ix, t.a);
+    t.v = static_cast<U>(t.a.v);
   }
   template <class Ix, class S>
   WEFT_HD WEFT_INLINE void bwd(const Ix& ix, const Tape& t, value_type g, S& s) const {
@@ -195,10 +195,10 @@ struct BoundBinary {
     typename B::Tape b;
   };
   template <class Ix>
-  WEFT_HD WEFT_INLINE Tape fwd(const Ix& ix) const {
-    auto ta = a.fwd(ix);
-    auto tb = b.fwd(ix);
-    return {Op::f(static_cast<value_type>(ta.v), static_cast<value_type>(tb.v)), ta, tb};
+  WEFT_HD WEFT_INLINE void fwd(const Ix& ix, Tape& t) const {
+    a.fwd(ix, t.a);
+    b.fwd(ix, t.b);
+    t.v = Op::f(static_cast<value_type>(t.a.v), static_cast<value_type>(t.b.v));
   }
   template <class Ix, class S>
   WEFT_HD WEFT_INLINE void bwd(const Ix& ix, const Tape& t, value_type g, S& s) const {

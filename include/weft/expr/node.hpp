@@ -13,9 +13,10 @@
 //   backward_children(st,g)  after the fused backward of the elementwise region a
 //                            node sits in, continues backward below materialised nodes
 //
-// A bound evaluator is evaluated per element through fwd(ix) -> Tape (the values
-// its adjoint rule needs, a struct decided by the type: no runtime tape) and
-// bwd(ix, tape, adjoint, slots). ix is a linear index (contiguous fast path) or
+// A bound evaluator is evaluated per element through fwd(ix, tape), which fills
+// a Tape (the values its adjoint rule needs, a struct decided by the type: no
+// runtime tape), and bwd(ix, tape, adjoint, slots). Tapes are filled in place,
+// never copied whole, so the compiler keeps every field in a register. ix is a linear index (contiguous fast path) or
 // an Index4 (padded 4-D index, general strided/broadcast path).
 #pragma once
 
@@ -41,6 +42,14 @@ struct Index4 {
 WEFT_HD WEFT_INLINE index_t offset(index_t i, const Strides&) { return i; }
 WEFT_HD WEFT_INLINE index_t offset(const Index4& ix, const Strides& st) {
   return ix.i[0] * st.s[0] + ix.i[1] * st.s[1] + ix.i[2] * st.s[2] + ix.i[3] * st.s[3];
+}
+
+// The value of bound evaluator b at element ix.
+template <class B, class Ix>
+WEFT_HD WEFT_INLINE typename B::value_type value_at(const B& b, const Ix& ix) {
+  typename B::Tape t;
+  b.fwd(ix, t);
+  return t.v;
 }
 
 // Every expression node derives from this tag.
@@ -82,8 +91,8 @@ struct BoundTensor {
     value_type v;
   };
   template <class Ix>
-  WEFT_HD WEFT_INLINE Tape fwd(const Ix& ix) const {
-    return {to_compute(p[offset(ix, st)])};
+  WEFT_HD WEFT_INLINE void fwd(const Ix& ix, Tape& t) const {
+    t.v = to_compute(p[offset(ix, st)]);
   }
   template <class Ix, class S>
   WEFT_HD WEFT_INLINE void bwd(const Ix&, const Tape&, value_type, S&) const {}
@@ -106,8 +115,8 @@ struct BoundArg {
     value_type v;
   };
   template <class Ix>
-  WEFT_HD WEFT_INLINE Tape fwd(const Ix& ix) const {
-    return {to_compute(p[offset(ix, st)])};
+  WEFT_HD WEFT_INLINE void fwd(const Ix& ix, Tape& t) const {
+    t.v = to_compute(p[offset(ix, st)]);
   }
   template <class Ix, class S>
   WEFT_HD WEFT_INLINE void bwd(const Ix& ix, const Tape&, value_type g, S& slots) const {
@@ -134,8 +143,8 @@ struct BoundBuffer {
     value_type v;
   };
   template <class Ix>
-  WEFT_HD WEFT_INLINE Tape fwd(const Ix& ix) const {
-    return {p[offset(ix, st)]};
+  WEFT_HD WEFT_INLINE void fwd(const Ix& ix, Tape& t) const {
+    t.v = p[offset(ix, st)];
   }
   template <class Ix, class S>
   WEFT_HD WEFT_INLINE void bwd(const Ix& ix, const Tape&, value_type g, S&) const {
@@ -155,8 +164,8 @@ struct BoundScalar {
     value_type v;
   };
   template <class Ix>
-  WEFT_HD WEFT_INLINE Tape fwd(const Ix&) const {
-    return {c};
+  WEFT_HD WEFT_INLINE void fwd(const Ix&, Tape& t) const {
+    t.v = c;
   }
   template <class Ix, class S>
   WEFT_HD WEFT_INLINE void bwd(const Ix&, const Tape&, value_type, S&) const {}

@@ -94,7 +94,7 @@ struct Reduce : ExprTag {
       auto b = a.bind(st.a, in, ng);
       kernels::cpu::for_each_index(in, [&](const Index4& ix) {
         index_t o = offset(ix, s);
-        if (b.fwd(ix).v == st.val.data[o]) ties.data[o] += value_type(1);
+        if (value_at(b, ix) == st.val.data[o]) ties.data[o] += value_type(1);
       });
       for (index_t i = 0; i < keep.numel(); ++i) st.adj.data[i] /= ties.data[i];
       g.run_region(a, st.a, in, MaxSeed{st.adj.data, st.val.data, s});

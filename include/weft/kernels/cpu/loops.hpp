@@ -52,12 +52,15 @@ void evaluate(const B& bound, TensorView<T, weft::cpu> dst) {
   const B b = bound;  // a local copy: its pointers cannot alias the stores below
   const index_t n = dst.numel();
   if (dst.is_contiguous() && linear_ok(b, dst.shape)) {
-    T* WEFT_RESTRICT out = dst.data;
-    for (index_t i = 0; i < n; ++i) out[i] = from_compute<T>(b.fwd(i).v);
+    // Safe to vectorise without alias checks: assign() routes every overlap
+    // other than same-element reads through scratch memory.
+    T* out = dst.data;
+    WEFT_SIMD_LOOP
+    for (index_t i = 0; i < n; ++i) out[i] = from_compute<T>(value_at(b, i));
     return;
   }
   Strides ds = aligned_strides(dst.shape, dst.strides, dst.shape);
-  for_each_index(dst.shape, [&](const Index4& ix) { dst.data[offset(ix, ds)] = from_compute<T>(b.fwd(ix).v); });
+  for_each_index(dst.shape, [&](const Index4& ix) { dst.data[offset(ix, ds)] = from_compute<T>(value_at(b, ix)); });
 }
 
 // ---------------------------------------------------------------- reductions
@@ -83,14 +86,14 @@ typename B::value_type reduce_all(const B& bound, const Shape& shape) {
     for (int j = 0; j < lanes; ++j) acc[j] = R::template identity<T>();
     index_t i = 0;
     for (; i + lanes <= n; i += lanes)
-      for (int j = 0; j < lanes; ++j) acc[j] = R::combine(acc[j], b.fwd(i + j).v);
-    for (int j = 0; i < n; ++i, ++j) acc[j] = R::combine(acc[j], b.fwd(i).v);
+      for (int j = 0; j < lanes; ++j) acc[j] = R::combine(acc[j], value_at(b, i + j));
+    for (int j = 0; i < n; ++i, ++j) acc[j] = R::combine(acc[j], value_at(b, i));
     for (int w = lanes / 2; w > 0; w /= 2)
       for (int j = 0; j < w; ++j) acc[j] = R::combine(acc[j], acc[j + w]);
     return acc[0];
   }
   T acc = R::template identity<T>();
-  for_each_index(shape, [&](const Index4& ix) { acc = R::combine(acc, b.fwd(ix).v); });
+  for_each_index(shape, [&](const Index4& ix) { acc = R::combine(acc, value_at(b, ix)); });
   return acc;
 }
 
@@ -103,7 +106,7 @@ void reduce_into(const B& bound, const Shape& shape, typename B::value_type* out
   for (index_t i = 0; i < out_n; ++i) out[i] = R::template identity<T>();
   for_each_index(shape, [&](const Index4& ix) {
     T& o = out[offset(ix, out_st)];
-    o = R::combine(o, b.fwd(ix).v);
+    o = R::combine(o, value_at(b, ix));
   });
 }
 
@@ -156,62 +159,79 @@ constexpr std::array<bool, K> active_slots() {
   }(std::make_index_sequence<K>{});
 }
 
+// Backward of one element on the contiguous path: values and local adjoints in
+// registers, then each active slot's adjoint stored at index i.
+template <class E, std::size_t K, bool Assign, class B, class Seed, class T>
+WEFT_INLINE T backward_one(const B& b, const Seed& seed, const SlotMem<T, K>& g, index_t i) {
+  constexpr std::array<bool, K> active = active_slots<E, K>();
+  typename B::Tape t;
+  b.fwd(i, t);
+  SlotAcc<T, K> acc;
+  for (std::size_t k = 0; k < (K > 0 ? K : 1); ++k) acc.v[k] = T(0);
+  b.bwd(i, t, seed(i, t.v), acc);
+  [&]<std::size_t... k>(std::index_sequence<k...>) __attribute__((always_inline)) {
+    (([&]() __attribute__((always_inline)) {
+       if constexpr (active[k]) {
+         if constexpr (Assign)
+           g.g[k][i] = acc.v[k];
+         else
+           g.g[k][i] += acc.v[k];
+       }
+     }()),
+     ...);
+  }(std::make_index_sequence<K>{});
+  return t.v;
+}
+
+// Everything by value: locals that no store in the loop can alias, so the
+// compiler keeps pointers in registers and vectorises.
+template <class E, std::size_t K, bool Assign, bool Sum, class B, class Seed, class T>
+T backward_linear(const B b, const Seed seed, const SlotMem<T, K> g, index_t n) {
+  T acc[lanes];
+  for (int j = 0; j < lanes; ++j) acc[j] = T(0);
+  index_t i = 0;
+  for (; i + lanes <= n; i += lanes)
+    // The lane loop maps onto SIMD lanes, each lane its own partial sum (no
+    // reassociation needed). Gradient buffers never overlap what the region
+    // reads (value_and_grad checks), so no alias versioning either.
+    WEFT_SIMD_LOOP
+    for (int j = 0; j < lanes; ++j) {
+      T v = backward_one<E, K, Assign>(b, seed, g, i + j);
+      if constexpr (Sum) acc[j] += v;
+    }
+  for (int j = 0; i < n; ++i, ++j) {
+    T v = backward_one<E, K, Assign>(b, seed, g, i);
+    if constexpr (Sum) acc[j] += v;
+  }
+  for (int w = lanes / 2; w > 0; w /= 2)
+    for (int j = 0; j < w; ++j) acc[j] += acc[j + w];
+  return Sum ? acc[0] : T(0);
+}
+
 // One fused pass over a region: recompute its values in registers, apply the
 // adjoint rules, and write the adjoints of all its leaves. Contiguous path:
 //   assign = true    first writer of every slot: g[i] = adjoint
 //   assign = false   g[i] += adjoint (slot buffers zeroed beforehand by the caller)
-// General path: always accumulates. With Sum = true it also returns the sum of
-// the region's values (the fused value-and-gradient of sum(region) at the root).
+// General path: always accumulates, through each occurrence's strides. With
+// Sum = true it also returns the sum of the region's values (the fused
+// value-and-gradient of sum(region) at the root).
 template <class E, bool Sum, std::size_t K, class B, class Seed, class T>
 T backward_region(const B& bound, const Shape& shape, const Seed& seed_in, const SlotMem<T, K>& sinks, bool linear,
                   bool assign) {
-  const B b = bound;
+  const B b = bound;  // local copies: nothing the loop stores can alias them
   const Seed seed = seed_in;
-  constexpr std::array<bool, K> active = active_slots<E, K>();
+  const SlotMem<T, K> mem = sinks;
   const index_t n = shape.numel();
+  if (linear)
+    return assign ? backward_linear<E, K, true, Sum>(b, seed, mem, n) : backward_linear<E, K, false, Sum>(b, seed, mem, n);
   T total = 0;
-
-  if (linear) {
-    auto run = [&](auto store) {
-      auto one = [&](index_t i) {
-        auto t = b.fwd(i);
-        SlotAcc<T, K> acc;
-        for (std::size_t k = 0; k < (K > 0 ? K : 1); ++k) acc.v[k] = T(0);
-        b.bwd(i, t, seed(i, t.v), acc);
-        for (std::size_t k = 0; k < K; ++k)
-          if (active[k]) store(sinks.g[k][i], acc.v[k]);
-        return t.v;
-      };
-      T acc[lanes];
-      for (int j = 0; j < lanes; ++j) acc[j] = T(0);
-      index_t i = 0;
-      for (; i + lanes <= n; i += lanes)
-        for (int j = 0; j < lanes; ++j) {
-          T v = one(i + j);
-          if constexpr (Sum) acc[j] += v;
-        }
-      for (int j = 0; i < n; ++i, ++j) {
-        T v = one(i);
-        if constexpr (Sum) acc[j] += v;
-      }
-      if constexpr (Sum) {
-        for (int w = lanes / 2; w > 0; w /= 2)
-          for (int j = 0; j < w; ++j) acc[j] += acc[j + w];
-        total = acc[0];
-      }
-    };
-    if (assign)
-      run([](T& g, T v) { g = v; });
-    else
-      run([](T& g, T v) { g += v; });
-  } else {
-    SlotMem<T, K> mem = sinks;
-    for_each_index(shape, [&](const Index4& ix) {
-      auto t = b.fwd(ix);
-      b.bwd(ix, t, seed(ix, t.v), mem);
-      if constexpr (Sum) total += t.v;
-    });
-  }
+  SlotMem<T, K> m = mem;
+  for_each_index(shape, [&](const Index4& ix) {
+    typename B::Tape t;
+    b.fwd(ix, t);
+    b.bwd(ix, t, seed(ix, t.v), m);
+    if constexpr (Sum) total += t.v;
+  });
   return total;
 }
 

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# weft's fused value_and_grad vs PyTorch eager on the same function, one thread,
+# in the same run. Ends with: autodiff_vs_torch_eager: R  (torch time / weft time)
+set -euo pipefail
+source "$(dirname "$0")/../scripts/common.sh"
+weft_install "${WEFT_BASE_PKGS[@]}" python3-torch
+weft_build
+LOG2N=${LOG2N:-24}
+REPS=${REPS:-10}
+echo "== weft"
+w=$("$WEFT_BUILD/bench/bench_autodiff" "$LOG2N" "$REPS" | tee /dev/stderr)
+echo "== torch"
+t=$(OMP_NUM_THREADS=1 /usr/bin/python3 "$WEFT_ROOT/bench/autodiff_torch.py" "$LOG2N" "$REPS" | tee /dev/stderr)
+wm=$(echo "$w" | awk '/^weft_ms:/ {print $2}')
+tm=$(echo "$t" | awk '/^torch_ms:/ {print $2}')
+echo "$w" | grep -E "^(memcpy_GBps|fraction_of_memcpy):"
+awk -v a="$tm" -v b="$wm" 'BEGIN { printf "autodiff_vs_torch_eager: %.2f\n", a / b }'
