@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdlib>
+#include <cstring>
 #include <new>
 
 #include "config.hpp"
@@ -36,6 +37,7 @@ struct device_memory<cpu> {
     return p;
   }
   static void deallocate(void* p) noexcept { std::free(p); }
+  static void copy(void* dst, const void* src, std::size_t bytes) { std::memcpy(dst, src, bytes); }
 };
 
 }  // namespace weft

@@ -235,19 +235,22 @@ class Tensor {
 
  private:
   void copy_from(const TensorView<T, Device>& src) {
-    static_assert(std::is_same_v<Device, cpu>, "copies between device tensors live in weft/kernels/cuda");
     if (src.is_contiguous()) {
-      if (numel() > 0) std::memcpy(data(), src.data, bytes());
+      if (numel() > 0) device_memory<Device>::copy(data(), src.data, bytes());
       return;
     }
-    // Strided source: walk it in row-major order.
-    Shape p = padded(src.shape);
-    Strides st = aligned_strides(src.shape, src.strides, src.shape);
-    T* out = data();
-    for (index_t a = 0; a < p[0]; ++a)
-      for (index_t b = 0; b < p[1]; ++b)
-        for (index_t c = 0; c < p[2]; ++c)
-          for (index_t d = 0; d < p[3]; ++d) *out++ = src.data[a * st[0] + b * st[1] + c * st[2] + d * st[3]];
+    if constexpr (!std::is_same_v<Device, cpu>)
+      throw_error<ValueError>("copying a strided ", Device::name, " view: evaluate it with weft::kernels::cuda::evaluate");
+    else {
+      // Strided source: walk it in row-major order.
+      Shape p = padded(src.shape);
+      Strides st = aligned_strides(src.shape, src.strides, src.shape);
+      T* out = data();
+      for (index_t a = 0; a < p[0]; ++a)
+        for (index_t b = 0; b < p[1]; ++b)
+          for (index_t c = 0; c < p[2]; ++c)
+            for (index_t d = 0; d < p[3]; ++d) *out++ = src.data[a * st[0] + b * st[1] + c * st[2] + d * st[3]];
+    }
   }
 
   std::unique_ptr<T, Deleter> storage_;

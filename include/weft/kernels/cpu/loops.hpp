@@ -163,7 +163,6 @@ constexpr std::array<bool, K> active_slots() {
 // registers, then each active slot's adjoint stored at index i.
 template <class E, std::size_t K, bool Assign, class B, class Seed, class T>
 WEFT_INLINE T backward_one(const B& b, const Seed& seed, const SlotMem<T, K>& g, index_t i) {
-  constexpr std::array<bool, K> active = active_slots<E, K>();
   typename B::Tape t;
   b.fwd(i, t);
   SlotAcc<T, K> acc;
@@ -171,7 +170,7 @@ WEFT_INLINE T backward_one(const B& b, const Seed& seed, const SlotMem<T, K>& g,
   b.bwd(i, t, seed(i, t.v), acc);
   [&]<std::size_t... k>(std::index_sequence<k...>) __attribute__((always_inline)) {
     (([&]() __attribute__((always_inline)) {
-       if constexpr (active[k]) {
+       if constexpr (E::template slots_in_region<k>() > 0) {
          if constexpr (Assign)
            g.g[k][i] = acc.v[k];
          else
