@@ -2,7 +2,15 @@
 // CBLAS at link time (Meson's `blas` feature; pkg-config `openblas`).
 #pragma once
 
+// OpenBLAS's cblas.h declares C99 _Complex types, which clang flags in C++.
+#if defined(__clang__)
+#pragma clang diagnostic push
+#pragma clang diagnostic ignored "-Wc99-extensions"
+#endif
 #include <cblas.h>
+#if defined(__clang__)
+#pragma clang diagnostic pop
+#endif
 
 #include "../../core/error.hpp"
 #include "../../tensor/tensor.hpp"
