@@ -21,3 +21,4 @@
 #include "expr/assign.hpp"
 #include "autodiff/value_and_grad.hpp"
 #include "autodiff/gradcheck.hpp"
+#include "io/idx.hpp"
