@@ -12,7 +12,8 @@ meson test -C "$WEFT_BUILD" --num-processes 2 --print-errorlogs "$@" 2>&1 | tee 
 rc=${PIPESTATUS[0]}
 set -e
 
-count() { grep -E "^$1:" "$WEFT_BUILD/test-output.txt" | tail -1 | awk '{print $2}'; }
+# Meson's summary lines look like "Expected Fail:      0": take the number after the colon.
+count() { grep -E "^$1:" "$WEFT_BUILD/test-output.txt" | tail -1 | sed -E 's/^[^:]*:[[:space:]]*([0-9]+).*/\1/'; }
 ok=$(count Ok); xfail=$(count "Expected Fail"); fail=$(count Fail); xpass=$(count "Unexpected Pass")
 skip=$(count Skipped); tout=$(count Timeout)
 passed=$(( ${ok:-0} + ${xfail:-0} ))

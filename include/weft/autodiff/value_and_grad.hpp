@@ -19,6 +19,7 @@
 
 #include "../expr/assign.hpp"
 #include "../expr/node.hpp"
+#include "../expr/parameter.hpp"
 #include "../expr/reduce.hpp"
 #include "../kernels/cpu/loops.hpp"
 
@@ -27,6 +28,8 @@ namespace weft {
 struct NoHook {
   template <class T>
   void operator()(std::size_t, TensorView<T>) const {}
+  template <class T>
+  void operator()(Parameter<T>&) const {}
 };
 
 // Binding context while differentiating: where the K inputs' gradients go,
@@ -73,6 +76,9 @@ struct GradContext {
     [&]<std::size_t... I>(std::index_sequence<I...>) {
       ((E::template slots_in_region<I>() > 0 ? done(I, E::template slots_in_region<I>()) : void()), ...);
     }(std::make_index_sequence<K>{});
+    b.visit([&](const LeafInfo& l) {
+      if (l.param) param_done(*static_cast<Parameter<T>*>(l.param));
+    });
     e.backward_children(st, *this);
     return total;
   }
@@ -98,6 +104,21 @@ struct GradContext {
   void zero(std::size_t k) {
     if (grads[k].numel() > 0) std::memset(static_cast<void*>(grads[k].data), 0, static_cast<std::size_t>(grads[k].numel()) * sizeof(T));
   }
+  // One occurrence of parameter p has delivered its adjoint; the last one makes it final.
+  void param_done(Parameter<T>& p) {
+    if (--p.pending == 0) {
+      if constexpr (std::is_invocable_v<Hook&, Parameter<T>&>) (*hook)(p);
+    }
+  }
+
+  // Before backward: count each parameter's occurrences (known from the type,
+  // identities at run time) so param_done knows when its gradient is final.
+  template <class E>
+  void count_params(const E& e) {
+    e.for_each_param([](auto& p) { p.pending = 0; });
+    e.for_each_param([](auto& p) { ++p.pending; });
+  }
+
   void done(std::size_t k, int occurrences) {
     remaining[k] -= occurrences;
     if (remaining[k] == 0) (*hook)(k, grads[k]);
@@ -116,6 +137,37 @@ auto input_view(const X& x) {
 
 template <class X>
 using input_t = typename decltype(input_view(std::declval<const X&>()))::value_type;
+
+}  // namespace detail
+
+namespace detail {
+
+// Forward, then backward from a seed of ones. A sum or mean at the root has a
+// constant adjoint, so value and gradient come out of one pass over the region
+// below it.
+template <class E, class G>
+TensorView<typename E::value_type> forward_backward(const E& e, G& g, Workspace<cpu>& ws) {
+  using T = typename E::value_type;
+  g.count_params(e);
+  if constexpr (is_full_sum<E>::value) {
+    using A = decltype(e.a);
+    auto st = e.a.forward(ws);
+    Shape s = e.a.shape();
+    T scale = e.count() ? (std::is_same_v<E, Reduce<ReduceKind::mean, A, true>> ? T(1) / static_cast<T>(e.count()) : T(1)) : T(0);
+    T total = g.template region<A, true>(e.a, st, s, kernels::cpu::ConstSeed<T>{scale});
+    auto out = ws.template alloc<T>(e.shape());
+    out.data[0] = total * scale;
+    return out;
+  } else {
+    auto st = e.forward(ws);
+    Shape s = e.shape();
+    auto out = ws.template alloc<T>(s);
+    NoGrad ng;
+    kernels::cpu::evaluate(e.bind(st, s, ng), out);
+    g.run_region(e, st, s, kernels::cpu::ConstSeed<T>{T(1)});
+    return out;
+  }
+}
 
 }  // namespace detail
 
@@ -152,26 +204,21 @@ TensorView<T> value_and_grad_into(F&& f, Workspace<cpu>& ws, TensorView<T>* grad
       hook(k, grads[k]);
     }
 
-  if constexpr (is_full_sum<E>::value) {
-    // sum/mean at the root: its adjoint is a constant, so value and gradient
-    // come out of one pass over the region below it.
-    using A = decltype(e.a);
-    auto st = e.a.forward(ws);
-    Shape s = e.a.shape();
-    T scale = e.count() ? (std::is_same_v<E, Reduce<ReduceKind::mean, A, true>> ? T(1) / static_cast<T>(e.count()) : T(1)) : T(0);
-    T total = g.template region<A, true>(e.a, st, s, kernels::cpu::ConstSeed<T>{scale});
-    auto out = ws.template alloc<T>(e.shape());
-    out.data[0] = total * scale;
-    return out;
-  } else {
-    auto st = e.forward(ws);
-    Shape s = e.shape();
-    auto out = ws.template alloc<T>(s);
-    NoGrad ng;
-    kernels::cpu::evaluate(e.bind(st, s, ng), out);
-    g.run_region(e, st, s, kernels::cpu::ConstSeed<T>{T(1)});
-    return out;
-  }
+  return detail::forward_backward(e, g, ws);
+}
+
+// Gradients of sum(e) with respect to every Parameter in e, accumulated into
+// their .grad (zero them between steps; optimizers' zero_grad() does). Returns
+// the value of e (a view into ws, valid until ws is reset). hook(parameter)
+// runs for each parameter the moment its gradient is final.
+template <Expression E, class Hook = NoHook>
+TensorView<typename E::value_type> backward(const E& e, Workspace<cpu>& ws, Hook&& hook = {}) {
+  using T = typename E::value_type;
+  static_assert(std::is_floating_point_v<T>, "backward needs a float or double expression");
+  ws.reset();
+  using H = std::remove_reference_t<Hook>;
+  GradContext<T, 0, H> g{&ws, nullptr, &hook, {}, {}};
+  return detail::forward_backward(e, g, ws);
 }
 
 // (value, d value / d x0, d value / d x1, ...) as new tensors. For a non-scalar

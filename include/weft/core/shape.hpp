@@ -34,7 +34,8 @@ struct Shape {
 
   WEFT_HD index_t numel() const {
     index_t n = 1;
-    for (int i = 0; i < rank; ++i) n *= dims[i];
+    for (int i = 0; i < max_rank; ++i)  // a fixed trip count: no out-of-range reads for the compiler to suspect
+      if (i < rank) n *= dims[i];
     return n;
   }
 

@@ -108,6 +108,10 @@ struct CrossEntropy : ExprTag {
     g.run_region(a, st.a, s, Seed{st.lse.data, labels.v.data, labels.v.strides[0], s[1], scale});
   }
 
+  template <class F>
+  void for_each_param(F&& f) const {
+    a.for_each_param(f);
+  }
   template <std::size_t I>
   static constexpr int slots_in_region() {
     return 0;
@@ -117,6 +121,11 @@ struct CrossEntropy : ExprTag {
     return A::template slots_total<I>();
   }
 };
+
+template <class A, class L>
+struct contains_param<CrossEntropy<A, L>> : contains_param<A> {};
+
+static_assert(Expression<CrossEntropy<Leaf<float, cpu>, Leaf<std::int32_t, cpu>>>);
 
 template <Operand X, TensorLike Y>
 auto cross_entropy(X&& logits, Y&& labels) {

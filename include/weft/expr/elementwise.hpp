@@ -244,6 +244,10 @@ struct Unary : ExprTag {
   void backward_children(State& st, G& g) const {
     a.backward_children(st.a, g);
   }
+  template <class F>
+  void for_each_param(F&& f) const {
+    a.for_each_param(f);
+  }
   template <std::size_t I>
   static constexpr int slots_in_region() {
     return A::template slots_in_region<I>();
@@ -276,6 +280,10 @@ struct Unary<op::Cast<U>, A> : ExprTag {
   template <class G>
   void backward_children(State& st, G& g) const {
     a.backward_children(st.a, g);
+  }
+  template <class F>
+  void for_each_param(F&& f) const {
+    a.for_each_param(f);
   }
   template <std::size_t I>
   static constexpr int slots_in_region() {
@@ -324,6 +332,11 @@ struct Binary : ExprTag {
     a.backward_children(st.a, g);
     b.backward_children(st.b, g);
   }
+  template <class F>
+  void for_each_param(F&& f) const {
+    a.for_each_param(f);
+    b.for_each_param(f);
+  }
   template <std::size_t I>
   static constexpr int slots_in_region() {
     return A::template slots_in_region<I>() + B::template slots_in_region<I>();
@@ -333,6 +346,13 @@ struct Binary : ExprTag {
     return A::template slots_total<I>() + B::template slots_total<I>();
   }
 };
+
+template <class Op, class A>
+struct contains_param<Unary<Op, A>> : contains_param<A> {};
+template <class Op, class A, class B>
+struct contains_param<Binary<Op, A, B>> : std::bool_constant<contains_param<A>::value || contains_param<B>::value> {};
+
+static_assert(Expression<Unary<op::Tanh, Leaf<float, cpu>>> && Expression<Binary<op::Mul, Leaf<float, cpu>, Scalar<float>>>);
 
 // ---------------------------------------------------------------- building nodes
 

@@ -8,6 +8,7 @@
 #include "../kernels/cpu/blas.hpp"
 #include "../kernels/cpu/loops.hpp"
 #include "node.hpp"
+#include "parameter.hpp"
 #include "transpose.hpp"
 
 namespace weft {
@@ -64,7 +65,9 @@ struct MatMul : ExprTag {
   // A leaf already in a BLAS layout is read in place; anything else is evaluated once.
   template <class E, class W>
   static TensorView<value_type> operand(const E& e, typename E::State& st, W& ws) {
-    if constexpr (std::is_same_v<typename detail::leaf_storage<E>::type, value_type>) {
+    if constexpr (std::is_same_v<E, ParamLeaf<value_type>>) {
+      return e.p->value.view();
+    } else if constexpr (std::is_same_v<typename detail::leaf_storage<E>::type, value_type>) {
       CBLAS_TRANSPOSE t;
       int ld;
       if (kernels::cpu::blas_layout(e.v, t, ld)) return e.v;
@@ -100,12 +103,19 @@ struct MatMul : ExprTag {
   void backward_children(State& st, G& g) const {
     using kernels::cpu::BufferSeed;
     Shape sa = a.shape(), sb = b.shape();
-    if constexpr (needs_grad<A, G>()) {
+    if constexpr (std::is_same_v<A, ParamLeaf<value_type>>) {
+      // A parameter operand: accumulate dA straight into its gradient.
+      kernels::cpu::gemm(st.adj, st.bv.transposed(), a.p->grad.view(), value_type(1), value_type(1));
+      g.param_done(*a.p);
+    } else if constexpr (needs_grad<A, G>()) {
       auto da = g.ws->template alloc<value_type>(sa);
       kernels::cpu::gemm(st.adj, st.bv.transposed(), da, value_type(1), value_type(0));
       g.run_region(a, st.a, sa, BufferSeed<value_type>{da.data, aligned_strides(sa, contiguous_strides(sa), sa), value_type(1)});
     }
-    if constexpr (needs_grad<B, G>()) {
+    if constexpr (std::is_same_v<B, ParamLeaf<value_type>>) {
+      kernels::cpu::gemm(st.av.transposed(), st.adj, b.p->grad.view(), value_type(1), value_type(1));
+      g.param_done(*b.p);
+    } else if constexpr (needs_grad<B, G>()) {
       auto db = g.ws->template alloc<value_type>(sb);
       kernels::cpu::gemm(st.av.transposed(), st.adj, db, value_type(1), value_type(0));
       g.run_region(b, st.b, sb, BufferSeed<value_type>{db.data, aligned_strides(sb, contiguous_strides(sb), sb), value_type(1)});
@@ -115,11 +125,16 @@ struct MatMul : ExprTag {
   // Skip the gemm for an operand that has no differentiated input below it.
   template <class E, class G>
   static constexpr bool needs_grad() {
-    return []<std::size_t... I>(std::index_sequence<I...>) {
+    return contains_param<E>::value || []<std::size_t... I>(std::index_sequence<I...>) {
       return ((E::template slots_total<I>() > 0) || ...);
     }(std::make_index_sequence<G::slots>{});
   }
 
+  template <class F>
+  void for_each_param(F&& f) const {
+    a.for_each_param(f);
+    b.for_each_param(f);
+  }
   template <std::size_t I>
   static constexpr int slots_in_region() {
     return 0;
@@ -129,6 +144,11 @@ struct MatMul : ExprTag {
     return A::template slots_total<I>() + B::template slots_total<I>();
   }
 };
+
+template <class A, class B>
+struct contains_param<MatMul<A, B>> : std::bool_constant<contains_param<A>::value || contains_param<B>::value> {};
+
+static_assert(Expression<MatMul<Leaf<float, cpu>, Leaf<float, cpu>>>);
 
 template <Operand X, Operand Y>
 auto matmul(X&& x, Y&& y) {

@@ -74,7 +74,17 @@ struct LeafInfo {
   Shape shape;      // the leaf's own shape (extent of memory it reads)
   Strides own_strides;
   std::size_t elem_size;
+  void* param = nullptr;  // the Parameter<T> whose gradient this leaf feeds, if any
 };
+
+template <class T>
+struct Parameter;
+template <class T>
+struct ParamLeaf;
+
+// Does an expression type contain a parameter leaf (so its backward has work)?
+template <class E>
+struct contains_param : std::false_type {};
 
 // ---------------------------------------------------------------- bound leaves
 
@@ -189,6 +199,8 @@ struct LeafNodeBase : ExprTag {
   }
   template <class G>
   void backward_children(State&, G&) const {}
+  template <class F>
+  void for_each_param(F&&) const {}
 };
 
 // A tensor (or view) read by an expression; never differentiated.
@@ -233,6 +245,8 @@ struct Arg : ExprTag {
   }
   template <class G>
   void backward_children(State&, G&) const {}
+  template <class F>
+  void for_each_param(F&&) const {}
   template <std::size_t J>
   static constexpr int slots_in_region() {
     return J == I ? 1 : 0;
@@ -260,6 +274,7 @@ struct Scalar : LeafNodeBase {
     return {c};
   }
 };
+static_assert(Expression<Leaf<float, cpu>> && Expression<Arg<0, double, cpu>> && Expression<Scalar<float>>);
 
 // ---------------------------------------------------------------- capture rule
 
@@ -275,15 +290,23 @@ template <class T, class D>
 struct is_view<TensorView<T, D>> : std::true_type {};
 
 template <class X>
+struct is_parameter : std::false_type {};
+template <class T>
+struct is_parameter<Parameter<T>> : std::true_type {};
+
+template <class X>
 concept TensorLike = is_tensor<std::remove_cvref_t<X>>::value || is_view<std::remove_cvref_t<X>>::value;
 template <class X>
-concept Operand = Expression<X> || TensorLike<X>;
+concept Operand = Expression<X> || TensorLike<X> || is_parameter<std::remove_cvref_t<X>>::value;
 
 template <class X>
 decltype(auto) as_expr(X&& x) {
   using D = std::remove_cvref_t<X>;
   if constexpr (Expression<D>) {
     return D(x);
+  } else if constexpr (is_parameter<D>::value) {
+    static_assert(std::is_lvalue_reference_v<X>, "an expression cannot hold a temporary Parameter");
+    return ParamLeaf<typename D::value_type>(x);
   } else if constexpr (is_view<D>::value) {
     return Leaf<typename D::value_type, typename D::device_type>(x);
   } else if constexpr (is_tensor<D>::value) {

@@ -118,6 +118,10 @@ struct Reduce : ExprTag {
     bool linear(const Shape& sh) const { return kernels::cpu::strides_linear(st, sh); }
   };
 
+  template <class F>
+  void for_each_param(F&& f) const {
+    a.for_each_param(f);
+  }
   template <std::size_t I>
   static constexpr int slots_in_region() {
     return 0;
@@ -127,6 +131,11 @@ struct Reduce : ExprTag {
     return A::template slots_total<I>();
   }
 };
+
+template <ReduceKind Kind, class A, bool All>
+struct contains_param<Reduce<Kind, A, All>> : contains_param<A> {};
+
+static_assert(Expression<Reduce<ReduceKind::sum, Leaf<float, cpu>, true>>);
 
 template <class E>
 struct is_full_sum : std::false_type {};

@@ -92,6 +92,10 @@ struct Softmax : ExprTag {
     g.run_region(a, st.a, s, kernels::cpu::BufferSeed<value_type>{dx.data, aligned_strides(s, contiguous_strides(s), s), value_type(1)});
   }
 
+  template <class F>
+  void for_each_param(F&& f) const {
+    a.for_each_param(f);
+  }
   template <std::size_t I>
   static constexpr int slots_in_region() {
     return 0;
@@ -101,6 +105,11 @@ struct Softmax : ExprTag {
     return A::template slots_total<I>();
   }
 };
+
+template <class A, bool Log>
+struct contains_param<Softmax<A, Log>> : contains_param<A> {};
+
+static_assert(Expression<Softmax<Leaf<float, cpu>, false>>);
 
 template <Operand X> auto softmax(X&& x) { return Softmax<expr_t<X>, false>(as_expr(std::forward<X>(x))); }
 template <Operand X> auto log_softmax(X&& x) { return Softmax<expr_t<X>, true>(as_expr(std::forward<X>(x))); }

@@ -62,6 +62,10 @@ struct Transpose : ExprTag {
     Shape s = a.shape();
     g.run_region(a, st.a, s, kernels::cpu::BufferSeed<value_type>{st.adj.data, aligned_strides(s, contiguous_strides(s), s), value_type(1)});
   }
+  template <class F>
+  void for_each_param(F&& f) const {
+    a.for_each_param(f);
+  }
   template <std::size_t I>
   static constexpr int slots_in_region() {
     return 0;
@@ -71,6 +75,11 @@ struct Transpose : ExprTag {
     return A::template slots_total<I>();
   }
 };
+
+template <class A>
+struct contains_param<Transpose<A>> : contains_param<A> {};
+
+static_assert(Expression<Transpose<Leaf<float, cpu>>>);
 
 template <Operand X>
 auto transpose(X&& x) {
