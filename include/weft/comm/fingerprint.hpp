@@ -45,7 +45,10 @@ namespace detail {
 
 inline std::string rank_list(const std::vector<int>& ranks) {
   std::string s;
-  for (std::size_t i = 0; i < ranks.size(); ++i) s += (i ? "," : "") + std::to_string(ranks[i]);
+  for (std::size_t i = 0; i < ranks.size(); ++i) {
+    if (i) s += ',';
+    s += std::to_string(ranks[i]);
+  }
   return s;
 }
 

@@ -282,7 +282,10 @@ class ThreadTransport {
     std::string gone;
     for (int i = 0; i < group_->size; ++i) {
       int wr = group_->world_ranks[static_cast<std::size_t>(i)];
-      if (w.exited[wr].load(std::memory_order_acquire)) gone += (gone.empty() ? "" : ",") + std::to_string(i);
+      if (w.exited[wr].load(std::memory_order_acquire)) {
+        if (!gone.empty()) gone += ',';
+        gone += std::to_string(i);
+      }
     }
     if (!gone.empty()) return "rank(s) " + gone + " returned from the run_local function without taking part";
     return {};

@@ -1,0 +1,308 @@
+// Multi-rank collective checks, written once and run on every transport:
+// threads.cpp drives them with run_local (1..8 ranks), mpi.cpp under mpirun
+// (2, 3, 4 ranks). Each check runs on one rank and returns "" or a message
+// describing the first wrong element; the driver asserts on the messages.
+//
+// Inputs are small integers (as nccl-tests builds them) so every exact sum,
+// product, min, max and average is representable in every dtype, including
+// f16 and bf16, and results are compared exactly against a naive reference
+// computed from all ranks' inputs.
+#pragma once
+
+#include <weft/comm/communicator.hpp>
+#include <weft/core/dtype.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <sstream>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+namespace weft::comm::testing {
+
+template <class T>
+inline constexpr bool is_signed_elem = std::is_signed_v<T> || is_floating_v<T>;
+
+// Rank r's input element i for reduce op `op` (p ranks).
+template <class T>
+T input(ReduceOp op, int r, std::size_t i, int p) {
+  long v = 0;
+  const long ri = static_cast<long>(r), ii = static_cast<long>(i % 1000003);
+  switch (op) {
+    case ReduceOp::sum: v = is_signed_elem<T> ? (ri * 3 + ii) % 7 - 3 : (ri + ii) % 5; break;
+    case ReduceOp::prod: {
+      long k = (ri + ii) % 5;
+      v = k == 0 ? 2 : (k == 1 && is_signed_elem<T> ? -1 : 1);
+      break;
+    }
+    case ReduceOp::min:
+    case ReduceOp::max: v = is_signed_elem<T> ? (ri * 7 + ii * 13) % 19 - 9 : (ri * 7 + ii * 13) % 19; break;
+    case ReduceOp::avg: {
+      // c_i + d_r with sum_r d_r = 0, so the average is exactly c_i
+      long c = ii % 31;
+      long d = r < p - 1 ? ri : -static_cast<long>(p - 1) * (p - 2) / 2;
+      v = c + d;
+      break;
+    }
+  }
+  if constexpr (std::is_same_v<T, half> || std::is_same_v<T, bfloat16>) return T(static_cast<float>(v));
+  else return static_cast<T>(v);
+}
+
+// Element i of rank r's payload for data-movement ops (distinct per rank and index).
+template <class T>
+T payload(int r, std::size_t i) {
+  long v = (static_cast<long>(r) * 131 + static_cast<long>(i % 1000003)) % 251;
+  if constexpr (std::is_same_v<T, half> || std::is_same_v<T, bfloat16>) return T(static_cast<float>(v));
+  else return static_cast<T>(v);
+}
+
+// Naive reference of op over all ranks' inputs at index i, in wide arithmetic.
+template <class T>
+T reference(ReduceOp op, std::size_t i, int p) {
+  if constexpr (is_floating_v<T>) {
+    double acc = static_cast<double>(static_cast<compute_t<T>>(input<T>(op, 0, i, p)));
+    for (int r = 1; r < p; ++r) {
+      double x = static_cast<double>(static_cast<compute_t<T>>(input<T>(op, r, i, p)));
+      if (op == ReduceOp::sum || op == ReduceOp::avg) acc += x;
+      else if (op == ReduceOp::prod) acc *= x;
+      else if (op == ReduceOp::min) acc = std::min(acc, x);
+      else acc = std::max(acc, x);
+    }
+    if (op == ReduceOp::avg) acc /= p;
+    if constexpr (std::is_same_v<T, half> || std::is_same_v<T, bfloat16>) return T(static_cast<float>(acc));
+    else return static_cast<T>(acc);
+  } else {
+    using W = std::conditional_t<std::is_signed_v<T>, std::int64_t, std::uint64_t>;
+    W acc = static_cast<W>(input<T>(op, 0, i, p));
+    for (int r = 1; r < p; ++r) {
+      W x = static_cast<W>(input<T>(op, r, i, p));
+      if (op == ReduceOp::sum || op == ReduceOp::avg) acc = static_cast<W>(acc + x);
+      else if (op == ReduceOp::prod) acc = static_cast<W>(acc * x);
+      else if (op == ReduceOp::min) acc = std::min(acc, x);
+      else acc = std::max(acc, x);
+    }
+    T t = static_cast<T>(acc);  // wraps like the collective does
+    if (op == ReduceOp::avg) t = static_cast<T>(t / static_cast<T>(p));
+    return t;
+  }
+}
+
+template <class T>
+bool same_bits(const T& a, const T& b) {
+  return std::memcmp(&a, &b, sizeof(T)) == 0;
+}
+
+template <class T>
+double as_double(const T& v) {
+  return static_cast<double>(static_cast<compute_t<T>>(v));
+}
+
+// Compares got[0..n) with want(i); returns "" or a description of the first mismatch.
+template <class T, class Want>
+std::string compare(const char* what, const std::vector<T>& got, std::size_t off, std::size_t n, Want&& want) {
+  std::size_t wrong = 0, first = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (!same_bits(got[off + i], want(i))) {
+      if (!wrong) first = i;
+      ++wrong;
+    }
+  }
+  if (!wrong) return {};
+  std::ostringstream os;
+  os << what << " (" << dtype_name(dtype_v<T>) << " x " << n << "): " << wrong << " wrong, first at " << first
+     << ": got " << as_double(got[off + first]) << ", want " << as_double(want(first));
+  return os.str();
+}
+
+// Every reducing op with reduce op `op` on dtype T, count n (per rank for reduce_scatter).
+template <class T, class Comm>
+std::string check_reductions(Comm& c, ReduceOp op, std::size_t n) {
+  const int p = c.size(), r = c.rank();
+  std::string err;
+  auto note = [&](std::string e, const char* ctx) {
+    if (err.empty() && !e.empty()) err = std::string(ctx) + " " + reduce_op_name(op) + ": " + e;
+  };
+  std::vector<T> in(n), out(n);
+  for (std::size_t i = 0; i < n; ++i) in[i] = input<T>(op, r, i, p);
+  auto ref = [&](std::size_t base) { return [=](std::size_t i) { return reference<T>(op, base + i, p); }; };
+
+  c.allreduce(in, out, op);
+  note(compare("allreduce", out, 0, n, ref(0)), "out-of-place");
+  std::vector<T> io = in;
+  c.allreduce(io, op);
+  note(compare("allreduce", io, 0, n, ref(0)), "in-place");
+
+  // reduce_scatter: input of p blocks of n
+  const std::size_t total = n * static_cast<std::size_t>(p);
+  std::vector<T> big(total), blk(n);
+  for (std::size_t i = 0; i < total; ++i) big[i] = input<T>(op, r, i, p);
+  c.reduce_scatter(big, blk, op);
+  note(compare("reduce_scatter", blk, 0, n, ref(static_cast<std::size_t>(r) * n)), "out-of-place");
+  c.reduce_scatter(big.data(), big.data() + static_cast<std::size_t>(r) * n, n, op);
+  note(compare("reduce_scatter", big, static_cast<std::size_t>(r) * n, n, ref(static_cast<std::size_t>(r) * n)),
+       "in-place");
+
+  const int root = p / 2;
+  std::vector<T> red(r == root ? n : 0);
+  c.reduce(in, red, root, op);
+  if (r == root) note(compare("reduce", red, 0, n, ref(0)), "out-of-place");
+  io = in;
+  c.reduce(io.data(), io.data(), n, root, op);
+  if (r == root) note(compare("reduce", io, 0, n, ref(0)), "in-place");
+  return err;
+}
+
+// Data-movement ops on dtype T with n elements per rank.
+template <class T, class Comm>
+std::string check_movement(Comm& c, std::size_t n) {
+  const int p = c.size(), r = c.rank();
+  const std::size_t total = n * static_cast<std::size_t>(p);
+  std::string err;
+  auto note = [&](const std::string& e) {
+    if (err.empty() && !e.empty()) err = e;
+  };
+  std::vector<T> mine(n), all(total);
+  for (std::size_t i = 0; i < n; ++i) mine[i] = payload<T>(r, i);
+  auto gathered = [&](std::size_t i) { return payload<T>(static_cast<int>(i / (n ? n : 1)), i % (n ? n : 1)); };
+
+  c.allgather(mine, all);
+  note(compare("allgather", all, 0, total, gathered));
+  std::vector<T> inplace(total);
+  std::copy(mine.begin(), mine.end(), inplace.begin() + static_cast<std::ptrdiff_t>(static_cast<std::size_t>(r) * n));
+  c.allgather(inplace.data() + static_cast<std::size_t>(r) * n, inplace.data(), n);
+  note(compare("allgather in-place", inplace, 0, total, gathered));
+
+  for (int root : {0, p - 1}) {
+    std::vector<T> b(n);
+    for (std::size_t i = 0; i < n; ++i) b[i] = r == root ? payload<T>(root, i) : T{};
+    c.broadcast(b, root);
+    note(compare("broadcast", b, 0, n, [&](std::size_t i) { return payload<T>(root, i); }));
+  }
+
+  const int root = p - 1;
+  std::vector<T> g(r == root ? total : 0);
+  c.gather(mine, g, root);
+  if (r == root) note(compare("gather", g, 0, total, gathered));
+
+  std::vector<T> src(r == root ? total : 0), part(n);
+  if (r == root)
+    for (std::size_t i = 0; i < total; ++i) src[i] = payload<T>(static_cast<int>(i / n) + 7, i % n);
+  c.scatter(src, part, root);
+  note(compare("scatter", part, 0, n, [&](std::size_t i) { return payload<T>(r + 7, i); }));
+
+  // alltoall: block j of rank r holds payload(r * p + j)
+  std::vector<T> a(total), b(total);
+  for (std::size_t i = 0; i < total; ++i) a[i] = payload<T>(r * p + static_cast<int>(i / n), i % n);
+  c.alltoall(a, b);
+  note(compare("alltoall", b, 0, total,
+               [&](std::size_t i) { return payload<T>(static_cast<int>(i / n) * p + r, i % n); }));
+
+  c.barrier();
+
+  if (p > 1) {  // ring shift with point-to-point
+    std::vector<T> got(n);
+    auto s = c.isend(mine, (r + 1) % p, 5);
+    c.recv(got, (r + p - 1) % p, 5);
+    s.wait();
+    note(compare("send/recv", got, 0, n, [&](std::size_t i) { return payload<T>((r + p - 1) % p, i); }));
+  }
+  return err;
+}
+
+template <class T, class Comm>
+std::string check_dtype(Comm& c, std::size_t n) {
+  std::string e;
+  for (ReduceOp op : {ReduceOp::sum, ReduceOp::prod, ReduceOp::min, ReduceOp::max, ReduceOp::avg})
+    if (e.empty()) e = check_reductions<T>(c, op, n);
+  if (e.empty()) e = check_movement<T>(c, n);
+  return e;
+}
+
+// The whole matrix for one communicator: sizes x dtypes x ops.
+template <class Comm>
+std::string check_matrix(Comm& c, const std::vector<std::size_t>& sizes) {
+  for (std::size_t n : sizes) {
+    std::string e;
+    if (e.empty()) e = check_dtype<float>(c, n);
+    if (e.empty()) e = check_dtype<double>(c, n);
+    if (e.empty()) e = check_dtype<half>(c, n);
+    if (e.empty()) e = check_dtype<bfloat16>(c, n);
+    if (e.empty()) e = check_dtype<std::int32_t>(c, n);
+    if (e.empty()) e = check_dtype<std::int64_t>(c, n);
+    if (e.empty()) e = check_dtype<std::uint8_t>(c, n);
+    if (!e.empty()) return "n=" + std::to_string(n) + ": " + e;
+  }
+  return {};
+}
+
+// A large allreduce / reduce_scatter / allgather (16 MiB of f32 per rank).
+template <class Comm>
+std::string check_large(Comm& c, std::size_t n) {
+  const int p = c.size(), r = c.rank();
+  std::vector<float> in(n), out(n);
+  for (std::size_t i = 0; i < n; ++i) in[i] = input<float>(ReduceOp::sum, r, i, p);
+  c.allreduce(in, out);
+  std::string e = compare("large allreduce", out, 0, n, [&](std::size_t i) { return reference<float>(ReduceOp::sum, i, p); });
+  if (!e.empty()) return e;
+  const std::size_t blk = n / static_cast<std::size_t>(p);
+  std::vector<float> part(blk);
+  c.reduce_scatter(in.data(), part.data(), blk);
+  e = compare("large reduce_scatter", part, 0, blk,
+              [&](std::size_t i) { return reference<float>(ReduceOp::sum, static_cast<std::size_t>(r) * blk + i, p); });
+  if (!e.empty()) return e;
+  std::vector<bfloat16> hin(n), hout(n);
+  for (std::size_t i = 0; i < n; ++i) hin[i] = input<bfloat16>(ReduceOp::sum, r, i, p);
+  c.allreduce(hin, hout);
+  return compare("large bf16 allreduce", hout, 0, n, [&](std::size_t i) { return reference<bfloat16>(ReduceOp::sum, i, p); });
+}
+
+// Random data, deterministic mode: the result must equal the rank-order fold
+// ((x0 + x1) + x2) + ... computed locally, bit for bit, whatever the algorithm.
+template <class T>
+T random_input(int r, std::size_t i, std::uint64_t seed) {
+  std::uint64_t z = seed * 0x9e3779b97f4a7c15ull + static_cast<std::uint64_t>(r) * 0xbf58476d1ce4e5b9ull + i;
+  z ^= z >> 31;
+  z *= 0x94d049bb133111ebull;
+  z ^= z >> 29;
+  double u = static_cast<double>(z >> 11) / 9007199254740992.0;  // [0, 1)
+  double v = (u - 0.5) * std::ldexp(1.0, static_cast<int>(z % 17) - 8);  // spread exponents
+  if constexpr (std::is_same_v<T, half> || std::is_same_v<T, bfloat16>) return T(static_cast<float>(v));
+  else return static_cast<T>(v);
+}
+
+template <class T>
+T ordered_fold(int p, std::size_t i, std::uint64_t seed) {
+  T acc = random_input<T>(0, i, seed);
+  for (int k = 1; k < p; ++k) {
+    compute_t<T> s = static_cast<compute_t<T>>(acc) + static_cast<compute_t<T>>(random_input<T>(k, i, seed));
+    if constexpr (std::is_same_v<T, half> || std::is_same_v<T, bfloat16>) acc = T(static_cast<float>(s));
+    else acc = static_cast<T>(s);
+  }
+  return acc;
+}
+
+template <class T, class Comm>
+std::string check_deterministic(Comm& c, std::size_t n, std::uint64_t seed) {
+  const int p = c.size(), r = c.rank();
+  std::vector<T> in(n), out(n);
+  for (std::size_t i = 0; i < n; ++i) in[i] = random_input<T>(r, i, seed);
+  c.allreduce(in, out);
+  std::string e = compare("deterministic allreduce", out, 0, n, [&](std::size_t i) { return ordered_fold<T>(p, i, seed); });
+  if (!e.empty()) return e;
+  const std::size_t blk = n / static_cast<std::size_t>(p);
+  std::vector<T> part(blk);
+  c.reduce_scatter(in.data(), part.data(), blk);
+  e = compare("deterministic reduce_scatter", part, 0, blk,
+              [&](std::size_t i) { return ordered_fold<T>(p, static_cast<std::size_t>(r) * blk + i, seed); });
+  if (!e.empty()) return e;
+  std::vector<T> red(n);
+  c.reduce(in.data(), red.data(), n, 0);
+  if (r == 0) e = compare("deterministic reduce", red, 0, n, [&](std::size_t i) { return ordered_fold<T>(p, i, seed); });
+  return e;
+}
+
+}  // namespace weft::comm::testing

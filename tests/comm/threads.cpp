@@ -1,0 +1,316 @@
+// Collectives on the thread transport: every algorithm x 1..8 ranks x sizes x
+// dtypes x reduce ops against the naive reference, deterministic mode, and
+// the failure paths (mismatch, missing rank, failing rank, broken
+// communicator), each bounded by a deadline. Also built with
+// -fsanitize=thread (WEFT_COMM_TEST_QUICK shrinks the matrix there).
+#include <doctest/doctest.h>
+
+#include <weft/comm/algorithm/auto.hpp>
+#include <weft/comm/algorithm/halving_doubling.hpp>
+#include <weft/comm/algorithm/hierarchical.hpp>
+#include <weft/comm/algorithm/recursive_doubling.hpp>
+#include <weft/comm/algorithm/ring.hpp>
+#include <weft/comm/algorithm/tree.hpp>
+#include <weft/comm/communicator.hpp>
+#include <weft/comm/run_local.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "suite.hpp"
+
+using namespace weft::comm;
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+#if defined(WEFT_COMM_TEST_QUICK)
+constexpr int max_ranks = 4;
+const std::vector<std::size_t> sizes = {0, 1, 13};
+constexpr std::size_t large = std::size_t{1} << 16;
+#else
+constexpr int max_ranks = 8;
+const std::vector<std::size_t> sizes = {0, 1, 7, 1031};  // 7, 1031: primes, not divisible by most rank counts
+constexpr std::size_t large = std::size_t{4} << 20;      // 16 MiB of f32 per rank
+#endif
+
+// Small chunks so the matrix exercises multi-chunk pipelining too.
+template <class A>
+A small_chunks() {
+  A a{};
+  if constexpr (requires { a.chunk_bytes; }) a.chunk_bytes = 256;
+  return a;
+}
+
+// Runs fn(comm) on p ranks and returns each rank's message.
+template <class A, class F>
+std::vector<std::string> on_ranks(int p, F&& fn, CommOptions opts = {}, A algo = {}) {
+  std::vector<std::string> errs(static_cast<std::size_t>(p));
+  run_local(
+      p,
+      [&](ThreadTransport& t) {
+        Communicator<A, ThreadTransport> c(t, algo, opts);
+        errs[static_cast<std::size_t>(t.rank())] = fn(c);
+      },
+      LocalOptions{2});  // two ranks per emulated node: Hierarchical runs two-level
+  return errs;
+}
+
+CommOptions checked() {
+  CommOptions o;
+  o.timeout = 20s;
+  o.fingerprints = true;
+  return o;
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("every collective x dtype x reduce op matches the reference", A, Ring, Tree, RecursiveDoubling,
+                   HalvingDoubling, Hierarchical<>, Hierarchical<Tree, RecursiveDoubling>, Auto) {
+  for (int p = 1; p <= max_ranks; ++p) {
+    CAPTURE(p);
+    auto errs = on_ranks<A>(p, [](auto& c) { return testing::check_matrix(c, sizes); }, checked(), small_chunks<A>());
+    for (int r = 0; r < p; ++r) CHECK_MESSAGE(errs[static_cast<std::size_t>(r)] == "", "rank ", r);
+  }
+}
+
+TEST_CASE_TEMPLATE("large buffers (16 MiB per rank)", A, Ring, Tree, RecursiveDoubling, HalvingDoubling,
+                   Hierarchical<>, Auto) {
+  for (int p : {2, 3, 4}) {
+    CAPTURE(p);
+    auto errs = on_ranks<A>(p, [](auto& c) { return testing::check_large(c, large); }, checked());
+    for (int r = 0; r < p; ++r) CHECK_MESSAGE(errs[static_cast<std::size_t>(r)] == "", "rank ", r);
+  }
+}
+
+TEST_CASE_TEMPLATE("deterministic mode: bitwise equal to the rank-order fold for every algorithm", A, Ring, Tree,
+                   RecursiveDoubling, HalvingDoubling, Hierarchical<>, Auto) {
+  CommOptions o = checked();
+  o.deterministic = true;
+  for (int p = 1; p <= max_ranks; ++p) {
+    CAPTURE(p);
+    for (std::size_t chunk : {std::size_t{64}, std::size_t{1} << 20}) {
+      A algo = small_chunks<A>();
+      if constexpr (requires { algo.chunk_bytes; }) algo.chunk_bytes = chunk;
+      auto errs = on_ranks<A>(
+          p,
+          [](auto& c) {
+            std::string e = testing::check_deterministic<float>(c, 1000, 11);
+            if (e.empty()) e = testing::check_deterministic<double>(c, 777, 12);
+            if (e.empty()) e = testing::check_deterministic<weft::bfloat16>(c, 515, 13);
+            if (e.empty()) e = testing::check_deterministic<weft::half>(c, 64, 14);
+            return e;
+          },
+          o, algo);
+      for (int r = 0; r < p; ++r) CHECK_MESSAGE(errs[static_cast<std::size_t>(r)] == "", "rank ", r);
+    }
+  }
+}
+
+TEST_CASE("non-blocking collectives overlap and complete in issue order") {
+  for (int p : {1, 2, 3, 5}) {
+    auto errs = on_ranks<Ring>(p, [](auto& c) -> std::string {
+      const int n = 4099, q = c.size();
+      std::vector<float> a(n, 1.0f), b(n, float(c.rank())), g(static_cast<std::size_t>(n * q));
+      auto ra = c.iallreduce(a);
+      auto rb = c.iallreduce(b, ReduceOp::max);
+      std::vector<float> mine(n, float(c.rank()));
+      auto rg = c.iallgather(mine, g);
+      auto bar = c.ibarrier();
+      double busy = 0;
+      for (int i = 0; i < 1000; ++i) busy += i * 0.5;  // computation while communicating
+      while (!ra.test()) std::this_thread::yield();
+      rb.wait();
+      rg.wait();
+      bar.wait();
+      c.allreduce(a);  // a blocking call after non-blocking ones
+      for (int i = 0; i < n; ++i) {
+        if (a[static_cast<std::size_t>(i)] != float(q * q)) return "iallreduce then allreduce: " + std::to_string(a[0]);
+        if (b[static_cast<std::size_t>(i)] != float(q - 1)) return "iallreduce max";
+      }
+      for (int i = 0; i < n * q; ++i)
+        if (g[static_cast<std::size_t>(i)] != float(i / n)) return "iallgather";
+      return busy > 0 ? "" : "?";
+    }, checked());
+    for (auto& e : errs) CHECK(e == "");
+  }
+}
+
+TEST_CASE("split makes independent sub-communicators") {
+  auto errs = std::vector<std::string>(6);
+  run_local(6, [&](ThreadTransport& t) {
+    ThreadTransport sub = t.split(t.rank() % 2, -t.rank(), Clock::now() + 10s);  // reversed order by key
+    Communicator<Ring, ThreadTransport> c(sub, Ring{}, checked());
+    std::vector<std::int32_t> v(5, t.rank());
+    c.allreduce(v);
+    int want = t.rank() % 2 ? 1 + 3 + 5 : 0 + 2 + 4;
+    std::string e;
+    if (sub.size() != 3) e = "size " + std::to_string(sub.size());
+    else if (sub.rank() != ((t.rank() % 2 ? 5 : 4) - t.rank()) / 2) e = "rank " + std::to_string(sub.rank());
+    else if (v[0] != want) e = "sum " + std::to_string(v[0]);
+    errs[static_cast<std::size_t>(t.rank())] = e;
+  });
+  for (auto& e : errs) CHECK(e == "");
+}
+
+// ---- failure paths: each must end with the right error within a few seconds ----
+
+TEST_CASE("mismatched calls fail on every rank naming the ranks and their calls") {
+  std::vector<std::string> msgs(4);
+  auto t0 = Clock::now();
+  CHECK_THROWS_AS(run_local(4,
+                            [&](ThreadTransport& t) {
+                              Communicator<Ring, ThreadTransport> c(t, Ring{}, checked());
+                              std::vector<float> v(t.rank() == 2 ? 1025 : 262144, 1.0f);
+                              try {
+                                c.allreduce(v);
+                              } catch (const MismatchError& e) {
+                                msgs[static_cast<std::size_t>(t.rank())] = e.what();
+                                CHECK(c.broken());
+                                CHECK_THROWS_AS(c.barrier(), BrokenError);  // later calls fail at once
+                                throw;
+                              }
+                            }),
+                  MismatchError);
+  CHECK(Clock::now() - t0 < 5s);
+  for (auto& m : msgs)
+    CHECK_MESSAGE(m.find("rank 2 called allreduce(f32 x 1025), ranks 0,1,3 called allreduce(f32 x 262144)") !=
+                      std::string::npos,
+                  m);
+}
+
+TEST_CASE("a rank that never arrives: the others time out naming it") {
+  std::vector<std::string> msgs(4);
+  std::atomic<int> failed{0};
+  auto t0 = Clock::now();
+  CHECK_THROWS_AS(run_local(4,
+                            [&](ThreadTransport& t) {
+                              CommOptions o = checked();
+                              o.timeout = 30s;  // the per-call override below wins
+                              Communicator<Tree, ThreadTransport> c(t, Tree{}, o);
+                              if (t.rank() == 3) {  // alive, but never calls: wait until the others gave up
+                                auto until = Clock::now() + 5s;
+                                while (failed.load() < 3 && Clock::now() < until) std::this_thread::sleep_for(1ms);
+                                return;
+                              }
+                              std::vector<double> v(100, 1.0);
+                              try {
+                                c.allreduce(v, ReduceOp::sum, CallOptions{500ms});
+                              } catch (const CommError& e) {  // the first to time out; the rest see its failure
+                                msgs[static_cast<std::size_t>(t.rank())] = e.what();
+                                ++failed;
+                                throw;
+                              }
+                            }),
+                  TimeoutError);
+  CHECK(Clock::now() - t0 < 4s);
+  for (int r = 0; r < 3; ++r) {
+    auto& m = msgs[static_cast<std::size_t>(r)];
+    CHECK_MESSAGE(m.find("allreduce(f64 x 100, sum) #1") != std::string::npos, m);
+    CHECK_MESSAGE(m.find("rank 3 did not arrive") != std::string::npos, m);
+  }
+}
+
+TEST_CASE("without fingerprints a missing rank still ends in a bounded error") {
+  std::atomic<int> failed{0};
+  auto t0 = Clock::now();
+  CHECK_THROWS_AS(run_local(3,
+                            [&](ThreadTransport& t) {
+                              CommOptions o;
+                              o.fingerprints = false;
+                              o.timeout = 400ms;
+                              Communicator<Ring, ThreadTransport> c(t, Ring{}, o);
+                              if (t.rank() == 1) {
+                                auto until = Clock::now() + 5s;
+                                while (failed.load() < 1 && Clock::now() < until) std::this_thread::sleep_for(1ms);
+                                return;
+                              }
+                              std::vector<float> v(64, 1.0f);
+                              try {
+                                c.allreduce(v);
+                              } catch (const CommError&) {
+                                ++failed;
+                                throw;
+                              }
+                            }),
+                  CommError);
+  CHECK(Clock::now() - t0 < 3s);
+}
+
+TEST_CASE("a rank that returns early is named at once, not after the deadline") {
+  std::string msg;
+  auto t0 = Clock::now();
+  CHECK_THROWS_AS(run_local(3,
+                            [&](ThreadTransport& t) {
+                              CommOptions o = checked();
+                              o.timeout = 60s;
+                              Communicator<Ring, ThreadTransport> c(t, Ring{}, o);
+                              if (t.rank() == 2) return;
+                              std::vector<float> v(10, 1.0f);
+                              try {
+                                c.allreduce(v);
+                              } catch (const PeerFailedError& e) {
+                                if (t.rank() == 0) msg = e.what();
+                                throw;
+                              }
+                            }),
+                  PeerFailedError);
+  CHECK(Clock::now() - t0 < 5s);
+  CHECK_MESSAGE(msg.find("rank 2 did not arrive") != std::string::npos, msg);
+}
+
+TEST_CASE("an exception on one rank makes the others fail fast; run_local rethrows the origin") {
+  std::vector<std::string> msgs(4);
+  auto t0 = Clock::now();
+  try {
+    run_local(4, [&](ThreadTransport& t) {
+      CommOptions o = checked();
+      o.timeout = 60s;
+      Communicator<HalvingDoubling, ThreadTransport> c(t, HalvingDoubling{}, o);
+      std::vector<float> v(1 << 16, 1.0f);
+      c.allreduce(v);
+      if (t.rank() == 1) throw std::runtime_error("boom on rank 1");
+      try {
+        c.allreduce(v);
+      } catch (const PeerFailedError& e) {
+        msgs[static_cast<std::size_t>(t.rank())] = e.what();
+        throw;
+      }
+    });
+    FAIL("run_local returned normally");
+  } catch (const std::runtime_error& e) {
+    CHECK(std::string(e.what()) == "boom on rank 1");
+  }
+  CHECK(Clock::now() - t0 < 5s);
+  for (int r : {0, 2, 3})
+    CHECK_MESSAGE(msgs[static_cast<std::size_t>(r)].find("rank 1 (thread rank) failed: boom on rank 1") != std::string::npos,
+                  msgs[static_cast<std::size_t>(r)]);
+}
+
+TEST_CASE("bad arguments name the call and the rank") {
+  run_local(2, [&](ThreadTransport& t) {
+    Communicator<Ring, ThreadTransport> c(t, Ring{}, checked());
+    std::vector<float> a(4), b(5);
+    CHECK_THROWS_WITH_AS(c.allreduce(a, b), doctest::Contains("allreduce on rank"), weft::ValueError);
+    CHECK_THROWS_WITH_AS(c.broadcast(a, 2), doctest::Contains("root 2 is not a rank"), weft::ValueError);
+    CHECK_THROWS_AS(c.send(a, t.rank(), 0), weft::ValueError);
+    CHECK_THROWS_AS(c.send(a, 1 - t.rank(), 99999), weft::ValueError);
+    CHECK_FALSE(c.broken());  // argument errors do not break the communicator
+    c.barrier();
+  });
+}
+
+TEST_CASE("Auto picks latency-bound algorithms for small messages and bandwidth-bound ones for large") {
+  Auto a;
+  a.model = CostModel::threads();
+  CHECK(std::string(a.choice(Collective::allreduce, 8, 8)) != "ring");
+  CHECK(std::string(a.choice(Collective::allreduce, std::size_t{64} << 20, 8)) != "tree");
+  CHECK(std::string(a.choice(Collective::allreduce, std::size_t{64} << 20, 8)) != "recursive_doubling");
+  CHECK(Ring::cost(Collective::allreduce, 1 << 20, 4, a.model) < Tree::cost(Collective::allreduce, 1 << 20, 4, a.model));
+}
