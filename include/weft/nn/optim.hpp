@@ -1,0 +1,317 @@
+// Optimizers over an nn::Registry: SGD (momentum, dampening, Nesterov, L2
+// weight decay), Adam (L2 weight decay) and AdamW (decoupled weight decay),
+// with PyTorch's update rules (torch.optim.SGD / Adam / AdamW documentation
+// pseudo-code, maximize = False, amsgrad = False).
+//
+// Each step() is one fused pass per parameter: a plain loop over i that reads
+// grad[i], updates the state and value in registers and writes them back once.
+// Scalar factors (bias corrections, the first-step momentum rule, the Nesterov
+// choice) are hoisted into loop-invariant coefficients, so the loops have no
+// branches and GCC/Clang vectorise them. State tensors are allocated when the
+// optimizer is built: step() never allocates.
+//
+// The optimizer holds the parameters registered at construction; parameters
+// added to the registry later are not optimised. Hyperparameters are float;
+// arithmetic runs in T (float or double), scalar factors are formed in double.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "../core/config.hpp"
+#include "../core/error.hpp"
+#include "../core/math.hpp"
+#include "../expr/parameter.hpp"
+#include "../tensor/tensor.hpp"
+#include "registry.hpp"
+
+namespace weft::nn {
+
+struct SGDOptions {
+  float lr = 1e-3f;
+  float momentum = 0.0f;
+  float dampening = 0.0f;
+  bool nesterov = false;
+  float weight_decay = 0.0f;  // L2: added to the gradient (coupled)
+};
+
+struct AdamOptions {
+  float lr = 1e-3f;
+  float beta1 = 0.9f;
+  float beta2 = 0.999f;
+  float eps = 1e-8f;
+  float weight_decay = 0.0f;  // L2: added to the gradient (coupled)
+};
+
+struct AdamWOptions {
+  float lr = 1e-3f;
+  float beta1 = 0.9f;
+  float beta2 = 0.999f;
+  float eps = 1e-8f;
+  float weight_decay = 1e-2f;  // decoupled: value *= 1 - lr * weight_decay before the Adam update
+};
+
+namespace detail {
+
+// What every optimizer shares: the parameters with their state tensors (each
+// `nstate` tensors shaped like the parameter, zero-filled), step count, lr,
+// checkpoint access to the state by name.
+template <class T>
+class OptimizerBase {
+ public:
+  float lr() const { return lr_; }
+  void set_lr(float lr) {
+    check_lr(name_, lr);
+    lr_ = lr;
+  }
+  // Steps taken (torch's per-parameter `step`, shared: all parameters step together).
+  std::int64_t steps() const { return steps_; }
+  // Restoring a checkpoint: the bias corrections of Adam depend on it.
+  void set_steps(std::int64_t n) {
+    if (n < 0) throw_error<ValueError>(name_, ": set_steps(", n, "): the step count cannot be negative");
+    steps_ = n;
+  }
+
+  void zero_grad() {
+    for (Slot& s : slots_) s.param->zero_grad();
+  }
+
+  std::size_t size() const { return slots_.size(); }
+
+  // State tensor `key` of the parameter named `param_name` (checkpoints).
+  Tensor<T>& state(const std::string& param_name, const std::string& key) {
+    for (std::size_t k = 0; k < keys_.size(); ++k) {
+      if (keys_[k] != key) continue;
+      for (Slot& s : slots_)
+        if (s.param->name == param_name) return s.state[k];
+      throw_error<ValueError>(name_, ": no parameter named '", param_name, "' (state '", key, "' requested)");
+    }
+    std::string known;
+    for (const std::string& k : keys_) known += (known.empty() ? "" : ", ") + k;
+    throw_error<ValueError>(name_, ": unknown state '", key, "' for parameter '", param_name, "' (this optimizer keeps: ",
+                            known.empty() ? std::string("no state") : known, ")");
+  }
+  const Tensor<T>& state(const std::string& param_name, const std::string& key) const {
+    return const_cast<OptimizerBase*>(this)->state(param_name, key);
+  }
+
+ protected:
+  struct Slot {
+    Parameter<T>* param;
+    Tensor<T> state[2];
+  };
+
+  OptimizerBase(const char* name, Registry<T>& reg, float lr, std::vector<std::string> keys)
+      : name_(name), keys_(std::move(keys)), lr_(lr) {
+    check_lr(name_, lr);
+    slots_.reserve(reg.size());
+    for (Parameter<T>* p : reg) {
+      Slot s{p, {}};
+      for (std::size_t k = 0; k < keys_.size(); ++k) s.state[k] = Tensor<T>(p->shape(), T(0));
+      slots_.push_back(std::move(s));
+    }
+  }
+
+  // Shapes may not change under the optimizer: its state was sized at construction.
+  void check(const Slot& s) const {
+    const Parameter<T>& p = *s.param;
+    if (p.grad.shape() != p.value.shape())
+      throw_error<ShapeError>(name_, ": parameter '", p.name, "' has value shape ", p.value.shape(), " but gradient shape ",
+                              p.grad.shape());
+    for (std::size_t k = 0; k < keys_.size(); ++k)
+      if (s.state[k].shape() != p.value.shape())
+        throw_error<ShapeError>(name_, ": parameter '", p.name, "' has shape ", p.value.shape(), " but its ", keys_[k],
+                                " was built for shape ", s.state[k].shape(), " (resized after the optimizer was built?)");
+  }
+
+  static void check_lr(const char* name, float lr) {
+    if (!(lr >= 0.0f) || !std::isfinite(lr)) throw_error<ValueError>(name, ": invalid learning rate ", lr);
+  }
+
+  const char* name_;
+  std::vector<std::string> keys_;
+  std::vector<Slot> slots_;
+  float lr_;
+  std::int64_t steps_ = 0;
+};
+
+inline void check_unit_interval(const char* opt, const char* what, float v) {
+  if (!(v >= 0.0f && v < 1.0f)) throw_error<ValueError>(opt, ": ", what, " = ", v, " must lie in [0, 1)");
+}
+inline void check_nonnegative(const char* opt, const char* what, float v) {
+  if (!(v >= 0.0f) || !std::isfinite(v)) throw_error<ValueError>(opt, ": ", what, " = ", v, " must be finite and >= 0");
+}
+
+}  // namespace detail
+
+namespace detail {
+
+// restrict on the parameters (value, grad and state never overlap: distinct
+// tensors) spares the compilers a runtime alias check before the vector loop.
+template <class T>
+void sgd_pass(T* WEFT_RESTRICT p, const T* WEFT_RESTRICT gr, index_t n, T lr, T wd) {
+  for (index_t i = 0; i < n; ++i) {
+    const T g = gr[i] + wd * p[i];
+    p[i] = p[i] - lr * g;
+  }
+}
+
+template <class T>
+void sgd_momentum_pass(T* WEFT_RESTRICT p, const T* WEFT_RESTRICT gr, T* WEFT_RESTRICT b, index_t n, T lr, T wd, T cb, T cg,
+                       T kg, T kb) {
+  for (index_t i = 0; i < n; ++i) {
+    const T g = gr[i] + wd * p[i];
+    const T bi = cb * b[i] + cg * g;
+    b[i] = bi;
+    p[i] = p[i] - lr * (kg * g + kb * bi);
+  }
+}
+
+}  // namespace detail
+
+// ---- SGD ----------------------------------------------------------------------
+// torch.optim.SGD, for t = 1, 2, ...:
+//   g = grad + wd * p                              (if wd != 0)
+//   if momentum != 0:
+//     b = g                          at t = 1
+//     b = momentum * b + (1 - dampening) * g     for t > 1
+//     g = nesterov ? g + momentum * b : b
+//   p = p - lr * g
+// The t = 1 rule is the general one with coefficients (0, 1) on a zero buffer,
+// and Nesterov picks (kg, kb) in g' = kg * g + kb * b: no branch in the loop.
+template <class T = float>
+class SGD : public detail::OptimizerBase<T> {
+  using Base = detail::OptimizerBase<T>;
+
+ public:
+  SGD(Registry<T>& reg, const SGDOptions& o = {})
+      : Base("SGD", reg, o.lr, o.momentum != 0.0f ? std::vector<std::string>{"momentum_buffer"} : std::vector<std::string>{}),
+        o_(o) {
+    detail::check_nonnegative("SGD", "momentum", o.momentum);
+    detail::check_nonnegative("SGD", "dampening", o.dampening);
+    detail::check_nonnegative("SGD", "weight_decay", o.weight_decay);
+    if (o.nesterov && (o.momentum <= 0.0f || o.dampening != 0.0f))
+      throw_error<ValueError>("SGD: Nesterov momentum requires momentum > 0 and dampening = 0 (got momentum ", o.momentum,
+                              ", dampening ", o.dampening, ")");
+  }
+
+  const SGDOptions& options() const { return o_; }
+
+  void step() {
+    const std::int64_t t = ++this->steps_;
+    const T lr = static_cast<T>(this->lr_);
+    const T wd = static_cast<T>(o_.weight_decay);
+    const T mu = static_cast<T>(o_.momentum);
+    // b = cb * b + cg * g
+    const T cb = t == 1 ? T(0) : mu;
+    const T cg = t == 1 ? T(1) : static_cast<T>(1.0 - static_cast<double>(o_.dampening));
+    // direction = kg * g + kb * b
+    const T kg = o_.nesterov ? T(1) : T(0);
+    const T kb = o_.nesterov ? mu : T(1);
+    for (auto& s : this->slots_) {
+      this->check(s);
+      T* p = s.param->value.data();
+      const T* g = s.param->grad.data();
+      if (o_.momentum == 0.0f)
+        detail::sgd_pass(p, g, s.param->numel(), lr, wd);
+      else
+        detail::sgd_momentum_pass(p, g, s.state[0].data(), s.param->numel(), lr, wd, cb, cg, kg, kb);
+    }
+  }
+
+ private:
+  SGDOptions o_;
+};
+
+namespace detail {
+
+// The Adam update shared by Adam (coupled L2 `wd`, `decay` = 1) and AdamW
+// (wd = 0, `decay` = 1 - lr * weight_decay). torch.optim.Adam, step t:
+//   g = grad + wd * p
+//   m = beta1 * m + (1 - beta1) * g          (torch: m.lerp_(g, 1 - beta1))
+//   v = beta2 * v + (1 - beta2) * g * g
+//   p = p - (lr / (1 - beta1^t)) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+// math::sqrt(float) keeps this loop vectorisable: it is correctly rounded and
+// has no errno branch (GCC's std::sqrt keeps a scalar libm call for errno
+// under the default -fmath-errno). math::sqrt(double) is libm's, vectorised
+// only under -fno-math-errno; double parameters serve tests and gradient checks.
+template <class T>
+void adam_pass(T* WEFT_RESTRICT p, const T* WEFT_RESTRICT gr, T* WEFT_RESTRICT m, T* WEFT_RESTRICT v, index_t n, T decay,
+               T wd, T beta2, T one_minus_beta1, T one_minus_beta2, T step_size, T bc2_sqrt, T eps) {
+  for (index_t i = 0; i < n; ++i) {
+    const T pi = p[i] * decay;
+    const T g = gr[i] + wd * pi;
+    const T mi = m[i] + one_minus_beta1 * (g - m[i]);
+    const T vi = beta2 * v[i] + one_minus_beta2 * g * g;
+    m[i] = mi;
+    v[i] = vi;
+    p[i] = pi - step_size * mi / (math::sqrt(vi) / bc2_sqrt + eps);
+  }
+}
+
+template <class T>
+class AdamBase : public OptimizerBase<T> {
+  using Base = OptimizerBase<T>;
+
+ protected:
+  AdamBase(const char* name, Registry<T>& reg, float lr, float beta1, float beta2, float eps, float wd)
+      : Base(name, reg, lr, {"exp_avg", "exp_avg_sq"}) {
+    check_unit_interval(name, "beta1", beta1);
+    check_unit_interval(name, "beta2", beta2);
+    check_nonnegative(name, "eps", eps);
+    check_nonnegative(name, "weight_decay", wd);
+  }
+
+  void adam_step(float beta1, float beta2, float eps, float coupled_wd, float decoupled_wd) {
+    const std::int64_t t = ++this->steps_;
+    const double lr = this->lr_;
+    const double bc1 = 1.0 - std::pow(static_cast<double>(beta1), static_cast<double>(t));
+    const double bc2 = 1.0 - std::pow(static_cast<double>(beta2), static_cast<double>(t));
+    const T step_size = static_cast<T>(lr / bc1);
+    const T bc2_sqrt = static_cast<T>(std::sqrt(bc2));
+    const T decay = static_cast<T>(1.0 - lr * static_cast<double>(decoupled_wd));
+    const T one_minus_beta1 = static_cast<T>(1.0 - static_cast<double>(beta1));
+    const T one_minus_beta2 = static_cast<T>(1.0 - static_cast<double>(beta2));
+    for (auto& s : this->slots_) {
+      this->check(s);
+      adam_pass<T>(s.param->value.data(), s.param->grad.data(), s.state[0].data(), s.state[1].data(), s.param->numel(), decay,
+                   static_cast<T>(coupled_wd), static_cast<T>(beta2), one_minus_beta1, one_minus_beta2, step_size, bc2_sqrt,
+                   static_cast<T>(eps));
+    }
+  }
+};
+
+}  // namespace detail
+
+// ---- Adam (Kingma & Ba 2015), torch.optim.Adam --------------------------------
+template <class T = float>
+class Adam : public detail::AdamBase<T> {
+ public:
+  Adam(Registry<T>& reg, const AdamOptions& o = {})
+      : detail::AdamBase<T>("Adam", reg, o.lr, o.beta1, o.beta2, o.eps, o.weight_decay), o_(o) {}
+  const AdamOptions& options() const { return o_; }
+  void step() { this->adam_step(o_.beta1, o_.beta2, o_.eps, o_.weight_decay, 0.0f); }
+
+ private:
+  AdamOptions o_;
+};
+
+// ---- AdamW (Loshchilov & Hutter 2019), torch.optim.AdamW ------------------------
+// p = p * (1 - lr * weight_decay), then the Adam update without L2.
+template <class T = float>
+class AdamW : public detail::AdamBase<T> {
+ public:
+  AdamW(Registry<T>& reg, const AdamWOptions& o = {})
+      : detail::AdamBase<T>("AdamW", reg, o.lr, o.beta1, o.beta2, o.eps, o.weight_decay), o_(o) {}
+  const AdamWOptions& options() const { return o_; }
+  void step() { this->adam_step(o_.beta1, o_.beta2, o_.eps, 0.0f, o_.weight_decay); }
+
+ private:
+  AdamWOptions o_;
+};
+
+}  // namespace weft::nn
