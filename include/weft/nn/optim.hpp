@@ -20,6 +20,7 @@
 #include <cstring>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "../core/config.hpp"
@@ -57,8 +58,8 @@ struct AdamWOptions {
 
 namespace detail {
 
-// What every optimizer shares: the parameters with their state tensors (each
-// `nstate` tensors shaped like the parameter, zero-filled), step count, lr,
+// What every optimizer shares: the parameters with their state tensors (one
+// per state key, shaped like the parameter, zero-filled), step count, lr,
 // checkpoint access to the state by name.
 template <class T>
 class OptimizerBase {
