@@ -153,9 +153,9 @@ TEST_CASE("gradient hooks fire once per input, when final, in an order fixed by 
       at_hook[k].assign(grad.data, grad.data + grad.numel());
     };
     value_and_grad_into(f, ws, gv.data(), hook, x, w, u, unused);
-    // unused input first (final at once), then backward walks the type left to
-    // right: the matmul operands X, W, then the sum(U * U) branch
-    CHECK(order == std::vector<std::size_t>{3, 0, 1, 2});
+    // unused input first (final at once), then backward walks the type: the
+    // matmul's operands right one first (W, then X), then the sum(U * U) branch
+    CHECK(order == std::vector<std::size_t>{3, 1, 0, 2});
     // the gradient handed to the hook was already the final one
     CHECK(at_hook[0] == gx.to_vector());
     CHECK(at_hook[1] == gw.to_vector());

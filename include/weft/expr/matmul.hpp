@@ -103,6 +103,16 @@ struct MatMul : ExprTag {
   void backward_children(State& st, G& g) const {
     using kernels::cpu::BufferSeed;
     Shape sa = a.shape(), sb = b.shape();
+    // B first: in x @ W the weight's gradient is final at once, while A's
+    // backward may go deep (hooks fire last layer first, as DDP's buckets expect).
+    if constexpr (std::is_same_v<B, ParamLeaf<value_type>>) {
+      kernels::cpu::gemm(st.av.transposed(), st.adj, b.p->grad.view(), value_type(1), value_type(1));
+      g.param_done(*b.p);
+    } else if constexpr (needs_grad<B, G>()) {
+      auto db = g.ws->template alloc<value_type>(sb);
+      kernels::cpu::gemm(st.av.transposed(), st.adj, db, value_type(1), value_type(0));
+      g.run_region(b, st.b, sb, BufferSeed<value_type>{db.data, aligned_strides(sb, contiguous_strides(sb), sb), value_type(1)});
+    }
     if constexpr (std::is_same_v<A, ParamLeaf<value_type>>) {
       // A parameter operand: accumulate dA straight into its gradient.
       kernels::cpu::gemm(st.adj, st.bv.transposed(), a.p->grad.view(), value_type(1), value_type(1));
@@ -111,14 +121,6 @@ struct MatMul : ExprTag {
       auto da = g.ws->template alloc<value_type>(sa);
       kernels::cpu::gemm(st.adj, st.bv.transposed(), da, value_type(1), value_type(0));
       g.run_region(a, st.a, sa, BufferSeed<value_type>{da.data, aligned_strides(sa, contiguous_strides(sa), sa), value_type(1)});
-    }
-    if constexpr (std::is_same_v<B, ParamLeaf<value_type>>) {
-      kernels::cpu::gemm(st.av.transposed(), st.adj, b.p->grad.view(), value_type(1), value_type(1));
-      g.param_done(*b.p);
-    } else if constexpr (needs_grad<B, G>()) {
-      auto db = g.ws->template alloc<value_type>(sb);
-      kernels::cpu::gemm(st.av.transposed(), st.adj, db, value_type(1), value_type(0));
-      g.run_region(b, st.b, sb, BufferSeed<value_type>{db.data, aligned_strides(sb, contiguous_strides(sb), sb), value_type(1)});
     }
   }
 

@@ -1,0 +1,55 @@
+// Linear: y = x @ W + b with W (in, out) and b (out,), parameters named
+// "weight" and "bias" (Bias = false: y = x @ W). Calling the layer on an
+// expression returns an expression: matmul (CBLAS), then the bias add fused
+// into whatever elementwise work follows; differentiated like any other node.
+// Dimension legend: B batch, I in_features, O out_features.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "../expr/elementwise.hpp"
+#include "../expr/matmul.hpp"
+#include "../expr/parameter.hpp"
+#include "init.hpp"
+
+namespace weft::nn {
+
+template <class T = float, bool Bias = true>
+struct Linear {
+  // PyTorch's default initialisation, deterministic for the seed: weight
+  // Kaiming-uniform with a = sqrt(5), i.e. U(-1/sqrt(I), 1/sqrt(I)), and the
+  // bias U(-1/sqrt(I), 1/sqrt(I)).
+  Parameter<T> weight;  // (I, O)
+  Parameter<T> bias;    // (O,); empty when Bias is false
+
+  Linear(index_t in_features, index_t out_features, std::uint64_t seed = 0)
+      : weight("weight", Shape{in_features, out_features}), bias("bias", Bias ? Shape{out_features} : Shape{0}) {
+    if (in_features <= 0 || out_features <= 0)
+      throw_error<ValueError>("Linear: features must be positive, got (", in_features, ", ", out_features, ")");
+    Rng rng(seed);
+    kaiming_uniform(weight, rng, KaimingOptions{.gain = std::sqrt(1.0 / 3.0)});
+    const double bound = 1.0 / std::sqrt(static_cast<double>(in_features));
+    for (index_t i = 0; i < bias.numel(); ++i) bias.value.data()[i] = static_cast<T>(rng.uniform(-bound, bound));
+  }
+
+  index_t in_features() const { return weight.shape()[0]; }
+  index_t out_features() const { return weight.shape()[1]; }
+
+  // x: (B, I) -> (B, O)
+  template <Operand X>
+  auto operator()(X&& x) {
+    if constexpr (Bias)
+      return matmul(std::forward<X>(x), weight) + bias;
+    else
+      return matmul(std::forward<X>(x), weight);
+  }
+
+  template <class F>
+  void for_each_parameter(F&& f) {
+    f("weight", weight);
+    if constexpr (Bias) f("bias", bias);
+  }
+};
+
+}  // namespace weft::nn
