@@ -213,30 +213,39 @@ std::string check_movement(Comm& c, std::size_t n) {
   return err;
 }
 
+// Every op runs on every rank even after a wrong result, so ranks stay in
+// step; the first error is kept.
 template <class T, class Comm>
 std::string check_dtype(Comm& c, std::size_t n) {
   std::string e;
+  auto keep = [&](std::string x) {
+    if (e.empty()) e = std::move(x);
+  };
   for (ReduceOp op : {ReduceOp::sum, ReduceOp::prod, ReduceOp::min, ReduceOp::max, ReduceOp::avg})
-    if (e.empty()) e = check_reductions<T>(c, op, n);
-  if (e.empty()) e = check_movement<T>(c, n);
+    keep(check_reductions<T>(c, op, n));
+  keep(check_movement<T>(c, n));
   return e;
 }
 
 // The whole matrix for one communicator: sizes x dtypes x ops.
 template <class Comm>
 std::string check_matrix(Comm& c, const std::vector<std::size_t>& sizes) {
+  std::string first;
   for (std::size_t n : sizes) {
     std::string e;
-    if (e.empty()) e = check_dtype<float>(c, n);
-    if (e.empty()) e = check_dtype<double>(c, n);
-    if (e.empty()) e = check_dtype<half>(c, n);
-    if (e.empty()) e = check_dtype<bfloat16>(c, n);
-    if (e.empty()) e = check_dtype<std::int32_t>(c, n);
-    if (e.empty()) e = check_dtype<std::int64_t>(c, n);
-    if (e.empty()) e = check_dtype<std::uint8_t>(c, n);
-    if (!e.empty()) return "n=" + std::to_string(n) + ": " + e;
+    auto keep = [&](std::string x) {
+      if (e.empty()) e = std::move(x);
+    };
+    keep(check_dtype<float>(c, n));
+    keep(check_dtype<double>(c, n));
+    keep(check_dtype<half>(c, n));
+    keep(check_dtype<bfloat16>(c, n));
+    keep(check_dtype<std::int32_t>(c, n));
+    keep(check_dtype<std::int64_t>(c, n));
+    keep(check_dtype<std::uint8_t>(c, n));
+    if (first.empty() && !e.empty()) first = "n=" + std::to_string(n) + ": " + e;
   }
-  return {};
+  return first;
 }
 
 // A large allreduce / reduce_scatter / allgather (16 MiB of f32 per rank).
@@ -247,17 +256,18 @@ std::string check_large(Comm& c, std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) in[i] = input<float>(ReduceOp::sum, r, i, p);
   c.allreduce(in, out);
   std::string e = compare("large allreduce", out, 0, n, [&](std::size_t i) { return reference<float>(ReduceOp::sum, i, p); });
-  if (!e.empty()) return e;
   const std::size_t blk = n / static_cast<std::size_t>(p);
   std::vector<float> part(blk);
   c.reduce_scatter(in.data(), part.data(), blk);
-  e = compare("large reduce_scatter", part, 0, blk,
-              [&](std::size_t i) { return reference<float>(ReduceOp::sum, static_cast<std::size_t>(r) * blk + i, p); });
-  if (!e.empty()) return e;
+  if (e.empty())
+    e = compare("large reduce_scatter", part, 0, blk,
+                [&](std::size_t i) { return reference<float>(ReduceOp::sum, static_cast<std::size_t>(r) * blk + i, p); });
   std::vector<bfloat16> hin(n), hout(n);
   for (std::size_t i = 0; i < n; ++i) hin[i] = input<bfloat16>(ReduceOp::sum, r, i, p);
   c.allreduce(hin, hout);
-  return compare("large bf16 allreduce", hout, 0, n, [&](std::size_t i) { return reference<bfloat16>(ReduceOp::sum, i, p); });
+  if (e.empty())
+    e = compare("large bf16 allreduce", hout, 0, n, [&](std::size_t i) { return reference<bfloat16>(ReduceOp::sum, i, p); });
+  return e;
 }
 
 // Random data, deterministic mode: the result must equal the rank-order fold
@@ -292,16 +302,15 @@ std::string check_deterministic(Comm& c, std::size_t n, std::uint64_t seed) {
   for (std::size_t i = 0; i < n; ++i) in[i] = random_input<T>(r, i, seed);
   c.allreduce(in, out);
   std::string e = compare("deterministic allreduce", out, 0, n, [&](std::size_t i) { return ordered_fold<T>(p, i, seed); });
-  if (!e.empty()) return e;
   const std::size_t blk = n / static_cast<std::size_t>(p);
   std::vector<T> part(blk);
   c.reduce_scatter(in.data(), part.data(), blk);
-  e = compare("deterministic reduce_scatter", part, 0, blk,
-              [&](std::size_t i) { return ordered_fold<T>(p, static_cast<std::size_t>(r) * blk + i, seed); });
-  if (!e.empty()) return e;
+  if (e.empty())
+    e = compare("deterministic reduce_scatter", part, 0, blk,
+                [&](std::size_t i) { return ordered_fold<T>(p, static_cast<std::size_t>(r) * blk + i, seed); });
   std::vector<T> red(n);
   c.reduce(in.data(), red.data(), n, 0);
-  if (r == 0) e = compare("deterministic reduce", red, 0, n, [&](std::size_t i) { return ordered_fold<T>(p, i, seed); });
+  if (r == 0 && e.empty()) e = compare("deterministic reduce", red, 0, n, [&](std::size_t i) { return ordered_fold<T>(p, i, seed); });
   return e;
 }
 

@@ -101,11 +101,13 @@ TEST_CASE_TEMPLATE("deterministic mode: bitwise equal to the rank-order fold for
       auto errs = on_ranks<A>(
           p,
           [](auto& c) {
-            std::string e = testing::check_deterministic<float>(c, 1000, 11);
-            if (e.empty()) e = testing::check_deterministic<double>(c, 777, 12);
-            if (e.empty()) e = testing::check_deterministic<weft::bfloat16>(c, 515, 13);
-            if (e.empty()) e = testing::check_deterministic<weft::half>(c, 64, 14);
-            return e;
+            std::string e[] = {testing::check_deterministic<float>(c, 1000, 11),
+                               testing::check_deterministic<double>(c, 777, 12),
+                               testing::check_deterministic<weft::bfloat16>(c, 515, 13),
+                               testing::check_deterministic<weft::half>(c, 64, 14)};
+            for (auto& x : e)
+              if (!x.empty()) return x;
+            return std::string();
           },
           o, algo);
       for (int r = 0; r < p; ++r) CHECK_MESSAGE(errs[static_cast<std::size_t>(r)] == "", "rank ", r);

@@ -58,20 +58,22 @@ inline void mpi_check(int rc, const char* what) {
 }
 
 struct MpiState {
+  MpiState() {
+    for (auto& row : user_ops)
+      for (MPI_Op& op : row) op = MPI_OP_NULL;
+  }
   MPI_Comm comm = MPI_COMM_NULL;
   int rank = 0, size = 0, node = 0, world_rank = 0;
-  MPI_Op half_ops[4] = {MPI_OP_NULL, MPI_OP_NULL, MPI_OP_NULL, MPI_OP_NULL};
-  MPI_Op bf16_ops[4] = {MPI_OP_NULL, MPI_OP_NULL, MPI_OP_NULL, MPI_OP_NULL};
+  MPI_Op user_ops[7][4] = {};  // [dtype][sum, prod, min, max], created on first use
   std::vector<std::byte> staging;
 
   ~MpiState() {
     int fin = 0;
     MPI_Finalized(&fin);
     if (fin) return;
-    for (MPI_Op& op : half_ops)
-      if (op != MPI_OP_NULL) MPI_Op_free(&op);
-    for (MPI_Op& op : bf16_ops)
-      if (op != MPI_OP_NULL) MPI_Op_free(&op);
+    for (auto& row : user_ops)
+      for (MPI_Op& op : row)
+        if (op != MPI_OP_NULL) MPI_Op_free(&op);
     if (comm != MPI_COMM_NULL) MPI_Comm_free(&comm);
   }
 };
@@ -346,9 +348,15 @@ class MpiTransport {
     return ops[i];
   }
 
+  // f16/bf16 have no MPI type: user ops combine them in f32. Integer sum and
+  // prod also use weft's own (wrapping) loops: Open MPI 4.1's AVX ops saturate
+  // on overflow (open-mpi/ompi#8045), which would make Native disagree with
+  // every other algorithm.
   MPI_Op mpi_op(dtype d, ReduceOp op) {
-    if (d == dtype::f16) return user_op<half>(s_->half_ops, op);
-    if (d == dtype::bf16) return user_op<bfloat16>(s_->bf16_ops, op);
+    auto& ops = s_->user_ops[static_cast<int>(d)];
+    bool wraps = (d == dtype::u8 || d == dtype::i32 || d == dtype::i64) && op != ReduceOp::min && op != ReduceOp::max;
+    if (d == dtype::f16 || d == dtype::bf16 || wraps)
+      return detail::visit_dtype(d, [&](auto tag) { return user_op<decltype(tag)>(ops, op); });
     switch (op) {
       case ReduceOp::sum:
       case ReduceOp::avg: return MPI_SUM;
