@@ -78,7 +78,18 @@ WaitStatus wait_until(Bell& bell, const SpinPolicy& sp, Deadline deadline, Ready
   }
   for (int i = 0;; ++i) {
     if (ready()) return WaitStatus::done;
-    if (WaitStatus s = stop(); s != WaitStatus::done) return s;
+    if (WaitStatus s = stop(); s != WaitStatus::done) {
+      // A peer's failure does not cancel what was already sent: messages
+      // posted before it (or being posted by a rank that has not seen it
+      // yet) are still taken, for a short grace period, so every rank
+      // reports the same root cause (e.g. a fingerprint mismatch).
+      auto grace = Clock::now() + std::chrono::milliseconds(50);
+      do {
+        if (ready()) return WaitStatus::done;
+        std::this_thread::yield();
+      } while (Clock::now() < grace);
+      return s;
+    }
     auto now = Clock::now();
     if (now >= deadline) return ready() ? WaitStatus::done : WaitStatus::timed_out;
     if (i < sp.yields) {
