@@ -73,6 +73,8 @@ class Buffer {
 
 inline std::string seconds(Duration d) {
   std::ostringstream os;
+  os.setf(std::ios::fixed);
+  os.precision(1);
   os << std::chrono::duration<double>(d).count() << " s";
   return os.str();
 }

@@ -14,7 +14,7 @@
 
 namespace weft::comm {
 
-struct HalvingDoubling : detail::DefaultCollectives {
+struct HalvingDoubling {
   static constexpr const char* name = "halving_doubling";
   std::size_t chunk_bytes = std::size_t{1} << 20;
 
@@ -45,7 +45,7 @@ struct HalvingDoubling : detail::DefaultCollectives {
     const int p = ctx.size(), r = ctx.rank();
     const std::size_t es = dtype_size(ctx.call.type);
     if (!detail::pow2(p) || p == 1) {
-      detail::DefaultCollectives::reduce(ctx, in, out, n, root);
+      detail::default_reduce(ctx, in, out, n, root, chunk_bytes);
       return;
     }
     std::byte* ws = ctx.workspace(n * es);
@@ -54,6 +54,28 @@ struct HalvingDoubling : detail::DefaultCollectives {
     detail::halving_steps(ctx, ws, seg, r, detail::Fold(p), chunk_bytes);
     if (ctx.call.reduce == ReduceOp::avg) detail::divide_by(ctx.call.type, ws + seg.off(r) * es, seg.len(r), p);
     detail::linear_gatherv(ctx, ws + seg.off(r) * es, out, seg, root);
+  }
+
+  template <class Ctx>
+  void broadcast(Ctx& ctx, void* buf, std::size_t n, int root) const {
+    detail::default_broadcast(ctx, buf, n, root);
+  }
+  // Shared schedules (detail/defaults.hpp).
+  template <class Ctx>
+  void gather(Ctx& ctx, const void* in, void* out, std::size_t n, int root) const {
+    detail::default_gather(ctx, in, out, n, root);
+  }
+  template <class Ctx>
+  void scatter(Ctx& ctx, const void* in, void* out, std::size_t n, int root) const {
+    detail::linear_scatter(ctx, in, out, n, root);
+  }
+  template <class Ctx>
+  void alltoall(Ctx& ctx, const void* in, void* out, std::size_t n) const {
+    detail::pairwise_alltoall(ctx, in, out, n);
+  }
+  template <class Ctx>
+  void barrier(Ctx& ctx) const {
+    detail::dissemination_barrier(ctx);
   }
 
   static double cost(Collective op, std::size_t bytes, int p, const CostModel& m) {
@@ -67,8 +89,8 @@ struct HalvingDoubling : detail::DefaultCollectives {
       case Collective::allgather: return (detail::pow2(p) ? L : p - 1) * m.alpha + f * S * m.beta;
       case Collective::reduce:
         return detail::pow2(p) ? L * m.alpha + f * S * (m.beta + m.gamma) + (p - 1) * m.alpha + f * S * m.beta
-                               : default_cost(op, bytes, p, m);
-      default: return default_cost(op, bytes, p, m);
+                               : detail::default_cost(op, bytes, p, m);
+      default: return detail::default_cost(op, bytes, p, m);
     }
   }
 };

@@ -62,7 +62,7 @@ struct Native {
       double rd = L * (m.alpha + S * m.beta + S * m.gamma);
       return ring < rd ? ring : rd;
     }
-    return detail::DefaultCollectives::default_cost(op, bytes, p, m);
+    return detail::default_cost(op, bytes, p, m);
   }
 
  private:

@@ -12,7 +12,7 @@
 
 namespace weft::comm {
 
-struct Ring : detail::DefaultCollectives {
+struct Ring {
   static constexpr const char* name = "ring";
   std::size_t chunk_bytes = std::size_t{1} << 20;  // pipeline unit per ring step (0: whole segments)
 
@@ -33,13 +33,39 @@ struct Ring : detail::DefaultCollectives {
                             chunk_bytes);
   }
 
+  template <class Ctx>
+  void broadcast(Ctx& ctx, void* buf, std::size_t n, int root) const {
+    detail::default_broadcast(ctx, buf, n, root);
+  }
+  template <class Ctx>
+  void reduce(Ctx& ctx, const void* in, void* out, std::size_t n, int root) const {
+    detail::default_reduce(ctx, in, out, n, root, chunk_bytes);
+  }
+  // Shared schedules (detail/defaults.hpp).
+  template <class Ctx>
+  void gather(Ctx& ctx, const void* in, void* out, std::size_t n, int root) const {
+    detail::default_gather(ctx, in, out, n, root);
+  }
+  template <class Ctx>
+  void scatter(Ctx& ctx, const void* in, void* out, std::size_t n, int root) const {
+    detail::linear_scatter(ctx, in, out, n, root);
+  }
+  template <class Ctx>
+  void alltoall(Ctx& ctx, const void* in, void* out, std::size_t n) const {
+    detail::pairwise_alltoall(ctx, in, out, n);
+  }
+  template <class Ctx>
+  void barrier(Ctx& ctx) const {
+    detail::dissemination_barrier(ctx);
+  }
+
   static double cost(Collective op, std::size_t bytes, int p, const CostModel& m) {
     const double S = static_cast<double>(bytes), f = detail::frac(p);
     switch (op) {
       case Collective::allreduce: return 2 * (p - 1) * m.alpha + 2 * f * S * m.beta + f * S * m.gamma;
       case Collective::reduce_scatter: return (p - 1) * m.alpha + f * S * m.beta + f * S * m.gamma;
       case Collective::allgather: return (p - 1) * m.alpha + f * S * m.beta;
-      default: return default_cost(op, bytes, p, m);
+      default: return detail::default_cost(op, bytes, p, m);
     }
   }
 };

@@ -13,7 +13,7 @@
 
 namespace weft::comm {
 
-struct Tree : detail::DefaultCollectives {
+struct Tree {
   static constexpr const char* name = "tree";
   std::size_t chunk_bytes = std::size_t{1} << 20;  // pipeline unit of each tree edge
 
@@ -41,13 +41,35 @@ struct Tree : detail::DefaultCollectives {
     detail::binomial_broadcast(ctx, out, total * dtype_size(ctx.call.type), 0);
   }
 
+  template <class Ctx>
+  void broadcast(Ctx& ctx, void* buf, std::size_t n, int root) const {
+    detail::default_broadcast(ctx, buf, n, root);
+  }
+  // Shared schedules (detail/defaults.hpp).
+  template <class Ctx>
+  void gather(Ctx& ctx, const void* in, void* out, std::size_t n, int root) const {
+    detail::default_gather(ctx, in, out, n, root);
+  }
+  template <class Ctx>
+  void scatter(Ctx& ctx, const void* in, void* out, std::size_t n, int root) const {
+    detail::linear_scatter(ctx, in, out, n, root);
+  }
+  template <class Ctx>
+  void alltoall(Ctx& ctx, const void* in, void* out, std::size_t n) const {
+    detail::pairwise_alltoall(ctx, in, out, n);
+  }
+  template <class Ctx>
+  void barrier(Ctx& ctx) const {
+    detail::dissemination_barrier(ctx);
+  }
+
   static double cost(Collective op, std::size_t bytes, int p, const CostModel& m) {
     const double S = static_cast<double>(bytes), L = detail::lg(p);
     switch (op) {
       case Collective::allreduce: return 2 * L * m.alpha + 2 * S * L * m.beta + S * L * m.gamma;
       case Collective::reduce_scatter: return L * (m.alpha + S * m.beta + S * m.gamma) + (p - 1) * m.alpha + detail::frac(p) * S * m.beta;
       case Collective::allgather: return (p - 1) * m.alpha + detail::frac(p) * S * m.beta + L * (m.alpha + S * m.beta);
-      default: return default_cost(op, bytes, p, m);
+      default: return detail::default_cost(op, bytes, p, m);
     }
   }
 };

@@ -1,7 +1,7 @@
 // Collectives most policies share: binomial broadcast and reduce, linear
-// gather and scatter, pairwise alltoall, dissemination barrier. A policy
-// inherits these and hides the ones it does its own way (plain name hiding,
-// no virtual calls).
+// gather and scatter, pairwise alltoall, dissemination barrier. Policies
+// forward to these for the operations they do not do their own way (policies
+// stay plain aggregates, so `Ring{.chunk_bytes = n}` works).
 #pragma once
 
 #include <cstddef>
@@ -13,35 +13,22 @@
 
 namespace weft::comm::detail {
 
-struct DefaultCollectives {
-  template <class Ctx>
-  void broadcast(Ctx& ctx, void* buf, std::size_t n, int root) const {
-    binomial_broadcast(ctx, buf, n * dtype_size(ctx.call.type), root);
-  }
-  template <class Ctx>
-  void reduce(Ctx& ctx, const void* in, void* out, std::size_t n, int root) const {
-    void* acc = ctx.rank() == root ? out : ctx.workspace(n * dtype_size(ctx.call.type));
-    binomial_reduce(ctx, in, acc, n, root, 0);
-  }
-  template <class Ctx>
-  void gather(Ctx& ctx, const void* in, void* out, std::size_t n, int root) const {
-    linear_gatherv(ctx, in, out, Segments{n * static_cast<std::size_t>(ctx.size()), ctx.size()}, root);
-  }
-  template <class Ctx>
-  void scatter(Ctx& ctx, const void* in, void* out, std::size_t n, int root) const {
-    linear_scatter(ctx, in, out, n, root);
-  }
-  template <class Ctx>
-  void alltoall(Ctx& ctx, const void* in, void* out, std::size_t n) const {
-    pairwise_alltoall(ctx, in, out, n);
-  }
-  template <class Ctx>
-  void barrier(Ctx& ctx) const {
-    dissemination_barrier(ctx);
-  }
+template <class Ctx>
+void default_broadcast(Ctx& ctx, void* buf, std::size_t n, int root) {
+  binomial_broadcast(ctx, buf, n * dtype_size(ctx.call.type), root);
+}
+template <class Ctx>
+void default_reduce(Ctx& ctx, const void* in, void* out, std::size_t n, int root, std::size_t chunk) {
+  void* acc = ctx.rank() == root ? out : ctx.workspace(n * dtype_size(ctx.call.type));
+  binomial_reduce(ctx, in, acc, n, root, chunk);
+}
+template <class Ctx>
+void default_gather(Ctx& ctx, const void* in, void* out, std::size_t n, int root) {
+  linear_gatherv(ctx, in, out, Segments{n * static_cast<std::size_t>(ctx.size()), ctx.size()}, root);
+}
 
-  // Costs of the shared implementations (S as in cost_model.hpp).
-  static double default_cost(Collective op, std::size_t bytes, int p, const CostModel& m) {
+// Costs of the shared implementations (S as in cost_model.hpp).
+inline double default_cost(Collective op, std::size_t bytes, int p, const CostModel& m) {
     const double S = static_cast<double>(bytes), a = m.alpha, b = m.beta, g = m.gamma;
     switch (op) {
       case Collective::broadcast: return lg(p) * (a + S * b);
@@ -55,7 +42,6 @@ struct DefaultCollectives {
       case Collective::allgather: return (p - 1) * a + frac(p) * S * b + lg(p) * (a + S * b);
       default: return a + S * b;
     }
-  }
-};
+}
 
 }  // namespace weft::comm::detail
