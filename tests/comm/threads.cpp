@@ -8,6 +8,7 @@
 #include <weft/comm/algorithm/auto.hpp>
 #include <weft/comm/algorithm/halving_doubling.hpp>
 #include <weft/comm/algorithm/hierarchical.hpp>
+#include <weft/comm/algorithm/native.hpp>
 #include <weft/comm/algorithm/recursive_doubling.hpp>
 #include <weft/comm/algorithm/ring.hpp>
 #include <weft/comm/algorithm/tree.hpp>
@@ -72,7 +73,7 @@ CommOptions checked() {
 }  // namespace
 
 TEST_CASE_TEMPLATE("every collective x dtype x reduce op matches the reference", A, Ring, Tree, RecursiveDoubling,
-                   HalvingDoubling, Hierarchical<>, Hierarchical<Tree, RecursiveDoubling>, Auto) {
+                   HalvingDoubling, Hierarchical<>, Hierarchical<Tree, RecursiveDoubling>, Native, Auto) {
   for (int p = 1; p <= max_ranks; ++p) {
     CAPTURE(p);
     auto errs = on_ranks<A>(p, [](auto& c) { return testing::check_matrix(c, sizes); }, checked(), small_chunks<A>());
@@ -81,7 +82,7 @@ TEST_CASE_TEMPLATE("every collective x dtype x reduce op matches the reference",
 }
 
 TEST_CASE_TEMPLATE("large buffers (16 MiB per rank)", A, Ring, Tree, RecursiveDoubling, HalvingDoubling,
-                   Hierarchical<>, Auto) {
+                   Hierarchical<>, Native, Auto) {
   for (int p : {2, 3, 4}) {
     CAPTURE(p);
     auto errs = on_ranks<A>(p, [](auto& c) { return testing::check_large(c, large); }, checked());
@@ -90,7 +91,7 @@ TEST_CASE_TEMPLATE("large buffers (16 MiB per rank)", A, Ring, Tree, RecursiveDo
 }
 
 TEST_CASE_TEMPLATE("deterministic mode: bitwise equal to the rank-order fold for every algorithm", A, Ring, Tree,
-                   RecursiveDoubling, HalvingDoubling, Hierarchical<>, Auto) {
+                   RecursiveDoubling, HalvingDoubling, Hierarchical<>, Native, Auto) {
   CommOptions o = checked();
   o.deterministic = true;
   for (int p = 1; p <= max_ranks; ++p) {
@@ -113,6 +114,40 @@ TEST_CASE_TEMPLATE("deterministic mode: bitwise equal to the rank-order fold for
       for (int r = 0; r < p; ++r) CHECK_MESSAGE(errs[static_cast<std::size_t>(r)] == "", "rank ", r);
     }
   }
+}
+
+TEST_CASE("Native on threads folds in rank order even without deterministic mode") {
+  for (int p : {2, 3, 5, 8}) {
+    auto errs = on_ranks<Native>(p, [](auto& c) { return testing::check_deterministic<float>(c, 3001, 21); }, checked());
+    for (auto& e : errs) CHECK(e == "");
+  }
+}
+
+TEST_CASE("a native collective names the ranks that did not arrive") {
+  std::vector<std::string> msgs(3);
+  std::atomic<int> failed{0};
+  CHECK_THROWS_AS(run_local(3,
+                            [&](ThreadTransport& t) {
+                              CommOptions o;
+                              o.fingerprints = false;  // the board itself knows who is missing
+                              o.timeout = 300ms;
+                              Communicator<Native, ThreadTransport> c(t, Native{}, o);
+                              if (t.rank() == 1) {
+                                auto until = Clock::now() + 5s;
+                                while (failed.load() < 2 && Clock::now() < until) std::this_thread::sleep_for(1ms);
+                                return;
+                              }
+                              std::vector<float> v(64, 1.0f);
+                              try {
+                                c.allreduce(v);
+                              } catch (const CommError& e) {
+                                msgs[static_cast<std::size_t>(t.rank())] = e.what();
+                                ++failed;
+                                throw;
+                              }
+                            }),
+                  CommError);
+  for (int r : {0, 2}) CHECK_MESSAGE(msgs[static_cast<std::size_t>(r)].find("rank 1 did not arrive") != std::string::npos, msgs[static_cast<std::size_t>(r)]);
 }
 
 TEST_CASE("non-blocking collectives overlap and complete in issue order") {

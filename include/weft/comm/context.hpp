@@ -134,8 +134,12 @@ class Context {
     if (call.algorithm[0]) os << " (" << call.algorithm << ", " << t_.name() << ")";
     if (s == WaitStatus::timed_out) {
       os << " timed out after " << detail::seconds(Clock::now() - call.start) << " waiting for ";
-      if (peer >= 0) os << "rank " << name_of(peer);
-      else os << "the other ranks";
+      if (peer >= 0) {
+        os << "rank " << name_of(peer);
+      } else {
+        std::string why = t_.failure();
+        os << "the other ranks" << (why.empty() ? "" : ": ") << why;
+      }
       throw TimeoutError(os.str());
     }
     if (s == WaitStatus::aborted) {

@@ -24,6 +24,7 @@
 
 #include "../../core/dtype.hpp"
 #include "../detail/bell.hpp"
+#include "../detail/blocks.hpp"
 #include "../error.hpp"
 #include "../reduce_op.hpp"
 #include "../transport.hpp"
@@ -93,12 +94,21 @@ struct Channel {
   }
 };
 
+// One rank's entry on its group's board for native (shared-memory)
+// collectives: the buffers it takes part with, published by bumping epoch.
+struct alignas(64) NativeSlot {
+  std::atomic<std::uint64_t> epoch{0};
+  const void* in = nullptr;
+  void* out = nullptr;
+};
+
 // A set of ranks that talk to each other (the run_local world or a split of it).
 struct Group {
   World* world = nullptr;
   int size = 0;
   std::vector<int> world_ranks;  // group rank -> world rank
   std::unique_ptr<Channel[]> channels;  // [src * size + dst]
+  std::unique_ptr<NativeSlot[]> board;  // [rank]
 
   // split rendezvous
   std::mutex split_mutex;
@@ -110,6 +120,7 @@ struct Group {
   Group(World* w, std::vector<int> ranks)
       : world(w), size(static_cast<int>(ranks.size())), world_ranks(std::move(ranks)),
         channels(new Channel[static_cast<std::size_t>(size) * static_cast<std::size_t>(size)]),
+        board(new NativeSlot[static_cast<std::size_t>(size)]),
         split_request(static_cast<std::size_t>(size)), split_result(static_cast<std::size_t>(size)) {}
 
   Channel& channel(int src, int dst) { return channels[static_cast<std::size_t>(src) * size + dst]; }
@@ -288,8 +299,154 @@ class ThreadTransport {
       }
     }
     if (!gone.empty()) return "rank(s) " + gone + " returned from the run_local function without taking part";
-    return {};
+    return laggards_;
   }
+
+  // ---- native collectives: every rank reads its peers' buffers directly ----
+  // Each call publishes (in, out) on the group board and meets the others at
+  // epochs: after the first, peers' buffers are visible; after the last, no
+  // peer touches ours any more. Reductions fold the p inputs in rank order
+  // through a small on-stack block, so results are identical to deterministic
+  // mode and in-place calls are safe.
+
+  WaitStatus native_allreduce(const void* in, void* out, std::size_t n, dtype d, ReduceOp op, Deadline dl) {
+    const int p = size(), r = rank_;
+    detail::Segments seg{n, p};
+    const std::size_t es = dtype_size(d);
+    if (WaitStatus s = publish(in, out, dl); s != WaitStatus::done) return s;
+    fold(d, op, [&](int k) { return detail::at(board(k).in, seg.off(r), es); }, detail::at(out, seg.off(r), es),
+         seg.len(r), p);
+    if (WaitStatus s = meet(1, dl); s != WaitStatus::done) return s;
+    for (int k = 0; k < p; ++k)
+      if (k != r && seg.len(k))
+        std::memcpy(detail::at(out, seg.off(k), es), detail::at(board(k).out, seg.off(k), es), seg.len(k) * es);
+    return meet(2, dl);
+  }
+  WaitStatus native_reduce_scatter(const void* in, void* out, std::size_t n, dtype d, ReduceOp op, Deadline dl) {
+    const std::size_t es = dtype_size(d), off = static_cast<std::size_t>(rank_) * n;
+    if (WaitStatus s = publish(in, out, dl); s != WaitStatus::done) return s;
+    fold(d, op, [&](int k) { return detail::at(board(k).in, off, es); }, out, n, size());
+    return meet(1, dl);
+  }
+  WaitStatus native_allgather(const void* in, void* out, std::size_t n, dtype d, Deadline dl) {
+    const std::size_t es = dtype_size(d);
+    if (WaitStatus s = publish(in, out, dl); s != WaitStatus::done) return s;
+    for (int k = 0; k < size(); ++k) {
+      void* dst = detail::at(out, static_cast<std::size_t>(k) * n, es);
+      if (dst != board(k).in && n) std::memcpy(dst, board(k).in, n * es);
+    }
+    return meet(1, dl);
+  }
+  WaitStatus native_broadcast(void* buf, std::size_t n, dtype d, int root, Deadline dl) {
+    if (WaitStatus s = publish(buf, buf, dl); s != WaitStatus::done) return s;
+    if (rank_ != root && n) std::memcpy(buf, board(root).in, n * dtype_size(d));
+    return meet(1, dl);
+  }
+  WaitStatus native_reduce(const void* in, void* out, std::size_t n, dtype d, ReduceOp op, int root, Deadline dl) {
+    const int p = size(), r = rank_;
+    detail::Segments seg{n, p};
+    const std::size_t es = dtype_size(d);
+    if (WaitStatus s = publish(in, out, dl); s != WaitStatus::done) return s;
+    // every rank reduces one segment straight into the root's output
+    fold(d, op, [&](int k) { return detail::at(board(k).in, seg.off(r), es); },
+         detail::at(board(root).out, seg.off(r), es), seg.len(r), p);
+    return meet(1, dl);
+  }
+  WaitStatus native_gather(const void* in, void* out, std::size_t n, dtype d, int root, Deadline dl) {
+    const std::size_t es = dtype_size(d);
+    if (WaitStatus s = publish(in, out, dl); s != WaitStatus::done) return s;
+    void* dst = detail::at(board(root).out, static_cast<std::size_t>(rank_) * n, es);
+    if (dst != in && n) std::memcpy(dst, in, n * es);
+    return meet(1, dl);
+  }
+  WaitStatus native_scatter(const void* in, void* out, std::size_t n, dtype d, int root, Deadline dl) {
+    const std::size_t es = dtype_size(d);
+    if (WaitStatus s = publish(in, out, dl); s != WaitStatus::done) return s;
+    const void* src = detail::at(board(root).in, static_cast<std::size_t>(rank_) * n, es);
+    if (src != out && n) std::memcpy(out, src, n * es);
+    return meet(1, dl);
+  }
+  WaitStatus native_alltoall(const void* in, void* out, std::size_t n, dtype d, Deadline dl) {
+    const std::size_t es = dtype_size(d), total = n * static_cast<std::size_t>(size()) * es;
+    if (in == out && total) {  // peers read our input while we write our output: stage it
+      if (stage_.size() < total) stage_.resize(total);
+      std::memcpy(stage_.data(), in, total);
+      in = stage_.data();
+    }
+    if (WaitStatus s = publish(in, out, dl); s != WaitStatus::done) return s;
+    for (int k = 0; k < size(); ++k)
+      if (n)
+        std::memcpy(detail::at(out, static_cast<std::size_t>(k) * n, es),
+                    detail::at(board(k).in, static_cast<std::size_t>(rank_) * n, es), n * es);
+    return meet(1, dl);
+  }
+  WaitStatus native_barrier(Deadline dl) { return publish(nullptr, nullptr, dl); }
+
+ private:
+  detail::NativeSlot& board(int k) const { return group_->board[static_cast<std::size_t>(k)]; }
+
+  // Publishes this rank's buffers and waits until every rank has published.
+  WaitStatus publish(const void* in, void* out, Deadline dl) {
+    detail::NativeSlot& me = board(rank_);
+    base_ = me.epoch.load(std::memory_order_relaxed);
+    me.in = in;
+    me.out = out;
+    return meet(0, dl);
+  }
+
+  // Advances this rank to epoch base_ + 1 + phase and waits for every rank to get there.
+  WaitStatus meet(int phase, Deadline dl) {
+    const std::uint64_t target = base_ + 1 + static_cast<std::uint64_t>(phase);
+    board(rank_).epoch.store(target, std::memory_order_release);
+    for (int k = 0; k < size(); ++k)
+      if (k != rank_) bell(k).ring();
+    detail::World& w = *group_->world;
+    auto all_here = [&] {
+      for (int k = 0; k < size(); ++k)
+        if (board(k).epoch.load(std::memory_order_acquire) < target) return false;
+      return true;
+    };
+    WaitStatus s = detail::wait_until(bell(rank_), w.spin, dl, all_here, [&] {
+      if (w.failed_rank.load(std::memory_order_acquire) >= 0) return WaitStatus::aborted;
+      for (int wr : group_->world_ranks)
+        if (w.exited[wr].load(std::memory_order_acquire)) return WaitStatus::peer_gone;
+      return WaitStatus::done;
+    });
+    if (s == WaitStatus::timed_out) {
+      std::vector<int> late, here;
+      for (int k = 0; k < size(); ++k)
+        (board(k).epoch.load(std::memory_order_acquire) < target ? late : here).push_back(k);
+      laggards_ = (late.size() == 1 ? "rank " : "ranks ") + detail_list(late) + " did not arrive (" +
+                  (here.size() == 1 ? "rank " : "ranks ") + detail_list(here) + " did)";
+    }
+    return s;
+  }
+
+  static std::string detail_list(const std::vector<int>& v) {
+    std::string s;
+    for (std::size_t i = 0; i < v.size(); ++i) {
+      if (i) s += ',';
+      s += std::to_string(v[i]);
+    }
+    return s;
+  }
+
+  // dst[0..n) = ((src(0) op src(1)) op src(2)) ... in blocks that stay in L1;
+  // every input block is read before dst is written (in-place safe).
+  template <class Src>
+  static void fold(dtype d, ReduceOp op, Src&& src, void* dst, std::size_t n, int p) {
+    alignas(64) std::byte acc[8192];
+    const std::size_t es = dtype_size(d), block = sizeof(acc) / es;
+    for (std::size_t i = 0; i < n; i += block) {
+      const std::size_t m = std::min(block, n - i);
+      std::memcpy(acc, detail::at(src(0), i, es), m * es);
+      for (int k = 1; k < p; ++k) detail::combine(d, op, acc, detail::at(src(k), i, es), acc, m);
+      if (op == ReduceOp::avg) detail::divide_by(d, acc, m, p);
+      std::memcpy(detail::at(dst, i, es), acc, m * es);
+    }
+  }
+
+ public:
 
   // Collective over this group: ranks with equal color form a new group, ordered by (key, rank).
   ThreadTransport split(int color, int key, Deadline deadline) const {
@@ -411,9 +568,13 @@ class ThreadTransport {
 
   std::shared_ptr<detail::Group> group_;
   int rank_ = 0;
+  std::uint64_t base_ = 0;        // this rank's board epoch at the start of the current native call
+  std::string laggards_;          // who was missing when a native call timed out
+  std::vector<std::byte> stage_;  // in-place alltoall input copy
 };
 
 static_assert(Transport<ThreadTransport>);
 static_assert(RecvReduce<ThreadTransport>);
+static_assert(NativeCollectives<ThreadTransport>);
 
 }  // namespace weft::comm
