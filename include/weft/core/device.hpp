@@ -29,14 +29,15 @@ struct device_memory {
 template <>
 struct device_memory<cpu> {
   static constexpr std::size_t alignment = 64;
+  // Through the aligned operator new, so a program that replaces or counts
+  // operator new (as weft's allocation tests do) sees tensor storage too.
   static void* allocate(std::size_t bytes) {
     if (bytes == 0) return nullptr;
-    std::size_t rounded = (bytes + alignment - 1) / alignment * alignment;
-    void* p = std::aligned_alloc(alignment, rounded);
-    if (!p) throw std::bad_alloc();
-    return p;
+    return ::operator new(bytes, std::align_val_t(alignment));
   }
-  static void deallocate(void* p) noexcept { std::free(p); }
+  static void deallocate(void* p) noexcept {
+    if (p) ::operator delete(p, std::align_val_t(alignment));
+  }
   static void copy(void* dst, const void* src, std::size_t bytes) { std::memcpy(dst, src, bytes); }
 };
 

@@ -1,7 +1,7 @@
 // Workspace: scratch memory for the values an evaluation materialises
 // (reductions, matmuls, softmax) and for the adjoints of backward. A bump
-// arena: reset() at the start of each evaluation; after the first step it has
-// grown to the high-water mark and never allocates again.
+// arena over a list of blocks: reset() at the start of each evaluation; once
+// one step has run, repeating it allocates nothing.
 #pragma once
 
 #include <cstddef>
@@ -20,16 +20,21 @@ class Workspace {
   Workspace& operator=(const Workspace&) = delete;
   ~Workspace() { release(); }
 
-  // Start a new evaluation. If the last one spilled into extra blocks, replace
-  // them by one block of the total size, so the next evaluation fits in it.
+  // Start a new evaluation. The same sequence of requests lands in the same
+  // blocks as last time, so a repeated step allocates nothing from step 2 on.
   void reset() {
-    if (blocks_.size() > 1) {
-      std::size_t total = 0;
-      for (auto& b : blocks_) total += b.size;
-      release();
-      add_block(total);
-    }
-    if (!blocks_.empty()) blocks_.front().used = 0;
+    for (auto& b : blocks_) b.used = 0;
+    current_ = 0;
+  }
+
+  // Replace several blocks by one of their total size (better locality; one
+  // allocation now instead of none later). Call between steps, if ever.
+  void consolidate() {
+    if (blocks_.size() <= 1) return;
+    std::size_t total = 0;
+    for (auto& b : blocks_) total += b.size;
+    release();
+    add_block(total);
     current_ = 0;
   }
 
@@ -73,7 +78,6 @@ class Workspace {
         return p;
       }
       ++current_;
-      if (current_ < blocks_.size()) blocks_[current_].used = 0;
     }
     std::size_t size = bytes;
     if (!blocks_.empty() && size < blocks_.back().size * 2) size = blocks_.back().size * 2;
