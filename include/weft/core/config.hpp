@@ -27,12 +27,16 @@
 // Loop hints for the CPU kernels' lane loops: keep the loop (no full unroll
 // before vectorisation) and skip alias versioning, which is safe because
 // kernels never write memory they read in the same pass (checked by callers).
+// WEFT_IVDEP: the same promise about aliasing, unrolling left to the compiler.
 #if defined(__clang__)
 #define WEFT_SIMD_LOOP _Pragma("clang loop vectorize(assume_safety) unroll(disable)")
+#define WEFT_IVDEP _Pragma("clang loop vectorize(assume_safety)")
 #elif defined(__GNUC__) && !defined(__CUDACC__)
 #define WEFT_SIMD_LOOP _Pragma("GCC ivdep") _Pragma("GCC unroll 1")
+#define WEFT_IVDEP _Pragma("GCC ivdep")
 #else
 #define WEFT_SIMD_LOOP
+#define WEFT_IVDEP
 #endif
 
 namespace weft {

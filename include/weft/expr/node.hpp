@@ -75,6 +75,7 @@ struct LeafInfo {
   Strides own_strides;
   std::size_t elem_size;
   void* param = nullptr;  // the Parameter<T> whose gradient this leaf feeds, if any
+  bool writes = false;    // backward stores adjoints through these strides
 };
 
 template <class T>
@@ -134,7 +135,7 @@ struct BoundArg {
   }
   template <class F>
   void visit(F&& f) const {
-    f(LeafInfo{p, st, shape, own, sizeof(T)});
+    f(LeafInfo{p, st, shape, own, sizeof(T), nullptr, true});
   }
 };
 
@@ -162,7 +163,7 @@ struct BoundBuffer {
   }
   template <class F>
   void visit(F&& f) const {
-    f(LeafInfo{p, st, shape, own, sizeof(T)});
+    f(LeafInfo{p, st, shape, own, sizeof(T), nullptr, Grad});
   }
 };
 

@@ -57,7 +57,7 @@ struct BoundParam {
   }
   template <class F>
   void visit(F&& f) const {
-    f(LeafInfo{p, st, shape, own, sizeof(T), Grad ? param : nullptr});
+    f(LeafInfo{p, st, shape, own, sizeof(T), Grad ? param : nullptr, Grad});
   }
 };
 

@@ -207,6 +207,27 @@ T backward_linear(const B b, const Seed seed, const SlotMem<T, K> g, index_t n) 
   return Sum ? acc[0] : T(0);
 }
 
+// One row (the last axis) of the general path. Independent = true: no store
+// address repeats along the row, so the loop may be vectorised.
+template <bool Independent, bool Sum, class B, class Seed, class T, std::size_t K>
+T backward_row(const B b, const Seed seed, SlotMem<T, K> m, index_t i0, index_t i1, index_t i2, index_t n) {
+  T total = 0;
+  auto one = [&](index_t i3) __attribute__((always_inline)) {
+    const Index4 ix{{i0, i1, i2, i3}};
+    typename B::Tape t;
+    b.fwd(ix, t);
+    b.bwd(ix, t, seed(ix, t.v), m);
+    if constexpr (Sum) total += t.v;
+  };
+  if constexpr (Independent) {
+    WEFT_IVDEP
+    for (index_t i3 = 0; i3 < n; ++i3) one(i3);
+  } else {
+    for (index_t i3 = 0; i3 < n; ++i3) one(i3);
+  }
+  return total;
+}
+
 // One fused pass over a region: recompute its values in registers, apply the
 // adjoint rules, and write the adjoints of all its leaves. Contiguous path:
 //   assign = true    first writer of every slot: g[i] = adjoint
@@ -223,14 +244,18 @@ T backward_region(const B& bound, const Shape& shape, const Seed& seed_in, const
   const index_t n = shape.numel();
   if (linear)
     return assign ? backward_linear<E, K, true, Sum>(b, seed, mem, n) : backward_linear<E, K, false, Sum>(b, seed, mem, n);
+  if (shape.numel() == 0) return T(0);
+  // Along the last axis every adjoint store goes to a distinct address unless
+  // some leaf is broadcast along it: then the inner loop must stay in order.
+  bool inner_independent = !Sum;
+  b.visit([&](const LeafInfo& l) { inner_independent = inner_independent && (!l.writes || l.strides[3] != 0); });
+  const Shape p = padded(shape);
   T total = 0;
-  SlotMem<T, K> m = mem;
-  for_each_index(shape, [&](const Index4& ix) {
-    typename B::Tape t;
-    b.fwd(ix, t);
-    b.bwd(ix, t, seed(ix, t.v), m);
-    if constexpr (Sum) total += t.v;
-  });
+  for (index_t i0 = 0; i0 < p[0]; ++i0)
+    for (index_t i1 = 0; i1 < p[1]; ++i1)
+      for (index_t i2 = 0; i2 < p[2]; ++i2)
+        total += inner_independent ? backward_row<true, Sum>(b, seed, mem, i0, i1, i2, p[3])
+                                   : backward_row<false, Sum>(b, seed, mem, i0, i1, i2, p[3]);
   return total;
 }
 
