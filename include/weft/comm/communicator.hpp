@@ -273,6 +273,35 @@ class Communicator {
     return submit(make(Collective::broadcast, std::ranges::data(buf), std::ranges::data(buf), std::ranges::size(buf),
                        elem<IO>(), ReduceOp::sum, root, o));
   }
+  template <CommBuffer In, CommBuffer Out>
+  [[nodiscard]] Request ireduce(const In& in, Out&& out, int root, ReduceOp op = ReduceOp::sum, CallOptions o = {}) {
+    if (rank() == root) same_size("ireduce", "input", std::ranges::size(in), "output", std::ranges::size(out));
+    return submit(make(Collective::reduce, std::ranges::data(in), std::ranges::data(out), std::ranges::size(in),
+                       elem<In>(), op, root, o));
+  }
+  template <CommBuffer In, CommBuffer Out>
+  [[nodiscard]] Request igather(const In& in, Out&& out, int root, CallOptions o = {}) {
+    if (rank() == root)
+      same_size("igather", "size() x input", size() * std::ranges::size(in), "output", std::ranges::size(out));
+    return submit(make(Collective::gather, std::ranges::data(in), std::ranges::data(out), std::ranges::size(in),
+                       elem<In>(), ReduceOp::sum, root, o));
+  }
+  template <CommBuffer In, CommBuffer Out>
+  [[nodiscard]] Request iscatter(const In& in, Out&& out, int root, CallOptions o = {}) {
+    if (rank() == root)
+      same_size("iscatter", "input", std::ranges::size(in), "size() x output", size() * std::ranges::size(out));
+    return submit(make(Collective::scatter, std::ranges::data(in), std::ranges::data(out), std::ranges::size(out),
+                       elem<Out>(), ReduceOp::sum, root, o));
+  }
+  template <CommBuffer In, CommBuffer Out>
+  [[nodiscard]] Request ialltoall(const In& in, Out&& out, CallOptions o = {}) {
+    same_size("ialltoall", "input", std::ranges::size(in), "output", std::ranges::size(out));
+    if (std::ranges::size(in) % static_cast<std::size_t>(size()))
+      throw_error<ValueError>("ialltoall on rank ", rank(), ": buffer of ", std::ranges::size(in),
+                              " elements does not split into ", size(), " equal blocks");
+    return submit(make(Collective::alltoall, std::ranges::data(in), std::ranges::data(out),
+                       std::ranges::size(in) / static_cast<std::size_t>(size()), elem<In>(), ReduceOp::sum, -1, o));
+  }
   [[nodiscard]] Request ibarrier(CallOptions o = {}) {
     return submit(make(Collective::barrier, nullptr, nullptr, 0, dtype::u8, ReduceOp::sum, -1, o));
   }

@@ -256,6 +256,9 @@ class Context {
          << t_.failure();
       throw PeerFailedError(os.str());
     }
+    bool same = true;
+    for (int r = 1; r < p; ++r) same &= fps_[static_cast<std::size_t>(r)] == fps_[0];
+    if (same) return;  // the common case allocates nothing
     std::string msg = detail::mismatch_message(fps_.data(), p);
     if (!msg.empty()) {
       if (names_.size() && names_[0] != 0) msg += " (ranks of a sub-group)";

@@ -71,7 +71,7 @@ struct Native {
     using T = std::remove_cvref_t<decltype(ctx.transport())>;
     static_assert(NativeCollectives<T>,
                   "comm::Native delegates to the transport's own collectives and this transport has none: "
-                  "use Ring, Tree, HalvingDoubling, Hierarchical or Auto (MpiTransport has native collectives)");
+                  "use Ring, Tree, HalvingDoubling, Hierarchical or Auto (MpiTransport and ThreadTransport have native collectives)");
     return ctx.transport();
   }
   template <class Ctx>

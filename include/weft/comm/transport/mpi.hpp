@@ -198,7 +198,7 @@ class MpiTransport {
 
   // Ranks first exchange (color, key) under the deadline, so a missing rank is
   // reported instead of blocking in MPI_Comm_split.
-  MpiTransport split(int color, int key, Deadline deadline) const {
+  MpiTransport split(int color, int key, Deadline deadline = deadline_after(std::chrono::minutes(5))) const {
     if (color < 0) throw_error<ValueError>("MpiTransport::split: color must be >= 0, got ", color, " on rank ", rank());
     const int p = size();
     std::vector<int> all(static_cast<std::size_t>(2 * p));

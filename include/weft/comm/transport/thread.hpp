@@ -449,7 +449,7 @@ class ThreadTransport {
  public:
 
   // Collective over this group: ranks with equal color form a new group, ordered by (key, rank).
-  ThreadTransport split(int color, int key, Deadline deadline) const {
+  ThreadTransport split(int color, int key, Deadline deadline = deadline_after(std::chrono::minutes(5))) const {
     if (color < 0) throw_error<ValueError>("ThreadTransport::split: color must be >= 0, got ", color, " on rank ", rank_);
     detail::Group& g = *group_;
     std::uint64_t gen;
