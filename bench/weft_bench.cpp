@@ -577,6 +577,8 @@ void measure(Comm& comm, Ctl& ctl, Algo algo, const char* tname, const Options& 
       for (int placement = 0; placement < 2; ++placement) {
         const bool in_place = placement == 1;
         Sample& s = in_place ? row.ip : row.oop;
+        // algorithm.hpp defines no in-place alltoall (in == out): not measured.
+        if (in_place && op == Collective::alltoall) continue;
         Layout L = layout(op, in_place, send.data(), recv.data(), n, es, r, root);
         fill(op, o.type, o.redop, L, n, r, p, root < 0 ? 0 : root);
         for (int k = 0; k < warm; ++k) invoke(comm, op, o.type, o.redop, L, n, root);
@@ -639,7 +641,9 @@ void measure(Comm& comm, Ctl& ctl, Algo algo, const char* tname, const Options& 
       }
       if (r == 0 && !o.quiet) {
         auto sm = [](const Sample& x, char* buf, std::size_t len) {
-          if (x.wrong < 0)
+          if (!x.run)
+            std::snprintf(buf, len, "%10s %7s %7s %6s", "n/a", "", "", "");
+          else if (x.wrong < 0)
             std::snprintf(buf, len, "%10.2f %7.2f %7.2f %6s", x.time_us, x.algbw, x.busbw, "N/A");
           else
             std::snprintf(buf, len, "%10.2f %7.2f %7.2f %6lld", x.time_us, x.algbw, x.busbw,
