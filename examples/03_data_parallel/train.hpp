@@ -1,0 +1,104 @@
+// Story 3, shared by the two launchers (threads.cpp: 4 ranks in one process;
+// mpi.cpp: one rank per MPI process). Data-parallel training of the
+// Fashion-MNIST MLP with a per-layer choice of collective algorithm: the ring
+// for the small layers, halving-doubling for the largest (l1, 784 x 256).
+// Global batch 128, split evenly over the ranks; Adam with cosine decay.
+#pragma once
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <weft/comm/algorithm/halving_doubling.hpp>
+#include <weft/comm/algorithm/ring.hpp>
+#include <weft/comm/communicator.hpp>
+#include <weft/io/idx.hpp>
+#include <weft/io/sampler.hpp>
+#include <weft/nn/nn.hpp>
+#include <weft/parallel/data_parallel.hpp>
+#include <weft/weft.hpp>
+
+namespace story {
+
+using namespace weft;
+
+// Standardise pixels with the training set's statistics (same on every rank).
+inline void standardise(io::Dataset& train, io::Dataset& test) {
+  const float mu = eval(mean(train.images)).item();
+  const float sd = std::sqrt(eval(mean(square(train.images - mu))).item());
+  train.images = (train.images - mu) / sd;
+  test.images = (test.images - mu) / sd;
+}
+
+template <class Transport>
+void train(Transport& t, const io::Dataset& train, const io::Dataset& test, int epochs, index_t global_batch,
+           std::uint64_t seed) {
+  using namespace weft::comm;
+  const int rank = t.rank(), size = t.size();
+  if (global_batch % size != 0)
+    throw_error<ValueError>("global batch ", global_batch, " does not split evenly over ", size, " ranks");
+  const index_t batch = global_batch / size, d = train.images.size(1), n = train.images.size(0);
+
+  // One communicator per policy, each on its own transport context.
+  Communicator<Ring, Transport> ring{t};
+  Communicator<HalvingDoubling, Transport> big{t.split(1, rank, Clock::now() + std::chrono::seconds(30))};
+
+  nn::Linear<float> l1(d, 256, seed), l2(256, 256, seed + 1), l3(256, 10, seed + 2);
+  nn::Registry<float> params;
+  params.add("l1", l1).add("l2", l2).add("l3", l3);
+  parallel::DataParallel dp(params, ring, big);  // broadcasts rank 0's parameters
+  dp.layer("l1").use(big);                        // the largest layer: halving-doubling
+  nn::Adam<float> opt(params, {.lr = 1e-3f});
+  io::DistributedSampler sampler(n, rank, size, seed, io::Remainder::drop);
+  const index_t steps_per_epoch = sampler.shard_size() / batch;
+  const nn::CosineAnnealing schedule{.lr = 1e-3f, .total_steps = epochs * steps_per_epoch};
+
+  Tensor<float> xb({batch, d});
+  Tensor<std::int32_t> yb({batch});
+  auto model = [&](auto x) { return l3(relu(l2(relu(l1(x))))); };
+  Workspace<> ws;
+  if (rank == 0)
+    std::printf("data parallel: %d ranks x batch %lld, MLP %lld-256-256-10, Adam (cosine); l1 via halving-doubling, "
+                "l2 and l3 via ring\n",
+                size, static_cast<long long>(batch), static_cast<long long>(d));
+
+  for (int epoch = 1; epoch <= epochs; ++epoch) {
+    auto idx = sampler.indices(static_cast<std::uint64_t>(epoch));
+    auto t0 = std::chrono::steady_clock::now();
+    double total = 0;
+    for (index_t s = 0; s < steps_per_epoch; ++s) {
+      for (index_t r = 0; r < batch; ++r) {
+        index_t src = idx[static_cast<std::size_t>(s * batch + r)];
+        std::memcpy(xb.data() + r * d, train.images.data() + src * d, static_cast<std::size_t>(d) * sizeof(float));
+        yb.data()[r] = train.labels.data()[src];
+      }
+      opt.set_lr(schedule(opt.steps()));
+      opt.zero_grad();
+      total += dp.backward(cross_entropy(model(xb), yb), ws);
+      opt.step();
+      if (rank == 0 && s % 50 == 0) {
+        std::printf("\r  epoch %d  %3.0f%%  loss %.4f", epoch, 100.0 * static_cast<double>(s) / static_cast<double>(steps_per_epoch),
+                    total / static_cast<double>(s + 1));
+        std::fflush(stdout);
+      }
+    }
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    double loss = total / static_cast<double>(steps_per_epoch);
+    ring.allreduce(std::span<double>(&loss, 1), ReduceOp::avg);  // mean over ranks
+    if (rank == 0) {
+      Tensor<float> logits = eval(model(test.images), ws);
+      index_t correct = 0;
+      for (index_t i = 0; i < logits.size(0); ++i) {
+        index_t best = 0;
+        for (index_t c = 1; c < 10; ++c)
+          if (logits(i, c) > logits(i, best)) best = c;
+        correct += best == test.labels(i);
+      }
+      std::printf("\r\033[Kepoch %d  loss %.4f  test accuracy %.2f%%  %.0f samples/s (all ranks)\n", epoch, loss,
+                  100.0 * static_cast<double>(correct) / static_cast<double>(logits.size(0)),
+                  static_cast<double>(steps_per_epoch * global_batch) / secs);
+    }
+  }
+}
+
+}  // namespace story

@@ -1,0 +1,263 @@
+// DataParallel on the thread transport: p ranks with batch b/p each against one
+// rank with batch b (float tolerance), and bit for bit in deterministic mode
+// against the same gradients combined in rank order; bucket order; unused
+// parameters; accumulation; mismatched models; the distributed sampler.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <set>
+#include <string>
+#include <vector>
+#include <weft/comm/algorithm/ring.hpp>
+#include <weft/comm/algorithm/tree.hpp>
+#include <weft/comm/communicator.hpp>
+#include <weft/comm/run_local.hpp>
+#include <weft/io/sampler.hpp>
+#include <weft/nn/nn.hpp>
+#include <weft/parallel/data_parallel.hpp>
+#include <weft/weft.hpp>
+
+using namespace weft;
+using comm::Communicator;
+using comm::Ring;
+using comm::ThreadTransport;
+
+namespace {
+
+constexpr index_t kBatch = 16, kIn = 12, kHidden = 10, kClasses = 4;
+
+struct Data {
+  Tensor<float> x{Shape{64, kIn}};
+  Tensor<std::int32_t> y{Shape{64}};
+  Data() {
+    nn::Rng rng(3);
+    for (index_t i = 0; i < x.numel(); ++i) x.data()[i] = rng.normal();
+    for (index_t i = 0; i < 64; ++i) y.data()[i] = static_cast<std::int32_t>(rng.below(kClasses));
+  }
+};
+
+struct Model {
+  nn::Linear<float> l1{kIn, kHidden, 1}, l2{kHidden, kClasses, 2};
+  nn::Registry<float> reg;
+  Model() { reg.add("l1", l1).add("l2", l2); }
+  template <class X, class Y>
+  auto loss(const X& x, const Y& y) {
+    return cross_entropy(l2(tanh(l1(x))), y);
+  }
+  std::vector<float> values() const {
+    std::vector<float> v;
+    for (Parameter<float>* p : reg)
+      for (index_t i = 0; i < p->numel(); ++i) v.push_back(p->value.data()[i]);
+    return v;
+  }
+};
+
+// Rows [step * kBatch + r * kBatch / p, ... + kBatch / p) of the data: rank r's share of step `step`.
+std::pair<index_t, index_t> rows(int step, int r, int p) {
+  index_t per = kBatch / p, base = (step * kBatch) % 64;
+  return {base + r * per, base + (r + 1) * per};
+}
+
+}  // namespace
+
+TEST_CASE("p ranks with batch b/p train like one rank with batch b") {
+  const Data data;
+  const int steps = 5;
+  Model single;
+  {
+    nn::Adam<float> opt(single.reg, {.lr = 1e-2f});
+    Workspace<> ws;
+    for (int s = 0; s < steps; ++s) {
+      auto [lo, hi] = rows(s, 0, 1);
+      opt.zero_grad();
+      backward(single.loss(data.x.slice(lo, hi), data.y.slice(lo, hi)), ws);
+      opt.step();
+    }
+  }
+  for (int p : {1, 2, 4}) {
+    CAPTURE(p);
+    std::vector<std::vector<float>> result(static_cast<std::size_t>(p));
+    comm::run_local(p, [&](ThreadTransport& t) {
+      Model m;
+      Communicator<Ring, ThreadTransport> c{t};
+      parallel::DataParallel dp(m.reg, c);
+      nn::Adam<float> opt(m.reg, {.lr = 1e-2f});
+      Workspace<> ws;
+      for (int s = 0; s < steps; ++s) {
+        auto [lo, hi] = rows(s, c.rank(), p);
+        opt.zero_grad();
+        dp.backward(m.loss(data.x.slice(lo, hi), data.y.slice(lo, hi)), ws);
+        opt.step();
+      }
+      result[static_cast<std::size_t>(c.rank())] = m.values();
+    });
+    const std::vector<float> ref = single.values();
+    for (int r = 0; r < p; ++r) {
+      CHECK(result[static_cast<std::size_t>(r)] == result[0]);  // ranks agree exactly
+      for (std::size_t i = 0; i < ref.size(); ++i)
+        CHECK(std::abs(result[static_cast<std::size_t>(r)][i] - ref[i]) <= 1e-5f * (1 + std::abs(ref[i])));
+    }
+  }
+}
+
+TEST_CASE("deterministic mode: bit for bit the per-shard gradients combined in rank order") {
+  const Data data;
+  const int steps = 4;
+  for (int p : {2, 4}) {
+    CAPTURE(p);
+    // Reference on one thread: each shard's gradient from zero, summed in rank order, divided by p.
+    Model ref;
+    {
+      nn::SGD<float> opt(ref.reg, {.lr = 0.1f, .momentum = 0.9f});
+      Workspace<> ws;
+      std::vector<std::vector<float>> shard(static_cast<std::size_t>(p));
+      for (int s = 0; s < steps; ++s) {
+        for (int r = 0; r < p; ++r) {
+          auto [lo, hi] = rows(s, r, p);
+          ref.reg.zero_grad();
+          backward(ref.loss(data.x.slice(lo, hi), data.y.slice(lo, hi)), ws);
+          auto& g = shard[static_cast<std::size_t>(r)];
+          g.clear();
+          for (Parameter<float>* q : ref.reg) g.insert(g.end(), q->grad.data(), q->grad.data() + q->numel());
+        }
+        std::vector<float> sum = shard[0];
+        for (int r = 1; r < p; ++r)
+          for (std::size_t i = 0; i < sum.size(); ++i) sum[i] = sum[i] + shard[static_cast<std::size_t>(r)][i];
+        std::size_t k = 0;
+        for (Parameter<float>* q : ref.reg)
+          for (index_t i = 0; i < q->numel(); ++i) q->grad.data()[i] = sum[k++] / static_cast<float>(p);
+        opt.step();
+      }
+    }
+    std::vector<std::vector<float>> result(static_cast<std::size_t>(p));
+    comm::run_local(p, [&](ThreadTransport& t) {
+      Model m;
+      comm::CommOptions o;
+      o.deterministic = true;
+      Communicator<Ring, ThreadTransport> c{t, o};
+      parallel::DataParallel dp(m.reg, c);
+      dp.set_bucket_bytes(200);  // several buckets
+      nn::SGD<float> opt(m.reg, {.lr = 0.1f, .momentum = 0.9f});
+      Workspace<> ws;
+      for (int s = 0; s < steps; ++s) {
+        auto [lo, hi] = rows(s, c.rank(), p);
+        opt.zero_grad();
+        dp.backward(m.loss(data.x.slice(lo, hi), data.y.slice(lo, hi)), ws);
+        opt.step();
+      }
+      result[static_cast<std::size_t>(c.rank())] = m.values();
+    });
+    for (int r = 0; r < p; ++r) CHECK(result[static_cast<std::size_t>(r)] == ref.values());
+  }
+}
+
+TEST_CASE("buckets: reverse layer order, same on every rank, per-layer communicators") {
+  std::vector<std::vector<std::string>> first(2);
+  comm::run_local(2, [&](ThreadTransport& t) {
+    Model m;
+    Communicator<Ring, ThreadTransport> ring{t};
+    Communicator<comm::Tree, ThreadTransport> tree{t.split(0, t.rank(), comm::Clock::now() + std::chrono::seconds(10))};
+    parallel::DataParallel dp(m.reg, ring, tree);
+    dp.layer("l1").use(tree);
+    CHECK_THROWS_AS(dp.layer("l9").use(tree), ValueError);
+    Data data;
+    Workspace<> ws;
+    m.reg.zero_grad();
+    dp.backward(m.loss(data.x.slice(0, 8), data.y.slice(0, 8)), ws);
+    REQUIRE(dp.buckets() == 2);  // l2 through the ring, l1 through the tree
+    first[static_cast<std::size_t>(t.rank())] = dp.bucket_names(0);
+    CHECK(dp.bucket_names(1) == std::vector<std::string>{"l1.bias", "l1.weight"});
+    CHECK_THROWS_AS(dp.layer("l2").use(ring), ValueError);  // too late
+  });
+  CHECK(first[0] == std::vector<std::string>{"l2.bias", "l2.weight"});
+  CHECK(first[1] == first[0]);
+}
+
+TEST_CASE("an unused parameter and accumulation without communication") {
+  comm::run_local(2, [&](ThreadTransport& t) {
+    Model m;
+    Parameter<float> unused("unused", {3});
+    m.reg.add(unused, "unused");
+    unused.grad.fill(float(t.rank() + 1));  // accumulated locally: averaged to 1.5
+    Communicator<Ring, ThreadTransport> c{t};
+    parallel::DataParallel dp(m.reg, c);
+    Data data;
+    Workspace<> ws;
+    m.reg.zero_grad();
+    unused.grad.fill(float(t.rank() + 1));
+    // Two micro-batches: the first accumulates locally, the second averages the total.
+    dp.accumulate(m.loss(data.x.slice(0, 4), data.y.slice(0, 4)), ws);
+    dp.backward(m.loss(data.x.slice(4, 8), data.y.slice(4, 8)), ws);
+    CHECK(unused.grad(0) == 1.5f);
+    // Both ranks used the same rows, so the average over ranks of
+    // g(rows 0-3) + g(rows 4-7) is that sum computed locally.
+    Model local;
+    Workspace<> ws2;
+    local.reg.zero_grad();
+    backward(local.loss(data.x.slice(0, 4), data.y.slice(0, 4)), ws2);
+    backward(local.loss(data.x.slice(4, 8), data.y.slice(4, 8)), ws2);
+    for (index_t i = 0; i < kClasses; ++i) CHECK(m.l2.bias.grad(i) == doctest::Approx(local.l2.bias.grad(i)).epsilon(1e-6));
+  });
+}
+
+TEST_CASE("ranks with different models fail on every rank, naming the ranks") {
+  std::atomic<int> failures{0};
+  comm::run_local(3, [&](ThreadTransport& t) {
+    nn::Linear<float> l(4, t.rank() == 2 ? 5 : 3);
+    nn::Registry<float> reg;
+    reg.add("l", l);
+    Communicator<Ring, ThreadTransport> c{t};
+    try {
+      parallel::DataParallel dp(reg, c);
+    } catch (const ValueError& e) {
+      CHECK(std::string(e.what()).find("ranks 2 hold different parameter lists") != std::string::npos);
+      ++failures;
+    }
+  });
+  CHECK(failures == 3);
+}
+
+TEST_CASE("distributed sampler: disjoint, equal, complete, reproducible shards") {
+  const index_t n = 103;
+  for (auto rem : {io::Remainder::drop, io::Remainder::pad}) {
+    std::multiset<index_t> all;
+    std::vector<std::vector<index_t>> shards;
+    for (int r = 0; r < 4; ++r) {
+      io::DistributedSampler s(n, r, 4, 9, rem);
+      auto idx = s.indices(1);
+      CHECK(static_cast<index_t>(idx.size()) == s.shard_size());
+      CHECK(idx == s.indices(1));
+      CHECK(idx != s.indices(2));
+      all.insert(idx.begin(), idx.end());
+      shards.push_back(idx);
+    }
+    std::set<index_t> distinct(all.begin(), all.end());
+    if (rem == io::Remainder::drop) {
+      CHECK(all.size() == 100u);
+      CHECK(distinct.size() == 100u);  // disjoint
+    } else {
+      CHECK(all.size() == 104u);
+      CHECK(distinct.size() == 103u);  // complete; one sample repeated to pad
+    }
+  }
+  CHECK_THROWS_AS(io::DistributedSampler(10, 4, 4), ValueError);
+  // k-fold: each sample validates exactly once
+  std::multiset<index_t> val;
+  for (int f = 0; f < 5; ++f) {
+    auto s = io::kfold(23, 5, f, 1);
+    CHECK(s.train.size() + s.validation.size() == 23u);
+    val.insert(s.validation.begin(), s.validation.end());
+  }
+  CHECK(std::set<index_t>(val.begin(), val.end()).size() == 23u);
+  CHECK(val.size() == 23u);
+  // stratified: class proportions kept
+  Tensor<std::int32_t> labels({100});
+  for (index_t i = 0; i < 100; ++i) labels.data()[i] = i < 80 ? 0 : 1;
+  auto st = io::stratified_split(labels, 0.25, 2);
+  int ones = 0;
+  for (index_t i : st.validation) ones += labels.data()[i];
+  CHECK(st.validation.size() == 25u);
+  CHECK(ones == 5);
+}
