@@ -80,9 +80,11 @@ inline std::string seconds(Duration d) {
 }
 }  // namespace detail
 
-// Tag layout (15 bits): data of call #seq, fingerprints of call #seq, user point-to-point.
+// Tag layout (15 bits): data of call #seq, fingerprints of call #seq, user
+// point-to-point, and a few fixed tags for one-time setup exchanges.
 inline constexpr Tag data_tag_base = 0x0000, fingerprint_tag_base = 0x2000, user_tag_base = 0x4000;
 inline constexpr Tag max_user_tag = 0x1fff;
+inline constexpr Tag setup_tag_names = 0x7ffd, setup_tag_nodes = 0x7ffe;  // 0x7fff: MpiTransport::split
 
 template <Transport T>
 class Context {
@@ -181,7 +183,10 @@ class Context {
   void exchange_reduce(const void* send, std::size_t scount, int to, const void* local, void* out,
                        std::size_t rcount, int from, std::size_t chunk_bytes) {
     const std::size_t es = dtype_size(call.type);
-    // chunk size in bytes, a whole number of elements; 0 = one message
+    // Chunk size in bytes, a whole number of elements; 0 = one message. With
+    // RecvReduce the combine *is* the transfer, so there is nothing to overlap:
+    // one message per step (both sides of a step call this, so they agree).
+    if constexpr (RecvReduce<T>) chunk_bytes = 0;
     const std::size_t cb = chunk_bytes ? std::max<std::size_t>(1, chunk_bytes / es) * es : 0;
     auto* s = static_cast<const std::byte*>(send);
     auto* l = static_cast<const std::byte*>(local);
@@ -316,7 +321,7 @@ class Context {
     std::vector<int> names(static_cast<std::size_t>(sub.size()));
     int mine = name_of(rank());
     std::vector<Request> rq(static_cast<std::size_t>(2 * sub.size()));
-    Tag tag = fingerprint_tag_base | 0x1fff;
+    Tag tag = setup_tag_names;
     for (int r = 0; r < sub.size(); ++r) {
       if (r == sub.rank()) {
         names[static_cast<std::size_t>(r)] = mine;
@@ -334,7 +339,7 @@ class Context {
     const int p = size();
     std::vector<int> vals(static_cast<std::size_t>(p), v);
     std::vector<Request> rq(static_cast<std::size_t>(2 * p));
-    Tag tag = fingerprint_tag_base | 0x1ffe;
+    Tag tag = setup_tag_nodes;
     for (int r = 0; r < p; ++r) {
       if (r == rank()) continue;
       rq[static_cast<std::size_t>(r)] = t_.irecv(&vals[static_cast<std::size_t>(r)], sizeof(int), r, tag);
