@@ -898,7 +898,8 @@ double median(std::vector<double> v) {
   return v.empty() ? 0 : v[v.size() / 2];
 }
 
-// alpha: half the round trip of an 8-byte ping-pong between ranks 0 and 1;
+// alpha: half the round trip of an 8-byte ping-pong between ranks 0 and 1
+// (10th percentile over repetitions);
 // beta: least-squares slope of one-way time against bytes for >= 256 KiB;
 // gamma: time per byte of a local f32 sum out = a + b (64 MiB operands).
 template <class T>
@@ -929,7 +930,10 @@ std::optional<wc::CostModel> calibrate(T& t, const Options& o, wc::CostModel bas
       }
       if (k >= 3) times.push_back(std::chrono::duration<double>(Clock::now() - t0).count() / 2);
     }
-    double m = median(times);
+    // 10th percentile, not the median: on a shared machine most of the spread
+    // is preemption, which is not the transport's cost.
+    std::sort(times.begin(), times.end());
+    double m = times[times.size() / 10];
     if (n == 8) alpha = m;
     if (r == 0 && !o.quiet) std::printf("  ping-pong %10zu B  one-way %10.2f us  %7.2f GB/s\n", n, m * 1e6, n / m / 1e9);
     pts.push_back({static_cast<double>(n), m});
@@ -964,25 +968,35 @@ std::optional<wc::CostModel> calibrate(T& t, const Options& o, wc::CostModel bas
 
 // ------------------------------------------------------------ project ----
 
+// Beyond one machine: nodes of --ranks-per-node ranks. Flat algorithms
+// (ring, tree, recursive doubling, halving-doubling) are charged the
+// inter-node constants for every step once p exceeds a node (their schedules
+// cross node boundaries at every step, so the slowest link paces them);
+// hierarchical uses the intra-node constants inside a node and the inter-node
+// ones across (Hierarchical<Ring, Ring>::cost).
 void project(const wc::CostModel& m0, const Options& o, const char* tname) {
   wc::CostModel m = m0;
   m.ranks_per_node = o.ranks_per_node;
+  wc::CostModel flat = m;
+  flat.alpha = m.alpha_inter;
+  flat.beta = m.beta_inter;
   const std::size_t sz[] = {8, 64 << 10, 1 << 20, 64 << 20, 256u << 20};
   const Algo algos[] = {Algo::ring, Algo::tree, Algo::recursive_doubling, Algo::halving_doubling, Algo::hierarchical};
-  std::printf("# allreduce projection from the %s cost model: alpha %.3g s, beta %.3g s/B, gamma %.3g s/B;\n"
-              "# hierarchical: %d ranks per node, alpha_inter %.3g s, beta_inter %.3g s/B (flat algorithms use the\n"
-              "# intra-node constants for every link, i.e. one big node)\n",
+  std::printf("# allreduce projection from the [%s] cost model: intra-node alpha %.3g s, beta %.3g s/B, gamma %.3g s/B;\n"
+              "# %d ranks per node; inter-node alpha_inter %.3g s, beta_inter %.3g s/B (edit the file or recalibrate\n"
+              "# on a cluster: one machine cannot measure them). Times in us, busbw in GB/s.\n",
               tname, m.alpha, m.beta, m.gamma, m.ranks_per_node, m.alpha_inter, m.beta_inter);
-  std::printf("# %6s %12s", "ranks", "size");
-  for (Algo a : algos) std::printf("  %18s %8s", (std::string(name_of(a)) + "_us").c_str(), "busbw");
+  std::printf("# %6s %10s", "ranks", "size");
+  for (Algo a : algos) std::printf(" %14s %7s", name_of(a) == std::string("recursive_doubling") ? "rec_doubling" : name_of(a) == std::string("halving_doubling") ? "halv_doubling" : name_of(a), "busbw");
   std::printf("\n");
   for (int p = 8; p <= 4096; p *= 2)
     for (std::size_t S : sz) {
-      std::printf("  %6d %12zu", p, S);
+      std::printf("  %6d %10s", p, (S >= (1u << 20) ? std::to_string(S >> 20) + "MiB" : S >= 1024 ? std::to_string(S >> 10) + "KiB" : std::to_string(S) + "B").c_str());
       for (Algo a : algos) {
-        double t = predicted(a, Collective::allreduce, S, p, m);
+        const wc::CostModel& mm = a == Algo::hierarchical || p <= m.ranks_per_node ? m : flat;
+        double t = predicted(a, Collective::allreduce, S, p, mm);
         double bus = static_cast<double>(S) / t / 1e9 * bus_factor(Collective::allreduce, p);
-        std::printf("  %18.2f %8.3f", t * 1e6, bus);
+        std::printf(" %14.1f %7.3f", t * 1e6, bus);
       }
       std::printf("\n");
     }
@@ -1005,7 +1019,7 @@ void memcpy_bw(const Options& o) {
 }
 
 wc::CostModel model_for(const Options& o, const char* section, wc::CostModel fallback) {
-  if (o.model_file.empty()) return fallback;
+  if (o.model_file.empty() || (o.mode == "calibrate" && !std::ifstream(o.model_file).good())) return fallback;
   auto s = weft_bench::read_cost_file(o.model_file);
   auto it = s.find(section);
   if (it == s.end()) {
@@ -1029,7 +1043,15 @@ template <class T>
 void run_mode(T& t, const Options& o, const char* section, wc::CostModel fallback, std::vector<Row>& rows) {
   if (o.mode == "calibrate") {
     if (t.size() < 2) throw UsageError("calibrate needs at least 2 ranks (--np 2, or mpirun -np 2)");
-    auto m = calibrate(t, o, model_for(o, section, fallback));
+    wc::CostModel base = model_for(o, section, fallback);
+    bool had = false;
+    if (!o.model_file.empty() && std::ifstream(o.model_file).good())
+      had = weft_bench::read_cost_file(o.model_file).count(section) > 0;
+    if (!had) {  // not measurable on one machine: start from a typical fabric (edit the file on a cluster)
+      base.alpha_inter = wc::CostModel::mpi().alpha_inter;
+      base.beta_inter = wc::CostModel::mpi().beta_inter;
+    }
+    auto m = calibrate(t, o, base);
     if (m) save_model(o, section, *m);
     return;
   }
