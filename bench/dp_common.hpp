@@ -1,0 +1,66 @@
+// The data-parallel training step timed by bench_dp (threads) and bench_dp_mpi:
+// MLP 784-256-256-10, ReLU, cross-entropy, Adam lr 1e-3, global batch 128
+// split evenly over the ranks, random data, one BLAS thread per rank.
+#pragma once
+
+#include <chrono>
+#include <cstdio>
+#include <weft/comm/algorithm/ring.hpp>
+#include <weft/comm/communicator.hpp>
+#include <weft/nn/nn.hpp>
+#include <weft/parallel/data_parallel.hpp>
+#include <weft/weft.hpp>
+
+namespace dpbench {
+
+using namespace weft;
+
+// Returns global samples/s (all ranks), measured on rank 0's clock between
+// two barriers around `seconds` of steps.
+template <class Transport>
+double run(Transport& t, double seconds, index_t global_batch = 128) {
+  using namespace weft::comm;
+  Communicator<Ring, Transport> ring{t};
+  const int size = ring.size();
+  const index_t batch = global_batch / size, n = 4096;
+  nn::Rng rng(100 + static_cast<std::uint64_t>(ring.rank()));
+  Tensor<float> images({n, 784});
+  Tensor<std::int32_t> labels({n});
+  for (index_t i = 0; i < images.numel(); ++i) images.data()[i] = rng.uniform();
+  for (index_t i = 0; i < n; ++i) labels.data()[i] = static_cast<std::int32_t>(rng.below(10));
+
+  nn::Linear<float> l1(784, 256, 1), l2(256, 256, 2), l3(256, 10, 3);
+  nn::Registry<float> params;
+  params.add("l1", l1).add("l2", l2).add("l3", l3);
+  parallel::DataParallel dp(params, ring);
+  nn::Adam<float> opt(params, {.lr = 1e-3f});
+  TensorView<float> xb;
+  TensorView<std::int32_t> yb;
+  Workspace<> ws;
+  index_t pos = 0;
+  auto step = [&] {
+    if (pos + batch > n) pos = 0;
+    xb = images.slice(pos, pos + batch);
+    yb = labels.slice(pos, pos + batch);
+    pos += batch;
+    opt.zero_grad();
+    dp.backward(cross_entropy(l3(relu(l2(relu(l1(xb))))), yb), ws);
+    opt.step();
+  };
+  for (int w = 0; w < 10; ++w) step();
+  // Rank 0 decides the number of steps from a timed probe, so every rank runs the same count.
+  ring.barrier();
+  auto t0 = std::chrono::steady_clock::now();
+  for (int w = 0; w < 20; ++w) step();
+  double probe = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 20;
+  ring.broadcast(std::span<double>(&probe, 1), 0);
+  const long steps = static_cast<long>(seconds / probe) + 1;
+  ring.barrier();
+  t0 = std::chrono::steady_clock::now();
+  for (long s = 0; s < steps; ++s) step();
+  ring.barrier();
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return static_cast<double>(steps * batch * size) / secs;
+}
+
+}  // namespace dpbench
