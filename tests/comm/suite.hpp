@@ -9,19 +9,121 @@
 // computed from all ranks' inputs.
 #pragma once
 
+#include <weft/comm/collective.hpp>
 #include <weft/comm/communicator.hpp>
+#include <weft/comm/reduce_op.hpp>
 #include <weft/core/dtype.hpp>
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <random>
+#include <span>
 #include <sstream>
 #include <string>
 #include <type_traits>
 #include <vector>
 
 namespace weft::comm::testing {
+
+// The checks below run against this type-erased view of a communicator, so
+// they are compiled once per dtype rather than once per (algorithm, dtype):
+// it keeps the test build lean. Erased<C> forwards to C's pointer API.
+class AnyComm {
+ public:
+  virtual ~AnyComm() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+
+  template <class T>
+  void allreduce(const T* in, T* out, std::size_t n, ReduceOp op = ReduceOp::sum) {
+    run(Collective::allreduce, in, out, n, dtype_v<T>, op, -1);
+  }
+  template <class T>
+  void reduce_scatter(const T* in, T* out, std::size_t n, ReduceOp op = ReduceOp::sum) {
+    run(Collective::reduce_scatter, in, out, n, dtype_v<T>, op, -1);
+  }
+  template <class T>
+  void allgather(const T* in, T* out, std::size_t n) {
+    run(Collective::allgather, in, out, n, dtype_v<T>, ReduceOp::sum, -1);
+  }
+  template <class T>
+  void broadcast(T* buf, std::size_t n, int root) {
+    run(Collective::broadcast, buf, buf, n, dtype_v<T>, ReduceOp::sum, root);
+  }
+  template <class T>
+  void reduce(const T* in, T* out, std::size_t n, int root, ReduceOp op = ReduceOp::sum) {
+    run(Collective::reduce, in, out, n, dtype_v<T>, op, root);
+  }
+  template <class T>
+  void gather(const T* in, T* out, std::size_t n, int root) {
+    run(Collective::gather, in, out, n, dtype_v<T>, ReduceOp::sum, root);
+  }
+  template <class T>
+  void scatter(const T* in, T* out, std::size_t n, int root) {
+    run(Collective::scatter, in, out, n, dtype_v<T>, ReduceOp::sum, root);
+  }
+  template <class T>
+  void alltoall(const T* in, T* out, std::size_t n) {
+    run(Collective::alltoall, in, out, n, dtype_v<T>, ReduceOp::sum, -1);
+  }
+  void barrier() { run(Collective::barrier, nullptr, nullptr, 0, dtype::u8, ReduceOp::sum, -1); }
+  // isend to `to` and blocking recv from `from` (point-to-point, user tag).
+  template <class T>
+  void shift(const T* send, T* recv, std::size_t n, int to, int from, int tag) {
+    sendrecv(send, recv, n, dtype_v<T>, to, from, tag);
+  }
+
+ protected:
+  virtual void run(Collective op, const void* in, void* out, std::size_t n, dtype d, ReduceOp r, int root) = 0;
+  virtual void sendrecv(const void* s, void* r, std::size_t n, dtype d, int to, int from, int tag) = 0;
+};
+
+template <class C>
+class Erased final : public AnyComm {
+ public:
+  explicit Erased(C& c) : c_(c) {}
+  int rank() const override { return c_.rank(); }
+  int size() const override { return c_.size(); }
+
+ protected:
+  void run(Collective op, const void* in, void* out, std::size_t n, dtype d, ReduceOp r, int root) override {
+    if (op == Collective::barrier) return c_.barrier();
+    detail::visit_dtype(d, [&](auto tag) {
+      using E = decltype(tag);
+      auto* i = static_cast<const E*>(in);
+      auto* o = static_cast<E*>(out);
+      switch (op) {
+        case Collective::allreduce: c_.allreduce(i, o, n, r); break;
+        case Collective::reduce_scatter: c_.reduce_scatter(i, o, n, r); break;
+        case Collective::allgather: c_.allgather(i, o, n); break;
+        case Collective::broadcast: c_.broadcast(o, n, root); break;
+        case Collective::reduce: c_.reduce(i, o, n, root, r); break;
+        case Collective::gather: c_.gather(i, o, n, root); break;
+        case Collective::scatter: c_.scatter(i, o, n, root); break;
+        case Collective::alltoall: c_.alltoall(i, o, n); break;
+        default: break;
+      }
+    });
+  }
+  void sendrecv(const void* s, void* r, std::size_t n, dtype d, int to, int from, int tag) override {
+    detail::visit_dtype(d, [&](auto t) {
+      using E = decltype(t);
+      auto req = c_.isend(std::span<const E>(static_cast<const E*>(s), n), to, tag);
+      c_.recv(std::span<E>(static_cast<E*>(r), n), from, tag);
+      req.wait();
+    });
+  }
+
+ private:
+  C& c_;
+};
+
+// check(c, ...) on a concrete communicator: erase it, then run the check.
+template <class C, class F>
+std::string erased(C& c, F&& check) {
+  Erased<C> e(c);
+  return check(static_cast<AnyComm&>(e));
+}
 
 template <class T>
 inline constexpr bool is_signed_elem = std::is_signed_v<T> || is_floating_v<T>;
@@ -119,8 +221,8 @@ std::string compare(const char* what, const std::vector<T>& got, std::size_t off
 }
 
 // Every reducing op with reduce op `op` on dtype T, count n (per rank for reduce_scatter).
-template <class T, class Comm>
-std::string check_reductions(Comm& c, ReduceOp op, std::size_t n) {
+template <class T>
+std::string check_reductions(AnyComm& c, ReduceOp op, std::size_t n) {
   const int p = c.size(), r = c.rank();
   std::string err;
   auto note = [&](std::string e, const char* ctx) {
@@ -130,17 +232,17 @@ std::string check_reductions(Comm& c, ReduceOp op, std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) in[i] = input<T>(op, r, i, p);
   auto ref = [&](std::size_t base) { return [=](std::size_t i) { return reference<T>(op, base + i, p); }; };
 
-  c.allreduce(in, out, op);
+  c.allreduce(in.data(), out.data(), n, op);
   note(compare("allreduce", out, 0, n, ref(0)), "out-of-place");
   std::vector<T> io = in;
-  c.allreduce(io, op);
+  c.allreduce(io.data(), io.data(), n, op);
   note(compare("allreduce", io, 0, n, ref(0)), "in-place");
 
   // reduce_scatter: input of p blocks of n
   const std::size_t total = n * static_cast<std::size_t>(p);
   std::vector<T> big(total), blk(n);
   for (std::size_t i = 0; i < total; ++i) big[i] = input<T>(op, r, i, p);
-  c.reduce_scatter(big, blk, op);
+  c.reduce_scatter(big.data(), blk.data(), n, op);
   note(compare("reduce_scatter", blk, 0, n, ref(static_cast<std::size_t>(r) * n)), "out-of-place");
   c.reduce_scatter(big.data(), big.data() + static_cast<std::size_t>(r) * n, n, op);
   note(compare("reduce_scatter", big, static_cast<std::size_t>(r) * n, n, ref(static_cast<std::size_t>(r) * n)),
@@ -148,7 +250,7 @@ std::string check_reductions(Comm& c, ReduceOp op, std::size_t n) {
 
   const int root = p / 2;
   std::vector<T> red(r == root ? n : 0);
-  c.reduce(in, red, root, op);
+  c.reduce(in.data(), red.data(), n, root, op);
   if (r == root) note(compare("reduce", red, 0, n, ref(0)), "out-of-place");
   io = in;
   c.reduce(io.data(), io.data(), n, root, op);
@@ -157,8 +259,8 @@ std::string check_reductions(Comm& c, ReduceOp op, std::size_t n) {
 }
 
 // Data-movement ops on dtype T with n elements per rank.
-template <class T, class Comm>
-std::string check_movement(Comm& c, std::size_t n) {
+template <class T>
+std::string check_movement(AnyComm& c, std::size_t n) {
   const int p = c.size(), r = c.rank();
   const std::size_t total = n * static_cast<std::size_t>(p);
   std::string err;
@@ -169,7 +271,7 @@ std::string check_movement(Comm& c, std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) mine[i] = payload<T>(r, i);
   auto gathered = [&](std::size_t i) { return payload<T>(static_cast<int>(i / (n ? n : 1)), i % (n ? n : 1)); };
 
-  c.allgather(mine, all);
+  c.allgather(mine.data(), all.data(), n);
   note(compare("allgather", all, 0, total, gathered));
   std::vector<T> inplace(total);
   std::copy(mine.begin(), mine.end(), inplace.begin() + static_cast<std::ptrdiff_t>(static_cast<std::size_t>(r) * n));
@@ -179,25 +281,25 @@ std::string check_movement(Comm& c, std::size_t n) {
   for (int root : {0, p - 1}) {
     std::vector<T> b(n);
     for (std::size_t i = 0; i < n; ++i) b[i] = r == root ? payload<T>(root, i) : T{};
-    c.broadcast(b, root);
+    c.broadcast(b.data(), n, root);
     note(compare("broadcast", b, 0, n, [&](std::size_t i) { return payload<T>(root, i); }));
   }
 
   const int root = p - 1;
   std::vector<T> g(r == root ? total : 0);
-  c.gather(mine, g, root);
+  c.gather(mine.data(), g.data(), n, root);
   if (r == root) note(compare("gather", g, 0, total, gathered));
 
   std::vector<T> src(r == root ? total : 0), part(n);
   if (r == root)
     for (std::size_t i = 0; i < total; ++i) src[i] = payload<T>(static_cast<int>(i / n) + 7, i % n);
-  c.scatter(src, part, root);
+  c.scatter(src.data(), part.data(), n, root);
   note(compare("scatter", part, 0, n, [&](std::size_t i) { return payload<T>(r + 7, i); }));
 
   // alltoall: block j of rank r holds payload(r * p + j)
   std::vector<T> a(total), b(total);
   for (std::size_t i = 0; i < total; ++i) a[i] = payload<T>(r * p + static_cast<int>(i / n), i % n);
-  c.alltoall(a, b);
+  c.alltoall(a.data(), b.data(), n);
   note(compare("alltoall", b, 0, total,
                [&](std::size_t i) { return payload<T>(static_cast<int>(i / n) * p + r, i % n); }));
 
@@ -205,9 +307,7 @@ std::string check_movement(Comm& c, std::size_t n) {
 
   if (p > 1) {  // ring shift with point-to-point
     std::vector<T> got(n);
-    auto s = c.isend(mine, (r + 1) % p, 5);
-    c.recv(got, (r + p - 1) % p, 5);
-    s.wait();
+    c.shift(mine.data(), got.data(), n, (r + 1) % p, (r + p - 1) % p, 5);
     note(compare("send/recv", got, 0, n, [&](std::size_t i) { return payload<T>((r + p - 1) % p, i); }));
   }
   return err;
@@ -215,8 +315,8 @@ std::string check_movement(Comm& c, std::size_t n) {
 
 // Every op runs on every rank even after a wrong result, so ranks stay in
 // step; the first error is kept.
-template <class T, class Comm>
-std::string check_dtype(Comm& c, std::size_t n) {
+template <class T>
+std::string check_dtype(AnyComm& c, std::size_t n) {
   std::string e;
   auto keep = [&](std::string x) {
     if (e.empty()) e = std::move(x);
@@ -228,8 +328,7 @@ std::string check_dtype(Comm& c, std::size_t n) {
 }
 
 // The whole matrix for one communicator: sizes x dtypes x ops.
-template <class Comm>
-std::string check_matrix(Comm& c, const std::vector<std::size_t>& sizes) {
+inline std::string check_matrix(AnyComm& c, const std::vector<std::size_t>& sizes) {
   std::string first;
   for (std::size_t n : sizes) {
     std::string e;
@@ -249,12 +348,11 @@ std::string check_matrix(Comm& c, const std::vector<std::size_t>& sizes) {
 }
 
 // A large allreduce / reduce_scatter / allgather (16 MiB of f32 per rank).
-template <class Comm>
-std::string check_large(Comm& c, std::size_t n) {
+inline std::string check_large(AnyComm& c, std::size_t n) {
   const int p = c.size(), r = c.rank();
   std::vector<float> in(n), out(n);
   for (std::size_t i = 0; i < n; ++i) in[i] = input<float>(ReduceOp::sum, r, i, p);
-  c.allreduce(in, out);
+  c.allreduce(in.data(), out.data(), n);
   std::string e = compare("large allreduce", out, 0, n, [&](std::size_t i) { return reference<float>(ReduceOp::sum, i, p); });
   const std::size_t blk = n / static_cast<std::size_t>(p);
   std::vector<float> part(blk);
@@ -264,7 +362,7 @@ std::string check_large(Comm& c, std::size_t n) {
                 [&](std::size_t i) { return reference<float>(ReduceOp::sum, static_cast<std::size_t>(r) * blk + i, p); });
   std::vector<bfloat16> hin(n), hout(n);
   for (std::size_t i = 0; i < n; ++i) hin[i] = input<bfloat16>(ReduceOp::sum, r, i, p);
-  c.allreduce(hin, hout);
+  c.allreduce(hin.data(), hout.data(), n);
   if (e.empty())
     e = compare("large bf16 allreduce", hout, 0, n, [&](std::size_t i) { return reference<bfloat16>(ReduceOp::sum, i, p); });
   return e;
@@ -295,12 +393,12 @@ T ordered_fold(int p, std::size_t i, std::uint64_t seed) {
   return acc;
 }
 
-template <class T, class Comm>
-std::string check_deterministic(Comm& c, std::size_t n, std::uint64_t seed) {
+template <class T>
+std::string check_deterministic(AnyComm& c, std::size_t n, std::uint64_t seed) {
   const int p = c.size(), r = c.rank();
   std::vector<T> in(n), out(n);
   for (std::size_t i = 0; i < n; ++i) in[i] = random_input<T>(r, i, seed);
-  c.allreduce(in, out);
+  c.allreduce(in.data(), out.data(), n);
   std::string e = compare("deterministic allreduce", out, 0, n, [&](std::size_t i) { return ordered_fold<T>(p, i, seed); });
   const std::size_t blk = n / static_cast<std::size_t>(p);
   std::vector<T> part(blk);

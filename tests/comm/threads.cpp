@@ -99,7 +99,7 @@ TEST_CASE_TEMPLATE("every collective x dtype x reduce op matches the reference",
                    HalvingDoubling, Hierarchical<>, Hierarchical<Tree, RecursiveDoubling>, Native, Auto) {
   for (int p = 1; p <= max_ranks; ++p) {
     CAPTURE(p);
-    auto errs = on_ranks<A>(p, [](auto& c) { return testing::check_matrix(c, sizes); }, checked(), small_chunks<A>());
+    auto errs = on_ranks<A>(p, [](auto& c) { return testing::erased(c, [](auto& e) { return testing::check_matrix(e, sizes); }); }, checked(), small_chunks<A>());
     for (int r = 0; r < p; ++r) CHECK_MESSAGE(errs[static_cast<std::size_t>(r)] == "", "rank ", r);
   }
 }
@@ -108,7 +108,7 @@ TEST_CASE_TEMPLATE("large buffers (16 MiB per rank)", A, Ring, Tree, RecursiveDo
                    Hierarchical<>, Native, Auto) {
   for (int p : {2, 3, 4}) {
     CAPTURE(p);
-    auto errs = on_ranks<A>(p, [](auto& c) { return testing::check_large(c, large); }, checked());
+    auto errs = on_ranks<A>(p, [](auto& c) { return testing::erased(c, [](auto& e) { return testing::check_large(e, large); }); }, checked());
     for (int r = 0; r < p; ++r) CHECK_MESSAGE(errs[static_cast<std::size_t>(r)] == "", "rank ", r);
   }
 }
@@ -125,10 +125,10 @@ TEST_CASE_TEMPLATE("deterministic mode: bitwise equal to the rank-order fold for
       auto errs = on_ranks<A>(
           p,
           [](auto& c) {
-            std::string e[] = {testing::check_deterministic<float>(c, 1000, 11),
-                               testing::check_deterministic<double>(c, 777, 12),
-                               testing::check_deterministic<weft::bfloat16>(c, 515, 13),
-                               testing::check_deterministic<weft::half>(c, 64, 14)};
+            std::string e[] = {testing::erased(c, [](auto& e) { return testing::check_deterministic<float>(e, 1000, 11); }),
+                               testing::erased(c, [](auto& e) { return testing::check_deterministic<double>(e, 777, 12); }),
+                               testing::erased(c, [](auto& e) { return testing::check_deterministic<weft::bfloat16>(e, 515, 13); }),
+                               testing::erased(c, [](auto& e) { return testing::check_deterministic<weft::half>(e, 64, 14); })};
             for (auto& x : e)
               if (!x.empty()) return x;
             return std::string();
@@ -141,7 +141,7 @@ TEST_CASE_TEMPLATE("deterministic mode: bitwise equal to the rank-order fold for
 
 TEST_CASE("Native on threads folds in rank order even without deterministic mode") {
   for (int p : {2, 3, 5, 8}) {
-    auto errs = on_ranks<Native>(p, [](auto& c) { return testing::check_deterministic<float>(c, 3001, 21); }, checked());
+    auto errs = on_ranks<Native>(p, [](auto& c) { return testing::erased(c, [](auto& e) { return testing::check_deterministic<float>(e, 3001, 21); }); }, checked());
     for (auto& e : errs) CHECK(e == "");
   }
 }
