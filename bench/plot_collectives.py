@@ -105,10 +105,11 @@ def summary(rows, memcpy, placement):
     names = sorted(s)
     all_sizes = sorted({x for pts in s.values() for x in pts})
     print(f"# allreduce busbw (GB/s), {'in place' if placement == 'ip' else 'out of place'}")
-    width = max(12, max(len(n) for n in names) + 1)
-    print(f"{'size':>8} " + "".join(f"{n:>{width}}" for n in names))
+    for i, n in enumerate(names):
+        print(f"#  [{i + 1}] {n}")
+    print(f"{'size':>8} " + "".join(f"{'[' + str(i + 1) + ']':>8}" for i in range(len(names))))
     for x in all_sizes:
-        cells = "".join(f"{s[n][x]['busbw_GBps']:>{width}.3f}" if x in s[n] else f"{'-':>{width}}" for n in names)
+        cells = "".join(f"{s[n][x]['busbw_GBps']:>8.3f}" if x in s[n] else f"{'-':>8}" for n in names)
         print(f"{fmt_size(x):>8} " + cells)
 
     weft_thread = lambda n: n.startswith("weft:threads:")
