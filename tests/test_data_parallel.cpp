@@ -19,137 +19,37 @@
 #include <weft/parallel/data_parallel.hpp>
 #include <weft/weft.hpp>
 
+#include "data_parallel_suite.hpp"
+
 using namespace weft;
 using comm::Communicator;
 using comm::Ring;
 using comm::ThreadTransport;
 
-namespace {
-
-constexpr index_t kBatch = 16, kIn = 12, kHidden = 10, kClasses = 4;
-
-struct Data {
-  Tensor<float> x{Shape{64, kIn}};
-  Tensor<std::int32_t> y{Shape{64}};
-  Data() {
-    nn::Rng rng(3);
-    for (index_t i = 0; i < x.numel(); ++i) x.data()[i] = rng.normal();
-    for (index_t i = 0; i < 64; ++i) y.data()[i] = static_cast<std::int32_t>(rng.below(kClasses));
-  }
-};
-
-struct Model {
-  nn::Linear<float> l1{kIn, kHidden, 1}, l2{kHidden, kClasses, 2};
-  nn::Registry<float> reg;
-  Model() { reg.add("l1", l1).add("l2", l2); }
-  template <class X, class Y>
-  auto loss(const X& x, const Y& y) {
-    return cross_entropy(l2(tanh(l1(x))), y);
-  }
-  std::vector<float> values() const {
-    std::vector<float> v;
-    for (Parameter<float>* p : reg)
-      for (index_t i = 0; i < p->numel(); ++i) v.push_back(p->value.data()[i]);
-    return v;
-  }
-};
-
-// Rows [step * kBatch + r * kBatch / p, ... + kBatch / p) of the data: rank r's share of step `step`.
-std::pair<index_t, index_t> rows(int step, int r, int p) {
-  index_t per = kBatch / p, base = (step * kBatch) % 64;
-  return {base + r * per, base + (r + 1) * per};
-}
-
-}  // namespace
+using namespace dp_suite;
 
 TEST_CASE("p ranks with batch b/p train like one rank with batch b") {
   const Data data;
-  const int steps = 5;
-  Model single;
-  {
-    nn::Adam<float> opt(single.reg, {.lr = 1e-2f});
-    Workspace<> ws;
-    for (int s = 0; s < steps; ++s) {
-      auto [lo, hi] = rows(s, 0, 1);
-      opt.zero_grad();
-      backward(single.loss(data.x.slice(lo, hi), data.y.slice(lo, hi)), ws);
-      opt.step();
-    }
-  }
+  const std::vector<float> ref = single_rank_adam(data);
   for (int p : {1, 2, 4}) {
     CAPTURE(p);
     std::vector<std::vector<float>> result(static_cast<std::size_t>(p));
-    comm::run_local(p, [&](ThreadTransport& t) {
-      Model m;
-      Communicator<Ring, ThreadTransport> c{t};
-      parallel::DataParallel dp(m.reg, c);
-      nn::Adam<float> opt(m.reg, {.lr = 1e-2f});
-      Workspace<> ws;
-      for (int s = 0; s < steps; ++s) {
-        auto [lo, hi] = rows(s, c.rank(), p);
-        opt.zero_grad();
-        dp.backward(m.loss(data.x.slice(lo, hi), data.y.slice(lo, hi)), ws);
-        opt.step();
-      }
-      result[static_cast<std::size_t>(c.rank())] = m.values();
-    });
-    const std::vector<float> ref = single.values();
+    comm::run_local(p, [&](ThreadTransport& t) { result[static_cast<std::size_t>(t.rank())] = data_parallel(t, data, false); });
     for (int r = 0; r < p; ++r) {
       CHECK(result[static_cast<std::size_t>(r)] == result[0]);  // ranks agree exactly
-      for (std::size_t i = 0; i < ref.size(); ++i)
-        CHECK(std::abs(result[static_cast<std::size_t>(r)][i] - ref[i]) <= 1e-5f * (1 + std::abs(ref[i])));
+      check_close(result[static_cast<std::size_t>(r)], ref);
     }
   }
 }
 
 TEST_CASE("deterministic mode: bit for bit the per-shard gradients combined in rank order") {
   const Data data;
-  const int steps = 4;
   for (int p : {2, 4}) {
     CAPTURE(p);
-    // Reference on one thread: each shard's gradient from zero, summed in rank order, divided by p.
-    Model ref;
-    {
-      nn::SGD<float> opt(ref.reg, {.lr = 0.1f, .momentum = 0.9f});
-      Workspace<> ws;
-      std::vector<std::vector<float>> shard(static_cast<std::size_t>(p));
-      for (int s = 0; s < steps; ++s) {
-        for (int r = 0; r < p; ++r) {
-          auto [lo, hi] = rows(s, r, p);
-          ref.reg.zero_grad();
-          backward(ref.loss(data.x.slice(lo, hi), data.y.slice(lo, hi)), ws);
-          auto& g = shard[static_cast<std::size_t>(r)];
-          g.clear();
-          for (Parameter<float>* q : ref.reg) g.insert(g.end(), q->grad.data(), q->grad.data() + q->numel());
-        }
-        std::vector<float> sum = shard[0];
-        for (int r = 1; r < p; ++r)
-          for (std::size_t i = 0; i < sum.size(); ++i) sum[i] = sum[i] + shard[static_cast<std::size_t>(r)][i];
-        std::size_t k = 0;
-        for (Parameter<float>* q : ref.reg)
-          for (index_t i = 0; i < q->numel(); ++i) q->grad.data()[i] = sum[k++] / static_cast<float>(p);
-        opt.step();
-      }
-    }
+    const std::vector<float> ref = shards_in_rank_order_sgd(data, p);
     std::vector<std::vector<float>> result(static_cast<std::size_t>(p));
-    comm::run_local(p, [&](ThreadTransport& t) {
-      Model m;
-      comm::CommOptions o;
-      o.deterministic = true;
-      Communicator<Ring, ThreadTransport> c{t, o};
-      parallel::DataParallel dp(m.reg, c);
-      dp.set_bucket_bytes(200);  // several buckets
-      nn::SGD<float> opt(m.reg, {.lr = 0.1f, .momentum = 0.9f});
-      Workspace<> ws;
-      for (int s = 0; s < steps; ++s) {
-        auto [lo, hi] = rows(s, c.rank(), p);
-        opt.zero_grad();
-        dp.backward(m.loss(data.x.slice(lo, hi), data.y.slice(lo, hi)), ws);
-        opt.step();
-      }
-      result[static_cast<std::size_t>(c.rank())] = m.values();
-    });
-    for (int r = 0; r < p; ++r) CHECK(result[static_cast<std::size_t>(r)] == ref.values());
+    comm::run_local(p, [&](ThreadTransport& t) { result[static_cast<std::size_t>(t.rank())] = data_parallel(t, data, true); });
+    for (int r = 0; r < p; ++r) CHECK(result[static_cast<std::size_t>(r)] == ref);
   }
 }
 

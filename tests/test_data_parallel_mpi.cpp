@@ -1,0 +1,41 @@
+// DataParallel on the MPI transport, run by Meson under mpirun with 1, 2 and 4
+// ranks: the same equivalence checks as on threads (data_parallel_suite.hpp),
+// each process computing the one-rank reference itself.
+#define DOCTEST_CONFIG_IMPLEMENT
+#include <doctest/doctest.h>
+#define OMPI_SKIP_MPICXX 1
+#define MPICH_SKIP_MPICXX 1
+#include <mpi.h>
+
+#include <weft/comm/transport/mpi.hpp>
+
+#include "data_parallel_suite.hpp"
+
+using namespace dp_suite;
+
+TEST_CASE("mpi: p ranks with batch b/p train like one rank with batch b") {
+  const Data data;
+  weft::comm::MpiTransport t{MPI_COMM_WORLD};
+  check_close(data_parallel(t, data, false), single_rank_adam(data));
+}
+
+TEST_CASE("mpi: deterministic mode is bit for bit the shard gradients in rank order") {
+  const Data data;
+  weft::comm::MpiTransport t{MPI_COMM_WORLD};
+  CHECK(data_parallel(t, data, true) == shards_in_rank_order_sgd(data, t.size()));
+}
+
+int main(int argc, char** argv) {
+  int provided = 0;
+  MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
+  openblas_set_num_threads(1);
+  doctest::Context ctx(argc, argv);
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  if (rank != 0) ctx.setOption("out", "/dev/null");  // one report, from rank 0
+  int rc = ctx.run();
+  int worst = 0;
+  MPI_Allreduce(&rc, &worst, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  MPI_Finalize();
+  return worst;
+}
