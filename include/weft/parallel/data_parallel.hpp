@@ -94,6 +94,7 @@ class DataParallel {
   // whatever accumulate() left there). Returns this rank's loss.
   template <Expression E>
   T backward(const E& loss, Workspace<>& ws) {
+    if (size() == 1) return weft::backward(loss, ws).item();  // nothing to average
     if (buckets_.empty()) build_buckets();
     for (Bucket& b : buckets_) {
       b.ready = 0;
@@ -183,6 +184,12 @@ class DataParallel {
       b.slots.push_back(slots_.size() - 1);
       b.buffer.resize(b.buffer.size() + static_cast<std::size_t>(p.numel()));
     }
+    // One-parameter buckets reduce the gradient in place: drop their staging memory.
+    for (Bucket& b : buckets_)
+      if (b.slots.size() == 1) {
+        b.buffer.clear();
+        b.buffer.shrink_to_fit();
+      }
     sl_packed_.assign(slots_.size(), false);
   }
 
@@ -198,7 +205,8 @@ class DataParallel {
 
   void pack(const Slot& sl) {
     Bucket& b = buckets_[sl.bucket];
-    std::memcpy(b.buffer.data() + sl.offset, sl.p->grad.data(), static_cast<std::size_t>(sl.p->numel()) * sizeof(T));
+    if (b.slots.size() > 1)  // a one-parameter bucket is reduced in place, without copies
+      std::memcpy(b.buffer.data() + sl.offset, sl.p->grad.data(), static_cast<std::size_t>(sl.p->numel()) * sizeof(T));
     ++b.ready;
     sl_packed_[static_cast<std::size_t>(&sl - slots_.data())] = true;
   }
@@ -206,8 +214,10 @@ class DataParallel {
   void start(std::size_t bi) {
     Bucket& b = buckets_[bi];
     b.started = true;
+    Parameter<T>* only = b.slots.size() == 1 ? slots_[b.slots[0]].p : nullptr;
+    std::span<T> data = only ? std::span<T>(only->grad.data(), static_cast<std::size_t>(only->numel())) : std::span<T>(b.buffer);
     with_comm(b.comm, [&]<std::size_t I>(auto& comm, std::integral_constant<std::size_t, I>) {
-      b.request.template emplace<I + 1>(comm.iallreduce(std::span<T>(b.buffer), comm::ReduceOp::avg));
+      b.request.template emplace<I + 1>(comm.iallreduce(data, comm::ReduceOp::avg));
     });
   }
 
@@ -219,7 +229,8 @@ class DataParallel {
     b.request = std::monostate{};
     for (std::size_t s : b.slots) {
       const Slot& sl = slots_[s];
-      std::memcpy(sl.p->grad.data(), b.buffer.data() + sl.offset, static_cast<std::size_t>(sl.p->numel()) * sizeof(T));
+      if (b.slots.size() > 1)
+        std::memcpy(sl.p->grad.data(), b.buffer.data() + sl.offset, static_cast<std::size_t>(sl.p->numel()) * sizeof(T));
       sl_packed_[s] = false;
     }
   }
