@@ -4,6 +4,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstdlib>
 #include <cstdio>
 #include <weft/comm/algorithm/ring.hpp>
 #include <weft/comm/communicator.hpp>
@@ -34,6 +35,7 @@ double run(Transport& t, double seconds, index_t global_batch = 128) {
   params.add("l1", l1).add("l2", l2).add("l3", l3);
   parallel::DataParallel dp(params, ring);
   dp.set_bucket_bytes(1);  // one bucket per parameter: reduced in place, started as each gradient is final
+  if (std::getenv("WEFT_DP_NO_OVERLAP")) dp.set_overlap(false);
   nn::Adam<float> opt(params, {.lr = 1e-3f});
   TensorView<float> xb;
   TensorView<std::int32_t> yb;

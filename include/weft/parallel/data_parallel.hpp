@@ -35,6 +35,11 @@ namespace weft::parallel {
 
 struct DataParallelOptions {
   std::size_t bucket_bytes = std::size_t(25) << 20;
+  // Start each bucket's allreduce during backward (non-blocking, on the
+  // communicator's progress thread). false: reduce every bucket after backward
+  // with blocking calls on the caller's thread, which is faster when there are
+  // no spare cores for progress threads (ranks as threads on a small machine).
+  bool overlap = true;
 };
 
 template <class T, class... Comms>
@@ -67,6 +72,8 @@ class DataParallel {
 
   DataParallel(const DataParallel&) = delete;
   DataParallel& operator=(const DataParallel&) = delete;
+
+  void set_overlap(bool on) { opts_.overlap = on; }
 
   // Bucket size (bytes of gradient per allreduce); before the first backward.
   void set_bucket_bytes(std::size_t bytes) {
@@ -214,6 +221,7 @@ class DataParallel {
   void start(std::size_t bi) {
     Bucket& b = buckets_[bi];
     b.started = true;
+    if (!opts_.overlap) return;  // reduced in finish()
     Parameter<T>* only = b.slots.size() == 1 ? slots_[b.slots[0]].p : nullptr;
     std::span<T> data = only ? std::span<T>(only->grad.data(), static_cast<std::size_t>(only->numel())) : std::span<T>(b.buffer);
     with_comm(b.comm, [&]<std::size_t I>(auto& comm, std::integral_constant<std::size_t, I>) {
@@ -223,6 +231,13 @@ class DataParallel {
 
   void finish(std::size_t bi) {
     Bucket& b = buckets_[bi];
+    if (!opts_.overlap) {
+      Parameter<T>* only = b.slots.size() == 1 ? slots_[b.slots[0]].p : nullptr;
+      std::span<T> data = only ? std::span<T>(only->grad.data(), static_cast<std::size_t>(only->numel())) : std::span<T>(b.buffer);
+      with_comm(b.comm, [&]<std::size_t I>(auto& comm, std::integral_constant<std::size_t, I>) {
+        comm.allreduce(data, comm::ReduceOp::avg);
+      });
+    }
     std::visit([](auto& r) {
       if constexpr (!std::is_same_v<std::decay_t<decltype(r)>, std::monostate>) r.wait();
     }, b.request);
