@@ -97,7 +97,7 @@ inline std::vector<float> shards_in_rank_order_sgd(const Data& data, int p) {
 
 // This rank's parameters after kSteps of data-parallel training.
 template <class Transport>
-std::vector<float> data_parallel(Transport& t, const Data& data, bool deterministic) {
+std::vector<float> data_parallel(Transport& t, const Data& data, bool deterministic, bool overlap = true) {
   using namespace weft::comm;
   Model m;
   CommOptions o;
@@ -107,6 +107,7 @@ std::vector<float> data_parallel(Transport& t, const Data& data, bool determinis
   const int p = c.size();
   parallel::DataParallel dp(m.reg, c);
   if (deterministic) dp.set_bucket_bytes(200);  // several buckets
+  dp.set_overlap(overlap);
   Workspace<> ws;
   auto train = [&](auto& opt) {
     for (int s = 0; s < kSteps; ++s) {

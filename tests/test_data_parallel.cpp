@@ -40,6 +40,13 @@ TEST_CASE("p ranks with batch b/p train like one rank with batch b") {
       check_close(result[static_cast<std::size_t>(r)], ref);
     }
   }
+  SUBCASE("without overlap (blocking reductions after backward)") {
+    std::vector<std::vector<float>> result(2);
+    comm::run_local(2, [&](ThreadTransport& t) {
+      result[static_cast<std::size_t>(t.rank())] = data_parallel(t, data, false, false);
+    });
+    check_close(result[1], ref);
+  }
 }
 
 TEST_CASE("deterministic mode: bit for bit the per-shard gradients combined in rank order") {
