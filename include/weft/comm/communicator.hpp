@@ -98,8 +98,20 @@ class Communicator {
   class Request {
    public:
     Request() = default;
-    Request(Request&&) noexcept = default;
-    Request& operator=(Request&&) noexcept = default;
+    Request(Request&& o) noexcept { *this = std::move(o); }
+    Request& operator=(Request&& o) noexcept {
+      if (this != &o) {
+        c_ = std::exchange(o.c_, nullptr);  // a moved-from request is complete
+        ticket_ = o.ticket_;
+        deadline_ = o.deadline_;
+        p2p_ = o.p2p_;
+        op_ = o.op_;
+        peer_ = o.peer_;
+        tag_ = o.tag_;
+        req_ = std::move(o.req_);
+      }
+      return *this;
+    }
 
     void wait() {
       if (!c_) return;
