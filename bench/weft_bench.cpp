@@ -33,6 +33,10 @@
 #include <string>
 #include <vector>
 
+#include <pthread.h>
+#include <sched.h>
+#include <unistd.h>
+
 #include <weft/comm/algorithm/auto.hpp>
 #include <weft/comm/algorithm/halving_doubling.hpp>
 #include <weft/comm/algorithm/hierarchical.hpp>
@@ -89,6 +93,7 @@ struct Options {
   std::size_t bytes_budget = std::size_t{2} << 30;  // caps iterations for large sizes
   int ranks_per_node = 8;                            // project: ranks per node for hierarchical
   bool quiet = false;
+  bool bind = true;  // thread transport: pin rank r to CPU r mod ncpu (mpirun binds processes to cores too)
 };
 
 std::size_t parse_bytes(const std::string& flag, const std::string& v) {
@@ -186,6 +191,7 @@ const char* usage_text =
     "      --json FILE, --csv FILE   write every row\n"
     "      --bytes-budget SIZE at most this many bytes per measurement: iterations = min(n, SIZE/S), >= 3\n"
     "      --ranks-per-node N  project: node size for the hierarchical projection (default 8)\n"
+    "      --bind core|none    thread transport: pin rank r to CPU r mod ncpu (default core, as mpirun binds)\n"
     "  -q, --quiet             no table on stdout (files only)\n";
 
 Options parse(int argc, char** argv) {
@@ -259,6 +265,11 @@ Options parse(int argc, char** argv) {
     else if (a == "--bytes-budget") o.bytes_budget = parse_bytes(a, val());
     else if (a == "--ranks-per-node") o.ranks_per_node = static_cast<int>(parse_int(a, val(), 1, 1 << 20));
     else if (a == "-q" || a == "--quiet") o.quiet = true;
+    else if (a == "--bind") {
+      std::string b = val();
+      if (b != "core" && b != "none") throw UsageError("--bind: unknown binding '" + b + "' (accepted: core, none)");
+      o.bind = b == "core";
+    }
     else throw UsageError("unknown option '" + a + "' (see --help)");
   }
   if (o.min_bytes > o.max_bytes) throw UsageError("-b/--minbytes is larger than -e/--maxbytes");
@@ -893,15 +904,13 @@ bool auto_table(const std::vector<Row>& rows) {
 
 // ------------------------------------------------------------ calibrate ----
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
-}
-
 // alpha: half the round trip of an 8-byte ping-pong between ranks 0 and 1
 // (10th percentile over repetitions);
-// beta: least-squares slope of one-way time against bytes for >= 256 KiB;
-// gamma: time per byte of a local f32 sum out = a + b (64 MiB operands).
+// beta: least-squares slope of one-way time minus alpha against bytes, over
+// 64 KiB .. 4 MiB; gamma: time per byte of a local f32 sum out = a + b over
+// 512 KiB operands. Cache-resident sizes on purpose: Auto's crossovers (rd ->
+// ring at S = 2a/g for p = 2) lie there; DRAM-bound buffers are slower than
+// predicted, for every algorithm alike.
 template <class T>
 std::optional<wc::CostModel> calibrate(T& t, const Options& o, wc::CostModel base) {
   const int r = t.rank();
@@ -940,22 +949,29 @@ std::optional<wc::CostModel> calibrate(T& t, const Options& o, wc::CostModel bas
   }
   double sxy = 0, sxx = 0;
   for (auto [x, y] : pts)
-    if (x >= 256 * 1024) {
+    if (x >= 64 * 1024 && x <= 4 * 1024 * 1024) {
       sxy += x * (y - alpha);
       sxx += x * x;
     }
   double beta = sxx > 0 ? sxy / sxx : base.beta;
-  // local reduction
-  const std::size_t rn = (std::size_t{64} << 20) / sizeof(float);
-  std::vector<float> x(rn, 1.0f), y(rn, 2.0f), z(rn);
-  std::vector<double> gt;
-  for (int k = 0; k < 5; ++k) {
-    auto t0 = Clock::now();
-    for (std::size_t i = 0; i < rn; ++i) z[i] = x[i] + y[i];
-    gt.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
-    x[k] = z[rn - 1 - static_cast<std::size_t>(k)];  // keep the loop observable
-  }
-  double gamma = median(gt) / static_cast<double>(rn * sizeof(float));
+  // local reduction, cache-resident (512 KiB operands) where Auto's crossovers
+  // lie, and DRAM-bound (64 MiB) for reference
+  auto reduce_rate = [&](std::size_t bytes, int reps) {
+    const std::size_t rn = bytes / sizeof(float);
+    std::vector<float> x(rn, 1.0f), y(rn, 2.0f), z(rn);
+    std::vector<double> gt;
+    for (int k = 0; k < reps; ++k) {
+      auto t0 = Clock::now();
+      for (std::size_t i = 0; i < rn; ++i) z[i] = x[i] + y[i];
+      gt.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+      x[static_cast<std::size_t>(k) % rn] = z[rn - 1 - static_cast<std::size_t>(k) % rn];  // keep the loop observable
+    }
+    std::sort(gt.begin(), gt.end());
+    return gt[gt.size() / 10] / static_cast<double>(bytes);
+  };
+  double gamma = reduce_rate(std::size_t{512} << 10, 200);
+  double gamma_dram = reduce_rate(std::size_t{64} << 20, 5);
+  if (r == 0 && !o.quiet) std::printf("  local f32 sum: %.2f GB/s in cache (gamma), %.2f GB/s from DRAM\n", 1e-9 / gamma, 1e-9 / gamma_dram);
   if (r != 0) return std::nullopt;
   wc::CostModel m = base;
   m.alpha = alpha;
@@ -1104,6 +1120,15 @@ int main(int argc, char** argv) {
     std::vector<Row> rows;
     if (o.transport == "thread") {
       wc::run_local(o.np, [&](wc::ThreadTransport& t) {
+        if (o.bind) {
+          // Unpinned, two ranks can share a core while other processes load the
+          // machine: a rank then spins through its peer's time slice.
+          long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+          cpu_set_t set;
+          CPU_ZERO(&set);
+          CPU_SET(static_cast<int>(t.rank() % (ncpu > 0 ? ncpu : 1)), &set);
+          pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+        }
         std::vector<Row> mine;
         run_mode(t, o, "threads", wc::CostModel::threads(), mine);
         if (t.rank() == 0) rows = std::move(mine);
