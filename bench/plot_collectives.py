@@ -70,9 +70,15 @@ def plot(rows, out, placement):
     fig, axes = plt.subplots(len(ops), 1, figsize=(9, 5 * len(ops)), squeeze=False)
     for ax, op in zip(axes[:, 0], ops):
         pl = placement
-        for name, pts in sorted(by_series(rows, op, pl).items()):
+        series = sorted(by_series(rows, op, pl).items())
+        colors = plt.get_cmap("tab20")
+        # line style tells the implementation/transport apart, colour the algorithm
+        styles = {"weft:threads": "-", "weft:mpi": "-.", "gloo": "--", "torch": ":"}
+        for i, (name, pts) in enumerate(series):
             xs = sorted(pts)
-            ax.plot(xs, [pts[x]["busbw_GBps"] for x in xs], marker="o", markersize=3, label=name)
+            style = next((v for k, v in styles.items() if name.startswith(k)), "-")
+            ax.plot(xs, [pts[x]["busbw_GBps"] for x in xs], linestyle=style, color=colors(i % 20), marker="o",
+                    markersize=3, label=name)
         # peers only have in-place rows: add them when plotting out-of-place
         if pl == "oop":
             for name, pts in sorted(by_series(rows, op, "ip").items()):
