@@ -93,6 +93,7 @@ struct Options {
   std::size_t bytes_budget = std::size_t{2} << 30;  // caps iterations for large sizes
   int ranks_per_node = 8;                            // project: ranks per node for hierarchical
   bool quiet = false;
+  std::size_t chunk = 0;  // --chunk: pipeline unit of ring, tree, halving_doubling (0: the policy's default)
   bool bind = true;  // thread transport: pin rank r to CPU r mod ncpu (mpirun binds processes to cores too)
 };
 
@@ -191,6 +192,7 @@ const char* usage_text =
     "      --json FILE, --csv FILE   write every row\n"
     "      --bytes-budget SIZE at most this many bytes per measurement: iterations = min(n, SIZE/S), >= 3\n"
     "      --ranks-per-node N  project: node size for the hierarchical projection (default 8)\n"
+    "      --chunk SIZE        pipeline unit of ring, tree, halving_doubling, hierarchical (default: the policy's, 1M)\n"
     "      --bind core|none    thread transport: pin rank r to CPU r mod ncpu (default core, as mpirun binds)\n"
     "  -q, --quiet             no table on stdout (files only)\n";
 
@@ -265,6 +267,7 @@ Options parse(int argc, char** argv) {
     else if (a == "--bytes-budget") o.bytes_budget = parse_bytes(a, val());
     else if (a == "--ranks-per-node") o.ranks_per_node = static_cast<int>(parse_int(a, val(), 1, 1 << 20));
     else if (a == "-q" || a == "--quiet") o.quiet = true;
+    else if (a == "--chunk") o.chunk = parse_bytes(a, val());
     else if (a == "--bind") {
       std::string b = val();
       if (b != "core" && b != "none") throw UsageError("--bind: unknown binding '" + b + "' (accepted: core, none)");
@@ -779,17 +782,29 @@ static_assert(wc::AlgorithmFor<MpiDirect, wc::MpiTransport>);
 
 // Runs f(policy) with each selected algorithm's policy object.
 template <class T, class F>
-void with_policy(Algo a, const wc::CostModel& model, F&& f) {
+void with_policy(Algo a, const wc::CostModel& model, std::size_t chunk, F&& f) {
+  wc::Ring ring;
+  wc::Tree tree;
+  wc::HalvingDoubling hd;
+  if (chunk) ring.chunk_bytes = tree.chunk_bytes = hd.chunk_bytes = chunk;
   switch (a) {
-    case Algo::ring: f(wc::Ring{}); return;
-    case Algo::tree: f(wc::Tree{}); return;
+    case Algo::ring: f(ring); return;
+    case Algo::tree: f(tree); return;
     case Algo::recursive_doubling: f(wc::RecursiveDoubling{}); return;
-    case Algo::halving_doubling: f(wc::HalvingDoubling{}); return;
-    case Algo::hierarchical: f(wc::Hierarchical<>{}); return;
+    case Algo::halving_doubling: f(hd); return;
+    case Algo::hierarchical: {
+      wc::Hierarchical<> h;
+      h.intra = h.inter = ring;
+      f(h);
+      return;
+    }
     case Algo::native: f(wc::Native{}); return;
     case Algo::automatic: {
       wc::Auto au;
       au.model = model;
+      std::get<wc::Ring>(au.candidates) = ring;
+      std::get<wc::Tree>(au.candidates) = tree;
+      std::get<wc::HalvingDoubling>(au.candidates) = hd;
       f(au);
       return;
     }
@@ -810,7 +825,7 @@ void run_all(T& t, const Options& o, const wc::CostModel& model, const char* tna
   wc::Communicator<wc::Ring, T> ctl{ctl_t};
   for (Algo a : o.algos) {
     if (t.rank() == 0 && !o.quiet) print_header(o, tname, t.size(), a);
-    with_policy<T>(a, model, [&](auto policy) {
+    with_policy<T>(a, model, o.chunk, [&](auto policy) {
       using P = decltype(policy);
       wc::Communicator<P, T> comm{t, policy};
       auto chosen = [&](Collective op, std::size_t bytes) -> std::string {
