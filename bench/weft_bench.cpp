@@ -923,7 +923,8 @@ bool auto_table(const std::vector<Row>& rows) {
 // (10th percentile over repetitions);
 // beta: least-squares slope of one-way time minus alpha against bytes, over
 // 64 KiB .. 4 MiB; gamma: time per byte of a local f32 sum out = a + b over
-// 512 KiB operands. Cache-resident sizes on purpose: Auto's crossovers (rd ->
+// 512 KiB operands, or, on a RecvReduce transport, the extra time per byte of
+// a receive-and-combine over a plain receive (128 KiB .. 2 MiB). Cache-resident sizes on purpose: Auto's crossovers (rd ->
 // ring at S = 2a/g for p = 2) lie there; DRAM-bound buffers are slower than
 // predicted, for every algorithm alike.
 template <class T>
@@ -985,6 +986,45 @@ std::optional<wc::CostModel> calibrate(T& t, const Options& o, wc::CostModel bas
     return gt[gt.size() / 10] / static_cast<double>(bytes);
   };
   double gamma = reduce_rate(std::size_t{512} << 10, 200);
+  // A transport that combines straight from the peer's buffer (RecvReduce)
+  // moves and reduces in one pass: its gamma is what a receive-and-combine
+  // costs per byte beyond a plain receive (ping-pong with irecv_reduce one way).
+  if constexpr (wc::RecvReduce<T>) {
+    std::vector<float> lf(ns.back() / sizeof(float), 1.0f), of(ns.back() / sizeof(float));
+    double rxy = 0, rxx = 0;
+    for (auto [x, plain] : pts) {
+      const auto n = static_cast<std::size_t>(x);
+      if (n < 128 * 1024 || n > 2 * 1024 * 1024) continue;
+      const int reps = static_cast<int>(std::clamp<std::size_t>((std::size_t{512} << 20) / n, 5, 2000));
+      std::vector<double> times;
+      for (int k = 0; k < reps + 3; ++k) {
+        auto t0 = Clock::now();
+        if (r == 0) {
+          auto s = pp.isend(a.data(), n, 1, 3);
+          auto q = pp.irecv(b.data(), n, 1, 4);
+          if (pp.wait(s, dl) != wc::WaitStatus::done || pp.wait(q, dl) != wc::WaitStatus::done)
+            throw std::runtime_error("calibrate: ping-pong failed");
+        } else if (r == 1) {
+          auto q = pp.irecv_reduce(lf.data(), of.data(), n / sizeof(float), dtype::f32, ReduceOp::sum, 0, 3);
+          if (pp.wait(q, dl) != wc::WaitStatus::done) throw std::runtime_error("calibrate: ping-pong failed");
+          auto s = pp.isend(a.data(), n, 0, 4);
+          if (pp.wait(s, dl) != wc::WaitStatus::done) throw std::runtime_error("calibrate: ping-pong failed");
+        }
+        if (k >= 3) times.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+      }
+      std::sort(times.begin(), times.end());
+      const double rr = times[times.size() / 10] - plain;  // the receive-and-combine direction
+      if (r == 0 && !o.quiet)
+        std::printf("  recv_reduce %8zu B  one-way %10.2f us (plain receive %.2f us)\n", n, rr * 1e6, plain * 1e6);
+      rxy += x * (rr - alpha);
+      rxx += x * x;
+    }
+    const double g_rr = rxx > 0 ? rxy / rxx : beta;
+    if (r == 0 && !o.quiet)
+      std::printf("  receive-and-combine %.2f GB/s vs receive %.2f GB/s: gamma = %.3g s/B beyond beta\n", 1e-9 / g_rr,
+                  1e-9 / beta, std::max(0.0, g_rr - beta));
+    gamma = std::max(0.0, g_rr - beta);
+  }
   double gamma_dram = reduce_rate(std::size_t{64} << 20, 5);
   if (r == 0 && !o.quiet) std::printf("  local f32 sum: %.2f GB/s in cache (gamma), %.2f GB/s from DRAM\n", 1e-9 / gamma, 1e-9 / gamma_dram);
   if (r != 0) return std::nullopt;
