@@ -438,3 +438,24 @@ TEST_CASE("Auto picks latency-bound algorithms for small messages and bandwidth-
   CHECK(std::string(a.choice(Collective::allreduce, std::size_t{64} << 20, 8)) != "recursive_doubling");
   CHECK(Ring::cost(Collective::allreduce, 1 << 20, 4, a.model) < Tree::cost(Collective::allreduce, 1 << 20, 4, a.model));
 }
+
+TEST_CASE_TEMPLATE("in-place alltoall equals the out-of-place result", A, WEFT_COMM_POLICIES) {
+  for (int p : {2, 3, 4}) {
+    CAPTURE(p);
+    const std::size_t n = 5;
+    std::vector<std::vector<std::int32_t>> got(static_cast<std::size_t>(p)), want(static_cast<std::size_t>(p));
+    run_local(p, [&](ThreadTransport& t) {
+      Communicator<A, ThreadTransport> c{t};
+      const int r = c.rank();
+      std::vector<std::int32_t> buf(n * static_cast<std::size_t>(p));
+      for (std::size_t i = 0; i < buf.size(); ++i) buf[i] = r * 1000 + static_cast<std::int32_t>(i);
+      c.alltoall(buf.data(), buf.data(), n);  // in place
+      got[static_cast<std::size_t>(r)] = buf;
+      // block k of the result is block r of rank k's input: k * 1000 + r * n + j
+      auto& w = want[static_cast<std::size_t>(r)];
+      for (int k = 0; k < p; ++k)
+        for (std::size_t j = 0; j < n; ++j) w.push_back(k * 1000 + r * static_cast<std::int32_t>(n) + static_cast<std::int32_t>(j));
+    });
+    for (int r = 0; r < p; ++r) CHECK(got[static_cast<std::size_t>(r)] == want[static_cast<std::size_t>(r)]);
+  }
+}

@@ -453,7 +453,18 @@ class Communicator {
       case Collective::reduce: algo_.reduce(ctx_, j.in, j.out, j.count, j.root); return;
       case Collective::gather: algo_.gather(ctx_, j.in, j.out, j.count, j.root); return;
       case Collective::scatter: algo_.scatter(ctx_, j.in, j.out, j.count, j.root); return;
-      case Collective::alltoall: algo_.alltoall(ctx_, j.in, j.out, j.count); return;
+      case Collective::alltoall:
+        if (j.in == j.out && p > 1) {
+          // In place: the schedules read this rank's input while other ranks'
+          // blocks land in the output, so the input is staged first.
+          const std::size_t bytes = j.count * static_cast<std::size_t>(p) * dtype_size(j.type);
+          void* staged = a2a_.get(bytes);
+          std::memcpy(staged, j.in, bytes);
+          algo_.alltoall(ctx_, staged, j.out, j.count);
+          return;
+        }
+        algo_.alltoall(ctx_, j.in, j.out, j.count);
+        return;
       case Collective::barrier: algo_.barrier(ctx_); return;
       default: return;
     }
@@ -594,6 +605,7 @@ class Communicator {
   std::atomic<bool> broken_{false};
   std::string reason_;
   detail::Buffer det_;
+  detail::Buffer a2a_;  // staged input of in-place alltoall
   std::unique_ptr<Worker> worker_;
 };
 
