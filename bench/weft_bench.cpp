@@ -591,8 +591,6 @@ void measure(Comm& comm, Ctl& ctl, Algo algo, const char* tname, const Options& 
       for (int placement = 0; placement < 2; ++placement) {
         const bool in_place = placement == 1;
         Sample& s = in_place ? row.ip : row.oop;
-        // algorithm.hpp defines no in-place alltoall (in == out): not measured.
-        if (in_place && op == Collective::alltoall) continue;
         Layout L = layout(op, in_place, send.data(), recv.data(), n, es, r, root);
         fill(op, o.type, o.redop, L, n, r, p, root < 0 ? 0 : root);
         for (int k = 0; k < warm; ++k) invoke(comm, op, o.type, o.redop, L, n, root);
