@@ -76,13 +76,7 @@ struct CrossEntropy : ExprTag {
 
   template <class G>
   auto bind(State& st, const Shape& o, G& g) const {
-    Strides al = aligned_strides(Shape{}, Strides{}, o);
-    if constexpr (G::active) {
-      st.adj = g.ws->template zeros<value_type>(Shape{});
-      return BoundBuffer<value_type, true>{st.val.data, st.adj.data, al, Shape{}, Strides{}};
-    } else {
-      return BoundBuffer<value_type, false>{st.val.data, nullptr, al, Shape{}, Strides{}};
-    }
+    return bind_materialised(st.val.data, st.adj, Shape{}, o, g);
   }
 
   // d loss / d logits[r, c] = adj / N * (softmax[r, c] - [c == label r])

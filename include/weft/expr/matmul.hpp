@@ -90,13 +90,7 @@ struct MatMul : ExprTag {
 
   template <class G>
   auto bind(State& st, const Shape& o, G& g) const {
-    Strides al = aligned_strides(out, contiguous_strides(out), o);
-    if constexpr (G::active) {
-      st.adj = g.ws->template zeros<value_type>(out);
-      return BoundBuffer<value_type, true>{st.val.data, st.adj.data, al, out, contiguous_strides(out)};
-    } else {
-      return BoundBuffer<value_type, false>{st.val.data, nullptr, al, out, contiguous_strides(out)};
-    }
+    return bind_materialised(st.val.data, st.adj, out, o, g);
   }
 
   template <class G>

@@ -167,6 +167,21 @@ struct BoundBuffer {
   }
 };
 
+// The bound leaf of a materialised node whose value buffer `val` is contiguous
+// with shape s, read at output shape `out`. When differentiating, its adjoint
+// goes to a zeroed workspace buffer of the same shape, returned through `adj`.
+template <class T, class G>
+auto bind_materialised(const T* val, TensorView<T>& adj, const Shape& s, const Shape& out, G& g) {
+  const Strides c = contiguous_strides(s);
+  const Strides al = aligned_strides(s, c, out);
+  if constexpr (G::active) {
+    adj = g.ws->template zeros<T>(s);
+    return BoundBuffer<T, true>{val, adj.data, al, s, c};
+  } else {
+    return BoundBuffer<T, false>{val, nullptr, al, s, c};
+  }
+}
+
 template <class T>
 struct BoundScalar {
   using value_type = T;

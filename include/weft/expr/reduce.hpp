@@ -72,15 +72,10 @@ struct Reduce : ExprTag {
     return st;
   }
 
+  // (The adjoint buffer has the result's shape; keep-dims code reads the same memory.)
   template <class G>
   auto bind(State& st, const Shape& o, G& g) const {
-    Strides s = aligned_strides(out, contiguous_strides(out), o);
-    if constexpr (G::active) {
-      st.adj = g.ws->template zeros<value_type>(keep);
-      return BoundBuffer<value_type, true>{st.val.data, st.adj.data, s, out, contiguous_strides(out)};
-    } else {
-      return BoundBuffer<value_type, false>{st.val.data, nullptr, s, out, contiguous_strides(out)};
-    }
+    return bind_materialised(st.val.data, st.adj, out, o, g);
   }
 
   template <class G>

@@ -61,14 +61,7 @@ struct Softmax : ExprTag {
 
   template <class G>
   auto bind(State& st, const Shape& o, G& g) const {
-    Shape s = a.shape();
-    Strides al = aligned_strides(s, contiguous_strides(s), o);
-    if constexpr (G::active) {
-      st.adj = g.ws->template zeros<value_type>(s);
-      return BoundBuffer<value_type, true>{st.val.data, st.adj.data, al, s, contiguous_strides(s)};
-    } else {
-      return BoundBuffer<value_type, false>{st.val.data, nullptr, al, s, contiguous_strides(s)};
-    }
+    return bind_materialised(st.val.data, st.adj, a.shape(), o, g);
   }
 
   template <class G>

@@ -53,13 +53,7 @@ struct EmbeddingNode : ExprTag {
 
   template <class G>
   auto bind(State& st, const Shape& o, G& g) const {
-    Strides al = aligned_strides(out, contiguous_strides(out), o);
-    if constexpr (G::active) {
-      st.adj = g.ws->template zeros<T>(out);
-      return BoundBuffer<T, true>{st.val.data, st.adj.data, al, out, contiguous_strides(out)};
-    } else {
-      return BoundBuffer<T, false>{st.val.data, nullptr, al, out, contiguous_strides(out)};
-    }
+    return bind_materialised(st.val.data, st.adj, out, o, g);
   }
 
   template <class G>

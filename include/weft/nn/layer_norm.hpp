@@ -68,14 +68,7 @@ struct LayerNormNode : ExprTag {
 
   template <class G>
   auto bind(State& st, const Shape& o, G& g) const {
-    Shape s = a.shape();
-    Strides al = aligned_strides(s, contiguous_strides(s), o);
-    if constexpr (G::active) {
-      st.adj = g.ws->template zeros<T>(s);
-      return BoundBuffer<T, true>{st.val.data, st.adj.data, al, s, contiguous_strides(s)};
-    } else {
-      return BoundBuffer<T, false>{st.val.data, nullptr, al, s, contiguous_strides(s)};
-    }
+    return bind_materialised(st.val.data, st.adj, a.shape(), o, g);
   }
 
   template <class G>
