@@ -132,7 +132,24 @@ struct Minimum {
 template <class U>
 struct Cast {
   static constexpr const char* name = "cast";
+  using result = U;
+  template <class T> WEFT_HD WEFT_INLINE static U f(T x) { return static_cast<U>(x); }
+  template <class T> WEFT_HD WEFT_INLINE static U df(T, U) { return U(1); }
 };
+
+// The element type an op yields for operand type T: T, except for casts.
+template <class Op, class T>
+struct result {
+  using type = T;
+};
+template <class U, class T>
+struct result<Cast<U>, T> {
+  using type = U;
+};
+template <class Op>
+inline constexpr bool is_cast_v = false;
+template <class U>
+inline constexpr bool is_cast_v<Cast<U>> = true;
 
 }  // namespace op
 
@@ -140,7 +157,7 @@ struct Cast {
 
 template <class Op, class A>
 struct BoundUnary {
-  using value_type = typename A::value_type;
+  using value_type = typename op::result<Op, typename A::value_type>::type;
   A a;
   struct Tape {
     value_type v;
@@ -153,30 +170,7 @@ struct BoundUnary {
   }
   template <class Ix, class S>
   WEFT_HD WEFT_INLINE void bwd(const Ix& ix, const Tape& t, value_type g, S& s) const {
-    a.bwd(ix, t.a, g * Op::df(t.a.v, t.v), s);
-  }
-  template <class F>
-  void visit(F&& f) const {
-    a.visit(f);
-  }
-};
-
-template <class U, class A>
-struct BoundUnary<op::Cast<U>, A> {
-  using value_type = U;
-  A a;
-  struct Tape {
-    value_type v;
-    typename A::Tape a;
-  };
-  template <class Ix>
-  WEFT_HD WEFT_INLINE void fwd(const Ix& ix, Tape& t) const {
-    a.fwd(ix, t.a);
-    t.v = static_cast<U>(t.a.v);
-  }
-  template <class Ix, class S>
-  WEFT_HD WEFT_INLINE void bwd(const Ix& ix, const Tape& t, value_type g, S& s) const {
-    a.bwd(ix, t.a, static_cast<typename A::value_type>(g), s);
+    a.bwd(ix, t.a, static_cast<typename A::value_type>(g * Op::df(t.a.v, t.v)), s);
   }
   template <class F>
   void visit(F&& f) const {
@@ -217,14 +211,14 @@ struct BoundBinary {
 
 template <class Op, class A>
 struct Unary : ExprTag {
-  using value_type = typename A::value_type;
+  using value_type = typename op::result<Op, typename A::value_type>::type;
   using device_type = typename A::device_type;
   static constexpr int static_rank = A::static_rank;
   A a;
 
   explicit Unary(A child) : a(child) {
     static_assert(is_floating_v<value_type> || std::is_same_v<Op, op::Neg> || std::is_same_v<Op, op::Abs> ||
-                      std::is_same_v<Op, op::Square>,
+                      std::is_same_v<Op, op::Square> || op::is_cast_v<Op>,
                   "this elementwise function needs a floating-point operand: cast integer tensors with weft::cast<float>(x)");
   }
   Shape shape() const { return a.shape(); }
@@ -239,43 +233,6 @@ struct Unary : ExprTag {
   template <class G>
   auto bind(State& st, const Shape& out, G& g) const {
     return BoundUnary<Op, decltype(a.bind(st.a, out, g))>{a.bind(st.a, out, g)};
-  }
-  template <class G>
-  void backward_children(State& st, G& g) const {
-    a.backward_children(st.a, g);
-  }
-  template <class F>
-  void for_each_param(F&& f) const {
-    a.for_each_param(f);
-  }
-  template <std::size_t I>
-  static constexpr int slots_in_region() {
-    return A::template slots_in_region<I>();
-  }
-  template <std::size_t I>
-  static constexpr int slots_total() {
-    return A::template slots_total<I>();
-  }
-};
-
-template <class U, class A>
-struct Unary<op::Cast<U>, A> : ExprTag {
-  using value_type = U;
-  using device_type = typename A::device_type;
-  static constexpr int static_rank = A::static_rank;
-  A a;
-  explicit Unary(A child) : a(child) {}
-  Shape shape() const { return a.shape(); }
-  struct State {
-    typename A::State a;
-  };
-  template <class W>
-  State forward(W& ws) const {
-    return {a.forward(ws)};
-  }
-  template <class G>
-  auto bind(State& st, const Shape& out, G& g) const {
-    return BoundUnary<op::Cast<U>, decltype(a.bind(st.a, out, g))>{a.bind(st.a, out, g)};
   }
   template <class G>
   void backward_children(State& st, G& g) const {
