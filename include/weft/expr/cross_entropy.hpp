@@ -13,7 +13,7 @@
 namespace weft {
 
 template <class A, class L>
-struct CrossEntropy : ExprTag {
+struct CrossEntropy : OneChildNode<CrossEntropy<A, L>, A> {
   using value_type = typename A::value_type;
   using device_type = typename A::device_type;
   using label_type = typename L::value_type;
@@ -102,18 +102,6 @@ struct CrossEntropy : ExprTag {
     g.run_region(a, st.a, s, Seed{st.lse.data, labels.v.data, labels.v.strides[0], s[1], scale});
   }
 
-  template <class F>
-  void for_each_param(F&& f) const {
-    a.for_each_param(f);
-  }
-  template <std::size_t I>
-  static constexpr int slots_in_region() {
-    return 0;
-  }
-  template <std::size_t I>
-  static constexpr int slots_total() {
-    return A::template slots_total<I>();
-  }
 };
 
 template <class A, class L>

@@ -199,6 +199,25 @@ struct BoundScalar {
   void visit(F&&) const {}
 };
 
+// Common part of a materialising node with one child `a` (reductions, softmax,
+// cross-entropy, transpose, layer norm): every differentiated input lies below
+// it, none in the elementwise region the node itself is a leaf of.
+template <class D, class A>
+struct OneChildNode : ExprTag {
+  template <class F>
+  void for_each_param(F&& f) const {
+    static_cast<const D&>(*this).a.for_each_param(f);
+  }
+  template <std::size_t I>
+  static constexpr int slots_in_region() {
+    return 0;
+  }
+  template <std::size_t I>
+  static constexpr int slots_total() {
+    return A::template slots_total<I>();
+  }
+};
+
 // ---------------------------------------------------------------- leaf nodes
 
 // Common part of nodes with no children to recurse into for backward.

@@ -12,7 +12,7 @@ namespace weft {
 enum class ReduceKind { sum, mean, max };
 
 template <ReduceKind Kind, class A, bool All>
-struct Reduce : ExprTag {
+struct Reduce : OneChildNode<Reduce<Kind, A, All>, A> {
   using value_type = typename A::value_type;
   using device_type = typename A::device_type;
   static constexpr int static_rank = All ? 0 : -1;
@@ -113,18 +113,6 @@ struct Reduce : ExprTag {
     bool linear(const Shape& sh) const { return kernels::cpu::strides_linear(st, sh); }
   };
 
-  template <class F>
-  void for_each_param(F&& f) const {
-    a.for_each_param(f);
-  }
-  template <std::size_t I>
-  static constexpr int slots_in_region() {
-    return 0;
-  }
-  template <std::size_t I>
-  static constexpr int slots_total() {
-    return A::template slots_total<I>();
-  }
 };
 
 template <ReduceKind Kind, class A, bool All>

@@ -12,7 +12,7 @@
 namespace weft {
 
 template <class A, bool Log>
-struct Softmax : ExprTag {
+struct Softmax : OneChildNode<Softmax<A, Log>, A> {
   using value_type = typename A::value_type;
   using device_type = typename A::device_type;
   static constexpr int static_rank = A::static_rank;
@@ -85,18 +85,6 @@ struct Softmax : ExprTag {
     g.run_region(a, st.a, s, kernels::cpu::BufferSeed<value_type>{dx.data, aligned_strides(s, contiguous_strides(s), s), value_type(1)});
   }
 
-  template <class F>
-  void for_each_param(F&& f) const {
-    a.for_each_param(f);
-  }
-  template <std::size_t I>
-  static constexpr int slots_in_region() {
-    return 0;
-  }
-  template <std::size_t I>
-  static constexpr int slots_total() {
-    return A::template slots_total<I>();
-  }
 };
 
 template <class A, bool Log>

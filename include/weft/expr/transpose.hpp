@@ -20,7 +20,7 @@ inline Strides swap_last(Strides st, int rank) {
 }  // namespace detail
 
 template <class A>
-struct Transpose : ExprTag {
+struct Transpose : OneChildNode<Transpose<A>, A> {
   using value_type = typename A::value_type;
   using device_type = typename A::device_type;
   static constexpr int static_rank = A::static_rank;
@@ -61,18 +61,6 @@ struct Transpose : ExprTag {
   void backward_children(State& st, G& g) const {
     Shape s = a.shape();
     g.run_region(a, st.a, s, kernels::cpu::BufferSeed<value_type>{st.adj.data, aligned_strides(s, contiguous_strides(s), s), value_type(1)});
-  }
-  template <class F>
-  void for_each_param(F&& f) const {
-    a.for_each_param(f);
-  }
-  template <std::size_t I>
-  static constexpr int slots_in_region() {
-    return 0;
-  }
-  template <std::size_t I>
-  static constexpr int slots_total() {
-    return A::template slots_total<I>();
   }
 };
 

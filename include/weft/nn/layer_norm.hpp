@@ -14,7 +14,7 @@
 namespace weft::nn {
 
 template <class A>
-struct LayerNormNode : ExprTag {
+struct LayerNormNode : OneChildNode<LayerNormNode<A>, A> {
   using value_type = typename A::value_type;
   using device_type = typename A::device_type;
   using T = value_type;
@@ -107,14 +107,6 @@ struct LayerNormNode : ExprTag {
     a.for_each_param(f);
     f(*gamma);
     f(*beta);
-  }
-  template <std::size_t I>
-  static constexpr int slots_in_region() {
-    return 0;
-  }
-  template <std::size_t I>
-  static constexpr int slots_total() {
-    return A::template slots_total<I>();
   }
 };
 
