@@ -51,9 +51,7 @@ struct CrossEntropy : OneChildNode<CrossEntropy<A, L>, A> {
     State st{a.forward(ws), {}, {}, {}};
     Shape s = a.shape();
     const index_t rows = s[0], cols = s[1];
-    NoGrad ng;
-    auto logits = ws.template alloc<value_type>(s);
-    kernels::cpu::evaluate(a.bind(st.a, s, ng), logits);
+    auto logits = kernels::cpu::materialise(a, st.a, ws);
     st.lse = ws.template alloc<value_type>(Shape{rows});
     st.val = ws.template alloc<value_type>(Shape{});
     value_type total = 0;

@@ -72,10 +72,7 @@ struct MatMul : ExprTag {
       int ld;
       if (kernels::cpu::blas_layout(e.v, t, ld)) return e.v;
     }
-    NoGrad ng;
-    auto buf = ws.template alloc<value_type>(e.shape());
-    kernels::cpu::evaluate(e.bind(st, e.shape(), ng), buf);
-    return buf;
+    return kernels::cpu::materialise(e, st, ws);
   }
 
   template <class W>

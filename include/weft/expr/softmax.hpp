@@ -37,9 +37,7 @@ struct Softmax : OneChildNode<Softmax<A, Log>, A> {
   State forward(W& ws) const {
     State st{a.forward(ws), {}, {}};
     Shape s = a.shape();
-    NoGrad ng;
-    st.val = ws.template alloc<value_type>(s);
-    kernels::cpu::evaluate(a.bind(st.a, s, ng), st.val);
+    st.val = kernels::cpu::materialise(a, st.a, ws);
     const index_t cols = s.back(), rows = cols ? s.numel() / cols : 0;
     for (index_t r = 0; r < rows; ++r) {
       value_type* x = st.val.data + r * cols;

@@ -36,9 +36,7 @@ struct Transpose : OneChildNode<Transpose<A>, A> {
   template <class W>
   State forward(W& ws) const {
     State st{a.forward(ws), {}, {}};
-    NoGrad ng;
-    st.val = ws.template alloc<value_type>(a.shape());
-    kernels::cpu::evaluate(a.bind(st.a, a.shape(), ng), st.val);
+    st.val = kernels::cpu::materialise(a, st.a, ws);
     return st;
   }
   // Read the child's buffer through swapped strides.

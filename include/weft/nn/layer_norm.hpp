@@ -43,9 +43,7 @@ struct LayerNormNode : OneChildNode<LayerNormNode<A>, A> {
     State st{a.forward(ws), {}, {}, {}, {}, {}};
     Shape s = a.shape();
     const index_t d = s.back(), rows = d ? s.numel() / d : 0;
-    NoGrad ng;
-    st.x = ws.template alloc<T>(s);
-    kernels::cpu::evaluate(a.bind(st.a, s, ng), st.x);
+    st.x = kernels::cpu::materialise(a, st.a, ws);
     st.val = ws.template alloc<T>(s);
     st.rstd = ws.template alloc<T>(Shape{rows});
     st.mean = ws.template alloc<T>(Shape{rows});

@@ -63,6 +63,16 @@ void evaluate(const B& bound, TensorView<T, weft::cpu> dst) {
   for_each_index(dst.shape, [&](const Index4& ix) { dst.data[offset(ix, ds)] = from_compute<T>(value_at(b, ix)); });
 }
 
+// A node's value, evaluated once into new (contiguous) workspace memory of its
+// shape: how materialising nodes read their child region.
+template <class E, class W>
+TensorView<typename E::value_type> materialise(const E& e, typename E::State& st, W& ws) {
+  NoGrad ng;
+  auto buf = ws.template alloc<typename E::value_type>(e.shape());
+  evaluate(e.bind(st, e.shape(), ng), buf);
+  return buf;
+}
+
 // ---------------------------------------------------------------- reductions
 
 struct SumOp {
