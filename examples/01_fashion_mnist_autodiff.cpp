@@ -12,6 +12,7 @@
 #include <random>
 #include <weft/expr/matmul.hpp>
 #include <weft/io/idx.hpp>
+#include <weft/nn/metrics.hpp>
 #include <weft/weft.hpp>
 
 using namespace weft;
@@ -74,17 +75,9 @@ int main(int argc, char** argv) {
     }
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
-    // Test accuracy: argmax of the logits, row by row.
     Tensor<float> logits = eval(matmul(relu(matmul(test.images, w1) + b1), w2) + b2);  // (N_test, C)
-    index_t correct = 0;
-    for (index_t i = 0; i < logits.size(0); ++i) {
-      index_t best = 0;
-      for (index_t c = 1; c < 10; ++c)
-        if (logits(i, c) > logits(i, best)) best = c;
-      correct += best == test.labels(i);
-    }
     std::printf("\repoch %d  loss %.4f  test accuracy %.2f%%  %.0f samples/s\n", epoch, total / static_cast<double>(steps),
-                100.0 * static_cast<double>(correct) / static_cast<double>(logits.size(0)),
+                100.0 * nn::accuracy(logits, test.labels),
                 static_cast<double>(steps * batch) / secs);
   }
   return 0;

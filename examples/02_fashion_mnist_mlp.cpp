@@ -80,15 +80,8 @@ int main(int argc, char** argv) {
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
     Tensor<float> logits = eval(model(test.images), ws);  // (N_test, C)
-    index_t correct = 0;
-    for (index_t i = 0; i < logits.size(0); ++i) {
-      index_t best = 0;
-      for (index_t c = 1; c < logits.size(1); ++c)
-        if (logits(i, c) > logits(i, best)) best = c;
-      correct += best == test.labels(i);
-    }
     std::printf("\r\033[Kepoch %d  loss %.4f  test accuracy %.2f%%  %.0f samples/s\n", epoch,
-                total / static_cast<double>(steps), 100.0 * static_cast<double>(correct) / static_cast<double>(logits.size(0)),
+                total / static_cast<double>(steps), 100.0 * nn::accuracy(logits, test.labels),
                 static_cast<double>(steps * batch) / secs);
   }
   return 0;

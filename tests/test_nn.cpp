@@ -346,3 +346,14 @@ TEST_CASE("training is bit-for-bit reproducible for a seed") {
   CHECK(run(5) == run(5));
   CHECK(run(5) != run(6));
 }
+
+TEST_CASE("accuracy counts rows whose largest logit is the label") {
+  Tensor<float> logits({4, 3}, {0.1f, 0.9f, 0.0f,   // 1
+                                2.0f, 1.0f, 3.0f,   // 2
+                                5.0f, 5.0f, 1.0f,   // tie: the first, 0
+                                -1.f, -2.f, -3.f}); // 0
+  Tensor<std::int64_t> labels({4}, {1, 0, 0, 2});
+  CHECK(nn::accuracy(logits, labels) == 0.5);
+  Tensor<std::int64_t> short_labels({3}, {0, 0, 0});
+  CHECK_THROWS_AS(nn::accuracy(logits, short_labels), ShapeError);
+}

@@ -87,15 +87,8 @@ void train(Transport& t, const io::Dataset& train, const io::Dataset& test, int 
     ring.allreduce(std::span<double>(&loss, 1), ReduceOp::avg);  // mean over ranks
     if (rank == 0) {
       Tensor<float> logits = eval(model(test.images), ws);
-      index_t correct = 0;
-      for (index_t i = 0; i < logits.size(0); ++i) {
-        index_t best = 0;
-        for (index_t c = 1; c < 10; ++c)
-          if (logits(i, c) > logits(i, best)) best = c;
-        correct += best == test.labels(i);
-      }
       std::printf("\r\033[Kepoch %d  loss %.4f  test accuracy %.2f%%  %.0f samples/s (all ranks)\n", epoch, loss,
-                  100.0 * static_cast<double>(correct) / static_cast<double>(logits.size(0)),
+                  100.0 * nn::accuracy(logits, test.labels),
                   static_cast<double>(steps_per_epoch * global_batch) / secs);
     }
   }

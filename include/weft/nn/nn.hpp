@@ -9,6 +9,7 @@
 #include "layer_norm.hpp"
 #include "linear.hpp"
 #include "loss.hpp"
+#include "metrics.hpp"
 #include "optim.hpp"
 #include "registry.hpp"
 #include "rng.hpp"
