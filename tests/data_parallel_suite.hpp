@@ -95,9 +95,11 @@ inline std::vector<float> shards_in_rank_order_sgd(const Data& data, int p) {
   return m.values();
 }
 
-// This rank's parameters after kSteps of data-parallel training.
+// This rank's parameters after kSteps of data-parallel training; `shard`:
+// the sharded update (reduce-scatter, optimizer on this rank's shard, allgather).
 template <class Transport>
-std::vector<float> data_parallel(Transport& t, const Data& data, bool deterministic, bool overlap = true) {
+std::vector<float> data_parallel(Transport& t, const Data& data, bool deterministic, bool overlap = true,
+                                 bool shard = false) {
   using namespace weft::comm;
   Model m;
   CommOptions o;
@@ -108,13 +110,14 @@ std::vector<float> data_parallel(Transport& t, const Data& data, bool determinis
   parallel::DataParallel dp(m.reg, c);
   if (deterministic) dp.set_bucket_bytes(200);  // several buckets
   dp.set_overlap(overlap);
+  dp.set_shard_update(shard);
   Workspace<> ws;
   auto train = [&](auto& opt) {
     for (int s = 0; s < kSteps; ++s) {
       auto [lo, hi] = rows(s, c.rank(), p);
       opt.zero_grad();
       dp.backward(m.loss(data.x.slice(lo, hi), data.y.slice(lo, hi)), ws);
-      opt.step();
+      dp.step(opt);
     }
   };
   if (deterministic) {

@@ -25,6 +25,13 @@ TEST_CASE("mpi: deterministic mode is bit for bit the shard gradients in rank or
   CHECK(data_parallel(t, data, true) == shards_in_rank_order_sgd(data, t.size()));
 }
 
+TEST_CASE("mpi: the sharded update trains like one rank, and is bit for bit in deterministic mode") {
+  const Data data;
+  weft::comm::MpiTransport t{MPI_COMM_WORLD};
+  check_close(data_parallel(t, data, false, true, true), single_rank_adam(data));
+  CHECK(data_parallel(t, data, true, true, true) == shards_in_rank_order_sgd(data, t.size()));
+}
+
 int main(int argc, char** argv) {
   int provided = 0;
   MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);

@@ -16,19 +16,31 @@
 //   - A parameter that a step does not use still has a (zero or accumulated)
 //     gradient: its bucket starts after backward instead of hanging (the DDP
 //     unused-parameter hang cannot happen).
+//   - Sharded update (shard_update, ZeRO stage 1 without the memory saving:
+//     DeepSpeed's ZeRO-1, PyTorch's ZeroRedundancyOptimizer): each bucket is
+//     reduce-scattered instead of allreduced, dp.step(opt) has each rank run
+//     the optimizer on its 1/p of every bucket, and an allgather brings the
+//     updated values to every rank. Same bytes on the wire as an allreduce
+//     (reduce-scatter + allgather), and the optimizer pass, memory-bound and
+//     otherwise repeated on every rank, shrinks p-fold. The parameters after
+//     a step equal the unsharded ones (bit for bit in deterministic mode); in
+//     between, a rank's .grad is averaged only on its own shard.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <span>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <variant>
 #include <vector>
 
 #include "../autodiff/value_and_grad.hpp"
 #include "../comm/communicator.hpp"
 #include "../core/error.hpp"
+#include "../nn/optim.hpp"
 #include "../nn/registry.hpp"
 
 namespace weft::parallel {
@@ -40,6 +52,9 @@ struct DataParallelOptions {
   // with blocking calls on the caller's thread, which is faster when there are
   // no spare cores for progress threads (ranks as threads on a small machine).
   bool overlap = true;
+  // Reduce-scatter gradients, step the optimizer on this rank's shard, then
+  // allgather the values (dp.step(opt)); see the file comment.
+  bool shard_update = false;
 };
 
 template <class T, class... Comms>
@@ -51,11 +66,16 @@ class DataParallel {
     Parameter<T>* p;
     std::size_t bucket;
     std::size_t offset;
+    std::size_t index;  // in the registry (and in the optimizer built from it)
   };
   struct Bucket {
     std::size_t comm;            // index into comms_
-    std::vector<T> buffer;       // the packed gradients
+    std::vector<T> buffer;       // the packed gradients (empty when reduced in place)
     std::vector<std::size_t> slots;
+    std::size_t elems = 0;       // gradient elements, unpadded
+    std::size_t shard = 0;       // shard_update: elements per rank (elems rounded up to a multiple of p, / p)
+    bool in_place = false;       // one parameter (whose size divides by p when sharded): no staging copies
+    std::vector<nn::ParamRange> mine;  // shard_update: this rank's shard, as parts of parameters
     std::size_t ready = 0;       // gradients packed so far this step
     bool started = false;
     Request request;
@@ -74,6 +94,11 @@ class DataParallel {
   DataParallel& operator=(const DataParallel&) = delete;
 
   void set_overlap(bool on) { opts_.overlap = on; }
+  void set_shard_update(bool on) {
+    if (!buckets_.empty()) throw_error<ValueError>("DataParallel::set_shard_update: choose before the first backward");
+    opts_.shard_update = on;
+  }
+  bool shard_update() const { return opts_.shard_update; }
 
   // Bucket size (bytes of gradient per allreduce); before the first backward.
   void set_bucket_bytes(std::size_t bytes) {
@@ -121,6 +146,24 @@ class DataParallel {
     }
     for (std::size_t bi = 0; bi < buckets_.size(); ++bi) finish(bi);
     return value;
+  }
+
+  // The optimizer step after backward(). Unsharded: opt.step(). Sharded: opt
+  // steps this rank's shard of every bucket, then each bucket's values are
+  // allgathered. `opt` must be built on the same registry as this
+  // DataParallel (its parameters, in the same order).
+  template <class Optimizer>
+  void step(Optimizer& opt) {
+    if (!opts_.shard_update || size() == 1) {
+      opt.step();
+      return;
+    }
+    if (buckets_.empty())
+      throw_error<ValueError>("DataParallel::step on rank ", rank(), ": no backward() yet, so no gradient to step with");
+    check_optimizer(opt);
+    opt.step(mine_);
+    for (std::size_t bi = 0; bi < buckets_.size(); ++bi) start_gather(bi);
+    for (std::size_t bi = 0; bi < buckets_.size(); ++bi) finish_gather(bi);
   }
 
   // Backward without communication: gradients accumulate locally.
@@ -176,27 +219,40 @@ class DataParallel {
   // Reverse registration order (the order gradients become final), cut at
   // bucket_bytes and wherever the communicator changes.
   void build_buckets() {
-    const std::size_t n = params_->size();
+    const std::size_t n = params_->size(), p = static_cast<std::size_t>(size()), r = static_cast<std::size_t>(rank());
     for (std::size_t k = n; k-- > 0;) {
-      Parameter<T>& p = (*params_)[k];
-      const std::size_t c = comm_for(p.name);
-      const std::size_t bytes = static_cast<std::size_t>(p.numel()) * sizeof(T);
+      Parameter<T>& q = (*params_)[k];
+      const std::size_t c = comm_for(q.name);
+      const std::size_t numel = static_cast<std::size_t>(q.numel());
       if (buckets_.empty() || buckets_.back().comm != c ||
-          (buckets_.back().buffer.size() * sizeof(T) + bytes > opts_.bucket_bytes && !buckets_.back().slots.empty())) {
+          ((buckets_.back().elems + numel) * sizeof(T) > opts_.bucket_bytes && !buckets_.back().slots.empty())) {
         buckets_.emplace_back();
         buckets_.back().comm = c;
       }
       Bucket& b = buckets_.back();
-      slots_.push_back(Slot{&p, buckets_.size() - 1, b.buffer.size()});
+      slots_.push_back(Slot{&q, buckets_.size() - 1, b.elems, k});
       b.slots.push_back(slots_.size() - 1);
-      b.buffer.resize(b.buffer.size() + static_cast<std::size_t>(p.numel()));
+      b.elems += numel;
     }
-    // One-parameter buckets reduce the gradient in place: drop their staging memory.
-    for (Bucket& b : buckets_)
-      if (b.slots.size() == 1) {
-        b.buffer.clear();
-        b.buffer.shrink_to_fit();
+    for (Bucket& b : buckets_) {
+      if (!opts_.shard_update) {
+        b.in_place = b.slots.size() == 1;
+        if (!b.in_place) b.buffer.assign(b.elems, T(0));
+        continue;
       }
+      // Padded to p equal shards (the padding reduces zeros and is never read).
+      b.shard = (b.elems + p - 1) / p;
+      b.in_place = b.slots.size() == 1 && b.elems % p == 0;
+      if (!b.in_place) b.buffer.assign(b.shard * p, T(0));
+      const std::size_t lo = std::min(r * b.shard, b.elems), hi = std::min(lo + b.shard, b.elems);
+      for (std::size_t s : b.slots) {
+        const Slot& sl = slots_[s];
+        const std::size_t a = std::max(lo, sl.offset), e = std::min(hi, sl.offset + static_cast<std::size_t>(sl.p->numel()));
+        if (a < e)
+          b.mine.push_back(nn::ParamRange{sl.index, static_cast<index_t>(a - sl.offset), static_cast<index_t>(e - sl.offset)});
+      }
+      mine_.insert(mine_.end(), b.mine.begin(), b.mine.end());
+    }
     sl_packed_.assign(slots_.size(), false);
   }
 
@@ -212,42 +268,118 @@ class DataParallel {
 
   void pack(const Slot& sl) {
     Bucket& b = buckets_[sl.bucket];
-    if (b.slots.size() > 1)  // a one-parameter bucket is reduced in place, without copies
+    if (!b.in_place)
       std::memcpy(b.buffer.data() + sl.offset, sl.p->grad.data(), static_cast<std::size_t>(sl.p->numel()) * sizeof(T));
     ++b.ready;
     sl_packed_[static_cast<std::size_t>(&sl - slots_.data())] = true;
   }
 
-  void start(std::size_t bi) {
-    Bucket& b = buckets_[bi];
-    b.started = true;
-    if (!opts_.overlap) return;  // reduced in finish()
-    Parameter<T>* only = b.slots.size() == 1 ? slots_[b.slots[0]].p : nullptr;
-    std::span<T> data = only ? std::span<T>(only->grad.data(), static_cast<std::size_t>(only->numel())) : std::span<T>(b.buffer);
+  // The bucket's gradients: the parameter's own in place, else the staging buffer.
+  std::span<T> grads(Bucket& b) {
+    if (!b.in_place) return std::span<T>(b.buffer);
+    Parameter<T>* only = slots_[b.slots[0]].p;
+    return std::span<T>(only->grad.data(), static_cast<std::size_t>(only->numel()));
+  }
+
+  // Average the bucket (allreduce; sharded: reduce-scatter, this rank's
+  // shard at r * shard, NCCL's in-place layout), blocking or not.
+  void reduce(Bucket& b, bool blocking) {
+    std::span<T> data = grads(b);
     with_comm(b.comm, [&]<std::size_t I>(auto& comm, std::integral_constant<std::size_t, I>) {
-      b.request.template emplace<I + 1>(comm.iallreduce(data, comm::ReduceOp::avg));
+      if (!opts_.shard_update) {
+        if (blocking)
+          comm.allreduce(data, comm::ReduceOp::avg);
+        else
+          b.request.template emplace<I + 1>(comm.iallreduce(data, comm::ReduceOp::avg));
+        return;
+      }
+      std::span<T> out = data.subspan(static_cast<std::size_t>(rank()) * b.shard, b.shard);
+      if (blocking)
+        comm.reduce_scatter(std::span<const T>(data), out, comm::ReduceOp::avg);
+      else
+        b.request.template emplace<I + 1>(comm.ireduce_scatter(std::span<const T>(data), out, comm::ReduceOp::avg));
     });
   }
 
-  void finish(std::size_t bi) {
-    Bucket& b = buckets_[bi];
-    if (!opts_.overlap) {
-      Parameter<T>* only = b.slots.size() == 1 ? slots_[b.slots[0]].p : nullptr;
-      std::span<T> data = only ? std::span<T>(only->grad.data(), static_cast<std::size_t>(only->numel())) : std::span<T>(b.buffer);
-      with_comm(b.comm, [&]<std::size_t I>(auto& comm, std::integral_constant<std::size_t, I>) {
-        comm.allreduce(data, comm::ReduceOp::avg);
-      });
-    }
+  void wait(Bucket& b) {
     std::visit([](auto& r) {
       if constexpr (!std::is_same_v<std::decay_t<decltype(r)>, std::monostate>) r.wait();
     }, b.request);
     b.request = std::monostate{};
+  }
+
+  void start(std::size_t bi) {
+    Bucket& b = buckets_[bi];
+    b.started = true;
+    if (opts_.overlap) reduce(b, false);  // else reduced in finish()
+  }
+
+  void finish(std::size_t bi) {
+    Bucket& b = buckets_[bi];
+    if (!opts_.overlap) reduce(b, true);
+    wait(b);
+    for (std::size_t s : b.slots) sl_packed_[s] = false;
+    if (b.in_place) return;
+    if (opts_.shard_update) {  // only this rank's shard is averaged: copy just that back
+      for (const nn::ParamRange& m : b.mine) {
+        Parameter<T>& q = (*params_)[m.param];
+        std::memcpy(q.grad.data() + m.begin, b.buffer.data() + slot_of(m.param).offset + static_cast<std::size_t>(m.begin),
+                    static_cast<std::size_t>(m.end - m.begin) * sizeof(T));
+      }
+      return;
+    }
     for (std::size_t s : b.slots) {
       const Slot& sl = slots_[s];
-      if (b.slots.size() > 1)
-        std::memcpy(sl.p->grad.data(), b.buffer.data() + sl.offset, static_cast<std::size_t>(sl.p->numel()) * sizeof(T));
-      sl_packed_[s] = false;
+      std::memcpy(sl.p->grad.data(), b.buffer.data() + sl.offset, static_cast<std::size_t>(sl.p->numel()) * sizeof(T));
     }
+  }
+
+  // Sharded step: every rank's updated shard of the bucket's values to every rank.
+  void start_gather(std::size_t bi) {
+    Bucket& b = buckets_[bi];
+    std::span<T> data;
+    if (b.in_place) {
+      Parameter<T>* only = slots_[b.slots[0]].p;
+      data = std::span<T>(only->value.data(), static_cast<std::size_t>(only->numel()));
+    } else {
+      for (const nn::ParamRange& m : b.mine)
+        std::memcpy(b.buffer.data() + slot_of(m.param).offset + static_cast<std::size_t>(m.begin),
+                    (*params_)[m.param].value.data() + m.begin, static_cast<std::size_t>(m.end - m.begin) * sizeof(T));
+      data = std::span<T>(b.buffer);
+    }
+    std::span<const T> in = data.subspan(static_cast<std::size_t>(rank()) * b.shard, b.shard);
+    with_comm(b.comm, [&]<std::size_t I>(auto& comm, std::integral_constant<std::size_t, I>) {
+      if (opts_.overlap)
+        b.request.template emplace<I + 1>(comm.iallgather(in, data));
+      else
+        comm.allgather(in, data);
+    });
+  }
+
+  void finish_gather(std::size_t bi) {
+    Bucket& b = buckets_[bi];
+    wait(b);
+    if (b.in_place) return;
+    for (std::size_t s : b.slots) {
+      const Slot& sl = slots_[s];
+      std::memcpy(sl.p->value.data(), b.buffer.data() + sl.offset, static_cast<std::size_t>(sl.p->numel()) * sizeof(T));
+    }
+  }
+
+  const Slot& slot_of(std::size_t registry_index) const {
+    for (const Slot& sl : slots_)
+      if (sl.index == registry_index) return sl;
+    throw_error<ValueError>("DataParallel: no slot for parameter ", registry_index);
+  }
+
+  template <class Optimizer>
+  void check_optimizer(Optimizer& opt) const {
+    bool same = opt.size() == params_->size();
+    for (std::size_t k = 0; same && k < params_->size(); ++k) same = &opt.parameter(k) == &(*params_)[k];
+    if (!same)
+      throw_error<ValueError>("DataParallel::step on rank ", rank(), ": the optimizer holds ", opt.size(),
+                              " parameters that are not this DataParallel's ", params_->size(),
+                              " in registry order (build both from the same registry)");
   }
 
   template <class F>
@@ -302,6 +434,7 @@ class DataParallel {
   std::vector<Bucket> buckets_;
   std::vector<Slot> slots_;
   std::vector<bool> sl_packed_;
+  std::vector<nn::ParamRange> mine_;  // shard_update: every bucket's `mine`, for the optimizer
 };
 
 template <class T, class... Comms>
