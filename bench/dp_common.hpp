@@ -36,6 +36,7 @@ double run(Transport& t, double seconds, index_t global_batch = 128) {
   parallel::DataParallel dp(params, ring);
   dp.set_bucket_bytes(1);  // one bucket per parameter: reduced in place, started as each gradient is final
   if (std::getenv("WEFT_DP_NO_OVERLAP")) dp.set_overlap(false);
+  if (std::getenv("WEFT_DP_SHARD")) dp.set_shard_update(true);
   nn::Adam<float> opt(params, {.lr = 1e-3f});
   TensorView<float> xb;
   TensorView<std::int32_t> yb;
@@ -48,7 +49,7 @@ double run(Transport& t, double seconds, index_t global_batch = 128) {
     pos += batch;
     opt.zero_grad();
     dp.backward(cross_entropy(l3(relu(l2(relu(l1(xb))))), yb), ws);
-    opt.step();
+    dp.step(opt);
   };
   for (int w = 0; w < 10; ++w) step();
   // Rank 0 decides the number of steps from a timed probe, so every rank runs the same count.
