@@ -1,25 +1,63 @@
 #!/usr/bin/env bash
 # Data-parallel training, weft vs PyTorch DDP (gloo), same model, optimizer and
-# global batch 128, one thread per rank, in the same run. Ends with:
+# global batch 128, one thread per rank, in the same run. Each configuration
+# runs REPEATS times (interleaved) and reports its median samples/s. Ends with:
 #   dp_scaling_efficiency_2ranks: E   (weft 2-rank / (2 x weft 1-rank) samples/s, threads)
 #   dp_vs_torch_ddp: R                (weft 2-rank threads / torch DDP 2 processes)
+# for the configuration of the headline (sharded update, ring, blocking
+# reductions after backward: see docs/benchmarks.md); the other
+# configurations are printed above it.
+#   SECONDS_PER=3 REPEATS=3 bench/compare_dp.sh
 set -euo pipefail
 source "$(dirname "$0")/../scripts/common.sh"
 weft_install "${WEFT_BASE_PKGS[@]}" python3-torch
 weft_build
 S=${SECONDS_PER:-3}
+N=${REPEATS:-3}
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
-one=$("$WEFT_BUILD/bench/bench_dp" 1 "$S" | tee /dev/stderr | awk '/samples_per_s/ {print $2}')
-two=$("$WEFT_BUILD/bench/bench_dp" 2 "$S" | tee /dev/stderr | awk '/samples_per_s/ {print $2}')
-# Without overlap: blocking reductions after backward, no progress threads
-# competing with the ranks for this machine's cores.
-two_blocking=$(WEFT_DP_NO_OVERLAP=1 "$WEFT_BUILD/bench/bench_dp" 2 "$S" | awk '/samples_per_s/ {print $2}')
-echo "weft_dp_threads_2_no_overlap_samples_per_s: $two_blocking"
-if [ -x "$WEFT_BUILD/bench/bench_dp_mpi" ]; then
-  mpirun -np 2 "$WEFT_BUILD/bench/bench_dp_mpi" "$S" | tee /dev/stderr
+B="$WEFT_BUILD/bench"
+
+# config name -> command (environment variables select algorithm and mode)
+declare -A CMD=(
+  [threads_1]="$B/bench_dp 1 $S"
+  [threads_2_ring_allreduce_overlap]="env WEFT_DP_ALGO=ring $B/bench_dp 2 $S"
+  [threads_2_ring_allreduce_blocking]="env WEFT_DP_ALGO=ring WEFT_DP_NO_OVERLAP=1 $B/bench_dp 2 $S"
+  [threads_2_ring_shard_overlap]="env WEFT_DP_ALGO=ring WEFT_DP_SHARD=1 $B/bench_dp 2 $S"
+  [threads_2_ring_shard_blocking]="env WEFT_DP_ALGO=ring WEFT_DP_SHARD=1 WEFT_DP_NO_OVERLAP=1 $B/bench_dp 2 $S"
+  [threads_2_native_shard_blocking]="env WEFT_DP_ALGO=native WEFT_DP_SHARD=1 WEFT_DP_NO_OVERLAP=1 $B/bench_dp 2 $S"
+  [torch_ddp_2]="/usr/bin/python3 $WEFT_ROOT/bench/ddp_torch.py 2 $S"
+)
+ORDER=(threads_1 threads_2_ring_allreduce_overlap threads_2_ring_allreduce_blocking threads_2_ring_shard_overlap
+       threads_2_ring_shard_blocking threads_2_native_shard_blocking torch_ddp_2)
+if [ -x "$B/bench_dp_mpi" ]; then
+  CMD[mpi_2_ring_allreduce_overlap]="mpirun -np 2 env WEFT_DP_ALGO=ring $B/bench_dp_mpi $S"
+  CMD[mpi_2_ring_shard_blocking]="mpirun -np 2 env WEFT_DP_ALGO=ring WEFT_DP_SHARD=1 WEFT_DP_NO_OVERLAP=1 $B/bench_dp_mpi $S"
+  ORDER+=(mpi_2_ring_allreduce_overlap mpi_2_ring_shard_blocking)
 fi
-torch2=$(/usr/bin/python3 "$WEFT_ROOT/bench/ddp_torch.py" 2 "$S" | tee /dev/stderr | awk '/_samples_per_s/ {print $2}')
-awk -v a="$two_blocking" -v b="$one" 'BEGIN { printf "dp_scaling_efficiency_2ranks_no_overlap: %.2f\n", a / (2 * b) }'
-awk -v a="$two_blocking" -v b="$torch2" 'BEGIN { printf "dp_vs_torch_ddp_no_overlap: %.2f\n", a / b }'
-awk -v a="$two" -v b="$one" 'BEGIN { printf "dp_scaling_efficiency_2ranks: %.2f\n", a / (2 * b) }'
-awk -v a="$two" -v b="$torch2" 'BEGIN { printf "dp_vs_torch_ddp: %.2f\n", a / b }'
+
+declare -A RUNS
+for ((i = 1; i <= N; i++)); do
+  for c in "${ORDER[@]}"; do
+    v=$(${CMD[$c]} | awk '/samples_per_s/ {print $2}')
+    RUNS[$c]="${RUNS[$c]:-} $v"
+    echo "run $i  $c: $v samples/s" >&2
+  done
+done
+median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+declare -A MED
+echo "== median samples/s over $N runs of ${S} s (uptime: $(cut -d' ' -f1-3 /proc/loadavg))"
+for c in "${ORDER[@]}"; do
+  MED[$c]=$(echo "${RUNS[$c]}" | median)
+  printf '%-36s %8.0f   (runs:%s)\n' "$c" "${MED[$c]}" "${RUNS[$c]}"
+done
+one=${MED[threads_1]}
+torch2=${MED[torch_ddp_2]}
+for c in "${ORDER[@]}"; do
+  case $c in threads_2_*|mpi_2_*)
+    awk -v n="$c" -v a="${MED[$c]}" -v b="$one" -v t="$torch2" \
+      'BEGIN { printf "%-36s efficiency %.2f   vs torch DDP %.2f\n", n, a / (2 * b), a / t }' ;;
+  esac
+done
+head=${MED[threads_2_ring_shard_blocking]}
+awk -v a="$head" -v b="$one" 'BEGIN { printf "dp_scaling_efficiency_2ranks: %.2f\n", a / (2 * b) }'
+awk -v a="$head" -v b="$torch2" 'BEGIN { printf "dp_vs_torch_ddp: %.2f\n", a / b }'

@@ -1,11 +1,18 @@
 // The data-parallel training step timed by bench_dp (threads) and bench_dp_mpi:
 // MLP 784-256-256-10, ReLU, cross-entropy, Adam lr 1e-3, global batch 128
 // split evenly over the ranks, random data, one BLAS thread per rank.
+// Environment: WEFT_DP_ALGO = ring (default) | native | recursive_doubling |
+// auto; WEFT_DP_SHARD = 1: sharded update; WEFT_DP_NO_OVERLAP = 1: blocking
+// reductions after backward.
 #pragma once
 
 #include <chrono>
 #include <cstdlib>
 #include <cstdio>
+#include <string>
+#include <weft/comm/algorithm/auto.hpp>
+#include <weft/comm/algorithm/native.hpp>
+#include <weft/comm/algorithm/recursive_doubling.hpp>
 #include <weft/comm/algorithm/ring.hpp>
 #include <weft/comm/communicator.hpp>
 #include <weft/nn/nn.hpp>
@@ -18,10 +25,10 @@ using namespace weft;
 
 // Returns global samples/s (all ranks), measured on rank 0's clock between
 // two barriers around `seconds` of steps.
-template <class Transport>
+template <class Algo, class Transport>
 double run(Transport& t, double seconds, index_t global_batch = 128) {
   using namespace weft::comm;
-  Communicator<Ring, Transport> ring{t};
+  Communicator<Algo, Transport> ring{t};
   const int size = ring.size();
   const index_t batch = global_batch / size, n = 4096;
   nn::Rng rng(100 + static_cast<std::uint64_t>(ring.rank()));
@@ -65,6 +72,18 @@ double run(Transport& t, double seconds, index_t global_batch = 128) {
   ring.barrier();
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return static_cast<double>(steps * batch * size) / secs;
+}
+
+// The algorithm named by WEFT_DP_ALGO.
+template <class Transport>
+double run(Transport& t, double seconds) {
+  const char* a = std::getenv("WEFT_DP_ALGO");
+  const std::string algo = a ? a : "ring";
+  if (algo == "ring") return run<comm::Ring>(t, seconds);
+  if (algo == "native") return run<comm::Native>(t, seconds);
+  if (algo == "recursive_doubling") return run<comm::RecursiveDoubling>(t, seconds);
+  if (algo == "auto") return run<comm::Auto>(t, seconds);
+  throw_error<ValueError>("WEFT_DP_ALGO=", algo, ": expected ring, native, recursive_doubling or auto");
 }
 
 }  // namespace dpbench
