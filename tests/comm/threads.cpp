@@ -459,3 +459,39 @@ TEST_CASE_TEMPLATE("in-place alltoall equals the out-of-place result", A, WEFT_C
     for (int r = 0; r < p; ++r) CHECK(got[static_cast<std::size_t>(r)] == want[static_cast<std::size_t>(r)]);
   }
 }
+
+#if defined(__linux__)
+TEST_CASE("run_local bind_cores: each rank on one CPU, ranks spread over the allowed CPUs, caller restored") {
+  cpu_set_t before;
+  REQUIRE(pthread_getaffinity_np(pthread_self(), sizeof before, &before) == 0);
+  const int k = CPU_COUNT(&before);
+  const int p = 3;
+  std::vector<int> cpu(p, -1), count(p, 0);
+  run_local(
+      p,
+      [&](ThreadTransport& t) {
+        cpu_set_t s;
+        pthread_getaffinity_np(pthread_self(), sizeof s, &s);
+        count[static_cast<std::size_t>(t.rank())] = CPU_COUNT(&s);
+        for (int c = 0; c < CPU_SETSIZE; ++c)
+          if (CPU_ISSET(c, &s)) cpu[static_cast<std::size_t>(t.rank())] = c;
+        // A thread the rank starts (a progress thread) inherits the pin.
+        std::thread([&] {
+          cpu_set_t inner;
+          pthread_getaffinity_np(pthread_self(), sizeof inner, &inner);
+          CHECK(CPU_COUNT(&inner) == 1);
+        }).join();
+      },
+      {.bind_cores = true});
+  for (int r = 0; r < p; ++r) {
+    CHECK(count[static_cast<std::size_t>(r)] == 1);
+    CHECK(CPU_ISSET(cpu[static_cast<std::size_t>(r)], &before));
+  }
+  if (k >= 2) CHECK(cpu[0] != cpu[1]);
+  if (k >= 3) CHECK(cpu[2] != cpu[0]);
+  if (k == 2) CHECK(cpu[2] == cpu[0]);  // r mod k
+  cpu_set_t after;
+  REQUIRE(pthread_getaffinity_np(pthread_self(), sizeof after, &after) == 0);
+  CHECK(CPU_EQUAL(&before, &after));
+}
+#endif
