@@ -18,7 +18,7 @@ codecs=("$@")
 [ ${#codecs[@]} -gt 0 ] || codecs=(none topk powersgd)
 results=()
 for c in "${codecs[@]}"; do
-  line=$("$WEFT_BUILD/examples/04_compressed" "$c" "$EPOCHS" 4 | tee /dev/stderr | grep '^result ')
+  line=$("$WEFT_BUILD/examples/04_compressed" "$c" "$EPOCHS" 4 | tee -a /dev/stderr | grep '^result ')
   results+=("$line")
 done
 printf '%s\n' "${results[@]}" | awk -v epochs="$EPOCHS" '
