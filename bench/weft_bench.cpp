@@ -50,6 +50,7 @@
 #include <weft/comm/transport/mpi.hpp>
 #endif
 
+#include "weft_bench/codec.hpp"
 #include "weft_bench/cost_file.hpp"
 
 #ifndef WEFT_BENCH_MPI
@@ -95,6 +96,7 @@ struct Options {
   bool quiet = false;
   std::size_t chunk = 0;  // --chunk: pipeline unit of ring, tree, halving_doubling (0: the policy's default)
   bool bind = true;  // thread transport: pin rank r to CPU r mod ncpu (mpirun binds processes to cores too)
+  std::vector<std::string> codecs;  // --codec: compressed allreduce instead (weft_bench/codec.hpp)
 };
 
 std::size_t parse_bytes(const std::string& flag, const std::string& v) {
@@ -194,6 +196,9 @@ const char* usage_text =
     "      --ranks-per-node N  project: node size for the hierarchical projection (default 8)\n"
     "      --chunk SIZE        pipeline unit of ring, tree, halving_doubling, hierarchical (default: the policy's, 1M)\n"
     "      --bind core|none    thread transport: pin rank r to CPU r mod ncpu (default core, as mpirun binds)\n"
+    "      --codec LIST        compressed allreduce: none, f16, bf16, int8[:chunk], topk[:fraction],\n"
+    "                          randomk[:fraction], sign, powersgd[:rank]; prints bytes on the wire,\n"
+    "                          compression ratio and effective busbw (weft_bench/codec.hpp)\n"
     "  -q, --quiet             no table on stdout (files only)\n";
 
 Options parse(int argc, char** argv) {
@@ -268,6 +273,7 @@ Options parse(int argc, char** argv) {
     else if (a == "--ranks-per-node") o.ranks_per_node = static_cast<int>(parse_int(a, val(), 1, 1 << 20));
     else if (a == "-q" || a == "--quiet") o.quiet = true;
     else if (a == "--chunk") o.chunk = parse_bytes(a, val());
+    else if (a == "--codec") o.codecs = split_list(val());
     else if (a == "--bind") {
       std::string b = val();
       if (b != "core" && b != "none") throw UsageError("--bind: unknown binding '" + b + "' (accepted: core, none)");
@@ -1151,6 +1157,37 @@ std::int64_t total_wrong(const std::vector<Row>& rows) {
 
 }  // namespace
 
+namespace {
+// --codec: the compressed-allreduce table (weft_bench/codec.hpp).
+int run_codecs(const Options& o, int& argc, char**& argv) {
+  std::vector<std::string> algos;
+  for (Algo a : o.algos) algos.push_back(name_of(a));
+  const weft_bench::codec::Settings s{o.codecs, algos, o.min_bytes, o.max_bytes, o.factor, o.iters, o.warmup};
+  std::vector<weft_bench::codec::Row> rows;
+  if (o.transport == "thread") {
+    wc::run_local(o.np, [&](wc::ThreadTransport& t) { weft_bench::codec::run(t, s, rows); });
+    if (!o.quiet) weft_bench::codec::print(rows, "threads", o.np);
+    return 0;
+  }
+#if WEFT_BENCH_MPI
+  int provided = 0, rank = 0, p = 0;
+  MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
+  {
+    wc::MpiTransport t{MPI_COMM_WORLD};
+    rank = t.rank();
+    p = t.size();
+    weft_bench::codec::run(t, s, rows);
+  }
+  if (rank == 0 && !o.quiet) weft_bench::codec::print(rows, "mpi", p);
+  MPI_Finalize();
+#else
+  (void)argc;
+  (void)argv;
+#endif
+  return 0;
+}
+}  // namespace
+
 int main(int argc, char** argv) {
   Options o;
   try {
@@ -1170,6 +1207,7 @@ int main(int argc, char** argv) {
               section);
       return 0;
     }
+    if (!o.codecs.empty()) return run_codecs(o, argc, argv);
     std::vector<Row> rows;
     if (o.transport == "thread") {
       wc::run_local(o.np, [&](wc::ThreadTransport& t) {

@@ -152,6 +152,13 @@ class Communicator {
   int rank() const { return ctx_.rank(); }
   int size() const { return ctx_.size(); }
   T& transport() { return ctx_.transport(); }
+  // Bytes this rank's transport has moved between ranks (all communicators
+  // on it together; take differences around the calls you measure).
+  std::uint64_t sent_bytes() const
+    requires CountsBytes<T>
+  {
+    return ctx_.transport().sent_bytes();
+  }
   const Algo& algorithm() const { return algo_; }
   Algo& algorithm() { return algo_; }
 

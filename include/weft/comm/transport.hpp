@@ -50,6 +50,13 @@ concept RecvReduce = Transport<T> && requires(T& t, const void* local, void* out
   { t.irecv_reduce(local, out, count, d, op, peer, tag) } -> std::same_as<typename T::Request>;
 };
 
+// Optional: the transport counts the bytes it moves between ranks (shared by
+// its copies and splits), so benchmarks report bytes on the wire.
+template <class T>
+concept CountsBytes = Transport<T> && requires(const T& t) {
+  { t.sent_bytes() } -> std::same_as<std::uint64_t>;
+};
+
 // Optional: the transport's own collectives, bounded by a deadline.
 template <class T>
 concept NativeCollectives = Transport<T> && requires(T& t, const void* in, void* out, std::size_t n, dtype d,

@@ -20,6 +20,7 @@
 #endif
 #include <mpi.h>
 
+#include <atomic>
 #include <chrono>
 #include <climits>
 #include <cstddef>
@@ -169,7 +170,12 @@ class MpiTransport {
   MPI_Comm comm() const { return s_->comm; }
   const char* name() const { return "mpi"; }
 
+  // Bytes this rank has sent point-to-point over this transport, its copies
+  // and its splits. MPI's own collectives (Native) are opaque and not counted.
+  std::uint64_t sent_bytes() const { return sent_->load(std::memory_order_relaxed); }
+
   Request isend(const void* data, std::size_t bytes, int peer, Tag tag) {
+    sent_->fetch_add(bytes, std::memory_order_relaxed);
     Request r;
     r.peer_ = peer;
     detail::mpi_check(MPI_Isend(data, detail::mpi_int_count(bytes, "message"), MPI_BYTE, peer,
@@ -306,7 +312,7 @@ class MpiTransport {
   }
 
  private:
-  MpiTransport(const MpiTransport& parent, int) : s_(std::make_shared<detail::MpiState>()) { (void)parent; }
+  MpiTransport(const MpiTransport& parent, int) : s_(std::make_shared<detail::MpiState>()), sent_(parent.sent_) {}
 
   // Polls until done or the deadline: busy at first (MPI progresses inside
   // MPI_Test), then yielding so oversubscribed ranks let each other run.
@@ -368,9 +374,11 @@ class MpiTransport {
   }
 
   std::shared_ptr<detail::MpiState> s_;
+  std::shared_ptr<std::atomic<std::uint64_t>> sent_ = std::make_shared<std::atomic<std::uint64_t>>(0);
 };
 
 static_assert(Transport<MpiTransport>);
 static_assert(NativeCollectives<MpiTransport>);
+static_assert(CountsBytes<MpiTransport>);
 
 }  // namespace weft::comm

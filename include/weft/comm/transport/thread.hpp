@@ -40,13 +40,19 @@ struct World {
   SpinPolicy spin;
   std::unique_ptr<Bell[]> bells;
   std::unique_ptr<std::atomic<bool>[]> exited;
+  std::unique_ptr<std::atomic<std::uint64_t>[]> sent;  // bytes each world rank moved to or from a peer
   std::atomic<int> failure_claim{-1};
   std::atomic<int> failed_rank{-1};  // release-published after failure text is written
   std::string failure_text;
   std::exception_ptr origin;
 
-  World(int n, int rpn) : size(n), ranks_per_node(rpn), bells(new Bell[n]), exited(new std::atomic<bool>[n]) {
-    for (int i = 0; i < n; ++i) exited[i].store(false, std::memory_order_relaxed);
+  World(int n, int rpn)
+      : size(n), ranks_per_node(rpn), bells(new Bell[n]), exited(new std::atomic<bool>[n]),
+        sent(new std::atomic<std::uint64_t>[n]) {
+    for (int i = 0; i < n; ++i) {
+      exited[i].store(false, std::memory_order_relaxed);
+      sent[i].store(0, std::memory_order_relaxed);
+    }
     unsigned hc = std::thread::hardware_concurrency();
     if (hc != 0 && static_cast<unsigned>(n) > hc) spin.spins = 0;  // oversubscribed: spinning steals the peer's core
   }
@@ -214,8 +220,15 @@ class ThreadTransport {
     return rpn > 0 ? world_rank() / rpn : 0;
   }
 
+  // Bytes this rank has moved between ranks since run_local started, over this
+  // transport, its copies and its splits: payloads it sent, and for native
+  // collectives the bytes it copied from or into another rank's buffer (each
+  // byte that crosses between ranks is counted once, by the rank that moves it).
+  std::uint64_t sent_bytes() const { return counter().load(std::memory_order_relaxed); }
+
   Request isend(const void* data, std::size_t bytes, int peer, Tag tag) {
     check_peer(peer, "isend");
+    moved(bytes);
     detail::Channel& ch = group_->channel(rank_, peer);
     std::uint64_t t = ch.next.fetch_add(1, std::memory_order_relaxed);
     detail::Slot& s = ch.slots[t % detail::mailbox_slots];
@@ -316,6 +329,7 @@ class ThreadTransport {
     if (WaitStatus s = publish(in, out, dl); s != WaitStatus::done) return s;
     fold(d, op, [&](int k) { return detail::at(board(k).in, seg.off(r), es); }, detail::at(out, seg.off(r), es),
          seg.len(r), p);
+    moved((static_cast<std::size_t>(p - 1) * seg.len(r) + n - seg.len(r)) * es);
     if (WaitStatus s = meet(1, dl); s != WaitStatus::done) return s;
     for (int k = 0; k < p; ++k)
       if (k != r && seg.len(k))
@@ -326,6 +340,7 @@ class ThreadTransport {
     const std::size_t es = dtype_size(d), off = static_cast<std::size_t>(rank_) * n;
     if (WaitStatus s = publish(in, out, dl); s != WaitStatus::done) return s;
     fold(d, op, [&](int k) { return detail::at(board(k).in, off, es); }, out, n, size());
+    moved(static_cast<std::size_t>(size() - 1) * n * es);
     return meet(1, dl);
   }
   WaitStatus native_allgather(const void* in, void* out, std::size_t n, dtype d, Deadline dl) {
@@ -335,11 +350,13 @@ class ThreadTransport {
       void* dst = detail::at(out, static_cast<std::size_t>(k) * n, es);
       if (dst != board(k).in && n) std::memcpy(dst, board(k).in, n * es);
     }
+    moved(static_cast<std::size_t>(size() - 1) * n * es);
     return meet(1, dl);
   }
   WaitStatus native_broadcast(void* buf, std::size_t n, dtype d, int root, Deadline dl) {
     if (WaitStatus s = publish(buf, buf, dl); s != WaitStatus::done) return s;
     if (rank_ != root && n) std::memcpy(buf, board(root).in, n * dtype_size(d));
+    if (rank_ != root) moved(n * dtype_size(d));
     return meet(1, dl);
   }
   WaitStatus native_reduce(const void* in, void* out, std::size_t n, dtype d, ReduceOp op, int root, Deadline dl) {
@@ -350,6 +367,7 @@ class ThreadTransport {
     // every rank reduces one segment straight into the root's output
     fold(d, op, [&](int k) { return detail::at(board(k).in, seg.off(r), es); },
          detail::at(board(root).out, seg.off(r), es), seg.len(r), p);
+    moved(static_cast<std::size_t>(r == root ? p - 1 : p) * seg.len(r) * es);
     return meet(1, dl);
   }
   WaitStatus native_gather(const void* in, void* out, std::size_t n, dtype d, int root, Deadline dl) {
@@ -357,6 +375,7 @@ class ThreadTransport {
     if (WaitStatus s = publish(in, out, dl); s != WaitStatus::done) return s;
     void* dst = detail::at(board(root).out, static_cast<std::size_t>(rank_) * n, es);
     if (dst != in && n) std::memcpy(dst, in, n * es);
+    if (rank_ != root) moved(n * es);
     return meet(1, dl);
   }
   WaitStatus native_scatter(const void* in, void* out, std::size_t n, dtype d, int root, Deadline dl) {
@@ -364,6 +383,7 @@ class ThreadTransport {
     if (WaitStatus s = publish(in, out, dl); s != WaitStatus::done) return s;
     const void* src = detail::at(board(root).in, static_cast<std::size_t>(rank_) * n, es);
     if (src != out && n) std::memcpy(out, src, n * es);
+    if (rank_ != root) moved(n * es);
     return meet(1, dl);
   }
   WaitStatus native_alltoall(const void* in, void* out, std::size_t n, dtype d, Deadline dl) {
@@ -378,12 +398,15 @@ class ThreadTransport {
       if (n)
         std::memcpy(detail::at(out, static_cast<std::size_t>(k) * n, es),
                     detail::at(board(k).in, static_cast<std::size_t>(rank_) * n, es), n * es);
+    moved(static_cast<std::size_t>(size() - 1) * n * es);
     return meet(1, dl);
   }
   WaitStatus native_barrier(Deadline dl) { return publish(nullptr, nullptr, dl); }
 
  private:
   detail::NativeSlot& board(int k) const { return group_->board[static_cast<std::size_t>(k)]; }
+  std::atomic<std::uint64_t>& counter() const { return group_->world->sent[world_rank()]; }
+  void moved(std::size_t bytes) { counter().fetch_add(bytes, std::memory_order_relaxed); }
 
   // Publishes this rank's buffers and waits until every rank has published.
   WaitStatus publish(const void* in, void* out, Deadline dl) {
@@ -576,5 +599,6 @@ class ThreadTransport {
 static_assert(Transport<ThreadTransport>);
 static_assert(RecvReduce<ThreadTransport>);
 static_assert(NativeCollectives<ThreadTransport>);
+static_assert(CountsBytes<ThreadTransport>);
 
 }  // namespace weft::comm
