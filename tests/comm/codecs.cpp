@@ -183,6 +183,33 @@ TEST_CASE("codec: top-k keeps the k largest magnitudes (naive sort reference) an
   CHECK(y[2] == -3.0f);
 }
 
+// Many equal magnitudes: the kept set is the k largest by (magnitude desc,
+// index asc), checked against a stable sort over quantised random values.
+TEST_CASE("codec: top-k breaks ties in magnitude toward the lower index") {
+  TopK::State st;
+  CHECK(roundtrip(TopK{.count = 3, .error_feedback = false}, st, {1.0f, -2.0f, 2.0f, 0.5f, 2.0f, -2.0f}) ==
+        std::vector<float>{0.0f, -2.0f, 2.0f, 0.0f, 2.0f, 0.0f});
+  std::uint64_t seed = 12345;
+  for (std::size_t n : {7u, 64u, 1000u}) {
+    std::vector<float> x(n);
+    for (float& v : x) {
+      seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+      v = static_cast<float>(static_cast<int>(seed >> 60) - 8);  // 16 levels: many ties
+    }
+    for (std::size_t k : {std::size_t{1}, n / 3 + 1, n}) {
+      CAPTURE(n);
+      CAPTURE(k);
+      std::vector<std::size_t> idx(n);
+      std::iota(idx.begin(), idx.end(), 0);
+      std::stable_sort(idx.begin(), idx.end(), [&](std::size_t a, std::size_t b) { return std::fabs(x[a]) > std::fabs(x[b]); });
+      std::vector<float> ref(n, 0.0f);
+      for (std::size_t t = 0; t < k; ++t) ref[idx[t]] = x[idx[t]];
+      TopK::State s;
+      CHECK(roundtrip(TopK{.count = k, .error_feedback = false}, s, x) == ref);
+    }
+  }
+}
+
 TEST_CASE("codec: random-k draws k distinct indices shared by every rank, fresh each call") {
   const std::size_t n = 1000;
   RandomK c{.fraction = 0.05, .error_feedback = false};

@@ -15,12 +15,12 @@
 #pragma once
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <limits>
-#include <numeric>
 #include <vector>
 
 #include "codec.hpp"
@@ -38,7 +38,9 @@ struct TopK {
   struct State {
     std::vector<float> residual;       // e, n values (error feedback)
     std::vector<float> m;              // x + e this step (scratch)
-    std::vector<std::uint32_t> order;  // selection scratch
+    std::vector<std::uint32_t> mag;    // bits of |m|, NaN as +inf (scratch)
+    std::vector<std::uint32_t> hist;   // radix-select histogram (scratch)
+    std::vector<std::uint32_t> order;  // the kept indices (scratch)
     template <class F>
     void visit(F&& f) {
       f("residual", residual);
@@ -64,23 +66,51 @@ struct TopK {
     } else {
       std::copy(x, x + n, s.m.begin());
     }
-    s.order.resize(n);
-    std::iota(s.order.begin(), s.order.end(), std::uint32_t{0});
-    auto mag = [&](std::uint32_t i) {
-      float a = std::fabs(s.m[i]);
-      return std::isnan(a) ? std::numeric_limits<float>::infinity() : a;
-    };
-    auto larger = [&](std::uint32_t a, std::uint32_t b) {
-      float ma = mag(a), mb = mag(b);
-      return ma > mb || (ma == mb && a < b);
-    };
-    std::nth_element(s.order.begin(), s.order.begin() + static_cast<std::ptrdiff_t>(kk - 1), s.order.end(), larger);
-    std::sort(s.order.begin(), s.order.begin() + static_cast<std::ptrdiff_t>(kk));
+    // Select by threshold rather than sorting indices: find the k-th largest
+    // magnitude t, then one scan in index order keeps every |m_i| > t and the
+    // lowest-indexed ties at t. That is the same set as ordering by
+    // (magnitude desc, index asc), already in increasing index order. t comes
+    // from a radix select over the magnitudes' bit patterns (for floats >= 0
+    // unsigned order is float order): three histogram passes of 11, 11 and
+    // 10 bits, each narrowing to the bin that holds the k-th largest. The
+    // passes have no data-dependent branches; nth_element's compares
+    // mispredict half the time on gradients: 3x slower at 256K elements.
+    s.mag.resize(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      const float a = std::fabs(s.m[i]);
+      s.mag[i] = a != a ? 0x7f800000u : std::bit_cast<std::uint32_t>(a);  // NaN counts as the largest (+inf)
+    }
+    std::uint32_t prefix = 0, mask = 0;
+    std::size_t need = kk;  // rank of the threshold from the top, among values matching prefix
+    for (const int shift : {21, 10, 0}) {
+      const std::uint32_t bins = shift == 0 ? 1024u : 2048u, low = bins - 1;
+      s.hist.assign(bins, 0);
+      for (std::size_t i = 0; i < n; ++i)
+        s.hist[(s.mag[i] >> shift) & low] += static_cast<std::uint32_t>((s.mag[i] & mask) == prefix);
+      for (std::uint32_t b = bins; b-- > 0;) {
+        if (s.hist[b] >= need) {
+          prefix |= b << shift;
+          mask |= low << shift;
+          break;
+        }
+        need -= s.hist[b];
+      }
+    }
+    const std::uint32_t thr = prefix;
+    std::size_t above = 0;
+    for (std::size_t i = 0; i < n; ++i) above += s.mag[i] > thr;
+    std::size_t ties = kk - above;  // ties at thr to keep, lowest indices first
+    s.order.resize(kk);
+    for (std::size_t i = 0, t_out = 0; i < n && t_out < kk; ++i) {
+      if (s.mag[i] < thr || (s.mag[i] == thr && ties == 0)) continue;
+      if (s.mag[i] == thr) --ties;
+      s.order[t_out++] = static_cast<std::uint32_t>(i);
+    }
     auto* values = out + kk * sizeof(std::uint32_t);
-    for (std::size_t t = 0; t < kk; ++t) {
-      const std::uint32_t i = s.order[t];
-      std::memcpy(out + t * sizeof(std::uint32_t), &i, sizeof(i));
-      std::memcpy(values + t * sizeof(float), &s.m[i], sizeof(float));
+    for (std::size_t t_out = 0; t_out < kk; ++t_out) {
+      const std::uint32_t i = s.order[t_out];
+      std::memcpy(out + t_out * sizeof(std::uint32_t), &i, sizeof(i));
+      std::memcpy(values + t_out * sizeof(float), &s.m[i], sizeof(float));
     }
     if (error_feedback) {
       std::copy(s.m.begin(), s.m.end(), s.residual.begin());
