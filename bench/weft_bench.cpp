@@ -26,11 +26,14 @@
 #include <fstream>
 #include <functional>
 #include <iostream>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include <pthread.h>
@@ -45,12 +48,11 @@
 #include <weft/comm/algorithm/ring.hpp>
 #include <weft/comm/algorithm/tree.hpp>
 #include <weft/comm/communicator.hpp>
+#include <weft/comm/cost_file.hpp>
 #include <weft/comm/run_local.hpp>
 #if WEFT_BENCH_MPI
 #include <weft/comm/transport/mpi.hpp>
 #endif
-
-#include "weft_bench/cost_file.hpp"
 
 #ifndef WEFT_BENCH_MPI
 #define WEFT_BENCH_MPI 0
@@ -78,6 +80,7 @@ const char* name_of(Algo a) { return algo_names[static_cast<int>(a)]; }
 struct Options {
   std::string mode = "run";  // run | calibrate | project | memcpy
   std::size_t min_bytes = 8, max_bytes = std::size_t{32} << 20;
+  bool max_given = false, ops_given = false;  // calibrate has its own defaults for -e and --op
   double factor = 2;
   std::size_t step_bytes = 0;  // -i: additive step instead of -f
   int iters = 20, warmup = 5;
@@ -172,6 +175,8 @@ Algo parse_algo(const std::string& v) {
 
 const char* usage_text =
     "usage: weft-bench [calibrate|project|memcpy] [options]\n"
+    "  calibrate: fit alpha, beta, gamma and time Auto's candidates at every size (-b .. -e, default\n"
+    "  8 .. 64M; --op, default allreduce,reduce_scatter,allgather,reduce) into --model FILE\n"
     "  -b, --minbytes SIZE     smallest size (default 8; suffixes K, M, G)\n"
     "  -e, --maxbytes SIZE     largest size (default 32M)\n"
     "  -f, --stepfactor F      multiply the size by F each step (default 2)\n"
@@ -222,7 +227,10 @@ Options parse(int argc, char** argv) {
       std::cout << usage_text;
       std::exit(0);
     } else if (a == "-b" || a == "--minbytes") o.min_bytes = parse_bytes(a, val());
-    else if (a == "-e" || a == "--maxbytes") o.max_bytes = parse_bytes(a, val());
+    else if (a == "-e" || a == "--maxbytes") {
+      o.max_bytes = parse_bytes(a, val());
+      o.max_given = true;
+    }
     else if (a == "-f" || a == "--stepfactor") {
       std::string s = val();
       char* end = nullptr;
@@ -237,6 +245,7 @@ Options parse(int argc, char** argv) {
     else if (a == "-r" || a == "--root") o.root = static_cast<int>(parse_int(a, val(), 0, 1 << 20));
     else if (a == "--op") {
       o.ops.clear();
+      o.ops_given = true;
       for (auto& s : split_list(val())) {
         if (s == "all") {
           for (int k = 0; k <= static_cast<int>(Collective::barrier); ++k) o.ops.push_back(static_cast<Collective>(k));
@@ -274,6 +283,14 @@ Options parse(int argc, char** argv) {
       o.bind = b == "core";
     }
     else throw UsageError("unknown option '" + a + "' (see --help)");
+  }
+  if (o.mode == "calibrate") {
+    // Auto's table: the ops whose candidates run different schedules (for
+    // broadcast, gather, scatter, alltoall and barrier, ring, tree, recursive
+    // doubling and halving-doubling share one implementation), up to 64 MiB.
+    if (!o.max_given) o.max_bytes = std::size_t{64} << 20;
+    if (!o.ops_given)
+      o.ops = {Collective::allreduce, Collective::reduce_scatter, Collective::allgather, Collective::reduce};
   }
   if (o.min_bytes > o.max_bytes) throw UsageError("-b/--minbytes is larger than -e/--maxbytes");
   for (Algo a : o.algos)
@@ -828,7 +845,7 @@ void run_all(T& t, const Options& o, const wc::CostModel& model, const char* tna
       wc::Communicator<P, T> comm{t, policy};
       auto chosen = [&](Collective op, std::size_t bytes) -> std::string {
         std::string c;
-        if constexpr (std::is_same_v<P, wc::Auto>) c = policy.choice(op, bytes, t.size());
+        if constexpr (std::is_same_v<P, wc::Auto>) c = policy.choice(op, bytes, t.size(), t.name());
         return c;
       };
       measure(comm, ctl, a, tname, o, model, rows, chosen);
@@ -1035,6 +1052,183 @@ std::optional<wc::CostModel> calibrate(T& t, const Options& o, wc::CostModel bas
   return m;
 }
 
+// ------------------------------------------------------------ Auto's table ----
+
+// One communicator per candidate of Auto, each on its own split of the
+// transport, so the candidates can be timed in alternation without sharing
+// sequence numbers or tags.
+template <class T, class... C>
+struct CandidateComms {
+  static constexpr std::size_t count = sizeof...(C);
+  static constexpr const char* names[] = {C::name...};
+  std::tuple<std::unique_ptr<wc::Communicator<C, T>>...> comms;
+
+  CandidateComms(T& t, const std::tuple<C...>& policies)
+      : comms{std::make_unique<wc::Communicator<C, T>>(
+            t.split(0, t.rank(), wc::deadline_after(std::chrono::seconds(60))), std::get<C>(policies))...} {}
+
+  template <class F>
+  void with(std::size_t k, F&& f) {
+    with_index(k, f, std::index_sequence_for<C...>{});
+  }
+
+ private:
+  template <class F, std::size_t... I>
+  void with_index(std::size_t k, F& f, std::index_sequence<I...>) {
+    ((k == I ? (f(*std::get<I>(comms)), 0) : 0), ...);
+  }
+};
+
+template <class T, class... C>
+auto candidate_comms(T& t, const std::tuple<C...>& policies) {
+  return std::make_unique<CandidateComms<T, C...>>(t, policies);
+}
+
+// Times each of Auto's candidates at every size of -b .. -e (factor -f) for
+// every --op, and returns (on rank 0) the measured decisions: per size the
+// candidate with the smallest median time, sizes with the same winner merged
+// into one range, range boundaries at the geometric midpoint between
+// neighbouring sizes, the first range from 0 B and the last to no end.
+//
+// A sample is one call's time on the slowest rank (what the run tables
+// report); the decision uses the median of 20 to 300 samples per candidate
+// (as many as fit in 512 MiB moved, at least max(20, -n)). Candidates are
+// interleaved: up to ten rounds, each visiting every candidate (rotating who
+// goes first) for a warm-up call and a run of timed calls, so a burst of load
+// from other processes lands on all candidates alike instead of on one.
+// Candidates within 3% of the fastest are a tie: the previous size's winner
+// is kept if it is among them (fewer, larger ranges), else the one first in
+// Auto's candidate order. The margin recorded is the runner-up's median over
+// the chosen one's.
+template <class T>
+std::vector<wc::Decision> decision_table(T& t, const Options& o) {
+  const int p = t.size(), r = t.rank();
+  wc::Auto au;
+  if (o.chunk) {
+    std::get<wc::Ring>(au.candidates).chunk_bytes = o.chunk;
+    std::get<wc::Tree>(au.candidates).chunk_bytes = o.chunk;
+    std::get<wc::HalvingDoubling>(au.candidates).chunk_bytes = o.chunk;
+  }
+  T ctl_t = t.split(0, r, wc::deadline_after(std::chrono::seconds(60)));
+  wc::Communicator<wc::Ring, T> ctl{ctl_t};
+  auto cands = candidate_comms(t, au.candidates);
+  const std::size_t nc = cands->count;
+  constexpr double tie = 1.03;
+
+  const std::size_t es = weft::dtype_size(o.type);
+  const auto all_sizes = sizes(o);
+  std::size_t max_elems = 1;
+  for (std::size_t b : all_sizes) max_elems = std::max(max_elems, (b + es - 1) / es);
+  std::vector<std::byte> send((max_elems + static_cast<std::size_t>(p)) * es), recv(send.size());
+  std::vector<wc::Decision> out;
+  if (r == 0 && !o.quiet)
+    std::printf("# Auto's table: median time per call (us, slowest rank) of each candidate, %d ranks\n"
+                "# %-14s %10s %12s %12s %12s %12s  %-18s %7s\n",
+                p, "op", "size", cands->names[0], nc > 1 ? cands->names[1] : "", nc > 2 ? cands->names[2] : "",
+                nc > 3 ? cands->names[3] : "", "chosen", "margin");
+
+  for (Collective op : o.ops) {
+    if (op == Collective::barrier) continue;
+    const int root = wc::has_root(op) ? std::min(o.root, p - 1) : -1;
+    struct Point {
+      std::size_t bytes;
+      std::size_t pick, runner_up;
+      double margin;
+    };
+    std::vector<Point> points;
+    std::size_t prev = nc;  // previous size's winner (none yet)
+    for (std::size_t S : all_sizes) {
+      const std::size_t n = total_elems(op, 1, p) == 1 ? S / es : S / (es * static_cast<std::size_t>(p));
+      if (n == 0) continue;
+      const std::size_t bytes = total_elems(op, n, p) * es;
+      const int samples = static_cast<int>(std::clamp<std::size_t>((std::size_t{512} << 20) / bytes,
+                                                                   static_cast<std::size_t>(std::max(20, o.iters)),
+                                                                   300));
+      const int rounds = std::min(samples, 10);
+      const int per_visit = (samples + rounds - 1) / rounds;
+      std::vector<std::vector<double>> mine(nc);
+      const Layout L = layout(op, false, send.data(), recv.data(), n, es, r, root);
+      fill(op, o.type, o.redop, L, n, r, p, root < 0 ? 0 : root);
+      for (int round = 0; round < rounds; ++round)
+        for (std::size_t v = 0; v < nc; ++v) {
+          const std::size_t k = (v + static_cast<std::size_t>(round)) % nc;
+          cands->with(k, [&](auto& comm) {
+            ctl.barrier();
+            invoke(comm, op, o.type, o.redop, L, n, root);  // warm-up: this candidate's buffers and cache lines
+            for (int i = 0; i < per_visit; ++i) {
+              auto t0 = Clock::now();
+              invoke(comm, op, o.type, o.redop, L, n, root);
+              mine[k].push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+            }
+          });
+        }
+      // slowest rank per call, then the median per candidate
+      std::vector<double> median(nc);
+      for (std::size_t k = 0; k < nc; ++k) {
+        std::vector<double> all(mine[k].size() * static_cast<std::size_t>(p));
+        ctl.allgather(mine[k], all);
+        std::vector<double> worst(mine[k].size(), 0.0);
+        for (int q = 0; q < p; ++q)
+          for (std::size_t i = 0; i < worst.size(); ++i)
+            worst[i] = std::max(worst[i], all[static_cast<std::size_t>(q) * worst.size() + i]);
+        std::nth_element(worst.begin(), worst.begin() + static_cast<std::ptrdiff_t>(worst.size() / 2), worst.end());
+        median[k] = worst[worst.size() / 2];
+      }
+      std::size_t best = 0;
+      for (std::size_t k = 1; k < nc; ++k)
+        if (median[k] < median[best]) best = k;
+      std::size_t pick = best;
+      if (prev < nc && median[prev] <= median[best] * tie) {
+        pick = prev;
+      } else {
+        for (std::size_t k = 0; k < nc; ++k)
+          if (median[k] <= median[best] * tie) {
+            pick = k;
+            break;
+          }
+      }
+      std::size_t runner = pick == 0 ? 1 : 0;
+      for (std::size_t k = 0; k < nc; ++k)
+        if (k != pick && median[k] < median[runner]) runner = k;
+      const double margin = nc > 1 ? median[runner] / median[pick] : 1.0;
+      points.push_back({bytes, pick, nc > 1 ? runner : pick, margin});
+      prev = pick;
+      if (r == 0 && !o.quiet) {
+        std::printf("  %-14s %10zu", wc::collective_name(op), bytes);
+        for (std::size_t k = 0; k < 4; ++k) {
+          if (k < nc) std::printf(" %12.2f", median[k] * 1e6);
+          else std::printf(" %12s", "");
+        }
+        std::printf("  %-18s %7.3f\n", cands->names[pick], margin);
+        std::fflush(stdout);
+      }
+    }
+    for (std::size_t i = 0; i < points.size(); ++i) {
+      const Point& pt = points[i];
+      const std::size_t lo =
+          i == 0 ? 0
+                 : static_cast<std::size_t>(std::sqrt(static_cast<double>(points[i - 1].bytes) *
+                                                      static_cast<double>(pt.bytes))) + 1;
+      const std::size_t hi = i + 1 == points.size()
+                                 ? std::numeric_limits<std::size_t>::max()
+                                 : static_cast<std::size_t>(std::sqrt(static_cast<double>(pt.bytes) *
+                                                                      static_cast<double>(points[i + 1].bytes)));
+      if (!out.empty() && out.back().op == op && out.back().algorithm == cands->names[pt.pick]) {
+        wc::Decision& d = out.back();  // same winner as the size below: widen its range
+        d.max_bytes = hi;
+        if (pt.margin < d.margin) {
+          d.margin = pt.margin;
+          d.runner_up = cands->names[pt.runner_up];
+        }
+        continue;
+      }
+      out.push_back(wc::Decision{op, p, lo, hi, cands->names[pt.pick], pt.margin, cands->names[pt.runner_up]});
+    }
+  }
+  if (r != 0) out.clear();
+  return out;
+}
+
 // ------------------------------------------------------------ project ----
 
 // Beyond one machine: nodes of --ranks-per-node ranks. Flat algorithms
@@ -1089,22 +1283,35 @@ void memcpy_bw(const Options& o) {
 
 wc::CostModel model_for(const Options& o, const char* section, wc::CostModel fallback) {
   if (o.model_file.empty() || (o.mode == "calibrate" && !std::ifstream(o.model_file).good())) return fallback;
-  auto s = weft_bench::read_cost_file(o.model_file);
-  auto it = s.find(section);
-  if (it == s.end()) {
+  const wc::CostFile f = wc::CostFile::load(o.model_file);
+  const wc::CostModel* m = f.find(section);
+  if (!m) {
     std::fprintf(stderr, "weft-bench: %s has no [%s] section; using built-in constants\n", o.model_file.c_str(),
                  section);
     return fallback;
   }
-  return it->second;
+  return *m;
 }
 
+// Writes one transport's section: the fitted constants, and the measured
+// decisions merged with the file's (those for an (op, ranks) measured now
+// replace the old ones; other rank counts are kept, so calibrating --np 2
+// and --np 4 into one file keeps both tables).
 void save_model(const Options& o, const char* section, const wc::CostModel& m) {
   std::string path = o.model_file.empty() ? std::string("weft-cost-model.txt") : o.model_file;
-  weft_bench::Sections s;
-  if (std::ifstream(path).good()) s = weft_bench::read_cost_file(path);
-  s[section] = m;
-  weft_bench::write_cost_file(path, s);
+  wc::CostFile f;
+  if (std::ifstream(path).good()) f = wc::CostFile::load(path);
+  std::vector<wc::Decision> kept;
+  if (const wc::CostModel* old = f.find(section))
+    for (const wc::Decision& d : old->decisions) {
+      bool replaced = false;
+      for (const wc::Decision& n : m.decisions) replaced = replaced || (n.op == d.op && n.ranks == d.ranks);
+      if (!replaced) kept.push_back(d);
+    }
+  wc::CostModel& out = f.sections[section];
+  out = m;
+  out.decisions.insert(out.decisions.begin(), kept.begin(), kept.end());
+  f.save(path);
   std::printf("wrote [%s] to %s\n", section, path.c_str());
 }
 
@@ -1115,13 +1322,17 @@ void run_mode(T& t, const Options& o, const char* section, wc::CostModel fallbac
     wc::CostModel base = model_for(o, section, fallback);
     bool had = false;
     if (!o.model_file.empty() && std::ifstream(o.model_file).good())
-      had = weft_bench::read_cost_file(o.model_file).count(section) > 0;
+      had = wc::CostFile::load(o.model_file).find(section) != nullptr;
     if (!had) {  // not measurable on one machine: start from a typical fabric (edit the file on a cluster)
       base.alpha_inter = wc::CostModel::mpi().alpha_inter;
       base.beta_inter = wc::CostModel::mpi().beta_inter;
     }
     auto m = calibrate(t, o, base);
-    if (m) save_model(o, section, *m);
+    auto table = decision_table(t, o);
+    if (m) {
+      m->decisions = std::move(table);
+      save_model(o, section, *m);
+    }
     return;
   }
   run_all(t, o, model_for(o, section, fallback), section, rows);
