@@ -562,19 +562,68 @@ double predicted(Algo a, Collective op, std::size_t bytes, int p, const wc::Cost
   return 0;
 }
 
-// Runs every (op, size, placement) of one algorithm. `ctl` is a Ring
-// communicator on a separate transport group that gathers timings and counts.
-template <class Comm, class Ctl>
-void measure(Comm& comm, Ctl& ctl, Algo algo, const char* tname, const Options& o, const wc::CostModel& model,
-             std::vector<Row>& rows, const std::function<std::string(Collective, std::size_t)>& chosen) {
-  const int p = comm.size(), r = comm.rank();
+void print_header(const Options& o, const char* tname, int p, Algo a) {
+  std::printf("#\n# weft-bench  transport %s  ranks %d  algorithm %s  iters %d  warmup %d  check %d\n#\n", tname, p,
+              name_of(a), o.iters, o.warmup, o.check);
+  std::printf("#%67s %-33s  %-33s  %-9s %-9s %-9s %-14s\n", "", "out-of-place", "in-place", "", "", "", "");
+  std::printf("# %10s %12s %8s %6s %5s  %10s %7s %7s %6s  %10s %7s %7s %6s  %9s %9s %9s %9s %4s  %-14s %s\n", "size",
+              "count", "type", "redop", "root", "time", "algbw", "busbw", "#wrong", "time", "algbw", "busbw",
+              "#wrong", "p50", "p99", "pred", "skew", "last", "op", "auto->");
+  std::printf("# %10s %12s %8s %6s %5s  %10s %7s %7s %6s  %10s %7s %7s %6s  %9s %9s %9s %9s %4s\n", "(B)",
+              "(elements)", "", "", "", "(us)", "(GB/s)", "(GB/s)", "", "(us)", "(GB/s)", "(GB/s)", "", "(us)", "(us)",
+              "(us)", "(us)", "");
+  std::fflush(stdout);
+}
+
+// One selected algorithm: its communicator (on its own split of the
+// transport) behind a call that runs one collective, so the measurement loop
+// can alternate between algorithms of different policy types.
+struct Runner {
+  Algo algo = Algo::ring;
+  std::shared_ptr<void> owner;  // the communicator
+  std::function<void(Collective, const Layout&, std::size_t, int)> call;
+  std::function<std::string(Collective, std::size_t)> chosen;  // Auto's pick, "" for the others
+};
+
+void print_row(const Row& row) {
+  auto sm = [](const Sample& x, char* buf, std::size_t len) {
+    if (!x.run)
+      std::snprintf(buf, len, "%10s %7s %7s %6s", "n/a", "", "", "");
+    else if (x.wrong < 0)
+      std::snprintf(buf, len, "%10.2f %7.2f %7.2f %6s", x.time_us, x.algbw, x.busbw, "N/A");
+    else
+      std::snprintf(buf, len, "%10.2f %7.2f %7.2f %6lld", x.time_us, x.algbw, x.busbw,
+                    static_cast<long long>(x.wrong));
+  };
+  char a[96], b[96];
+  sm(row.oop, a, sizeof a);
+  sm(row.ip, b, sizeof b);
+  std::printf("%12zu %12zu %8s %6s %5d  %s  %s  %9.2f %9.2f %9.2f %9.2f %4d  %-14s %s\n", row.bytes, row.count,
+              weft::dtype_name(row.type), wc::is_reduction(row.op) ? wc::reduce_op_name(row.redop) : "none", row.root, a,
+              b, row.oop.p50_us, row.oop.p99_us, row.pred_us, row.oop.skew_us, row.oop.last_rank,
+              wc::collective_name(row.op), row.chosen.c_str());
+}
+
+// Runs every (op, size, placement) of every selected algorithm. The
+// algorithms take turns at each size: the iterations of one (op, size,
+// placement) are split into up to five rounds, each round running every
+// algorithm (rotating who goes first, one warm-up call each) for its share,
+// so load from other processes and the state of the shared buffers fall on
+// all algorithms alike and their medians can be compared within the run.
+// `ctl` is a Ring communicator on a separate transport group that gathers
+// timings and counts.
+template <class Ctl>
+void measure(std::vector<Runner>& runners, Ctl& ctl, const char* tname, const Options& o,
+             const wc::CostModel& model, std::vector<Row>& rows) {
+  const int p = ctl.size(), r = ctl.rank();
+  const std::size_t na = runners.size();
   const std::size_t es = weft::dtype_size(o.type);
   const auto all_sizes = sizes(o);
   std::size_t max_elems = 0;
   for (std::size_t b : all_sizes) max_elems = std::max(max_elems, (b + es - 1) / es);
   max_elems = std::max<std::size_t>(max_elems, 1) + static_cast<std::size_t>(p);
   std::vector<std::byte> send(max_elems * es), recv(max_elems * es);
-  std::vector<double> entry, dur, all;
+  std::vector<std::vector<Row>> by_algo(na);
 
   for (Collective op : o.ops) {
     const bool rooted = wc::has_root(op);
@@ -589,120 +638,113 @@ void measure(Comm& comm, Ctl& ctl, Algo algo, const char* tname, const Options& 
         if (n == 0) continue;
       }
       const std::size_t bytes = total_elems(op, n, p) * es;
-      Row row;
-      row.transport = tname;
-      row.algo = name_of(algo);
-      row.op = op;
-      row.type = o.type;
-      row.redop = o.redop;
-      row.root = root;
-      row.ranks = p;
-      row.bytes = bytes;
-      row.count = n;
-      row.pred_us = predicted(algo, op, bytes, p, model) * 1e6;
-      if (algo == Algo::automatic) row.chosen = chosen(op, bytes);
       const int iters = static_cast<int>(std::clamp<std::size_t>(o.bytes_budget / std::max<std::size_t>(bytes, 1), 3,
                                                                  static_cast<std::size_t>(o.iters)));
       const int warm = std::min(o.warmup, std::max(1, iters / 2));
-      row.iters = iters;
+      const int rounds = std::min(iters, 5);
+      std::vector<Row> row(na);
+      for (std::size_t a = 0; a < na; ++a) {
+        Row& w = row[a];
+        w.transport = tname;
+        w.algo = name_of(runners[a].algo);
+        w.op = op;
+        w.type = o.type;
+        w.redop = o.redop;
+        w.root = root;
+        w.ranks = p;
+        w.bytes = bytes;
+        w.count = n;
+        w.pred_us = predicted(runners[a].algo, op, bytes, p, model) * 1e6;
+        w.chosen = runners[a].chosen(op, bytes);
+        w.iters = iters;
+      }
       for (int placement = 0; placement < 2; ++placement) {
         const bool in_place = placement == 1;
-        Sample& s = in_place ? row.ip : row.oop;
-        Layout L = layout(op, in_place, send.data(), recv.data(), n, es, r, root);
+        const Layout L = layout(op, in_place, send.data(), recv.data(), n, es, r, root);
         fill(op, o.type, o.redop, L, n, r, p, root < 0 ? 0 : root);
-        for (int k = 0; k < warm; ++k) invoke(comm, op, o.type, o.redop, L, n, root);
-        entry.assign(static_cast<std::size_t>(iters), 0);
-        dur.assign(static_cast<std::size_t>(iters), 0);
-        ctl.barrier();
-        for (int k = 0; k < iters; ++k) {
-          auto t0 = Clock::now();
-          invoke(comm, op, o.type, o.redop, L, n, root);
-          auto t1 = Clock::now();
-          entry[static_cast<std::size_t>(k)] = seconds_since_boot(t0);
-          dur[static_cast<std::size_t>(k)] = std::chrono::duration<double>(t1 - t0).count();
-        }
-        std::int64_t wrong = -1;
-        if (o.check && op != Collective::barrier) {
-          fill(op, o.type, o.redop, L, n, r, p, root < 0 ? 0 : root);
-          invoke(comm, op, o.type, o.redop, L, n, root);
-          std::int64_t w = count_wrong(op, o.type, o.redop, L, n, r, p, root < 0 ? 0 : root);
-          ctl.allreduce(&w, &w, 1);
-          wrong = w;
-        }
-        std::vector<double> mine(2 * static_cast<std::size_t>(iters));
-        std::copy(entry.begin(), entry.end(), mine.begin());
-        std::copy(dur.begin(), dur.end(), mine.begin() + iters);
-        all.assign(mine.size() * static_cast<std::size_t>(p), 0);
-        ctl.allgather(mine, all);
-        // iteration k: the slowest rank's duration; skew = last entry - first entry.
-        std::vector<double> t(static_cast<std::size_t>(iters));
-        double sum = 0;
-        for (int k = 0; k < iters; ++k) {
-          double worst = 0, first = 1e300, last = -1e300;
-          int last_rank = 0;
-          for (int q = 0; q < p; ++q) {
-            const double* b = all.data() + static_cast<std::size_t>(q) * mine.size();
-            worst = std::max(worst, b[iters + k]);
-            first = std::min(first, b[k]);
-            if (b[k] > last) {
-              last = b[k];
-              last_rank = q;
+        std::vector<std::vector<double>> entry(na, std::vector<double>(static_cast<std::size_t>(iters))),
+            dur(na, std::vector<double>(static_cast<std::size_t>(iters)));
+        for (int round = 0, done = 0; round < rounds; ++round) {
+          const int share = (iters - done) / (rounds - round);
+          for (std::size_t v = 0; v < na; ++v) {
+            const std::size_t a = (v + static_cast<std::size_t>(round)) % na;
+            for (int k = 0; k < (round == 0 ? warm : 1); ++k) runners[a].call(op, L, n, root);
+            ctl.barrier();
+            for (int k = done; k < done + share; ++k) {
+              auto t0 = Clock::now();
+              runners[a].call(op, L, n, root);
+              auto t1 = Clock::now();
+              entry[a][static_cast<std::size_t>(k)] = seconds_since_boot(t0);
+              dur[a][static_cast<std::size_t>(k)] = std::chrono::duration<double>(t1 - t0).count();
             }
           }
-          t[static_cast<std::size_t>(k)] = worst;
-          sum += worst;
-          if (last - first > s.skew_us * 1e-6 || s.last_rank < 0) {
-            s.skew_us = (last - first) * 1e6;
-            s.last_rank = last_rank;
-          }
+          done += share;
         }
-        std::sort(t.begin(), t.end());
-        auto pct = [&](double q) {
-          return t[std::min(t.size() - 1, static_cast<std::size_t>(std::ceil(q * static_cast<double>(t.size())) - 1))];
-        };
-        s.time_us = sum / iters * 1e6;
-        s.p50_us = pct(0.5) * 1e6;
-        s.p99_us = pct(0.99) * 1e6;
-        s.algbw = s.time_us > 0 ? static_cast<double>(bytes) / (s.time_us * 1e-6) / 1e9 : 0;
-        s.busbw = s.algbw * bus_factor(op, p);
-        s.wrong = wrong;
-        s.run = true;
+        for (std::size_t a = 0; a < na; ++a) {
+          Sample& s = in_place ? row[a].ip : row[a].oop;
+          std::int64_t wrong = -1;
+          if (o.check && op != Collective::barrier) {
+            fill(op, o.type, o.redop, L, n, r, p, root < 0 ? 0 : root);
+            runners[a].call(op, L, n, root);
+            std::int64_t w = count_wrong(op, o.type, o.redop, L, n, r, p, root < 0 ? 0 : root);
+            ctl.allreduce(&w, &w, 1);
+            wrong = w;
+          }
+          std::vector<double> mine(2 * static_cast<std::size_t>(iters));
+          std::copy(entry[a].begin(), entry[a].end(), mine.begin());
+          std::copy(dur[a].begin(), dur[a].end(), mine.begin() + iters);
+          std::vector<double> all(mine.size() * static_cast<std::size_t>(p), 0);
+          ctl.allgather(mine, all);
+          // iteration k: the slowest rank's duration; skew = last entry - first entry.
+          std::vector<double> t(static_cast<std::size_t>(iters));
+          double sum = 0;
+          for (int k = 0; k < iters; ++k) {
+            double worst = 0, first = 1e300, last = -1e300;
+            int last_rank = 0;
+            for (int q = 0; q < p; ++q) {
+              const double* b = all.data() + static_cast<std::size_t>(q) * mine.size();
+              worst = std::max(worst, b[iters + k]);
+              first = std::min(first, b[k]);
+              if (b[k] > last) {
+                last = b[k];
+                last_rank = q;
+              }
+            }
+            t[static_cast<std::size_t>(k)] = worst;
+            sum += worst;
+            if (last - first > s.skew_us * 1e-6 || s.last_rank < 0) {
+              s.skew_us = (last - first) * 1e6;
+              s.last_rank = last_rank;
+            }
+          }
+          std::sort(t.begin(), t.end());
+          auto pct = [&](double q) {
+            return t[std::min(t.size() - 1, static_cast<std::size_t>(std::ceil(q * static_cast<double>(t.size())) - 1))];
+          };
+          s.time_us = sum / iters * 1e6;
+          s.p50_us = pct(0.5) * 1e6;
+          s.p99_us = pct(0.99) * 1e6;
+          s.algbw = s.time_us > 0 ? static_cast<double>(bytes) / (s.time_us * 1e-6) / 1e9 : 0;
+          s.busbw = s.algbw * bus_factor(op, p);
+          s.wrong = wrong;
+          s.run = true;
+        }
       }
-      if (r == 0 && !o.quiet) {
-        auto sm = [](const Sample& x, char* buf, std::size_t len) {
-          if (!x.run)
-            std::snprintf(buf, len, "%10s %7s %7s %6s", "n/a", "", "", "");
-          else if (x.wrong < 0)
-            std::snprintf(buf, len, "%10.2f %7.2f %7.2f %6s", x.time_us, x.algbw, x.busbw, "N/A");
-          else
-            std::snprintf(buf, len, "%10.2f %7.2f %7.2f %6lld", x.time_us, x.algbw, x.busbw,
-                          static_cast<long long>(x.wrong));
-        };
-        char a[96], b[96];
-        sm(row.oop, a, sizeof a);
-        sm(row.ip, b, sizeof b);
-        std::printf("%12zu %12zu %8s %6s %5d  %s  %s  %9.2f %9.2f %9.2f %9.2f %4d  %-14s %s\n", row.bytes, row.count,
-                    weft::dtype_name(row.type), wc::is_reduction(op) ? wc::reduce_op_name(row.redop) : "none",
-                    row.root, a, b, row.oop.p50_us, row.oop.p99_us, row.pred_us, row.oop.skew_us, row.oop.last_rank,
-                    wc::collective_name(op), row.chosen.c_str());
+      if (r == 0 && !o.quiet && na > 1) {
+        std::printf("# measured %-14s %12zu B\n", wc::collective_name(op), bytes);  // progress; tables follow
         std::fflush(stdout);
       }
-      if (r == 0) rows.push_back(row);
+      for (std::size_t a = 0; a < na; ++a) by_algo[a].push_back(std::move(row[a]));
     }
   }
-}
-
-void print_header(const Options& o, const char* tname, int p, Algo a) {
-  std::printf("#\n# weft-bench  transport %s  ranks %d  algorithm %s  iters %d  warmup %d  check %d\n#\n", tname, p,
-              name_of(a), o.iters, o.warmup, o.check);
-  std::printf("#%67s %-33s  %-33s  %-9s %-9s %-9s %-14s\n", "", "out-of-place", "in-place", "", "", "", "");
-  std::printf("# %10s %12s %8s %6s %5s  %10s %7s %7s %6s  %10s %7s %7s %6s  %9s %9s %9s %9s %4s  %-14s %s\n", "size",
-              "count", "type", "redop", "root", "time", "algbw", "busbw", "#wrong", "time", "algbw", "busbw",
-              "#wrong", "p50", "p99", "pred", "skew", "last", "op", "auto->");
-  std::printf("# %10s %12s %8s %6s %5s  %10s %7s %7s %6s  %10s %7s %7s %6s  %9s %9s %9s %9s %4s\n", "(B)",
-              "(elements)", "", "", "", "(us)", "(GB/s)", "(GB/s)", "", "(us)", "(GB/s)", "(GB/s)", "", "(us)", "(us)",
-              "(us)", "(us)", "");
-  std::fflush(stdout);
+  for (std::size_t a = 0; a < na; ++a) {
+    if (r == 0 && !o.quiet) {
+      print_header(o, tname, p, runners[a].algo);
+      for (const Row& w : by_algo[a]) print_row(w);
+      std::fflush(stdout);
+    }
+    if (r == 0) rows.insert(rows.end(), by_algo[a].begin(), by_algo[a].end());
+  }
 }
 
 // ------------------------------------------------------------ MPI's own ----
@@ -836,21 +878,28 @@ void with_policy(Algo a, const wc::CostModel& model, std::size_t chunk, F&& f) {
 
 template <class T>
 void run_all(T& t, const Options& o, const wc::CostModel& model, const char* tname, std::vector<Row>& rows) {
-  T ctl_t = t.split(0, t.rank(), wc::deadline_after(std::chrono::seconds(60)));
+  const auto dl = wc::deadline_after(std::chrono::seconds(60));
+  T ctl_t = t.split(0, t.rank(), dl);
   wc::Communicator<wc::Ring, T> ctl{ctl_t};
-  for (Algo a : o.algos) {
-    if (t.rank() == 0 && !o.quiet) print_header(o, tname, t.size(), a);
+  std::vector<Runner> runners;
+  for (Algo a : o.algos)
     with_policy<T>(a, model, o.chunk, [&](auto policy) {
       using P = decltype(policy);
-      wc::Communicator<P, T> comm{t, policy};
-      auto chosen = [&](Collective op, std::size_t bytes) -> std::string {
+      auto comm = std::make_shared<wc::Communicator<P, T>>(t.split(0, t.rank(), dl), policy);
+      Runner run;
+      run.algo = a;
+      run.owner = comm;
+      run.call = [c = comm.get(), &o](Collective op, const Layout& L, std::size_t n, int root) {
+        invoke(*c, op, o.type, o.redop, L, n, root);
+      };
+      run.chosen = [policy, size = t.size(), name = std::string(t.name())](Collective op, std::size_t bytes) {
         std::string c;
-        if constexpr (std::is_same_v<P, wc::Auto>) c = policy.choice(op, bytes, t.size(), t.name());
+        if constexpr (std::is_same_v<P, wc::Auto>) c = policy.choice(op, bytes, size, name);
         return c;
       };
-      measure(comm, ctl, a, tname, o, model, rows, chosen);
+      runners.push_back(std::move(run));
     });
-  }
+  measure(runners, ctl, tname, o, model, rows);
 }
 
 // ------------------------------------------------------------ reports ----
