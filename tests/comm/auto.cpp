@@ -217,6 +217,7 @@ TEST_CASE("an explicit model wins over WEFT_COST_MODEL; a bad WEFT_COST_MODEL is
   a.model = with_table();
   CHECK(std::string(a.choice(Collective::allreduce, 1 << 20, 2, "threads")) == "halving_doubling");
   REQUIRE(::setenv("WEFT_COST_MODEL", "/nonexistent/weft-cost.txt", 1) == 0);
-  CHECK_THROWS_WITH_AS(Auto{}, doctest::Contains("/nonexistent/weft-cost.txt"), weft::IoError);
+  CHECK_THROWS_WITH_AS(Auto{}.choice(Collective::allreduce, 8, 2), doctest::Contains("/nonexistent/weft-cost.txt"),
+                       weft::IoError);
   ::unsetenv("WEFT_COST_MODEL");
 }
