@@ -1142,9 +1142,11 @@ auto candidate_comms(T& t, const std::tuple<C...>& policies) {
 // A sample is one call's time on the slowest rank (what the run tables
 // report); the decision uses the median of 20 to 300 samples per candidate
 // (as many as fit in 512 MiB moved, at least max(20, -n)). Candidates are
-// interleaved: up to ten rounds, each visiting every candidate (rotating who
-// goes first) for a warm-up call and a run of timed calls, so a burst of load
-// from other processes lands on all candidates alike instead of on one.
+// interleaved: rounds that each visit every candidate (rotating who goes
+// first) for a warm-up call and at most five timed calls, so a burst of load
+// from other processes lands on all candidates alike instead of on one, and
+// each candidate is timed in short bursts after another ran, as in a run's
+// table and in a program that mixes sizes and ops.
 // Candidates within 3% of the fastest are a tie: the previous size's winner
 // is kept if it is among them (fewer, larger ranges), else the one first in
 // Auto's candidate order. The margin recorded is the runner-up's median over
@@ -1193,8 +1195,8 @@ std::vector<wc::Decision> decision_table(T& t, const Options& o) {
       const int samples = static_cast<int>(std::clamp<std::size_t>((std::size_t{512} << 20) / bytes,
                                                                    static_cast<std::size_t>(std::max(20, o.iters)),
                                                                    300));
-      const int rounds = std::min(samples, 10);
-      const int per_visit = (samples + rounds - 1) / rounds;
+      const int per_visit = std::min(samples, 5);
+      const int rounds = (samples + per_visit - 1) / per_visit;
       std::vector<std::vector<double>> mine(nc);
       const Layout L = layout(op, false, send.data(), recv.data(), n, es, r, root);
       fill(op, o.type, o.redop, L, n, r, p, root < 0 ? 0 : root);
