@@ -81,6 +81,7 @@ struct Options {
   std::string mode = "run";  // run | calibrate | project | memcpy
   std::size_t min_bytes = 8, max_bytes = std::size_t{32} << 20;
   bool max_given = false, ops_given = false;  // calibrate has its own defaults for -e and --op
+  bool table_only = false;  // calibrate: measure Auto's table, keep the file's constants
   double factor = 2;
   std::size_t step_bytes = 0;  // -i: additive step instead of -f
   int iters = 20, warmup = 5;
@@ -199,6 +200,7 @@ const char* usage_text =
     "      --ranks-per-node N  project: node size for the hierarchical projection (default 8)\n"
     "      --chunk SIZE        pipeline unit of ring, tree, halving_doubling, hierarchical (default: the policy's, 1M)\n"
     "      --bind core|none    thread transport: pin rank r to CPU r mod ncpu (default core, as mpirun binds)\n"
+    "      --table-only        calibrate: only Auto's table (keep the file's alpha, beta, gamma)\n"
     "  -q, --quiet             no table on stdout (files only)\n";
 
 Options parse(int argc, char** argv) {
@@ -276,6 +278,7 @@ Options parse(int argc, char** argv) {
     else if (a == "--bytes-budget") o.bytes_budget = parse_bytes(a, val());
     else if (a == "--ranks-per-node") o.ranks_per_node = static_cast<int>(parse_int(a, val(), 1, 1 << 20));
     else if (a == "-q" || a == "--quiet") o.quiet = true;
+    else if (a == "--table-only") o.table_only = true;
     else if (a == "--chunk") o.chunk = parse_bytes(a, val());
     else if (a == "--bind") {
       std::string b = val();
@@ -1378,7 +1381,11 @@ void run_mode(T& t, const Options& o, const char* section, wc::CostModel fallbac
       base.alpha_inter = wc::CostModel::mpi().alpha_inter;
       base.beta_inter = wc::CostModel::mpi().beta_inter;
     }
-    auto m = calibrate(t, o, base);
+    // Constants come from a ping-pong between ranks 0 and 1; with more ranks
+    // than cores the others' waiting skews them, so --table-only keeps them.
+    std::optional<wc::CostModel> m;
+    if (!o.table_only) m = calibrate(t, o, base);
+    else if (t.rank() == 0) m = base;
     auto table = decision_table(t, o);
     if (m) {
       m->decisions = std::move(table);
