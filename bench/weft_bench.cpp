@@ -1150,9 +1150,12 @@ auto candidate_comms(T& t, const std::tuple<C...>& policies) {
 // from other processes lands on all candidates alike instead of on one, and
 // each candidate is timed in short bursts after another ran, as in a run's
 // table and in a program that mixes sizes and ops.
-// Candidates within 3% of the fastest are a tie: the previous size's winner
-// is kept if it is among them (fewer, larger ranges), else the one first in
-// Auto's candidate order. The margin recorded is the runner-up's median over
+// Candidates whose median is within 3% of the fastest, or within two
+// standard errors of the difference (estimated from the interquartile
+// ranges), but never beyond 10%, are a tie: the previous size's winner is
+// kept if it is among them (fewer, larger ranges: a lone winner inside
+// another's region is more often noise than a regime), else the one first
+// in Auto's candidate order. The margin recorded is the runner-up's median over
 // the chosen one's.
 template <class T>
 std::vector<wc::Decision> decision_table(T& t, const Options& o) {
@@ -1167,7 +1170,6 @@ std::vector<wc::Decision> decision_table(T& t, const Options& o) {
   wc::Communicator<wc::Ring, T> ctl{ctl_t};
   auto cands = candidate_comms(t, au.candidates);
   const std::size_t nc = cands->count;
-  constexpr double tie = 1.03;
 
   const std::size_t es = weft::dtype_size(o.type);
   const auto all_sizes = sizes(o);
@@ -1177,9 +1179,9 @@ std::vector<wc::Decision> decision_table(T& t, const Options& o) {
   std::vector<wc::Decision> out;
   if (r == 0 && !o.quiet)
     std::printf("# Auto's table: median time per call (us, slowest rank) of each candidate, %d ranks\n"
-                "# %-14s %10s %12s %12s %12s %12s  %-18s %7s\n",
+                "# %-14s %10s %12s %12s %12s %12s  %-18s %7s %5s\n",
                 p, "op", "size", cands->names[0], nc > 1 ? cands->names[1] : "", nc > 2 ? cands->names[2] : "",
-                nc > 3 ? cands->names[3] : "", "chosen", "margin");
+                nc > 3 ? cands->names[3] : "", "chosen", "margin", "tie%");
 
   for (Collective op : o.ops) {
     if (op == Collective::barrier) continue;
@@ -1216,8 +1218,9 @@ std::vector<wc::Decision> decision_table(T& t, const Options& o) {
             }
           });
         }
-      // slowest rank per call, then the median per candidate
-      std::vector<double> median(nc);
+      // slowest rank per call, then the median per candidate and its standard
+      // error (from the interquartile range: robust to the preempted calls)
+      std::vector<double> median(nc), se(nc);
       for (std::size_t k = 0; k < nc; ++k) {
         std::vector<double> all(mine[k].size() * static_cast<std::size_t>(p));
         ctl.allgather(mine[k], all);
@@ -1225,18 +1228,27 @@ std::vector<wc::Decision> decision_table(T& t, const Options& o) {
         for (int q = 0; q < p; ++q)
           for (std::size_t i = 0; i < worst.size(); ++i)
             worst[i] = std::max(worst[i], all[static_cast<std::size_t>(q) * worst.size() + i]);
-        std::nth_element(worst.begin(), worst.begin() + static_cast<std::ptrdiff_t>(worst.size() / 2), worst.end());
-        median[k] = worst[worst.size() / 2];
+        std::sort(worst.begin(), worst.end());
+        const std::size_t m = worst.size();
+        median[k] = worst[m / 2];
+        se[k] = 0.93 * (worst[(3 * m) / 4] - worst[m / 4]) / std::sqrt(static_cast<double>(m));
       }
       std::size_t best = 0;
       for (std::size_t k = 1; k < nc; ++k)
         if (median[k] < median[best]) best = k;
+      // A tie: within 3%, or within two standard errors of the difference
+      // (a gap the samples cannot tell from noise), never beyond 10%.
+      auto band = [&](std::size_t k) {
+        const double noise = 2 * std::sqrt(se[k] * se[k] + se[best] * se[best]) / median[best];
+        return std::min(0.10, std::max(0.03, noise));
+      };
+      auto tied = [&](std::size_t k) { return median[k] <= median[best] * (1 + band(k)); };
       std::size_t pick = best;
-      if (prev < nc && median[prev] <= median[best] * tie) {
+      if (prev < nc && tied(prev)) {
         pick = prev;
       } else {
         for (std::size_t k = 0; k < nc; ++k)
-          if (median[k] <= median[best] * tie) {
+          if (tied(k)) {
             pick = k;
             break;
           }
@@ -1253,7 +1265,10 @@ std::vector<wc::Decision> decision_table(T& t, const Options& o) {
           if (k < nc) std::printf(" %12.2f", median[k] * 1e6);
           else std::printf(" %12s", "");
         }
-        std::printf("  %-18s %7.3f\n", cands->names[pick], margin);
+        double widest = 0;
+        for (std::size_t k = 0; k < nc; ++k)
+          if (k != best) widest = std::max(widest, band(k));
+        std::printf("  %-18s %7.3f %5.1f\n", cands->names[pick], margin, widest * 100);
         std::fflush(stdout);
       }
     }
