@@ -82,6 +82,7 @@ struct Options {
   std::size_t min_bytes = 8, max_bytes = std::size_t{32} << 20;
   bool max_given = false, ops_given = false;  // calibrate has its own defaults for -e and --op
   bool table_only = false;  // calibrate: measure Auto's table, keep the file's constants
+  int passes = 3;           // calibrate: sweeps over every size for Auto's table
   double factor = 2;
   std::size_t step_bytes = 0;  // -i: additive step instead of -f
   int iters = 20, warmup = 5;
@@ -201,6 +202,7 @@ const char* usage_text =
     "      --chunk SIZE        pipeline unit of ring, tree, halving_doubling, hierarchical (default: the policy's, 1M)\n"
     "      --bind core|none    thread transport: pin rank r to CPU r mod ncpu (default core, as mpirun binds)\n"
     "      --table-only        calibrate: only Auto's table (keep the file's alpha, beta, gamma)\n"
+    "      --passes N          calibrate: sweeps over every size for Auto's table (default 3)\n"
     "  -q, --quiet             no table on stdout (files only)\n";
 
 Options parse(int argc, char** argv) {
@@ -279,6 +281,7 @@ Options parse(int argc, char** argv) {
     else if (a == "--ranks-per-node") o.ranks_per_node = static_cast<int>(parse_int(a, val(), 1, 1 << 20));
     else if (a == "-q" || a == "--quiet") o.quiet = true;
     else if (a == "--table-only") o.table_only = true;
+    else if (a == "--passes") o.passes = static_cast<int>(parse_int(a, val(), 1, 100));
     else if (a == "--chunk") o.chunk = parse_bytes(a, val());
     else if (a == "--bind") {
       std::string b = val();
@@ -1137,26 +1140,28 @@ auto candidate_comms(T& t, const std::tuple<C...>& policies) {
 }
 
 // Times each of Auto's candidates at every size of -b .. -e (factor -f) for
-// every --op, and returns (on rank 0) the measured decisions: per size the
-// candidate with the smallest median time, sizes with the same winner merged
-// into one range, range boundaries at the geometric midpoint between
-// neighbouring sizes, the first range from 0 B and the last to no end.
+// every --op, and returns (on rank 0) the measured decisions, sizes with the
+// same winner merged into one range, range boundaries at the geometric
+// midpoint between neighbouring sizes, the first range from 0 B and the last
+// to no end.
 //
 // A sample is one call's time on the slowest rank (what the run tables
-// report); the decision uses the median of 20 to 300 samples per candidate
-// (as many as fit in 512 MiB moved, at least max(20, -n)). Candidates are
-// interleaved: rounds that each visit every candidate (rotating who goes
-// first) for a warm-up call and at most five timed calls, so a burst of load
-// from other processes lands on all candidates alike instead of on one, and
-// each candidate is timed in short bursts after another ran, as in a run's
-// table and in a program that mixes sizes and ops.
-// Candidates whose median is within 3% of the fastest, or within two
-// standard errors of the difference (estimated from the interquartile
-// ranges), but never beyond 10%, are a tie: the previous size's winner is
-// kept if it is among them (fewer, larger ranges: a lone winner inside
-// another's region is more often noise than a regime), else the one first
-// in Auto's candidate order. The margin recorded is the runner-up's median over
-// the chosen one's.
+// report). Candidates are interleaved: rounds that each visit every
+// candidate (rotating who goes first) for a warm-up call and at most five
+// timed calls, so a burst of load lands on all candidates alike, and each is
+// timed in short bursts after another ran, as in a run's table and in a
+// program that mixes sizes and ops. Each pass yields, per size, the median of
+// 12 to 200 samples per candidate (as many as move 256 MiB).
+//
+// The whole sweep runs --passes times (default 3), minutes apart on a slow
+// transport: a shared machine drifts between regimes (on the development
+// machine, 16 KiB ring and tree allreduces took 4 us in one minute and 9 to
+// 11 us in another, recursive doubling 4.4 and 7.6), and a choice must hold
+// in all of them. A candidate's score at a size is its worst ratio to the
+// fastest median over the passes; the lowest score wins. Scores within 3%
+// are a tie: the previous size's winner is kept if it is among them (fewer,
+// larger ranges), else the first in Auto's candidate order. The margin
+// recorded is the runner-up's score over the chosen one's.
 template <class T>
 std::vector<wc::Decision> decision_table(T& t, const Options& o) {
   const int p = t.size(), r = t.rank();
@@ -1170,57 +1175,56 @@ std::vector<wc::Decision> decision_table(T& t, const Options& o) {
   wc::Communicator<wc::Ring, T> ctl{ctl_t};
   auto cands = candidate_comms(t, au.candidates);
   const std::size_t nc = cands->count;
+  constexpr double tie = 1.03;
 
   const std::size_t es = weft::dtype_size(o.type);
   const auto all_sizes = sizes(o);
   std::size_t max_elems = 1;
   for (std::size_t b : all_sizes) max_elems = std::max(max_elems, (b + es - 1) / es);
   std::vector<std::byte> send((max_elems + static_cast<std::size_t>(p)) * es), recv(send.size());
-  std::vector<wc::Decision> out;
-  if (r == 0 && !o.quiet)
-    std::printf("# Auto's table: median time per call (us, slowest rank) of each candidate, %d ranks\n"
-                "# %-14s %10s %12s %12s %12s %12s  %-18s %7s %5s\n",
-                p, "op", "size", cands->names[0], nc > 1 ? cands->names[1] : "", nc > 2 ? cands->names[2] : "",
-                nc > 3 ? cands->names[3] : "", "chosen", "margin", "tie%");
 
+  struct Point {
+    Collective op;
+    std::size_t n, bytes;
+    std::vector<std::vector<double>> median;  // [pass][candidate], seconds
+  };
+  std::vector<Point> points;
   for (Collective op : o.ops) {
     if (op == Collective::barrier) continue;
-    const int root = wc::has_root(op) ? std::min(o.root, p - 1) : -1;
-    struct Point {
-      std::size_t bytes;
-      std::size_t pick, runner_up;
-      double margin;
-    };
-    std::vector<Point> points;
-    std::size_t prev = nc;  // previous size's winner (none yet)
     for (std::size_t S : all_sizes) {
       const std::size_t n = total_elems(op, 1, p) == 1 ? S / es : S / (es * static_cast<std::size_t>(p));
-      if (n == 0) continue;
-      const std::size_t bytes = total_elems(op, n, p) * es;
-      const int samples = static_cast<int>(std::clamp<std::size_t>((std::size_t{512} << 20) / bytes,
-                                                                   static_cast<std::size_t>(std::max(20, o.iters)),
-                                                                   300));
+      if (n > 0) points.push_back({op, n, total_elems(op, n, p) * es, {}});
+    }
+  }
+  for (int pass = 0; pass < o.passes; ++pass) {
+    if (r == 0 && !o.quiet) {
+      std::printf("# Auto's table: pass %d of %d\n", pass + 1, o.passes);
+      std::fflush(stdout);
+    }
+    for (Point& pt : points) {
+      const Collective op = pt.op;
+      const int root = wc::has_root(op) ? std::min(o.root, p - 1) : -1;
+      const int samples = static_cast<int>(std::clamp<std::size_t>((std::size_t{256} << 20) / pt.bytes, 12, 200));
       const int per_visit = std::min(samples, 5);
       const int rounds = (samples + per_visit - 1) / per_visit;
       std::vector<std::vector<double>> mine(nc);
-      const Layout L = layout(op, false, send.data(), recv.data(), n, es, r, root);
-      fill(op, o.type, o.redop, L, n, r, p, root < 0 ? 0 : root);
+      const Layout L = layout(op, false, send.data(), recv.data(), pt.n, es, r, root);
+      fill(op, o.type, o.redop, L, pt.n, r, p, root < 0 ? 0 : root);
       for (int round = 0; round < rounds; ++round)
         for (std::size_t v = 0; v < nc; ++v) {
           const std::size_t k = (v + static_cast<std::size_t>(round)) % nc;
           cands->with(k, [&](auto& comm) {
             ctl.barrier();
-            invoke(comm, op, o.type, o.redop, L, n, root);  // warm-up: this candidate's buffers and cache lines
+            invoke(comm, op, o.type, o.redop, L, pt.n, root);  // warm-up: this candidate's buffers and cache lines
             for (int i = 0; i < per_visit; ++i) {
               auto t0 = Clock::now();
-              invoke(comm, op, o.type, o.redop, L, n, root);
+              invoke(comm, op, o.type, o.redop, L, pt.n, root);
               mine[k].push_back(std::chrono::duration<double>(Clock::now() - t0).count());
             }
           });
         }
-      // slowest rank per call, then the median per candidate and its standard
-      // error (from the interquartile range: robust to the preempted calls)
-      std::vector<double> median(nc), se(nc);
+      // slowest rank per call, then the median per candidate
+      std::vector<double> median(nc);
       for (std::size_t k = 0; k < nc; ++k) {
         std::vector<double> all(mine[k].size() * static_cast<std::size_t>(p));
         ctl.allgather(mine[k], all);
@@ -1228,73 +1232,75 @@ std::vector<wc::Decision> decision_table(T& t, const Options& o) {
         for (int q = 0; q < p; ++q)
           for (std::size_t i = 0; i < worst.size(); ++i)
             worst[i] = std::max(worst[i], all[static_cast<std::size_t>(q) * worst.size() + i]);
-        std::sort(worst.begin(), worst.end());
-        const std::size_t m = worst.size();
-        median[k] = worst[m / 2];
-        se[k] = 0.93 * (worst[(3 * m) / 4] - worst[m / 4]) / std::sqrt(static_cast<double>(m));
+        std::nth_element(worst.begin(), worst.begin() + static_cast<std::ptrdiff_t>(worst.size() / 2), worst.end());
+        median[k] = worst[worst.size() / 2];
       }
-      std::size_t best = 0;
-      for (std::size_t k = 1; k < nc; ++k)
-        if (median[k] < median[best]) best = k;
-      // A tie: within 3%, or within two standard errors of the difference
-      // (a gap the samples cannot tell from noise), never beyond 10%.
-      auto band = [&](std::size_t k) {
-        const double noise = 2 * std::sqrt(se[k] * se[k] + se[best] * se[best]) / median[best];
-        return std::min(0.10, std::max(0.03, noise));
-      };
-      auto tied = [&](std::size_t k) { return median[k] <= median[best] * (1 + band(k)); };
-      std::size_t pick = best;
-      if (prev < nc && tied(prev)) {
-        pick = prev;
-      } else {
-        for (std::size_t k = 0; k < nc; ++k)
-          if (tied(k)) {
-            pick = k;
-            break;
-          }
-      }
-      std::size_t runner = pick == 0 ? 1 : 0;
-      for (std::size_t k = 0; k < nc; ++k)
-        if (k != pick && median[k] < median[runner]) runner = k;
-      const double margin = nc > 1 ? median[runner] / median[pick] : 1.0;
-      points.push_back({bytes, pick, nc > 1 ? runner : pick, margin});
-      prev = pick;
-      if (r == 0 && !o.quiet) {
-        std::printf("  %-14s %10zu", wc::collective_name(op), bytes);
-        for (std::size_t k = 0; k < 4; ++k) {
-          if (k < nc) std::printf(" %12.2f", median[k] * 1e6);
-          else std::printf(" %12s", "");
-        }
-        double widest = 0;
-        for (std::size_t k = 0; k < nc; ++k)
-          if (k != best) widest = std::max(widest, band(k));
-        std::printf("  %-18s %7.3f %5.1f\n", cands->names[pick], margin, widest * 100);
-        std::fflush(stdout);
-      }
-    }
-    for (std::size_t i = 0; i < points.size(); ++i) {
-      const Point& pt = points[i];
-      const std::size_t lo =
-          i == 0 ? 0
-                 : static_cast<std::size_t>(std::sqrt(static_cast<double>(points[i - 1].bytes) *
-                                                      static_cast<double>(pt.bytes))) + 1;
-      const std::size_t hi = i + 1 == points.size()
-                                 ? std::numeric_limits<std::size_t>::max()
-                                 : static_cast<std::size_t>(std::sqrt(static_cast<double>(pt.bytes) *
-                                                                      static_cast<double>(points[i + 1].bytes)));
-      if (!out.empty() && out.back().op == op && out.back().algorithm == cands->names[pt.pick]) {
-        wc::Decision& d = out.back();  // same winner as the size below: widen its range
-        d.max_bytes = hi;
-        if (pt.margin < d.margin) {
-          d.margin = pt.margin;
-          d.runner_up = cands->names[pt.runner_up];
-        }
-        continue;
-      }
-      out.push_back(wc::Decision{op, p, lo, hi, cands->names[pt.pick], pt.margin, cands->names[pt.runner_up]});
+      pt.median.push_back(std::move(median));
     }
   }
-  if (r != 0) out.clear();
+  if (r != 0) return {};
+
+  if (!o.quiet)
+    std::printf("# Auto's table, %d ranks: per candidate the median time per call (us, slowest rank) of each pass,\n"
+                "# then the score (worst ratio to the pass's fastest); the lowest score is chosen\n",
+                p);
+  std::vector<wc::Decision> out;
+  std::size_t prev = nc;  // previous size's pick (none yet)
+  for (std::size_t i = 0; i < points.size(); ++i) {
+    const Point& pt = points[i];
+    if (i > 0 && points[i - 1].op != pt.op) prev = nc;
+    std::vector<double> score(nc, 0.0);
+    for (const auto& m : pt.median) {
+      const double fastest = *std::min_element(m.begin(), m.end());
+      for (std::size_t k = 0; k < nc; ++k) score[k] = std::max(score[k], m[k] / fastest);
+    }
+    std::size_t best = 0;
+    for (std::size_t k = 1; k < nc; ++k)
+      if (score[k] < score[best]) best = k;
+    std::size_t pick = best;
+    if (prev < nc && score[prev] <= score[best] * tie) {
+      pick = prev;
+    } else {
+      for (std::size_t k = 0; k < nc; ++k)
+        if (score[k] <= score[best] * tie) {
+          pick = k;
+          break;
+        }
+    }
+    std::size_t runner = pick == 0 ? 1 : 0;
+    for (std::size_t k = 0; k < nc; ++k)
+      if (k != pick && score[k] < score[runner]) runner = k;
+    if (nc == 1) runner = pick;
+    const double margin = score[runner] / score[pick];
+    prev = pick;
+    if (!o.quiet) {
+      std::printf("  %-14s %10zu", wc::collective_name(pt.op), pt.bytes);
+      for (std::size_t k = 0; k < nc; ++k) {
+        std::printf("  %s", cands->names[k]);
+        for (const auto& m : pt.median) std::printf(" %.2f", m[k] * 1e6);
+        std::printf(" (%.2f)", score[k]);
+      }
+      std::printf("  -> %s, margin %.3f\n", cands->names[pick], margin);
+    }
+    const bool first = i == 0 || points[i - 1].op != pt.op;
+    const bool last = i + 1 == points.size() || points[i + 1].op != pt.op;
+    const double b = static_cast<double>(pt.bytes);
+    const std::size_t lo =
+        first ? 0 : static_cast<std::size_t>(std::sqrt(static_cast<double>(points[i - 1].bytes) * b)) + 1;
+    const std::size_t hi = last ? std::numeric_limits<std::size_t>::max()
+                                : static_cast<std::size_t>(std::sqrt(b * static_cast<double>(points[i + 1].bytes)));
+    if (!first && out.back().algorithm == cands->names[pick]) {
+      wc::Decision& d = out.back();  // same winner as the size below: widen its range
+      d.max_bytes = hi;
+      if (margin < d.margin) {
+        d.margin = margin;
+        d.runner_up = cands->names[runner];
+      }
+      continue;
+    }
+    out.push_back(wc::Decision{pt.op, p, lo, hi, cands->names[pick], margin, cands->names[runner]});
+  }
+  std::fflush(stdout);
   return out;
 }
 
