@@ -1153,12 +1153,15 @@ auto candidate_comms(T& t, const std::tuple<C...>& policies) {
 // program that mixes sizes and ops. Each pass yields, per size, the median of
 // 12 to 200 samples per candidate (as many as move 256 MiB).
 //
-// The whole sweep runs --passes times (default 3), minutes apart on a slow
-// transport: a shared machine drifts between regimes (on the development
-// machine, 16 KiB ring and tree allreduces took 4 us in one minute and 9 to
-// 11 us in another, recursive doubling 4.4 and 7.6), and a choice must hold
-// in all of them. A candidate's score at a size is its worst ratio to the
-// fastest median over the passes; the lowest score wins. Scores within 3%
+// The whole sweep (every op and size) runs --passes times (default 3), so
+// the passes lie a sweep's duration apart: a shared machine drifts between
+// regimes (16 KiB allreduces over MPI on the development machine: ring, tree
+// and recursive doubling took 9.0, 11.2 and 6.8 us in one calibration, 4.9,
+// 4.3 and 4.4 us in the next, minutes later), and a choice must hold in all
+// of them. A candidate's score at a size is its worst ratio to the
+// fastest median over the passes, leaving out its single worst pass when
+// there are three or more (a burst of load can still land on one
+// candidate's turns in one pass); the lowest score wins. Scores within 3%
 // are a tie: the previous size's winner is kept if it is among them (fewer,
 // larger ranges), else the first in Auto's candidate order. The margin
 // recorded is the runner-up's score over the chosen one's.
@@ -1242,7 +1245,8 @@ std::vector<wc::Decision> decision_table(T& t, const Options& o) {
 
   if (!o.quiet)
     std::printf("# Auto's table, %d ranks: per candidate the median time per call (us, slowest rank) of each pass,\n"
-                "# then the score (worst ratio to the pass's fastest); the lowest score is chosen\n",
+                "# then the score (worst ratio to the pass's fastest, the worst pass left out from 3 passes on);\n"
+                "# the lowest score is chosen\n",
                 p);
   std::vector<wc::Decision> out;
   std::size_t prev = nc;  // previous size's pick (none yet)
@@ -1250,9 +1254,11 @@ std::vector<wc::Decision> decision_table(T& t, const Options& o) {
     const Point& pt = points[i];
     if (i > 0 && points[i - 1].op != pt.op) prev = nc;
     std::vector<double> score(nc, 0.0);
-    for (const auto& m : pt.median) {
-      const double fastest = *std::min_element(m.begin(), m.end());
-      for (std::size_t k = 0; k < nc; ++k) score[k] = std::max(score[k], m[k] / fastest);
+    for (std::size_t k = 0; k < nc; ++k) {
+      std::vector<double> ratio;
+      for (const auto& m : pt.median) ratio.push_back(m[k] / *std::min_element(m.begin(), m.end()));
+      std::sort(ratio.begin(), ratio.end(), std::greater<>());
+      score[k] = ratio[ratio.size() >= 3 ? 1 : 0];  // from three passes on, one outlying pass is dropped
     }
     std::size_t best = 0;
     for (std::size_t k = 1; k < nc; ++k)
