@@ -202,7 +202,7 @@ inline void CostFile::save(const std::string& path) const {
         << '\n';
     if (m.decisions.empty()) continue;
     out << "# Auto's measured choices: decide OP RANKS FROM_BYTES TO_BYTES ALGORITHM MARGIN RUNNER_UP\n"
-           "# (margin: the runner-up's median time over the winner's)\n";
+           "# (margin: how much slower the runner-up measured than the choice, as a ratio)\n";
     std::vector<const Decision*> ds;
     for (const Decision& d : m.decisions) ds.push_back(&d);
     std::stable_sort(ds.begin(), ds.end(), [](const Decision* a, const Decision* b) {

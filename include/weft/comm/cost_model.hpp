@@ -25,9 +25,10 @@
 namespace weft::comm {
 
 // A measured choice: for `op` at `ranks` ranks and S in [min_bytes,
-// max_bytes], `algorithm` had the smallest median time. margin is the
-// runner-up's median over the winner's (1.0 is a tie, broken by candidate
-// order): how much the choice matters.
+// max_bytes], `algorithm` measured fastest. margin is how much slower the
+// runner-up measured, as a ratio (weft-bench calibrate: its worst-case ratio
+// to the fastest over the passes, over the chosen one's; near 1.0 the choice
+// hardly matters): informational, Auto does not read it.
 struct Decision {
   Collective op = Collective::allreduce;
   int ranks = 0;
