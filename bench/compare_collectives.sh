@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # f32 sum allreduce at 2 ranks, 8 B .. 256 MiB, in one run: weft on the thread
-# and MPI transports (every policy, Auto with constants calibrated in this
-# run), MPI_Allreduce, Gloo (ring, halving-doubling over TCP loopback) and
+# and MPI transports (every policy, and Auto with the constants and the
+# measured decision table calibrated at the start of this run),
+# MPI_Allreduce, Gloo (ring, halving-doubling over TCP loopback) and
 # torch.distributed (gloo backend), plus memcpy bandwidth. Prints the busbw
 # table with ratios, the Auto-vs-best tables, a scaling projection, writes
 # CSV/JSON/PNG under $OUT, and ends with:
@@ -26,7 +27,10 @@ NP=${NP:-2}
 OUT=${OUT:-$WEFT_BUILD/collectives}
 mkdir -p "$OUT"
 BENCH=$WEFT_BUILD/bench/weft-bench
-MODEL=$OUT/cost-model.txt
+# Calibrate into a fresh file, so no table from an earlier run (or another
+# machine) decides; it is kept as $OUT/cost-model.txt afterwards.
+MODEL=$(mktemp "${TMPDIR:-/tmp}/weft-cost-model.XXXXXX")
+trap 'rm -f "$MODEL"' EXIT
 COMMON=(-b 8 -e "$MAXBYTES" -f 2 -n "$ITERS" -w "$WARMUP" --bytes-budget "$BUDGET" -c 1)
 MPIRUN=(mpirun -np "$NP")
 [ "$NP" -gt "$(nproc)" ] && MPIRUN+=(--oversubscribe)
@@ -34,10 +38,12 @@ MPIRUN=(mpirun -np "$NP")
 echo "== memcpy"
 memcpy=$("$BENCH" memcpy -e 64M | tee /dev/stderr | awk '/^memcpy_GBps:/ {print $2}')
 
-echo "== calibrate (threads, then MPI)"
+echo "== calibrate (threads, then MPI): constants, and Auto's table over the sizes run below"
 rm -f "$MODEL"
-"$BENCH" calibrate --np "$NP" --model "$MODEL"
-"${MPIRUN[@]}" "$BENCH" calibrate --transport mpi --model "$MODEL"
+CAL=(-b 8 -e "$MAXBYTES" -f 2 --op allreduce --model "$MODEL")
+"$BENCH" calibrate --np "$NP" "${CAL[@]}"
+"${MPIRUN[@]}" "$BENCH" calibrate --transport mpi "${CAL[@]}"
+cp "$MODEL" "$OUT/cost-model.txt"
 cat "$MODEL"
 
 echo "== weft, thread transport"

@@ -26,11 +26,14 @@
 #include <fstream>
 #include <functional>
 #include <iostream>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include <pthread.h>
@@ -45,13 +48,13 @@
 #include <weft/comm/algorithm/ring.hpp>
 #include <weft/comm/algorithm/tree.hpp>
 #include <weft/comm/communicator.hpp>
+#include <weft/comm/cost_file.hpp>
 #include <weft/comm/run_local.hpp>
 #if WEFT_BENCH_MPI
 #include <weft/comm/transport/mpi.hpp>
 #endif
 
 #include "weft_bench/codec.hpp"
-#include "weft_bench/cost_file.hpp"
 
 #ifndef WEFT_BENCH_MPI
 #define WEFT_BENCH_MPI 0
@@ -79,6 +82,9 @@ const char* name_of(Algo a) { return algo_names[static_cast<int>(a)]; }
 struct Options {
   std::string mode = "run";  // run | calibrate | project | memcpy
   std::size_t min_bytes = 8, max_bytes = std::size_t{32} << 20;
+  bool max_given = false, ops_given = false;  // calibrate has its own defaults for -e and --op
+  bool table_only = false;  // calibrate: measure Auto's table, keep the file's constants
+  int passes = 3;           // calibrate: sweeps over every size for Auto's table
   double factor = 2;
   std::size_t step_bytes = 0;  // -i: additive step instead of -f
   int iters = 20, warmup = 5;
@@ -174,6 +180,8 @@ Algo parse_algo(const std::string& v) {
 
 const char* usage_text =
     "usage: weft-bench [calibrate|project|memcpy] [options]\n"
+    "  calibrate: fit alpha, beta, gamma and time Auto's candidates at every size (-b .. -e, default\n"
+    "  8 .. 64M; --op, default allreduce,reduce_scatter,allgather,reduce) into --model FILE\n"
     "  -b, --minbytes SIZE     smallest size (default 8; suffixes K, M, G)\n"
     "  -e, --maxbytes SIZE     largest size (default 32M)\n"
     "  -f, --stepfactor F      multiply the size by F each step (default 2)\n"
@@ -199,6 +207,8 @@ const char* usage_text =
     "      --codec LIST        compressed allreduce: none, f16, bf16, int8[:chunk], topk[:fraction],\n"
     "                          randomk[:fraction], sign, powersgd[:rank]; prints bytes on the wire,\n"
     "                          compression ratio and effective busbw (weft_bench/codec.hpp)\n"
+    "      --table-only        calibrate: only Auto's table (keep the file's alpha, beta, gamma)\n"
+    "      --passes N          calibrate: sweeps over every size for Auto's table (default 3)\n"
     "  -q, --quiet             no table on stdout (files only)\n";
 
 Options parse(int argc, char** argv) {
@@ -227,7 +237,10 @@ Options parse(int argc, char** argv) {
       std::cout << usage_text;
       std::exit(0);
     } else if (a == "-b" || a == "--minbytes") o.min_bytes = parse_bytes(a, val());
-    else if (a == "-e" || a == "--maxbytes") o.max_bytes = parse_bytes(a, val());
+    else if (a == "-e" || a == "--maxbytes") {
+      o.max_bytes = parse_bytes(a, val());
+      o.max_given = true;
+    }
     else if (a == "-f" || a == "--stepfactor") {
       std::string s = val();
       char* end = nullptr;
@@ -242,6 +255,7 @@ Options parse(int argc, char** argv) {
     else if (a == "-r" || a == "--root") o.root = static_cast<int>(parse_int(a, val(), 0, 1 << 20));
     else if (a == "--op") {
       o.ops.clear();
+      o.ops_given = true;
       for (auto& s : split_list(val())) {
         if (s == "all") {
           for (int k = 0; k <= static_cast<int>(Collective::barrier); ++k) o.ops.push_back(static_cast<Collective>(k));
@@ -272,6 +286,8 @@ Options parse(int argc, char** argv) {
     else if (a == "--bytes-budget") o.bytes_budget = parse_bytes(a, val());
     else if (a == "--ranks-per-node") o.ranks_per_node = static_cast<int>(parse_int(a, val(), 1, 1 << 20));
     else if (a == "-q" || a == "--quiet") o.quiet = true;
+    else if (a == "--table-only") o.table_only = true;
+    else if (a == "--passes") o.passes = static_cast<int>(parse_int(a, val(), 1, 100));
     else if (a == "--chunk") o.chunk = parse_bytes(a, val());
     else if (a == "--codec") o.codecs = split_list(val());
     else if (a == "--bind") {
@@ -280,6 +296,14 @@ Options parse(int argc, char** argv) {
       o.bind = b == "core";
     }
     else throw UsageError("unknown option '" + a + "' (see --help)");
+  }
+  if (o.mode == "calibrate") {
+    // Auto's table: the ops whose candidates run different schedules (for
+    // broadcast, gather, scatter, alltoall and barrier, ring, tree, recursive
+    // doubling and halving-doubling share one implementation), up to 64 MiB.
+    if (!o.max_given) o.max_bytes = std::size_t{64} << 20;
+    if (!o.ops_given)
+      o.ops = {Collective::allreduce, Collective::reduce_scatter, Collective::allgather, Collective::reduce};
   }
   if (o.min_bytes > o.max_bytes) throw UsageError("-b/--minbytes is larger than -e/--maxbytes");
   for (Algo a : o.algos)
@@ -551,19 +575,68 @@ double predicted(Algo a, Collective op, std::size_t bytes, int p, const wc::Cost
   return 0;
 }
 
-// Runs every (op, size, placement) of one algorithm. `ctl` is a Ring
-// communicator on a separate transport group that gathers timings and counts.
-template <class Comm, class Ctl>
-void measure(Comm& comm, Ctl& ctl, Algo algo, const char* tname, const Options& o, const wc::CostModel& model,
-             std::vector<Row>& rows, const std::function<std::string(Collective, std::size_t)>& chosen) {
-  const int p = comm.size(), r = comm.rank();
+void print_header(const Options& o, const char* tname, int p, Algo a) {
+  std::printf("#\n# weft-bench  transport %s  ranks %d  algorithm %s  iters %d  warmup %d  check %d\n#\n", tname, p,
+              name_of(a), o.iters, o.warmup, o.check);
+  std::printf("#%67s %-33s  %-33s  %-9s %-9s %-9s %-14s\n", "", "out-of-place", "in-place", "", "", "", "");
+  std::printf("# %10s %12s %8s %6s %5s  %10s %7s %7s %6s  %10s %7s %7s %6s  %9s %9s %9s %9s %4s  %-14s %s\n", "size",
+              "count", "type", "redop", "root", "time", "algbw", "busbw", "#wrong", "time", "algbw", "busbw",
+              "#wrong", "p50", "p99", "pred", "skew", "last", "op", "auto->");
+  std::printf("# %10s %12s %8s %6s %5s  %10s %7s %7s %6s  %10s %7s %7s %6s  %9s %9s %9s %9s %4s\n", "(B)",
+              "(elements)", "", "", "", "(us)", "(GB/s)", "(GB/s)", "", "(us)", "(GB/s)", "(GB/s)", "", "(us)", "(us)",
+              "(us)", "(us)", "");
+  std::fflush(stdout);
+}
+
+// One selected algorithm: its communicator (on its own split of the
+// transport) behind a call that runs one collective, so the measurement loop
+// can alternate between algorithms of different policy types.
+struct Runner {
+  Algo algo = Algo::ring;
+  std::shared_ptr<void> owner;  // the communicator
+  std::function<void(Collective, const Layout&, std::size_t, int)> call;
+  std::function<std::string(Collective, std::size_t)> chosen;  // Auto's pick, "" for the others
+};
+
+void print_row(const Row& row) {
+  auto sm = [](const Sample& x, char* buf, std::size_t len) {
+    if (!x.run)
+      std::snprintf(buf, len, "%10s %7s %7s %6s", "n/a", "", "", "");
+    else if (x.wrong < 0)
+      std::snprintf(buf, len, "%10.2f %7.2f %7.2f %6s", x.time_us, x.algbw, x.busbw, "N/A");
+    else
+      std::snprintf(buf, len, "%10.2f %7.2f %7.2f %6lld", x.time_us, x.algbw, x.busbw,
+                    static_cast<long long>(x.wrong));
+  };
+  char a[96], b[96];
+  sm(row.oop, a, sizeof a);
+  sm(row.ip, b, sizeof b);
+  std::printf("%12zu %12zu %8s %6s %5d  %s  %s  %9.2f %9.2f %9.2f %9.2f %4d  %-14s %s\n", row.bytes, row.count,
+              weft::dtype_name(row.type), wc::is_reduction(row.op) ? wc::reduce_op_name(row.redop) : "none", row.root, a,
+              b, row.oop.p50_us, row.oop.p99_us, row.pred_us, row.oop.skew_us, row.oop.last_rank,
+              wc::collective_name(row.op), row.chosen.c_str());
+}
+
+// Runs every (op, size, placement) of every selected algorithm. The
+// algorithms take turns at each size: the iterations of one (op, size,
+// placement) are split into up to five rounds, each round running every
+// algorithm (rotating who goes first, one warm-up call each) for its share,
+// so load from other processes and the state of the shared buffers fall on
+// all algorithms alike and their medians can be compared within the run.
+// `ctl` is a Ring communicator on a separate transport group that gathers
+// timings and counts.
+template <class Ctl>
+void measure(std::vector<Runner>& runners, Ctl& ctl, const char* tname, const Options& o,
+             const wc::CostModel& model, std::vector<Row>& rows) {
+  const int p = ctl.size(), r = ctl.rank();
+  const std::size_t na = runners.size();
   const std::size_t es = weft::dtype_size(o.type);
   const auto all_sizes = sizes(o);
   std::size_t max_elems = 0;
   for (std::size_t b : all_sizes) max_elems = std::max(max_elems, (b + es - 1) / es);
   max_elems = std::max<std::size_t>(max_elems, 1) + static_cast<std::size_t>(p);
   std::vector<std::byte> send(max_elems * es), recv(max_elems * es);
-  std::vector<double> entry, dur, all;
+  std::vector<std::vector<Row>> by_algo(na);
 
   for (Collective op : o.ops) {
     const bool rooted = wc::has_root(op);
@@ -578,120 +651,113 @@ void measure(Comm& comm, Ctl& ctl, Algo algo, const char* tname, const Options& 
         if (n == 0) continue;
       }
       const std::size_t bytes = total_elems(op, n, p) * es;
-      Row row;
-      row.transport = tname;
-      row.algo = name_of(algo);
-      row.op = op;
-      row.type = o.type;
-      row.redop = o.redop;
-      row.root = root;
-      row.ranks = p;
-      row.bytes = bytes;
-      row.count = n;
-      row.pred_us = predicted(algo, op, bytes, p, model) * 1e6;
-      if (algo == Algo::automatic) row.chosen = chosen(op, bytes);
       const int iters = static_cast<int>(std::clamp<std::size_t>(o.bytes_budget / std::max<std::size_t>(bytes, 1), 3,
                                                                  static_cast<std::size_t>(o.iters)));
       const int warm = std::min(o.warmup, std::max(1, iters / 2));
-      row.iters = iters;
+      const int rounds = std::min(iters, 5);
+      std::vector<Row> row(na);
+      for (std::size_t a = 0; a < na; ++a) {
+        Row& w = row[a];
+        w.transport = tname;
+        w.algo = name_of(runners[a].algo);
+        w.op = op;
+        w.type = o.type;
+        w.redop = o.redop;
+        w.root = root;
+        w.ranks = p;
+        w.bytes = bytes;
+        w.count = n;
+        w.pred_us = predicted(runners[a].algo, op, bytes, p, model) * 1e6;
+        w.chosen = runners[a].chosen(op, bytes);
+        w.iters = iters;
+      }
       for (int placement = 0; placement < 2; ++placement) {
         const bool in_place = placement == 1;
-        Sample& s = in_place ? row.ip : row.oop;
-        Layout L = layout(op, in_place, send.data(), recv.data(), n, es, r, root);
+        const Layout L = layout(op, in_place, send.data(), recv.data(), n, es, r, root);
         fill(op, o.type, o.redop, L, n, r, p, root < 0 ? 0 : root);
-        for (int k = 0; k < warm; ++k) invoke(comm, op, o.type, o.redop, L, n, root);
-        entry.assign(static_cast<std::size_t>(iters), 0);
-        dur.assign(static_cast<std::size_t>(iters), 0);
-        ctl.barrier();
-        for (int k = 0; k < iters; ++k) {
-          auto t0 = Clock::now();
-          invoke(comm, op, o.type, o.redop, L, n, root);
-          auto t1 = Clock::now();
-          entry[static_cast<std::size_t>(k)] = seconds_since_boot(t0);
-          dur[static_cast<std::size_t>(k)] = std::chrono::duration<double>(t1 - t0).count();
-        }
-        std::int64_t wrong = -1;
-        if (o.check && op != Collective::barrier) {
-          fill(op, o.type, o.redop, L, n, r, p, root < 0 ? 0 : root);
-          invoke(comm, op, o.type, o.redop, L, n, root);
-          std::int64_t w = count_wrong(op, o.type, o.redop, L, n, r, p, root < 0 ? 0 : root);
-          ctl.allreduce(&w, &w, 1);
-          wrong = w;
-        }
-        std::vector<double> mine(2 * static_cast<std::size_t>(iters));
-        std::copy(entry.begin(), entry.end(), mine.begin());
-        std::copy(dur.begin(), dur.end(), mine.begin() + iters);
-        all.assign(mine.size() * static_cast<std::size_t>(p), 0);
-        ctl.allgather(mine, all);
-        // iteration k: the slowest rank's duration; skew = last entry - first entry.
-        std::vector<double> t(static_cast<std::size_t>(iters));
-        double sum = 0;
-        for (int k = 0; k < iters; ++k) {
-          double worst = 0, first = 1e300, last = -1e300;
-          int last_rank = 0;
-          for (int q = 0; q < p; ++q) {
-            const double* b = all.data() + static_cast<std::size_t>(q) * mine.size();
-            worst = std::max(worst, b[iters + k]);
-            first = std::min(first, b[k]);
-            if (b[k] > last) {
-              last = b[k];
-              last_rank = q;
+        std::vector<std::vector<double>> entry(na, std::vector<double>(static_cast<std::size_t>(iters))),
+            dur(na, std::vector<double>(static_cast<std::size_t>(iters)));
+        for (int round = 0, done = 0; round < rounds; ++round) {
+          const int share = (iters - done) / (rounds - round);
+          for (std::size_t v = 0; v < na; ++v) {
+            const std::size_t a = (v + static_cast<std::size_t>(round)) % na;
+            for (int k = 0; k < (round == 0 ? warm : 1); ++k) runners[a].call(op, L, n, root);
+            ctl.barrier();
+            for (int k = done; k < done + share; ++k) {
+              auto t0 = Clock::now();
+              runners[a].call(op, L, n, root);
+              auto t1 = Clock::now();
+              entry[a][static_cast<std::size_t>(k)] = seconds_since_boot(t0);
+              dur[a][static_cast<std::size_t>(k)] = std::chrono::duration<double>(t1 - t0).count();
             }
           }
-          t[static_cast<std::size_t>(k)] = worst;
-          sum += worst;
-          if (last - first > s.skew_us * 1e-6 || s.last_rank < 0) {
-            s.skew_us = (last - first) * 1e6;
-            s.last_rank = last_rank;
-          }
+          done += share;
         }
-        std::sort(t.begin(), t.end());
-        auto pct = [&](double q) {
-          return t[std::min(t.size() - 1, static_cast<std::size_t>(std::ceil(q * static_cast<double>(t.size())) - 1))];
-        };
-        s.time_us = sum / iters * 1e6;
-        s.p50_us = pct(0.5) * 1e6;
-        s.p99_us = pct(0.99) * 1e6;
-        s.algbw = s.time_us > 0 ? static_cast<double>(bytes) / (s.time_us * 1e-6) / 1e9 : 0;
-        s.busbw = s.algbw * bus_factor(op, p);
-        s.wrong = wrong;
-        s.run = true;
+        for (std::size_t a = 0; a < na; ++a) {
+          Sample& s = in_place ? row[a].ip : row[a].oop;
+          std::int64_t wrong = -1;
+          if (o.check && op != Collective::barrier) {
+            fill(op, o.type, o.redop, L, n, r, p, root < 0 ? 0 : root);
+            runners[a].call(op, L, n, root);
+            std::int64_t w = count_wrong(op, o.type, o.redop, L, n, r, p, root < 0 ? 0 : root);
+            ctl.allreduce(&w, &w, 1);
+            wrong = w;
+          }
+          std::vector<double> mine(2 * static_cast<std::size_t>(iters));
+          std::copy(entry[a].begin(), entry[a].end(), mine.begin());
+          std::copy(dur[a].begin(), dur[a].end(), mine.begin() + iters);
+          std::vector<double> all(mine.size() * static_cast<std::size_t>(p), 0);
+          ctl.allgather(mine, all);
+          // iteration k: the slowest rank's duration; skew = last entry - first entry.
+          std::vector<double> t(static_cast<std::size_t>(iters));
+          double sum = 0;
+          for (int k = 0; k < iters; ++k) {
+            double worst = 0, first = 1e300, last = -1e300;
+            int last_rank = 0;
+            for (int q = 0; q < p; ++q) {
+              const double* b = all.data() + static_cast<std::size_t>(q) * mine.size();
+              worst = std::max(worst, b[iters + k]);
+              first = std::min(first, b[k]);
+              if (b[k] > last) {
+                last = b[k];
+                last_rank = q;
+              }
+            }
+            t[static_cast<std::size_t>(k)] = worst;
+            sum += worst;
+            if (last - first > s.skew_us * 1e-6 || s.last_rank < 0) {
+              s.skew_us = (last - first) * 1e6;
+              s.last_rank = last_rank;
+            }
+          }
+          std::sort(t.begin(), t.end());
+          auto pct = [&](double q) {
+            return t[std::min(t.size() - 1, static_cast<std::size_t>(std::ceil(q * static_cast<double>(t.size())) - 1))];
+          };
+          s.time_us = sum / iters * 1e6;
+          s.p50_us = pct(0.5) * 1e6;
+          s.p99_us = pct(0.99) * 1e6;
+          s.algbw = s.time_us > 0 ? static_cast<double>(bytes) / (s.time_us * 1e-6) / 1e9 : 0;
+          s.busbw = s.algbw * bus_factor(op, p);
+          s.wrong = wrong;
+          s.run = true;
+        }
       }
-      if (r == 0 && !o.quiet) {
-        auto sm = [](const Sample& x, char* buf, std::size_t len) {
-          if (!x.run)
-            std::snprintf(buf, len, "%10s %7s %7s %6s", "n/a", "", "", "");
-          else if (x.wrong < 0)
-            std::snprintf(buf, len, "%10.2f %7.2f %7.2f %6s", x.time_us, x.algbw, x.busbw, "N/A");
-          else
-            std::snprintf(buf, len, "%10.2f %7.2f %7.2f %6lld", x.time_us, x.algbw, x.busbw,
-                          static_cast<long long>(x.wrong));
-        };
-        char a[96], b[96];
-        sm(row.oop, a, sizeof a);
-        sm(row.ip, b, sizeof b);
-        std::printf("%12zu %12zu %8s %6s %5d  %s  %s  %9.2f %9.2f %9.2f %9.2f %4d  %-14s %s\n", row.bytes, row.count,
-                    weft::dtype_name(row.type), wc::is_reduction(op) ? wc::reduce_op_name(row.redop) : "none",
-                    row.root, a, b, row.oop.p50_us, row.oop.p99_us, row.pred_us, row.oop.skew_us, row.oop.last_rank,
-                    wc::collective_name(op), row.chosen.c_str());
+      if (r == 0 && !o.quiet && na > 1) {
+        std::printf("# measured %-14s %12zu B\n", wc::collective_name(op), bytes);  // progress; tables follow
         std::fflush(stdout);
       }
-      if (r == 0) rows.push_back(row);
+      for (std::size_t a = 0; a < na; ++a) by_algo[a].push_back(std::move(row[a]));
     }
   }
-}
-
-void print_header(const Options& o, const char* tname, int p, Algo a) {
-  std::printf("#\n# weft-bench  transport %s  ranks %d  algorithm %s  iters %d  warmup %d  check %d\n#\n", tname, p,
-              name_of(a), o.iters, o.warmup, o.check);
-  std::printf("#%67s %-33s  %-33s  %-9s %-9s %-9s %-14s\n", "", "out-of-place", "in-place", "", "", "", "");
-  std::printf("# %10s %12s %8s %6s %5s  %10s %7s %7s %6s  %10s %7s %7s %6s  %9s %9s %9s %9s %4s  %-14s %s\n", "size",
-              "count", "type", "redop", "root", "time", "algbw", "busbw", "#wrong", "time", "algbw", "busbw",
-              "#wrong", "p50", "p99", "pred", "skew", "last", "op", "auto->");
-  std::printf("# %10s %12s %8s %6s %5s  %10s %7s %7s %6s  %10s %7s %7s %6s  %9s %9s %9s %9s %4s\n", "(B)",
-              "(elements)", "", "", "", "(us)", "(GB/s)", "(GB/s)", "", "(us)", "(GB/s)", "(GB/s)", "", "(us)", "(us)",
-              "(us)", "(us)", "");
-  std::fflush(stdout);
+  for (std::size_t a = 0; a < na; ++a) {
+    if (r == 0 && !o.quiet) {
+      print_header(o, tname, p, runners[a].algo);
+      for (const Row& w : by_algo[a]) print_row(w);
+      std::fflush(stdout);
+    }
+    if (r == 0) rows.insert(rows.end(), by_algo[a].begin(), by_algo[a].end());
+  }
 }
 
 // ------------------------------------------------------------ MPI's own ----
@@ -825,21 +891,28 @@ void with_policy(Algo a, const wc::CostModel& model, std::size_t chunk, F&& f) {
 
 template <class T>
 void run_all(T& t, const Options& o, const wc::CostModel& model, const char* tname, std::vector<Row>& rows) {
-  T ctl_t = t.split(0, t.rank(), wc::deadline_after(std::chrono::seconds(60)));
+  const auto dl = wc::deadline_after(std::chrono::seconds(60));
+  T ctl_t = t.split(0, t.rank(), dl);
   wc::Communicator<wc::Ring, T> ctl{ctl_t};
-  for (Algo a : o.algos) {
-    if (t.rank() == 0 && !o.quiet) print_header(o, tname, t.size(), a);
+  std::vector<Runner> runners;
+  for (Algo a : o.algos)
     with_policy<T>(a, model, o.chunk, [&](auto policy) {
       using P = decltype(policy);
-      wc::Communicator<P, T> comm{t, policy};
-      auto chosen = [&](Collective op, std::size_t bytes) -> std::string {
+      auto comm = std::make_shared<wc::Communicator<P, T>>(t.split(0, t.rank(), dl), policy);
+      Runner run;
+      run.algo = a;
+      run.owner = comm;
+      run.call = [c = comm.get(), &o](Collective op, const Layout& L, std::size_t n, int root) {
+        invoke(*c, op, o.type, o.redop, L, n, root);
+      };
+      run.chosen = [policy, size = t.size(), name = std::string(t.name())](Collective op, std::size_t bytes) {
         std::string c;
-        if constexpr (std::is_same_v<P, wc::Auto>) c = policy.choice(op, bytes, t.size());
+        if constexpr (std::is_same_v<P, wc::Auto>) c = policy.choice(op, bytes, size, name);
         return c;
       };
-      measure(comm, ctl, a, tname, o, model, rows, chosen);
+      runners.push_back(std::move(run));
     });
-  }
+  measure(runners, ctl, tname, o, model, rows);
 }
 
 // ------------------------------------------------------------ reports ----
@@ -1041,6 +1114,209 @@ std::optional<wc::CostModel> calibrate(T& t, const Options& o, wc::CostModel bas
   return m;
 }
 
+// ------------------------------------------------------------ Auto's table ----
+
+// One communicator per candidate of Auto, each on its own split of the
+// transport, so the candidates can be timed in alternation without sharing
+// sequence numbers or tags.
+template <class T, class... C>
+struct CandidateComms {
+  static constexpr std::size_t count = sizeof...(C);
+  static constexpr const char* names[] = {C::name...};
+  std::tuple<std::unique_ptr<wc::Communicator<C, T>>...> comms;
+
+  CandidateComms(T& t, const std::tuple<C...>& policies)
+      : comms{std::make_unique<wc::Communicator<C, T>>(
+            t.split(0, t.rank(), wc::deadline_after(std::chrono::seconds(60))), std::get<C>(policies))...} {}
+
+  template <class F>
+  void with(std::size_t k, F&& f) {
+    with_index(k, f, std::index_sequence_for<C...>{});
+  }
+
+ private:
+  template <class F, std::size_t... I>
+  void with_index(std::size_t k, F& f, std::index_sequence<I...>) {
+    ((k == I ? (f(*std::get<I>(comms)), 0) : 0), ...);
+  }
+};
+
+template <class T, class... C>
+auto candidate_comms(T& t, const std::tuple<C...>& policies) {
+  return std::make_unique<CandidateComms<T, C...>>(t, policies);
+}
+
+// Times each of Auto's candidates at every size of -b .. -e (factor -f) for
+// every --op, and returns (on rank 0) the measured decisions, sizes with the
+// same winner merged into one range, range boundaries at the geometric
+// midpoint between neighbouring sizes, the first range from 0 B and the last
+// to no end.
+//
+// A sample is one call's time on the slowest rank (what the run tables
+// report). Candidates are interleaved: rounds that each visit every
+// candidate (rotating who goes first) for a warm-up call and at most five
+// timed calls, so a burst of load lands on all candidates alike, and each is
+// timed in short bursts after another ran, as in a run's table and in a
+// program that mixes sizes and ops. Each pass yields, per size, the median of
+// 12 to 200 samples per candidate (as many as move 256 MiB).
+//
+// The whole sweep (every op and size) runs --passes times (default 3), so
+// the passes lie a sweep's duration apart: a shared machine drifts between
+// regimes (16 KiB allreduces over MPI on the development machine: ring, tree
+// and recursive doubling took 9.0, 11.2 and 6.8 us in one calibration, 4.9,
+// 4.3 and 4.4 us in the next, minutes later), and a choice must hold in all
+// of them. A candidate's score at a size is its worst ratio to the
+// fastest median over the passes, leaving out its single worst pass when
+// there are three or more (a burst of load can still land on one
+// candidate's turns in one pass); the lowest score wins. Scores within 3%
+// are a tie: the previous size's winner is kept if it is among them (fewer,
+// larger ranges), else the first in Auto's candidate order. The margin
+// recorded is the runner-up's score over the chosen one's.
+template <class T>
+std::vector<wc::Decision> decision_table(T& t, const Options& o) {
+  const int p = t.size(), r = t.rank();
+  wc::Auto au;
+  if (o.chunk) {
+    std::get<wc::Ring>(au.candidates).chunk_bytes = o.chunk;
+    std::get<wc::Tree>(au.candidates).chunk_bytes = o.chunk;
+    std::get<wc::HalvingDoubling>(au.candidates).chunk_bytes = o.chunk;
+  }
+  T ctl_t = t.split(0, r, wc::deadline_after(std::chrono::seconds(60)));
+  wc::Communicator<wc::Ring, T> ctl{ctl_t};
+  auto cands = candidate_comms(t, au.candidates);
+  const std::size_t nc = cands->count;
+  constexpr double tie = 1.03;
+
+  const std::size_t es = weft::dtype_size(o.type);
+  const auto all_sizes = sizes(o);
+  std::size_t max_elems = 1;
+  for (std::size_t b : all_sizes) max_elems = std::max(max_elems, (b + es - 1) / es);
+  std::vector<std::byte> send((max_elems + static_cast<std::size_t>(p)) * es), recv(send.size());
+
+  struct Point {
+    Collective op;
+    std::size_t n, bytes;
+    std::vector<std::vector<double>> median;  // [pass][candidate], seconds
+  };
+  std::vector<Point> points;
+  for (Collective op : o.ops) {
+    if (op == Collective::barrier) continue;
+    for (std::size_t S : all_sizes) {
+      const std::size_t n = total_elems(op, 1, p) == 1 ? S / es : S / (es * static_cast<std::size_t>(p));
+      if (n > 0) points.push_back({op, n, total_elems(op, n, p) * es, {}});
+    }
+  }
+  for (int pass = 0; pass < o.passes; ++pass) {
+    if (r == 0 && !o.quiet) {
+      std::printf("# Auto's table: pass %d of %d\n", pass + 1, o.passes);
+      std::fflush(stdout);
+    }
+    for (Point& pt : points) {
+      const Collective op = pt.op;
+      const int root = wc::has_root(op) ? std::min(o.root, p - 1) : -1;
+      const int samples = static_cast<int>(std::clamp<std::size_t>((std::size_t{256} << 20) / pt.bytes, 12, 200));
+      const int per_visit = std::min(samples, 5);
+      const int rounds = (samples + per_visit - 1) / per_visit;
+      std::vector<std::vector<double>> mine(nc);
+      const Layout L = layout(op, false, send.data(), recv.data(), pt.n, es, r, root);
+      fill(op, o.type, o.redop, L, pt.n, r, p, root < 0 ? 0 : root);
+      for (int round = 0; round < rounds; ++round)
+        for (std::size_t v = 0; v < nc; ++v) {
+          const std::size_t k = (v + static_cast<std::size_t>(round)) % nc;
+          cands->with(k, [&](auto& comm) {
+            ctl.barrier();
+            invoke(comm, op, o.type, o.redop, L, pt.n, root);  // warm-up: this candidate's buffers and cache lines
+            for (int i = 0; i < per_visit; ++i) {
+              auto t0 = Clock::now();
+              invoke(comm, op, o.type, o.redop, L, pt.n, root);
+              mine[k].push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+            }
+          });
+        }
+      // slowest rank per call, then the median per candidate
+      std::vector<double> median(nc);
+      for (std::size_t k = 0; k < nc; ++k) {
+        std::vector<double> all(mine[k].size() * static_cast<std::size_t>(p));
+        ctl.allgather(mine[k], all);
+        std::vector<double> worst(mine[k].size(), 0.0);
+        for (int q = 0; q < p; ++q)
+          for (std::size_t i = 0; i < worst.size(); ++i)
+            worst[i] = std::max(worst[i], all[static_cast<std::size_t>(q) * worst.size() + i]);
+        std::nth_element(worst.begin(), worst.begin() + static_cast<std::ptrdiff_t>(worst.size() / 2), worst.end());
+        median[k] = worst[worst.size() / 2];
+      }
+      pt.median.push_back(std::move(median));
+    }
+  }
+  if (r != 0) return {};
+
+  if (!o.quiet)
+    std::printf("# Auto's table, %d ranks: per candidate the median time per call (us, slowest rank) of each pass,\n"
+                "# then the score (worst ratio to the pass's fastest, the worst pass left out from 3 passes on);\n"
+                "# the lowest score is chosen\n",
+                p);
+  std::vector<wc::Decision> out;
+  std::size_t prev = nc;  // previous size's pick (none yet)
+  for (std::size_t i = 0; i < points.size(); ++i) {
+    const Point& pt = points[i];
+    if (i > 0 && points[i - 1].op != pt.op) prev = nc;
+    std::vector<double> score(nc, 0.0);
+    for (std::size_t k = 0; k < nc; ++k) {
+      std::vector<double> ratio;
+      for (const auto& m : pt.median) ratio.push_back(m[k] / *std::min_element(m.begin(), m.end()));
+      std::sort(ratio.begin(), ratio.end(), std::greater<>());
+      score[k] = ratio[ratio.size() >= 3 ? 1 : 0];  // from three passes on, one outlying pass is dropped
+    }
+    std::size_t best = 0;
+    for (std::size_t k = 1; k < nc; ++k)
+      if (score[k] < score[best]) best = k;
+    std::size_t pick = best;
+    if (prev < nc && score[prev] <= score[best] * tie) {
+      pick = prev;
+    } else {
+      for (std::size_t k = 0; k < nc; ++k)
+        if (score[k] <= score[best] * tie) {
+          pick = k;
+          break;
+        }
+    }
+    std::size_t runner = pick == 0 ? 1 : 0;
+    for (std::size_t k = 0; k < nc; ++k)
+      if (k != pick && score[k] < score[runner]) runner = k;
+    if (nc == 1) runner = pick;
+    const double margin = score[runner] / score[pick];
+    prev = pick;
+    if (!o.quiet) {
+      std::printf("  %-14s %10zu", wc::collective_name(pt.op), pt.bytes);
+      for (std::size_t k = 0; k < nc; ++k) {
+        std::printf("  %s", cands->names[k]);
+        for (const auto& m : pt.median) std::printf(" %.2f", m[k] * 1e6);
+        std::printf(" (%.2f)", score[k]);
+      }
+      std::printf("  -> %s, margin %.3f\n", cands->names[pick], margin);
+    }
+    const bool first = i == 0 || points[i - 1].op != pt.op;
+    const bool last = i + 1 == points.size() || points[i + 1].op != pt.op;
+    const double b = static_cast<double>(pt.bytes);
+    const std::size_t lo =
+        first ? 0 : static_cast<std::size_t>(std::sqrt(static_cast<double>(points[i - 1].bytes) * b)) + 1;
+    const std::size_t hi = last ? std::numeric_limits<std::size_t>::max()
+                                : static_cast<std::size_t>(std::sqrt(b * static_cast<double>(points[i + 1].bytes)));
+    if (!first && out.back().algorithm == cands->names[pick]) {
+      wc::Decision& d = out.back();  // same winner as the size below: widen its range
+      d.max_bytes = hi;
+      if (margin < d.margin) {
+        d.margin = margin;
+        d.runner_up = cands->names[runner];
+      }
+      continue;
+    }
+    out.push_back(wc::Decision{pt.op, p, lo, hi, cands->names[pick], margin, cands->names[runner]});
+  }
+  std::fflush(stdout);
+  return out;
+}
+
 // ------------------------------------------------------------ project ----
 
 // Beyond one machine: nodes of --ranks-per-node ranks. Flat algorithms
@@ -1095,22 +1371,35 @@ void memcpy_bw(const Options& o) {
 
 wc::CostModel model_for(const Options& o, const char* section, wc::CostModel fallback) {
   if (o.model_file.empty() || (o.mode == "calibrate" && !std::ifstream(o.model_file).good())) return fallback;
-  auto s = weft_bench::read_cost_file(o.model_file);
-  auto it = s.find(section);
-  if (it == s.end()) {
+  const wc::CostFile f = wc::CostFile::load(o.model_file);
+  const wc::CostModel* m = f.find(section);
+  if (!m) {
     std::fprintf(stderr, "weft-bench: %s has no [%s] section; using built-in constants\n", o.model_file.c_str(),
                  section);
     return fallback;
   }
-  return it->second;
+  return *m;
 }
 
+// Writes one transport's section: the fitted constants, and the measured
+// decisions merged with the file's (those for an (op, ranks) measured now
+// replace the old ones; other rank counts are kept, so calibrating --np 2
+// and --np 4 into one file keeps both tables).
 void save_model(const Options& o, const char* section, const wc::CostModel& m) {
   std::string path = o.model_file.empty() ? std::string("weft-cost-model.txt") : o.model_file;
-  weft_bench::Sections s;
-  if (std::ifstream(path).good()) s = weft_bench::read_cost_file(path);
-  s[section] = m;
-  weft_bench::write_cost_file(path, s);
+  wc::CostFile f;
+  if (std::ifstream(path).good()) f = wc::CostFile::load(path);
+  std::vector<wc::Decision> kept;
+  if (const wc::CostModel* old = f.find(section))
+    for (const wc::Decision& d : old->decisions) {
+      bool replaced = false;
+      for (const wc::Decision& n : m.decisions) replaced = replaced || (n.op == d.op && n.ranks == d.ranks);
+      if (!replaced) kept.push_back(d);
+    }
+  wc::CostModel& out = f.sections[section];
+  out = m;
+  out.decisions.insert(out.decisions.begin(), kept.begin(), kept.end());
+  f.save(path);
   std::printf("wrote [%s] to %s\n", section, path.c_str());
 }
 
@@ -1121,13 +1410,21 @@ void run_mode(T& t, const Options& o, const char* section, wc::CostModel fallbac
     wc::CostModel base = model_for(o, section, fallback);
     bool had = false;
     if (!o.model_file.empty() && std::ifstream(o.model_file).good())
-      had = weft_bench::read_cost_file(o.model_file).count(section) > 0;
+      had = wc::CostFile::load(o.model_file).find(section) != nullptr;
     if (!had) {  // not measurable on one machine: start from a typical fabric (edit the file on a cluster)
       base.alpha_inter = wc::CostModel::mpi().alpha_inter;
       base.beta_inter = wc::CostModel::mpi().beta_inter;
     }
-    auto m = calibrate(t, o, base);
-    if (m) save_model(o, section, *m);
+    // Constants come from a ping-pong between ranks 0 and 1; with more ranks
+    // than cores the others' waiting skews them, so --table-only keeps them.
+    std::optional<wc::CostModel> m;
+    if (!o.table_only) m = calibrate(t, o, base);
+    else if (t.rank() == 0) m = base;
+    auto table = decision_table(t, o);
+    if (m) {
+      m->decisions = std::move(table);
+      save_model(o, section, *m);
+    }
     return;
   }
   run_all(t, o, model_for(o, section, fallback), section, rows);

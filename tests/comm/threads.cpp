@@ -436,7 +436,7 @@ TEST_CASE("Auto picks latency-bound algorithms for small messages and bandwidth-
   CHECK(std::string(a.choice(Collective::allreduce, 8, 8)) != "ring");
   CHECK(std::string(a.choice(Collective::allreduce, std::size_t{64} << 20, 8)) != "tree");
   CHECK(std::string(a.choice(Collective::allreduce, std::size_t{64} << 20, 8)) != "recursive_doubling");
-  CHECK(Ring::cost(Collective::allreduce, 1 << 20, 4, a.model) < Tree::cost(Collective::allreduce, 1 << 20, 4, a.model));
+  CHECK(Ring::cost(Collective::allreduce, 1 << 20, 4, *a.model) < Tree::cost(Collective::allreduce, 1 << 20, 4, *a.model));
 }
 
 TEST_CASE_TEMPLATE("in-place alltoall equals the out-of-place result", A, WEFT_COMM_POLICIES) {

@@ -1,0 +1,223 @@
+// Auto and cost-model files: a file with measured decisions reads back as
+// written, malformed files are refused naming file:line and what was
+// expected, Auto follows a table exactly at its range boundaries, falls back
+// to the formulas where the table has no entry, and every rank of a run
+// picks the same algorithm from the file WEFT_COST_MODEL names. No timings
+// are asserted: the tables here are written by hand.
+#include <doctest/doctest.h>
+
+#include <weft/comm/algorithm/auto.hpp>
+#include <weft/comm/communicator.hpp>
+#include <weft/comm/cost_file.hpp>
+#include <weft/comm/run_local.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include <unistd.h>
+
+using namespace weft::comm;
+
+namespace {
+
+constexpr std::size_t inf = std::numeric_limits<std::size_t>::max();
+
+// A file in the temporary directory, removed when the test ends.
+struct TempFile {
+  std::string path;
+  explicit TempFile(const std::string& name, const std::string& text = {})
+      : path((std::filesystem::temp_directory_path() /
+              ("weft_test_" + std::to_string(::getpid()) + "_" + name)).string()) {
+    if (!text.empty()) std::ofstream(path) << text;
+  }
+  ~TempFile() { std::filesystem::remove(path); }
+};
+
+// allreduce at 2 ranks: tree up to 1000 B, ring to 5000 B, halving-doubling beyond.
+CostModel with_table() {
+  CostModel m = CostModel::threads();
+  m.decisions = {{Collective::allreduce, 2, 0, 1000, "tree", 1.2, "ring"},
+                 {Collective::allreduce, 2, 1001, 5000, "ring", 1.05, "tree"},
+                 {Collective::allreduce, 2, 5001, inf, "halving_doubling", 1.3, "ring"}};
+  return m;
+}
+
+std::string load_error(const std::string& text) {
+  TempFile f("bad.txt", text);
+  try {
+    CostFile::load(f.path);
+  } catch (const weft::IoError& e) {
+    std::string msg = e.what();
+    CHECK_MESSAGE(msg.find(f.path) != std::string::npos, msg);
+    return msg.substr(msg.find(f.path) + f.path.size());  // ":line: what was expected"
+  }
+  FAIL("no error for:\n" << text);
+  return {};
+}
+
+}  // namespace
+
+TEST_CASE("a cost file with decision tables reads back as written") {
+  CostFile f;
+  f.sections["threads"] = with_table();
+  f.sections["threads"].decisions.push_back({Collective::reduce_scatter, 4, 0, inf, "ring", 2.5, "tree"});
+  f.sections["mpi"] = CostModel::mpi();
+  f.sections["mpi"].alpha = 4.25e-7;
+  TempFile tmp("roundtrip.txt");
+  f.save(tmp.path);
+  const CostFile g = CostFile::load(tmp.path);
+  REQUIRE(g.sections.size() == 2);
+  const CostModel* t = g.find("threads");
+  const CostModel* m = g.find("mpi");
+  REQUIRE(t);
+  REQUIRE(m);
+  CHECK(g.find("nccl") == nullptr);
+  CHECK(m->alpha == doctest::Approx(4.25e-7));
+  CHECK(m->decisions.empty());
+  CHECK(t->beta == doctest::Approx(CostModel::threads().beta));
+  REQUIRE(t->decisions.size() == 4);
+  for (const Decision& want : f.sections["threads"].decisions) {
+    bool found = false;
+    for (const Decision& d : t->decisions)
+      if (d.op == want.op && d.ranks == want.ranks && d.min_bytes == want.min_bytes) {
+        found = true;
+        CHECK(d.max_bytes == want.max_bytes);
+        CHECK(d.algorithm == want.algorithm);
+        CHECK(d.margin == doctest::Approx(want.margin));
+        CHECK(d.runner_up == want.runner_up);
+      }
+    CHECK_MESSAGE(found, want.algorithm);
+  }
+  CHECK(load_cost_model(tmp.path, "mpi").alpha == doctest::Approx(4.25e-7));
+  CHECK_THROWS_WITH_AS(load_cost_model(tmp.path, "nccl"), doctest::Contains("no [nccl] section (the file has: mpi, threads)"),
+                       weft::IoError);
+}
+
+TEST_CASE("a cost file from before decision tables still reads") {
+  TempFile f("old.txt",
+             "# weft cost model (weft-bench calibrate)\n[threads]\nalpha 3.1e-07\nbeta 9.4e-11\ngamma 1.2e-10\n"
+             "alpha_inter 5e-06\nbeta_inter 8.3e-10\nranks_per_node 0\n[mpi]\nalpha 2e-06\n");
+  const CostFile c = CostFile::load(f.path);
+  REQUIRE(c.find("threads"));
+  CHECK(c.find("threads")->alpha == doctest::Approx(3.1e-7));
+  CHECK(c.find("threads")->decisions.empty());
+  CHECK(c.find("mpi")->alpha == doctest::Approx(2e-6));
+  CHECK(c.find("mpi")->beta == doctest::Approx(CostModel{}.beta));  // unset keys keep the defaults
+}
+
+TEST_CASE("malformed cost files name the file, the line and what was expected") {
+  CHECK(load_error("alpha 1e-6\n").find(":1: expected a '[transport]' section header") == 0);
+  CHECK(load_error("[threads]\nalpha fast\n").find(":2: expected 'key value' with one number") == 0);
+  CHECK(load_error("[threads]\nalpha 1e-6 2e-6\n").find(":2: expected 'key value'") == 0);
+  CHECK(load_error("[threads]\n\n# comment\nspeed 3\n").find(":4: unknown key 'speed'") == 0);
+  CHECK(load_error("[threads\n").find(":1: expected '[transport]'") == 0);
+  CHECK(load_error("[threads]\ndecide allreduce 2 0 inf ring 1.1\n").find(":2: expected 'decide OP RANKS") == 0);
+  CHECK(load_error("[threads]\ndecide allsum 2 0 inf ring 1.1 tree\n").find(":2: unknown collective 'allsum'") == 0);
+  CHECK(load_error("[threads]\ndecide allreduce 0 0 inf ring 1.1 tree\n").find(":2: expected a rank count") == 0);
+  CHECK(load_error("[threads]\ndecide allreduce 2 0 -5 ring 1.1 tree\n").find(":2: expected TO_BYTES") == 0);
+  CHECK(load_error("[threads]\ndecide allreduce 2 9 8 ring 1.1 tree\n").find(":2: FROM_BYTES 9 is larger") == 0);
+  CHECK(load_error("[threads]\ndecide allreduce 2 0 8 ring fast tree\n").find(":2: expected MARGIN") == 0);
+  CHECK(load_error("[threads]\ndecide allreduce 2 0 100 ring 1.1 tree\ndecide allreduce 2 50 inf tree 1.1 ring\n")
+            .find(":3: range 50..inf of allreduce at 2 ranks overlaps line 2") == 0);
+  CHECK_THROWS_WITH_AS(CostFile::load("/nonexistent/weft-cost.txt"),
+                       doctest::Contains("cannot read cost-model file '/nonexistent/weft-cost.txt'"), weft::IoError);
+}
+
+TEST_CASE("Auto follows the measured table exactly at its boundaries") {
+  Auto a;
+  a.model = with_table();
+  const auto pick = [&](std::size_t bytes) { return std::string(a.choice(Collective::allreduce, bytes, 2)); };
+  CHECK(pick(0) == "tree");
+  CHECK(pick(1000) == "tree");
+  CHECK(pick(1001) == "ring");
+  CHECK(pick(5000) == "ring");
+  CHECK(pick(5001) == "halving_doubling");
+  CHECK(pick(inf) == "halving_doubling");
+  // the table, not the formulas: the formulas never pick tree for 1000 B at p = 2
+  Auto formulas;
+  formulas.model = CostModel::threads();
+  CHECK(std::string(formulas.choice(Collective::allreduce, 1000, 2)) != "tree");
+  // predicted cost is the chosen candidate's formula
+  CHECK(Auto::cost(Collective::allreduce, 1000, 2, *a.model) == Tree::cost(Collective::allreduce, 1000, 2, *a.model));
+}
+
+TEST_CASE("sizes outside a table's ranges take the nearest range") {
+  Auto a;
+  a.model = CostModel::threads();
+  a.model->decisions = {{Collective::allreduce, 2, 100, 200, "tree", 1.1, "ring"},
+                        {Collective::allreduce, 2, 300, 400, "ring", 1.1, "tree"}};
+  CHECK(std::string(a.choice(Collective::allreduce, 8, 2)) == "tree");
+  CHECK(std::string(a.choice(Collective::allreduce, 250, 2)) == "tree");  // the highest range below
+  CHECK(std::string(a.choice(Collective::allreduce, 1 << 20, 2)) == "ring");
+}
+
+TEST_CASE("Auto uses the formulas where the table has no entry") {
+  Auto table, formulas;
+  table.model = with_table();
+  formulas.model = CostModel::threads();
+  for (std::size_t bytes : {std::size_t{8}, std::size_t{1000}, std::size_t{1} << 20, std::size_t{64} << 20}) {
+    CAPTURE(bytes);
+    for (int p : {3, 4, 8})  // rank counts the table does not have
+      CHECK(std::string(table.choice(Collective::allreduce, bytes, p)) == formulas.choice(Collective::allreduce, bytes, p));
+    // ops the table does not have
+    CHECK(std::string(table.choice(Collective::allgather, bytes, 2)) == formulas.choice(Collective::allgather, bytes, 2));
+  }
+  // a decision naming an algorithm that is not a candidate: the formulas decide among the candidates
+  AutoOf<Ring, RecursiveDoubling> two;
+  two.model = with_table();
+  AutoOf<Ring, RecursiveDoubling> two_formulas;
+  two_formulas.model = CostModel::threads();
+  CHECK(std::string(two.choice(Collective::allreduce, 1000, 2)) == two_formulas.choice(Collective::allreduce, 1000, 2));
+  CHECK(std::string(two.choice(Collective::allreduce, 3000, 2)) == "ring");  // ring is a candidate: the table decides
+}
+
+TEST_CASE("every rank picks the same algorithm from the file WEFT_COST_MODEL names") {
+  // [threads] and [mpi] disagree, so following [mpi] on threads would show.
+  TempFile f("env.txt",
+             "[threads]\nalpha 3e-7\n"
+             "decide allreduce 4 0 64 tree 1.1 ring\n"
+             "decide allreduce 4 65 4096 recursive_doubling 1.1 ring\n"
+             "decide allreduce 4 4097 inf ring 1.1 halving_doubling\n"
+             "[mpi]\nalpha 2e-6\ndecide allreduce 4 0 inf halving_doubling 1.1 ring\n");
+  REQUIRE(::setenv("WEFT_COST_MODEL", f.path.c_str(), 1) == 0);
+  const std::vector<std::size_t> counts{1, 16, 17, 1024, 1025, 50000};  // f32: 4 .. 200000 B
+  std::vector<std::vector<std::string>> picks(4);
+  run_local(4, [&](ThreadTransport& t) {
+    Communicator<Auto, ThreadTransport> c(t, CommOptions{.timeout = std::chrono::seconds(20)});
+    auto& mine = picks[static_cast<std::size_t>(t.rank())];
+    for (std::size_t n : counts) {
+      mine.push_back(c.algorithm().choice(Collective::allreduce, n * sizeof(float), t.size(), t.name()));
+      std::vector<float> in(n, static_cast<float>(t.rank() + 1)), out(n, -1.0f);
+      c.allreduce(in.data(), out.data(), n);  // ranks running different schedules would not meet
+      std::size_t wrong = 0;
+      for (float v : out) wrong += v != 10.0f;
+      CHECK(wrong == 0);
+    }
+  });
+  ::unsetenv("WEFT_COST_MODEL");
+  const std::vector<std::string> want{"tree", "tree", "recursive_doubling", "recursive_doubling", "ring", "ring"};
+  for (int r = 0; r < 4; ++r) CHECK(picks[static_cast<std::size_t>(r)] == want);
+  // outside run_local, with the variable unset, a default Auto has no table
+  CHECK(Auto{}.file.sections.empty());
+}
+
+TEST_CASE("an explicit model wins over WEFT_COST_MODEL; a bad WEFT_COST_MODEL is an error") {
+  TempFile f("env2.txt", "[threads]\ndecide allreduce 2 0 inf tree 1.1 ring\n");
+  REQUIRE(::setenv("WEFT_COST_MODEL", f.path.c_str(), 1) == 0);
+  Auto a;
+  CHECK(std::string(a.choice(Collective::allreduce, 1 << 20, 2, "threads")) == "tree");
+  CHECK(std::string(a.choice(Collective::allreduce, 1 << 20, 2, "mpi")) ==
+        Auto{.model = CostModel{}}.choice(Collective::allreduce, 1 << 20, 2));  // no [mpi]: built-in constants
+  a.model = with_table();
+  CHECK(std::string(a.choice(Collective::allreduce, 1 << 20, 2, "threads")) == "halving_doubling");
+  REQUIRE(::setenv("WEFT_COST_MODEL", "/nonexistent/weft-cost.txt", 1) == 0);
+  CHECK_THROWS_WITH_AS(Auto{}.choice(Collective::allreduce, 8, 2), doctest::Contains("/nonexistent/weft-cost.txt"),
+                       weft::IoError);
+  ::unsetenv("WEFT_COST_MODEL");
+}
