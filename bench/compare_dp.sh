@@ -6,7 +6,8 @@
 #   dp_vs_torch_ddp: R                (weft 2-rank threads / torch DDP 2 processes)
 # for the configuration of the headline (sharded update, ring, blocking
 # reductions after backward: see docs/benchmarks.md); the other
-# configurations are printed above it.
+# configurations are printed above it. threads_2_compute_only_shard is each
+# rank's own work with no communication at all: the ceiling for E.
 #   SECONDS_PER=3 REPEATS=3 bench/compare_dp.sh
 set -euo pipefail
 source "$(dirname "$0")/../scripts/common.sh"
@@ -25,10 +26,11 @@ declare -A CMD=(
   [threads_2_ring_shard_overlap]="env WEFT_DP_ALGO=ring WEFT_DP_SHARD=1 $B/bench_dp 2 $S"
   [threads_2_ring_shard_blocking]="env WEFT_DP_ALGO=ring WEFT_DP_SHARD=1 WEFT_DP_NO_OVERLAP=1 $B/bench_dp 2 $S"
   [threads_2_native_shard_blocking]="env WEFT_DP_ALGO=native WEFT_DP_SHARD=1 WEFT_DP_NO_OVERLAP=1 $B/bench_dp 2 $S"
+  [threads_2_compute_only_shard]="env WEFT_DP_NO_COMM=1 WEFT_DP_SHARD=1 $B/bench_dp 2 $S"
   [torch_ddp_2]="/usr/bin/python3 $WEFT_ROOT/bench/ddp_torch.py 2 $S"
 )
 ORDER=(threads_1 threads_2_ring_allreduce_overlap threads_2_ring_allreduce_blocking threads_2_ring_shard_overlap
-       threads_2_ring_shard_blocking threads_2_native_shard_blocking torch_ddp_2)
+       threads_2_ring_shard_blocking threads_2_native_shard_blocking threads_2_compute_only_shard torch_ddp_2)
 if [ -x "$B/bench_dp_mpi" ]; then
   CMD[mpi_2_ring_allreduce_overlap]="mpirun -np 2 env WEFT_DP_ALGO=ring $B/bench_dp_mpi $S"
   CMD[mpi_2_ring_shard_blocking]="mpirun -np 2 env WEFT_DP_ALGO=ring WEFT_DP_SHARD=1 WEFT_DP_NO_OVERLAP=1 $B/bench_dp_mpi $S"

@@ -3,13 +3,19 @@
 // split evenly over the ranks, random data, one BLAS thread per rank.
 // Environment: WEFT_DP_ALGO = ring (default) | native | recursive_doubling |
 // auto; WEFT_DP_SHARD = 1: sharded update; WEFT_DP_NO_OVERLAP = 1: blocking
-// reductions after backward.
+// reductions after backward; WEFT_DP_BUCKET_BYTES = N: bucket size (default
+// one parameter per bucket); WEFT_DP_NO_COMM = 1: each rank does its own work
+// (batch b/p, the optimizer on all or, sharded, 1/p of every parameter) and
+// nothing else: the ceiling that communication can only lower. Its parameters
+// drift apart, so it measures speed only.
 #pragma once
 
 #include <chrono>
 #include <cstdlib>
 #include <cstdio>
+#include <algorithm>
 #include <string>
+#include <vector>
 #include <weft/comm/algorithm/auto.hpp>
 #include <weft/comm/algorithm/native.hpp>
 #include <weft/comm/algorithm/recursive_doubling.hpp>
@@ -41,10 +47,19 @@ double run(Transport& t, double seconds, index_t global_batch = 128) {
   nn::Registry<float> params;
   params.add("l1", l1).add("l2", l2).add("l3", l3);
   parallel::DataParallel dp(params, ring);
-  dp.set_bucket_bytes(1);  // one bucket per parameter: reduced in place, started as each gradient is final
+  // Default: one bucket per parameter (reduced in place, started as each
+  // gradient is final); WEFT_DP_BUCKET_BYTES=N packs parameters into N-byte buckets.
+  const char* bb = std::getenv("WEFT_DP_BUCKET_BYTES");
+  dp.set_bucket_bytes(bb ? std::strtoull(bb, nullptr, 10) : 1);
   if (std::getenv("WEFT_DP_NO_OVERLAP")) dp.set_overlap(false);
   if (std::getenv("WEFT_DP_SHARD")) dp.set_shard_update(true);
   nn::Adam<float> opt(params, {.lr = 1e-3f});
+  const bool no_comm = std::getenv("WEFT_DP_NO_COMM") != nullptr;
+  std::vector<nn::ParamRange> mine;  // no_comm and sharded: this rank's 1/p of each parameter
+  for (std::size_t k = 0; k < params.size(); ++k) {
+    const index_t n = params[k].numel(), per = (n + size - 1) / size;
+    mine.push_back({k, std::min(n, per * ring.rank()), std::min(n, per * (ring.rank() + 1))});
+  }
   TensorView<float> xb;
   TensorView<std::int32_t> yb;
   Workspace<> ws;
@@ -55,6 +70,14 @@ double run(Transport& t, double seconds, index_t global_batch = 128) {
     yb = labels.slice(pos, pos + batch);
     pos += batch;
     opt.zero_grad();
+    if (no_comm) {
+      backward(cross_entropy(l3(relu(l2(relu(l1(xb))))), yb), ws);
+      if (dp.shard_update())
+        opt.step(mine);
+      else
+        opt.step();
+      return;
+    }
     dp.backward(cross_entropy(l3(relu(l2(relu(l1(xb))))), yb), ws);
     dp.step(opt);
   };
