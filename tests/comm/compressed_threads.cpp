@@ -112,6 +112,18 @@ TEST_CASE("compressed: other collectives, dtypes and ops pass through uncompress
         }) == "");
 }
 
+TEST_CASE("compressed: deterministic mode is refused, not silently bypassed") {
+  run_local(2, [](ThreadTransport& t) {
+    CommOptions o = checked();
+    o.deterministic = true;
+    using C = Communicator<Compressed<TopK, Ring>, ThreadTransport>;
+    CHECK_THROWS_WITH_AS(C(t, {}, o), doctest::Contains("deterministic mode reduces uncompressed"), ValueError);
+    C c{t, {}, checked()};
+    CHECK_THROWS_WITH_AS(c.set_deterministic(true), doctest::Contains("rank"), ValueError);
+    c.set_deterministic(false);
+  });
+}
+
 TEST_CASE("compressed: non-blocking calls and state that persists per buffer") {
   CHECK(on_ranks(2, [](ThreadTransport& t) {
           Communicator<Compressed<TopK, Ring>, ThreadTransport> c{t, {.codec = {.fraction = 0.25}}, checked()};

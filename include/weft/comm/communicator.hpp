@@ -142,7 +142,9 @@ class Communicator {
   };
 
   explicit Communicator(T transport, Algo algo = {}, CommOptions opts = {})
-      : ctx_(std::move(transport)), algo_(algo), opts_(opts) {}
+      : ctx_(std::move(transport)), algo_(algo), opts_(opts) {
+    check_deterministic(opts.deterministic);
+  }
   Communicator(T transport, CommOptions opts) : Communicator(std::move(transport), Algo{}, opts) {}
 
   Communicator(const Communicator&) = delete;
@@ -167,7 +169,10 @@ class Communicator {
   bool fingerprints() const { return opts_.fingerprints; }
   void set_fingerprints(bool on) { opts_.fingerprints = on; }
   bool deterministic() const { return opts_.deterministic; }
-  void set_deterministic(bool on) { opts_.deterministic = on; }
+  void set_deterministic(bool on) {
+    check_deterministic(on);
+    opts_.deterministic = on;
+  }
   // Must be the same on every rank; change it only between calls, with no request pending.
 
   bool broken() const { return broken_.load(std::memory_order_acquire); }
@@ -402,6 +407,18 @@ class Communicator {
     drain(j.deadline);
     j.seq = next_seq_++;
     execute(j);
+  }
+
+  // Deterministic mode reduces in rank order before any policy runs: a policy
+  // that changes what is sent (Compressed) would be skipped without a word.
+  void check_deterministic(bool on) const {
+    if constexpr (requires { Algo::compresses; })
+      if (on)
+        throw_error<ValueError>(
+            "Communicator on rank ", rank(),
+            ": deterministic mode reduces uncompressed, in rank order, so this compressed policy would be "
+            "bypassed; use a plain algorithm for deterministic runs (the gather codecs, top-k, int8 and sign, "
+            "already give bitwise the same result on every rank)");
   }
 
   void execute(const Job& j) {

@@ -15,7 +15,8 @@
 // algorithm uncompressed: other collectives (broadcast, allgather, ... so a
 // DataParallel can use this communicator for setup), other dtypes, and
 // prod/min/max. Deterministic mode (CommOptions::deterministic) reduces in
-// rank order before any policy runs, so it bypasses compression.
+// rank order before any policy runs, so a Communicator refuses it with this
+// policy (`compresses`) rather than silently sending uncompressed.
 //
 // Codec state is per buffer (address, length) and named for checkpoints:
 //   Communicator<Compressed<TopK, Ring>, T> c{t, {.codec = {.fraction = 0.01}}};
@@ -90,6 +91,7 @@ struct Compressed {
   using codec_type = C;
   using state_table = CodecStates<typename detail::codec_state<C>::type>;
   static constexpr const char* name = "compressed";
+  static constexpr bool compresses = true;  // Communicator refuses deterministic mode (see above)
 
   C codec{};
   A inner{};
