@@ -1165,10 +1165,13 @@ auto candidate_comms(T& t, const std::tuple<C...>& policies) {
 // regimes (16 KiB allreduces over MPI on the development machine: ring, tree
 // and recursive doubling took 9.0, 11.2 and 6.8 us in one calibration, 4.9,
 // 4.3 and 4.4 us in the next, minutes later), and a choice must hold in all
-// of them. A candidate's score at a size is its worst ratio to the
-// fastest median over the passes, leaving out its single worst pass when
-// there are three or more (a burst of load can still land on one
-// candidate's turns in one pass); the lowest score wins. Scores within 3%
+// of them. A candidate's score at a size is its mean ratio to the pass's
+// fastest median over the passes: the slowdown Auto should expect from
+// choosing it in whichever regime a later run meets. (Dropping each
+// candidate's worst pass, as tried first, let a regime that only one pass
+// saw decide nothing: at 512 KiB on threads recursive doubling took 29, 45
+// and 48 us against the ring's 65, 43 and 46, the ring was chosen, and the
+// next run met the first regime, rd 2x faster.) The lowest score wins. Scores within 3%
 // are a tie: the previous size's winner is kept if it is among them (fewer,
 // larger ranges), else the first in Auto's candidate order. The margin
 // recorded is the runner-up's score over the chosen one's.
@@ -1252,7 +1255,7 @@ std::vector<wc::Decision> decision_table(T& t, const Options& o) {
 
   if (!o.quiet)
     std::printf("# Auto's table, %d ranks: per candidate the median time per call (us, slowest rank) of each pass,\n"
-                "# then the score (worst ratio to the pass's fastest, the worst pass left out from 3 passes on);\n"
+                "# then the score (mean over the passes of the ratio to the pass's fastest);\n"
                 "# the lowest score is chosen\n",
                 p);
   std::vector<wc::Decision> out;
@@ -1262,10 +1265,8 @@ std::vector<wc::Decision> decision_table(T& t, const Options& o) {
     if (i > 0 && points[i - 1].op != pt.op) prev = nc;
     std::vector<double> score(nc, 0.0);
     for (std::size_t k = 0; k < nc; ++k) {
-      std::vector<double> ratio;
-      for (const auto& m : pt.median) ratio.push_back(m[k] / *std::min_element(m.begin(), m.end()));
-      std::sort(ratio.begin(), ratio.end(), std::greater<>());
-      score[k] = ratio[ratio.size() >= 3 ? 1 : 0];  // from three passes on, one outlying pass is dropped
+      for (const auto& m : pt.median) score[k] += m[k] / *std::min_element(m.begin(), m.end());
+      score[k] /= static_cast<double>(pt.median.size());
     }
     std::size_t best = 0;
     for (std::size_t k = 1; k < nc; ++k)
