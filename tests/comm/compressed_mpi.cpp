@@ -18,9 +18,11 @@
 #include <vector>
 
 #include "compressed_suite.hpp"
+#include "mpi_agree.hpp"
 
 using namespace weft::comm;
 using namespace std::chrono_literals;
+using testing::agree;
 
 namespace {
 
@@ -29,14 +31,6 @@ CommOptions checked() {
   o.timeout = 30s;
   o.fingerprints = true;
   return o;
-}
-
-// Every rank must agree a test passed: a failure on one rank fails all.
-void agree(const std::string& err) {
-  int bad = err.empty() ? 0 : 1, any = 0;
-  MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  CHECK_MESSAGE(err == "", err);
-  CHECK(any == 0);
 }
 
 }  // namespace

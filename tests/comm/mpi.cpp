@@ -21,9 +21,11 @@
 #include <vector>
 
 #include "suite.hpp"
+#include "mpi_agree.hpp"
 
 using namespace weft::comm;
 using namespace std::chrono_literals;
+using testing::agree;
 using Clock = std::chrono::steady_clock;
 
 namespace {
@@ -40,14 +42,6 @@ A small_chunks() {
   A a{};
   if constexpr (requires { a.chunk_bytes; }) a.chunk_bytes = 256;
   return a;
-}
-
-// Every rank must agree a test passed: a failure on one rank fails all.
-void agree(const std::string& err) {
-  int bad = err.empty() ? 0 : 1, any = 0;
-  MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  CHECK_MESSAGE(err == "", err);
-  CHECK(any == 0);
 }
 
 }  // namespace

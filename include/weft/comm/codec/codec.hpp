@@ -24,6 +24,7 @@
 // the rank and the sizes.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <concepts>
 #include <cstddef>
@@ -85,6 +86,19 @@ inline void fit_state(std::vector<float>& v, std::size_t n, const char* what, co
     k.fail("its ", what, " holds ", v.size(), " values but this buffer needs ", n,
            " (was it restored from a checkpoint of a different model?)");
   v.assign(n, 0.0f);
+}
+
+// The error-feedback input m = x + e (e: the residual, zeros when fresh), or
+// m = x without error feedback: what top-k, scaled sign and PowerSGD compress.
+inline void feedback_input(std::vector<float>& m, std::vector<float>& residual, const float* x, std::size_t n,
+                           bool error_feedback, const CodecCall& k) {
+  m.resize(n);
+  if (!error_feedback) {
+    std::copy(x, x + n, m.begin());
+    return;
+  }
+  fit_state(residual, n, "residual", k);
+  for (std::size_t i = 0; i < n; ++i) m[i] = x[i] + residual[i];
 }
 
 // Number of kept elements for "fraction of n, or an exact count".

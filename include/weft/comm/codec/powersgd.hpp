@@ -98,13 +98,7 @@ struct PowerSGD {
       return;
     }
     if (round == 0) {
-      st.m.resize(n);
-      if (error_feedback) {
-        detail::fit_state(st.residual, n, "residual", k);
-        for (std::size_t i = 0; i < n; ++i) st.m[i] = x[i] + st.residual[i];
-      } else {
-        std::copy(x, x + n, st.m.begin());
-      }
+      detail::feedback_input(st.m, st.residual, x, n, error_feedback, k);
       if (!st.q.empty() && st.q.size() != cl * R)
         k.fail("its q holds ", st.q.size(), " values but this buffer needs ", cl * R, " (", cl, " x ", R,
                "; restored from a different model?)");

@@ -46,13 +46,7 @@ struct ScaledSign {
   std::size_t payload_bytes(std::size_t n) const { return chunks(n) * sizeof(float) + (n + 7) / 8; }
 
   void encode(State& s, const float* x, std::size_t n, std::byte* out, const CodecCall& k) const {
-    s.m.resize(n);
-    if (error_feedback) {
-      detail::fit_state(s.residual, n, "residual", k);
-      for (std::size_t i = 0; i < n; ++i) s.m[i] = x[i] + s.residual[i];
-    } else {
-      std::copy(x, x + n, s.m.begin());
-    }
+    detail::feedback_input(s.m, s.residual, x, n, error_feedback, k);
     const std::size_t nc = chunks(n), w = span(n);
     auto* bits = reinterpret_cast<std::uint8_t*>(out + nc * sizeof(float));
     std::fill(bits, bits + (n + 7) / 8, std::uint8_t{0});

@@ -59,13 +59,7 @@ struct TopK {
   void encode(State& s, const float* x, std::size_t n, std::byte* out, const CodecCall& k) const {
     check(n, k);
     const std::size_t kk = k_of(n, k);
-    s.m.resize(n);
-    if (error_feedback) {
-      detail::fit_state(s.residual, n, "residual", k);
-      for (std::size_t i = 0; i < n; ++i) s.m[i] = x[i] + s.residual[i];
-    } else {
-      std::copy(x, x + n, s.m.begin());
-    }
+    detail::feedback_input(s.m, s.residual, x, n, error_feedback, k);
     // Select by threshold rather than sorting indices: find the k-th largest
     // magnitude t, then one scan in index order keeps every |m_i| > t and the
     // lowest-indexed ties at t. That is the same set as ordering by
