@@ -18,7 +18,7 @@
 #include <vector>
 
 #include "compressed_suite.hpp"
-#include "mpi_agree.hpp"
+#include "mpi_doctest.hpp"
 
 using namespace weft::comm;
 using namespace std::chrono_literals;
@@ -60,16 +60,4 @@ TEST_CASE("mpi compressed: MpiTransport counts the bytes it sends") {
   agree(e);
 }
 
-int main(int argc, char** argv) {
-  int provided = 0;
-  MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
-  int rank = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  doctest::Context ctx(argc, argv);
-  if (rank != 0) ctx.setOption("success", false);
-  int rc = ctx.run();
-  int worst = 0;
-  MPI_Allreduce(&rc, &worst, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  MPI_Finalize();
-  return worst;
-}
+int main(int argc, char** argv) { return weft::comm::testing::run_doctest_under_mpi(argc, argv); }

@@ -21,7 +21,7 @@
 #include <vector>
 
 #include "suite.hpp"
-#include "mpi_agree.hpp"
+#include "mpi_doctest.hpp"
 
 using namespace weft::comm;
 using namespace std::chrono_literals;
@@ -139,16 +139,4 @@ TEST_CASE("mpi: a rank that never arrives is named by the others' timeout") {
   MPI_Barrier(MPI_COMM_WORLD);
 }
 
-int main(int argc, char** argv) {
-  int provided = 0;
-  MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
-  int rank = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  doctest::Context ctx(argc, argv);
-  if (rank != 0) ctx.setOption("success", false);
-  int rc = ctx.run();
-  int worst = 0;
-  MPI_Allreduce(&rc, &worst, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  MPI_Finalize();
-  return worst;
-}
+int main(int argc, char** argv) { return weft::comm::testing::run_doctest_under_mpi(argc, argv); }
