@@ -12,7 +12,6 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <numeric>
 #include <vector>
 #include <weft/io/idx.hpp>
@@ -61,11 +60,7 @@ int main(int argc, char** argv) {
     double total = 0;
     index_t steps = 0;
     for (index_t b = 0; b + batch <= n; b += batch, ++steps) {
-      for (index_t r = 0; r < batch; ++r) {
-        index_t src = order[static_cast<std::size_t>(b + r)];
-        std::memcpy(xb.data() + r * d, train.images.data() + src * d, static_cast<std::size_t>(d) * sizeof(float));
-        yb.data()[r] = train.labels.data()[src];
-      }
+      io::gather_batch(train, order, b, xb, yb);
       opt.set_lr(schedule(opt.steps()));
       opt.zero_grad();
       total += backward(cross_entropy(model(xb), yb), ws).item();

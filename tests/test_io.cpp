@@ -311,6 +311,23 @@ TEST_CASE("read_idx errors name the path and the problem") {
   }
 }
 
+TEST_CASE("gather_batch copies the rows an order names, and checks shapes and indices") {
+  io::Dataset data{Tensor<float>(Shape{5, 3}), Tensor<std::int32_t>(Shape{5})};
+  for (index_t i = 0; i < 15; ++i) data.images.data()[i] = static_cast<float>(i);
+  for (index_t i = 0; i < 5; ++i) data.labels.data()[i] = static_cast<std::int32_t>(10 + i);
+  const std::vector<index_t> order{4, 0, 3, 1, 2};
+  Tensor<float> x(Shape{2, 3});
+  Tensor<std::int32_t> y(Shape{2});
+  io::gather_batch(data, order, 2, x, y);  // rows 3 and 1
+  CHECK(x.to_vector() == std::vector<float>{9, 10, 11, 3, 4, 5});
+  CHECK(y.to_vector() == std::vector<std::int32_t>{13, 11});
+  CHECK_THROWS_WITH_AS(io::gather_batch(data, order, 4, x, y), doctest::Contains("rows 4..6 of an order of 5"), ValueError);
+  const std::vector<index_t> bad{0, 7};
+  CHECK_THROWS_WITH_AS(io::gather_batch(data, bad, 0, x, y), doctest::Contains("index 7 at position 1"), ValueError);
+  Tensor<float> wide(Shape{2, 4});
+  CHECK_THROWS_AS(io::gather_batch(data, order, 0, wide, y), ShapeError);
+}
+
 TEST_CASE("load_fashion_mnist validates its files") {
   TempDir dir;
   auto images = [](std::uint32_t n) { return concat(idx_header(0x08, {n, 28, 28}), random_bytes(n * 784, n)); };

@@ -9,7 +9,6 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <cstring>
 #include <weft/comm/algorithm/halving_doubling.hpp>
 #include <weft/comm/algorithm/ring.hpp>
 #include <weft/comm/communicator.hpp>
@@ -69,11 +68,7 @@ void train(Transport& t, const io::Dataset& train, const io::Dataset& test, int 
     auto t0 = std::chrono::steady_clock::now();
     double total = 0;
     for (index_t s = 0; s < steps_per_epoch; ++s) {
-      for (index_t r = 0; r < batch; ++r) {
-        index_t src = idx[static_cast<std::size_t>(s * batch + r)];
-        std::memcpy(xb.data() + r * d, train.images.data() + src * d, static_cast<std::size_t>(d) * sizeof(float));
-        yb.data()[r] = train.labels.data()[src];
-      }
+      io::gather_batch(train, idx, s * batch, xb, yb);
       opt.set_lr(schedule(opt.steps()));
       opt.zero_grad();
       total += dp.backward(cross_entropy(model(xb), yb), ws);

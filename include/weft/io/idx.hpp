@@ -27,6 +27,7 @@
 #include <new>
 #include <string>
 #include <system_error>
+#include <vector>
 
 #include "../core/config.hpp"
 #include "../core/error.hpp"
@@ -225,6 +226,28 @@ struct Dataset {
   Tensor<float> images;         // (N, 784) row-major 28x28 pixels, scaled to [0, 1]
   Tensor<std::int32_t> labels;  // (N,) class ids in 0..9
 };
+
+// One mini-batch: rows order[first], order[first + 1], ... of the dataset
+// into x (B, D) and y (B,), B = x.size(0): what a training loop does with a
+// sampler's epoch permutation each step. Copies rows; allocates nothing.
+inline void gather_batch(const Dataset& data, const std::vector<index_t>& order, index_t first, Tensor<float>& x,
+                         Tensor<std::int32_t>& y) {
+  const index_t b = x.shape().rank == 2 ? x.size(0) : -1, d = data.images.size(1), n = data.labels.numel();
+  if (b < 0 || x.size(1) != d || y.shape() != Shape{b})
+    throw_error<ShapeError>("gather_batch: x has shape ", x.shape(), " and y ", y.shape(), "; expected (B, ", d,
+                            ") and (B,) for the dataset's ", d, " features");
+  if (first < 0 || first + b > static_cast<index_t>(order.size()))
+    throw_error<ValueError>("gather_batch: rows ", first, "..", first + b, " of an order of ", order.size(),
+                            " indices");
+  for (index_t r = 0; r < b; ++r) {
+    const index_t src = order[static_cast<std::size_t>(first + r)];
+    if (src < 0 || src >= n)
+      throw_error<ValueError>("gather_batch: index ", src, " at position ", first + r, " is outside the dataset's ", n,
+                              " samples");
+    std::memcpy(x.data() + r * d, data.images.data() + src * d, static_cast<std::size_t>(d) * sizeof(float));
+    y.data()[r] = data.labels.data()[src];
+  }
+}
 
 // split: "train" (60000 samples) or "test" (10000 samples).
 inline Dataset load_fashion_mnist(const std::string& split, const std::string& dir = "/usr/share/datasets/fashion-mnist") {
