@@ -68,6 +68,11 @@ class DataParallel {
     std::size_t offset;
     std::size_t index;  // in the registry (and in the optimizer built from it)
   };
+  struct Piece {  // shard_update: this rank's shard within one parameter
+    nn::ParamRange part;
+    std::size_t at;  // where element part.begin sits in the bucket's buffer
+    std::size_t elems() const { return static_cast<std::size_t>(part.end - part.begin); }
+  };
   struct Bucket {
     std::size_t comm;            // index into comms_
     std::vector<T> buffer;       // the packed gradients (empty when reduced in place)
@@ -75,7 +80,7 @@ class DataParallel {
     std::size_t elems = 0;       // gradient elements, unpadded
     std::size_t shard = 0;       // shard_update: elements per rank (elems rounded up to a multiple of p, / p)
     bool in_place = false;       // one parameter (whose size divides by p when sharded): no staging copies
-    std::vector<nn::ParamRange> mine;  // shard_update: this rank's shard, as parts of parameters
+    std::vector<Piece> mine;     // shard_update: this rank's shard, as parts of parameters
     std::size_t ready = 0;       // gradients packed so far this step
     bool started = false;
     Request request;
@@ -248,10 +253,11 @@ class DataParallel {
       for (std::size_t s : b.slots) {
         const Slot& sl = slots_[s];
         const std::size_t a = std::max(lo, sl.offset), e = std::min(hi, sl.offset + static_cast<std::size_t>(sl.p->numel()));
-        if (a < e)
-          b.mine.push_back(nn::ParamRange{sl.index, static_cast<index_t>(a - sl.offset), static_cast<index_t>(e - sl.offset)});
+        if (a < e) {
+          b.mine.push_back(Piece{{sl.index, static_cast<index_t>(a - sl.offset), static_cast<index_t>(e - sl.offset)}, a});
+          mine_.push_back(b.mine.back().part);
+        }
       }
-      mine_.insert(mine_.end(), b.mine.begin(), b.mine.end());
     }
     sl_packed_.assign(slots_.size(), false);
   }
@@ -321,11 +327,8 @@ class DataParallel {
     for (std::size_t s : b.slots) sl_packed_[s] = false;
     if (b.in_place) return;
     if (opts_.shard_update) {  // only this rank's shard is averaged: copy just that back
-      for (const nn::ParamRange& m : b.mine) {
-        Parameter<T>& q = (*params_)[m.param];
-        std::memcpy(q.grad.data() + m.begin, b.buffer.data() + slot_of(m.param).offset + static_cast<std::size_t>(m.begin),
-                    static_cast<std::size_t>(m.end - m.begin) * sizeof(T));
-      }
+      for (const Piece& m : b.mine)
+        std::memcpy((*params_)[m.part.param].grad.data() + m.part.begin, b.buffer.data() + m.at, m.elems() * sizeof(T));
       return;
     }
     for (std::size_t s : b.slots) {
@@ -342,9 +345,8 @@ class DataParallel {
       Parameter<T>* only = slots_[b.slots[0]].p;
       data = std::span<T>(only->value.data(), static_cast<std::size_t>(only->numel()));
     } else {
-      for (const nn::ParamRange& m : b.mine)
-        std::memcpy(b.buffer.data() + slot_of(m.param).offset + static_cast<std::size_t>(m.begin),
-                    (*params_)[m.param].value.data() + m.begin, static_cast<std::size_t>(m.end - m.begin) * sizeof(T));
+      for (const Piece& m : b.mine)
+        std::memcpy(b.buffer.data() + m.at, (*params_)[m.part.param].value.data() + m.part.begin, m.elems() * sizeof(T));
       data = std::span<T>(b.buffer);
     }
     std::span<const T> in = data.subspan(static_cast<std::size_t>(rank()) * b.shard, b.shard);
@@ -364,12 +366,6 @@ class DataParallel {
       const Slot& sl = slots_[s];
       std::memcpy(sl.p->value.data(), b.buffer.data() + sl.offset, static_cast<std::size_t>(sl.p->numel()) * sizeof(T));
     }
-  }
-
-  const Slot& slot_of(std::size_t registry_index) const {
-    for (const Slot& sl : slots_)
-      if (sl.index == registry_index) return sl;
-    throw_error<ValueError>("DataParallel: no slot for parameter ", registry_index);
   }
 
   template <class Optimizer>
