@@ -112,6 +112,14 @@ inline std::size_t keep_count(std::size_t count, double fraction, std::size_t n,
   return count;
 }
 
+// keep_count for codecs that send u32 indices (top-k, random-k): also
+// refuses buffers those indices cannot address.
+inline std::size_t indexed_keep_count(std::size_t count, double fraction, std::size_t n, const CodecCall& k) {
+  const std::size_t kk = keep_count(count, fraction, n, k);
+  if (n > 0xffffffffu) k.fail("buffers of more than 2^32 elements are not supported (", n, ")");
+  return kk;
+}
+
 template <class State>
 concept VisitableState = std::default_initializable<State> && requires(State& s) {
   s.visit([](const char*, std::vector<float>&) {});

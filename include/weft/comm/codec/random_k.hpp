@@ -42,19 +42,17 @@ struct RandomK {
     }
   };
 
-  std::size_t k_of(std::size_t n, const CodecCall& k) const { return detail::keep_count(count, fraction, n, k); }
-  void check(std::size_t n, const CodecCall& k) const {
-    (void)k_of(n, k);
-    if (n > 0xffffffffu) k.fail("buffers of more than 2^32 elements are not supported (", n, ")");
+  std::size_t k_of(std::size_t n, const CodecCall& k) const {
+    return detail::indexed_keep_count(count, fraction, n, k);
   }
+  void check(std::size_t n, const CodecCall& k) const { (void)k_of(n, k); }
   int rounds(const State&, std::size_t) const { return 1; }
   std::size_t payload_count(const State&, std::size_t n, int) const {
     return detail::keep_count(count, fraction, n, CodecCall{});
   }
 
   void encode(State& s, const float* x, std::size_t n, float* out, int, const CodecCall& k) const {
-    check(n, k);
-    const std::size_t kk = k_of(n, k);
+    const std::size_t kk = k_of(n, k);  // checks n as check() does
     s.index.resize(kk);
     const std::uint64_t stream = detail::mix64(detail::mix64(seed, k.seq), n);
     std::size_t kept = 0;

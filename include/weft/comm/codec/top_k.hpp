@@ -47,18 +47,16 @@ struct TopK {
     }
   };
 
-  std::size_t k_of(std::size_t n, const CodecCall& k) const { return detail::keep_count(count, fraction, n, k); }
-  void check(std::size_t n, const CodecCall& k) const {
-    (void)k_of(n, k);
-    if (n > 0xffffffffu) k.fail("buffers of more than 2^32 elements are not supported (", n, ")");
+  std::size_t k_of(std::size_t n, const CodecCall& k) const {
+    return detail::indexed_keep_count(count, fraction, n, k);
   }
+  void check(std::size_t n, const CodecCall& k) const { (void)k_of(n, k); }
   std::size_t payload_bytes(std::size_t n) const {
     return detail::keep_count(count, fraction, n, CodecCall{}) * (sizeof(std::uint32_t) + sizeof(float));
   }
 
   void encode(State& s, const float* x, std::size_t n, std::byte* out, const CodecCall& k) const {
-    check(n, k);
-    const std::size_t kk = k_of(n, k);
+    const std::size_t kk = k_of(n, k);  // checks n as check() does
     detail::feedback_input(s.m, s.residual, x, n, error_feedback, k);
     // Select by threshold rather than sorting indices: find the k-th largest
     // magnitude t, then one scan in index order keeps every |m_i| > t and the
