@@ -169,6 +169,22 @@ TEST_CASE("read_idx errors name the path and the problem") {
     check_contains(msg, path);
     check_contains(msg, "no such file");
   }
+  SUBCASE("symbolic link to itself") {
+    const std::string path = dir.file("loop.idx.gz");
+    std::filesystem::create_symlink(path, path);
+    const std::string msg = idx_error(path);
+    check_contains(msg, path);
+    check_contains(msg, "cannot open");
+    CHECK(msg.find("no such file") == std::string::npos);
+  }
+  SUBCASE("dangling symbolic link") {
+    const std::string path = dir.file("dangling.idx.gz");
+    std::filesystem::create_symlink(dir.file("gone.idx.gz"), path);
+    const std::string msg = idx_error(path);
+    check_contains(msg, path);
+    check_contains(msg, "symbolic link");
+    check_contains(msg, "gone.idx.gz");
+  }
   SUBCASE("directory") {
     const std::string msg = idx_error(dir.path.string());
     check_contains(msg, dir.path.string());

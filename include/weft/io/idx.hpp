@@ -44,8 +44,15 @@ class GzReader {
   explicit GzReader(const std::string& path) : path_(path) {
     std::error_code ec;
     const auto status = std::filesystem::status(path, ec);
-    if (!std::filesystem::exists(status))
+    if (ec && ec != std::errc::no_such_file_or_directory)  // e.g. a symlink loop (ELOOP), no permission on a folder
+      throw_error<IoError>("read_idx: ", path, ": cannot open: ", ec.message());
+    if (!std::filesystem::exists(status)) {
+      std::error_code lec;
+      if (std::filesystem::is_symlink(std::filesystem::symlink_status(path, lec)))
+        throw_error<IoError>("read_idx: ", path, ": is a symbolic link to ",
+                             std::filesystem::read_symlink(path, lec).string(), ", which does not exist");
       throw_error<IoError>("read_idx: ", path, ": no such file");
+    }
     if (std::filesystem::is_directory(status))
       throw_error<IoError>("read_idx: ", path, ": is a directory, not an IDX file");
     errno = 0;
