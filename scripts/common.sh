@@ -5,8 +5,8 @@
 WEFT_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WEFT_BUILD=${WEFT_BUILD:-$WEFT_ROOT/build}
 
-# Packages every build needs; callers add their own.
-WEFT_BASE_PKGS=(meson ninja-build g++ pkg-config doctest-dev libopenblas-dev zlib1g-dev
+# Packages every build needs (cmake: the consumer test builds CMake consumers); callers add their own.
+WEFT_BASE_PKGS=(meson ninja-build cmake g++ pkg-config doctest-dev libopenblas-dev zlib1g-dev
                 libopenmpi-dev openmpi-bin python3)
 
 weft_install() {

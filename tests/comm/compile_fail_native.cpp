@@ -1,7 +1,10 @@
-// Must NOT compile: comm::Native on a transport without native collectives.
-// tests/comm/meson.build checks the compiler names the rule (the static_assert
-// in algorithm/native.hpp), so an unrelated error cannot pass for it.
+// Must NOT compile: comm::Native on a transport without native collectives
+// (the static_assert in algorithm/native.hpp names the rule).
+// expect: delegates to the transport's own collectives and this transport has none
+// Twin (without WEFT_COMPILE_FAIL): the same transport with the ring, which
+// needs only point-to-point messages, compiles.
 #include <weft/comm/algorithm/native.hpp>
+#include <weft/comm/algorithm/ring.hpp>
 #include <weft/comm/communicator.hpp>
 #include <weft/comm/transport/thread.hpp>
 
@@ -26,7 +29,11 @@ static_assert(weft::comm::Transport<P2POnly>);
 }  // namespace
 
 void use(P2POnly t) {
+#ifdef WEFT_COMPILE_FAIL
   weft::comm::Communicator<weft::comm::Native, P2POnly> c{t};
+#else
+  weft::comm::Communicator<weft::comm::Ring, P2POnly> c{t};
+#endif
   float x[4] = {};
   c.allreduce(x, x, 4);
 }
