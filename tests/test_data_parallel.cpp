@@ -127,6 +127,21 @@ TEST_CASE("buckets: reverse layer order, same on every rank, per-layer communica
   CHECK(first[1] == first[0]);
 }
 
+TEST_CASE("a parameter unused on some ranks only: buckets start in the same order on every rank") {
+  for (int p : {2, 3, 4})
+    for (bool c_before_b : {false, true})
+      for (bool shard : {false, true}) {
+        CAPTURE(p);
+        CAPTURE(c_before_b);
+        CAPTURE(shard);
+        std::vector<std::vector<float>> result(static_cast<std::size_t>(p));
+        comm::run_local(p, [&](ThreadTransport& t) {
+          result[static_cast<std::size_t>(t.rank())] = unused_on_some_ranks(t, c_before_b, shard);
+        });
+        for (int r = 0; r < p; ++r) check_unused_on_some_ranks(result[static_cast<std::size_t>(r)], p);
+      }
+}
+
 TEST_CASE("an unused parameter and accumulation without communication") {
   comm::run_local(2, [&](ThreadTransport& t) {
     Model m;

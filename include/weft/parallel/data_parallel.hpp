@@ -8,7 +8,10 @@
 //     default) in reverse registration order, the same on every rank. A
 //     bucket's allreduce (average) starts, non-blocking, the moment its last
 //     gradient is final during backward (weft::backward's parameter hook), so
-//     communication overlaps the rest of backward.
+//     communication overlaps the rest of backward. Buckets start in index
+//     order on every rank: a full bucket waits until every lower-indexed
+//     bucket has started (a parameter unused on some ranks only would
+//     otherwise reorder the collectives and pair different buckets).
 //   - accumulate() runs backward without communication (DDP's no_sync()); the
 //     next backward() averages the accumulated gradients.
 //   - Per-layer communicators: DataParallel<T, Comms...> holds several
@@ -82,7 +85,6 @@ class DataParallel {
     bool in_place = false;       // one parameter (whose size divides by p when sharded): no staging copies
     std::vector<Piece> mine;     // shard_update: this rank's shard, as parts of parameters
     std::size_t ready = 0;       // gradients packed so far this step
-    bool started = false;
     Request request;
   };
 
@@ -133,22 +135,16 @@ class DataParallel {
   T backward(const E& loss, Workspace<>& ws) {
     if (size() == 1) return weft::backward(loss, ws).item();  // nothing to average
     if (buckets_.empty()) build_buckets();
-    for (Bucket& b : buckets_) {
-      b.ready = 0;
-      b.started = false;
-    }
+    for (Bucket& b : buckets_) b.ready = 0;
+    next_ = 0;
     auto hook = [this](Parameter<T>& p) { packed(p); };
     T value = weft::backward(loss, ws, hook).item();
-    // Parameters the loss did not use never reported: pack them now.
-    for (std::size_t bi = 0; bi < buckets_.size(); ++bi) {
-      Bucket& b = buckets_[bi];
-      if (b.started) continue;
-      for (std::size_t s : b.slots) {
-        const Slot& sl = slots_[s];
-        if (!sl_packed_[s]) pack(sl);
-      }
-      start(bi);
-    }
+    // Parameters the loss did not use never reported: pack them now, then
+    // start the buckets still waiting, in index order.
+    for (std::size_t bi = next_; bi < buckets_.size(); ++bi)
+      for (std::size_t s : buckets_[bi].slots)
+        if (!sl_packed_[s]) pack(slots_[s]);
+    start_in_order();
     for (std::size_t bi = 0; bi < buckets_.size(); ++bi) finish(bi);
     return value;
   }
@@ -266,8 +262,7 @@ class DataParallel {
     for (std::size_t s = 0; s < slots_.size(); ++s)
       if (slots_[s].p == &p) {
         pack(slots_[s]);
-        Bucket& b = buckets_[slots_[s].bucket];
-        if (b.ready == b.slots.size()) start(slots_[s].bucket);
+        start_in_order();
         return;
       }
   }
@@ -314,10 +309,16 @@ class DataParallel {
     b.request = std::monostate{};
   }
 
-  void start(std::size_t bi) {
-    Bucket& b = buckets_[bi];
-    b.started = true;
-    if (opts_.overlap) reduce(b, false);  // else reduced in finish()
+  // Start every full bucket whose lower-indexed buckets have all started.
+  // Buckets start in index order on every rank (PyTorch DDP's rule): the
+  // order in which gradients become final differs between ranks when a
+  // parameter is unused on some of them, and same-sized collectives started
+  // in different orders would pair one rank's bucket with another's.
+  void start_in_order() {
+    while (next_ < buckets_.size() && buckets_[next_].ready == buckets_[next_].slots.size()) {
+      if (opts_.overlap) reduce(buckets_[next_], false);  // else reduced in finish()
+      ++next_;
+    }
   }
 
   void finish(std::size_t bi) {
@@ -430,6 +431,7 @@ class DataParallel {
   std::vector<Bucket> buckets_;
   std::vector<Slot> slots_;
   std::vector<bool> sl_packed_;
+  std::size_t next_ = 0;  // the lowest-indexed bucket not started yet this backward
   std::vector<nn::ParamRange> mine_;  // shard_update: every bucket's `mine`, for the optimizer
 };
 
