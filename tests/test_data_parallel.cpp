@@ -142,6 +142,49 @@ TEST_CASE("a parameter unused on some ranks only: buckets start in the same orde
       }
 }
 
+// The hook's O(1) lookup: every registered parameter finds its own slot (a
+// table keyed by address; 40 parameters fill probe chains), a parameter
+// outside the registry and a second report of the same one change nothing,
+// and buckets start in index order whatever order gradients arrive in.
+TEST_CASE("buckets: each hook finds its slot, buckets start in index order") {
+  std::vector<Parameter<float>> ps;
+  ps.reserve(40);
+  nn::Registry<float> reg;
+  for (int k = 0; k < 40; ++k) {
+    std::string name(1, 'p');  // not "p" + to_string: GCC 12's -Wrestrict false positive
+    name += std::to_string(k);
+    ps.emplace_back(name, Shape{k % 3 + 1});
+    reg.add(ps.back(), ps.back().name);
+  }
+  parallel::Buckets<float> b;
+  b.build(reg, 6 * sizeof(float), 1, [](const std::string&) { return std::size_t(0); });
+  REQUIRE(b.size() > 5);
+  std::vector<std::size_t> started;
+  auto start = [&](std::size_t i) { started.push_back(i); };
+  b.begin_pass();
+  Parameter<float> stranger("stranger", {2});
+  b.ready(stranger, start);
+  CHECK(started.empty());
+  for (int k = 0; k < 40; ++k) {  // registration order: the last bucket fills first
+    ps[static_cast<std::size_t>(k)].grad.fill(float(k));
+    b.ready(ps[static_cast<std::size_t>(k)], start);
+    b.ready(ps[static_cast<std::size_t>(k)], start);  // a repeat is ignored
+    if (k < 39) CHECK(started.empty());  // bucket 0 holds p39
+  }
+  std::vector<std::size_t> order(b.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+  CHECK(started == order);
+  b.finish_pass(start);
+  CHECK(started == order);  // nothing left to start
+  for (std::size_t i = 0; i < b.size(); ++i) {
+    const std::span<float> g = b.grads(i);
+    for (std::size_t s : b[i].slots) {
+      const auto& sl = b.slot(s);
+      CHECK(g[sl.offset] == sl.p->grad(0));  // packed where the slot says
+    }
+  }
+}
+
 TEST_CASE("an unused parameter and accumulation without communication") {
   comm::run_local(2, [&](ThreadTransport& t) {
     Model m;
