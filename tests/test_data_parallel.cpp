@@ -2,11 +2,17 @@
 // rank with batch b (float tolerance), and bit for bit in deterministic mode
 // against the same gradients combined in rank order; bucket order; unused
 // parameters; accumulation; mismatched models; the distributed sampler.
+#if defined(__GNUC__) && !defined(__clang__)
+// The counting operator new/delete below pair malloc with free; GCC cannot see that through inlining.
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+#endif
 #include <doctest/doctest.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <new>
 #include <set>
 #include <string>
 #include <vector>
@@ -27,6 +33,21 @@ using comm::Ring;
 using comm::ThreadTransport;
 
 using namespace dp_suite;
+
+// Counts heap allocations made by threads that opt in (the ranks' own
+// threads, not the communicators' progress threads, whose collectives
+// tests/comm checks), to prove a steady-state DataParallel step allocates nothing.
+namespace {
+std::atomic<long> g_allocs{0};
+thread_local bool g_counting = false;
+}  // namespace
+void* operator new(std::size_t n) {
+  if (g_counting) g_allocs.fetch_add(1, std::memory_order_relaxed);
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 
 TEST_CASE("p ranks with batch b/p train like one rank with batch b") {
   const Data data;
@@ -183,6 +204,46 @@ TEST_CASE("buckets: each hook finds its slot, buckets start in index order") {
       CHECK(g[sl.offset] == sl.p->grad(0));  // packed where the slot says
     }
   }
+}
+
+TEST_CASE("a steady-state data-parallel step allocates nothing on the ranks' threads") {
+  const Data data;
+  for (bool overlap : {true, false})
+    for (bool shard : {false, true}) {
+      CAPTURE(overlap);
+      CAPTURE(shard);
+      std::vector<long> allocs(2, -1);
+      comm::run_local(2, [&](ThreadTransport& t) {
+        Model m;
+        Communicator<Ring, ThreadTransport> c{t};
+        parallel::DataParallel dp(m.reg, c);
+        dp.set_bucket_bytes(200);  // several buckets, staged and in place
+        dp.set_overlap(overlap);
+        dp.set_shard_update(shard);
+        nn::Adam<float> opt(m.reg, {.lr = 1e-2f});
+        Workspace<> ws;
+        auto step = [&](int s) {
+          auto [lo, hi] = rows(s, t.rank(), 2);
+          opt.zero_grad();
+          dp.backward(m.loss(data.x.slice(lo, hi), data.y.slice(lo, hi)), ws);
+          dp.step(opt);
+        };
+        step(0);  // the first step builds buckets, workspace and requests
+        const long before = g_allocs.load();
+        g_counting = true;
+        for (int s = 1; s < 6; ++s) step(s);
+        g_counting = false;
+        allocs[static_cast<std::size_t>(t.rank())] = g_allocs.load() - before;
+      });
+      CHECK(allocs[0] == 0);
+      CHECK(allocs[1] == 0);
+    }
+  // and the counter does see an allocation on a counting thread
+  const long base = g_allocs.load();
+  g_counting = true;
+  std::vector<float> v(100);
+  g_counting = false;
+  CHECK(g_allocs.load() - base == 1);
 }
 
 TEST_CASE("an unused parameter and accumulation without communication") {
