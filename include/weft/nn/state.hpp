@@ -1,8 +1,9 @@
 // State visiting: the one protocol through which a checkpoint reads and
 // restores what a training run holds (parameters, optimizer moments and step
 // count, RNG state, sampler epoch and position, a strategy's shard layout).
-// Every stateful object offers visit_state(v) (the registry: the free
-// function nn::visit_state(reg, v)) and calls the visitor once per item:
+// Every stateful object offers visit_state(v) (a registry and a parameter: the free
+// functions nn::visit_state(reg, v) and nn::visit_state(param, v)) and calls
+// the visitor once per item:
 //
 //   v(std::string_view name, TensorView<T> t)   a tensor: read through t to save,
 //                                              write through t to restore
@@ -85,11 +86,17 @@ void visit_fixed(V& v, std::string_view name, S value, std::string_view who) {
                             " (built differently: rebuild it with the saved configuration)");
 }
 
+// A parameter's value under its name. Its gradient is not state: the next
+// backward recomputes it.
+template <class T, class V>
+void visit_state(Parameter<T>& p, V& v) {
+  v(std::string_view(p.name), p.value.view());
+}
+
 // The parameters' values, under their registry names, in registration order.
-// Gradients are not state: they are recomputed by the next backward.
 template <class T, class V>
 void visit_state(const Registry<T>& reg, V& v) {
-  for (Parameter<T>* p : reg) v(std::string_view(p->name), p->value.view());
+  for (Parameter<T>* p : reg) visit_state(*p, v);
 }
 
 }  // namespace weft::nn
