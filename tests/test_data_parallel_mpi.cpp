@@ -32,6 +32,16 @@ TEST_CASE("mpi: the sharded update trains like one rank, and is bit for bit in d
   CHECK(data_parallel(t, data, true, true, true) == shards_in_rank_order_sgd(data, t.size()));
 }
 
+TEST_CASE("mpi: a parameter unused on some ranks only: buckets start in the same order on every rank") {
+  weft::comm::MpiTransport t{MPI_COMM_WORLD};
+  for (bool c_before_b : {false, true})
+    for (bool shard : {false, true}) {
+      CAPTURE(c_before_b);
+      CAPTURE(shard);
+      check_unused_on_some_ranks(unused_on_some_ranks(t, c_before_b, shard), t.size());
+    }
+}
+
 int main(int argc, char** argv) {
   int provided = 0;
   MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);

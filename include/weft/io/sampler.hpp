@@ -5,12 +5,17 @@
 // ... so shards are disjoint and of equal size. The remainder policy is explicit:
 //   Remainder::drop  the last n mod p samples of the permutation are skipped
 //   Remainder::pad   the permutation is extended from its start (PyTorch's default)
+// Where a run is, for checkpoints: epoch() and position() (this rank's
+// samples of the epoch consumed so far; advance(n) after each batch,
+// set_epoch(e) at the start of an epoch), visited with the seed by
+// visit_state(v) (nn/state.hpp).
 // kfold() and stratified_split() return index lists, deterministic for a seed.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
 #include <numeric>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -66,6 +71,41 @@ class DistributedSampler {
     }
     return mine;
   }
+  // This rank's sample indices for the current epoch.
+  std::vector<index_t> indices() const { return indices(epoch_); }
+
+  std::uint64_t epoch() const { return epoch_; }
+  // Samples of the current epoch this rank has consumed.
+  index_t position() const { return position_; }
+  // Start epoch e from its first sample.
+  void set_epoch(std::uint64_t e) {
+    epoch_ = e;
+    position_ = 0;
+  }
+  // n more samples of the current epoch consumed.
+  void advance(index_t n) {
+    if (n < 0 || n > shard_size() - position_)
+      throw_error<ValueError>("DistributedSampler::advance(", n, "): at position ", position_, " of a shard of ",
+                              shard_size(), " samples");
+    position_ += n;
+  }
+
+  // Checkpoints: "seed" (std::uint64_t), "epoch" (std::uint64_t) and
+  // "position" (std::int64_t); a restored position must lie in the shard.
+  template <class V>
+  void visit_state(V& v) {
+    std::uint64_t seed = seed_, epoch = epoch_;
+    std::int64_t position = position_;
+    v(std::string_view("seed"), seed);
+    v(std::string_view("epoch"), epoch);
+    v(std::string_view("position"), position);
+    if (position < 0 || position > shard_size())
+      throw_error<ValueError>("DistributedSampler::visit_state: restoring position ", position,
+                              " outside this rank's shard of ", shard_size(), " samples");
+    seed_ = seed;
+    epoch_ = epoch;
+    position_ = position;
+  }
 
  private:
   index_t n_;
@@ -73,6 +113,8 @@ class DistributedSampler {
   std::uint64_t seed_;
   Remainder rem_;
   bool shuffle_;
+  std::uint64_t epoch_ = 0;
+  index_t position_ = 0;
 };
 
 struct Split {

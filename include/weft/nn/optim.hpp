@@ -16,6 +16,8 @@
 // data-parallel update (parallel::DataParallel's shard_update) has each rank
 // step its own 1/p of every parameter and then gathers the values. Hyperparameters are float;
 // arithmetic runs in T (float or double), scalar factors are formed in double.
+// visit_state(v) hands the step count, lr and state tensors to a checkpoint
+// (nn/state.hpp).
 #pragma once
 
 #include <cmath>
@@ -23,6 +25,7 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -112,6 +115,28 @@ class OptimizerBase {
   }
   const Tensor<T>& state(const std::string& param_name, const std::string& key) const {
     return const_cast<OptimizerBase*>(this)->state(param_name, key);
+  }
+
+  // Checkpoints (nn/state.hpp): "step" (std::int64_t), "lr" (float), then
+  // each parameter's state tensors as "<parameter>.<key>" (SGD with momentum:
+  // momentum_buffer; Adam, AdamW: exp_avg, exp_avg_sq), in registry order.
+  // Restored step counts and learning rates are checked as set_steps and
+  // set_lr check them. A sharded update (parallel::DataParallel) keeps state
+  // only on this rank's shard: the rest stays zero and is visited as such.
+  template <class V>
+  void visit_state(V& v) {
+    std::int64_t steps = steps_;
+    v(std::string_view("step"), steps);
+    set_steps(steps);
+    float lr = lr_;
+    v(std::string_view("lr"), lr);
+    set_lr(lr);
+    std::string name;
+    for (Slot& s : slots_)
+      for (std::size_t k = 0; k < keys_.size(); ++k) {
+        name.assign(s.param->name).append(1, '.').append(keys_[k]);
+        v(std::string_view(name), s.state[k].view());
+      }
   }
 
  protected:

@@ -22,6 +22,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <numbers>
+#include <string_view>
 
 #include "../core/config.hpp"
 #include "../core/error.hpp"
@@ -80,6 +81,28 @@ class Rng {
     Rng r;
     for (int i = 0; i < 4; ++i) r.s_[i] = s[static_cast<std::size_t>(i)];
     return r;
+  }
+
+  // Checkpoints (nn/state.hpp): the four state words "state0".."state3"
+  // (std::uint64_t) and the pending Box-Muller value ("spare", double;
+  // "has_spare", bool), so a restored generator continues the exact stream.
+  // Restoring the all-zero state throws, as from_state does.
+  template <class V>
+  void visit_state(V& v) {
+    std::uint64_t s[4] = {s_[0], s_[1], s_[2], s_[3]};
+    v(std::string_view("state0"), s[0]);
+    v(std::string_view("state1"), s[1]);
+    v(std::string_view("state2"), s[2]);
+    v(std::string_view("state3"), s[3]);
+    double spare = spare_;
+    bool has_spare = has_spare_;
+    v(std::string_view("spare"), spare);
+    v(std::string_view("has_spare"), has_spare);
+    if (s[0] == 0 && s[1] == 0 && s[2] == 0 && s[3] == 0)
+      throw_error<ValueError>("Rng::visit_state: restoring the all-zero state, a fixed point of xoshiro256**");
+    for (int i = 0; i < 4; ++i) s_[i] = s[i];
+    spare_ = spare;
+    has_spare_ = has_spare;
   }
 
   constexpr std::uint64_t next_u64() {

@@ -1,14 +1,20 @@
 // DataParallel: every rank holds the whole model and a shard of each batch;
-// gradients are averaged across ranks during backward.
+// gradients are averaged across ranks during backward. A parallel::Strategy
+// (parallel/strategy.hpp): the bucketing lives in parallel/buckets.hpp, the
+// sharded update in parallel/sharded_update.hpp; this file holds the DDP
+// semantics and runs the collectives.
 //
 //   - At construction: the ranks check that they hold the same parameter list
 //     (names and shapes), rank 0 broadcasts the values, and the ranks check
 //     that the values now agree bit for bit.
 //   - Gradients are packed into buckets (bucket_bytes, PyTorch DDP's 25 MiB by
 //     default) in reverse registration order, the same on every rank. A
-//     bucket's allreduce (average) starts, non-blocking, the moment its last
-//     gradient is final during backward (weft::backward's parameter hook), so
-//     communication overlaps the rest of backward.
+//     bucket's allreduce (average) starts, non-blocking, from weft::backward's
+//     parameter hook (on_grad_ready) once its last gradient is final, so
+//     communication overlaps the rest of backward. Buckets start in index
+//     order on every rank: a full bucket waits until every lower-indexed
+//     bucket has started (a parameter unused on some ranks only would
+//     otherwise reorder the collectives and pair different buckets).
 //   - accumulate() runs backward without communication (DDP's no_sync()); the
 //     next backward() averages the accumulated gradients.
 //   - Per-layer communicators: DataParallel<T, Comms...> holds several
@@ -16,32 +22,38 @@
 //   - A parameter that a step does not use still has a (zero or accumulated)
 //     gradient: its bucket starts after backward instead of hanging (the DDP
 //     unused-parameter hang cannot happen).
-//   - Sharded update (shard_update, ZeRO stage 1 without the memory saving:
-//     DeepSpeed's ZeRO-1, PyTorch's ZeroRedundancyOptimizer): each bucket is
-//     reduce-scattered instead of allreduced, dp.step(opt) has each rank run
-//     the optimizer on its 1/p of every bucket, and an allgather brings the
-//     updated values to every rank. Same bytes on the wire as an allreduce
-//     (reduce-scatter + allgather), and the optimizer pass, memory-bound and
-//     otherwise repeated on every rank, shrinks p-fold. The parameters after
-//     a step equal the unsharded ones (bit for bit in deterministic mode); in
-//     between, a rank's .grad is averaged only on its own shard.
+//   - Sharded update (shard_update, ZeRO stage 1 without the memory saving,
+//     parallel/sharded_update.hpp): each bucket is reduce-scattered instead of
+//     allreduced, dp.step(opt) has each rank run the optimizer on its 1/p of
+//     every bucket, and an allgather brings the updated values to every rank.
+//     The parameters after a step equal the unsharded ones (bit for bit in
+//     deterministic mode); in between, a rank's .grad is averaged only on its
+//     own shard.
+//   - visit_state(v) (nn/state.hpp): the configuration and, when sharded, this
+//     rank's shard layout; restoring checks that they match.
 #pragma once
 
-#include <algorithm>
 #include <cstdint>
-#include <cstring>
 #include <span>
 #include <string>
+#include <string_view>
 #include <tuple>
 #include <type_traits>
+#include <utility>
 #include <variant>
 #include <vector>
 
 #include "../autodiff/value_and_grad.hpp"
+#include "../comm/algorithm/ring.hpp"
 #include "../comm/communicator.hpp"
+#include "../comm/transport/thread.hpp"
 #include "../core/error.hpp"
 #include "../nn/optim.hpp"
 #include "../nn/registry.hpp"
+#include "../nn/state.hpp"
+#include "buckets.hpp"
+#include "sharded_update.hpp"
+#include "strategy.hpp"
 
 namespace weft::parallel {
 
@@ -62,31 +74,9 @@ class DataParallel {
   static_assert(sizeof...(Comms) >= 1, "DataParallel needs at least one communicator");
   using Request = std::variant<std::monostate, typename Comms::Request...>;
 
-  struct Slot {  // a parameter's place in its bucket
-    Parameter<T>* p;
-    std::size_t bucket;
-    std::size_t offset;
-    std::size_t index;  // in the registry (and in the optimizer built from it)
-  };
-  struct Piece {  // shard_update: this rank's shard within one parameter
-    nn::ParamRange part;
-    std::size_t at;  // where element part.begin sits in the bucket's buffer
-    std::size_t elems() const { return static_cast<std::size_t>(part.end - part.begin); }
-  };
-  struct Bucket {
-    std::size_t comm;            // index into comms_
-    std::vector<T> buffer;       // the packed gradients (empty when reduced in place)
-    std::vector<std::size_t> slots;
-    std::size_t elems = 0;       // gradient elements, unpadded
-    std::size_t shard = 0;       // shard_update: elements per rank (elems rounded up to a multiple of p, / p)
-    bool in_place = false;       // one parameter (whose size divides by p when sharded): no staging copies
-    std::vector<Piece> mine;     // shard_update: this rank's shard, as parts of parameters
-    std::size_t ready = 0;       // gradients packed so far this step
-    bool started = false;
-    Request request;
-  };
-
  public:
+  using value_type = T;
+
   DataParallel(nn::Registry<T>& params, Comms&... comms, DataParallelOptions o = {})
       : params_(&params), comms_(comms...), opts_(o) {
     auto& c0 = std::get<0>(comms_);
@@ -100,14 +90,14 @@ class DataParallel {
 
   void set_overlap(bool on) { opts_.overlap = on; }
   void set_shard_update(bool on) {
-    if (!buckets_.empty()) throw_error<ValueError>("DataParallel::set_shard_update: choose before the first backward");
+    if (built_) throw_error<ValueError>("DataParallel::set_shard_update: choose before the first backward");
     opts_.shard_update = on;
   }
   bool shard_update() const { return opts_.shard_update; }
 
   // Bucket size (bytes of gradient per allreduce); before the first backward.
   void set_bucket_bytes(std::size_t bytes) {
-    if (!buckets_.empty()) throw_error<ValueError>("DataParallel::set_bucket_bytes: buckets are fixed after the first backward");
+    if (built_) throw_error<ValueError>("DataParallel::set_bucket_bytes: buckets are fixed after the first backward");
     if (bytes == 0) throw_error<ValueError>("DataParallel::set_bucket_bytes: need at least one byte");
     opts_.bucket_bytes = bytes;
   }
@@ -132,25 +122,7 @@ class DataParallel {
   template <Expression E>
   T backward(const E& loss, Workspace<>& ws) {
     if (size() == 1) return weft::backward(loss, ws).item();  // nothing to average
-    if (buckets_.empty()) build_buckets();
-    for (Bucket& b : buckets_) {
-      b.ready = 0;
-      b.started = false;
-    }
-    auto hook = [this](Parameter<T>& p) { packed(p); };
-    T value = weft::backward(loss, ws, hook).item();
-    // Parameters the loss did not use never reported: pack them now.
-    for (std::size_t bi = 0; bi < buckets_.size(); ++bi) {
-      Bucket& b = buckets_[bi];
-      if (b.started) continue;
-      for (std::size_t s : b.slots) {
-        const Slot& sl = slots_[s];
-        if (!sl_packed_[s]) pack(sl);
-      }
-      start(bi);
-    }
-    for (std::size_t bi = 0; bi < buckets_.size(); ++bi) finish(bi);
-    return value;
+    return parallel::backward(*this, loss, ws);
   }
 
   // The optimizer step after backward(). Unsharded: opt.step(). Sharded: opt
@@ -163,10 +135,10 @@ class DataParallel {
       opt.step();
       return;
     }
-    if (buckets_.empty())
+    if (!averaged_)
       throw_error<ValueError>("DataParallel::step on rank ", rank(), ": no backward() yet, so no gradient to step with");
     check_optimizer(opt);
-    opt.step(mine_);
+    sharded_.step(opt);
     for (std::size_t bi = 0; bi < buckets_.size(); ++bi) start_gather(bi);
     for (std::size_t bi = 0; bi < buckets_.size(); ++bi) finish_gather(bi);
   }
@@ -177,13 +149,44 @@ class DataParallel {
     return weft::backward(loss, ws).item();
   }
 
+  // ---- the Strategy seam: parallel::backward calls these around weft::backward
+  void begin_backward() {
+    if (size() == 1) return;
+    if (!built_) build();
+    buckets_.begin_pass();
+  }
+  // From the backward hook: p's gradient is final. O(1): the buckets find p's
+  // slot by address; each bucket that may start now starts, in index order.
+  void on_grad_ready(Parameter<T>& p) {
+    buckets_.ready(p, [this](std::size_t bi) { start(bi); });
+  }
+  // Parameters the loss did not use never reported: pack them, start the
+  // buckets still waiting (in index order), wait for every bucket.
+  void finish_backward() {
+    if (size() == 1) return;
+    buckets_.finish_pass([this](std::size_t bi) { start(bi); });
+    for (std::size_t bi = 0; bi < buckets_.size(); ++bi) finish(bi);
+    averaged_ = true;
+  }
+
+  // Checkpoints (nn/state.hpp): the rank count, the bucket configuration and,
+  // sharded, this rank's shard layout ("shards.*"); restoring checks that they
+  // match. Fixes the buckets, as the first backward does.
+  template <class V>
+  void visit_state(V& v) {
+    constexpr std::string_view who = "DataParallel";
+    nn::visit_fixed(v, "ranks", static_cast<std::int64_t>(size()), who);
+    nn::visit_fixed(v, "bucket_bytes", static_cast<std::uint64_t>(opts_.bucket_bytes), who);
+    nn::visit_fixed(v, "shard_update", opts_.shard_update, who);
+    if (!opts_.shard_update || size() == 1) return;
+    if (!built_) build();
+    auto shards = nn::prefixed("shards", v);
+    sharded_.visit_state(shards);
+  }
+
   std::size_t buckets() const { return buckets_.size(); }
   // Names of the parameters in bucket i, in packing order (same on every rank).
-  std::vector<std::string> bucket_names(std::size_t i) const {
-    std::vector<std::string> n;
-    for (std::size_t s : buckets_.at(i).slots) n.push_back(slots_[s].p->name);
-    return n;
-  }
+  std::vector<std::string> bucket_names(std::size_t i) const { return buckets_.names(i); }
 
  private:
   template <class C>
@@ -198,7 +201,7 @@ class DataParallel {
   }
 
   void assign(const std::string& prefix, std::size_t comm) {
-    if (!buckets_.empty())
+    if (built_)
       throw_error<ValueError>("DataParallel::layer(\"", prefix, "\").use(): choose communicators before the first backward");
     bool any = false;
     for (Parameter<T>* p : *params_) any = any || matches(p->name, prefix);
@@ -221,152 +224,77 @@ class DataParallel {
     return best;
   }
 
-  // Reverse registration order (the order gradients become final), cut at
-  // bucket_bytes and wherever the communicator changes.
-  void build_buckets() {
-    const std::size_t n = params_->size(), p = static_cast<std::size_t>(size()), r = static_cast<std::size_t>(rank());
-    for (std::size_t k = n; k-- > 0;) {
-      Parameter<T>& q = (*params_)[k];
-      const std::size_t c = comm_for(q.name);
-      const std::size_t numel = static_cast<std::size_t>(q.numel());
-      if (buckets_.empty() || buckets_.back().comm != c ||
-          ((buckets_.back().elems + numel) * sizeof(T) > opts_.bucket_bytes && !buckets_.back().slots.empty())) {
-        buckets_.emplace_back();
-        buckets_.back().comm = c;
-      }
-      Bucket& b = buckets_.back();
-      slots_.push_back(Slot{&q, buckets_.size() - 1, b.elems, k});
-      b.slots.push_back(slots_.size() - 1);
-      b.elems += numel;
-    }
-    for (Bucket& b : buckets_) {
-      if (!opts_.shard_update) {
-        b.in_place = b.slots.size() == 1;
-        if (!b.in_place) b.buffer.assign(b.elems, T(0));
-        continue;
-      }
-      // Padded to p equal shards (the padding reduces zeros and is never read).
-      b.shard = (b.elems + p - 1) / p;
-      b.in_place = b.slots.size() == 1 && b.elems % p == 0;
-      if (!b.in_place) b.buffer.assign(b.shard * p, T(0));
-      const std::size_t lo = std::min(r * b.shard, b.elems), hi = std::min(lo + b.shard, b.elems);
-      for (std::size_t s : b.slots) {
-        const Slot& sl = slots_[s];
-        const std::size_t a = std::max(lo, sl.offset), e = std::min(hi, sl.offset + static_cast<std::size_t>(sl.p->numel()));
-        if (a < e) {
-          b.mine.push_back(Piece{{sl.index, static_cast<index_t>(a - sl.offset), static_cast<index_t>(e - sl.offset)}, a});
-          mine_.push_back(b.mine.back().part);
-        }
-      }
-    }
-    sl_packed_.assign(slots_.size(), false);
+  // Buckets cut wherever the communicator changes; sharded, padded to p equal shards.
+  void build() {
+    const std::size_t p = static_cast<std::size_t>(size());
+    buckets_.build(*params_, opts_.bucket_bytes, opts_.shard_update ? p : 1,
+                   [this](const std::string& name) { return comm_for(name); });
+    if (opts_.shard_update) sharded_.layout(buckets_, rank(), size());
+    requests_ = std::vector<Request>(buckets_.size());  // requests move, never copy
+    built_ = true;
   }
 
-  void packed(Parameter<T>& p) {
-    for (std::size_t s = 0; s < slots_.size(); ++s)
-      if (slots_[s].p == &p) {
-        pack(slots_[s]);
-        Bucket& b = buckets_[slots_[s].bucket];
-        if (b.ready == b.slots.size()) start(slots_[s].bucket);
-        return;
-      }
-  }
-
-  void pack(const Slot& sl) {
-    Bucket& b = buckets_[sl.bucket];
-    if (!b.in_place)
-      std::memcpy(b.buffer.data() + sl.offset, sl.p->grad.data(), static_cast<std::size_t>(sl.p->numel()) * sizeof(T));
-    ++b.ready;
-    sl_packed_[static_cast<std::size_t>(&sl - slots_.data())] = true;
-  }
-
-  // The bucket's gradients: the parameter's own in place, else the staging buffer.
-  std::span<T> grads(Bucket& b) {
-    if (!b.in_place) return std::span<T>(b.buffer);
-    Parameter<T>* only = slots_[b.slots[0]].p;
-    return std::span<T>(only->grad.data(), static_cast<std::size_t>(only->numel()));
-  }
-
-  // Average the bucket (allreduce; sharded: reduce-scatter, this rank's
-  // shard at r * shard, NCCL's in-place layout), blocking or not.
-  void reduce(Bucket& b, bool blocking) {
-    std::span<T> data = grads(b);
-    with_comm(b.comm, [&]<std::size_t I>(auto& comm, std::integral_constant<std::size_t, I>) {
+  // Average bucket bi (allreduce; sharded: reduce-scatter, this rank's shard
+  // at r * shard, NCCL's in-place layout), blocking or not.
+  void reduce(std::size_t bi, bool blocking) {
+    std::span<T> data = buckets_.grads(bi);
+    Request& req = requests_[bi];
+    with_comm(buckets_[bi].channel, [&]<std::size_t I>(auto& comm, std::integral_constant<std::size_t, I>) {
       if (!opts_.shard_update) {
         if (blocking)
           comm.allreduce(data, comm::ReduceOp::avg);
         else
-          b.request.template emplace<I + 1>(comm.iallreduce(data, comm::ReduceOp::avg));
+          req.template emplace<I + 1>(comm.iallreduce(data, comm::ReduceOp::avg));
         return;
       }
-      std::span<T> out = data.subspan(static_cast<std::size_t>(rank()) * b.shard, b.shard);
+      std::span<T> out = sharded_.mine(data, bi);
       if (blocking)
         comm.reduce_scatter(std::span<const T>(data), out, comm::ReduceOp::avg);
       else
-        b.request.template emplace<I + 1>(comm.ireduce_scatter(std::span<const T>(data), out, comm::ReduceOp::avg));
+        req.template emplace<I + 1>(comm.ireduce_scatter(std::span<const T>(data), out, comm::ReduceOp::avg));
     });
   }
 
-  void wait(Bucket& b) {
+  void wait(std::size_t bi) {
+    Request& req = requests_[bi];
     std::visit([](auto& r) {
       if constexpr (!std::is_same_v<std::decay_t<decltype(r)>, std::monostate>) r.wait();
-    }, b.request);
-    b.request = std::monostate{};
+    }, req);
+    req = std::monostate{};
   }
 
   void start(std::size_t bi) {
-    Bucket& b = buckets_[bi];
-    b.started = true;
-    if (opts_.overlap) reduce(b, false);  // else reduced in finish()
+    if (opts_.overlap) reduce(bi, false);  // else reduced in finish()
   }
 
   void finish(std::size_t bi) {
-    Bucket& b = buckets_[bi];
-    if (!opts_.overlap) reduce(b, true);
-    wait(b);
-    for (std::size_t s : b.slots) sl_packed_[s] = false;
-    if (b.in_place) return;
-    if (opts_.shard_update) {  // only this rank's shard is averaged: copy just that back
-      for (const Piece& m : b.mine)
-        std::memcpy((*params_)[m.part.param].grad.data() + m.part.begin, b.buffer.data() + m.at, m.elems() * sizeof(T));
-      return;
-    }
-    for (std::size_t s : b.slots) {
-      const Slot& sl = slots_[s];
-      std::memcpy(sl.p->grad.data(), b.buffer.data() + sl.offset, static_cast<std::size_t>(sl.p->numel()) * sizeof(T));
-    }
+    if (!opts_.overlap) reduce(bi, true);
+    wait(bi);
+    if (opts_.shard_update)
+      sharded_.unpack_grads(buckets_, *params_, bi);  // only this rank's shard is averaged
+    else
+      buckets_.unpack_grads(bi);
   }
 
   // Sharded step: every rank's updated shard of the bucket's values to every rank.
   void start_gather(std::size_t bi) {
-    Bucket& b = buckets_[bi];
-    std::span<T> data;
-    if (b.in_place) {
-      Parameter<T>* only = slots_[b.slots[0]].p;
-      data = std::span<T>(only->value.data(), static_cast<std::size_t>(only->numel()));
-    } else {
-      for (const Piece& m : b.mine)
-        std::memcpy(b.buffer.data() + m.at, (*params_)[m.part.param].value.data() + m.part.begin, m.elems() * sizeof(T));
-      data = std::span<T>(b.buffer);
-    }
-    std::span<const T> in = data.subspan(static_cast<std::size_t>(rank()) * b.shard, b.shard);
-    with_comm(b.comm, [&]<std::size_t I>(auto& comm, std::integral_constant<std::size_t, I>) {
+    sharded_.stage_values(buckets_, *params_, bi);
+    std::span<T> data = buckets_.values(bi);
+    std::span<const T> in = sharded_.mine(data, bi);
+    Request& req = requests_[bi];
+    with_comm(buckets_[bi].channel, [&]<std::size_t I>(auto& comm, std::integral_constant<std::size_t, I>) {
       if (opts_.overlap)
-        b.request.template emplace<I + 1>(comm.iallgather(in, data));
+        req.template emplace<I + 1>(comm.iallgather(in, data));
       else
         comm.allgather(in, data);
     });
   }
 
   void finish_gather(std::size_t bi) {
-    Bucket& b = buckets_[bi];
-    wait(b);
-    if (b.in_place) return;
-    for (std::size_t s : b.slots) {
-      const Slot& sl = slots_[s];
-      std::memcpy(sl.p->value.data(), b.buffer.data() + sl.offset, static_cast<std::size_t>(sl.p->numel()) * sizeof(T));
-    }
+    wait(bi);
+    buckets_.unpack_values(bi);
   }
+
 
   template <class Optimizer>
   void check_optimizer(Optimizer& opt) const {
@@ -427,13 +355,16 @@ class DataParallel {
   std::tuple<Comms&...> comms_;
   DataParallelOptions opts_;
   std::vector<std::pair<std::string, std::size_t>> choices_;
-  std::vector<Bucket> buckets_;
-  std::vector<Slot> slots_;
-  std::vector<bool> sl_packed_;
-  std::vector<nn::ParamRange> mine_;  // shard_update: every bucket's `mine`, for the optimizer
+  Buckets<T> buckets_;             // channel = index into comms_
+  ShardedUpdate<T> sharded_;       // shard_update only
+  std::vector<Request> requests_;  // per bucket, in flight
+  bool built_ = false;             // buckets fixed (by the first backward or visit_state)
+  bool averaged_ = false;          // a backward() has averaged gradients
 };
 
 template <class T, class... Comms>
 DataParallel(nn::Registry<T>&, Comms&...) -> DataParallel<T, Comms...>;
+
+static_assert(Strategy<DataParallel<float, comm::Communicator<comm::Ring, comm::ThreadTransport>>>);
 
 }  // namespace weft::parallel
