@@ -3,14 +3,18 @@
 // expected, Auto follows a table exactly at its range boundaries, falls back
 // to the formulas where the table has no entry, and every rank of a run
 // picks the same algorithm from the file WEFT_COST_MODEL names. No timings
-// are asserted: the tables here are written by hand.
+// are asserted: the tables here are written by hand, and calibrate()'s table
+// is checked for its shape (ranges that cover every size, candidates' names,
+// the same on every rank), not for which algorithm won.
 #include <doctest/doctest.h>
 
 #include <weft/comm/algorithm/auto.hpp>
 #include <weft/comm/communicator.hpp>
-#include <weft/comm/cost_file.hpp>
+#include <weft/comm/tuning/calibrate.hpp>
+#include <weft/comm/tuning/cost_file.hpp>
 #include <weft/comm/run_local.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -220,4 +224,48 @@ TEST_CASE("an explicit model wins over WEFT_COST_MODEL; a bad WEFT_COST_MODEL is
   CHECK_THROWS_WITH_AS(Auto{}.choice(Collective::allreduce, 8, 2), doctest::Contains("/nonexistent/weft-cost.txt"),
                        weft::IoError);
   ::unsetenv("WEFT_COST_MODEL");
+}
+
+TEST_CASE("calibrate() returns one table on every rank, covering every size, that a cost file keeps") {
+  CalibrateOptions o;
+  o.ops = {Collective::allreduce, Collective::allgather};
+  o.sizes = CalibrateOptions::geometric_sizes(64, 16384, 4);
+  o.passes = 1;
+  o.fit_constants = false;  // the ping-pong sweeps up to 64 MiB: too slow for a unit test
+  std::vector<CostModel> got(3);
+  run_local(3, [&](ThreadTransport& t) { got[static_cast<std::size_t>(t.rank())] = calibrate(t, CostModel::threads(), o); });
+  const CostModel& m = got[0];
+  CHECK(m.alpha == CostModel::threads().alpha);  // kept: fit_constants is false
+  for (const CostModel& other : got) {
+    REQUIRE(other.decisions.size() == m.decisions.size());
+    for (std::size_t i = 0; i < m.decisions.size(); ++i) {
+      CHECK(other.decisions[i].algorithm == m.decisions[i].algorithm);
+      CHECK(other.decisions[i].max_bytes == m.decisions[i].max_bytes);
+    }
+  }
+  for (Collective op : o.ops) {
+    CAPTURE(collective_name(op));
+    std::size_t next = 0;  // ranges of one op are contiguous from 0 B to no end
+    for (const Decision& d : m.decisions) {
+      if (d.op != op) continue;
+      CHECK(d.ranks == 3);
+      CHECK(d.min_bytes == next);
+      CHECK(d.margin > 0);
+      const std::string names[] = {"ring", "tree", "recursive_doubling", "halving_doubling"};
+      CHECK(std::find(std::begin(names), std::end(names), d.algorithm) != std::end(names));
+      next = d.max_bytes == inf ? inf : d.max_bytes + 1;
+    }
+    CHECK(next == inf);
+  }
+  // Auto built from it follows it, and it survives a file
+  const Auto a{.model = m};
+  for (const Decision& d : m.decisions)
+    CHECK(std::string(a.choice(d.op, d.min_bytes, 3)) == d.algorithm);
+  TempFile f("calibrated.txt");
+  CostFile file;
+  file.sections["threads"] = m;
+  file.save(f.path);
+  CHECK(load_cost_model(f.path, "threads").decisions.size() == m.decisions.size());
+  CHECK_THROWS_WITH_AS(run_local(1, [&](ThreadTransport& t) { calibrate(t, CostModel{}, o); }),
+                       doctest::Contains("calibrate needs at least 2 ranks"), weft::ValueError);
 }

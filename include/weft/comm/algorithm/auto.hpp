@@ -15,8 +15,8 @@
 #include <utility>
 
 #include "../algorithm.hpp"
-#include "../cost_file.hpp"
-#include "../cost_model.hpp"
+#include "../tuning/cost_file.hpp"
+#include "../tuning/cost_model.hpp"
 #include "halving_doubling.hpp"
 #include "recursive_doubling.hpp"
 #include "ring.hpp"

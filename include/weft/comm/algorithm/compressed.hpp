@@ -35,7 +35,7 @@
 #include "../codec/cast.hpp"
 #include "../codec/codec.hpp"
 #include "../codec/state.hpp"
-#include "../cost_model.hpp"
+#include "../tuning/cost_model.hpp"
 #include "../detail/blocks.hpp"
 #include "ring.hpp"
 

@@ -13,7 +13,7 @@
 #include <cstddef>
 
 #include "../algorithm.hpp"
-#include "../cost_model.hpp"
+#include "../tuning/cost_model.hpp"
 #include "../detail/blocks.hpp"
 #include "ring.hpp"
 
