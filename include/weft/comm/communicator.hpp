@@ -434,9 +434,11 @@ class Communicator {
     c.start = j.start;
     c.algorithm = Algo::name;
     try {
-      if (opts_.fingerprints && size() > 1)
-        ctx_.check_fingerprints(Fingerprint{j.seq, j.count, j.root, j.op, j.type, j.reduce,
-                                            static_cast<std::uint8_t>(opts_.deterministic)});
+      if (opts_.fingerprints && size() > 1) {
+        Fingerprint f{j.seq, j.count, j.root, j.op, j.type, j.reduce, static_cast<std::uint8_t>(opts_.deterministic)};
+        f.set_algorithm(detail::algorithm_of_call(algo_, j.op, j.type, j.count, size(), ctx_.transport().name()));
+        ctx_.check_fingerprints(f);
+      }
       dispatch(j);
     } catch (const CommError& e) {
       mark_broken(e.what());
