@@ -17,6 +17,7 @@
 #include <span>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "../core/dtype.hpp"
@@ -40,6 +41,7 @@ struct CallInfo {
   Deadline deadline = Deadline::max();
   Clock::time_point start{};
   const char* algorithm = "";
+  std::string_view name{};  // CallOptions::name: what is reduced (Compressed keeps codec state under it)
 
   std::string label() const {
     Fingerprint f{seq, count, root, op, type, reduce, 0};

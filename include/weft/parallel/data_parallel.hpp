@@ -291,12 +291,14 @@ class DataParallel {
   // shard at r * shard, NCCL's in-place layout), blocking or not.
   void reduce(Bucket& b, bool blocking) {
     std::span<T> data = grads(b);
+    // Named after its first parameter: a compressed communicator keeps the bucket's codec state under it.
+    const comm::CallOptions named{.name = slots_[b.slots[0]].p->name};
     with_comm(b.comm, [&]<std::size_t I>(auto& comm, std::integral_constant<std::size_t, I>) {
       if (!opts_.shard_update) {
         if (blocking)
-          comm.allreduce(data, comm::ReduceOp::avg);
+          comm.allreduce(data, comm::ReduceOp::avg, named);
         else
-          b.request.template emplace<I + 1>(comm.iallreduce(data, comm::ReduceOp::avg));
+          b.request.template emplace<I + 1>(comm.iallreduce(data, comm::ReduceOp::avg, named));
         return;
       }
       std::span<T> out = data.subspan(static_cast<std::size_t>(rank()) * b.shard, b.shard);
