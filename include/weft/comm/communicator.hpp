@@ -149,6 +149,8 @@ class Communicator {
   explicit Communicator(T transport, Algo algo = {}, CommOptions opts = {})
       : ctx_(std::move(transport)), algo_(algo), opts_(opts) {
     check_deterministic(opts.deterministic);
+    // A policy that runs on sub-groups (Hierarchical) splits them now, once, not inside a collective.
+    if constexpr (requires { algo_.prepare(ctx_, Deadline{}); }) algo_.prepare(ctx_, deadline_after(opts_.timeout));
   }
   Communicator(T transport, CommOptions opts) : Communicator(std::move(transport), Algo{}, opts) {}
 

@@ -25,6 +25,9 @@
 
 #include "../../core/dtype.hpp"
 #include "../algorithm.hpp"
+#include "../context.hpp"
+#include "../deadline.hpp"
+#include "../transport.hpp"
 #include "../tuning/cost_file.hpp"
 #include "../tuning/cost_model.hpp"
 #include "halving_doubling.hpp"
@@ -33,6 +36,11 @@
 #include "tree.hpp"
 
 namespace weft::comm {
+
+namespace detail {
+template <class A, class T>
+concept prepares_on = requires(A& a, Context<T>& ctx, Deadline dl) { a.prepare(ctx, dl); };
+}  // namespace detail
 
 template <Algorithm... Candidates>
 struct AutoOf {
@@ -59,6 +67,13 @@ struct AutoOf {
     AutoOf a;
     a.file = CostFile::from_environment();
     return a;
+  }
+
+  // Candidates that split groups (Hierarchical) do so when the Communicator is built.
+  template <Transport T>
+    requires(detail::prepares_on<Candidates, T> || ...)
+  void prepare(Context<T>& ctx, Deadline dl) {
+    std::apply([&](auto&... c) { (prepare_one(c, ctx, dl), ...); }, candidates);
   }
 
   // The model used on a transport of this name.
@@ -142,6 +157,10 @@ struct AutoOf {
     double best_cost = 0;
     ((consider(Candidates::cost(op, bytes, p, m), i++, best, best_cost)), ...);
     return best;
+  }
+  template <class C, class Ctx>
+  static void prepare_one(C& c, Ctx& ctx, Deadline dl) {
+    if constexpr (requires { c.prepare(ctx, dl); }) c.prepare(ctx, dl);
   }
   static void consider(double c, std::size_t i, std::size_t& best, double& best_cost) {
     if (i == 0 || c < best_cost) {

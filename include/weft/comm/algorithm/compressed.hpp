@@ -99,6 +99,13 @@ struct Compressed {
   A inner{};
   std::shared_ptr<state_table> states = std::make_shared<state_table>();
 
+  // The inner algorithm's groups, split when the Communicator is built (Hierarchical).
+  template <Transport T>
+    requires requires(A& a, Context<T>& c, Deadline d) { a.prepare(c, d); }
+  void prepare(Context<T>& ctx, Deadline dl) {
+    inner.prepare(ctx, dl);
+  }
+
   template <class Ctx>
   void allreduce(Ctx& ctx, const void* in, void* out, std::size_t n) const {
     const ReduceOp op = ctx.call.reduce;
