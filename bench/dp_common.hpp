@@ -34,7 +34,9 @@ using namespace weft;
 template <class Algo, class Transport>
 double run(Transport& t, double seconds, index_t global_batch = 128) {
   using namespace weft::comm;
-  Communicator<Algo, Transport> ring{t};
+  Algo policy{};
+  if constexpr (requires { Algo::from_environment(); }) policy = Algo::from_environment();  // Auto: WEFT_COST_MODEL
+  Communicator<Algo, Transport> ring{t, policy};
   const int size = ring.size();
   const index_t batch = global_batch / size, n = 4096;
   nn::Rng rng(100 + static_cast<std::uint64_t>(ring.rank()));

@@ -87,7 +87,7 @@ void with_algorithm(const std::string& a, F&& f) {
   else if (a == "recursive_doubling" || a == "rd") f(wc::RecursiveDoubling{});
   else if (a == "halving_doubling" || a == "hd") f(wc::HalvingDoubling{});
   else if (a == "native") f(wc::Native{});
-  else if (a == "auto") f(wc::Auto{});
+  else if (a == "auto") f(wc::Auto::from_environment());  // the table WEFT_COST_MODEL names, as before
   else
     throw std::invalid_argument("--codec: algorithm '" + a +
                                 "' is not offered with codecs (accepted: ring, tree, recursive_doubling, "

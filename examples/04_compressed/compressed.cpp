@@ -1,9 +1,11 @@
 // Story 4: data-parallel training with compressed gradients. The Fashion-MNIST
 // MLP of story 3 (784-256-256-10, Adam with cosine decay, global batch 128) on
 // 4 ranks as threads; each weight matrix's gradient is averaged through its
-// own compressed communicator (so its codec state, e.g. error-feedback
-// residual or PowerSGD's Q, belongs to that layer and is named after it),
-// the biases through a plain ring.
+// own compressed communicator (its own codec settings, e.g. PowerSGD's matrix
+// shape), the biases through a plain ring. The codec state (error-feedback
+// residual, PowerSGD's Q) is kept under the parameter's name, which
+// DataParallel gives each call: "l1/l1.weight/residual", what a checkpoint
+// would save (printed at the end).
 //   build/examples/04_compressed [codec = none] [epochs = 5] [ranks = 4] [seed = 1]
 // codec: none, f16, bf16, int8, topk (1%), sign, randomk (1%), powersgd (rank 4)
 // bench/compare_codecs.sh runs several and prints the table in README.md.
@@ -108,6 +110,12 @@ void train(ThreadTransport& t, const io::Dataset& train, const io::Dataset& test
   if (rank == 0)
     std::printf("result codec=%s bytes_per_step=%.0f accuracy=%.2f samples_per_s=%.0f\n", label, bytes_per_step,
                 accuracy, samples_per_s);
+  if constexpr (requires { weights.states; })
+    if (rank == 0)
+      for (auto* c : {&c1, &c2, &c3})
+        c->algorithm().states->visit([](const std::string& name, std::vector<float>& values) {
+          std::printf("codec state %s: %zu values\n", name.c_str(), values.size());
+        });
 }
 
 }  // namespace

@@ -2,15 +2,21 @@
 // written, malformed files are refused naming file:line and what was
 // expected, Auto follows a table exactly at its range boundaries, falls back
 // to the formulas where the table has no entry, and every rank of a run
-// picks the same algorithm from the file WEFT_COST_MODEL names. No timings
-// are asserted: the tables here are written by hand.
+// picks the same algorithm from the file WEFT_COST_MODEL names (read only
+// when asked: Auto::from_environment), ranks whose Auto chose differently
+// fail naming both choices. No timings
+// are asserted: the tables here are written by hand, and calibrate()'s table
+// is checked for its shape (ranges that cover every size, candidates' names,
+// the same on every rank), not for which algorithm won.
 #include <doctest/doctest.h>
 
 #include <weft/comm/algorithm/auto.hpp>
 #include <weft/comm/communicator.hpp>
-#include <weft/comm/cost_file.hpp>
+#include <weft/comm/tuning/calibrate.hpp>
+#include <weft/comm/tuning/cost_file.hpp>
 #include <weft/comm/run_local.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -189,7 +195,7 @@ TEST_CASE("every rank picks the same algorithm from the file WEFT_COST_MODEL nam
   const std::vector<std::size_t> counts{1, 16, 17, 1024, 1025, 50000};  // f32: 4 .. 200000 B
   std::vector<std::vector<std::string>> picks(4);
   run_local(4, [&](ThreadTransport& t) {
-    Communicator<Auto, ThreadTransport> c(t, CommOptions{.timeout = std::chrono::seconds(20)});
+    Communicator<Auto, ThreadTransport> c(t, Auto::from_environment(), CommOptions{.timeout = std::chrono::seconds(20)});
     auto& mine = picks[static_cast<std::size_t>(t.rank())];
     for (std::size_t n : counts) {
       mine.push_back(c.algorithm().choice(Collective::allreduce, n * sizeof(float), t.size(), t.name()));
@@ -200,24 +206,117 @@ TEST_CASE("every rank picks the same algorithm from the file WEFT_COST_MODEL nam
       CHECK(wrong == 0);
     }
   });
+  // constructing an Auto reads nothing, even with the variable set: loading is explicit
+  CHECK(Auto{}.file.sections.empty());
   ::unsetenv("WEFT_COST_MODEL");
   const std::vector<std::string> want{"tree", "tree", "recursive_doubling", "recursive_doubling", "ring", "ring"};
   for (int r = 0; r < 4; ++r) CHECK(picks[static_cast<std::size_t>(r)] == want);
   // outside run_local, with the variable unset, a default Auto has no table
   CHECK(Auto{}.file.sections.empty());
+  CHECK(Auto::from_environment().file.sections.empty());
 }
 
 TEST_CASE("an explicit model wins over WEFT_COST_MODEL; a bad WEFT_COST_MODEL is an error") {
   TempFile f("env2.txt", "[threads]\ndecide allreduce 2 0 inf tree 1.1 ring\n");
   REQUIRE(::setenv("WEFT_COST_MODEL", f.path.c_str(), 1) == 0);
-  Auto a;
+  Auto a = Auto::from_environment();
   CHECK(std::string(a.choice(Collective::allreduce, 1 << 20, 2, "threads")) == "tree");
   CHECK(std::string(a.choice(Collective::allreduce, 1 << 20, 2, "mpi")) ==
         Auto{.model = CostModel{}}.choice(Collective::allreduce, 1 << 20, 2));  // no [mpi]: built-in constants
   a.model = with_table();
   CHECK(std::string(a.choice(Collective::allreduce, 1 << 20, 2, "threads")) == "halving_doubling");
   REQUIRE(::setenv("WEFT_COST_MODEL", "/nonexistent/weft-cost.txt", 1) == 0);
-  CHECK_THROWS_WITH_AS(Auto{}.choice(Collective::allreduce, 8, 2), doctest::Contains("/nonexistent/weft-cost.txt"),
-                       weft::IoError);
+  CHECK_THROWS_WITH_AS(Auto::from_environment(), doctest::Contains("/nonexistent/weft-cost.txt"), weft::IoError);
+  CHECK_NOTHROW(Auto{});  // no hidden I/O: the bad variable is only read when asked
   ::unsetenv("WEFT_COST_MODEL");
+}
+
+TEST_CASE("Auto::from_file follows the file's section for the transport; Auto{model} one model everywhere") {
+  TempFile f("from_file.txt",
+             "[threads]\ndecide allreduce 2 0 inf tree 1.1 ring\n[mpi]\ndecide allreduce 2 0 inf ring 1.1 tree\n");
+  const Auto a = Auto::from_file(f.path);
+  CHECK(std::string(a.choice(Collective::allreduce, 1 << 20, 2, "threads")) == "tree");
+  CHECK(std::string(a.choice(Collective::allreduce, 1 << 20, 2, "mpi")) == "ring");
+  const Auto b{with_table()};
+  CHECK(std::string(b.choice(Collective::allreduce, 3000, 2, "threads")) == "ring");
+  CHECK(std::string(b.choice(Collective::allreduce, 3000, 2, "mpi")) == "ring");
+  CHECK_THROWS_WITH_AS(Auto::from_file("/nonexistent/weft-cost.txt"),
+                       doctest::Contains("cannot read cost-model file '/nonexistent/weft-cost.txt'"), weft::IoError);
+}
+
+TEST_CASE("ranks whose Auto chose different algorithms fail naming both choices") {
+  // Rank 0's table says tree, rank 1's says ring: their schedules would
+  // never meet. The chosen algorithm is in the fingerprint, so the call fails
+  // on both ranks before any data moves.
+  std::vector<std::string> errors(2);
+  run_local(2, [&](ThreadTransport& t) {
+    CostModel m = CostModel::threads();
+    m.decisions = {{Collective::allreduce, 2, 0, inf, t.rank() == 0 ? "tree" : "ring", 1.1, "-"}};
+    Communicator<Auto, ThreadTransport> c(t, Auto{m},
+                                          CommOptions{.timeout = std::chrono::seconds(20), .fingerprints = true});
+    std::vector<float> g(256, 1.0f);
+    try {
+      c.allreduce(g);
+    } catch (const MismatchError& e) {
+      errors[static_cast<std::size_t>(t.rank())] = e.what();
+    }
+  });
+  for (const std::string& e : errors) {
+    CAPTURE(e);
+    CHECK(e.find("rank 0 called allreduce(f32 x 256, algorithm tree), "
+                 "rank 1 called allreduce(f32 x 256, algorithm ring)") != std::string::npos);
+    CHECK(e.find("same cost model") != std::string::npos);
+  }
+  // the same table on both ranks: the call goes through
+  run_local(2, [&](ThreadTransport& t) {
+    Communicator<Auto, ThreadTransport> c(t, Auto{with_table()},
+                                          CommOptions{.timeout = std::chrono::seconds(20), .fingerprints = true});
+    std::vector<float> g(256, 1.0f);
+    c.allreduce(g);
+    CHECK(g[0] == 2.0f);
+  });
+}
+
+TEST_CASE("calibrate() returns one table on every rank, covering every size, that a cost file keeps") {
+  CalibrateOptions o;
+  o.ops = {Collective::allreduce, Collective::allgather};
+  o.sizes = CalibrateOptions::geometric_sizes(64, 16384, 4);
+  o.passes = 1;
+  o.fit_constants = false;  // the ping-pong sweeps up to 64 MiB: too slow for a unit test
+  std::vector<CostModel> got(3);
+  run_local(3, [&](ThreadTransport& t) { got[static_cast<std::size_t>(t.rank())] = calibrate(t, CostModel::threads(), o); });
+  const CostModel& m = got[0];
+  CHECK(m.alpha == CostModel::threads().alpha);  // kept: fit_constants is false
+  for (const CostModel& other : got) {
+    REQUIRE(other.decisions.size() == m.decisions.size());
+    for (std::size_t i = 0; i < m.decisions.size(); ++i) {
+      CHECK(other.decisions[i].algorithm == m.decisions[i].algorithm);
+      CHECK(other.decisions[i].max_bytes == m.decisions[i].max_bytes);
+    }
+  }
+  for (Collective op : o.ops) {
+    CAPTURE(collective_name(op));
+    std::size_t next = 0;  // ranges of one op are contiguous from 0 B to no end
+    for (const Decision& d : m.decisions) {
+      if (d.op != op) continue;
+      CHECK(d.ranks == 3);
+      CHECK(d.min_bytes == next);
+      CHECK(d.margin > 0);
+      const std::string names[] = {"ring", "tree", "recursive_doubling", "halving_doubling"};
+      CHECK(std::find(std::begin(names), std::end(names), d.algorithm) != std::end(names));
+      next = d.max_bytes == inf ? inf : d.max_bytes + 1;
+    }
+    CHECK(next == inf);
+  }
+  // Auto built from it follows it, and it survives a file
+  const Auto a{.model = m};
+  for (const Decision& d : m.decisions)
+    CHECK(std::string(a.choice(d.op, d.min_bytes, 3)) == d.algorithm);
+  TempFile f("calibrated.txt");
+  CostFile file;
+  file.sections["threads"] = m;
+  file.save(f.path);
+  CHECK(load_cost_model(f.path, "threads").decisions.size() == m.decisions.size());
+  CHECK_THROWS_WITH_AS(run_local(1, [&](ThreadTransport& t) { calibrate(t, CostModel{}, o); }),
+                       doctest::Contains("calibrate needs at least 2 ranks"), weft::ValueError);
 }

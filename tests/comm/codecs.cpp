@@ -392,6 +392,46 @@ TEST_CASE("codec: bad settings name the call, the rank and the sizes") {
                        doctest::Contains("its residual holds 99 values but this buffer needs 100"), ValueError);
 }
 
+TEST_CASE("codec state under a stable name: found by name wherever the buffer lives, visited for saving") {
+  CodecStates<PowerSGD::State> t("l1");
+  CodecCall k;
+  auto& w = t.by_name("l1.weight", 600, k);
+  auto& b = t.by_name("l1.bias", 20, k);
+  CHECK(&t.by_name("l1.weight", 600, k) == &w);  // no address involved: a moved buffer finds it again
+  CHECK(&w != &b);
+  w.residual = {1, 2, 3};
+  // two different buffers under one name: refused, naming both sizes
+  CHECK_THROWS_WITH_AS(t.by_name("l1.weight", 300, k),
+                       doctest::Contains("codec state \"l1.weight\" belongs to a buffer of 600 elements, but this "
+                                         "buffer has 300"),
+                       ValueError);
+  CHECK_THROWS_WITH_AS(t.by_name("7", 600, k), doctest::Contains("is only digits"), ValueError);
+  // visit: every array, with its full name, for a checkpoint to save
+  std::vector<std::string> seen;
+  std::vector<float> weight_residual;
+  t.visit([&](const std::string& name, std::vector<float>& v) {
+    seen.push_back(name);
+    if (name == "l1/l1.weight/residual") weight_residual = v;
+  });
+  CHECK(seen == std::vector<std::string>{"l1/l1.bias/residual", "l1/l1.bias/q", "l1/l1.bias/p",
+                                         "l1/l1.weight/residual", "l1/l1.weight/q", "l1/l1.weight/p"});
+  CHECK(weight_residual == std::vector<float>{1, 2, 3});
+  CHECK(t.names() == seen);
+  CHECK(t.save("l1/l1.weight/residual") == std::vector<float>{1, 2, 3});
+  // restore into a fresh table: staged under the name, found by the first call with that name
+  CodecStates<PowerSGD::State> u("l1");
+  u.load("l1/l1.weight/residual", weight_residual);
+  CHECK(u.by_name("l1.weight", 600, k).residual == weight_residual);
+  CHECK_THROWS_WITH_AS(u.save("l1/l2.weight/q"), doctest::Contains("no buffer named \"l2.weight\" has state (named: "
+                                                                   "l1.weight)"),
+                       ValueError);
+  // named and unnamed buffers side by side: numbered names stay as they were
+  float a[1];
+  u.at(a, 50, k);
+  CHECK(u.names() == std::vector<std::string>{"l1/0/residual", "l1/0/q", "l1/0/p", "l1/l1.weight/residual",
+                                              "l1/l1.weight/q", "l1/l1.weight/p"});
+}
+
 TEST_CASE("codec state: named per buffer, saved and restored for checkpoints") {
   CodecStates<PowerSGD::State> t("l1");
   CodecCall k;

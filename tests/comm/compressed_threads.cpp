@@ -15,6 +15,7 @@
 #include <weft/comm/run_local.hpp>
 
 #include <chrono>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -145,6 +146,49 @@ TEST_CASE("compressed: non-blocking calls and state that persists per buffer") {
           int twos = 0;
           for (float v : res) twos += v == 2.0f;
           e += twos == 4 ? "" : "residual of buffer a is not the unsent mass; ";
+          return e;
+        }) == "");
+}
+
+TEST_CASE("compressed: a named buffer keeps its codec state when it moves to a new address") {
+  // The same two steps of top-k with error feedback, once on a buffer that
+  // stays put and once on one that moves between the steps (as a gradient
+  // reallocated or a bucket rebuilt would): under one name, the second step
+  // sees the first step's residual either way, so results and residuals match.
+  CHECK(on_ranks(2, [](ThreadTransport& t) {
+          using C = Communicator<Compressed<TopK, Ring>, ThreadTransport>;
+          C stay{t, {.codec = {.fraction = 0.25}}, checked()}, move{t, {.codec = {.fraction = 0.25}}, checked()};
+          const std::vector<float> step(8, 1.0f + static_cast<float>(t.rank()));
+          const CallOptions named{.name = "l1.weight"};
+          std::vector<float> a = step;
+          stay.allreduce(a, ReduceOp::sum, named);
+          a = step;
+          stay.allreduce(a, ReduceOp::sum, named);
+          auto first = std::make_unique<std::vector<float>>(step);
+          move.iallreduce(*first, ReduceOp::sum, named).wait();
+          auto second = std::make_unique<std::vector<float>>(step);  // another address
+          first.reset();
+          move.allreduce(*second, ReduceOp::sum, named);
+          std::string e;
+          e += *second == a ? "" : "a moved buffer's result differs; ";
+          e += move.algorithm().states->names() == std::vector<std::string>{"compressed/l1.weight/residual"}
+                   ? ""
+                   : "a moved buffer got a second state; ";
+          e += move.algorithm().states->save("compressed/l1.weight/residual") ==
+                       stay.algorithm().states->save("compressed/l1.weight/residual")
+                   ? ""
+                   : "residuals differ; ";
+          // a name reused for a buffer of another size is refused on every rank
+          std::vector<float> other(16, 1.0f);
+          try {
+            move.allreduce(other, ReduceOp::sum, named);
+            e += "a name reused for another size was accepted; ";
+          } catch (const ValueError& x) {
+            e += std::string(x.what()).find("belongs to a buffer of 8 elements, but this buffer has 16") !=
+                         std::string::npos
+                     ? ""
+                     : std::string("unexpected error: ") + x.what();
+          }
           return e;
         }) == "");
 }

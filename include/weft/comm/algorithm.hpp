@@ -12,7 +12,7 @@
 
 #include "collective.hpp"
 #include "context.hpp"
-#include "cost_model.hpp"
+#include "tuning/cost_model.hpp"
 #include "transport.hpp"
 
 namespace weft::comm {

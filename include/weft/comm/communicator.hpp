@@ -27,6 +27,7 @@
 #include <ranges>
 #include <span>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <type_traits>
 #include <utility>
@@ -58,6 +59,9 @@ struct CommOptions {
 // Per-call settings; a zero timeout means the communicator's default.
 struct CallOptions {
   Duration timeout = Duration::zero();
+  // What the call reduces (a parameter or bucket name): Compressed keeps the
+  // codec state under it (codec/state.hpp). Must outlive the call.
+  std::string_view name{};
 };
 
 namespace detail {
@@ -85,6 +89,7 @@ class Communicator {
     ReduceOp reduce = ReduceOp::sum;
     int root = -1;
     std::uint64_t seq = 0;
+    std::string_view name{};
     Deadline deadline{};
     Clock::time_point start{};
   };
@@ -144,6 +149,8 @@ class Communicator {
   explicit Communicator(T transport, Algo algo = {}, CommOptions opts = {})
       : ctx_(std::move(transport)), algo_(algo), opts_(opts) {
     check_deterministic(opts.deterministic);
+    // A policy that runs on sub-groups (Hierarchical) splits them now, once, not inside a collective.
+    if constexpr (requires { algo_.prepare(ctx_, Deadline{}); }) algo_.prepare(ctx_, deadline_after(opts_.timeout));
   }
   Communicator(T transport, CommOptions opts) : Communicator(std::move(transport), Algo{}, opts) {}
 
@@ -383,6 +390,7 @@ class Communicator {
     j.type = t;
     j.reduce = r;
     j.root = root;
+    j.name = o.name;
     j.start = Clock::now();
     j.deadline = deadline_after(o.timeout.count() > 0 ? o.timeout : opts_.timeout);
     return j;
@@ -433,10 +441,13 @@ class Communicator {
     c.deadline = j.deadline;
     c.start = j.start;
     c.algorithm = Algo::name;
+    c.name = j.name;
     try {
-      if (opts_.fingerprints && size() > 1)
-        ctx_.check_fingerprints(Fingerprint{j.seq, j.count, j.root, j.op, j.type, j.reduce,
-                                            static_cast<std::uint8_t>(opts_.deterministic)});
+      if (opts_.fingerprints && size() > 1) {
+        Fingerprint f{j.seq, j.count, j.root, j.op, j.type, j.reduce, static_cast<std::uint8_t>(opts_.deterministic)};
+        f.set_algorithm(detail::algorithm_of_call(algo_, j.op, j.type, j.count, size(), ctx_.transport().name()));
+        ctx_.check_fingerprints(f);
+      }
       dispatch(j);
     } catch (const CommError& e) {
       mark_broken(e.what());

@@ -2,9 +2,9 @@
 // the current call's label (op, sequence number, dtype, deadline), turns every
 // failed wait into an error naming the call and the peer, owns the workspace
 // (grown once, reused: no allocation in steady state), and provides the
-// chunk-pipelined exchange steps all algorithms are built from. Sub-contexts
-// (node-local and cross-node groups for hierarchical algorithms) are created
-// on first use and cached.
+// chunk-pipelined exchange steps all algorithms are built from. A Context
+// over a sub-transport (Hierarchical's node and rail groups, split when its
+// communicator is built) names ranks as the communicator does.
 #pragma once
 
 #include <algorithm>
@@ -17,6 +17,7 @@
 #include <span>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "../core/dtype.hpp"
@@ -40,6 +41,7 @@ struct CallInfo {
   Deadline deadline = Deadline::max();
   Clock::time_point start{};
   const char* algorithm = "";
+  std::string_view name{};  // CallOptions::name: what is reduced (Compressed keeps codec state under it)
 
   std::string label() const {
     Fingerprint f{seq, count, root, op, type, reduce, 0};
@@ -271,33 +273,6 @@ class Context {
     }
   }
 
-  // Cached sub-contexts for hierarchical algorithms: ranks on this node, and
-  // ranks with this node-local index on other nodes (a "rail").
-  struct Levels {
-    std::unique_ptr<Context> node, rail;
-    bool uniform = true;          // every node holds the same number of ranks
-    std::vector<int> node_of;      // node id of each rank
-    std::vector<int> local_index;  // each rank's index on its node (= its rail)
-  };
-  Levels& levels() {
-    if (!levels_) {
-      auto lv = std::make_unique<Levels>();
-      Deadline dl = call.deadline;
-      T node_t = t_.split(t_.node(), rank(), dl);
-      T rail_t = t_.split(node_t.rank(), rank(), dl);
-      lv->node = std::make_unique<Context>(node_t, gather_names(node_t));
-      lv->rail = std::make_unique<Context>(rail_t, gather_names(rail_t));
-      lv->node_of = all_values(t_.node());
-      lv->local_index.resize(lv->node_of.size());
-      for (std::size_t x = 0; x < lv->node_of.size(); ++x)
-        lv->local_index[x] = static_cast<int>(std::count(lv->node_of.begin(), lv->node_of.begin() + static_cast<std::ptrdiff_t>(x), lv->node_of[x]));
-      for (std::size_t x = 0; x < lv->node_of.size(); ++x)
-        lv->uniform &= std::count(lv->node_of.begin(), lv->node_of.end(), lv->node_of[x]) == node_t.size();
-      levels_ = std::move(lv);
-    }
-    return *levels_;
-  }
-
   // Copies this call's label into a sub-context before running an algorithm on it.
   Context& with_call(Context& sub, std::size_t count) {
     sub.call = call;
@@ -316,47 +291,11 @@ class Context {
     return off >= bytes ? 0 : std::min(chunk, bytes - off);
   }
 
-  // The communicator-level rank of every member of a sub-transport.
-  std::vector<int> gather_names(T& sub) {
-    std::vector<int> names(static_cast<std::size_t>(sub.size()));
-    int mine = name_of(rank());
-    std::vector<Request> rq(static_cast<std::size_t>(2 * sub.size()));
-    Tag tag = setup_tag_names;
-    for (int r = 0; r < sub.size(); ++r) {
-      if (r == sub.rank()) {
-        names[static_cast<std::size_t>(r)] = mine;
-        continue;
-      }
-      rq[static_cast<std::size_t>(r)] = sub.irecv(&names[static_cast<std::size_t>(r)], sizeof(int), r, tag);
-      rq[static_cast<std::size_t>(sub.size() + r)] = sub.isend(&mine, sizeof(int), r, tag);
-    }
-    for (auto& q : rq)
-      if (WaitStatus s = sub.wait(q, call.deadline); s != WaitStatus::done) fail(s, 0);
-    return names;
-  }
-
-  std::vector<int> all_values(int v) {
-    const int p = size();
-    std::vector<int> vals(static_cast<std::size_t>(p), v);
-    std::vector<Request> rq(static_cast<std::size_t>(2 * p));
-    Tag tag = setup_tag_nodes;
-    for (int r = 0; r < p; ++r) {
-      if (r == rank()) continue;
-      rq[static_cast<std::size_t>(r)] = t_.irecv(&vals[static_cast<std::size_t>(r)], sizeof(int), r, tag);
-      rq[static_cast<std::size_t>(p + r)] = t_.isend(&v, sizeof(int), r, tag);
-    }
-    for (int i = 0; i < 2 * p; ++i)
-      if (WaitStatus s = t_.wait(rq[static_cast<std::size_t>(i)], call.deadline); s != WaitStatus::done)
-        fail(s, i % p);
-    return vals;
-  }
-
   T t_;
   std::vector<int> names_;
   detail::Buffer scratch_[2], staging_;
   std::vector<Fingerprint> fps_;
   std::vector<Request> reqs_, pool_;
-  std::unique_ptr<Levels> levels_;
 };
 
 }  // namespace weft::comm

@@ -239,19 +239,21 @@ class DataParallel {
   void reduce(std::size_t bi, bool blocking) {
     std::span<T> data = buckets_.grads(bi);
     Request& req = requests_[bi];
+    // Named after its first parameter: a compressed communicator keeps the bucket's codec state under it.
+    const comm::CallOptions named{.name = buckets_.slot(buckets_[bi].slots[0]).p->name};
     with_comm(buckets_[bi].channel, [&]<std::size_t I>(auto& comm, std::integral_constant<std::size_t, I>) {
       if (!opts_.shard_update) {
         if (blocking)
-          comm.allreduce(data, comm::ReduceOp::avg);
+          comm.allreduce(data, comm::ReduceOp::avg, named);
         else
-          req.template emplace<I + 1>(comm.iallreduce(data, comm::ReduceOp::avg));
+          req.template emplace<I + 1>(comm.iallreduce(data, comm::ReduceOp::avg, named));
         return;
       }
       std::span<T> out = sharded_.mine(data, bi);
       if (blocking)
-        comm.reduce_scatter(std::span<const T>(data), out, comm::ReduceOp::avg);
+        comm.reduce_scatter(std::span<const T>(data), out, comm::ReduceOp::avg, named);
       else
-        req.template emplace<I + 1>(comm.ireduce_scatter(std::span<const T>(data), out, comm::ReduceOp::avg));
+        req.template emplace<I + 1>(comm.ireduce_scatter(std::span<const T>(data), out, comm::ReduceOp::avg, named));
     });
   }
 

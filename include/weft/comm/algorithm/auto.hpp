@@ -5,24 +5,42 @@
 // predicts the least time (NCCL's tuner does the same with its own
 // constants). The choice depends only on the op, the size, the rank count,
 // the transport's name and the model, all equal on every rank as long as
-// every rank loads the same cost file, so all ranks pick the same algorithm.
+// every rank loads the same cost file, so all ranks pick the same algorithm;
+// the chosen algorithm is part of a call's fingerprint (chosen()), so ranks
+// that chose differently fail naming both choices instead of hanging.
+//
+// Loading is explicit; constructing an Auto reads nothing:
+//   Auto{}                          formulas only, CostModel{}'s constants
+//   Auto{model}                     one model (constants and tables) on any transport
+//   Auto::from_file("cost.txt")     the file's section named after the transport
+//   Auto::from_environment()        the file WEFT_COST_MODEL names (unset: formulas only)
 #pragma once
 
 #include <cstddef>
 #include <optional>
+#include <string>
 #include <string_view>
 #include <tuple>
 #include <utility>
 
+#include "../../core/dtype.hpp"
 #include "../algorithm.hpp"
-#include "../cost_file.hpp"
-#include "../cost_model.hpp"
+#include "../context.hpp"
+#include "../deadline.hpp"
+#include "../transport.hpp"
+#include "../tuning/cost_file.hpp"
+#include "../tuning/cost_model.hpp"
 #include "halving_doubling.hpp"
 #include "recursive_doubling.hpp"
 #include "ring.hpp"
 #include "tree.hpp"
 
 namespace weft::comm {
+
+namespace detail {
+template <class A, class T>
+concept prepares_on = requires(A& a, Context<T>& ctx, Deadline dl) { a.prepare(ctx, dl); };
+}  // namespace detail
 
 template <Algorithm... Candidates>
 struct AutoOf {
@@ -32,10 +50,31 @@ struct AutoOf {
   // Unset, Auto uses the section of `file` named after the transport it runs
   // on, else CostModel{}'s built-in constants.
   std::optional<CostModel> model{};
-  // By default the file named by the WEFT_COST_MODEL environment variable,
-  // read when the policy is constructed (empty when unset).
-  CostFile file = CostFile::from_environment();
+  CostFile file{};  // empty unless loaded (from_file, from_environment, or assigned)
   std::tuple<Candidates...> candidates{};
+
+  // An Auto that follows the cost file at `path` (weft-bench calibrate
+  // writes them); throws IoError naming the file and line if it is bad.
+  static AutoOf from_file(const std::string& path) {
+    AutoOf a;
+    a.file = CostFile::load(path);
+    return a;
+  }
+  // An Auto that follows the file the WEFT_COST_MODEL environment variable
+  // names, read now; unset or empty, the formulas only. A set variable naming
+  // a bad file throws (a typo must not silently fall back to the formulas).
+  static AutoOf from_environment() {
+    AutoOf a;
+    a.file = CostFile::from_environment();
+    return a;
+  }
+
+  // Candidates that split groups (Hierarchical) do so when the Communicator is built.
+  template <Transport T>
+    requires(detail::prepares_on<Candidates, T> || ...)
+  void prepare(Context<T>& ctx, Deadline dl) {
+    std::apply([&](auto&... c) { (prepare_one(c, ctx, dl), ...); }, candidates);
+  }
 
   // The model used on a transport of this name.
   const CostModel& model_for(std::string_view transport) const {
@@ -54,38 +93,43 @@ struct AutoOf {
   const char* choice(Collective op, std::size_t bytes, int p, std::string_view transport = {}) const {
     return names[choose(op, bytes, p, transport)];
   }
+  // The candidate a call of `count` elements of `type` runs: what the
+  // Communicator puts in the call's fingerprint.
+  const char* chosen(Collective op, dtype type, std::size_t count, int p, std::string_view transport) const {
+    return choice(op, bytes_of(op, type, count, p), p, transport);
+  }
 
   template <class Ctx>
   void allreduce(Ctx& ctx, const void* in, void* out, std::size_t n) const {
-    with(ctx, Collective::allreduce, bytes(ctx, n, false), [&](auto& a) { a.allreduce(ctx, in, out, n); });
+    with(ctx, Collective::allreduce, n, [&](auto& a) { a.allreduce(ctx, in, out, n); });
   }
   template <class Ctx>
   void reduce_scatter(Ctx& ctx, const void* in, void* out, std::size_t n) const {
-    with(ctx, Collective::reduce_scatter, bytes(ctx, n, true), [&](auto& a) { a.reduce_scatter(ctx, in, out, n); });
+    with(ctx, Collective::reduce_scatter, n, [&](auto& a) { a.reduce_scatter(ctx, in, out, n); });
   }
   template <class Ctx>
   void allgather(Ctx& ctx, const void* in, void* out, std::size_t n) const {
-    with(ctx, Collective::allgather, bytes(ctx, n, true), [&](auto& a) { a.allgather(ctx, in, out, n); });
+    with(ctx, Collective::allgather, n, [&](auto& a) { a.allgather(ctx, in, out, n); });
   }
   template <class Ctx>
   void broadcast(Ctx& ctx, void* buf, std::size_t n, int root) const {
-    with(ctx, Collective::broadcast, bytes(ctx, n, false), [&](auto& a) { a.broadcast(ctx, buf, n, root); });
+    with(ctx, Collective::broadcast, n, [&](auto& a) { a.broadcast(ctx, buf, n, root); });
   }
   template <class Ctx>
   void reduce(Ctx& ctx, const void* in, void* out, std::size_t n, int root) const {
-    with(ctx, Collective::reduce, bytes(ctx, n, false), [&](auto& a) { a.reduce(ctx, in, out, n, root); });
+    with(ctx, Collective::reduce, n, [&](auto& a) { a.reduce(ctx, in, out, n, root); });
   }
   template <class Ctx>
   void gather(Ctx& ctx, const void* in, void* out, std::size_t n, int root) const {
-    with(ctx, Collective::gather, bytes(ctx, n, true), [&](auto& a) { a.gather(ctx, in, out, n, root); });
+    with(ctx, Collective::gather, n, [&](auto& a) { a.gather(ctx, in, out, n, root); });
   }
   template <class Ctx>
   void scatter(Ctx& ctx, const void* in, void* out, std::size_t n, int root) const {
-    with(ctx, Collective::scatter, bytes(ctx, n, true), [&](auto& a) { a.scatter(ctx, in, out, n, root); });
+    with(ctx, Collective::scatter, n, [&](auto& a) { a.scatter(ctx, in, out, n, root); });
   }
   template <class Ctx>
   void alltoall(Ctx& ctx, const void* in, void* out, std::size_t n) const {
-    with(ctx, Collective::alltoall, bytes(ctx, n, true), [&](auto& a) { a.alltoall(ctx, in, out, n); });
+    with(ctx, Collective::alltoall, n, [&](auto& a) { a.alltoall(ctx, in, out, n); });
   }
   template <class Ctx>
   void barrier(Ctx& ctx) const {
@@ -114,19 +158,26 @@ struct AutoOf {
     ((consider(Candidates::cost(op, bytes, p, m), i++, best, best_cost)), ...);
     return best;
   }
+  template <class C, class Ctx>
+  static void prepare_one(C& c, Ctx& ctx, Deadline dl) {
+    if constexpr (requires { c.prepare(ctx, dl); }) c.prepare(ctx, dl);
+  }
   static void consider(double c, std::size_t i, std::size_t& best, double& best_cost) {
     if (i == 0 || c < best_cost) {
       best = i;
       best_cost = c;
     }
   }
-  template <class Ctx>
-  static std::size_t bytes(Ctx& ctx, std::size_t n, bool times_p) {
-    return n * dtype_size(ctx.call.type) * (times_p ? static_cast<std::size_t>(ctx.size()) : 1);
+  // S as the calls below compute it (cost_model.hpp): the p-block buffer for
+  // reduce_scatter, allgather, gather, scatter and alltoall.
+  static std::size_t bytes_of(Collective op, dtype type, std::size_t n, int p) {
+    if (op == Collective::barrier) return 0;
+    const bool times_p = op != Collective::allreduce && op != Collective::broadcast && op != Collective::reduce;
+    return n * dtype_size(type) * (times_p ? static_cast<std::size_t>(p) : 1);
   }
   template <class Ctx, class F>
-  void with(Ctx& ctx, Collective op, std::size_t b, F&& f) const {
-    const std::size_t k = choose(op, b, ctx.size(), ctx.transport().name());
+  void with(Ctx& ctx, Collective op, std::size_t n, F&& f) const {
+    const std::size_t k = choose(op, bytes_of(op, ctx.call.type, n, ctx.size()), ctx.size(), ctx.transport().name());
     run_index(ctx, k, f, std::index_sequence_for<Candidates...>{});
   }
   template <class Ctx, class F, std::size_t... I>

@@ -18,9 +18,11 @@
 // rank order before any policy runs, so a Communicator refuses it with this
 // policy (`compresses`) rather than silently sending uncompressed.
 //
-// Codec state is per buffer (address, length) and named for checkpoints:
+// Codec state is kept under the name the call gives (the parameter or bucket;
+// unnamed calls fall back to the buffer's address), for checkpoints:
 //   Communicator<Compressed<TopK, Ring>, T> c{t, {.codec = {.fraction = 0.01}}};
-//   c.algorithm().states->names();   // {"compressed/0/residual", ...}
+//   c.allreduce(grad, ReduceOp::avg, {.name = "l1.weight"});
+//   c.algorithm().states->names();   // {"compressed/l1.weight/residual"}
 // The policy is copyable; copies share one state table (the communicator's
 // copy and the one the user built it from).
 #pragma once
@@ -35,7 +37,7 @@
 #include "../codec/cast.hpp"
 #include "../codec/codec.hpp"
 #include "../codec/state.hpp"
-#include "../cost_model.hpp"
+#include "../tuning/cost_model.hpp"
 #include "../detail/blocks.hpp"
 #include "ring.hpp"
 
@@ -97,6 +99,13 @@ struct Compressed {
   A inner{};
   std::shared_ptr<state_table> states = std::make_shared<state_table>();
 
+  // The inner algorithm's groups, split when the Communicator is built (Hierarchical).
+  template <Transport T>
+    requires requires(A& a, Context<T>& c, Deadline d) { a.prepare(c, d); }
+  void prepare(Context<T>& ctx, Deadline dl) {
+    inner.prepare(ctx, dl);
+  }
+
   template <class Ctx>
   void allreduce(Ctx& ctx, const void* in, void* out, std::size_t n) const {
     const ReduceOp op = ctx.call.reduce;
@@ -106,7 +115,7 @@ struct Compressed {
     }
     const CodecCall k{&ctx.call, ctx.call.seq, ctx.name_of(ctx.rank()), ctx.size(), C::name};
     codec.check(n, k);
-    auto& st = states->at(out, n, k);
+    auto& st = ctx.call.name.empty() ? states->at(out, n, k) : states->by_name(ctx.call.name, n, k);
     const auto* x = static_cast<const float*>(in);
     auto* y = static_cast<float*>(out);
     const CallInfo saved = ctx.call;

@@ -8,26 +8,136 @@
 // back to node-local reduce, leaders' allreduce, node-local broadcast.
 // broadcast/reduce/barrier are two-level too; allgather, reduce_scatter,
 // gather, scatter and alltoall use Inter over all ranks.
+//
+// The two levels are explicit sub-communicators (NodeGroups below), split
+// from the communicator's transport once, when the Communicator is built
+// (it calls prepare()), never inside a collective. The policy holds them, so
+// its copy inside one Communicator serves that communicator only: a policy
+// that was not prepared for the communicator running it says so.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
+#include <iterator>
+#include <memory>
+#include <string>
+#include <vector>
 
 #include "../algorithm.hpp"
-#include "../cost_model.hpp"
+#include "../context.hpp"
+#include "../deadline.hpp"
 #include "../detail/blocks.hpp"
+#include "../error.hpp"
+#include "../transport.hpp"
+#include "../tuning/cost_model.hpp"
 #include "ring.hpp"
 
 namespace weft::comm {
+
+// The levels of a multi-node communicator: the ranks on this node, and the
+// ranks with this node-local index on other nodes (a "rail"), each a
+// sub-context whose errors name the communicator's ranks.
+template <Transport T>
+struct NodeGroups {
+  std::unique_ptr<Context<T>> node, rail;
+  bool uniform = true;           // every node holds the same number of ranks
+  std::vector<int> node_of;      // node id of each rank
+  std::vector<int> local_index;  // each rank's index on its node (= its rail)
+
+  // Splits `whole`'s transport by node, then by node-local index. Collective
+  // over whole's ranks; bounded by `dl`.
+  static std::shared_ptr<NodeGroups> split(Context<T>& whole, Deadline dl) {
+    auto g = std::make_shared<NodeGroups>();
+    T& t = whole.transport();
+    T node_t = t.split(t.node(), whole.rank(), dl);
+    T rail_t = t.split(node_t.rank(), whole.rank(), dl);
+    g->node = std::make_unique<Context<T>>(node_t, names(whole, node_t, dl));
+    g->rail = std::make_unique<Context<T>>(rail_t, names(whole, rail_t, dl));
+    g->node_of = node_ids(whole, dl);
+    const auto first = g->node_of.begin();
+    g->local_index.resize(g->node_of.size());
+    for (std::size_t x = 0; x < g->node_of.size(); ++x)
+      g->local_index[x] = static_cast<int>(std::count(first, first + static_cast<std::ptrdiff_t>(x), g->node_of[x]));
+    for (std::size_t x = 0; x < g->node_of.size(); ++x)
+      g->uniform &= std::count(first, g->node_of.end(), g->node_of[x]) == node_t.size();
+    return g;
+  }
+
+ private:
+  [[noreturn]] static void fail(Context<T>& whole, WaitStatus s, const char* what) {
+    const std::string head = "Hierarchical on rank " + std::to_string(whole.name_of(whole.rank())) +
+                             ": splitting the node and rail groups (" + what + ") ";
+    if (s == WaitStatus::timed_out) throw TimeoutError(head + "timed out: " + whole.transport().failure());
+    throw PeerFailedError(head + "failed: " + whole.transport().failure());
+  }
+
+  // The communicator-level rank of every member of a sub-transport.
+  static std::vector<int> names(Context<T>& whole, T& sub, Deadline dl) {
+    std::vector<int> out(static_cast<std::size_t>(sub.size()));
+    int mine = whole.name_of(whole.rank());
+    std::vector<typename T::Request> rq(static_cast<std::size_t>(2 * sub.size()));
+    for (int r = 0; r < sub.size(); ++r) {
+      if (r == sub.rank()) {
+        out[static_cast<std::size_t>(r)] = mine;
+        continue;
+      }
+      rq[static_cast<std::size_t>(r)] = sub.irecv(&out[static_cast<std::size_t>(r)], sizeof(int), r, setup_tag_names);
+      rq[static_cast<std::size_t>(sub.size() + r)] = sub.isend(&mine, sizeof(int), r, setup_tag_names);
+    }
+    for (auto& q : rq)
+      if (WaitStatus s = sub.wait(q, dl); s != WaitStatus::done) fail(whole, s, "exchanging rank names");
+    return out;
+  }
+
+  // Every rank's node id.
+  static std::vector<int> node_ids(Context<T>& whole, Deadline dl) {
+    T& t = whole.transport();
+    const int p = t.size(), me = t.rank(), v = t.node();
+    std::vector<int> vals(static_cast<std::size_t>(p), v);
+    std::vector<typename T::Request> rq(static_cast<std::size_t>(2 * p));
+    for (int r = 0; r < p; ++r) {
+      if (r == me) continue;
+      rq[static_cast<std::size_t>(r)] = t.irecv(&vals[static_cast<std::size_t>(r)], sizeof(int), r, setup_tag_nodes);
+      rq[static_cast<std::size_t>(p + r)] = t.isend(&v, sizeof(int), r, setup_tag_nodes);
+    }
+    for (auto& q : rq)
+      if (WaitStatus s = t.wait(q, dl); s != WaitStatus::done) fail(whole, s, "exchanging node ids");
+    return vals;
+  }
+};
 
 template <Algorithm Intra = Ring, Algorithm Inter = Ring>
 struct Hierarchical {
   static constexpr const char* name = "hierarchical";
   Intra intra{};
   Inter inter{};
+  // Set by prepare(): the NodeGroups<T> of the communicator it was prepared
+  // for (type-erased: a policy is not tied to one transport type).
+  std::shared_ptr<void> groups;
+  const void* prepared_for = nullptr;
+
+  // Splits the node and rail groups of `ctx` now (the Communicator calls it
+  // when it is built). Collective.
+  template <Transport T>
+  void prepare(Context<T>& ctx, Deadline dl) {
+    groups = NodeGroups<T>::split(ctx, dl);
+    prepared_for = &ctx;
+  }
+
+  // The groups prepare() split for `ctx`.
+  template <Transport T>
+  NodeGroups<T>& levels(Context<T>& ctx) const {
+    if (!groups || prepared_for != &ctx)
+      throw_error<ValueError>(ctx.call.label(), " on rank ", ctx.name_of(ctx.rank()),
+                              ": Hierarchical was not prepared for this communicator (its node and rail groups are "
+                              "split when a Communicator is built from it; a policy that wraps it must forward "
+                              "prepare())");
+    return *static_cast<NodeGroups<T>*>(groups.get());
+  }
 
   template <class Ctx>
   void allreduce(Ctx& ctx, const void* in, void* out, std::size_t n) const {
-    auto& lv = ctx.levels();
+    auto& lv = levels(ctx);
     auto& node = *lv.node;
     auto& rail = *lv.rail;
     const int L = node.size();
@@ -51,7 +161,7 @@ struct Hierarchical {
 
   template <class Ctx>
   void broadcast(Ctx& ctx, void* buf, std::size_t n, int root) const {
-    auto& lv = ctx.levels();
+    auto& lv = levels(ctx);
     if (!lv.uniform) {
       inter.broadcast(ctx, buf, n, root);
       return;
@@ -64,7 +174,7 @@ struct Hierarchical {
 
   template <class Ctx>
   void reduce(Ctx& ctx, const void* in, void* out, std::size_t n, int root) const {
-    auto& lv = ctx.levels();
+    auto& lv = levels(ctx);
     if (!lv.uniform) {
       inter.reduce(ctx, in, out, n, root);
       return;
@@ -82,7 +192,7 @@ struct Hierarchical {
 
   template <class Ctx>
   void barrier(Ctx& ctx) const {
-    auto& lv = ctx.levels();
+    auto& lv = levels(ctx);
     intra.barrier(ctx.with_call(*lv.node, 0));
     if (lv.node->rank() == 0) inter.barrier(ctx.with_call(*lv.rail, 0));
     intra.barrier(ctx.with_call(*lv.node, 0));

@@ -8,7 +8,7 @@
 #include <type_traits>
 
 #include "../algorithm.hpp"
-#include "../cost_model.hpp"
+#include "../tuning/cost_model.hpp"
 #include "../detail/defaults.hpp"
 #include "../transport.hpp"
 

@@ -1,21 +1,30 @@
-// CodecStates: the codec state of every buffer a Compressed communicator has
-// reduced (error-feedback residuals, PowerSGD's factors), reachable by name
-// so a checkpoint can save and restore it.
+// CodecStates: the codec state (error-feedback residuals, PowerSGD's
+// factors) of every buffer a Compressed communicator has reduced, under a
+// name a checkpoint can save and restore it by.
 //
-// A buffer is known by its address and length: the gradient buffers of a
-// training step are the same every step (DataParallel's buckets, a layer's
-// gradient), so each keeps its own residual. States are numbered in the
-// order buffers are first reduced, which is the same on every rank and in
-// every run of the same program, so the names are stable:
-//   "<prefix>/<k>/<field>"    e.g. "l1/0/residual", "compressed/2/q"
-// load() before the first step stages values for buffer k; they are checked
-// against the buffer's size when it first arrives.
+// A call names what it reduces (CallOptions::name: the parameter or the
+// bucket, e.g. DataParallel passes its bucket's first parameter name), and
+// its state is kept under that name: "<prefix>/<name>/<field>", e.g.
+// "l1/l1.weight/residual". The buffer may move between steps (a gradient
+// reallocated, a bucket rebuilt) and keeps its state; a name used for a
+// buffer of another size is an error naming both sizes. Names are the
+// caller's, so they are stable across runs and ranks by construction.
+//
+// Calls without a name fall back to the buffer's address and length, states
+// numbered in the order buffers first arrive ("<prefix>/<k>/<field>"): stable
+// only while the same buffers are reduced every step. Name your calls.
+//
+// load() before the first step stages values; they are checked against the
+// buffer's size when it first arrives. visit(f) walks every array, f(name,
+// values), for saving.
 //
 // Not thread-safe against the communicator's own calls: read and write it
 // between calls, with no non-blocking call pending.
 #pragma once
 
 #include <cstddef>
+#include <functional>
+#include <map>
 #include <memory>
 #include <span>
 #include <string>
@@ -40,9 +49,28 @@ class CodecStates {
 
   const std::string& prefix() const { return prefix_; }
   void set_prefix(std::string p) { prefix_ = std::move(p); }
-  std::size_t size() const { return entries_.size(); }
+  std::size_t size() const { return entries_.size() + named_.size(); }
 
-  // The state of the buffer (key, count): found, or the next numbered one.
+  // The state kept under `name` for a buffer of `count` elements: found
+  // (wherever the buffer now lives), or created on first use.
+  State& by_name(std::string_view name, std::size_t count, const CodecCall& k) {
+    auto it = named_.find(name);
+    if (it == named_.end()) {
+      if (is_number(name))
+        k.fail("codec state name \"", name, "\" is only digits; those name unnamed buffers by arrival order, "
+               "so give the buffer a name with a letter in it");
+      if (size() >= max_buffers) k.fail("more than ", max_buffers, " buffers have codec state");
+      it = named_.emplace(std::string(name), Entry{}).first;
+    }
+    Entry& e = it->second;
+    if (e.bound && e.count != count)
+      k.fail("codec state \"", name, "\" belongs to a buffer of ", e.count, " elements, but this buffer has ", count,
+             ": two different buffers use one name; give each its own (a parameter or bucket name)");
+    return bind(e, nullptr, count);
+  }
+
+  // The state of an unnamed buffer (key = its address, count): found, or the
+  // next numbered one.
   State& at(const void* key, std::size_t count, const CodecCall& k) {
     for (auto& e : entries_)
       if (e->bound && e->key == key && e->count == count) return e->state;
@@ -55,11 +83,26 @@ class CodecStates {
     return bind(*entries_.back(), key, count);
   }
 
-  // Every saved array's name, in buffer order.
+  // Every array: f(full name, values). Unnamed buffers first, in arrival
+  // order, then named ones by name; within a buffer, the codec's field order.
+  template <class F>
+  void visit(F&& f) {
+    for (std::size_t i = 0; i < entries_.size(); ++i)
+      entries_[i]->state.visit([&](const char* field, std::vector<float>& v) {
+        const std::string full = name(std::to_string(i), field);
+        f(full, v);
+      });
+    for (auto& entry : named_)
+      entry.second.state.visit([&](const char* field, std::vector<float>& v) {
+        const std::string full = name(entry.first, field);
+        f(full, v);
+      });
+  }
+
+  // Every saved array's name, in visit() order.
   std::vector<std::string> names() {
     std::vector<std::string> out;
-    for (std::size_t i = 0; i < entries_.size(); ++i)
-      entries_[i]->state.visit([&](const char* field, std::vector<float>&) { out.push_back(name(i, field)); });
+    visit([&](const std::string& n, std::vector<float>&) { out.push_back(n); });
     return out;
   }
 
@@ -94,17 +137,47 @@ class CodecStates {
     return e.state;
   }
 
-  std::string name(std::size_t i, const char* field) const {
-    return prefix_ + "/" + std::to_string(i) + "/" + field;
+  std::string name(const std::string& buffer, const char* field) const { return prefix_ + "/" + buffer + "/" + field; }
+
+  static bool is_number(std::string_view s) {
+    return !s.empty() && s.find_first_not_of("0123456789") == std::string_view::npos;
+  }
+
+  // The array `field` of `e`, or an error listing the fields the codec keeps.
+  static std::vector<float>* field_of(Entry& e, std::string_view full, std::string_view field) {
+    std::vector<float>* hit = nullptr;
+    std::string fields;
+    e.state.visit([&](const char* f, std::vector<float>& v) {
+      if (field == f) hit = &v;
+      fields += fields.empty() ? f : std::string(", ") + f;
+    });
+    if (!hit)
+      throw_error<ValueError>("codec state \"", full, "\": this codec keeps ",
+                              fields.empty() ? std::string("no state") : fields);
+    return hit;
   }
 
   std::vector<float>* find(std::string_view full, bool create) {
-    // "<prefix>/<k>/<field>"
+    // "<prefix>/<name>/<field>", or "<prefix>/<k>/<field>" for unnamed buffers
     const std::string head = prefix_ + "/";
     std::size_t slash = full.rfind('/');
     if (full.substr(0, head.size()) != head || slash == std::string_view::npos || slash < head.size())
       throw_error<ValueError>("codec state \"", full, "\": names look like \"", prefix_, "/<buffer>/<field>\"");
     std::string_view idx = full.substr(head.size(), slash - head.size()), field = full.substr(slash + 1);
+    if (!idx.empty() && !is_number(idx)) {  // a named buffer
+      auto it = named_.find(idx);
+      if (it == named_.end()) {
+        if (!create) {
+          std::string have;
+          for (const auto& [n, _] : named_) have += (have.empty() ? "" : ", ") + n;
+          throw_error<ValueError>("codec state \"", full, "\": no buffer named \"", idx, "\" has state (named: ",
+                                  have.empty() ? std::string("none") : have, ")");
+        }
+        if (size() >= max_buffers) throw_error<ValueError>("codec state \"", full, "\": too many buffers");
+        it = named_.emplace(std::string(idx), Entry{}).first;
+      }
+      return field_of(it->second, full, field);
+    }
     std::size_t k = 0;
     for (char c : idx) {
       if (c < '0' || c > '9' || idx.size() > 6)
@@ -117,20 +190,12 @@ class CodecStates {
         throw_error<ValueError>("codec state \"", full, "\": only ", entries_.size(), " buffers have state");
       while (entries_.size() <= k) entries_.push_back(std::make_unique<Entry>());
     }
-    std::vector<float>* hit = nullptr;
-    std::string fields;
-    entries_[k]->state.visit([&](const char* f, std::vector<float>& v) {
-      if (field == f) hit = &v;
-      fields += fields.empty() ? f : std::string(", ") + f;
-    });
-    if (!hit)
-      throw_error<ValueError>("codec state \"", full, "\": this codec keeps ",
-                              fields.empty() ? std::string("no state") : fields);
-    return hit;
+    return field_of(*entries_[k], full, field);
   }
 
   std::string prefix_;
-  std::vector<std::unique_ptr<Entry>> entries_;
+  std::vector<std::unique_ptr<Entry>> entries_;                  // unnamed buffers, by arrival
+  std::map<std::string, Entry, std::less<>> named_;              // named buffers (nodes never move)
   detail::Buffer scratch_;
 };
 

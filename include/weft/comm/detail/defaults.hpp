@@ -7,7 +7,7 @@
 #include <cstddef>
 
 #include "../../core/dtype.hpp"
-#include "../cost_model.hpp"
+#include "../tuning/cost_model.hpp"
 #include "../collective.hpp"
 #include "blocks.hpp"
 

@@ -38,8 +38,8 @@
 #include <string_view>
 #include <vector>
 
-#include "../core/error.hpp"
-#include "collective.hpp"
+#include "../../core/error.hpp"
+#include "../collective.hpp"
 #include "cost_model.hpp"
 
 namespace weft::comm {
