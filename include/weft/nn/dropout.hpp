@@ -43,13 +43,14 @@ template <class T>
 struct DropoutMask : LeafNodeBase {
   using value_type = T;
   using device_type = cpu;
+  static constexpr int param_occurrences = 0;
   Shape s;
   std::uint64_t seed;
   float p;
 
   Shape shape() const { return s; }
-  template <class W>
-  State forward(W&) const {
+  template <class X>
+  State forward(const X&) const {
     return {};
   }
   template <class G>
