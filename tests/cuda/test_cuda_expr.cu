@@ -92,6 +92,22 @@ int main() {
   const float gv2 = to_host_value(value_and_grad_into(loss, ex, gviews, hook, dx, dy), stream);
   EXPECT(gv2 == gv, "value not reproducible: %.9g vs %.9g", gv2, gv);
   EXPECT(max_diff(to_host(g0), gx) < 1e-5, "d/dx through value_and_grad_into differs from the cpu");
+
+  // A device parameter: backward with the CUDA executor accumulates into its
+  // own gradient, as the host's does.
+  Parameter<float> wc("w", Shape{n});
+  wc.value = x;
+  Workspace<> host_ws;
+  backward(sum(tanh(param(wc) * y)), host_ws);
+  Parameter<float, weft::cuda> wd("w", Shape{n});
+  wd.value = dx;
+  kernels::fill(ex, wd.grad.view(), 0.0f);
+  int hooks = 0;
+  backward(sum(tanh(param(wd) * dy)), ex, [&](Parameter<float, weft::cuda>&) { ++hooks; });
+  cudaStreamSynchronize(stream);
+  double dgw = max_diff(to_host(wd.grad), wc.grad);
+  EXPECT(dgw < 1e-5, "parameter gradient: max |gpu - cpu| = %g", dgw);
+  EXPECT(hooks == 1, "parameter hook fired %d times, not once", hooks);
   cudaStreamDestroy(stream);
 
   std::printf("%s (%d failures)\n", failures ? "FAILED" : "passed", failures);

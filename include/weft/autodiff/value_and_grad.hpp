@@ -91,19 +91,21 @@ struct GradContext {
     constexpr std::array<bool, K> active_k = kernels::active_slots<E, K>();
     kernels::SlotMem<T, K> sinks;
     bool any_written = false;
-    for (std::size_t k = 0; k < K; ++k)
-      if (active_k[k]) {
-        sinks.g[k] = grads[k].data;
-        any_written = any_written || written[k];
-      }
+    if constexpr (K > 0)  // (backward over parameters only has no input slots)
+      for (std::size_t k = 0; k < K; ++k)
+        if (active_k[k]) {
+          sinks.g[k] = grads[k].data;
+          any_written = any_written || written[k];
+        }
     check_no_overlap(b, active_k);
     const bool linear = kernels::linear_ok(b, shape) && seed.linear(shape);
     const bool assign = linear && !any_written;
-    for (std::size_t k = 0; k < K; ++k)
-      if (active_k[k]) {
-        if (!assign && !written[k]) zero(k);
-        written[k] = true;
-      }
+    if constexpr (K > 0)
+      for (std::size_t k = 0; k < K; ++k)
+        if (active_k[k]) {
+          if (!assign && !written[k]) zero(k);
+          written[k] = true;
+        }
     T total = kernels::backward_region<E, Sum, K>(exec(), b, shape, seed, sinks, linear, assign);
     [&]<std::size_t... I>(std::index_sequence<I...>) {
       ((E::template slots_in_region<I>() > 0 ? done(I, E::template slots_in_region<I>()) : void()), ...);
@@ -119,18 +121,19 @@ struct GradContext {
   // buffer that overlaps anything the region reads would corrupt it.
   template <class B>
   void check_no_overlap(const B& b, const std::array<bool, K>& active_k) const {
-    for (std::size_t k = 0; k < K; ++k) {
-      if (!active_k[k]) continue;
-      const char* glo = reinterpret_cast<const char*>(grads[k].data);
-      const char* ghi = glo + grads[k].numel() * static_cast<index_t>(sizeof(T));
-      b.visit([&](const LeafInfo& l) {
-        const char *lo, *hi;
-        detail::byte_range(l.base, l.shape, l.own_strides, l.elem_size, lo, hi);
-        if (lo < ghi && glo < hi && glo != ghi)
-          throw_error<ValueError>("value_and_grad: the gradient buffer of input ", k, " (shape ", grads[k].shape,
-                                  ") overlaps a tensor the expression reads; give it its own memory");
-      });
-    }
+    if constexpr (K > 0)
+      for (std::size_t k = 0; k < K; ++k) {
+        if (!active_k[k]) continue;
+        const char* glo = reinterpret_cast<const char*>(grads[k].data);
+        const char* ghi = glo + grads[k].numel() * static_cast<index_t>(sizeof(T));
+        b.visit([&](const LeafInfo& l) {
+          const char *lo, *hi;
+          detail::byte_range(l.base, l.shape, l.own_strides, l.elem_size, lo, hi);
+          if (lo < ghi && glo < hi && glo != ghi)
+            throw_error<ValueError>("value_and_grad: the gradient buffer of input ", k, " (shape ", grads[k].shape,
+                                    ") overlaps a tensor the expression reads; give it its own memory");
+        });
+      }
   }
 
   void zero(std::size_t k) { kernels::fill(exec(), grads[k], T(0)); }

@@ -124,13 +124,14 @@ __global__ void backward_kernel(B b, Seed seed, SlotMem<T, K> g, index_t n, T* p
     SlotAcc<T, K> acc;
     for (std::size_t k = 0; k < (K > 0 ? K : 1); ++k) acc.v[k] = T(0);
     b.bwd(i, t, seed(i, t.v), acc);
-    for (std::size_t k = 0; k < K; ++k)
-      if (active[k]) {
-        if constexpr (Assign)
-          g.g[k][i] = acc.v[k];
-        else
-          g.g[k][i] += acc.v[k];
-      }
+    if constexpr (K > 0)  // (a backward over parameters only has no input slots)
+      for (std::size_t k = 0; k < K; ++k)
+        if (active[k]) {
+          if constexpr (Assign)
+            g.g[k][i] = acc.v[k];
+          else
+            g.g[k][i] += acc.v[k];
+        }
     if constexpr (Sum) local += t.v;
   }
   if constexpr (Sum) block_reduce<SumOp>(local, partials);
