@@ -16,7 +16,6 @@
 #pragma once
 
 #include <array>
-#include <cstring>
 #include <tuple>
 #include <type_traits>
 #include <utility>
