@@ -44,34 +44,11 @@ struct Parameter {
   }
 };
 
-// The bound leaf: reads the value; with Grad, adds its adjoint to the gradient
-// buffer the backward pass chose for this parameter.
+// The bound leaf is a BoundBuffer (kernels/bound.hpp): it reads the value and,
+// with Grad, adds its adjoint to the gradient buffer the backward pass chose
+// for this parameter, reporting the parameter in LeafInfo::param.
 template <class T, bool Grad>
-struct BoundParam {
-  using value_type = T;
-  const T* p;
-  T* g;
-  Strides st;
-  Shape shape;
-  Strides own;
-  void* param;  // the Parameter, for the pass's bookkeeping (LeafInfo::param)
-
-  struct Tape {
-    value_type v;
-  };
-  template <class Ix>
-  WEFT_HD WEFT_INLINE void fwd(const Ix& ix, Tape& t) const {
-    t.v = p[offset(ix, st)];
-  }
-  template <class Ix, class S>
-  WEFT_HD WEFT_INLINE void bwd(const Ix& ix, const Tape&, value_type adj, S&) const {
-    if constexpr (Grad) g[offset(ix, st)] += adj;
-  }
-  template <class F>
-  void visit(F&& f) const {
-    f(LeafInfo{p, st, shape, own, sizeof(T), Grad ? param : nullptr, Grad});
-  }
-};
+using BoundParam = BoundBuffer<T, Grad>;
 
 template <class T, class Device = cpu>
 struct ParamLeaf : LeafNodeBase {
@@ -90,9 +67,10 @@ struct ParamLeaf : LeafNodeBase {
   BoundParam<T, G::active> bind(State&, const Shape& out, G& g) const {
     const Shape& s = p->value.shape();
     Strides c = contiguous_strides(s);
-    T* grad = nullptr;
-    if constexpr (G::active) grad = g.grad_of(*p).data;
-    return {p->value.data(), grad, aligned_strides(s, c, out), s, c, p};
+    if constexpr (G::active)
+      return BoundParam<T, true>{p->value.data(), g.grad_of(*p).data, aligned_strides(s, c, out), s, c, p};
+    else
+      return BoundParam<T, false>{p->value.data(), nullptr, aligned_strides(s, c, out), s, c};
   }
   template <class F>
   void for_each_param(F&& f) const {

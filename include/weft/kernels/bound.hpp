@@ -125,8 +125,10 @@ struct BoundArg {
   }
 };
 
-// A materialised intermediate (workspace buffer); when differentiating, its
-// adjoint accumulates into a workspace buffer of the same shape.
+// A buffer read as a leaf: a materialised intermediate (workspace memory) or a
+// parameter's value. When differentiating, its adjoint accumulates into `adj`,
+// a buffer of the same shape (a workspace buffer, or the parameter's gradient;
+// then `param` names the parameter for the backward pass's bookkeeping).
 template <class T, bool Grad>
 struct BoundBuffer {
   using value_type = T;
@@ -135,6 +137,7 @@ struct BoundBuffer {
   Strides st;
   Shape shape;
   Strides own;
+  void* param = nullptr;
 
   struct Tape {
     value_type v;
@@ -149,7 +152,7 @@ struct BoundBuffer {
   }
   template <class F>
   void visit(F&& f) const {
-    f(LeafInfo{p, st, shape, own, sizeof(T), nullptr, Grad});
+    f(LeafInfo{p, st, shape, own, sizeof(T), Grad ? param : nullptr, Grad});
   }
 };
 
