@@ -8,6 +8,8 @@
 #include <cstdlib>
 #include <new>
 #include <string>
+#include <thread>
+#include <utility>
 #include <vector>
 #include <weft/io/idx.hpp>
 #include <weft/nn/nn.hpp>
@@ -288,6 +290,82 @@ TEST_CASE("parameter hooks fire once per step with the final gradient") {
   CHECK(order == std::vector<std::string>{"l2.bias", "l2.weight", "l1.bias", "l1.weight"});
   CHECK(seen[0] == l2.bias.grad.to_vector());
   CHECK(seen[3] == l1.weight.grad.to_vector());
+}
+
+TEST_CASE("two backward passes over the same parameters can be in flight at once") {
+  // Pipeline micro-batches: each pass owns its workspace, its gradient buffers
+  // (a sink) and its occurrence counts, so nothing on Parameter is shared.
+  nn::Embedding<double> emb(9, 6, 61);
+  nn::LayerNorm<double> ln(6);
+  fill_normal(ln.gamma.value, 62, 0.5);
+  nn::Linear<double> l1(6, 5, 63), l2(5, 3, 64);
+  nn::Registry<double> reg;
+  reg.add("emb", emb).add("ln", ln).add("l1", l1).add("l2", l2);
+  Tensor<std::int64_t> ia({4}, {1, 8, 3, 1}), ib({6}, {0, 2, 2, 7, 5, 4});
+  Tensor<std::int32_t> ya({4}, {0, 2, 1, 0}), yb({6}, {1, 1, 0, 2, 2, 0});
+  auto loss = [&](const Tensor<std::int64_t>& i, const Tensor<std::int32_t>& y) {
+    return cross_entropy(l2(tanh(l1(ln(emb(i))) + l1(ln(emb(i))))), y);  // l1, ln, emb occur twice
+  };
+  // Single-pass references, through each parameter's own .grad.
+  auto reference = [&](const Tensor<std::int64_t>& i, const Tensor<std::int32_t>& y) {
+    Workspace<> ws;
+    reg.zero_grad();
+    double v = backward(loss(i, y), ws).item();
+    std::vector<std::vector<double>> g;
+    for (Parameter<double>* p : reg) g.push_back(p->grad.to_vector());
+    return std::make_pair(v, g);
+  };
+  auto [va, ga] = reference(ia, ya);
+  auto [vb, gb] = reference(ib, yb);
+  reg.zero_grad();
+
+  struct Pass {
+    std::vector<std::pair<Parameter<double>*, Tensor<double>>> grads;
+    std::vector<std::string> finished;         // hook order
+    std::vector<std::vector<double>> at_hook;  // each gradient as its hook saw it
+    double value = 0;
+  };
+  auto run = [&](Pass& pass, const Tensor<std::int64_t>& i, const Tensor<std::int32_t>& y, int steps) {
+    Workspace<> ws;
+    for (Parameter<double>* p : reg) pass.grads.emplace_back(p, Tensor<double>::zeros(p->shape()));
+    auto sink = [&](Parameter<double>& p) {
+      for (auto& [q, t] : pass.grads)
+        if (q == &p) return t.view();
+      throw std::logic_error("unknown parameter");
+    };
+    for (int s = 0; s < steps; ++s) {
+      for (auto& [q, t] : pass.grads) t.fill(0.0);
+      pass.finished.clear();
+      pass.at_hook.clear();
+      auto hook = [&](Parameter<double>& p) {
+        pass.finished.push_back(p.name);
+        Tensor<double> copy;
+        copy = sink(p);
+        pass.at_hook.push_back(copy.to_vector());
+      };
+      pass.value = backward(loss(i, y), ws, hook, sink).item();
+    }
+  };
+  Pass a, b;
+  std::thread ta([&] { run(a, ia, ya, 200); });
+  std::thread tb([&] { run(b, ib, yb, 200); });
+  ta.join();
+  tb.join();
+  CHECK(a.value == va);
+  CHECK(b.value == vb);
+  for (std::size_t k = 0; k < a.grads.size(); ++k) {
+    INFO(a.grads[k].first->name);
+    CHECK(a.grads[k].second.to_vector() == ga[k]);
+    CHECK(b.grads[k].second.to_vector() == gb[k]);
+  }
+  CHECK(a.finished.size() == a.grads.size());  // each parameter's hook fired once per pass
+  CHECK(b.finished == a.finished);             // in the order fixed by the expression's type
+  for (Pass* pass : {&a, &b})                  // with the pass's final gradient
+    for (std::size_t j = 0; j < pass->finished.size(); ++j)
+      for (auto& [q, t] : pass->grads)
+        if (q->name == pass->finished[j]) CHECK(pass->at_hook[j] == t.to_vector());
+  for (Parameter<double>* p : reg)             // the parameters' own gradients were never touched
+    for (double v : p->grad.to_vector()) CHECK(v == 0.0);
 }
 
 TEST_CASE("a steady-state training step allocates nothing") {

@@ -9,40 +9,71 @@
 // A hook, hook(input_index, gradient_view), runs for each input the moment its
 // gradient is final, in an order fixed by the expression's type; data-parallel
 // training starts communicating a gradient from there while backward goes on.
+// The pass owns its state: the executor it runs on, the gradient buffers,
+// and how many occurrences of each parameter are still to come (nothing is
+// kept on Parameter), so two passes over the same parameters, each with its
+// own workspace and gradient buffers, can be in flight at once.
 #pragma once
 
 #include <array>
-#include <cstring>
 #include <tuple>
 #include <type_traits>
 #include <utility>
 
+#include "../core/exec.hpp"
 #include "../expr/assign.hpp"
 #include "../expr/node.hpp"
 #include "../expr/parameter.hpp"
 #include "../expr/reduce.hpp"
-#include "../kernels/cpu/loops.hpp"
+#include "../kernels/dispatch.hpp"
 
 namespace weft {
 
 struct NoHook {
-  template <class T>
-  void operator()(std::size_t, TensorView<T>) const {}
-  template <class T>
-  void operator()(Parameter<T>&) const {}
+  template <class T, class D>
+  void operator()(std::size_t, TensorView<T, D>) const {}
+  template <class T, class D>
+  void operator()(Parameter<T, D>&) const {}
 };
 
-// Binding context while differentiating: where the K inputs' gradients go,
-// which have been written, and how many occurrences of each are still to come.
-template <class T, std::size_t K, class Hook>
+// Where a pass writes parameter gradients: by default each parameter's own
+// .grad. A pass can give its own buffers instead (any callable
+// Parameter<T, D>& -> TensorView<T, D>), so concurrent passes do not share one.
+struct OwnGrad {
+  template <class T, class D>
+  TensorView<T, D> operator()(Parameter<T, D>& p) const {
+    return p.grad.view();
+  }
+};
+
+// Binding context while differentiating, one per backward pass: the executor,
+// where the K inputs' gradients go, which have been written, how many
+// occurrences of each are still to come, and the same for the (at most NP
+// distinct) parameters of the expression.
+template <Executor X, class T, std::size_t K, class Hook, int NP = 0, class Sink = OwnGrad>
 struct GradContext {
+  using Device = device_of<X>;
+  using View = TensorView<T, Device>;
+  using Param = Parameter<T, Device>;
   static constexpr bool active = true;
   static constexpr std::size_t slots = K;
-  Workspace<cpu>* ws;
-  TensorView<T>* grads;
+
+  struct ParamState {
+    Param* p = nullptr;
+    View grad;
+    int remaining = 0;  // occurrences whose adjoint is still to come in this pass
+  };
+
+  const X* ex;
+  View* grads;
   Hook* hook;
+  Sink* sink;
   std::array<bool, K> written{};
   std::array<int, K> remaining{};
+  std::array<ParamState, NP> params{};
+  int n_params = 0;
+
+  const X& exec() const { return *ex; }
 
   // Backward through one region (e, evaluated at `shape`) given the adjoint
   // entering it, then on through the materialised nodes below it.
@@ -56,28 +87,30 @@ struct GradContext {
     static_assert(std::is_same_v<typename E::value_type, T>,
                   "value_and_grad: every differentiated expression must compute in the inputs' element type");
     auto b = e.bind(st, shape, *this);
-    constexpr std::array<bool, K> active_k = kernels::cpu::active_slots<E, K>();
-    kernels::cpu::SlotMem<T, K> sinks;
+    constexpr std::array<bool, K> active_k = kernels::active_slots<E, K>();
+    kernels::SlotMem<T, K> sinks;
     bool any_written = false;
-    for (std::size_t k = 0; k < K; ++k)
-      if (active_k[k]) {
-        sinks.g[k] = grads[k].data;
-        any_written = any_written || written[k];
-      }
+    if constexpr (K > 0)  // (backward over parameters only has no input slots)
+      for (std::size_t k = 0; k < K; ++k)
+        if (active_k[k]) {
+          sinks.g[k] = grads[k].data;
+          any_written = any_written || written[k];
+        }
     check_no_overlap(b, active_k);
-    const bool linear = kernels::cpu::linear_ok(b, shape) && seed.linear(shape);
+    const bool linear = kernels::linear_ok(b, shape) && seed.linear(shape);
     const bool assign = linear && !any_written;
-    for (std::size_t k = 0; k < K; ++k)
-      if (active_k[k]) {
-        if (!assign && !written[k]) zero(k);
-        written[k] = true;
-      }
-    T total = kernels::cpu::backward_region<E, Sum, K>(b, shape, seed, sinks, linear, assign);
+    if constexpr (K > 0)
+      for (std::size_t k = 0; k < K; ++k)
+        if (active_k[k]) {
+          if (!assign && !written[k]) zero(k);
+          written[k] = true;
+        }
+    T total = kernels::backward_region<E, Sum, K>(exec(), b, shape, seed, sinks, linear, assign);
     [&]<std::size_t... I>(std::index_sequence<I...>) {
       ((E::template slots_in_region<I>() > 0 ? done(I, E::template slots_in_region<I>()) : void()), ...);
     }(std::make_index_sequence<K>{});
     b.visit([&](const LeafInfo& l) {
-      if (l.param) param_done(*static_cast<Parameter<T>*>(l.param));
+      if (l.param) param_done(*static_cast<Param*>(l.param));
     });
     e.backward_children(st, *this);
     return total;
@@ -87,41 +120,71 @@ struct GradContext {
   // buffer that overlaps anything the region reads would corrupt it.
   template <class B>
   void check_no_overlap(const B& b, const std::array<bool, K>& active_k) const {
-    for (std::size_t k = 0; k < K; ++k) {
-      if (!active_k[k]) continue;
-      const char* glo = reinterpret_cast<const char*>(grads[k].data);
-      const char* ghi = glo + grads[k].numel() * static_cast<index_t>(sizeof(T));
-      b.visit([&](const LeafInfo& l) {
-        const char *lo, *hi;
-        detail::byte_range(l.base, l.shape, l.own_strides, l.elem_size, lo, hi);
-        if (lo < ghi && glo < hi && glo != ghi)
-          throw_error<ValueError>("value_and_grad: the gradient buffer of input ", k, " (shape ", grads[k].shape,
-                                  ") overlaps a tensor the expression reads; give it its own memory");
-      });
-    }
+    if constexpr (K > 0)
+      for (std::size_t k = 0; k < K; ++k) {
+        if (!active_k[k]) continue;
+        const char* glo = reinterpret_cast<const char*>(grads[k].data);
+        const char* ghi = glo + grads[k].numel() * static_cast<index_t>(sizeof(T));
+        b.visit([&](const LeafInfo& l) {
+          const char *lo, *hi;
+          detail::byte_range(l.base, l.shape, l.own_strides, l.elem_size, lo, hi);
+          if (lo < ghi && glo < hi && glo != ghi)
+            throw_error<ValueError>("value_and_grad: the gradient buffer of input ", k, " (shape ", grads[k].shape,
+                                    ") overlaps a tensor the expression reads; give it its own memory");
+        });
+      }
   }
 
-  void zero(std::size_t k) {
-    if (grads[k].numel() > 0) std::memset(static_cast<void*>(grads[k].data), 0, static_cast<std::size_t>(grads[k].numel()) * sizeof(T));
-  }
+  void zero(std::size_t k) { kernels::fill(exec(), grads[k], T(0)); }
+
+  // The gradient buffer of parameter p in this pass.
+  View grad_of(Param& p) { return state_of(p).grad; }
+
   // One occurrence of parameter p has delivered its adjoint; the last one makes it final.
-  void param_done(Parameter<T>& p) {
-    if (--p.pending == 0) {
-      if constexpr (std::is_invocable_v<Hook&, Parameter<T>&>) (*hook)(p);
+  void param_done(Param& p) {
+    if (--state_of(p).remaining == 0) {
+      if constexpr (std::is_invocable_v<Hook&, Param&>) (*hook)(p);
     }
   }
 
-  // Before backward: count each parameter's occurrences (known from the type,
-  // identities at run time) so param_done knows when its gradient is final.
+  // Before backward: count each parameter's occurrences (how many, known from
+  // the type; which parameters, at run time) so param_done knows when its
+  // gradient is final. The count the nodes state must match what they visit.
   template <class E>
   void count_params(const E& e) {
-    e.for_each_param([](auto& p) { p.pending = 0; });
-    e.for_each_param([](auto& p) { ++p.pending; });
+    int visits = 0;
+    e.for_each_param([&](Param& p) {
+      if (visits++ >= NP) return;
+      if constexpr (NP > 0) {
+        for (int i = 0; i < n_params; ++i)
+          if (params[static_cast<std::size_t>(i)].p == &p) {
+            ++params[static_cast<std::size_t>(i)].remaining;
+            return;
+          }
+        ParamState& s = params[static_cast<std::size_t>(n_params++)];
+        s.p = &p;
+        s.remaining = 1;
+        s.grad = (*sink)(p);
+        if (s.grad.shape != p.shape())
+          throw_error<ShapeError>("backward: the gradient buffer for parameter '", p.name, "' has shape ", s.grad.shape,
+                                  ", the parameter has ", p.shape());
+      }
+    });
+    if (visits != NP)
+      throw_error<Error>("backward: the expression's nodes state ", NP, " parameter occurrences (param_occurrences) but visit ",
+                         visits, " in for_each_param: a node's param_occurrences disagrees with its for_each_param");
   }
 
   void done(std::size_t k, int occurrences) {
     remaining[k] -= occurrences;
     if (remaining[k] == 0) (*hook)(k, grads[k]);
+  }
+
+ private:
+  ParamState& state_of(Param& p) {
+    for (int i = 0; i < n_params; ++i)
+      if (params[static_cast<std::size_t>(i)].p == &p) return params[static_cast<std::size_t>(i)];
+    throw_error<Error>("backward: parameter '", p.name, "' was not counted before backward (internal error)");
   }
 };
 
@@ -146,41 +209,52 @@ namespace detail {
 // constant adjoint, so value and gradient come out of one pass over the region
 // below it.
 template <class E, class G>
-TensorView<typename E::value_type> forward_backward(const E& e, G& g, Workspace<cpu>& ws) {
+auto forward_backward(const E& e, G& g) {
   using T = typename E::value_type;
+  const auto& ex = g.exec();
   g.count_params(e);
   if constexpr (is_full_sum<E>::value) {
     using A = decltype(e.a);
-    auto st = e.a.forward(ws);
+    auto st = e.a.forward(ex);
     Shape s = e.a.shape();
     T scale = e.count() ? (std::is_same_v<E, Reduce<ReduceKind::mean, A, true>> ? T(1) / static_cast<T>(e.count()) : T(1)) : T(0);
-    T total = g.template region<A, true>(e.a, st, s, kernels::cpu::ConstSeed<T>{scale});
-    auto out = ws.template alloc<T>(e.shape());
-    out.data[0] = total * scale;
+    T total = g.template region<A, true>(e.a, st, s, kernels::ConstSeed<T>{scale});
+    auto out = kernels::alloc<T>(ex, e.shape());
+    kernels::fill(ex, out, total * scale);
     return out;
   } else {
-    auto st = e.forward(ws);
+    auto st = e.forward(ex);
     Shape s = e.shape();
-    auto out = ws.template alloc<T>(s);
+    auto out = kernels::alloc<T>(ex, s);
     NoGrad ng;
-    kernels::cpu::evaluate(e.bind(st, s, ng), out);
-    g.run_region(e, st, s, kernels::cpu::ConstSeed<T>{T(1)});
+    kernels::evaluate(ex, e.bind(st, s, ng), out);
+    g.run_region(e, st, s, kernels::ConstSeed<T>{T(1)});
     return out;
   }
 }
 
+template <class E, class G, std::size_t K>
+void count_inputs(G& g) {
+  [&]<std::size_t... I>(std::index_sequence<I...>) {
+    ((g.remaining[I] = E::template slots_total<I>()), ...);
+  }(std::make_index_sequence<K>{});
+}
+
 }  // namespace detail
 
-// The core: value of f(xs...) (a view into ws, valid until ws is reset) with
-// the gradient of sum(f) with respect to each input written into grads[i]
-// (preallocated, shapes of the inputs). Inputs must be contiguous.
-template <class F, class Hook, class T, class... Xs>
-TensorView<T> value_and_grad_into(F&& f, Workspace<cpu>& ws, TensorView<T>* grads, Hook& hook, const Xs&... xs) {
+// The core: value of f(xs...) (a view into the executor's workspace, valid
+// until it is reset) with the gradient of sum(f) with respect to each input
+// written into grads[i] (preallocated, shapes of the inputs, on the
+// executor's device). Inputs must be contiguous.
+template <class F, class Hook, Executor X, class T, class... Xs>
+TensorView<T, device_of<X>> value_and_grad_into(F&& f, const X& ex, TensorView<T, device_of<X>>* grads, Hook& hook,
+                                                const Xs&... xs) {
+  using D = device_of<X>;
   static_assert(std::is_floating_point_v<T>, "value_and_grad differentiates float or double inputs");
   static_assert((std::is_same_v<detail::input_t<Xs>, T> && ...), "value_and_grad: all inputs must have one element type");
   constexpr std::size_t K = sizeof...(Xs);
-  ws.reset();
-  std::array<TensorView<T>, K> views{detail::input_view(xs)...};
+  ex.workspace().reset();
+  std::array<TensorView<T, D>, K> views{detail::input_view(xs)...};
   for (std::size_t k = 0; k < K; ++k) {
     if (!views[k].is_contiguous())
       throw_error<ValueError>("value_and_grad: input ", k, " (shape ", views[k].shape, ") is a strided view; pass a contiguous tensor");
@@ -188,15 +262,14 @@ TensorView<T> value_and_grad_into(F&& f, Workspace<cpu>& ws, TensorView<T>* grad
       throw_error<ShapeError>("value_and_grad: gradient buffer ", k, " has shape ", grads[k].shape, ", input has ", views[k].shape);
   }
   auto e = [&]<std::size_t... I>(std::index_sequence<I...>) {
-    return f(Arg<I, T, cpu>(views[I])...);
+    return f(Arg<I, T, D>(views[I])...);
   }(std::make_index_sequence<K>{});
   using E = decltype(e);
   static_assert(Expression<E>, "the function given to value_and_grad must return a weft expression built from its arguments");
 
-  GradContext<T, K, Hook> g{&ws, grads, &hook, {}, {}};
-  [&]<std::size_t... I>(std::index_sequence<I...>) {
-    ((g.remaining[I] = E::template slots_total<I>()), ...);
-  }(std::make_index_sequence<K>{});
+  OwnGrad own;
+  GradContext<X, T, K, Hook, param_occurrences_of<E>()> g{&ex, grads, &hook, &own};
+  detail::count_inputs<E, decltype(g), K>(g);
   for (std::size_t k = 0; k < K; ++k)
     if (g.remaining[k] == 0) {  // f does not use input k: its gradient is zero, and final now
       g.zero(k);
@@ -204,38 +277,58 @@ TensorView<T> value_and_grad_into(F&& f, Workspace<cpu>& ws, TensorView<T>* grad
       hook(k, grads[k]);
     }
 
-  return detail::forward_backward(e, g, ws);
+  return detail::forward_backward(e, g);
+}
+
+// The same on the host with a workspace (the executor is the calling thread).
+template <class F, class Hook, class T, class D, class... Xs>
+TensorView<T, D> value_and_grad_into(F&& f, Workspace<D>& ws, TensorView<T, D>* grads, Hook& hook, const Xs&... xs) {
+  return value_and_grad_into(std::forward<F>(f), Exec<D>(ws), grads, hook, xs...);
 }
 
 // Gradients of sum(e) with respect to every Parameter in e, accumulated into
-// their .grad (zero them between steps; optimizers' zero_grad() does). Returns
-// the value of e (a view into ws, valid until ws is reset). hook(parameter)
-// runs for each parameter the moment its gradient is final.
-template <Expression E, class Hook = NoHook>
-TensorView<typename E::value_type> backward(const E& e, Workspace<cpu>& ws, Hook&& hook = {}) {
+// the buffers `sink(parameter)` names (by default each parameter's .grad: zero
+// them between steps; optimizers' zero_grad() does). Returns the value of e (a
+// view into the executor's workspace, valid until it is reset). hook(parameter)
+// runs for each parameter the moment its gradient is final. Every piece of
+// backward state lives in this call: passes with their own executors
+// (workspaces) and sinks may run concurrently over the same parameters.
+template <Expression E, Executor X, class Hook = NoHook, class Sink = OwnGrad>
+TensorView<typename E::value_type, device_of<X>> backward(const E& e, const X& ex, Hook&& hook = {}, Sink&& sink = {}) {
   using T = typename E::value_type;
   static_assert(std::is_floating_point_v<T>, "backward needs a float or double expression");
-  ws.reset();
+  static_assert(std::is_same_v<typename E::device_type, device_of<X>>,
+                "backward: the expression's tensors live on another device than the executor's");
+  ex.workspace().reset();
   using H = std::remove_reference_t<Hook>;
-  GradContext<T, 0, H> g{&ws, nullptr, &hook, {}, {}};
-  return detail::forward_backward(e, g, ws);
+  using S = std::remove_reference_t<Sink>;
+  GradContext<X, T, 0, H, param_occurrences_of<E>(), S> g{&ex, nullptr, &hook, &sink};
+  return detail::forward_backward(e, g);
 }
 
-// (value, d value / d x0, d value / d x1, ...) as new tensors. For a non-scalar
-// f the gradients are those of sum(f), as a seed of ones in PyTorch's backward.
+template <Expression E, class D, class Hook = NoHook, class Sink = OwnGrad>
+TensorView<typename E::value_type, D> backward(const E& e, Workspace<D>& ws, Hook&& hook = {}, Sink&& sink = {}) {
+  return backward(e, Exec<D>(ws), std::forward<Hook>(hook), std::forward<Sink>(sink));
+}
+
+// (value, d value / d x0, d value / d x1, ...) as new tensors on the inputs'
+// device. For a non-scalar f the gradients are those of sum(f), as a seed of
+// ones in PyTorch's backward.
 template <class F, class... Xs>
 auto value_and_grad(F&& f, const Xs&... xs) {
   using T = std::common_type_t<detail::input_t<Xs>...>;
-  Workspace<cpu> ws;
-  std::array<Tensor<T>, sizeof...(Xs)> grads{Tensor<T>(detail::input_view(xs).shape)...};
-  std::array<TensorView<T>, sizeof...(Xs)> gv;
+  using D = std::common_type_t<typename decltype(detail::input_view(xs))::device_type...>;
+  Workspace<D> ws;
+  Exec<D> ex(ws);
+  std::array<Tensor<T, D>, sizeof...(Xs)> grads{Tensor<T, D>(detail::input_view(xs).shape)...};
+  std::array<TensorView<T, D>, sizeof...(Xs)> gv;
   for (std::size_t k = 0; k < sizeof...(Xs); ++k) gv[k] = grads[k].view();
   NoHook hook;
-  TensorView<T> v = value_and_grad_into(f, ws, gv.data(), hook, xs...);
-  Tensor<T> value;
+  TensorView<T, D> v = value_and_grad_into(f, ex, gv.data(), hook, xs...);
+  Tensor<T, D> value;
   value = v;
   return [&]<std::size_t... I>(std::index_sequence<I...>) {
-    return std::tuple<Tensor<T>, decltype((void)I, Tensor<T>())...>(std::move(value), std::move(grads[I])...);
+    return std::tuple<Tensor<T, D>, decltype((void)I, Tensor<T, D>())...>(std::move(value), std::move(grads[I])...);
   }(std::make_index_sequence<sizeof...(Xs)>{});
 }
 
@@ -243,6 +336,7 @@ auto value_and_grad(F&& f, const Xs&... xs) {
 template <class F, class T, class... Xs>
 auto vjp(F&& f, const Tensor<T>& seed, const Xs&... xs) {
   Workspace<cpu> ws;
+  Exec<cpu> ex(ws);
   constexpr std::size_t K = sizeof...(Xs);
   std::array<Tensor<T>, K> grads{Tensor<T>(detail::input_view(xs).shape)...};
   std::array<TensorView<T>, K> views{detail::input_view(xs)...};
@@ -255,18 +349,18 @@ auto vjp(F&& f, const Tensor<T>& seed, const Xs&... xs) {
   NoHook hook;
   std::array<TensorView<T>, K> gv;
   for (std::size_t k = 0; k < K; ++k) gv[k] = grads[k].view();
-  GradContext<T, K, NoHook> g{&ws, gv.data(), &hook, {}, {}};
-  [&]<std::size_t... I>(std::index_sequence<I...>) {
-    ((g.remaining[I] = E::template slots_total<I>()), ...);
-  }(std::make_index_sequence<K>{});
+  OwnGrad own;
+  GradContext<Exec<cpu>, T, K, NoHook, param_occurrences_of<E>()> g{&ex, gv.data(), &hook, &own};
+  g.count_params(e);
+  detail::count_inputs<E, decltype(g), K>(g);
   for (std::size_t k = 0; k < K; ++k)
     if (g.remaining[k] == 0) {
       g.zero(k);
       g.written[k] = true;
     }
-  auto st = e.forward(ws);
+  auto st = e.forward(ex);
   Shape s = e.shape();
-  g.run_region(e, st, s, kernels::cpu::BufferSeed<T>{seed.data(), aligned_strides(s, contiguous_strides(s), s), T(1)});
+  g.run_region(e, st, s, kernels::BufferSeed<T>{seed.data(), aligned_strides(s, contiguous_strides(s), s), T(1)});
   return grads;
 }
 

@@ -8,7 +8,6 @@
 #include <algorithm>
 #include <cstring>
 
-#include "../kernels/cpu/loops.hpp"
 #include "node.hpp"
 
 namespace weft {
@@ -32,8 +31,8 @@ inline void byte_range(const void* base, const Shape& s, const Strides& st, std:
 
 // Does evaluating bound tree `b` into `dst` read memory that the loop has
 // already overwritten (or will)? Same-element reads are fine.
-template <class B, class T>
-bool hazardous_alias(const B& b, const TensorView<T>& dst) {
+template <class B, class T, class D>
+bool hazardous_alias(const B& b, const TensorView<T, D>& dst) {
   const char *dlo, *dhi;
   byte_range(dst.data, dst.shape, dst.strides, sizeof(T), dlo, dhi);
   if (dlo == dhi) return false;
@@ -52,23 +51,33 @@ bool hazardous_alias(const B& b, const TensorView<T>& dst) {
 }
 }  // namespace detail
 
-// dst = e, with `ws` holding materialised intermediates (no allocation once warm).
-template <class T, class Device, Expression E, class W>
-void assign(TensorView<T, Device> dst, const E& e, W& ws) {
-  static_assert(std::is_same_v<Device, cpu>, "assignment to device tensors goes through weft/kernels/cuda");
+// dst = e on the executor's device, its workspace holding materialised
+// intermediates (no allocation once warm).
+template <class T, class Device, Expression E, Executor X>
+  requires std::is_same_v<device_of<X>, Device>
+void assign(TensorView<T, Device> dst, const E& e, const X& ex) {
+  static_assert(std::is_same_v<typename E::device_type, Device>,
+                "assign: the expression's tensors live on another device than the destination: copy them first");
   Shape s = e.shape();
   if (!broadcasts_to(s, dst.shape))
     throw_error<ShapeError>("assign: an expression of shape ", s, " cannot be assigned to a tensor of shape ", dst.shape);
-  auto st = e.forward(ws);
+  auto st = e.forward(ex);
   NoGrad ng;
   auto b = e.bind(st, dst.shape, ng);
   if (detail::hazardous_alias(b, dst)) {
-    auto tmp = ws.template alloc<T>(dst.shape);
-    kernels::cpu::evaluate(b, tmp);
-    kernels::cpu::evaluate(BoundTensor<T>{tmp.data, aligned_strides(dst.shape, contiguous_strides(dst.shape), dst.shape), dst.shape, contiguous_strides(dst.shape)}, dst);
+    auto tmp = kernels::alloc<T>(ex, dst.shape);
+    kernels::evaluate(ex, b, tmp);
+    const Strides c = contiguous_strides(dst.shape);
+    kernels::evaluate(ex, BoundTensor<T>{tmp.data, aligned_strides(dst.shape, c, dst.shape), dst.shape, c}, dst);
     return;
   }
-  kernels::cpu::evaluate(b, dst);
+  kernels::evaluate(ex, b, dst);
+}
+
+// dst = e, with `ws` holding materialised intermediates (no allocation once warm).
+template <class T, class Device, Expression E>
+void assign(TensorView<T, Device> dst, const E& e, Workspace<Device>& ws) {
+  assign(dst, e, Exec<Device>(ws));
 }
 
 template <class T, class Device, class E>

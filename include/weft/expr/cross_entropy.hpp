@@ -7,7 +7,6 @@
 #include <type_traits>
 
 #include "../core/math.hpp"
-#include "../kernels/cpu/loops.hpp"
 #include "node.hpp"
 
 namespace weft {
@@ -23,6 +22,7 @@ struct CrossEntropy : OneChildNode<CrossEntropy<A, L>, A> {
   static_assert(is_floating_v<value_type>, "cross_entropy: logits must be floating point");
   static_assert(A::static_rank == -1 || A::static_rank == 2,
                 "cross_entropy: logits must have rank 2 (batch, classes); this operand's rank is known and is not 2");
+  static constexpr int param_occurrences = param_occurrences_of<A>();
 
   A a;
   L labels;  // a Leaf: labels are data, never differentiated
@@ -37,38 +37,21 @@ struct CrossEntropy : OneChildNode<CrossEntropy<A, L>, A> {
 
   struct State {
     typename A::State a;
-    TensorView<value_type> val;  // the loss, rank 0
-    TensorView<value_type> adj;
-    TensorView<value_type> lse;  // (N,)
+    TensorView<value_type, device_type> val;  // the loss, rank 0
+    TensorView<value_type, device_type> adj;
+    TensorView<value_type, device_type> lse;  // (N,)
   };
 
-  index_t label(index_t r) const {
-    return static_cast<index_t>(labels.v.data[r * (labels.v.shape.rank ? labels.v.strides[0] : 0)]);
-  }
-
-  template <class W>
-  State forward(W& ws) const {
-    State st{a.forward(ws), {}, {}, {}};
+  template <class X>
+  State forward(const X& ex) const {
+    State st{a.forward(ex), {}, {}, {}};
     Shape s = a.shape();
     const index_t rows = s[0], cols = s[1];
-    auto logits = kernels::cpu::materialise(a, st.a, ws);
-    st.lse = ws.template alloc<value_type>(Shape{rows});
-    st.val = ws.template alloc<value_type>(Shape{});
-    value_type total = 0;
-    for (index_t r = 0; r < rows; ++r) {
-      index_t y = label(r);
-      if (y < 0 || y >= cols)
-        throw_error<ValueError>("cross_entropy: label ", y, " at row ", r, " is out of range for ", cols, " classes");
-      const value_type* x = logits.data + r * cols;
-      value_type m = x[0];
-      for (index_t c = 1; c < cols; ++c) m = x[c] > m ? x[c] : m;
-      value_type z = 0;
-      for (index_t c = 0; c < cols; ++c) z += math::exp(x[c] - m);
-      value_type lse = m + math::log(z);
-      st.lse.data[r] = lse;
-      total += lse - x[y];
-    }
-    st.val.data[0] = rows ? total / static_cast<value_type>(rows) : value_type(0);
+    auto logits = materialise(a, st.a, ex);
+    st.lse = kernels::alloc<value_type>(ex, Shape{rows});
+    st.val = kernels::alloc<value_type>(ex, Shape{});
+    kernels::cross_entropy_rows(ex, logits.data, labels.v.data, labels.v.shape.rank ? labels.v.strides[0] : index_t(0), rows,
+                                cols, st.lse.data, st.val.data);
     return st;
   }
 
@@ -101,9 +84,6 @@ struct CrossEntropy : OneChildNode<CrossEntropy<A, L>, A> {
   }
 
 };
-
-template <class A, class L>
-struct contains_param<CrossEntropy<A, L>> : contains_param<A> {};
 
 static_assert(Expression<CrossEntropy<Leaf<float, cpu>, Leaf<std::int32_t, cpu>>>);
 

@@ -1,7 +1,7 @@
 // Elementwise nodes: unary and binary operators with NumPy broadcasting and
 // scalar operands. Each op is a struct of host/device functions: the value and
 // its local derivative(s), written next to each other. A chain of these nodes is
-// evaluated in one fused pass (kernels/cpu/loops.hpp, kernels/cuda/elementwise.cuh),
+// evaluated in one fused pass (kernels/cpu/loops.hpp, kernels/cuda/kernels.cuh),
 // and so is its adjoint.
 #pragma once
 
@@ -214,6 +214,7 @@ struct Unary : ExprTag {
   using value_type = typename op::result<Op, typename A::value_type>::type;
   using device_type = typename A::device_type;
   static constexpr int static_rank = A::static_rank;
+  static constexpr int param_occurrences = param_occurrences_of<A>();
   A a;
 
   explicit Unary(A child) : a(child) {
@@ -226,9 +227,9 @@ struct Unary : ExprTag {
   struct State {
     typename A::State a;
   };
-  template <class W>
-  State forward(W& ws) const {
-    return {a.forward(ws)};
+  template <class X>
+  State forward(const X& ex) const {
+    return {a.forward(ex)};
   }
   template <class G>
   auto bind(State& st, const Shape& out, G& g) const {
@@ -258,6 +259,7 @@ struct Binary : ExprTag {
   using device_type = typename A::device_type;
   static constexpr int static_rank =
       (A::static_rank < 0 || B::static_rank < 0) ? -1 : (A::static_rank > B::static_rank ? A::static_rank : B::static_rank);
+  static constexpr int param_occurrences = param_occurrences_of<A>() + param_occurrences_of<B>();
   A a;
   B b;
   Shape out;
@@ -274,9 +276,9 @@ struct Binary : ExprTag {
     typename A::State a;
     typename B::State b;
   };
-  template <class W>
-  State forward(W& ws) const {
-    return {a.forward(ws), b.forward(ws)};
+  template <class X>
+  State forward(const X& ex) const {
+    return {a.forward(ex), b.forward(ex)};
   }
   template <class G>
   auto bind(State& st, const Shape& o, G& g) const {
@@ -303,11 +305,6 @@ struct Binary : ExprTag {
     return A::template slots_total<I>() + B::template slots_total<I>();
   }
 };
-
-template <class Op, class A>
-struct contains_param<Unary<Op, A>> : contains_param<A> {};
-template <class Op, class A, class B>
-struct contains_param<Binary<Op, A, B>> : std::bool_constant<contains_param<A>::value || contains_param<B>::value> {};
 
 static_assert(Expression<Unary<op::Tanh, Leaf<float, cpu>>> && Expression<Binary<op::Mul, Leaf<float, cpu>, Scalar<float>>>);
 

@@ -1,12 +1,12 @@
-// matmul(a, b): (M, K) x (K, N) -> (M, N) through CBLAS sgemm/dgemm, with either
-// operand transposed for free (matmul(transpose(a), b) passes a BLAS flag).
+// matmul(a, b): (M, K) x (K, N) -> (M, N) through the device's gemm
+// (kernels::gemm: CBLAS sgemm/dgemm on the host), with either operand
+// transposed for free (matmul(transpose(a), b) passes a BLAS flag).
 // A materialisation point. Opt-in header: needs CBLAS (OpenBLAS) at link time.
 //   forward   C = A B
 //   backward  dA = dC B^T,  dB = A^T dC   (each one gemm, then the operand's region)
 #pragma once
 
 #include "../kernels/cpu/blas.hpp"
-#include "../kernels/cpu/loops.hpp"
 #include "node.hpp"
 #include "parameter.hpp"
 #include "transpose.hpp"
@@ -41,6 +41,9 @@ struct MatMul : ExprTag {
                 "matmul: both operands must have the same element type (convert one with weft::cast<T>(x))");
   static_assert(std::is_same_v<value_type, float> || std::is_same_v<value_type, double>,
                 "matmul computes in float or double (f16/bf16 tensors are read as float)");
+  static constexpr int param_occurrences = param_occurrences_of<A>() + param_occurrences_of<B>();
+  using P = ParamLeaf<value_type, device_type>;
+  using View = TensorView<value_type, device_type>;
 
   A a;
   B b;
@@ -58,30 +61,28 @@ struct MatMul : ExprTag {
   struct State {
     typename A::State a;
     typename B::State b;
-    TensorView<value_type> av, bv;  // operand values as BLAS reads them
-    TensorView<value_type> val, adj;
+    View av, bv;  // operand values as gemm reads them
+    View val, adj;
   };
 
   // A leaf already in a BLAS layout is read in place; anything else is evaluated once.
-  template <class E, class W>
-  static TensorView<value_type> operand(const E& e, typename E::State& st, W& ws) {
-    if constexpr (std::is_same_v<E, ParamLeaf<value_type>>) {
+  template <class E, class X>
+  static View operand(const E& e, typename E::State& st, const X& ex) {
+    if constexpr (std::is_same_v<E, P>) {
       return e.p->value.view();
     } else if constexpr (std::is_same_v<typename detail::leaf_storage<E>::type, value_type>) {
-      CBLAS_TRANSPOSE t;
-      int ld;
-      if (kernels::cpu::blas_layout(e.v, t, ld)) return e.v;
+      if (kernels::gemm_reads_in_place(e.v)) return e.v;
     }
-    return kernels::cpu::materialise(e, st, ws);
+    return materialise(e, st, ex);
   }
 
-  template <class W>
-  State forward(W& ws) const {
-    State st{a.forward(ws), b.forward(ws), {}, {}, {}, {}};
-    st.av = operand(a, st.a, ws);
-    st.bv = operand(b, st.b, ws);
-    st.val = ws.template alloc<value_type>(out);
-    kernels::cpu::gemm(st.av, st.bv, st.val, value_type(1), value_type(0));
+  template <class X>
+  State forward(const X& ex) const {
+    State st{a.forward(ex), b.forward(ex), {}, {}, {}, {}};
+    st.av = operand(a, st.a, ex);
+    st.bv = operand(b, st.b, ex);
+    st.val = kernels::alloc<value_type>(ex, out);
+    kernels::gemm(ex, st.av, st.bv, st.val, value_type(1), value_type(0));
     return st;
   }
 
@@ -92,25 +93,26 @@ struct MatMul : ExprTag {
 
   template <class G>
   void backward_children(State& st, G& g) const {
-    using kernels::cpu::BufferSeed;
+    using kernels::BufferSeed;
+    const auto& ex = g.exec();
     Shape sa = a.shape(), sb = b.shape();
     // B first: in x @ W the weight's gradient is final at once, while A's
     // backward may go deep (hooks fire last layer first, as DDP's buckets expect).
-    if constexpr (std::is_same_v<B, ParamLeaf<value_type>>) {
-      kernels::cpu::gemm(st.av.transposed(), st.adj, b.p->grad.view(), value_type(1), value_type(1));
+    if constexpr (std::is_same_v<B, P>) {
+      kernels::gemm(ex, st.av.transposed(), st.adj, g.grad_of(*b.p), value_type(1), value_type(1));
       g.param_done(*b.p);
     } else if constexpr (needs_grad<B, G>()) {
-      auto db = g.ws->template alloc<value_type>(sb);
-      kernels::cpu::gemm(st.av.transposed(), st.adj, db, value_type(1), value_type(0));
+      auto db = kernels::alloc<value_type>(ex, sb);
+      kernels::gemm(ex, st.av.transposed(), st.adj, db, value_type(1), value_type(0));
       g.run_region(b, st.b, sb, BufferSeed<value_type>{db.data, aligned_strides(sb, contiguous_strides(sb), sb), value_type(1)});
     }
-    if constexpr (std::is_same_v<A, ParamLeaf<value_type>>) {
+    if constexpr (std::is_same_v<A, P>) {
       // A parameter operand: accumulate dA straight into its gradient.
-      kernels::cpu::gemm(st.adj, st.bv.transposed(), a.p->grad.view(), value_type(1), value_type(1));
+      kernels::gemm(ex, st.adj, st.bv.transposed(), g.grad_of(*a.p), value_type(1), value_type(1));
       g.param_done(*a.p);
     } else if constexpr (needs_grad<A, G>()) {
-      auto da = g.ws->template alloc<value_type>(sa);
-      kernels::cpu::gemm(st.adj, st.bv.transposed(), da, value_type(1), value_type(0));
+      auto da = kernels::alloc<value_type>(ex, sa);
+      kernels::gemm(ex, st.adj, st.bv.transposed(), da, value_type(1), value_type(0));
       g.run_region(a, st.a, sa, BufferSeed<value_type>{da.data, aligned_strides(sa, contiguous_strides(sa), sa), value_type(1)});
     }
   }
@@ -137,9 +139,6 @@ struct MatMul : ExprTag {
     return A::template slots_total<I>() + B::template slots_total<I>();
   }
 };
-
-template <class A, class B>
-struct contains_param<MatMul<A, B>> : std::bool_constant<contains_param<A>::value || contains_param<B>::value> {};
 
 static_assert(Expression<MatMul<Leaf<float, cpu>, Leaf<float, cpu>>>);
 

@@ -4,8 +4,8 @@
 // strides), inner nodes hold children by value, constructors only check shapes.
 // Evaluation happens in three steps, each a member template of the node:
 //
-//   forward(ws)              materialises what must be materialised (reductions,
-//                            matmul, softmax) into workspace buffers -> State
+//   forward(ex)              materialises what must be materialised (reductions,
+//                            matmul, softmax) into the executor's workspace -> State
 //   bind(state, shape, g)    builds the *bound* evaluator: a device-copyable tree
 //                            whose leaves carry strides aligned to the output shape
 //                            (broadcasting = stride 0) and, when differentiating,
@@ -13,11 +13,14 @@
 //   backward_children(st,g)  after the fused backward of the elementwise region a
 //                            node sits in, continues backward below materialised nodes
 //
-// A bound evaluator is evaluated per element through fwd(ix, tape), which fills
-// a Tape (the values its adjoint rule needs, a struct decided by the type: no
-// runtime tape), and bwd(ix, tape, adjoint, slots). Tapes are filled in place,
-// never copied whole, so the compiler keeps every field in a register. ix is a linear index (contiguous fast path) or
-// an Index4 (padded 4-D index, general strided/broadcast path).
+// forward and backward_children take an executor (core/exec.hpp) and reach
+// kernels only through kernels/dispatch.hpp, keyed by its device. The bound
+// evaluator protocol (fwd/bwd/visit, Index4, the bound leaves) is defined
+// below both layers, in kernels/bound.hpp.
+//
+// Every node also states param_occurrences: how many Parameter leaves it holds,
+// its children's included, derived from its children and never defaulted, so
+// a node cannot silently leave its parameters without a gradient.
 #pragma once
 
 #include <concepts>
@@ -28,29 +31,25 @@
 #include "../core/config.hpp"
 #include "../core/dtype.hpp"
 #include "../core/error.hpp"
+#include "../core/exec.hpp"
 #include "../core/shape.hpp"
 #include "../tensor/tensor.hpp"
 #include "../tensor/workspace.hpp"
+#include "../kernels/bound.hpp"
+#include "../kernels/cpu/kernels.hpp"
+#include "../kernels/dispatch.hpp"
 
 namespace weft {
 
-// Padded 4-D element index (leading dims are padding for lower ranks).
-struct Index4 {
-  index_t i[max_rank];
-};
-
-WEFT_HD WEFT_INLINE index_t offset(index_t i, const Strides&) { return i; }
-WEFT_HD WEFT_INLINE index_t offset(const Index4& ix, const Strides& st) {
-  return ix.i[0] * st.s[0] + ix.i[1] * st.s[1] + ix.i[2] * st.s[2] + ix.i[3] * st.s[3];
-}
-
-// The value of bound evaluator b at element ix.
-template <class B, class Ix>
-WEFT_HD WEFT_INLINE typename B::value_type value_at(const B& b, const Ix& ix) {
-  typename B::Tape t;
-  b.fwd(ix, t);
-  return t.v;
-}
+// The evaluation protocol, from the layer below (kernels/bound.hpp).
+using kernels::BoundArg;
+using kernels::BoundBuffer;
+using kernels::BoundScalar;
+using kernels::BoundTensor;
+using kernels::Index4;
+using kernels::LeafInfo;
+using kernels::offset;
+using kernels::value_at;
 
 // Every expression node derives from this tag.
 struct ExprTag {};
@@ -67,141 +66,61 @@ struct NoGrad {
   static constexpr bool active = false;
 };
 
-// Description of one leaf of a bound tree, for fast-path and aliasing decisions.
-struct LeafInfo {
-  const void* base;
-  Strides strides;  // aligned to the output shape
-  Shape shape;      // the leaf's own shape (extent of memory it reads)
-  Strides own_strides;
-  std::size_t elem_size;
-  void* param = nullptr;  // the Parameter<T> whose gradient this leaf feeds, if any
-  bool writes = false;    // backward stores adjoints through these strides
-};
-
-template <class T>
+template <class T, class Device>
 struct Parameter;
-template <class T>
+template <class T, class Device>
 struct ParamLeaf;
+
+// How many Parameter leaves node type E holds, its children's included. Every
+// node states it (E::param_occurrences), derived from its children; a node that
+// does not say is refused here rather than defaulted to "none".
+template <class E>
+constexpr int param_occurrences_of() {
+  if constexpr (requires { E::param_occurrences; }) {
+    return E::param_occurrences;
+  } else {
+    static_assert(dependent_false<E>,
+                  "this expression node does not state param_occurrences (how many Parameter leaves it and its children "
+                  "hold): add `static constexpr int param_occurrences = ...` derived from its children, or its "
+                  "parameters would get no gradient");
+    return 0;
+  }
+}
 
 // Does an expression type contain a parameter leaf (so its backward has work)?
 template <class E>
-struct contains_param : std::false_type {};
-
-// ---------------------------------------------------------------- bound leaves
-
-// A tensor read as a constant (no adjoint).
-template <class T>
-struct BoundTensor {
-  using value_type = compute_t<T>;
-  const T* p;
-  Strides st;
-  Shape shape;
-  Strides own;
-
-  struct Tape {
-    value_type v;
-  };
-  template <class Ix>
-  WEFT_HD WEFT_INLINE void fwd(const Ix& ix, Tape& t) const {
-    t.v = to_compute(p[offset(ix, st)]);
-  }
-  template <class Ix, class S>
-  WEFT_HD WEFT_INLINE void bwd(const Ix&, const Tape&, value_type, S&) const {}
-  template <class F>
-  void visit(F&& f) const {
-    f(LeafInfo{p, st, shape, own, sizeof(T)});
-  }
-};
-
-// The input of value_and_grad numbered I: its adjoint goes to slot I.
-template <std::size_t I, class T>
-struct BoundArg {
-  using value_type = compute_t<T>;
-  const T* p;
-  Strides st;
-  Shape shape;
-  Strides own;
-
-  struct Tape {
-    value_type v;
-  };
-  template <class Ix>
-  WEFT_HD WEFT_INLINE void fwd(const Ix& ix, Tape& t) const {
-    t.v = to_compute(p[offset(ix, st)]);
-  }
-  template <class Ix, class S>
-  WEFT_HD WEFT_INLINE void bwd(const Ix& ix, const Tape&, value_type g, S& slots) const {
-    slots.template add<I>(ix, st, g);
-  }
-  template <class F>
-  void visit(F&& f) const {
-    f(LeafInfo{p, st, shape, own, sizeof(T), nullptr, true});
-  }
-};
-
-// A materialised intermediate (workspace buffer); when differentiating, its
-// adjoint accumulates into a workspace buffer of the same shape.
-template <class T, bool Grad>
-struct BoundBuffer {
-  using value_type = T;
-  const T* p;
-  T* adj;  // nullptr unless Grad
-  Strides st;
-  Shape shape;
-  Strides own;
-
-  struct Tape {
-    value_type v;
-  };
-  template <class Ix>
-  WEFT_HD WEFT_INLINE void fwd(const Ix& ix, Tape& t) const {
-    t.v = p[offset(ix, st)];
-  }
-  template <class Ix, class S>
-  WEFT_HD WEFT_INLINE void bwd(const Ix& ix, const Tape&, value_type g, S&) const {
-    if constexpr (Grad) adj[offset(ix, st)] += g;
-  }
-  template <class F>
-  void visit(F&& f) const {
-    f(LeafInfo{p, st, shape, own, sizeof(T), nullptr, Grad});
-  }
-};
+struct contains_param : std::bool_constant<(param_occurrences_of<E>() > 0)> {};
 
 // The bound leaf of a materialised node whose value buffer `val` is contiguous
 // with shape s, read at output shape `out`. When differentiating, its adjoint
 // goes to a zeroed workspace buffer of the same shape, returned through `adj`.
-template <class T, class G>
-auto bind_materialised(const T* val, TensorView<T>& adj, const Shape& s, const Shape& out, G& g) {
+template <class T, class D, class G>
+auto bind_materialised(const T* val, TensorView<T, D>& adj, const Shape& s, const Shape& out, G& g) {
   const Strides c = contiguous_strides(s);
   const Strides al = aligned_strides(s, c, out);
   if constexpr (G::active) {
-    adj = g.ws->template zeros<T>(s);
+    adj = kernels::zeros<T>(g.exec(), s);
     return BoundBuffer<T, true>{val, adj.data, al, s, c};
   } else {
     return BoundBuffer<T, false>{val, nullptr, al, s, c};
   }
 }
 
-template <class T>
-struct BoundScalar {
-  using value_type = T;
-  T c;
-  struct Tape {
-    value_type v;
-  };
-  template <class Ix>
-  WEFT_HD WEFT_INLINE void fwd(const Ix&, Tape& t) const {
-    t.v = c;
-  }
-  template <class Ix, class S>
-  WEFT_HD WEFT_INLINE void bwd(const Ix&, const Tape&, value_type, S&) const {}
-  template <class F>
-  void visit(F&&) const {}
-};
+// A node's value, evaluated once into new (contiguous) workspace memory of its
+// shape: how materialising nodes read their child region.
+template <class E, Executor X>
+TensorView<typename E::value_type, device_of<X>> materialise(const E& e, typename E::State& st, const X& ex) {
+  NoGrad ng;
+  auto buf = kernels::alloc<typename E::value_type>(ex, e.shape());
+  kernels::evaluate(ex, e.bind(st, e.shape(), ng), buf);
+  return buf;
+}
 
 // Common part of a materialising node with one child `a` (reductions, softmax,
 // cross-entropy, transpose, layer norm): every differentiated input lies below
-// it, none in the elementwise region the node itself is a leaf of.
+// it, none in the elementwise region the node itself is a leaf of. (It does
+// not state param_occurrences: a node that holds parameters itself must count
+// them, so each node says it.)
 template <class D, class A>
 struct OneChildNode : ExprTag {
   template <class F>
@@ -243,12 +162,13 @@ template <class T, class Device>
 struct Leaf : LeafNodeBase {
   using value_type = compute_t<T>;
   using device_type = Device;
+  static constexpr int param_occurrences = 0;
   TensorView<T, Device> v;
 
   explicit Leaf(TensorView<T, Device> view) : v(view) {}
   Shape shape() const { return v.shape; }
-  template <class W>
-  State forward(W&) const {
+  template <class X>
+  State forward(const X&) const {
     return {};
   }
   template <class G>
@@ -264,14 +184,15 @@ struct Arg : ExprTag {
   using value_type = compute_t<T>;
   using device_type = Device;
   static constexpr int static_rank = -1;
+  static constexpr int param_occurrences = 0;
   static constexpr std::size_t slot = I;
   TensorView<T, Device> v;
 
   explicit Arg(TensorView<T, Device> view) : v(view) {}
   Shape shape() const { return v.shape; }
   struct State {};
-  template <class W>
-  State forward(W&) const {
+  template <class X>
+  State forward(const X&) const {
     return {};
   }
   template <class G>
@@ -296,12 +217,13 @@ template <class T, class Device = cpu>
 struct Scalar : LeafNodeBase {
   using value_type = T;
   using device_type = Device;
+  static constexpr int param_occurrences = 0;
   static constexpr int static_rank = 0;
   T c;
   explicit Scalar(T value) : c(value) {}
   Shape shape() const { return Shape{}; }
-  template <class W>
-  State forward(W&) const {
+  template <class X>
+  State forward(const X&) const {
     return {};
   }
   template <class G>
@@ -326,8 +248,8 @@ struct is_view<TensorView<T, D>> : std::true_type {};
 
 template <class X>
 struct is_parameter : std::false_type {};
-template <class T>
-struct is_parameter<Parameter<T>> : std::true_type {};
+template <class T, class D>
+struct is_parameter<Parameter<T, D>> : std::true_type {};
 
 template <class X>
 concept TensorLike = is_tensor<std::remove_cvref_t<X>>::value || is_view<std::remove_cvref_t<X>>::value;
@@ -341,7 +263,7 @@ decltype(auto) as_expr(X&& x) {
     return D(x);
   } else if constexpr (is_parameter<D>::value) {
     static_assert(std::is_lvalue_reference_v<X>, "an expression cannot hold a temporary Parameter");
-    return ParamLeaf<typename D::value_type>(x);
+    return ParamLeaf<typename D::value_type, typename D::device_type>(x);
   } else if constexpr (is_view<D>::value) {
     return Leaf<typename D::value_type, typename D::device_type>(x);
   } else if constexpr (is_tensor<D>::value) {

@@ -4,7 +4,7 @@
 // child's region with the (broadcast) adjoint.
 #pragma once
 
-#include "../kernels/cpu/loops.hpp"
+#include "elementwise.hpp"
 #include "node.hpp"
 
 namespace weft {
@@ -17,6 +17,7 @@ struct Reduce : OneChildNode<Reduce<Kind, A, All>, A> {
   using device_type = typename A::device_type;
   static constexpr int static_rank = All ? 0 : -1;
   static_assert(is_floating_v<value_type>, "sum/mean/max of an integer expression: cast it with weft::cast<float>(x) first");
+  static constexpr int param_occurrences = param_occurrences_of<A>();
 
   A a;
   int axis = 0;       // normalised; unused when All
@@ -49,27 +50,33 @@ struct Reduce : OneChildNode<Reduce<Kind, A, All>, A> {
 
   struct State {
     typename A::State a;
-    TensorView<value_type> val;  // keep-dims shape
-    TensorView<value_type> adj;
+    TensorView<value_type, device_type> val;  // keep-dims shape
+    TensorView<value_type, device_type> adj;
   };
 
-  template <class W>
-  State forward(W& ws) const {
-    State st{a.forward(ws), {}, {}};
+  template <class X>
+  State forward(const X& ex) const {
+    State st{a.forward(ex), {}, {}};
     NoGrad ng;
     Shape in = a.shape();
     auto b = a.bind(st.a, in, ng);
-    st.val = ws.template alloc<value_type>(keep);
-    using R = std::conditional_t<Kind == ReduceKind::max, kernels::cpu::MaxOp, kernels::cpu::SumOp>;
+    st.val = kernels::alloc<value_type>(ex, keep);
+    using R = std::conditional_t<Kind == ReduceKind::max, kernels::MaxOp, kernels::SumOp>;
     if constexpr (All)
-      st.val.data[0] = kernels::cpu::reduce_all<R>(b, in);
+      kernels::reduce_all<R>(ex, b, in, st.val.data);
     else
-      kernels::cpu::reduce_into<R>(b, in, st.val.data, aligned_strides(keep, contiguous_strides(keep), in), keep.numel());
+      kernels::reduce_into<R>(ex, b, in, st.val.data, aligned_strides(keep, contiguous_strides(keep), in), keep.numel());
     if constexpr (Kind == ReduceKind::mean) {
       value_type inv = value_type(1) / static_cast<value_type>(count());
-      for (index_t i = 0; i < keep.numel(); ++i) st.val.data[i] *= inv;
+      kernels::evaluate(ex, BoundBinary<op::Mul, BoundBuffer<value_type, false>, BoundScalar<value_type>>{buffer(st.val.data), {inv}}, st.val);
     }
     return st;
+  }
+
+  // A keep-dims buffer read at its own shape.
+  BoundBuffer<value_type, false> buffer(const value_type* p) const {
+    const Strides c = contiguous_strides(keep);
+    return {p, nullptr, aligned_strides(keep, c, keep), keep, c};
   }
 
   // (The adjoint buffer has the result's shape; keep-dims code reads the same memory.)
@@ -82,23 +89,43 @@ struct Reduce : OneChildNode<Reduce<Kind, A, All>, A> {
   void backward_children(State& st, G& g) const {
     Shape in = a.shape();
     Strides s = aligned_strides(keep, contiguous_strides(keep), in);
+    const auto& ex = g.exec();
     if constexpr (Kind == ReduceKind::max) {
       // Ties share the adjoint evenly (PyTorch's amax rule): count them first.
-      auto ties = g.ws->template zeros<value_type>(keep);
+      auto ties = kernels::alloc<value_type>(ex, keep);
       NoGrad ng;
-      auto b = a.bind(st.a, in, ng);
-      kernels::cpu::for_each_index(in, [&](const Index4& ix) {
-        index_t o = offset(ix, s);
-        if (value_at(b, ix) == st.val.data[o]) ties.data[o] += value_type(1);
-      });
-      for (index_t i = 0; i < keep.numel(); ++i) st.adj.data[i] /= ties.data[i];
+      kernels::reduce_into<kernels::SumOp>(ex, TieCount<decltype(a.bind(st.a, in, ng))>{a.bind(st.a, in, ng), st.val.data, s}, in,
+                                           ties.data, s, keep.numel());
+      TensorView<value_type, device_type> adj(st.adj.data, keep);
+      kernels::evaluate(ex, BoundBinary<op::Div, BoundBuffer<value_type, false>, BoundBuffer<value_type, false>>{buffer(adj.data), buffer(ties.data)}, adj);
       g.run_region(a, st.a, in, MaxSeed{st.adj.data, st.val.data, s});
     } else {
       value_type scale = Kind == ReduceKind::mean ? value_type(1) / static_cast<value_type>(count()) : value_type(1);
-      g.run_region(a, st.a, in, kernels::cpu::BufferSeed<value_type>{st.adj.data, s, scale});
+      g.run_region(a, st.a, in, kernels::BufferSeed<value_type>{st.adj.data, s, scale});
     }
-    (void)st;
   }
+
+  // 1 where the child's value equals the maximum of its group, else 0.
+  template <class B>
+  struct TieCount {
+    using value_type = typename B::value_type;
+    B b;
+    const value_type* mx;
+    Strides st;
+    struct Tape {
+      value_type v;
+    };
+    template <class Ix>
+    WEFT_HD WEFT_INLINE void fwd(const Ix& ix, Tape& t) const {
+      t.v = value_at(b, ix) == mx[offset(ix, st)] ? value_type(1) : value_type(0);
+    }
+    template <class Ix, class S>
+    WEFT_HD WEFT_INLINE void bwd(const Ix&, const Tape&, value_type, S&) const {}
+    template <class F>
+    void visit(F&& f) const {
+      b.visit(f);
+    }
+  };
 
   // The adjoint of max reaches the elements equal to the maximum.
   struct MaxSeed {
@@ -110,13 +137,10 @@ struct Reduce : OneChildNode<Reduce<Kind, A, All>, A> {
       index_t o = offset(ix, st);
       return v == mx[o] ? adj[o] : value_type(0);
     }
-    bool linear(const Shape& sh) const { return kernels::cpu::strides_linear(st, sh); }
+    bool linear(const Shape& sh) const { return kernels::strides_linear(st, sh); }
   };
 
 };
-
-template <ReduceKind Kind, class A, bool All>
-struct contains_param<Reduce<Kind, A, All>> : contains_param<A> {};
 
 static_assert(Expression<Reduce<ReduceKind::sum, Leaf<float, cpu>, true>>);
 

@@ -1,12 +1,11 @@
 // softmax and log_softmax over the last axis (materialisation points).
 // Forward evaluates the child region once into a buffer and normalises each
-// row with the max-subtraction trick; backward applies the row-wise Jacobian:
+// row (kernels' softmax_rows); backward applies the row-wise Jacobian
+// (softmax_rows_backward) and seeds the child's region with it:
 //   softmax:      dx = y * (dy - sum(dy * y))
 //   log_softmax:  dx = dy - exp(y) * sum(dy)
 #pragma once
 
-#include "../core/math.hpp"
-#include "../kernels/cpu/loops.hpp"
 #include "node.hpp"
 
 namespace weft {
@@ -19,6 +18,7 @@ struct Softmax : OneChildNode<Softmax<A, Log>, A> {
   static_assert(A::static_rank != 0,
                 "softmax/log_softmax work over the last axis, and this operand has rank 0 (a full reduction)");
   static_assert(is_floating_v<value_type>, "softmax of an integer expression: cast it with weft::cast<float>(x) first");
+  static constexpr int param_occurrences = param_occurrences_of<A>();
 
   A a;
   explicit Softmax(A child) : a(child) {
@@ -29,31 +29,17 @@ struct Softmax : OneChildNode<Softmax<A, Log>, A> {
 
   struct State {
     typename A::State a;
-    TensorView<value_type> val;
-    TensorView<value_type> adj;
+    TensorView<value_type, device_type> val;
+    TensorView<value_type, device_type> adj;
   };
 
-  template <class W>
-  State forward(W& ws) const {
-    State st{a.forward(ws), {}, {}};
+  template <class X>
+  State forward(const X& ex) const {
+    State st{a.forward(ex), {}, {}};
     Shape s = a.shape();
-    st.val = kernels::cpu::materialise(a, st.a, ws);
+    st.val = materialise(a, st.a, ex);
     const index_t cols = s.back(), rows = cols ? s.numel() / cols : 0;
-    for (index_t r = 0; r < rows; ++r) {
-      value_type* x = st.val.data + r * cols;
-      value_type m = x[0];
-      for (index_t c = 1; c < cols; ++c) m = x[c] > m ? x[c] : m;
-      value_type z = 0;
-      if constexpr (Log) {
-        for (index_t c = 0; c < cols; ++c) z += math::exp(x[c] - m);
-        value_type lse = m + math::log(z);
-        for (index_t c = 0; c < cols; ++c) x[c] -= lse;
-      } else {
-        for (index_t c = 0; c < cols; ++c) z += (x[c] = math::exp(x[c] - m));
-        value_type inv = value_type(1) / z;
-        for (index_t c = 0; c < cols; ++c) x[c] *= inv;
-      }
-    }
+    kernels::softmax_rows<Log>(ex, st.val.data, rows, cols);
     return st;
   }
 
@@ -66,27 +52,11 @@ struct Softmax : OneChildNode<Softmax<A, Log>, A> {
   void backward_children(State& st, G& g) const {
     Shape s = a.shape();
     const index_t cols = s.back(), rows = cols ? s.numel() / cols : 0;
-    auto dx = g.ws->template alloc<value_type>(s);
-    for (index_t r = 0; r < rows; ++r) {
-      const value_type* y = st.val.data + r * cols;
-      const value_type* dy = st.adj.data + r * cols;
-      value_type* d = dx.data + r * cols;
-      value_type acc = 0;
-      if constexpr (Log) {
-        for (index_t c = 0; c < cols; ++c) acc += dy[c];
-        for (index_t c = 0; c < cols; ++c) d[c] = dy[c] - math::exp(y[c]) * acc;
-      } else {
-        for (index_t c = 0; c < cols; ++c) acc += dy[c] * y[c];
-        for (index_t c = 0; c < cols; ++c) d[c] = y[c] * (dy[c] - acc);
-      }
-    }
-    g.run_region(a, st.a, s, kernels::cpu::BufferSeed<value_type>{dx.data, aligned_strides(s, contiguous_strides(s), s), value_type(1)});
+    auto dx = kernels::alloc<value_type>(g.exec(), s);
+    kernels::softmax_rows_backward<Log>(g.exec(), st.val.data, st.adj.data, dx.data, rows, cols);
+    g.run_region(a, st.a, s, kernels::BufferSeed<value_type>{dx.data, aligned_strides(s, contiguous_strides(s), s), value_type(1)});
   }
-
 };
-
-template <class A, bool Log>
-struct contains_param<Softmax<A, Log>> : contains_param<A> {};
 
 static_assert(Expression<Softmax<Leaf<float, cpu>, false>>);
 

@@ -3,7 +3,6 @@
 // flag); of a computed expression it is a materialisation point.
 #pragma once
 
-#include "../kernels/cpu/loops.hpp"
 #include "node.hpp"
 
 namespace weft {
@@ -24,19 +23,20 @@ struct Transpose : OneChildNode<Transpose<A>, A> {
   using value_type = typename A::value_type;
   using device_type = typename A::device_type;
   static constexpr int static_rank = A::static_rank;
+  static constexpr int param_occurrences = param_occurrences_of<A>();
   A a;
   explicit Transpose(A child) : a(child) {}
   Shape shape() const { return detail::swap_last(a.shape()); }
 
   struct State {
     typename A::State a;
-    TensorView<value_type> val;  // the child's value, untransposed
-    TensorView<value_type> adj;  // likewise
+    TensorView<value_type, device_type> val;  // the child's value, untransposed
+    TensorView<value_type, device_type> adj;  // likewise
   };
-  template <class W>
-  State forward(W& ws) const {
-    State st{a.forward(ws), {}, {}};
-    st.val = kernels::cpu::materialise(a, st.a, ws);
+  template <class X>
+  State forward(const X& ex) const {
+    State st{a.forward(ex), {}, {}};
+    st.val = materialise(a, st.a, ex);
     return st;
   }
   // Read the child's buffer through swapped strides.
@@ -49,7 +49,7 @@ struct Transpose : OneChildNode<Transpose<A>, A> {
     Shape s = a.shape();
     Strides own = detail::swap_last(contiguous_strides(s), s.rank);
     if constexpr (G::active) {
-      st.adj = g.ws->template zeros<value_type>(s);
+      st.adj = kernels::zeros<value_type>(g.exec(), s);
       return BoundBuffer<value_type, true>{st.val.data, st.adj.data, read_strides(o), shape(), own};
     } else {
       return BoundBuffer<value_type, false>{st.val.data, nullptr, read_strides(o), shape(), own};
@@ -58,12 +58,9 @@ struct Transpose : OneChildNode<Transpose<A>, A> {
   template <class G>
   void backward_children(State& st, G& g) const {
     Shape s = a.shape();
-    g.run_region(a, st.a, s, kernels::cpu::BufferSeed<value_type>{st.adj.data, aligned_strides(s, contiguous_strides(s), s), value_type(1)});
+    g.run_region(a, st.a, s, kernels::BufferSeed<value_type>{st.adj.data, aligned_strides(s, contiguous_strides(s), s), value_type(1)});
   }
 };
-
-template <class A>
-struct contains_param<Transpose<A>> : contains_param<A> {};
 
 static_assert(Expression<Transpose<Leaf<float, cpu>>>);
 

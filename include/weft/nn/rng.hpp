@@ -25,39 +25,18 @@
 #include <string_view>
 
 #include "../core/config.hpp"
+#include "../core/random.hpp"
 #include "../core/error.hpp"
 
 namespace weft::nn {
 
-inline constexpr std::uint64_t golden_gamma = 0x9E3779B97F4A7C15ull;  // 2^64 / phi, SplitMix64's increment
-
-// SplitMix64 finaliser: a bijective 64-bit mix.
-WEFT_HD constexpr std::uint64_t mix64(std::uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-// Stateless: the same (seed, counter) gives the same word on every platform,
-// host or device, in any order of evaluation.
-WEFT_HD constexpr std::uint64_t hash(std::uint64_t seed, std::uint64_t counter) {
-  return mix64(mix64(seed) + golden_gamma * (counter + 1));
-}
-
-// Float in [0, 1) from the top 24 bits (every value is a multiple of 2^-24,
-// exactly representable, so no rounding can produce 1.0f).
-WEFT_HD constexpr float to_unit_float(std::uint64_t bits) {
-  return static_cast<float>(bits >> 40) * 0x1.0p-24f;
-}
-// Double in [0, 1) from the top 53 bits.
-WEFT_HD constexpr double to_unit_double(std::uint64_t bits) {
-  return static_cast<double>(bits >> 11) * 0x1.0p-53;
-}
-
-// Stateless uniform in [0, 1): the dropout mask draw, keep = hash_uniform(seed, i) >= p.
-WEFT_HD constexpr float hash_uniform(std::uint64_t seed, std::uint64_t counter) {
-  return to_unit_float(hash(seed, counter));
-}
+// The stateless part lives in core/random.hpp (dropout masks in expr/ draw from it).
+using weft::golden_gamma;
+using weft::hash;
+using weft::hash_uniform;
+using weft::mix64;
+using weft::to_unit_double;
+using weft::to_unit_float;
 
 // Sequential generator: xoshiro256** over a 256-bit state filled by SplitMix64
 // from the seed (which can never leave the state all zero: SplitMix64 outputs

@@ -121,6 +121,7 @@ struct TensorView {
     assign(*this, e);
     return *this;
   }
+  TensorView(const TensorView&) = default;
   TensorView& operator=(const TensorView& other) = default;  // rebinding copies the view, not the data
 };
 
@@ -240,7 +241,8 @@ class Tensor {
       return;
     }
     if constexpr (!std::is_same_v<Device, cpu>)
-      throw_error<ValueError>("copying a strided ", Device::name, " view: evaluate it with weft::kernels::cuda::evaluate");
+      throw_error<ValueError>("copying a strided ", Device::name,
+                              " view: evaluate it into a contiguous tensor with weft::assign(dst, view, exec)");
     else {
       // Strided source: walk it in row-major order.
       Shape p = padded(src.shape);

@@ -14,6 +14,7 @@
 
 #include "../../core/error.hpp"
 #include "../../tensor/tensor.hpp"
+#include "../dispatch.hpp"
 
 namespace weft::kernels::cpu {
 
@@ -61,3 +62,23 @@ void gemm(const TensorView<T>& a, const TensorView<T>& b, const TensorView<T>& c
 }
 
 }  // namespace weft::kernels::cpu
+
+namespace weft::kernels {
+
+// The host's gemm for kernels/dispatch.hpp.
+template <>
+struct device_gemm<weft::cpu> {
+  template <class Ex, class T>
+  static void gemm(const Ex&, const TensorView<T>& a, const TensorView<T>& b, const TensorView<T>& c, T alpha, T beta) {
+    cpu::gemm(a, b, c, alpha, beta);
+  }
+  template <class T>
+  static bool reads_in_place(const TensorView<T>& m) {
+    CBLAS_TRANSPOSE t;
+    int ld;
+    return cpu::blas_layout(m, t, ld);
+  }
+};
+static_assert(DeviceGemm<weft::cpu>);
+
+}  // namespace weft::kernels

@@ -3,6 +3,7 @@
 // every leaf of the region at once). A contiguous fast path walks a linear
 // index in blocks of W lanes, which GCC and Clang vectorise; the general path
 // walks a padded 4-D index with per-leaf strides (broadcasting, views).
+// Reached through kernels/dispatch.hpp (device_kernels<cpu>, kernels.hpp).
 #pragma once
 
 #include <array>
@@ -10,30 +11,12 @@
 #include <limits>
 #include <utility>
 
-#include "../../expr/node.hpp"
+#include "../../tensor/tensor.hpp"
+#include "../bound.hpp"
 
 namespace weft::kernels::cpu {
 
 inline constexpr int lanes = 16;
-
-// True when strides aligned to `shape` are those of a contiguous tensor of that
-// shape (extent-1 dimensions are ignored): the leaf can be read with index i.
-inline bool strides_linear(const Strides& st, const Shape& shape) {
-  Shape p = padded(shape);
-  index_t expect = 1;
-  for (int d = max_rank - 1; d >= 0; --d) {
-    if (p[d] != 1 && st[d] != expect) return false;
-    expect *= p[d];
-  }
-  return true;
-}
-
-template <class B>
-bool linear_ok(const B& b, const Shape& shape) {
-  bool ok = true;
-  b.visit([&](const LeafInfo& l) { ok = ok && strides_linear(l.strides, shape); });
-  return ok;
-}
 
 // Calls f(Index4) for every element of `shape` in row-major order.
 template <class F>
@@ -63,26 +46,7 @@ void evaluate(const B& bound, TensorView<T, weft::cpu> dst) {
   for_each_index(dst.shape, [&](const Index4& ix) { dst.data[offset(ix, ds)] = from_compute<T>(value_at(b, ix)); });
 }
 
-// A node's value, evaluated once into new (contiguous) workspace memory of its
-// shape: how materialising nodes read their child region.
-template <class E, class W>
-TensorView<typename E::value_type> materialise(const E& e, typename E::State& st, W& ws) {
-  NoGrad ng;
-  auto buf = ws.template alloc<typename E::value_type>(e.shape());
-  evaluate(e.bind(st, e.shape(), ng), buf);
-  return buf;
-}
-
 // ---------------------------------------------------------------- reductions
-
-struct SumOp {
-  template <class T> WEFT_HD WEFT_INLINE static T identity() { return T(0); }
-  template <class T> WEFT_HD WEFT_INLINE static T combine(T a, T b) { return a + b; }
-};
-struct MaxOp {
-  template <class T> WEFT_HD WEFT_INLINE static T identity() { return -std::numeric_limits<T>::infinity(); }
-  template <class T> WEFT_HD WEFT_INLINE static T combine(T a, T b) { return b > a ? b : a; }
-};
 
 // Reduce the whole region. The lane-blocked order is fixed for a given shape,
 // so results are reproducible run to run.
@@ -121,53 +85,6 @@ void reduce_into(const B& bound, const Shape& shape, typename B::value_type* out
 }
 
 // ---------------------------------------------------------------- backward
-
-// The adjoint entering a region, per element. `v` is the region's value there.
-template <class T>
-struct ConstSeed {
-  T c;
-  template <class Ix> WEFT_HD WEFT_INLINE T operator()(const Ix&, T) const { return c; }
-  bool linear(const Shape&) const { return true; }
-};
-
-// Adjoint read from a buffer (broadcast through strides), times a scale.
-template <class T>
-struct BufferSeed {
-  const T* p;
-  Strides st;
-  T scale;
-  template <class Ix> WEFT_HD WEFT_INLINE T operator()(const Ix& ix, T) const { return p[offset(ix, st)] * scale; }
-  bool linear(const Shape& s) const { return strides_linear(st, s); }
-};
-
-// Adjoints of the K differentiated inputs for one element, kept in registers
-// (contiguous path: every occurrence of input I is read at index i).
-template <class T, std::size_t K>
-struct SlotAcc {
-  T v[K > 0 ? K : 1];
-  template <std::size_t I, class Ix>
-  WEFT_HD WEFT_INLINE void add(const Ix&, const Strides&, T g) {
-    v[I] += g;
-  }
-};
-
-// Adjoints written straight to memory through each occurrence's own strides
-// (general path: broadcast or transposed occurrences).
-template <class T, std::size_t K>
-struct SlotMem {
-  T* g[K > 0 ? K : 1] = {};
-  template <std::size_t I>
-  WEFT_HD WEFT_INLINE void add(const Index4& ix, const Strides& st, T v) {
-    g[I][offset(ix, st)] += v;
-  }
-};
-
-template <class E, std::size_t K>
-constexpr std::array<bool, K> active_slots() {
-  return []<std::size_t... I>(std::index_sequence<I...>) {
-    return std::array<bool, K>{(E::template slots_in_region<I>() > 0)...};
-  }(std::make_index_sequence<K>{});
-}
 
 // Backward of one element on the contiguous path: values and local adjoints in
 // registers, then each active slot's adjoint stored at index i.

@@ -1,0 +1,254 @@
+// The seam between expression nodes and devices: the primitive set a device
+// provides, and the functions nodes, assignment and autodiff call to reach it,
+// keyed by the executor's device. Nodes never name kernels::cpu or
+// kernels::cuda; they call kernels::evaluate(ex, ...), and the executor's
+// device picks device_kernels<Device> (kernels/cpu/kernels.hpp,
+// kernels/cuda/kernels.cuh) or device_gemm<Device> (kernels/cpu/blas.hpp).
+//
+// The primitive set, as concepts (a device may provide a part):
+//   ElementwiseKernels  evaluate a region, reduce it whole, fill, copy, fused
+//                       backward of a region
+//   DeviceKernels       the above, plus reduce along axes, softmax rows,
+//                       cross-entropy rows, layer-norm rows, gather/scatter rows
+//   DeviceGemm          gemm on strided matrix views (BLAS, cuBLAS)
+// Calling a primitive a device lacks stops compilation with a sentence.
+#pragma once
+
+#include <cstddef>
+#include <type_traits>
+
+#include "../core/config.hpp"
+#include "../core/exec.hpp"
+#include "../core/shape.hpp"
+#include "../tensor/tensor.hpp"
+#include "../tensor/workspace.hpp"
+#include "bound.hpp"
+
+namespace weft::kernels {
+
+// A device's primitives: specialised by kernels/<device>/. Empty = none.
+template <class Device>
+struct device_kernels {};
+// A device's gemm: specialised where a BLAS is available (opt-in header).
+template <class Device>
+struct device_gemm {};
+
+namespace detail {
+// A region type for the concept checks (no differentiated input).
+struct ProbeRegion {
+  template <std::size_t>
+  static constexpr int slots_in_region() {
+    return 0;
+  }
+};
+}  // namespace detail
+
+template <class D>
+concept ElementwiseKernels = requires(const Exec<D>& ex, const BoundScalar<float>& b, TensorView<float, D> v, const Shape& s,
+                                      float* p, const ConstSeed<float>& seed, const SlotMem<float, 1>& sinks) {
+  device_kernels<D>::evaluate(ex, b, v);
+  device_kernels<D>::template reduce_all<SumOp>(ex, b, s, p);
+  device_kernels<D>::fill(ex, v, 0.0f);
+  device_kernels<D>::copy(ex, v, v);
+  { device_kernels<D>::template backward_region<detail::ProbeRegion, true, 1>(ex, b, s, seed, sinks, true, true) } -> std::same_as<float>;
+};
+
+template <class D>
+concept DeviceKernels = ElementwiseKernels<D> && requires(const Exec<D>& ex, const BoundScalar<float>& b, const Shape& s,
+                                                          const Strides& st, float* p, const int* ip, index_t n) {
+  device_kernels<D>::template reduce_into<MaxOp>(ex, b, s, p, st, n);
+  device_kernels<D>::template softmax_rows<true>(ex, p, n, n);
+  device_kernels<D>::template softmax_rows_backward<true>(ex, p, p, p, n, n);
+  device_kernels<D>::cross_entropy_rows(ex, p, ip, n, n, n, p, p);
+  device_kernels<D>::layer_norm_rows(ex, p, p, p, 1.0f, p, p, p, n, n);
+  device_kernels<D>::layer_norm_rows_backward(ex, p, p, p, p, p, p, p, p, n, n);
+  device_kernels<D>::gather_rows(ex, p, n, ip, n, n, p, "probe");
+  device_kernels<D>::scatter_add_rows(ex, p, ip, n, n, p);
+};
+
+template <class D>
+concept DeviceGemm = requires(const Exec<D>& ex, const TensorView<float, D>& m) {
+  device_gemm<D>::gemm(ex, m, m, m, 1.0f, 0.0f);
+  { device_gemm<D>::reads_in_place(m) } -> std::same_as<bool>;
+};
+
+// ---------------------------------------------------------------- scratch
+
+template <class T, Executor X>
+TensorView<T, device_of<X>> alloc(const X& ex, const Shape& s) {
+  return ex.workspace().template alloc<T>(s);
+}
+
+// ---------------------------------------------------------------- entry points
+// Each forwards to the executor's device, or says which primitive is missing.
+
+#define WEFT_KERNEL_MISSING(prim)                                                                                        \
+  static_assert(dependent_false<X>, "weft::kernels::" prim                                                              \
+                                    ": the executor's device provides no such primitive (device_kernels<Device> in "   \
+                                    "kernels/<device>/; for weft::cuda include <weft/kernels/cuda/kernels.cuh>, whose " \
+                                    "GPU path so far covers elementwise regions, whole sums and their backward)")
+
+// dst = the bound region (dst has the region's shape).
+template <Executor X, class B, class T>
+void evaluate(const X& ex, const B& b, TensorView<T, device_of<X>> dst) {
+  using K = device_kernels<device_of<X>>;
+  if constexpr (requires { K::evaluate(ex, b, dst); })
+    K::evaluate(ex, b, dst);
+  else
+    WEFT_KERNEL_MISSING("evaluate");
+}
+
+// *out (device memory) = the region reduced with R (SumOp, MaxOp).
+template <class R, Executor X, class B>
+void reduce_all(const X& ex, const B& b, const Shape& shape, typename B::value_type* out) {
+  using K = device_kernels<device_of<X>>;
+  if constexpr (requires { K::template reduce_all<R>(ex, b, shape, out); })
+    K::template reduce_all<R>(ex, b, shape, out);
+  else
+    WEFT_KERNEL_MISSING("reduce_all");
+}
+
+// The region reduced with R into out (contiguous, keep-dims shape) read through
+// out_st (strides aligned to the region's shape, 0 along reduced axes).
+template <class R, Executor X, class B>
+void reduce_into(const X& ex, const B& b, const Shape& shape, typename B::value_type* out, const Strides& out_st, index_t out_n) {
+  using K = device_kernels<device_of<X>>;
+  if constexpr (requires { K::template reduce_into<R>(ex, b, shape, out, out_st, out_n); })
+    K::template reduce_into<R>(ex, b, shape, out, out_st, out_n);
+  else
+    WEFT_KERNEL_MISSING("reduce_into");
+}
+
+template <Executor X, class T>
+void fill(const X& ex, TensorView<T, device_of<X>> dst, T value) {
+  using K = device_kernels<device_of<X>>;
+  if constexpr (requires { K::fill(ex, dst, value); })
+    K::fill(ex, dst, value);
+  else
+    WEFT_KERNEL_MISSING("fill");
+}
+
+// New workspace memory of shape s, zeroed.
+template <class T, Executor X>
+TensorView<T, device_of<X>> zeros(const X& ex, const Shape& s) {
+  auto v = alloc<T>(ex, s);
+  fill(ex, v, T(0));
+  return v;
+}
+
+// dst = src, both contiguous and of one shape.
+template <Executor X, class T>
+void copy(const X& ex, TensorView<T, device_of<X>> dst, TensorView<T, device_of<X>> src) {
+  using K = device_kernels<device_of<X>>;
+  if constexpr (requires { K::copy(ex, dst, src); })
+    K::copy(ex, dst, src);
+  else
+    WEFT_KERNEL_MISSING("copy");
+}
+
+// One fused backward pass over a region (see kernels/cpu/loops.hpp): values
+// recomputed, adjoints of every leaf written; with Sum, returns the sum of the
+// region's values (on the host).
+template <class E, bool Sum, std::size_t K, Executor X, class B, class Seed, class T>
+T backward_region(const X& ex, const B& b, const Shape& shape, const Seed& seed, const SlotMem<T, K>& sinks, bool linear,
+                  bool assign) {
+  using Ks = device_kernels<device_of<X>>;
+  if constexpr (requires { Ks::template backward_region<E, Sum, K>(ex, b, shape, seed, sinks, linear, assign); })
+    return Ks::template backward_region<E, Sum, K>(ex, b, shape, seed, sinks, linear, assign);
+  else
+    WEFT_KERNEL_MISSING("backward_region");
+}
+
+template <bool Log, Executor X, class T>
+void softmax_rows(const X& ex, T* x, index_t rows, index_t cols) {
+  using K = device_kernels<device_of<X>>;
+  if constexpr (requires { K::template softmax_rows<Log>(ex, x, rows, cols); })
+    K::template softmax_rows<Log>(ex, x, rows, cols);
+  else
+    WEFT_KERNEL_MISSING("softmax_rows");
+}
+
+template <bool Log, Executor X, class T>
+void softmax_rows_backward(const X& ex, const T* y, const T* dy, T* dx, index_t rows, index_t cols) {
+  using K = device_kernels<device_of<X>>;
+  if constexpr (requires { K::template softmax_rows_backward<Log>(ex, y, dy, dx, rows, cols); })
+    K::template softmax_rows_backward<Log>(ex, y, dy, dx, rows, cols);
+  else
+    WEFT_KERNEL_MISSING("softmax_rows_backward");
+}
+
+template <Executor X, class T, class L>
+void cross_entropy_rows(const X& ex, const T* logits, const L* labels, index_t lab_st, index_t rows, index_t cols, T* lse,
+                        T* loss) {
+  using K = device_kernels<device_of<X>>;
+  if constexpr (requires { K::cross_entropy_rows(ex, logits, labels, lab_st, rows, cols, lse, loss); })
+    K::cross_entropy_rows(ex, logits, labels, lab_st, rows, cols, lse, loss);
+  else
+    WEFT_KERNEL_MISSING("cross_entropy_rows");
+}
+
+template <Executor X, class T>
+void layer_norm_rows(const X& ex, const T* x, const T* gamma, const T* beta, T eps, T* y, T* mean, T* rstd, index_t rows,
+                     index_t d) {
+  using K = device_kernels<device_of<X>>;
+  if constexpr (requires { K::layer_norm_rows(ex, x, gamma, beta, eps, y, mean, rstd, rows, d); })
+    K::layer_norm_rows(ex, x, gamma, beta, eps, y, mean, rstd, rows, d);
+  else
+    WEFT_KERNEL_MISSING("layer_norm_rows");
+}
+
+template <Executor X, class T>
+void layer_norm_rows_backward(const X& ex, const T* x, const T* dy, const T* gamma, const T* mean, const T* rstd, T* dx,
+                              T* dgamma, T* dbeta, index_t rows, index_t d) {
+  using K = device_kernels<device_of<X>>;
+  if constexpr (requires { K::layer_norm_rows_backward(ex, x, dy, gamma, mean, rstd, dx, dgamma, dbeta, rows, d); })
+    K::layer_norm_rows_backward(ex, x, dy, gamma, mean, rstd, dx, dgamma, dbeta, rows, d);
+  else
+    WEFT_KERNEL_MISSING("layer_norm_rows_backward");
+}
+
+template <Executor X, class T, class I>
+void gather_rows(const X& ex, const T* table, index_t table_rows, const I* idx, index_t n, index_t d, T* out, const char* what) {
+  using K = device_kernels<device_of<X>>;
+  if constexpr (requires { K::gather_rows(ex, table, table_rows, idx, n, d, out, what); })
+    K::gather_rows(ex, table, table_rows, idx, n, d, out, what);
+  else
+    WEFT_KERNEL_MISSING("gather_rows");
+}
+
+template <Executor X, class T, class I>
+void scatter_add_rows(const X& ex, const T* src, const I* idx, index_t n, index_t d, T* table) {
+  using K = device_kernels<device_of<X>>;
+  if constexpr (requires { K::scatter_add_rows(ex, src, idx, n, d, table); })
+    K::scatter_add_rows(ex, src, idx, n, d, table);
+  else
+    WEFT_KERNEL_MISSING("scatter_add_rows");
+}
+
+#undef WEFT_KERNEL_MISSING
+
+// c (m, n, contiguous) = alpha * a (m, k) b (k, n) + beta * c; a and b in any
+// layout gemm_reads_in_place accepts.
+template <Executor X, class T>
+void gemm(const X& ex, const TensorView<T, device_of<X>>& a, const TensorView<T, device_of<X>>& b,
+          const TensorView<T, device_of<X>>& c, T alpha, T beta) {
+  using G = device_gemm<device_of<X>>;
+  if constexpr (requires { G::gemm(ex, a, b, c, alpha, beta); })
+    G::gemm(ex, a, b, c, alpha, beta);
+  else
+    static_assert(dependent_false<X>,
+                  "weft::kernels::gemm: no gemm for the executor's device: matmul on the host needs "
+                  "<weft/expr/matmul.hpp> (CBLAS, kernels/cpu/blas.hpp); on weft::cuda it is not written yet");
+}
+
+// Can gemm read matrix view m where it lies (a layout with a leading dimension)?
+template <class Device, class T>
+bool gemm_reads_in_place(const TensorView<T, Device>& m) {
+  using G = device_gemm<Device>;
+  if constexpr (requires { { G::reads_in_place(m) } -> std::same_as<bool>; })
+    return G::reads_in_place(m);
+  else
+    return false;
+}
+
+}  // namespace weft::kernels
