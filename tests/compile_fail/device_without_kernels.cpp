@@ -1,7 +1,8 @@
 // expect: the executor's device provides no such primitive
 // A device whose kernels (kernels/<device>/) lack a primitive a node needs is
 // refused at compile time with a sentence, not at run time. Here a device
-// with memory and a queue but no kernels at all evaluates a softmax.
+// with memory and a queue but no kernels at all evaluates a softmax. Twin
+// (without WEFT_COMPILE_FAIL): the same program on the CPU, whose kernels exist.
 #include <weft/weft.hpp>
 
 struct npu {
@@ -14,8 +15,14 @@ struct weft::device_queue<npu> {
   using type = weft::HostQueue;
 };
 
+#ifdef WEFT_COMPILE_FAIL
+using D = npu;
+#else
+using D = weft::cpu;
+#endif
+
 int main() {
-  weft::Tensor<float, npu> x(weft::Shape{2, 3}), y(weft::Shape{2, 3});
-  weft::Workspace<npu> ws;
-  weft::assign(y.view(), weft::softmax(x), weft::Exec<npu>(ws));
+  weft::Tensor<float, D> x(weft::Shape{2, 3}), y(weft::Shape{2, 3});
+  weft::Workspace<D> ws;
+  weft::assign(y.view(), weft::softmax(x), weft::Exec<D>(ws));
 }
