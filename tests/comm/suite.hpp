@@ -87,22 +87,9 @@ class Erased final : public AnyComm {
 
  protected:
   void run(Collective op, const void* in, void* out, std::size_t n, dtype d, ReduceOp r, int root) override {
-    if (op == Collective::barrier) return c_.barrier();
     detail::visit_dtype(d, [&](auto tag) {
       using E = decltype(tag);
-      auto* i = static_cast<const E*>(in);
-      auto* o = static_cast<E*>(out);
-      switch (op) {
-        case Collective::allreduce: c_.allreduce(i, o, n, r); break;
-        case Collective::reduce_scatter: c_.reduce_scatter(i, o, n, r); break;
-        case Collective::allgather: c_.allgather(i, o, n); break;
-        case Collective::broadcast: c_.broadcast(o, n, root); break;
-        case Collective::reduce: c_.reduce(i, o, n, root, r); break;
-        case Collective::gather: c_.gather(i, o, n, root); break;
-        case Collective::scatter: c_.scatter(i, o, n, root); break;
-        case Collective::alltoall: c_.alltoall(i, o, n); break;
-        default: break;
-      }
+      collectives::visit(op, [&](auto c) { c.call(c_, static_cast<const E*>(in), static_cast<E*>(out), n, root, r); });
     });
   }
   void sendrecv(const void* s, void* r, std::size_t n, dtype d, int to, int from, int tag) override {

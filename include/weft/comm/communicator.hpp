@@ -217,114 +217,83 @@ class Communicator {
   }
 
   // ---- blocking collectives: ranges (std::vector, std::span, std::array) --------
+  // The count comes from the buffers, checked against the collective's extent
+  // (collective.hpp): `out` of reduce and gather, and `in` of scatter, are only
+  // read on the root (they may be empty elsewhere).
   template <CommBuffer In, CommBuffer Out>
   void allreduce(const In& in, Out&& out, ReduceOp op = ReduceOp::sum, CallOptions o = {}) {
-    same_size("allreduce", "input", std::ranges::size(in), "output", std::ranges::size(out));
-    allreduce(std::ranges::data(in), std::ranges::data(out), std::ranges::size(in), op, o);
+    run(ranged<collectives::Allreduce>("", in, out, -1, op, o));
   }
   template <CommBuffer IO>
   void allreduce(IO&& inout, ReduceOp op = ReduceOp::sum, CallOptions o = {}) {
-    allreduce(std::ranges::data(inout), std::ranges::data(inout), std::ranges::size(inout), op, o);
+    run(ranged<collectives::Allreduce>("", inout, inout, -1, op, o));
   }
   template <CommBuffer In, CommBuffer Out>
   void reduce_scatter(const In& in, Out&& out, ReduceOp op = ReduceOp::sum, CallOptions o = {}) {
-    same_size("reduce_scatter", "input", std::ranges::size(in), "size() x output", size() * std::ranges::size(out));
-    reduce_scatter(std::ranges::data(in), std::ranges::data(out), std::ranges::size(out), op, o);
+    run(ranged<collectives::ReduceScatter>("", in, out, -1, op, o));
   }
   template <CommBuffer In, CommBuffer Out>
   void allgather(const In& in, Out&& out, CallOptions o = {}) {
-    same_size("allgather", "size() x input", size() * std::ranges::size(in), "output", std::ranges::size(out));
-    allgather(std::ranges::data(in), std::ranges::data(out), std::ranges::size(in), o);
+    run(ranged<collectives::Allgather>("", in, out, -1, ReduceOp::sum, o));
   }
   template <CommBuffer IO>
   void broadcast(IO&& buf, int root, CallOptions o = {}) {
-    broadcast(std::ranges::data(buf), std::ranges::size(buf), root, o);
+    run(ranged<collectives::Broadcast>("", buf, buf, root, ReduceOp::sum, o));
   }
-  // `out` is only written on the root (it may be empty elsewhere).
   template <CommBuffer In, CommBuffer Out>
   void reduce(const In& in, Out&& out, int root, ReduceOp op = ReduceOp::sum, CallOptions o = {}) {
-    if (rank() == root) same_size("reduce", "input", std::ranges::size(in), "output", std::ranges::size(out));
-    reduce(std::ranges::data(in), std::ranges::data(out), std::ranges::size(in), root, op, o);
+    run(ranged<collectives::Reduce>("", in, out, root, op, o));
   }
   template <CommBuffer In, CommBuffer Out>
   void gather(const In& in, Out&& out, int root, CallOptions o = {}) {
-    if (rank() == root)
-      same_size("gather", "size() x input", size() * std::ranges::size(in), "output", std::ranges::size(out));
-    gather(std::ranges::data(in), std::ranges::data(out), std::ranges::size(in), root, o);
+    run(ranged<collectives::Gather>("", in, out, root, ReduceOp::sum, o));
   }
   template <CommBuffer In, CommBuffer Out>
   void scatter(const In& in, Out&& out, int root, CallOptions o = {}) {
-    if (rank() == root)
-      same_size("scatter", "input", std::ranges::size(in), "size() x output", size() * std::ranges::size(out));
-    scatter(std::ranges::data(in), std::ranges::data(out), std::ranges::size(out), root, o);
+    run(ranged<collectives::Scatter>("", in, out, root, ReduceOp::sum, o));
   }
   template <CommBuffer In, CommBuffer Out>
   void alltoall(const In& in, Out&& out, CallOptions o = {}) {
-    same_size("alltoall", "input", std::ranges::size(in), "output", std::ranges::size(out));
-    if (std::ranges::size(in) % static_cast<std::size_t>(size()))
-      throw_error<ValueError>("alltoall on rank ", rank(), ": buffer of ", std::ranges::size(in),
-                              " elements does not split into ", size(), " equal blocks");
-    alltoall(std::ranges::data(in), std::ranges::data(out), std::ranges::size(in) / static_cast<std::size_t>(size()), o);
+    run(ranged<collectives::Alltoall>("", in, out, -1, ReduceOp::sum, o));
   }
 
   // ---- non-blocking collectives: return a Request; the call runs on this
   // communicator's progress thread (started on first use) in issue order.
   template <CommBuffer In, CommBuffer Out>
   [[nodiscard]] Request iallreduce(const In& in, Out&& out, ReduceOp op = ReduceOp::sum, CallOptions o = {}) {
-    same_size("iallreduce", "input", std::ranges::size(in), "output", std::ranges::size(out));
-    return submit(make(Collective::allreduce, std::ranges::data(in), std::ranges::data(out), std::ranges::size(in),
-                       elem<In>(), op, -1, o));
+    return submit(ranged<collectives::Allreduce>("i", in, out, -1, op, o));
   }
   template <CommBuffer IO>
   [[nodiscard]] Request iallreduce(IO&& inout, ReduceOp op = ReduceOp::sum, CallOptions o = {}) {
-    return submit(make(Collective::allreduce, std::ranges::data(inout), std::ranges::data(inout),
-                       std::ranges::size(inout), elem<IO>(), op, -1, o));
+    return submit(ranged<collectives::Allreduce>("i", inout, inout, -1, op, o));
   }
   template <CommBuffer In, CommBuffer Out>
   [[nodiscard]] Request ireduce_scatter(const In& in, Out&& out, ReduceOp op = ReduceOp::sum, CallOptions o = {}) {
-    same_size("ireduce_scatter", "input", std::ranges::size(in), "size() x output", size() * std::ranges::size(out));
-    return submit(make(Collective::reduce_scatter, std::ranges::data(in), std::ranges::data(out),
-                       std::ranges::size(out), elem<In>(), op, -1, o));
+    return submit(ranged<collectives::ReduceScatter>("i", in, out, -1, op, o));
   }
   template <CommBuffer In, CommBuffer Out>
   [[nodiscard]] Request iallgather(const In& in, Out&& out, CallOptions o = {}) {
-    same_size("iallgather", "size() x input", size() * std::ranges::size(in), "output", std::ranges::size(out));
-    return submit(make(Collective::allgather, std::ranges::data(in), std::ranges::data(out), std::ranges::size(in),
-                       elem<In>(), ReduceOp::sum, -1, o));
+    return submit(ranged<collectives::Allgather>("i", in, out, -1, ReduceOp::sum, o));
   }
   template <CommBuffer IO>
   [[nodiscard]] Request ibroadcast(IO&& buf, int root, CallOptions o = {}) {
-    return submit(make(Collective::broadcast, std::ranges::data(buf), std::ranges::data(buf), std::ranges::size(buf),
-                       elem<IO>(), ReduceOp::sum, root, o));
+    return submit(ranged<collectives::Broadcast>("i", buf, buf, root, ReduceOp::sum, o));
   }
   template <CommBuffer In, CommBuffer Out>
   [[nodiscard]] Request ireduce(const In& in, Out&& out, int root, ReduceOp op = ReduceOp::sum, CallOptions o = {}) {
-    if (rank() == root) same_size("ireduce", "input", std::ranges::size(in), "output", std::ranges::size(out));
-    return submit(make(Collective::reduce, std::ranges::data(in), std::ranges::data(out), std::ranges::size(in),
-                       elem<In>(), op, root, o));
+    return submit(ranged<collectives::Reduce>("i", in, out, root, op, o));
   }
   template <CommBuffer In, CommBuffer Out>
   [[nodiscard]] Request igather(const In& in, Out&& out, int root, CallOptions o = {}) {
-    if (rank() == root)
-      same_size("igather", "size() x input", size() * std::ranges::size(in), "output", std::ranges::size(out));
-    return submit(make(Collective::gather, std::ranges::data(in), std::ranges::data(out), std::ranges::size(in),
-                       elem<In>(), ReduceOp::sum, root, o));
+    return submit(ranged<collectives::Gather>("i", in, out, root, ReduceOp::sum, o));
   }
   template <CommBuffer In, CommBuffer Out>
   [[nodiscard]] Request iscatter(const In& in, Out&& out, int root, CallOptions o = {}) {
-    if (rank() == root)
-      same_size("iscatter", "input", std::ranges::size(in), "size() x output", size() * std::ranges::size(out));
-    return submit(make(Collective::scatter, std::ranges::data(in), std::ranges::data(out), std::ranges::size(out),
-                       elem<Out>(), ReduceOp::sum, root, o));
+    return submit(ranged<collectives::Scatter>("i", in, out, root, ReduceOp::sum, o));
   }
   template <CommBuffer In, CommBuffer Out>
   [[nodiscard]] Request ialltoall(const In& in, Out&& out, CallOptions o = {}) {
-    same_size("ialltoall", "input", std::ranges::size(in), "output", std::ranges::size(out));
-    if (std::ranges::size(in) % static_cast<std::size_t>(size()))
-      throw_error<ValueError>("ialltoall on rank ", rank(), ": buffer of ", std::ranges::size(in),
-                              " elements does not split into ", size(), " equal blocks");
-    return submit(make(Collective::alltoall, std::ranges::data(in), std::ranges::data(out),
-                       std::ranges::size(in) / static_cast<std::size_t>(size()), elem<In>(), ReduceOp::sum, -1, o));
+    return submit(ranged<collectives::Alltoall>("i", in, out, -1, ReduceOp::sum, o));
   }
   [[nodiscard]] Request ibarrier(CallOptions o = {}) {
     return submit(make(Collective::barrier, nullptr, nullptr, 0, dtype::u8, ReduceOp::sum, -1, o));
@@ -360,9 +329,26 @@ class Communicator {
     return dtype_v<std::remove_cv_t<std::ranges::range_value_t<R>>>;
   }
 
-  void same_size(const char* op, const char* a, std::size_t na, const char* b, std::size_t nb) const {
-    if (na != nb)
-      throw_error<ValueError>(op, " on rank ", rank(), ": ", a, " has ", na, " elements but ", b, " has ", nb);
+  // A call on ranges: the count from the buffer this rank must pass (the
+  // input where it needs one), both sizes checked against D's extent.
+  template <class D, class In, class Out>
+  Job ranged(const char* prefix, const In& in, Out&& out, int root, ReduceOp op, CallOptions o) {
+    static_assert(std::is_same_v<std::remove_cv_t<std::ranges::range_value_t<In>>,
+                                 std::remove_cv_t<std::ranges::range_value_t<Out>>>,
+                  "comm: a collective's input and output hold the same element type");
+    const std::size_t ni = std::ranges::size(in), no = std::ranges::size(out);
+    const bool is_root = rank() == root, by_in = D::needs_in(is_root);
+    const Extent unit = D::extent(1, size());
+    const std::size_t per = by_in ? unit.in : unit.out, have = by_in ? ni : no;
+    if (have % per)
+      throw_error<ValueError>(prefix, D::name, " on rank ", rank(), ": ", by_in ? "input" : "output", " of ", have,
+                              " elements does not split into ", size(), " equal blocks");
+    const std::size_t n = have / per;
+    const Extent e = D::extent(n, size());
+    if ((D::needs_in(is_root) && ni != e.in) || (D::needs_out(is_root) && no != e.out))
+      throw_error<ValueError>(prefix, D::name, " on rank ", rank(), ": input has ", ni, " elements and output ", no,
+                              ", but ", D::name, " of ", n, " on ", size(), " ranks takes ", e.in, " and ", e.out);
+    return make(D::op, std::ranges::data(in), std::ranges::data(out), n, elem<In>(), op, root, o);
   }
 
   Job make(Collective op, const void* in, void* out, std::size_t n, dtype t, ReduceOp r, int root, CallOptions o) {
@@ -370,9 +356,11 @@ class Communicator {
       throw_error<ValueError>(collective_name(op), " on rank ", rank(), ": root ", root, " is not a rank of this ",
                               size(), "-rank communicator");
     if (n && op != Collective::barrier) {
-      bool needs_in = !(op == Collective::scatter && rank() != root) && op != Collective::broadcast;
-      bool needs_out = !((op == Collective::reduce || op == Collective::gather) && rank() != root);
-      if ((needs_in && !in) || (needs_out && !out))
+      const bool is_root = rank() == root;
+      const bool missing = collectives::visit(op, [&](auto d) {
+        return (d.needs_in(is_root) && !in) || (d.needs_out(is_root) && !out);
+      });
+      if (missing)
         throw_error<ValueError>(collective_name(op), " on rank ", rank(), ": null buffer for ", n, " elements");
     }
     Job j;
@@ -469,29 +457,21 @@ class Communicator {
         }
       }
     }
-    switch (j.op) {
-      case Collective::allreduce: algo_.allreduce(ctx_, j.in, j.out, j.count); return;
-      case Collective::reduce_scatter: algo_.reduce_scatter(ctx_, j.in, j.out, j.count); return;
-      case Collective::allgather: algo_.allgather(ctx_, j.in, j.out, j.count); return;
-      case Collective::broadcast: algo_.broadcast(ctx_, j.out, j.count, j.root); return;
-      case Collective::reduce: algo_.reduce(ctx_, j.in, j.out, j.count, j.root); return;
-      case Collective::gather: algo_.gather(ctx_, j.in, j.out, j.count, j.root); return;
-      case Collective::scatter: algo_.scatter(ctx_, j.in, j.out, j.count, j.root); return;
-      case Collective::alltoall:
+    collectives::visit(j.op, [&](auto d) {
+      using D = decltype(d);
+      Args x{j.in, j.out, j.count, j.root};
+      if constexpr (std::is_same_v<D, collectives::Alltoall>) {
         if (j.in == j.out && p > 1) {
           // In place: the schedules read this rank's input while other ranks'
           // blocks land in the output, so the input is staged first.
           const std::size_t bytes = j.count * static_cast<std::size_t>(p) * dtype_size(j.type);
           void* staged = a2a_.get(bytes);
           std::memcpy(staged, j.in, bytes);
-          algo_.alltoall(ctx_, staged, j.out, j.count);
-          return;
+          x.in = staged;
         }
-        algo_.alltoall(ctx_, j.in, j.out, j.count);
-        return;
-      case Collective::barrier: algo_.barrier(ctx_); return;
-      default: return;
-    }
+      }
+      run_collective<D>(algo_, ctx_, x);
+    });
   }
 
   // ---- point-to-point requests ----

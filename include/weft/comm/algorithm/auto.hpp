@@ -55,41 +55,11 @@ struct AutoOf {
     return names[choose(op, bytes, p, transport)];
   }
 
-  template <class Ctx>
-  void allreduce(Ctx& ctx, const void* in, void* out, std::size_t n) const {
-    with(ctx, Collective::allreduce, bytes(ctx, n, false), [&](auto& a) { a.allreduce(ctx, in, out, n); });
-  }
-  template <class Ctx>
-  void reduce_scatter(Ctx& ctx, const void* in, void* out, std::size_t n) const {
-    with(ctx, Collective::reduce_scatter, bytes(ctx, n, true), [&](auto& a) { a.reduce_scatter(ctx, in, out, n); });
-  }
-  template <class Ctx>
-  void allgather(Ctx& ctx, const void* in, void* out, std::size_t n) const {
-    with(ctx, Collective::allgather, bytes(ctx, n, true), [&](auto& a) { a.allgather(ctx, in, out, n); });
-  }
-  template <class Ctx>
-  void broadcast(Ctx& ctx, void* buf, std::size_t n, int root) const {
-    with(ctx, Collective::broadcast, bytes(ctx, n, false), [&](auto& a) { a.broadcast(ctx, buf, n, root); });
-  }
-  template <class Ctx>
-  void reduce(Ctx& ctx, const void* in, void* out, std::size_t n, int root) const {
-    with(ctx, Collective::reduce, bytes(ctx, n, false), [&](auto& a) { a.reduce(ctx, in, out, n, root); });
-  }
-  template <class Ctx>
-  void gather(Ctx& ctx, const void* in, void* out, std::size_t n, int root) const {
-    with(ctx, Collective::gather, bytes(ctx, n, true), [&](auto& a) { a.gather(ctx, in, out, n, root); });
-  }
-  template <class Ctx>
-  void scatter(Ctx& ctx, const void* in, void* out, std::size_t n, int root) const {
-    with(ctx, Collective::scatter, bytes(ctx, n, true), [&](auto& a) { a.scatter(ctx, in, out, n, root); });
-  }
-  template <class Ctx>
-  void alltoall(Ctx& ctx, const void* in, void* out, std::size_t n) const {
-    with(ctx, Collective::alltoall, bytes(ctx, n, true), [&](auto& a) { a.alltoall(ctx, in, out, n); });
-  }
-  template <class Ctx>
-  void barrier(Ctx& ctx) const {
-    with(ctx, Collective::barrier, 0, [&](auto& a) { a.barrier(ctx); });
+  // Every collective: the candidate chosen for its size (collective.hpp's reported bytes).
+  template <class D, class Ctx>
+  void run(D, Ctx& ctx, const Args& x) const {
+    const std::size_t b = collectives::reported_bytes(D::extent(x.count, ctx.size()), dtype_size(ctx.call.type));
+    with(ctx, D::op, b, [&](auto& a) { run_collective<D>(a, ctx, x); });
   }
 
   // The chosen candidate's formula: the measured pick's where the model has
@@ -119,10 +89,6 @@ struct AutoOf {
       best = i;
       best_cost = c;
     }
-  }
-  template <class Ctx>
-  static std::size_t bytes(Ctx& ctx, std::size_t n, bool times_p) {
-    return n * dtype_size(ctx.call.type) * (times_p ? static_cast<std::size_t>(ctx.size()) : 1);
   }
   template <class Ctx, class F>
   void with(Ctx& ctx, Collective op, std::size_t b, F&& f) const {

@@ -40,32 +40,6 @@ struct RecursiveDoubling {
       detail::ring_allgatherv(ctx, out, detail::Segments{n * static_cast<std::size_t>(ctx.size()), ctx.size()}, 0);
   }
 
-  template <class Ctx>
-  void broadcast(Ctx& ctx, void* buf, std::size_t n, int root) const {
-    detail::default_broadcast(ctx, buf, n, root);
-  }
-  template <class Ctx>
-  void reduce(Ctx& ctx, const void* in, void* out, std::size_t n, int root) const {
-    detail::default_reduce(ctx, in, out, n, root, 0);
-  }
-  // Shared schedules (detail/defaults.hpp).
-  template <class Ctx>
-  void gather(Ctx& ctx, const void* in, void* out, std::size_t n, int root) const {
-    detail::default_gather(ctx, in, out, n, root);
-  }
-  template <class Ctx>
-  void scatter(Ctx& ctx, const void* in, void* out, std::size_t n, int root) const {
-    detail::linear_scatter(ctx, in, out, n, root);
-  }
-  template <class Ctx>
-  void alltoall(Ctx& ctx, const void* in, void* out, std::size_t n) const {
-    detail::pairwise_alltoall(ctx, in, out, n);
-  }
-  template <class Ctx>
-  void barrier(Ctx& ctx) const {
-    detail::dissemination_barrier(ctx);
-  }
-
   static double cost(Collective op, std::size_t bytes, int p, const CostModel& m) {
     const double S = static_cast<double>(bytes), L = detail::lg(p);
     const double fold = detail::pow2(p) ? 0.0 : 2 * (m.alpha + S * m.beta);

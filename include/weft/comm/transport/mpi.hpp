@@ -232,7 +232,7 @@ class MpiTransport {
   WaitStatus native_allreduce(const void* in, void* out, std::size_t n, dtype d, ReduceOp op, Deadline dl) {
     MPI_Request r;
     int c = detail::mpi_int_count(n, "allreduce");
-    detail::mpi_check(MPI_Iallreduce(in == out ? MPI_IN_PLACE : in, out, c, type(d), mpi_op(d, op), s_->comm, &r),
+    detail::mpi_check(MPI_Iallreduce(in == out ? MPI_IN_PLACE : in, out, c, mpi_type(d), mpi_op(d, op), s_->comm, &r),
                       "MPI_Iallreduce");
     WaitStatus s = poll(&r, dl);
     if (s == WaitStatus::done && op == ReduceOp::avg) detail::divide_by(d, out, n, size());
@@ -247,7 +247,7 @@ class MpiTransport {
       s_->staging.resize(n * es);
       dst = s_->staging.data();
     }
-    detail::mpi_check(MPI_Ireduce_scatter_block(in, dst, detail::mpi_int_count(n, "reduce_scatter"), type(d),
+    detail::mpi_check(MPI_Ireduce_scatter_block(in, dst, detail::mpi_int_count(n, "reduce_scatter"), mpi_type(d),
                                                 mpi_op(d, op), s_->comm, &r),
                       "MPI_Ireduce_scatter_block");
     WaitStatus s = poll(&r, dl);
@@ -261,19 +261,19 @@ class MpiTransport {
     const std::size_t es = dtype_size(d);
     bool inplace = static_cast<const std::byte*>(out) + static_cast<std::size_t>(rank()) * n * es == in;
     int c = detail::mpi_int_count(n, "allgather");
-    detail::mpi_check(MPI_Iallgather(inplace ? MPI_IN_PLACE : in, c, type(d), out, c, type(d), s_->comm, &r),
+    detail::mpi_check(MPI_Iallgather(inplace ? MPI_IN_PLACE : in, c, mpi_type(d), out, c, mpi_type(d), s_->comm, &r),
                       "MPI_Iallgather");
     return poll(&r, dl);
   }
   WaitStatus native_broadcast(void* buf, std::size_t n, dtype d, int root, Deadline dl) {
     MPI_Request r;
-    detail::mpi_check(MPI_Ibcast(buf, detail::mpi_int_count(n, "broadcast"), type(d), root, s_->comm, &r), "MPI_Ibcast");
+    detail::mpi_check(MPI_Ibcast(buf, detail::mpi_int_count(n, "broadcast"), mpi_type(d), root, s_->comm, &r), "MPI_Ibcast");
     return poll(&r, dl);
   }
   WaitStatus native_reduce(const void* in, void* out, std::size_t n, dtype d, ReduceOp op, int root, Deadline dl) {
     MPI_Request r;
     const void* src = rank() == root && in == out ? MPI_IN_PLACE : in;
-    detail::mpi_check(MPI_Ireduce(src, out, detail::mpi_int_count(n, "reduce"), type(d), mpi_op(d, op), root,
+    detail::mpi_check(MPI_Ireduce(src, out, detail::mpi_int_count(n, "reduce"), mpi_type(d), mpi_op(d, op), root,
                                   s_->comm, &r),
                       "MPI_Ireduce");
     WaitStatus s = poll(&r, dl);
@@ -285,7 +285,7 @@ class MpiTransport {
     const std::size_t es = dtype_size(d);
     bool inplace = rank() == root && static_cast<const std::byte*>(out) + static_cast<std::size_t>(root) * n * es == in;
     int c = detail::mpi_int_count(n, "gather");
-    detail::mpi_check(MPI_Igather(inplace ? MPI_IN_PLACE : in, c, type(d), out, c, type(d), root, s_->comm, &r),
+    detail::mpi_check(MPI_Igather(inplace ? MPI_IN_PLACE : in, c, mpi_type(d), out, c, mpi_type(d), root, s_->comm, &r),
                       "MPI_Igather");
     return poll(&r, dl);
   }
@@ -294,14 +294,14 @@ class MpiTransport {
     const std::size_t es = dtype_size(d);
     bool inplace = rank() == root && static_cast<const std::byte*>(in) + static_cast<std::size_t>(root) * n * es == out;
     int c = detail::mpi_int_count(n, "scatter");
-    detail::mpi_check(MPI_Iscatter(in, c, type(d), inplace ? MPI_IN_PLACE : out, c, type(d), root, s_->comm, &r),
+    detail::mpi_check(MPI_Iscatter(in, c, mpi_type(d), inplace ? MPI_IN_PLACE : out, c, mpi_type(d), root, s_->comm, &r),
                       "MPI_Iscatter");
     return poll(&r, dl);
   }
   WaitStatus native_alltoall(const void* in, void* out, std::size_t n, dtype d, Deadline dl) {
     MPI_Request r;
     int c = detail::mpi_int_count(n, "alltoall");
-    detail::mpi_check(MPI_Ialltoall(in == out ? MPI_IN_PLACE : in, c, type(d), out, c, type(d), s_->comm, &r),
+    detail::mpi_check(MPI_Ialltoall(in == out ? MPI_IN_PLACE : in, c, mpi_type(d), out, c, mpi_type(d), s_->comm, &r),
                       "MPI_Ialltoall");
     return poll(&r, dl);
   }
@@ -309,6 +309,42 @@ class MpiTransport {
     MPI_Request r;
     detail::mpi_check(MPI_Ibarrier(s_->comm, &r), "MPI_Ibarrier");
     return poll(&r, dl);
+  }
+
+  // ---- weft's types and reduce ops as MPI's (the one mapping: Native and
+  // weft-bench's direct MPI peer both use it) ----
+  // f16 and bf16 travel as 16-bit words; their reductions are user ops.
+  static MPI_Datatype mpi_type(dtype d) {
+    switch (d) {
+      case dtype::f32: return MPI_FLOAT;
+      case dtype::f64: return MPI_DOUBLE;
+      case dtype::f16:
+      case dtype::bf16: return MPI_UINT16_T;
+      case dtype::i32: return MPI_INT32_T;
+      case dtype::i64: return MPI_INT64_T;
+      case dtype::u8: return MPI_UINT8_T;
+    }
+    return MPI_BYTE;
+  }
+
+  // f16/bf16 have no MPI type: user ops combine them in f32. Integer sum and
+  // prod also use weft's own (wrapping) loops: Open MPI 4.1's AVX ops saturate
+  // on overflow (open-mpi/ompi#8045), which would make Native disagree with
+  // every other algorithm.
+  // avg maps to MPI_SUM: the caller divides by size() afterwards.
+  MPI_Op mpi_op(dtype d, ReduceOp op) {
+    auto& ops = s_->user_ops[static_cast<int>(d)];
+    bool wraps = (d == dtype::u8 || d == dtype::i32 || d == dtype::i64) && op != ReduceOp::min && op != ReduceOp::max;
+    if (d == dtype::f16 || d == dtype::bf16 || wraps)
+      return detail::visit_dtype(d, [&](auto tag) { return user_op<decltype(tag)>(ops, op); });
+    switch (op) {
+      case ReduceOp::sum:
+      case ReduceOp::avg: return MPI_SUM;
+      case ReduceOp::prod: return MPI_PROD;
+      case ReduceOp::min: return MPI_MIN;
+      case ReduceOp::max: return MPI_MAX;
+    }
+    return MPI_SUM;
   }
 
  private:
@@ -328,19 +364,6 @@ class MpiTransport {
     }
   }
 
-  static MPI_Datatype type(dtype d) {
-    switch (d) {
-      case dtype::f32: return MPI_FLOAT;
-      case dtype::f64: return MPI_DOUBLE;
-      case dtype::f16:
-      case dtype::bf16: return MPI_UINT16_T;
-      case dtype::i32: return MPI_INT32_T;
-      case dtype::i64: return MPI_INT64_T;
-      case dtype::u8: return MPI_UINT8_T;
-    }
-    return MPI_BYTE;
-  }
-
   template <class T>
   static MPI_Op user_op(MPI_Op (&ops)[4], ReduceOp op) {
     int i = op == ReduceOp::prod ? 1 : op == ReduceOp::min ? 2 : op == ReduceOp::max ? 3 : 0;
@@ -352,25 +375,6 @@ class MpiTransport {
       detail::mpi_check(MPI_Op_create(f, 1, &ops[i]), "MPI_Op_create");
     }
     return ops[i];
-  }
-
-  // f16/bf16 have no MPI type: user ops combine them in f32. Integer sum and
-  // prod also use weft's own (wrapping) loops: Open MPI 4.1's AVX ops saturate
-  // on overflow (open-mpi/ompi#8045), which would make Native disagree with
-  // every other algorithm.
-  MPI_Op mpi_op(dtype d, ReduceOp op) {
-    auto& ops = s_->user_ops[static_cast<int>(d)];
-    bool wraps = (d == dtype::u8 || d == dtype::i32 || d == dtype::i64) && op != ReduceOp::min && op != ReduceOp::max;
-    if (d == dtype::f16 || d == dtype::bf16 || wraps)
-      return detail::visit_dtype(d, [&](auto tag) { return user_op<decltype(tag)>(ops, op); });
-    switch (op) {
-      case ReduceOp::sum:
-      case ReduceOp::avg: return MPI_SUM;
-      case ReduceOp::prod: return MPI_PROD;
-      case ReduceOp::min: return MPI_MIN;
-      case ReduceOp::max: return MPI_MAX;
-    }
-    return MPI_SUM;
   }
 
   std::shared_ptr<detail::MpiState> s_;
