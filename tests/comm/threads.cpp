@@ -13,6 +13,7 @@
 #include <weft/comm/algorithm/halving_doubling.hpp>
 #include <weft/comm/algorithm/hierarchical.hpp>
 #include <weft/comm/algorithm/native.hpp>
+#include <weft/comm/algorithm/ordered.hpp>
 #include <weft/comm/algorithm/recursive_doubling.hpp>
 #include <weft/comm/algorithm/ring.hpp>
 #include <weft/comm/algorithm/tree.hpp>
@@ -61,7 +62,7 @@ namespace {
 #define WEFT_COMM_MATRIX_POLICIES WEFT_COMM_POLICIES
 #else
 #define WEFT_COMM_POLICIES Ring, Tree, RecursiveDoubling, HalvingDoubling, Hierarchical<>, Native, Auto
-#define WEFT_COMM_MATRIX_POLICIES WEFT_COMM_POLICIES, Hierarchical<Tree, RecursiveDoubling>
+#define WEFT_COMM_MATRIX_POLICIES WEFT_COMM_POLICIES, Hierarchical<Tree, RecursiveDoubling>, Ordered<Ring>
 #endif
 
 #if defined(WEFT_COMM_TEST_QUICK)
@@ -143,6 +144,25 @@ TEST_CASE_TEMPLATE("deterministic mode: bitwise equal to the rank-order fold for
           o, algo);
       for (int r = 0; r < p; ++r) CHECK_MESSAGE(errs[static_cast<std::size_t>(r)] == "", "rank ", r);
     }
+  }
+}
+
+// The policy itself, without the option: its communicator reports deterministic
+// mode (and fingerprints it) and every reduction is the rank-order fold.
+TEST_CASE_TEMPLATE("Ordered<Inner>: bitwise equal to the rank-order fold whatever the inner algorithm", A, Ordered<Ring>,
+                   Ordered<HalvingDoubling>, Ordered<Hierarchical<>>) {
+  for (int p = 1; p <= max_ranks; ++p) {
+    CAPTURE(p);
+    auto errs = on_ranks<A>(
+        p,
+        [](auto& c) {
+          if (!c.deterministic()) return std::string("deterministic() is false for an Ordered policy");
+          std::string e[] = {testing::erased(c, [](auto& e) { return testing::check_deterministic<float>(e, 1000, 11); }),
+                             testing::erased(c, [](auto& e) { return testing::check_deterministic<weft::bfloat16>(e, 515, 13); })};
+          return e[0] + e[1];
+        },
+        checked());
+    for (int r = 0; r < p; ++r) CHECK_MESSAGE(errs[static_cast<std::size_t>(r)] == "", "rank ", r);
   }
 }
 

@@ -4,7 +4,9 @@
 // calls fail on every rank naming who called what, and on any communication
 // failure the communicator is marked broken so later calls fail at once.
 // Deterministic mode computes every reduction in rank order (bitwise equal
-// across algorithms, chunk sizes and runs for a given rank count).
+// across algorithms, chunk sizes and runs for a given rank count): it routes
+// reductions through Ordered's schedules (algorithm/ordered.hpp), which a
+// Communicator<Ordered<Inner>, T> uses always.
 //
 //   weft::comm::run_local(4, [](auto& t) {
 //     weft::comm::Communicator<weft::comm::Ring, std::decay_t<decltype(t)>> comm{t};
@@ -34,6 +36,7 @@
 #include "../core/dtype.hpp"
 #include "../core/error.hpp"
 #include "algorithm.hpp"
+#include "algorithm/ordered.hpp"
 #include "collective.hpp"
 #include "context.hpp"
 #include "deadline.hpp"
@@ -168,7 +171,8 @@ class Communicator {
   void set_timeout(Duration d) { opts_.timeout = d; }
   bool fingerprints() const { return opts_.fingerprints; }
   void set_fingerprints(bool on) { opts_.fingerprints = on; }
-  bool deterministic() const { return opts_.deterministic; }
+  // Reductions in rank order (CommOptions::deterministic, or an Ordered policy).
+  bool deterministic() const { return opts_.deterministic || detail::is_ordered_v<Algo>; }
   void set_deterministic(bool on) {
     check_deterministic(on);
     opts_.deterministic = on;
@@ -424,7 +428,7 @@ class Communicator {
     try {
       if (opts_.fingerprints && size() > 1)
         ctx_.check_fingerprints(Fingerprint{j.seq, j.count, j.root, j.op, j.type, j.reduce,
-                                            static_cast<std::uint8_t>(opts_.deterministic)});
+                                            static_cast<std::uint8_t>(deterministic())});
       dispatch(j);
     } catch (const CommError& e) {
       mark_broken(e.what());
@@ -434,32 +438,13 @@ class Communicator {
 
   void dispatch(const Job& j) {
     if (j.count == 0 && j.op != Collective::barrier) return;
-    const int p = size(), r = rank();
-    const std::size_t es = dtype_size(j.type);
-    if (opts_.deterministic && is_reduction(j.op) && p > 1) {
-      switch (j.op) {
-        case Collective::allreduce: {
-          detail::Segments seg{j.count, p};
-          detail::ordered_reduce_scatter(ctx_, j.in, 0, seg, detail::at(j.out, seg.off(r), es));
-          detail::ring_allgatherv(ctx_, j.out, seg, std::size_t{1} << 20);
-          return;
-        }
-        case Collective::reduce_scatter:
-          detail::ordered_reduce_scatter(ctx_, j.in, 0, detail::Segments{j.count * static_cast<std::size_t>(p), p},
-                                         j.out);
-          return;
-        default: {  // reduce
-          detail::Segments seg{j.count, p};
-          void* dst = r == j.root ? static_cast<void*>(detail::at(j.out, seg.off(r), es)) : det_.get(seg.len(r) * es);
-          detail::ordered_reduce_scatter(ctx_, j.in, 0, seg, dst);
-          detail::linear_gatherv(ctx_, dst, j.out, seg, j.root);
-          return;
-        }
-      }
-    }
+    const int p = size();
     collectives::visit(j.op, [&](auto d) {
       using D = decltype(d);
       Args x{j.in, j.out, j.count, j.root};
+      // Deterministic mode: reductions by Ordered's schedules (an Ordered policy is always deterministic).
+      if constexpr (D::reduces && !requires { Algo::compresses; })
+        if (opts_.deterministic && Ordered<>::in_rank_order(d, ctx_, x)) return;
       if constexpr (std::is_same_v<D, collectives::Alltoall>) {
         if (j.in == j.out && p > 1) {
           // In place: the schedules read this rank's input while other ranks'
@@ -608,7 +593,6 @@ class Communicator {
   std::uint64_t next_seq_ = 1;
   std::atomic<bool> broken_{false};
   std::string reason_;
-  detail::Buffer det_;
   detail::Buffer a2a_;  // staged input of in-place alltoall
   std::unique_ptr<Worker> worker_;
 };
