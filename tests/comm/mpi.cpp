@@ -54,6 +54,15 @@ TEST_CASE_TEMPLATE("mpi: every collective x dtype x reduce op matches the refere
   agree(testing::erased(c, [](auto& e) { return testing::check_matrix(e, {0, 1, 7, 1031}); }));
 }
 
+TEST_CASE_TEMPLATE("mpi: the collective descriptors' exact inputs and checks hold", A, Ring, Native, Auto,
+                   Ordered<Ring>) {
+  MpiTransport t;
+  Communicator<A, MpiTransport> c(t, small_chunks<A>(), checked());
+  agree(testing::erased(c, [](auto& e) {
+    return testing::check_descriptors<float>(e, 7) + testing::check_descriptors<weft::bfloat16>(e, 1031);
+  }));
+}
+
 TEST_CASE_TEMPLATE("mpi: large buffers (16 MiB per rank)", A, Ring, HalvingDoubling, Native, Auto) {
   MpiTransport t;
   Communicator<A, MpiTransport> c(t, A{}, checked());

@@ -67,6 +67,10 @@ class AnyComm {
     run(Collective::alltoall, in, out, n, dtype_v<T>, ReduceOp::sum, -1);
   }
   void barrier() { run(Collective::barrier, nullptr, nullptr, 0, dtype::u8, ReduceOp::sum, -1); }
+  // Any collective by its run-time tag (the descriptors' checks below use it).
+  void call(Collective op, const void* in, void* out, std::size_t n, dtype d, ReduceOp r, int root) {
+    run(op, in, out, n, d, r, root);
+  }
   // isend to `to` and blocking recv from `from` (point-to-point, user tag).
   template <class T>
   void shift(const T* send, T* recv, std::size_t n, int to, int from, int tag) {
@@ -397,6 +401,35 @@ std::string check_deterministic(AnyComm& c, std::size_t n, std::uint64_t seed) {
   c.reduce(in.data(), red.data(), n, 0);
   if (r == 0 && e.empty()) e = compare("deterministic reduce", red, 0, n, [&](std::size_t i) { return ordered_fold<T>(p, i, seed); });
   return e;
+}
+
+// Every collective through its descriptor (collective.hpp), as weft-bench
+// checks it: the descriptor's exact inputs, out-of-place and in-place (its
+// own placement), every reduce op for reductions, root p - 1; the result must
+// have no wrong element.
+template <class E>
+std::string check_descriptors(AnyComm& c, std::size_t n) {
+  const int p = c.size(), r = c.rank();
+  std::string err;
+  std::vector<E> send(n * static_cast<std::size_t>(p)), recv(send.size());
+  collectives::for_each([&](auto d) {
+    using D = decltype(d);
+    for (ReduceOp op : {ReduceOp::sum, ReduceOp::prod, ReduceOp::min, ReduceOp::max, ReduceOp::avg}) {
+      if (!D::reduces && op != ReduceOp::sum) continue;
+      const int root = D::rooted ? p - 1 : -1;
+      for (bool in_place : {false, true}) {
+        const Placement at = in_place ? D::in_place(recv.data(), n, sizeof(E), r, root) : Placement{send.data(), recv.data()};
+        const collectives::Exact x{op, p};
+        D::template fill<E>(x, at, n, r, root);
+        c.call(D::op, at.in, at.out, n, dtype_v<E>, op, root);
+        const std::int64_t wrong = D::template wrong<E>(x, at, n, r, root);
+        if (wrong && err.empty())
+          err = std::string(D::name) + (in_place ? " in-place " : " ") + reduce_op_name(op) + " (" +
+                dtype_name(dtype_v<E>) + " x " + std::to_string(n) + "): " + std::to_string(wrong) + " wrong";
+      }
+    }
+  });
+  return err;
 }
 
 }  // namespace weft::comm::testing

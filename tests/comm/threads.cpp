@@ -114,6 +114,24 @@ TEST_CASE_TEMPLATE("every collective x dtype x reduce op matches the reference",
   }
 }
 
+TEST_CASE_TEMPLATE("the collective descriptors' exact inputs and checks hold on every algorithm", A, WEFT_COMM_POLICIES,
+                   Ordered<Ring>) {
+  for (int p = 1; p <= max_ranks; ++p) {
+    CAPTURE(p);
+    auto errs = on_ranks<A>(
+        p,
+        [](auto& c) {
+          return testing::erased(c, [](auto& e) {
+            std::string x = testing::check_descriptors<float>(e, 7) + testing::check_descriptors<weft::bfloat16>(e, 1031) +
+                            testing::check_descriptors<std::uint8_t>(e, 13);
+            return x;
+          });
+        },
+        checked(), small_chunks<A>());
+    for (int r = 0; r < p; ++r) CHECK_MESSAGE(errs[static_cast<std::size_t>(r)] == "", "rank ", r);
+  }
+}
+
 TEST_CASE_TEMPLATE("large buffers (16 MiB per rank)", A, WEFT_COMM_POLICIES) {
   for (int p : {2, 3, 4}) {
     CAPTURE(p);
