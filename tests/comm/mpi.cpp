@@ -89,6 +89,12 @@ TEST_CASE("mpi: Ordered<HalvingDoubling> equals the rank-order fold without the 
         testing::erased(c, [](auto& e) { return testing::check_deterministic<double>(e, 777, 12); }));
 }
 
+TEST_CASE("mpi: receive from any rank and probe (MPI_ANY_SOURCE, MPI_Iprobe)") {
+  MpiTransport t;
+  Communicator<Ring, MpiTransport> c(t, Ring{}, checked());
+  agree(testing::check_any_source(c));
+}
+
 TEST_CASE("mpi: non-blocking allreduce") {
   MpiTransport t;
   Communicator<Ring, MpiTransport> c(t, Ring{}, checked());

@@ -14,12 +14,15 @@
 #include <weft/comm/reduce_op.hpp>
 #include <weft/core/dtype.hpp>
 
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <span>
 #include <sstream>
+#include <optional>
 #include <string>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -429,6 +432,46 @@ std::string check_descriptors(AnyComm& c, std::size_t n) {
       }
     }
   });
+  return err;
+}
+
+// Any-source receive and probe (transports modelling AnySource): every rank
+// but 0 sends two messages (rank, 0) and (rank, 1) with one tag; rank 0 probes
+// until one waits (it must name a sender and the size), then receives all
+// 2(p-1) from any source: each sender twice, its two in the order sent, the
+// reported source matching the payload; afterwards nothing is left to probe.
+template <class C>
+std::string check_any_source(C& c) {
+  const int p = c.size(), r = c.rank(), tag = 7;
+  if (p == 1) return {};
+  std::string err;
+  if (r != 0) {
+    std::vector<std::int32_t> a{r, 0, 0}, b{r, 1, 0};
+    auto ra = c.isend(a, 0, tag);
+    auto rb = c.isend(b, 0, tag);
+    ra.wait();
+    rb.wait();
+  } else {
+    std::optional<Probe> pr;
+    for (auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+         !(pr = c.probe(tag)) && std::chrono::steady_clock::now() < until;)
+      std::this_thread::yield();
+    if (!pr) err = "probe found no message within 20 s";
+    else if (pr->peer < 1 || pr->peer >= p || pr->bytes != 3 * sizeof(std::int32_t))
+      err = "probe: peer " + std::to_string(pr->peer) + ", " + std::to_string(pr->bytes) + " bytes";
+    std::vector<int> next(static_cast<std::size_t>(p), 0);
+    for (int k = 0; k < 2 * (p - 1); ++k) {
+      std::vector<std::int32_t> v(3, -1);
+      const int from = c.recv_any(v, tag);
+      if (from < 1 || from >= p || v[0] != from || v[1] != next[static_cast<std::size_t>(from)]++) {
+        if (err.empty())
+          err = "recv_any: source " + std::to_string(from) + ", payload (" + std::to_string(v[0]) + ", " +
+                std::to_string(v[1]) + ")";
+      }
+    }
+  }
+  c.barrier();
+  if (r == 0 && c.probe(tag) && err.empty()) err = "probe still finds a message after every one was received";
   return err;
 }
 

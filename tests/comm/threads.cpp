@@ -455,6 +455,25 @@ TEST_CASE("an exception on one rank makes the others fail fast; run_local rethro
                   msgs[static_cast<std::size_t>(r)]);
 }
 
+TEST_CASE("receive from any rank and probe (AnySource)") {
+  for (int p : {1, 2, 3, 5}) {
+    CAPTURE(p);
+    auto errs = on_ranks<Ring>(p, [](auto& c) { return testing::check_any_source(c); }, checked());
+    for (int r = 0; r < p; ++r) CHECK_MESSAGE(errs[static_cast<std::size_t>(r)] == "", "rank ", r);
+  }
+  // Nobody sends: the wait ends at its deadline, saying so.
+  run_local(2, [](ThreadTransport& t) {
+    Communicator<Ring, ThreadTransport> c(t, Ring{}, checked());
+    if (c.rank() == 0) {
+      std::vector<float> v(4);
+      CHECK(!c.probe(3));
+      CHECK_THROWS_WITH_AS(c.recv_any(v, 3, CallOptions{100ms}), doctest::Contains("recv from any rank (tag 3) on rank 0 timed out: no rank sent"),
+                           TimeoutError);
+    }
+    c.barrier();
+  });
+}
+
 TEST_CASE("bad arguments name the call and the rank") {
   run_local(2, [&](ThreadTransport& t) {
     Communicator<Ring, ThreadTransport> c(t, Ring{}, checked());

@@ -26,6 +26,7 @@
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <ranges>
 #include <span>
 #include <string>
@@ -120,6 +121,7 @@ class Communicator {
       if (!c_) return;
       if (p2p_) {
         c_->wait_p2p(*this);
+        if (peer_ < 0) peer_ = req_.peer();  // any-source receive: the sender
       } else {
         c_->wait_ticket(ticket_, deadline_);
       }
@@ -131,6 +133,10 @@ class Communicator {
       if (done) wait();
       return done;
     }
+
+    // Point-to-point: the peer; for an any-source receive, the sender once
+    // complete (-1 before).
+    int source() const { return peer_; }
 
    private:
     friend class Communicator;
@@ -327,7 +333,48 @@ class Communicator {
     return r;
   }
 
+  // ---- receive from any rank (transports modelling AnySource: threads, MPI) -------
+  // The first message with `tag` from whichever rank sends it; wait() then
+  // source() name the sender. probe() reports a waiting message (sender and
+  // size) without receiving it. Sends are the ordinary send/isend.
+  template <CommBuffer Out>
+  [[nodiscard]] Request irecv_any(Out&& buf, int tag = 0, CallOptions o = {}) {
+    require_any_source();
+    Request r = p2p_request(Collective::recv, -1, tag, o);
+    if constexpr (AnySource<T>)
+      r.req_ = ctx_.transport().irecv_any(std::ranges::data(buf), std::ranges::size(buf) * sizeof(*std::ranges::data(buf)),
+                                          user_tag_base | static_cast<Tag>(tag));
+    return r;
+  }
+  // Blocking: returns the sender.
+  template <CommBuffer Out>
+  int recv_any(Out&& buf, int tag = 0, CallOptions o = {}) {
+    Request r = irecv_any(buf, tag, o);
+    r.wait();
+    return r.source();
+  }
+  std::optional<Probe> probe(int tag = 0) {
+    require_any_source();
+    check_tag(Collective::recv, tag);
+    if constexpr (AnySource<T>)
+      return ctx_.transport().iprobe(user_tag_base | static_cast<Tag>(tag));
+    else
+      return std::nullopt;
+  }
+
  private:
+  template <class U = T>
+  static void require_any_source() {
+    static_assert(AnySource<U>,
+                  "comm: receiving from any rank needs a transport modelling AnySource (ThreadTransport, "
+                  "MpiTransport); with this transport receive from a known peer: recv(buf, peer, tag)");
+  }
+
+  void check_tag(Collective op, int tag) const {
+    if (tag < 0 || tag > static_cast<int>(max_user_tag))
+      throw_error<ValueError>(collective_name(op), " on rank ", rank(), ": tag ", tag, " is outside 0..", max_user_tag);
+  }
+
   template <class R>
   static constexpr dtype elem() {
     return dtype_v<std::remove_cv_t<std::ranges::range_value_t<R>>>;
@@ -460,10 +507,10 @@ class Communicator {
   }
 
   // ---- point-to-point requests ----
+  // peer -1: any source (irecv_any).
   Request p2p_request(Collective op, int peer, int tag, CallOptions o) {
-    if (tag < 0 || tag > static_cast<int>(max_user_tag))
-      throw_error<ValueError>(collective_name(op), " on rank ", rank(), ": tag ", tag, " is outside 0..", max_user_tag);
-    if (peer < 0 || peer >= size() || peer == rank())
+    check_tag(op, tag);
+    if ((peer < 0 && !(peer == -1 && op == Collective::recv)) || peer >= size() || peer == rank())
       throw_error<ValueError>(collective_name(op), " on rank ", rank(), ": peer ", peer,
                               " is not another rank of this ", size(), "-rank communicator");
     if (broken())
@@ -483,10 +530,11 @@ class Communicator {
     WaitStatus s = ctx_.transport().wait(r.req_, r.deadline_);
     if (s == WaitStatus::done) return;
     ctx_.transport().cancel(r.req_);
-    std::string what = std::string(collective_name(r.op_)) + (r.op_ == Collective::send ? " to" : " from") +
-                       " rank " + std::to_string(r.peer_) + " (tag " + std::to_string(r.tag_) + ") on rank " +
-                       std::to_string(rank());
-    if (s == WaitStatus::timed_out) throw TimeoutError(what + " timed out: rank " + std::to_string(r.peer_) + " did not arrive");
+    const std::string who = r.peer_ < 0 ? std::string("any rank") : "rank " + std::to_string(r.peer_);
+    std::string what = std::string(collective_name(r.op_)) + (r.op_ == Collective::send ? " to " : " from ") + who +
+                       " (tag " + std::to_string(r.tag_) + ") on rank " + std::to_string(rank());
+    if (s == WaitStatus::timed_out)
+      throw TimeoutError(what + " timed out: " + (r.peer_ < 0 ? std::string("no rank sent") : who + " did not arrive"));
     throw PeerFailedError(what + " abandoned: " + ctx_.transport().failure());
   }
 

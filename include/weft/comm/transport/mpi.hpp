@@ -27,6 +27,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -92,13 +93,14 @@ class MpiTransport {
   class Request {
    public:
     Request() = default;
-    Request(Request&& o) noexcept : r_(o.r_), peer_(o.peer_), recv_(o.recv_) { o.r_ = MPI_REQUEST_NULL; }
+    Request(Request&& o) noexcept : r_(o.r_), peer_(o.peer_), recv_(o.recv_), any_(o.any_) { o.r_ = MPI_REQUEST_NULL; }
     Request& operator=(Request&& o) noexcept {
       if (this != &o) {
         release();
         r_ = o.r_;
         peer_ = o.peer_;
         recv_ = o.recv_;
+        any_ = o.any_;
         o.r_ = MPI_REQUEST_NULL;
       }
       return *this;
@@ -132,6 +134,7 @@ class MpiTransport {
     MPI_Request r_ = MPI_REQUEST_NULL;
     int peer_ = -1;
     bool recv_ = false;
+    bool any_ = false;  // MPI_ANY_SOURCE: peer_ is the sender once complete
   };
 
   // Collective over `comm` (duplicates it). Nodes: WEFT_RANKS_PER_NODE=k
@@ -192,13 +195,39 @@ class MpiTransport {
                       "MPI_Irecv");
     return r;
   }
+  // Any source (AnySource): MPI_ANY_SOURCE; r.peer() names the sender once complete.
+  Request irecv_any(void* buf, std::size_t bytes, Tag tag) {
+    Request r = irecv(buf, bytes, MPI_ANY_SOURCE, tag);
+    r.peer_ = -1;
+    r.any_ = true;
+    return r;
+  }
+  std::optional<Probe> iprobe(Tag tag) {
+    int flag = 0;
+    MPI_Status st;
+    detail::mpi_check(MPI_Iprobe(MPI_ANY_SOURCE, static_cast<int>(tag), s_->comm, &flag, &st), "MPI_Iprobe");
+    if (!flag) return std::nullopt;
+    int count = 0;
+    detail::mpi_check(MPI_Get_count(&st, MPI_BYTE, &count), "MPI_Get_count");
+    return Probe{st.MPI_SOURCE, static_cast<std::size_t>(count)};
+  }
+
   bool test(Request& r) {
     if (r.r_ == MPI_REQUEST_NULL) return true;
     int done = 0;
-    detail::mpi_check(MPI_Test(&r.r_, &done, MPI_STATUS_IGNORE), "MPI_Test");
+    MPI_Status st;
+    detail::mpi_check(MPI_Test(&r.r_, &done, r.any_ ? &st : MPI_STATUS_IGNORE), "MPI_Test");
+    if (done && r.any_) r.peer_ = st.MPI_SOURCE;
     return done != 0;
   }
-  WaitStatus wait(Request& r, Deadline deadline) { return poll(&r.r_, deadline); }
+  WaitStatus wait(Request& r, Deadline deadline) {
+    if (!r.any_) return poll(&r.r_, deadline);
+    if (r.r_ == MPI_REQUEST_NULL) return WaitStatus::done;
+    MPI_Status st;
+    WaitStatus s = poll(&r.r_, deadline, &st);
+    if (s == WaitStatus::done) r.peer_ = st.MPI_SOURCE;
+    return s;
+  }
   void cancel(Request& r) { r.release(); }
   std::string failure() const { return "no failure notice from MPI (a rank may have exited or hung)"; }
 
@@ -352,10 +381,10 @@ class MpiTransport {
 
   // Polls until done or the deadline: busy at first (MPI progresses inside
   // MPI_Test), then yielding so oversubscribed ranks let each other run.
-  static WaitStatus poll(MPI_Request* r, Deadline deadline) {
+  static WaitStatus poll(MPI_Request* r, Deadline deadline, MPI_Status* status = MPI_STATUS_IGNORE) {
     int done = 0;
     for (long i = 0;; ++i) {
-      detail::mpi_check(MPI_Test(r, &done, MPI_STATUS_IGNORE), "MPI_Test");
+      detail::mpi_check(MPI_Test(r, &done, status), "MPI_Test");
       if (done) return WaitStatus::done;
       if (i >= 256) {
         if ((i & 15) == 0 && Clock::now() >= deadline) return WaitStatus::timed_out;
@@ -384,5 +413,6 @@ class MpiTransport {
 static_assert(Transport<MpiTransport>);
 static_assert(NativeCollectives<MpiTransport>);
 static_assert(CountsBytes<MpiTransport>);
+static_assert(AnySource<MpiTransport>);
 
 }  // namespace weft::comm
