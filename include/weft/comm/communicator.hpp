@@ -498,7 +498,7 @@ class Communicator {
           // blocks land in the output, so the input is staged first.
           const std::size_t bytes = j.count * static_cast<std::size_t>(p) * dtype_size(j.type);
           void* staged = a2a_.get(bytes);
-          std::memcpy(staged, j.in, bytes);
+          ctx_.copy(staged, j.in, bytes);
           x.in = staged;
         }
       }

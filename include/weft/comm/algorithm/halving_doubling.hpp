@@ -33,7 +33,7 @@ struct HalvingDoubling {
   void allgather(Ctx& ctx, const void* in, void* out, std::size_t n) const {
     const std::size_t es = dtype_size(ctx.call.type);
     void* own = detail::at(out, static_cast<std::size_t>(ctx.rank()) * n, es);
-    if (own != in && n) std::memmove(own, in, n * es);
+    if (own != in && n) ctx.move(own, in, n * es);
     if (detail::pow2(ctx.size()))
       detail::doubling_allgather(ctx, out, n, chunk_bytes);
     else
@@ -49,10 +49,10 @@ struct HalvingDoubling {
       return;
     }
     std::byte* ws = ctx.workspace(n * es);
-    std::memcpy(ws, in, n * es);
+    ctx.copy(ws, in, n * es);
     detail::Segments seg{n, p};
     detail::halving_steps(ctx, ws, seg, r, detail::Fold(p), chunk_bytes);
-    if (ctx.call.reduce == ReduceOp::avg) detail::divide_by(ctx.call.type, ws + seg.off(r) * es, seg.len(r), p);
+    if (ctx.call.reduce == ReduceOp::avg) ctx.divide(ws + seg.off(r) * es, seg.len(r), p);
     detail::linear_gatherv(ctx, ws + seg.off(r) * es, out, seg, root);
   }
 

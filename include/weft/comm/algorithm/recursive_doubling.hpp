@@ -27,13 +27,13 @@ struct RecursiveDoubling {
     const std::size_t total = n * static_cast<std::size_t>(ctx.size()), es = dtype_size(ctx.call.type);
     std::byte* acc = ctx.workspace(total * es);
     detail::recursive_doubling_allreduce(ctx, in, acc, total);
-    std::memmove(out, acc + static_cast<std::size_t>(ctx.rank()) * n * es, n * es);
+    ctx.move(out, acc + static_cast<std::size_t>(ctx.rank()) * n * es, n * es);
   }
   template <class Ctx>
   void allgather(Ctx& ctx, const void* in, void* out, std::size_t n) const {
     const std::size_t es = dtype_size(ctx.call.type);
     void* own = detail::at(out, static_cast<std::size_t>(ctx.rank()) * n, es);
-    if (own != in && n) std::memmove(own, in, n * es);
+    if (own != in && n) ctx.move(own, in, n * es);
     if (detail::pow2(ctx.size()))
       detail::doubling_allgather(ctx, out, n, 0);
     else

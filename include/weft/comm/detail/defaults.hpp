@@ -44,7 +44,7 @@ template <class Ctx>
 void default_allgather(Ctx& ctx, const void* in, void* out, std::size_t n, std::size_t chunk) {
   const std::size_t es = dtype_size(ctx.call.type);
   void* own = at(out, static_cast<std::size_t>(ctx.rank()) * n, es);
-  if (own != in && n) std::memmove(own, in, n * es);
+  if (own != in && n) ctx.move(own, in, n * es);
   ring_allgatherv(ctx, out, Segments{n * static_cast<std::size_t>(ctx.size()), ctx.size()}, chunk);
 }
 
