@@ -427,32 +427,28 @@ constexpr std::size_t reported_bytes(Extent e, std::size_t es) { return std::max
 
 }  // namespace collectives
 
+// The tag's name, and whether it takes a root / combines values, read from its descriptor.
 constexpr const char* collective_name(Collective c) {
-  switch (c) {
-    case Collective::allreduce: return collectives::Allreduce::name;
-    case Collective::reduce_scatter: return collectives::ReduceScatter::name;
-    case Collective::allgather: return collectives::Allgather::name;
-    case Collective::broadcast: return collectives::Broadcast::name;
-    case Collective::reduce: return collectives::Reduce::name;
-    case Collective::gather: return collectives::Gather::name;
-    case Collective::scatter: return collectives::Scatter::name;
-    case Collective::alltoall: return collectives::Alltoall::name;
-    case Collective::barrier: return collectives::Barrier::name;
-    case Collective::send: return "send";
-    case Collective::recv: return "recv";
-  }
-  return "?";
+  if (c == Collective::send) return "send";
+  if (c == Collective::recv) return "recv";
+  const char* name = "?";
+  collectives::for_each([&](auto d) {
+    if (d.op == c) name = d.name;
+  });
+  return name;
 }
-
-// True for operations that take a root rank.
 constexpr bool has_root(Collective c) {
-  return c == Collective::broadcast || c == Collective::reduce || c == Collective::gather ||
-         c == Collective::scatter;
+  bool r = false;
+  collectives::for_each([&](auto d) { r = r || (d.op == c && d.rooted); });
+  return r;
+}
+constexpr bool is_reduction(Collective c) {
+  bool r = false;
+  collectives::for_each([&](auto d) { r = r || (d.op == c && d.reduces); });
+  return r;
 }
 
-// True for operations that combine values (take a ReduceOp).
-constexpr bool is_reduction(Collective c) {
-  return c == Collective::allreduce || c == Collective::reduce_scatter || c == Collective::reduce;
-}
+static_assert(collective_name(Collective::reduce_scatter)[0] == 'r' && has_root(Collective::scatter) &&
+              !has_root(Collective::alltoall) && is_reduction(Collective::reduce) && !is_reduction(Collective::gather));
 
 }  // namespace weft::comm
