@@ -427,9 +427,10 @@ class Communicator {
     return j;
   }
 
-  void check_broken(const Job& j) const {
+  void check_broken(const Job& j) const { check_broken(j.op); }
+  void check_broken(Collective op) const {
     if (broken())
-      throw BrokenError(std::string(collective_name(j.op)) + " on rank " + std::to_string(rank()) +
+      throw BrokenError(std::string(collective_name(op)) + " on rank " + std::to_string(rank()) +
                         ": the communicator is broken by an earlier failure: " + reason_);
   }
 
@@ -513,9 +514,7 @@ class Communicator {
     if ((peer < 0 && !(peer == -1 && op == Collective::recv)) || peer >= size() || peer == rank())
       throw_error<ValueError>(collective_name(op), " on rank ", rank(), ": peer ", peer,
                               " is not another rank of this ", size(), "-rank communicator");
-    if (broken())
-      throw BrokenError(std::string(collective_name(op)) + " on rank " + std::to_string(rank()) +
-                        ": the communicator is broken by an earlier failure: " + reason_);
+    check_broken(op);
     Request r;
     r.c_ = this;
     r.p2p_ = true;

@@ -31,14 +31,7 @@ struct HalvingDoubling {
   }
   template <class Ctx>
   void allgather(Ctx& ctx, const void* in, void* out, std::size_t n) const {
-    const std::size_t es = dtype_size(ctx.call.type);
-    void* own = detail::at(out, static_cast<std::size_t>(ctx.rank()) * n, es);
-    if (own != in && n) ctx.move(own, in, n * es);
-    if (detail::pow2(ctx.size()))
-      detail::doubling_allgather(ctx, out, n, chunk_bytes);
-    else
-      detail::ring_allgatherv(ctx, out, detail::Segments{n * static_cast<std::size_t>(ctx.size()), ctx.size()},
-                              chunk_bytes);
+    detail::doubling_allgather_or_ring(ctx, in, out, n, chunk_bytes);
   }
   template <class Ctx>
   void reduce(Ctx& ctx, const void* in, void* out, std::size_t n, int root) const {

@@ -31,13 +31,7 @@ struct RecursiveDoubling {
   }
   template <class Ctx>
   void allgather(Ctx& ctx, const void* in, void* out, std::size_t n) const {
-    const std::size_t es = dtype_size(ctx.call.type);
-    void* own = detail::at(out, static_cast<std::size_t>(ctx.rank()) * n, es);
-    if (own != in && n) ctx.move(own, in, n * es);
-    if (detail::pow2(ctx.size()))
-      detail::doubling_allgather(ctx, out, n, 0);
-    else
-      detail::ring_allgatherv(ctx, out, detail::Segments{n * static_cast<std::size_t>(ctx.size()), ctx.size()}, 0);
+    detail::doubling_allgather_or_ring(ctx, in, out, n, 0);
   }
 
   static double cost(Collective op, std::size_t bytes, int p, const CostModel& m) {

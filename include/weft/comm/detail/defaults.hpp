@@ -39,13 +39,29 @@ template <class Ctx>
 void default_gather(Ctx& ctx, const void* in, void* out, std::size_t n, int root) {
   linear_gatherv(ctx, in, out, Segments{n * static_cast<std::size_t>(ctx.size()), ctx.size()}, root);
 }
-// Copies this rank's block into place, then the ring gathers the others.
+// An allgather's first step: this rank's block of n into its place in `out`
+// (nothing to do in place).
 template <class Ctx>
-void default_allgather(Ctx& ctx, const void* in, void* out, std::size_t n, std::size_t chunk) {
+void place_own_block(Ctx& ctx, const void* in, void* out, std::size_t n) {
   const std::size_t es = dtype_size(ctx.call.type);
   void* own = at(out, static_cast<std::size_t>(ctx.rank()) * n, es);
   if (own != in && n) ctx.move(own, in, n * es);
+}
+// Copies this rank's block into place, then the ring gathers the others.
+template <class Ctx>
+void default_allgather(Ctx& ctx, const void* in, void* out, std::size_t n, std::size_t chunk) {
+  place_own_block(ctx, in, out, n);
   ring_allgatherv(ctx, out, Segments{n * static_cast<std::size_t>(ctx.size()), ctx.size()}, chunk);
+}
+// Recursive doubling on powers of two, else the ring (HalvingDoubling's and RecursiveDoubling's allgather).
+template <class Ctx>
+void doubling_allgather_or_ring(Ctx& ctx, const void* in, void* out, std::size_t n, std::size_t chunk) {
+  if (!pow2(ctx.size())) {
+    default_allgather(ctx, in, out, n, chunk);
+    return;
+  }
+  place_own_block(ctx, in, out, n);
+  doubling_allgather(ctx, out, n, chunk);
 }
 
 // One overload per collective, chosen by its descriptor.
