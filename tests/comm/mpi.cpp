@@ -9,6 +9,7 @@
 #include <weft/comm/algorithm/halving_doubling.hpp>
 #include <weft/comm/algorithm/hierarchical.hpp>
 #include <weft/comm/algorithm/native.hpp>
+#include <weft/comm/algorithm/ordered.hpp>
 #include <weft/comm/algorithm/recursive_doubling.hpp>
 #include <weft/comm/algorithm/ring.hpp>
 #include <weft/comm/algorithm/tree.hpp>
@@ -47,10 +48,19 @@ A small_chunks() {
 }  // namespace
 
 TEST_CASE_TEMPLATE("mpi: every collective x dtype x reduce op matches the reference", A, Ring, Tree,
-                   RecursiveDoubling, HalvingDoubling, Hierarchical<>, Native, Auto) {
+                   RecursiveDoubling, HalvingDoubling, Hierarchical<>, Native, Auto, Ordered<Ring>) {
   MpiTransport t;
   Communicator<A, MpiTransport> c(t, small_chunks<A>(), checked());
   agree(testing::erased(c, [](auto& e) { return testing::check_matrix(e, {0, 1, 7, 1031}); }));
+}
+
+TEST_CASE_TEMPLATE("mpi: the collective descriptors' exact inputs and checks hold", A, Ring, Native, Auto,
+                   Ordered<Ring>) {
+  MpiTransport t;
+  Communicator<A, MpiTransport> c(t, small_chunks<A>(), checked());
+  agree(testing::erased(c, [](auto& e) {
+    return testing::check_descriptors<float>(e, 7) + testing::check_descriptors<weft::bfloat16>(e, 1031);
+  }));
 }
 
 TEST_CASE_TEMPLATE("mpi: large buffers (16 MiB per rank)", A, Ring, HalvingDoubling, Native, Auto) {
@@ -69,6 +79,20 @@ TEST_CASE_TEMPLATE("mpi: deterministic mode equals the rank-order fold", A, Ring
                      testing::erased(c, [](auto& e) { return testing::check_deterministic<double>(e, 777, 12); }),
                      testing::erased(c, [](auto& e) { return testing::check_deterministic<weft::bfloat16>(e, 515, 13); })};
   agree(e[0] + e[1] + e[2]);
+}
+
+TEST_CASE("mpi: Ordered<HalvingDoubling> equals the rank-order fold without the option") {
+  MpiTransport t;
+  Communicator<Ordered<HalvingDoubling>, MpiTransport> c(t, {}, checked());
+  CHECK(c.deterministic());
+  agree(testing::erased(c, [](auto& e) { return testing::check_deterministic<float>(e, 1000, 11); }) +
+        testing::erased(c, [](auto& e) { return testing::check_deterministic<double>(e, 777, 12); }));
+}
+
+TEST_CASE("mpi: receive from any rank and probe (MPI_ANY_SOURCE, MPI_Iprobe)") {
+  MpiTransport t;
+  Communicator<Ring, MpiTransport> c(t, Ring{}, checked());
+  agree(testing::check_any_source(c));
 }
 
 TEST_CASE("mpi: non-blocking allreduce") {

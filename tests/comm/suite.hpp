@@ -14,12 +14,15 @@
 #include <weft/comm/reduce_op.hpp>
 #include <weft/core/dtype.hpp>
 
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <span>
 #include <sstream>
+#include <optional>
 #include <string>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -67,6 +70,10 @@ class AnyComm {
     run(Collective::alltoall, in, out, n, dtype_v<T>, ReduceOp::sum, -1);
   }
   void barrier() { run(Collective::barrier, nullptr, nullptr, 0, dtype::u8, ReduceOp::sum, -1); }
+  // Any collective by its run-time tag (the descriptors' checks below use it).
+  void call(Collective op, const void* in, void* out, std::size_t n, dtype d, ReduceOp r, int root) {
+    run(op, in, out, n, d, r, root);
+  }
   // isend to `to` and blocking recv from `from` (point-to-point, user tag).
   template <class T>
   void shift(const T* send, T* recv, std::size_t n, int to, int from, int tag) {
@@ -87,22 +94,9 @@ class Erased final : public AnyComm {
 
  protected:
   void run(Collective op, const void* in, void* out, std::size_t n, dtype d, ReduceOp r, int root) override {
-    if (op == Collective::barrier) return c_.barrier();
     detail::visit_dtype(d, [&](auto tag) {
       using E = decltype(tag);
-      auto* i = static_cast<const E*>(in);
-      auto* o = static_cast<E*>(out);
-      switch (op) {
-        case Collective::allreduce: c_.allreduce(i, o, n, r); break;
-        case Collective::reduce_scatter: c_.reduce_scatter(i, o, n, r); break;
-        case Collective::allgather: c_.allgather(i, o, n); break;
-        case Collective::broadcast: c_.broadcast(o, n, root); break;
-        case Collective::reduce: c_.reduce(i, o, n, root, r); break;
-        case Collective::gather: c_.gather(i, o, n, root); break;
-        case Collective::scatter: c_.scatter(i, o, n, root); break;
-        case Collective::alltoall: c_.alltoall(i, o, n); break;
-        default: break;
-      }
+      collectives::visit(op, [&](auto c) { c.call(c_, static_cast<const E*>(in), static_cast<E*>(out), n, root, r); });
     });
   }
   void sendrecv(const void* s, void* r, std::size_t n, dtype d, int to, int from, int tag) override {
@@ -410,6 +404,75 @@ std::string check_deterministic(AnyComm& c, std::size_t n, std::uint64_t seed) {
   c.reduce(in.data(), red.data(), n, 0);
   if (r == 0 && e.empty()) e = compare("deterministic reduce", red, 0, n, [&](std::size_t i) { return ordered_fold<T>(p, i, seed); });
   return e;
+}
+
+// Every collective through its descriptor (collective.hpp), as weft-bench
+// checks it: the descriptor's exact inputs, out-of-place and in-place (its
+// own placement), every reduce op for reductions, root p - 1; the result must
+// have no wrong element.
+template <class E>
+std::string check_descriptors(AnyComm& c, std::size_t n) {
+  const int p = c.size(), r = c.rank();
+  std::string err;
+  std::vector<E> send(n * static_cast<std::size_t>(p)), recv(send.size());
+  collectives::for_each([&](auto d) {
+    using D = decltype(d);
+    for (ReduceOp op : {ReduceOp::sum, ReduceOp::prod, ReduceOp::min, ReduceOp::max, ReduceOp::avg}) {
+      if (!D::reduces && op != ReduceOp::sum) continue;
+      const int root = D::rooted ? p - 1 : -1;
+      for (bool in_place : {false, true}) {
+        const Placement at = in_place ? D::in_place(recv.data(), n, sizeof(E), r, root) : Placement{send.data(), recv.data()};
+        const collectives::Exact x{op, p};
+        D::template fill<E>(x, at, n, r, root);
+        c.call(D::op, at.in, at.out, n, dtype_v<E>, op, root);
+        const std::int64_t wrong = D::template wrong<E>(x, at, n, r, root);
+        if (wrong && err.empty())
+          err = std::string(D::name) + (in_place ? " in-place " : " ") + reduce_op_name(op) + " (" +
+                dtype_name(dtype_v<E>) + " x " + std::to_string(n) + "): " + std::to_string(wrong) + " wrong";
+      }
+    }
+  });
+  return err;
+}
+
+// Any-source receive and probe (transports modelling AnySource): every rank
+// but 0 sends two messages (rank, 0) and (rank, 1) with one tag; rank 0 probes
+// until one waits (it must name a sender and the size), then receives all
+// 2(p-1) from any source: each sender twice, its two in the order sent, the
+// reported source matching the payload; afterwards nothing is left to probe.
+template <class C>
+std::string check_any_source(C& c) {
+  const int p = c.size(), r = c.rank(), tag = 7;
+  if (p == 1) return {};
+  std::string err;
+  if (r != 0) {
+    std::vector<std::int32_t> a{r, 0, 0}, b{r, 1, 0};
+    auto ra = c.isend(a, 0, tag);
+    auto rb = c.isend(b, 0, tag);
+    ra.wait();
+    rb.wait();
+  } else {
+    std::optional<Probe> pr;
+    for (auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+         !(pr = c.probe(tag)) && std::chrono::steady_clock::now() < until;)
+      std::this_thread::yield();
+    if (!pr) err = "probe found no message within 20 s";
+    else if (pr->peer < 1 || pr->peer >= p || pr->bytes != 3 * sizeof(std::int32_t))
+      err = "probe: peer " + std::to_string(pr->peer) + ", " + std::to_string(pr->bytes) + " bytes";
+    std::vector<int> next(static_cast<std::size_t>(p), 0);
+    for (int k = 0; k < 2 * (p - 1); ++k) {
+      std::vector<std::int32_t> v(3, -1);
+      const int from = c.recv_any(v, tag);
+      if (from < 1 || from >= p || v[0] != from || v[1] != next[static_cast<std::size_t>(from)]++) {
+        if (err.empty())
+          err = "recv_any: source " + std::to_string(from) + ", payload (" + std::to_string(v[0]) + ", " +
+                std::to_string(v[1]) + ")";
+      }
+    }
+  }
+  c.barrier();
+  if (r == 0 && c.probe(tag) && err.empty()) err = "probe still finds a message after every one was received";
+  return err;
 }
 
 }  // namespace weft::comm::testing

@@ -13,6 +13,7 @@
 #include <weft/comm/algorithm/halving_doubling.hpp>
 #include <weft/comm/algorithm/hierarchical.hpp>
 #include <weft/comm/algorithm/native.hpp>
+#include <weft/comm/algorithm/ordered.hpp>
 #include <weft/comm/algorithm/recursive_doubling.hpp>
 #include <weft/comm/algorithm/ring.hpp>
 #include <weft/comm/algorithm/tree.hpp>
@@ -61,7 +62,7 @@ namespace {
 #define WEFT_COMM_MATRIX_POLICIES WEFT_COMM_POLICIES
 #else
 #define WEFT_COMM_POLICIES Ring, Tree, RecursiveDoubling, HalvingDoubling, Hierarchical<>, Native, Auto
-#define WEFT_COMM_MATRIX_POLICIES WEFT_COMM_POLICIES, Hierarchical<Tree, RecursiveDoubling>
+#define WEFT_COMM_MATRIX_POLICIES WEFT_COMM_POLICIES, Hierarchical<Tree, RecursiveDoubling>, Ordered<Ring>
 #endif
 
 #if defined(WEFT_COMM_TEST_QUICK)
@@ -113,6 +114,24 @@ TEST_CASE_TEMPLATE("every collective x dtype x reduce op matches the reference",
   }
 }
 
+TEST_CASE_TEMPLATE("the collective descriptors' exact inputs and checks hold on every algorithm", A, WEFT_COMM_POLICIES,
+                   Ordered<Ring>) {
+  for (int p = 1; p <= max_ranks; ++p) {
+    CAPTURE(p);
+    auto errs = on_ranks<A>(
+        p,
+        [](auto& c) {
+          return testing::erased(c, [](auto& e) {
+            std::string x = testing::check_descriptors<float>(e, 7) + testing::check_descriptors<weft::bfloat16>(e, 1031) +
+                            testing::check_descriptors<std::uint8_t>(e, 13);
+            return x;
+          });
+        },
+        checked(), small_chunks<A>());
+    for (int r = 0; r < p; ++r) CHECK_MESSAGE(errs[static_cast<std::size_t>(r)] == "", "rank ", r);
+  }
+}
+
 TEST_CASE_TEMPLATE("large buffers (16 MiB per rank)", A, WEFT_COMM_POLICIES) {
   for (int p : {2, 3, 4}) {
     CAPTURE(p);
@@ -143,6 +162,25 @@ TEST_CASE_TEMPLATE("deterministic mode: bitwise equal to the rank-order fold for
           o, algo);
       for (int r = 0; r < p; ++r) CHECK_MESSAGE(errs[static_cast<std::size_t>(r)] == "", "rank ", r);
     }
+  }
+}
+
+// The policy itself, without the option: its communicator reports deterministic
+// mode (and fingerprints it) and every reduction is the rank-order fold.
+TEST_CASE_TEMPLATE("Ordered<Inner>: bitwise equal to the rank-order fold whatever the inner algorithm", A, Ordered<Ring>,
+                   Ordered<HalvingDoubling>, Ordered<Hierarchical<>>) {
+  for (int p = 1; p <= max_ranks; ++p) {
+    CAPTURE(p);
+    auto errs = on_ranks<A>(
+        p,
+        [](auto& c) {
+          if (!c.deterministic()) return std::string("deterministic() is false for an Ordered policy");
+          std::string e[] = {testing::erased(c, [](auto& e) { return testing::check_deterministic<float>(e, 1000, 11); }),
+                             testing::erased(c, [](auto& e) { return testing::check_deterministic<weft::bfloat16>(e, 515, 13); })};
+          return e[0] + e[1];
+        },
+        checked());
+    for (int r = 0; r < p; ++r) CHECK_MESSAGE(errs[static_cast<std::size_t>(r)] == "", "rank ", r);
   }
 }
 
@@ -415,6 +453,25 @@ TEST_CASE("an exception on one rank makes the others fail fast; run_local rethro
   for (int r : {0, 2, 3})
     CHECK_MESSAGE(msgs[static_cast<std::size_t>(r)].find("rank 1 (thread rank) failed: boom on rank 1") != std::string::npos,
                   msgs[static_cast<std::size_t>(r)]);
+}
+
+TEST_CASE("receive from any rank and probe (AnySource)") {
+  for (int p : {1, 2, 3, 5}) {
+    CAPTURE(p);
+    auto errs = on_ranks<Ring>(p, [](auto& c) { return testing::check_any_source(c); }, checked());
+    for (int r = 0; r < p; ++r) CHECK_MESSAGE(errs[static_cast<std::size_t>(r)] == "", "rank ", r);
+  }
+  // Nobody sends: the wait ends at its deadline, saying so.
+  run_local(2, [](ThreadTransport& t) {
+    Communicator<Ring, ThreadTransport> c(t, Ring{}, checked());
+    if (c.rank() == 0) {
+      std::vector<float> v(4);
+      CHECK(!c.probe(3));
+      CHECK_THROWS_WITH_AS(c.recv_any(v, 3, CallOptions{100ms}), doctest::Contains("recv from any rank (tag 3) on rank 0 timed out: no rank sent"),
+                           TimeoutError);
+    }
+    c.barrier();
+  });
 }
 
 TEST_CASE("bad arguments name the call and the rank") {

@@ -1,9 +1,18 @@
 // The Algorithm concept: a policy (empty tag or constexpr aggregate of tuning
-// knobs) implementing every collective over Context<T> for any Transport T,
-// plus its alpha-beta cost formula. Data type and reduce op come from
-// ctx.call; counts are elements. In-place forms follow NCCL: allreduce and
-// broadcast in == out; reduce_scatter out == in + rank*count; allgather
-// in == out + rank*count; reduce and gather in == out on the root.
+// knobs) with a name, an alpha-beta cost formula, and its own schedule for
+// the collectives it does its own way; every other collective falls back to
+// the default schedule (detail/defaults.hpp). run_collective<D>(a, ctx, args)
+// is how every caller (the communicator, policies built from other policies)
+// runs collective D on policy a, so the choice is made in one place.
+//
+// A policy's own schedule for D is a member with D's signature
+// (collectives::D::own names it: `allreduce(ctx, in, out, n)`,
+// `broadcast(ctx, buf, n, root)`, `barrier(ctx)`, ...), else one generic
+// member `run(D, ctx, args)` for policies that wrap or forward every
+// collective (Auto, Hierarchical, Compressed, Ordered). Data type and reduce op come from ctx.call; counts are
+// elements. In-place forms follow NCCL: allreduce and broadcast in == out;
+// reduce_scatter out == in + rank*count; allgather in == out + rank*count;
+// reduce and gather in == out on the root.
 #pragma once
 
 #include <concepts>
@@ -12,6 +21,7 @@
 
 #include "collective.hpp"
 #include "context.hpp"
+#include "detail/defaults.hpp"
 #include "tuning/cost_model.hpp"
 #include "transport.hpp"
 
@@ -37,20 +47,31 @@ struct ArchetypeTransport {
 };
 }  // namespace detail
 
+// Policy A has its own schedule for collective D (descriptor in collective.hpp) over context Ctx.
+template <class A, class D, class Ctx>
+concept Schedules = requires(const A& a, Ctx& ctx, const Args& x) {
+  { a.run(D{}, ctx, x) } -> std::same_as<void>;
+} || requires(const A& a, Ctx& ctx, const Args& x) {
+  { D::own(a, ctx, x) } -> std::same_as<void>;
+};
+
+// Runs collective D on policy a: the policy's own schedule when it has one, else the default.
+template <class D, class A, class Ctx>
+void run_collective(const A& a, Ctx& ctx, const Args& x) {
+  if constexpr (requires { D::own(a, ctx, x); })
+    D::own(a, ctx, x);
+  else if constexpr (requires { a.run(D{}, ctx, x); })
+    a.run(D{}, ctx, x);
+  else
+    detail::default_schedule(D{}, a, ctx, x);
+}
+
+// A policy over transport T: a name, a cost formula, and at least its own
+// allreduce (the collective every algorithm exists for); the rest may fall back.
 template <class A, class T>
-concept AlgorithmFor = Transport<T> && std::copyable<A> &&
-    requires(const A& a, Context<T>& ctx, const void* in, void* out, std::size_t n, int root, Collective op,
-             std::size_t bytes, int p, const CostModel& m) {
+concept AlgorithmFor = Transport<T> && std::copyable<A> && Schedules<A, collectives::Allreduce, Context<T>> &&
+    requires(const A& a, Collective op, std::size_t bytes, int p, const CostModel& m) {
       { A::name } -> std::convertible_to<const char*>;
-      { a.allreduce(ctx, in, out, n) } -> std::same_as<void>;
-      { a.reduce_scatter(ctx, in, out, n) } -> std::same_as<void>;
-      { a.allgather(ctx, in, out, n) } -> std::same_as<void>;
-      { a.broadcast(ctx, out, n, root) } -> std::same_as<void>;
-      { a.reduce(ctx, in, out, n, root) } -> std::same_as<void>;
-      { a.gather(ctx, in, out, n, root) } -> std::same_as<void>;
-      { a.scatter(ctx, in, out, n, root) } -> std::same_as<void>;
-      { a.alltoall(ctx, in, out, n) } -> std::same_as<void>;
-      { a.barrier(ctx) } -> std::same_as<void>;
       { a.cost(op, bytes, p, m) } -> std::same_as<double>;
     };
 

@@ -4,7 +4,9 @@
 // calls fail on every rank naming who called what, and on any communication
 // failure the communicator is marked broken so later calls fail at once.
 // Deterministic mode computes every reduction in rank order (bitwise equal
-// across algorithms, chunk sizes and runs for a given rank count).
+// across algorithms, chunk sizes and runs for a given rank count): it routes
+// reductions through Ordered's schedules (algorithm/ordered.hpp), which a
+// Communicator<Ordered<Inner>, T> uses always.
 //
 //   weft::comm::run_local(4, [](auto& t) {
 //     weft::comm::Communicator<weft::comm::Ring, std::decay_t<decltype(t)>> comm{t};
@@ -24,6 +26,7 @@
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <ranges>
 #include <span>
 #include <string>
@@ -35,6 +38,7 @@
 #include "../core/dtype.hpp"
 #include "../core/error.hpp"
 #include "algorithm.hpp"
+#include "algorithm/ordered.hpp"
 #include "collective.hpp"
 #include "context.hpp"
 #include "deadline.hpp"
@@ -122,6 +126,7 @@ class Communicator {
       if (!c_) return;
       if (p2p_) {
         c_->wait_p2p(*this);
+        if (peer_ < 0) peer_ = req_.peer();  // any-source receive: the sender
       } else {
         c_->wait_ticket(ticket_, deadline_);
       }
@@ -133,6 +138,10 @@ class Communicator {
       if (done) wait();
       return done;
     }
+
+    // Point-to-point: the peer; for an any-source receive, the sender once
+    // complete (-1 before).
+    int source() const { return peer_; }
 
    private:
     friend class Communicator;
@@ -175,7 +184,8 @@ class Communicator {
   void set_timeout(Duration d) { opts_.timeout = d; }
   bool fingerprints() const { return opts_.fingerprints; }
   void set_fingerprints(bool on) { opts_.fingerprints = on; }
-  bool deterministic() const { return opts_.deterministic; }
+  // Reductions in rank order (CommOptions::deterministic, or an Ordered policy).
+  bool deterministic() const { return opts_.deterministic || detail::is_ordered_v<Algo>; }
   void set_deterministic(bool on) {
     check_deterministic(on);
     opts_.deterministic = on;
@@ -224,114 +234,83 @@ class Communicator {
   }
 
   // ---- blocking collectives: ranges (std::vector, std::span, std::array) --------
+  // The count comes from the buffers, checked against the collective's extent
+  // (collective.hpp): `out` of reduce and gather, and `in` of scatter, are only
+  // read on the root (they may be empty elsewhere).
   template <CommBuffer In, CommBuffer Out>
   void allreduce(const In& in, Out&& out, ReduceOp op = ReduceOp::sum, CallOptions o = {}) {
-    same_size("allreduce", "input", std::ranges::size(in), "output", std::ranges::size(out));
-    allreduce(std::ranges::data(in), std::ranges::data(out), std::ranges::size(in), op, o);
+    run(ranged<collectives::Allreduce>("", in, out, -1, op, o));
   }
   template <CommBuffer IO>
   void allreduce(IO&& inout, ReduceOp op = ReduceOp::sum, CallOptions o = {}) {
-    allreduce(std::ranges::data(inout), std::ranges::data(inout), std::ranges::size(inout), op, o);
+    run(ranged<collectives::Allreduce>("", inout, inout, -1, op, o));
   }
   template <CommBuffer In, CommBuffer Out>
   void reduce_scatter(const In& in, Out&& out, ReduceOp op = ReduceOp::sum, CallOptions o = {}) {
-    same_size("reduce_scatter", "input", std::ranges::size(in), "size() x output", size() * std::ranges::size(out));
-    reduce_scatter(std::ranges::data(in), std::ranges::data(out), std::ranges::size(out), op, o);
+    run(ranged<collectives::ReduceScatter>("", in, out, -1, op, o));
   }
   template <CommBuffer In, CommBuffer Out>
   void allgather(const In& in, Out&& out, CallOptions o = {}) {
-    same_size("allgather", "size() x input", size() * std::ranges::size(in), "output", std::ranges::size(out));
-    allgather(std::ranges::data(in), std::ranges::data(out), std::ranges::size(in), o);
+    run(ranged<collectives::Allgather>("", in, out, -1, ReduceOp::sum, o));
   }
   template <CommBuffer IO>
   void broadcast(IO&& buf, int root, CallOptions o = {}) {
-    broadcast(std::ranges::data(buf), std::ranges::size(buf), root, o);
+    run(ranged<collectives::Broadcast>("", buf, buf, root, ReduceOp::sum, o));
   }
-  // `out` is only written on the root (it may be empty elsewhere).
   template <CommBuffer In, CommBuffer Out>
   void reduce(const In& in, Out&& out, int root, ReduceOp op = ReduceOp::sum, CallOptions o = {}) {
-    if (rank() == root) same_size("reduce", "input", std::ranges::size(in), "output", std::ranges::size(out));
-    reduce(std::ranges::data(in), std::ranges::data(out), std::ranges::size(in), root, op, o);
+    run(ranged<collectives::Reduce>("", in, out, root, op, o));
   }
   template <CommBuffer In, CommBuffer Out>
   void gather(const In& in, Out&& out, int root, CallOptions o = {}) {
-    if (rank() == root)
-      same_size("gather", "size() x input", size() * std::ranges::size(in), "output", std::ranges::size(out));
-    gather(std::ranges::data(in), std::ranges::data(out), std::ranges::size(in), root, o);
+    run(ranged<collectives::Gather>("", in, out, root, ReduceOp::sum, o));
   }
   template <CommBuffer In, CommBuffer Out>
   void scatter(const In& in, Out&& out, int root, CallOptions o = {}) {
-    if (rank() == root)
-      same_size("scatter", "input", std::ranges::size(in), "size() x output", size() * std::ranges::size(out));
-    scatter(std::ranges::data(in), std::ranges::data(out), std::ranges::size(out), root, o);
+    run(ranged<collectives::Scatter>("", in, out, root, ReduceOp::sum, o));
   }
   template <CommBuffer In, CommBuffer Out>
   void alltoall(const In& in, Out&& out, CallOptions o = {}) {
-    same_size("alltoall", "input", std::ranges::size(in), "output", std::ranges::size(out));
-    if (std::ranges::size(in) % static_cast<std::size_t>(size()))
-      throw_error<ValueError>("alltoall on rank ", rank(), ": buffer of ", std::ranges::size(in),
-                              " elements does not split into ", size(), " equal blocks");
-    alltoall(std::ranges::data(in), std::ranges::data(out), std::ranges::size(in) / static_cast<std::size_t>(size()), o);
+    run(ranged<collectives::Alltoall>("", in, out, -1, ReduceOp::sum, o));
   }
 
   // ---- non-blocking collectives: return a Request; the call runs on this
   // communicator's progress thread (started on first use) in issue order.
   template <CommBuffer In, CommBuffer Out>
   [[nodiscard]] Request iallreduce(const In& in, Out&& out, ReduceOp op = ReduceOp::sum, CallOptions o = {}) {
-    same_size("iallreduce", "input", std::ranges::size(in), "output", std::ranges::size(out));
-    return submit(make(Collective::allreduce, std::ranges::data(in), std::ranges::data(out), std::ranges::size(in),
-                       elem<In>(), op, -1, o));
+    return submit(ranged<collectives::Allreduce>("i", in, out, -1, op, o));
   }
   template <CommBuffer IO>
   [[nodiscard]] Request iallreduce(IO&& inout, ReduceOp op = ReduceOp::sum, CallOptions o = {}) {
-    return submit(make(Collective::allreduce, std::ranges::data(inout), std::ranges::data(inout),
-                       std::ranges::size(inout), elem<IO>(), op, -1, o));
+    return submit(ranged<collectives::Allreduce>("i", inout, inout, -1, op, o));
   }
   template <CommBuffer In, CommBuffer Out>
   [[nodiscard]] Request ireduce_scatter(const In& in, Out&& out, ReduceOp op = ReduceOp::sum, CallOptions o = {}) {
-    same_size("ireduce_scatter", "input", std::ranges::size(in), "size() x output", size() * std::ranges::size(out));
-    return submit(make(Collective::reduce_scatter, std::ranges::data(in), std::ranges::data(out),
-                       std::ranges::size(out), elem<In>(), op, -1, o));
+    return submit(ranged<collectives::ReduceScatter>("i", in, out, -1, op, o));
   }
   template <CommBuffer In, CommBuffer Out>
   [[nodiscard]] Request iallgather(const In& in, Out&& out, CallOptions o = {}) {
-    same_size("iallgather", "size() x input", size() * std::ranges::size(in), "output", std::ranges::size(out));
-    return submit(make(Collective::allgather, std::ranges::data(in), std::ranges::data(out), std::ranges::size(in),
-                       elem<In>(), ReduceOp::sum, -1, o));
+    return submit(ranged<collectives::Allgather>("i", in, out, -1, ReduceOp::sum, o));
   }
   template <CommBuffer IO>
   [[nodiscard]] Request ibroadcast(IO&& buf, int root, CallOptions o = {}) {
-    return submit(make(Collective::broadcast, std::ranges::data(buf), std::ranges::data(buf), std::ranges::size(buf),
-                       elem<IO>(), ReduceOp::sum, root, o));
+    return submit(ranged<collectives::Broadcast>("i", buf, buf, root, ReduceOp::sum, o));
   }
   template <CommBuffer In, CommBuffer Out>
   [[nodiscard]] Request ireduce(const In& in, Out&& out, int root, ReduceOp op = ReduceOp::sum, CallOptions o = {}) {
-    if (rank() == root) same_size("ireduce", "input", std::ranges::size(in), "output", std::ranges::size(out));
-    return submit(make(Collective::reduce, std::ranges::data(in), std::ranges::data(out), std::ranges::size(in),
-                       elem<In>(), op, root, o));
+    return submit(ranged<collectives::Reduce>("i", in, out, root, op, o));
   }
   template <CommBuffer In, CommBuffer Out>
   [[nodiscard]] Request igather(const In& in, Out&& out, int root, CallOptions o = {}) {
-    if (rank() == root)
-      same_size("igather", "size() x input", size() * std::ranges::size(in), "output", std::ranges::size(out));
-    return submit(make(Collective::gather, std::ranges::data(in), std::ranges::data(out), std::ranges::size(in),
-                       elem<In>(), ReduceOp::sum, root, o));
+    return submit(ranged<collectives::Gather>("i", in, out, root, ReduceOp::sum, o));
   }
   template <CommBuffer In, CommBuffer Out>
   [[nodiscard]] Request iscatter(const In& in, Out&& out, int root, CallOptions o = {}) {
-    if (rank() == root)
-      same_size("iscatter", "input", std::ranges::size(in), "size() x output", size() * std::ranges::size(out));
-    return submit(make(Collective::scatter, std::ranges::data(in), std::ranges::data(out), std::ranges::size(out),
-                       elem<Out>(), ReduceOp::sum, root, o));
+    return submit(ranged<collectives::Scatter>("i", in, out, root, ReduceOp::sum, o));
   }
   template <CommBuffer In, CommBuffer Out>
   [[nodiscard]] Request ialltoall(const In& in, Out&& out, CallOptions o = {}) {
-    same_size("ialltoall", "input", std::ranges::size(in), "output", std::ranges::size(out));
-    if (std::ranges::size(in) % static_cast<std::size_t>(size()))
-      throw_error<ValueError>("ialltoall on rank ", rank(), ": buffer of ", std::ranges::size(in),
-                              " elements does not split into ", size(), " equal blocks");
-    return submit(make(Collective::alltoall, std::ranges::data(in), std::ranges::data(out),
-                       std::ranges::size(in) / static_cast<std::size_t>(size()), elem<In>(), ReduceOp::sum, -1, o));
+    return submit(ranged<collectives::Alltoall>("i", in, out, -1, ReduceOp::sum, o));
   }
   [[nodiscard]] Request ibarrier(CallOptions o = {}) {
     return submit(make(Collective::barrier, nullptr, nullptr, 0, dtype::u8, ReduceOp::sum, -1, o));
@@ -361,15 +340,73 @@ class Communicator {
     return r;
   }
 
+  // ---- receive from any rank (transports modelling AnySource: threads, MPI) -------
+  // The first message with `tag` from whichever rank sends it; wait() then
+  // source() name the sender. probe() reports a waiting message (sender and
+  // size) without receiving it. Sends are the ordinary send/isend.
+  template <CommBuffer Out>
+  [[nodiscard]] Request irecv_any(Out&& buf, int tag = 0, CallOptions o = {}) {
+    require_any_source();
+    Request r = p2p_request(Collective::recv, -1, tag, o);
+    if constexpr (AnySource<T>)
+      r.req_ = ctx_.transport().irecv_any(std::ranges::data(buf), std::ranges::size(buf) * sizeof(*std::ranges::data(buf)),
+                                          user_tag_base | static_cast<Tag>(tag));
+    return r;
+  }
+  // Blocking: returns the sender.
+  template <CommBuffer Out>
+  int recv_any(Out&& buf, int tag = 0, CallOptions o = {}) {
+    Request r = irecv_any(buf, tag, o);
+    r.wait();
+    return r.source();
+  }
+  std::optional<Probe> probe(int tag = 0) {
+    require_any_source();
+    check_tag(Collective::recv, tag);
+    if constexpr (AnySource<T>)
+      return ctx_.transport().iprobe(user_tag_base | static_cast<Tag>(tag));
+    else
+      return std::nullopt;
+  }
+
  private:
+  template <class U = T>
+  static void require_any_source() {
+    static_assert(AnySource<U>,
+                  "comm: receiving from any rank needs a transport modelling AnySource (ThreadTransport, "
+                  "MpiTransport); with this transport receive from a known peer: recv(buf, peer, tag)");
+  }
+
+  void check_tag(Collective op, int tag) const {
+    if (tag < 0 || tag > static_cast<int>(max_user_tag))
+      throw_error<ValueError>(collective_name(op), " on rank ", rank(), ": tag ", tag, " is outside 0..", max_user_tag);
+  }
+
   template <class R>
   static constexpr dtype elem() {
     return dtype_v<std::remove_cv_t<std::ranges::range_value_t<R>>>;
   }
 
-  void same_size(const char* op, const char* a, std::size_t na, const char* b, std::size_t nb) const {
-    if (na != nb)
-      throw_error<ValueError>(op, " on rank ", rank(), ": ", a, " has ", na, " elements but ", b, " has ", nb);
+  // A call on ranges: the count from the buffer this rank must pass (the
+  // input where it needs one), both sizes checked against D's extent.
+  template <class D, class In, class Out>
+  Job ranged(const char* prefix, const In& in, Out&& out, int root, ReduceOp op, CallOptions o) {
+    static_assert(std::is_same_v<std::remove_cv_t<std::ranges::range_value_t<In>>,
+                                 std::remove_cv_t<std::ranges::range_value_t<Out>>>,
+                  "comm: a collective's input and output hold the same element type");
+    const std::size_t ni = std::ranges::size(in), no = std::ranges::size(out);
+    const bool is_root = rank() == root, by_in = D::needs_in(is_root);
+    const Extent unit = D::extent(1, size());
+    const std::size_t per = by_in ? unit.in : unit.out, have = by_in ? ni : no;
+    if (have % per)
+      throw_error<ValueError>(prefix, D::name, " on rank ", rank(), ": ", by_in ? "input" : "output", " of ", have,
+                              " elements does not split into ", size(), " equal blocks");
+    const std::size_t n = have / per;
+    const Extent e = D::extent(n, size());
+    if ((D::needs_in(is_root) && ni != e.in) || (D::needs_out(is_root) && no != e.out))
+      throw_error<ValueError>(prefix, D::name, " on rank ", rank(), ": input has ", ni, " elements and output ", no,
+                              ", but ", D::name, " of ", n, " on ", size(), " ranks takes ", e.in, " and ", e.out);
+    return make(D::op, std::ranges::data(in), std::ranges::data(out), n, elem<In>(), op, root, o);
   }
 
   Job make(Collective op, const void* in, void* out, std::size_t n, dtype t, ReduceOp r, int root, CallOptions o) {
@@ -377,9 +414,11 @@ class Communicator {
       throw_error<ValueError>(collective_name(op), " on rank ", rank(), ": root ", root, " is not a rank of this ",
                               size(), "-rank communicator");
     if (n && op != Collective::barrier) {
-      bool needs_in = !(op == Collective::scatter && rank() != root) && op != Collective::broadcast;
-      bool needs_out = !((op == Collective::reduce || op == Collective::gather) && rank() != root);
-      if ((needs_in && !in) || (needs_out && !out))
+      const bool is_root = rank() == root;
+      const bool missing = collectives::visit(op, [&](auto d) {
+        return (d.needs_in(is_root) && !in) || (d.needs_out(is_root) && !out);
+      });
+      if (missing)
         throw_error<ValueError>(collective_name(op), " on rank ", rank(), ": null buffer for ", n, " elements");
     }
     Job j;
@@ -396,9 +435,10 @@ class Communicator {
     return j;
   }
 
-  void check_broken(const Job& j) const {
+  void check_broken(const Job& j) const { check_broken(j.op); }
+  void check_broken(Collective op) const {
     if (broken())
-      throw BrokenError(std::string(collective_name(j.op)) + " on rank " + std::to_string(rank()) +
+      throw BrokenError(std::string(collective_name(op)) + " on rank " + std::to_string(rank()) +
                         ": the communicator is broken by an earlier failure: " + reason_);
   }
 
@@ -444,7 +484,7 @@ class Communicator {
     c.name = j.name;
     try {
       if (opts_.fingerprints && size() > 1) {
-        Fingerprint f{j.seq, j.count, j.root, j.op, j.type, j.reduce, static_cast<std::uint8_t>(opts_.deterministic)};
+        Fingerprint f{j.seq, j.count, j.root, j.op, j.type, j.reduce, static_cast<std::uint8_t>(deterministic())};
         f.set_algorithm(detail::algorithm_of_call(algo_, j.op, j.type, j.count, size(), ctx_.transport().name()));
         ctx_.check_fingerprints(f);
       }
@@ -457,64 +497,35 @@ class Communicator {
 
   void dispatch(const Job& j) {
     if (j.count == 0 && j.op != Collective::barrier) return;
-    const int p = size(), r = rank();
-    const std::size_t es = dtype_size(j.type);
-    if (opts_.deterministic && is_reduction(j.op) && p > 1) {
-      switch (j.op) {
-        case Collective::allreduce: {
-          detail::Segments seg{j.count, p};
-          detail::ordered_reduce_scatter(ctx_, j.in, 0, seg, detail::at(j.out, seg.off(r), es));
-          detail::ring_allgatherv(ctx_, j.out, seg, std::size_t{1} << 20);
-          return;
-        }
-        case Collective::reduce_scatter:
-          detail::ordered_reduce_scatter(ctx_, j.in, 0, detail::Segments{j.count * static_cast<std::size_t>(p), p},
-                                         j.out);
-          return;
-        default: {  // reduce
-          detail::Segments seg{j.count, p};
-          void* dst = r == j.root ? static_cast<void*>(detail::at(j.out, seg.off(r), es)) : det_.get(seg.len(r) * es);
-          detail::ordered_reduce_scatter(ctx_, j.in, 0, seg, dst);
-          detail::linear_gatherv(ctx_, dst, j.out, seg, j.root);
-          return;
-        }
-      }
-    }
-    switch (j.op) {
-      case Collective::allreduce: algo_.allreduce(ctx_, j.in, j.out, j.count); return;
-      case Collective::reduce_scatter: algo_.reduce_scatter(ctx_, j.in, j.out, j.count); return;
-      case Collective::allgather: algo_.allgather(ctx_, j.in, j.out, j.count); return;
-      case Collective::broadcast: algo_.broadcast(ctx_, j.out, j.count, j.root); return;
-      case Collective::reduce: algo_.reduce(ctx_, j.in, j.out, j.count, j.root); return;
-      case Collective::gather: algo_.gather(ctx_, j.in, j.out, j.count, j.root); return;
-      case Collective::scatter: algo_.scatter(ctx_, j.in, j.out, j.count, j.root); return;
-      case Collective::alltoall:
+    const int p = size();
+    collectives::visit(j.op, [&](auto d) {
+      using D = decltype(d);
+      Args x{j.in, j.out, j.count, j.root};
+      // Deterministic mode: reductions by Ordered's schedules (an Ordered policy is always deterministic).
+      if constexpr (D::reduces && !requires { Algo::compresses; })
+        if (opts_.deterministic && Ordered<>::in_rank_order(d, ctx_, x)) return;
+      if constexpr (std::is_same_v<D, collectives::Alltoall>) {
         if (j.in == j.out && p > 1) {
           // In place: the schedules read this rank's input while other ranks'
           // blocks land in the output, so the input is staged first.
           const std::size_t bytes = j.count * static_cast<std::size_t>(p) * dtype_size(j.type);
           void* staged = a2a_.get(bytes);
-          std::memcpy(staged, j.in, bytes);
-          algo_.alltoall(ctx_, staged, j.out, j.count);
-          return;
+          ctx_.copy(staged, j.in, bytes);
+          x.in = staged;
         }
-        algo_.alltoall(ctx_, j.in, j.out, j.count);
-        return;
-      case Collective::barrier: algo_.barrier(ctx_); return;
-      default: return;
-    }
+      }
+      run_collective<D>(algo_, ctx_, x);
+    });
   }
 
   // ---- point-to-point requests ----
+  // peer -1: any source (irecv_any).
   Request p2p_request(Collective op, int peer, int tag, CallOptions o) {
-    if (tag < 0 || tag > static_cast<int>(max_user_tag))
-      throw_error<ValueError>(collective_name(op), " on rank ", rank(), ": tag ", tag, " is outside 0..", max_user_tag);
-    if (peer < 0 || peer >= size() || peer == rank())
+    check_tag(op, tag);
+    if ((peer < 0 && !(peer == -1 && op == Collective::recv)) || peer >= size() || peer == rank())
       throw_error<ValueError>(collective_name(op), " on rank ", rank(), ": peer ", peer,
                               " is not another rank of this ", size(), "-rank communicator");
-    if (broken())
-      throw BrokenError(std::string(collective_name(op)) + " on rank " + std::to_string(rank()) +
-                        ": the communicator is broken by an earlier failure: " + reason_);
+    check_broken(op);
     Request r;
     r.c_ = this;
     r.p2p_ = true;
@@ -529,10 +540,11 @@ class Communicator {
     WaitStatus s = ctx_.transport().wait(r.req_, r.deadline_);
     if (s == WaitStatus::done) return;
     ctx_.transport().cancel(r.req_);
-    std::string what = std::string(collective_name(r.op_)) + (r.op_ == Collective::send ? " to" : " from") +
-                       " rank " + std::to_string(r.peer_) + " (tag " + std::to_string(r.tag_) + ") on rank " +
-                       std::to_string(rank());
-    if (s == WaitStatus::timed_out) throw TimeoutError(what + " timed out: rank " + std::to_string(r.peer_) + " did not arrive");
+    const std::string who = r.peer_ < 0 ? std::string("any rank") : "rank " + std::to_string(r.peer_);
+    std::string what = std::string(collective_name(r.op_)) + (r.op_ == Collective::send ? " to " : " from ") + who +
+                       " (tag " + std::to_string(r.tag_) + ") on rank " + std::to_string(rank());
+    if (s == WaitStatus::timed_out)
+      throw TimeoutError(what + " timed out: " + (r.peer_ < 0 ? std::string("no rank sent") : who + " did not arrive"));
     throw PeerFailedError(what + " abandoned: " + ctx_.transport().failure());
   }
 
@@ -639,7 +651,6 @@ class Communicator {
   std::uint64_t next_seq_ = 1;
   std::atomic<bool> broken_{false};
   std::string reason_;
-  detail::Buffer det_;
   detail::Buffer a2a_;  // staged input of in-place alltoall
   std::unique_ptr<Worker> worker_;
 };

@@ -4,20 +4,25 @@
 // (grown once, reused: no allocation in steady state), and provides the
 // chunk-pipelined exchange steps all algorithms are built from. A Context
 // over a sub-transport (Hierarchical's node and rail groups, split when its
-// communicator is built) names ranks as the communicator does.
+// communicator is built) names ranks as the communicator does. Scratch memory,
+// copies, combines and divisions go through an executor (HostExecutor: host
+// memory and loops), the seam a device executor will fill.
 #pragma once
 
 #include <algorithm>
 #include <chrono>
+#include <concepts>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <new>
 #include <span>
 #include <sstream>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "../core/dtype.hpp"
@@ -49,29 +54,81 @@ struct CallInfo {
   }
 };
 
-namespace detail {
-struct FreeDeleter {
-  void operator()(std::byte* p) const noexcept { std::free(p); }
+// What a collective does locally besides moving messages: scratch memory,
+// copies, combines and the division that ends avg. Context routes all of them
+// through one executor object, so a device executor can later provide device
+// memory and a stream (copies and combines queued on it) without touching the
+// schedules. Sizes in bytes; combine and divide count elements of `d`.
+template <class E>
+concept Executor = std::copyable<E> && requires(const E& e, std::byte* p, void* dst, const void* src, std::size_t n,
+                                                dtype d, ReduceOp op, int k) {
+  { e.allocate(n) } -> std::same_as<std::byte*>;  // 64-byte aligned, n a multiple of 64
+  { e.deallocate(p) } -> std::same_as<void>;
+  { e.copy(dst, src, n) } -> std::same_as<void>;  // disjoint
+  { e.move(dst, src, n) } -> std::same_as<void>;  // may overlap
+  { e.combine(d, op, src, src, dst, n) } -> std::same_as<void>;  // out = a (op) b; out may alias a or b
+  { e.divide(d, dst, n, k) } -> std::same_as<void>;             // buf[i] /= k
 };
 
-// A grow-only, 64-byte aligned buffer.
-class Buffer {
+// Host memory and the host loops of reduce_op.hpp.
+struct HostExecutor {
+  std::byte* allocate(std::size_t bytes) const {
+    auto* p = static_cast<std::byte*>(std::aligned_alloc(64, bytes));
+    if (!p) throw std::bad_alloc();
+    return p;
+  }
+  void deallocate(std::byte* p) const noexcept { std::free(p); }
+  void copy(void* dst, const void* src, std::size_t bytes) const { std::memcpy(dst, src, bytes); }
+  void move(void* dst, const void* src, std::size_t bytes) const { std::memmove(dst, src, bytes); }
+  void combine(dtype d, ReduceOp op, const void* a, const void* b, void* out, std::size_t n) const {
+    detail::combine(d, op, a, b, out, n);
+  }
+  void divide(dtype d, void* buf, std::size_t n, int k) const { detail::divide_by(d, buf, n, k); }
+};
+static_assert(Executor<HostExecutor>);
+
+namespace detail {
+// A grow-only, 64-byte aligned buffer from an executor's memory.
+template <Executor Exec>
+class BasicBuffer {
  public:
+  BasicBuffer() = default;
+  explicit BasicBuffer(Exec e) : exec_(std::move(e)) {}
+  BasicBuffer(BasicBuffer&& o) noexcept
+      : exec_(o.exec_), data_(std::exchange(o.data_, nullptr)), cap_(std::exchange(o.cap_, 0)) {}
+  BasicBuffer& operator=(BasicBuffer&& o) noexcept {
+    if (this != &o) {
+      release();
+      exec_ = o.exec_;
+      data_ = std::exchange(o.data_, nullptr);
+      cap_ = std::exchange(o.cap_, 0);
+    }
+    return *this;
+  }
+  ~BasicBuffer() { release(); }
+
   std::byte* get(std::size_t bytes) {
     if (bytes > cap_) {
       std::size_t n = (bytes + 63) / 64 * 64;
-      auto* p = static_cast<std::byte*>(std::aligned_alloc(64, n));
-      if (!p) throw std::bad_alloc();
-      data_.reset(p);
+      std::byte* p = exec_.allocate(n);
+      release();
+      data_ = p;
       cap_ = n;
     }
-    return data_.get();
+    return data_;
   }
 
  private:
-  std::unique_ptr<std::byte, FreeDeleter> data_;
+  void release() noexcept {
+    if (data_) exec_.deallocate(data_);
+    data_ = nullptr;
+    cap_ = 0;
+  }
+  Exec exec_{};
+  std::byte* data_ = nullptr;
   std::size_t cap_ = 0;
 };
+using Buffer = BasicBuffer<HostExecutor>;
 
 inline std::string seconds(Duration d) {
   std::ostringstream os;
@@ -88,16 +145,18 @@ inline constexpr Tag data_tag_base = 0x0000, fingerprint_tag_base = 0x2000, user
 inline constexpr Tag max_user_tag = 0x1fff;
 inline constexpr Tag setup_tag_names = 0x7ffd, setup_tag_nodes = 0x7ffe;  // 0x7fff: MpiTransport::split
 
-template <Transport T>
+template <Transport T, Executor Exec = HostExecutor>
 class Context {
  public:
   using Request = typename T::Request;
+  using executor_type = Exec;
 
-  explicit Context(T t) : t_(std::move(t)) {
-    names_.resize(static_cast<std::size_t>(t_.size()));
-    for (int i = 0; i < t_.size(); ++i) names_[static_cast<std::size_t>(i)] = i;
+  explicit Context(T t, Exec e = {}) : Context(std::move(t), std::vector<int>{}, std::move(e)) {
+    names_ = identity(t_.size());
   }
-  Context(T t, std::vector<int> names) : t_(std::move(t)), names_(std::move(names)) {}
+  Context(T t, std::vector<int> names, Exec e = {})
+      : t_(std::move(t)), names_(std::move(names)), exec_(std::move(e)),
+        scratch_{detail::BasicBuffer<Exec>(exec_), detail::BasicBuffer<Exec>(exec_)}, staging_(exec_) {}
 
   T& transport() { return t_; }
   const T& transport() const { return t_; }
@@ -116,6 +175,19 @@ class Context {
   // between calls). Two independent slots, so a block that needs its own
   // scratch (slot 1) can run inside one that holds slot 0.
   std::byte* workspace(std::size_t bytes, int slot = 0) { return scratch_[slot & 1].get(bytes); }
+
+  // Local work through the executor (schedules call these, never memcpy or
+  // the combine loops): copy (disjoint) and move (may overlap) bytes, combine
+  // and divide elements of this call's type with its reduce op.
+  Exec& executor() { return exec_; }
+  void copy(void* dst, const void* src, std::size_t bytes) { exec_.copy(dst, src, bytes); }
+  void move(void* dst, const void* src, std::size_t bytes) { exec_.move(dst, src, bytes); }
+  void combine(const void* a, const void* b, void* out, std::size_t n) {
+    if (n) exec_.combine(call.type, call.reduce, a, b, out, n);
+  }
+  void divide(void* buf, std::size_t n, int k) {
+    if (n && k != 1) exec_.divide(call.type, buf, n, k);
+  }
 
   // n reusable request slots (grown once; a later call reuses them).
   std::span<Request> requests(std::size_t n) {
@@ -218,7 +290,7 @@ class Context {
         wait(rr[c % 2]);
         if constexpr (!RecvReduce<T>) {
           std::size_t b = piece(rcount * es, c, cb);
-          detail::combine(call.type, call.reduce, l + c * cb, stage + (c % 2) * stage_len, o + c * cb, b / es);
+          combine(l + c * cb, stage + (c % 2) * stage_len, o + c * cb, b / es);
         }
       }
       if (c < ns) wait(sr[c % 2]);
@@ -291,9 +363,16 @@ class Context {
     return off >= bytes ? 0 : std::min(chunk, bytes - off);
   }
 
+  static std::vector<int> identity(int p) {
+    std::vector<int> names(static_cast<std::size_t>(p));
+    for (int i = 0; i < p; ++i) names[static_cast<std::size_t>(i)] = i;
+    return names;
+  }
+
   T t_;
   std::vector<int> names_;
-  detail::Buffer scratch_[2], staging_;
+  Exec exec_;
+  detail::BasicBuffer<Exec> scratch_[2], staging_;
   std::vector<Fingerprint> fps_;
   std::vector<Request> reqs_, pool_;
 };

@@ -6,11 +6,14 @@
 //   RecvReduce         the receiver combines straight from the sender's buffer
 //                      (shared memory: no staging copy)
 //   NativeCollectives  the transport has its own collectives (MPI's, NCCL's)
+//   AnySource          receive from whichever rank sends first, and probe for
+//                      a waiting message (parameter servers, work queues)
 #pragma once
 
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "../core/dtype.hpp"
@@ -55,6 +58,23 @@ concept RecvReduce = Transport<T> && requires(T& t, const void* local, void* out
 template <class T>
 concept CountsBytes = Transport<T> && requires(const T& t) {
   { t.sent_bytes() } -> std::same_as<std::uint64_t>;
+};
+
+// A message waiting to be received: who sent it and how many bytes.
+struct Probe {
+  int peer = -1;
+  std::size_t bytes = 0;
+};
+
+// Optional: messages from any rank. irecv_any receives the first message with
+// `tag` from whichever rank sends it (the request's peer() names the sender
+// once it completes; -1 before); iprobe reports such a message without
+// receiving it (nullopt when none is waiting). Messages from one sender still
+// arrive in the order they were sent.
+template <class T>
+concept AnySource = Transport<T> && requires(T& t, typename T::Request& req, void* dst, std::size_t bytes, Tag tag) {
+  { t.irecv_any(dst, bytes, tag) } -> std::same_as<typename T::Request>;
+  { t.iprobe(tag) } -> std::same_as<std::optional<Probe>>;
 };
 
 // Optional: the transport's own collectives, bounded by a deadline.

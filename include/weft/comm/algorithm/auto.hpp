@@ -99,41 +99,10 @@ struct AutoOf {
     return choice(op, bytes_of(op, type, count, p), p, transport);
   }
 
-  template <class Ctx>
-  void allreduce(Ctx& ctx, const void* in, void* out, std::size_t n) const {
-    with(ctx, Collective::allreduce, n, [&](auto& a) { a.allreduce(ctx, in, out, n); });
-  }
-  template <class Ctx>
-  void reduce_scatter(Ctx& ctx, const void* in, void* out, std::size_t n) const {
-    with(ctx, Collective::reduce_scatter, n, [&](auto& a) { a.reduce_scatter(ctx, in, out, n); });
-  }
-  template <class Ctx>
-  void allgather(Ctx& ctx, const void* in, void* out, std::size_t n) const {
-    with(ctx, Collective::allgather, n, [&](auto& a) { a.allgather(ctx, in, out, n); });
-  }
-  template <class Ctx>
-  void broadcast(Ctx& ctx, void* buf, std::size_t n, int root) const {
-    with(ctx, Collective::broadcast, n, [&](auto& a) { a.broadcast(ctx, buf, n, root); });
-  }
-  template <class Ctx>
-  void reduce(Ctx& ctx, const void* in, void* out, std::size_t n, int root) const {
-    with(ctx, Collective::reduce, n, [&](auto& a) { a.reduce(ctx, in, out, n, root); });
-  }
-  template <class Ctx>
-  void gather(Ctx& ctx, const void* in, void* out, std::size_t n, int root) const {
-    with(ctx, Collective::gather, n, [&](auto& a) { a.gather(ctx, in, out, n, root); });
-  }
-  template <class Ctx>
-  void scatter(Ctx& ctx, const void* in, void* out, std::size_t n, int root) const {
-    with(ctx, Collective::scatter, n, [&](auto& a) { a.scatter(ctx, in, out, n, root); });
-  }
-  template <class Ctx>
-  void alltoall(Ctx& ctx, const void* in, void* out, std::size_t n) const {
-    with(ctx, Collective::alltoall, n, [&](auto& a) { a.alltoall(ctx, in, out, n); });
-  }
-  template <class Ctx>
-  void barrier(Ctx& ctx) const {
-    with(ctx, Collective::barrier, 0, [&](auto& a) { a.barrier(ctx); });
+  // Every collective: the candidate chosen for its size (bytes_of, as the fingerprint's choice).
+  template <class D, class Ctx>
+  void run(D, Ctx& ctx, const Args& x) const {
+    with(ctx, D::op, x.count, [&](auto& a) { run_collective<D>(a, ctx, x); });
   }
 
   // The chosen candidate's formula: the measured pick's where the model has

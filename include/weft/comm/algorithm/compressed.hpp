@@ -110,7 +110,7 @@ struct Compressed {
   void allreduce(Ctx& ctx, const void* in, void* out, std::size_t n) const {
     const ReduceOp op = ctx.call.reduce;
     if (ctx.call.type != dtype::f32 || (op != ReduceOp::sum && op != ReduceOp::avg)) {
-      inner.allreduce(ctx, in, out, n);
+      run_collective<collectives::Allreduce>(inner, ctx, {in, out, n});
       return;
     }
     const CodecCall k{&ctx.call, ctx.call.seq, ctx.name_of(ctx.rank()), ctx.size(), C::name};
@@ -130,7 +130,7 @@ struct Compressed {
           ctx.call.type = dtype_v<P>;
           ctx.call.count = pc;
           ctx.call.reduce = ReduceOp::sum;
-          inner.allreduce(ctx, pl, pl, pc);
+          run_collective<collectives::Allreduce>(inner, ctx, {pl, pl, pc});
           ctx.call = saved;
           codec.decode(st, pl, y, n, round, k);
         }
@@ -142,7 +142,7 @@ struct Compressed {
         ctx.call.type = dtype::u8;
         ctx.call.count = b;
         ctx.call.reduce = ReduceOp::sum;
-        inner.allgather(ctx, mine, all, b);
+        run_collective<collectives::Allgather>(inner, ctx, {mine, all, b});
         ctx.call = saved;
         std::memset(y, 0, n * sizeof(float));
         for (std::size_t r = 0; r < p; ++r) codec.decode_add(all + r * b, y, n, k);
@@ -154,37 +154,10 @@ struct Compressed {
     if (op == ReduceOp::avg) detail::divide_by(dtype::f32, out, n, ctx.size());
   }
 
-  template <class Ctx>
-  void reduce_scatter(Ctx& ctx, const void* in, void* out, std::size_t n) const {
-    inner.reduce_scatter(ctx, in, out, n);
-  }
-  template <class Ctx>
-  void allgather(Ctx& ctx, const void* in, void* out, std::size_t n) const {
-    inner.allgather(ctx, in, out, n);
-  }
-  template <class Ctx>
-  void broadcast(Ctx& ctx, void* buf, std::size_t n, int root) const {
-    inner.broadcast(ctx, buf, n, root);
-  }
-  template <class Ctx>
-  void reduce(Ctx& ctx, const void* in, void* out, std::size_t n, int root) const {
-    inner.reduce(ctx, in, out, n, root);
-  }
-  template <class Ctx>
-  void gather(Ctx& ctx, const void* in, void* out, std::size_t n, int root) const {
-    inner.gather(ctx, in, out, n, root);
-  }
-  template <class Ctx>
-  void scatter(Ctx& ctx, const void* in, void* out, std::size_t n, int root) const {
-    inner.scatter(ctx, in, out, n, root);
-  }
-  template <class Ctx>
-  void alltoall(Ctx& ctx, const void* in, void* out, std::size_t n) const {
-    inner.alltoall(ctx, in, out, n);
-  }
-  template <class Ctx>
-  void barrier(Ctx& ctx) const {
-    inner.barrier(ctx);
+  // Every other collective: the inner algorithm's, uncompressed.
+  template <class D, class Ctx>
+  void run(D, Ctx& ctx, const Args& x) const {
+    run_collective<D>(inner, ctx, x);
   }
 
   // Bytes of payload one rank contributes per allreduce of `n` f32 values

@@ -31,14 +31,7 @@ struct HalvingDoubling {
   }
   template <class Ctx>
   void allgather(Ctx& ctx, const void* in, void* out, std::size_t n) const {
-    const std::size_t es = dtype_size(ctx.call.type);
-    void* own = detail::at(out, static_cast<std::size_t>(ctx.rank()) * n, es);
-    if (own != in && n) std::memmove(own, in, n * es);
-    if (detail::pow2(ctx.size()))
-      detail::doubling_allgather(ctx, out, n, chunk_bytes);
-    else
-      detail::ring_allgatherv(ctx, out, detail::Segments{n * static_cast<std::size_t>(ctx.size()), ctx.size()},
-                              chunk_bytes);
+    detail::doubling_allgather_or_ring(ctx, in, out, n, chunk_bytes);
   }
   template <class Ctx>
   void reduce(Ctx& ctx, const void* in, void* out, std::size_t n, int root) const {
@@ -49,33 +42,11 @@ struct HalvingDoubling {
       return;
     }
     std::byte* ws = ctx.workspace(n * es);
-    std::memcpy(ws, in, n * es);
+    ctx.copy(ws, in, n * es);
     detail::Segments seg{n, p};
     detail::halving_steps(ctx, ws, seg, r, detail::Fold(p), chunk_bytes);
-    if (ctx.call.reduce == ReduceOp::avg) detail::divide_by(ctx.call.type, ws + seg.off(r) * es, seg.len(r), p);
+    if (ctx.call.reduce == ReduceOp::avg) ctx.divide(ws + seg.off(r) * es, seg.len(r), p);
     detail::linear_gatherv(ctx, ws + seg.off(r) * es, out, seg, root);
-  }
-
-  template <class Ctx>
-  void broadcast(Ctx& ctx, void* buf, std::size_t n, int root) const {
-    detail::default_broadcast(ctx, buf, n, root);
-  }
-  // Shared schedules (detail/defaults.hpp).
-  template <class Ctx>
-  void gather(Ctx& ctx, const void* in, void* out, std::size_t n, int root) const {
-    detail::default_gather(ctx, in, out, n, root);
-  }
-  template <class Ctx>
-  void scatter(Ctx& ctx, const void* in, void* out, std::size_t n, int root) const {
-    detail::linear_scatter(ctx, in, out, n, root);
-  }
-  template <class Ctx>
-  void alltoall(Ctx& ctx, const void* in, void* out, std::size_t n) const {
-    detail::pairwise_alltoall(ctx, in, out, n);
-  }
-  template <class Ctx>
-  void barrier(Ctx& ctx) const {
-    detail::dissemination_barrier(ctx);
   }
 
   static double cost(Collective op, std::size_t bytes, int p, const CostModel& m) {

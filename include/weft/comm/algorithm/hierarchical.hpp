@@ -147,13 +147,13 @@ struct Hierarchical {
     if (lv.uniform && n % static_cast<std::size_t>(L) == 0) {
       const std::size_t shard = n / static_cast<std::size_t>(L);
       void* mine = detail::at(out, static_cast<std::size_t>(node.rank()) * shard, es);
-      intra.reduce_scatter(ctx.with_call(node, shard), in, mine, shard);
-      inter.allreduce(ctx.with_call(rail, shard), mine, mine, shard);
-      intra.allgather(ctx.with_call(node, shard), mine, out, shard);
+      run_collective<collectives::ReduceScatter>(intra, ctx.with_call(node, shard), {in, mine, shard});
+      run_collective<collectives::Allreduce>(inter, ctx.with_call(rail, shard), {mine, mine, shard});
+      run_collective<collectives::Allgather>(intra, ctx.with_call(node, shard), {mine, out, shard});
     } else {
-      intra.reduce(ctx.with_call(node, n), in, out, n, 0);
-      if (node.rank() == 0) inter.allreduce(ctx.with_call(rail, n), out, out, n);
-      intra.broadcast(ctx.with_call(node, n), out, n, 0);
+      run_collective<collectives::Reduce>(intra, ctx.with_call(node, n), {in, out, n, 0});
+      if (node.rank() == 0) run_collective<collectives::Allreduce>(inter, ctx.with_call(rail, n), {out, out, n});
+      run_collective<collectives::Broadcast>(intra, ctx.with_call(node, n), {out, out, n, 0});
     }
     ctx.call.reduce = op;
     if (op == ReduceOp::avg) detail::divide_by(ctx.call.type, out, n, ctx.size());
@@ -163,20 +163,20 @@ struct Hierarchical {
   void broadcast(Ctx& ctx, void* buf, std::size_t n, int root) const {
     auto& lv = levels(ctx);
     if (!lv.uniform) {
-      inter.broadcast(ctx, buf, n, root);
+      run_collective<collectives::Broadcast>(inter, ctx, {buf, buf, n, root});
       return;
     }
     const int lr = lv.local_index[static_cast<std::size_t>(root)];
     if (lv.local_index[static_cast<std::size_t>(ctx.rank())] == lr)
-      inter.broadcast(ctx.with_call(*lv.rail, n), buf, n, rail_rank(lv, root));
-    intra.broadcast(ctx.with_call(*lv.node, n), buf, n, lr);
+      run_collective<collectives::Broadcast>(inter, ctx.with_call(*lv.rail, n), {buf, buf, n, rail_rank(lv, root)});
+    run_collective<collectives::Broadcast>(intra, ctx.with_call(*lv.node, n), {buf, buf, n, lr});
   }
 
   template <class Ctx>
   void reduce(Ctx& ctx, const void* in, void* out, std::size_t n, int root) const {
     auto& lv = levels(ctx);
     if (!lv.uniform) {
-      inter.reduce(ctx, in, out, n, root);
+      run_collective<collectives::Reduce>(inter, ctx, {in, out, n, root});
       return;
     }
     const int lr = lv.local_index[static_cast<std::size_t>(root)];
@@ -184,8 +184,8 @@ struct Hierarchical {
     ctx.call.reduce = op == ReduceOp::avg ? ReduceOp::sum : op;
     const bool on_rail = lv.local_index[static_cast<std::size_t>(ctx.rank())] == lr;
     void* acc = ctx.rank() == root ? out : ctx.workspace(n * dtype_size(ctx.call.type));
-    intra.reduce(ctx.with_call(*lv.node, n), in, acc, n, lr);
-    if (on_rail) inter.reduce(ctx.with_call(*lv.rail, n), acc, acc, n, rail_rank(lv, root));
+    run_collective<collectives::Reduce>(intra, ctx.with_call(*lv.node, n), {in, acc, n, lr});
+    if (on_rail) run_collective<collectives::Reduce>(inter, ctx.with_call(*lv.rail, n), {acc, acc, n, rail_rank(lv, root)});
     ctx.call.reduce = op;
     if (op == ReduceOp::avg && ctx.rank() == root) detail::divide_by(ctx.call.type, out, n, ctx.size());
   }
@@ -193,30 +193,15 @@ struct Hierarchical {
   template <class Ctx>
   void barrier(Ctx& ctx) const {
     auto& lv = levels(ctx);
-    intra.barrier(ctx.with_call(*lv.node, 0));
-    if (lv.node->rank() == 0) inter.barrier(ctx.with_call(*lv.rail, 0));
-    intra.barrier(ctx.with_call(*lv.node, 0));
+    run_collective<collectives::Barrier>(intra, ctx.with_call(*lv.node, 0), {});
+    if (lv.node->rank() == 0) run_collective<collectives::Barrier>(inter, ctx.with_call(*lv.rail, 0), {});
+    run_collective<collectives::Barrier>(intra, ctx.with_call(*lv.node, 0), {});
   }
 
-  template <class Ctx>
-  void reduce_scatter(Ctx& ctx, const void* in, void* out, std::size_t n) const {
-    inter.reduce_scatter(ctx, in, out, n);
-  }
-  template <class Ctx>
-  void allgather(Ctx& ctx, const void* in, void* out, std::size_t n) const {
-    inter.allgather(ctx, in, out, n);
-  }
-  template <class Ctx>
-  void gather(Ctx& ctx, const void* in, void* out, std::size_t n, int root) const {
-    inter.gather(ctx, in, out, n, root);
-  }
-  template <class Ctx>
-  void scatter(Ctx& ctx, const void* in, void* out, std::size_t n, int root) const {
-    inter.scatter(ctx, in, out, n, root);
-  }
-  template <class Ctx>
-  void alltoall(Ctx& ctx, const void* in, void* out, std::size_t n) const {
-    inter.alltoall(ctx, in, out, n);
+  // reduce_scatter, allgather, gather, scatter, alltoall: Inter over all ranks.
+  template <class D, class Ctx>
+  void run(D, Ctx& ctx, const Args& x) const {
+    run_collective<D>(inter, ctx, x);
   }
 
   // FIELD-NOTES' two-level formula with pl = m.ranks_per_node (0: one node).

@@ -27,43 +27,11 @@ struct RecursiveDoubling {
     const std::size_t total = n * static_cast<std::size_t>(ctx.size()), es = dtype_size(ctx.call.type);
     std::byte* acc = ctx.workspace(total * es);
     detail::recursive_doubling_allreduce(ctx, in, acc, total);
-    std::memmove(out, acc + static_cast<std::size_t>(ctx.rank()) * n * es, n * es);
+    ctx.move(out, acc + static_cast<std::size_t>(ctx.rank()) * n * es, n * es);
   }
   template <class Ctx>
   void allgather(Ctx& ctx, const void* in, void* out, std::size_t n) const {
-    const std::size_t es = dtype_size(ctx.call.type);
-    void* own = detail::at(out, static_cast<std::size_t>(ctx.rank()) * n, es);
-    if (own != in && n) std::memmove(own, in, n * es);
-    if (detail::pow2(ctx.size()))
-      detail::doubling_allgather(ctx, out, n, 0);
-    else
-      detail::ring_allgatherv(ctx, out, detail::Segments{n * static_cast<std::size_t>(ctx.size()), ctx.size()}, 0);
-  }
-
-  template <class Ctx>
-  void broadcast(Ctx& ctx, void* buf, std::size_t n, int root) const {
-    detail::default_broadcast(ctx, buf, n, root);
-  }
-  template <class Ctx>
-  void reduce(Ctx& ctx, const void* in, void* out, std::size_t n, int root) const {
-    detail::default_reduce(ctx, in, out, n, root, 0);
-  }
-  // Shared schedules (detail/defaults.hpp).
-  template <class Ctx>
-  void gather(Ctx& ctx, const void* in, void* out, std::size_t n, int root) const {
-    detail::default_gather(ctx, in, out, n, root);
-  }
-  template <class Ctx>
-  void scatter(Ctx& ctx, const void* in, void* out, std::size_t n, int root) const {
-    detail::linear_scatter(ctx, in, out, n, root);
-  }
-  template <class Ctx>
-  void alltoall(Ctx& ctx, const void* in, void* out, std::size_t n) const {
-    detail::pairwise_alltoall(ctx, in, out, n);
-  }
-  template <class Ctx>
-  void barrier(Ctx& ctx) const {
-    detail::dissemination_barrier(ctx);
+    detail::doubling_allgather_or_ring(ctx, in, out, n, 0);
   }
 
   static double cost(Collective op, std::size_t bytes, int p, const CostModel& m) {

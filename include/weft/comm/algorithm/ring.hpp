@@ -1,6 +1,10 @@
 // Ring: allreduce as reduce-scatter then allgather around the ring, each step
 // pipelined in chunks (bandwidth optimal: every rank sends 2(p-1)/p of the
-// buffer). Broadcast/reduce use binomial trees (a ring is latency-bound there).
+// buffer). The schedules themselves (ring_reduce_scatter, ring_allgatherv,
+// ring_allreduce) are in detail/blocks.hpp, shared with the defaults; the
+// collectives Ring has no schedule of its own for (broadcast and reduce:
+// binomial trees, where a ring is latency-bound; gather, scatter, alltoall,
+// barrier) fall back to detail/defaults.hpp.
 #pragma once
 
 #include <cstddef>
@@ -26,37 +30,7 @@ struct Ring {
   }
   template <class Ctx>
   void allgather(Ctx& ctx, const void* in, void* out, std::size_t n) const {
-    const std::size_t es = dtype_size(ctx.call.type);
-    void* own = detail::at(out, static_cast<std::size_t>(ctx.rank()) * n, es);
-    if (own != in && n) std::memmove(own, in, n * es);
-    detail::ring_allgatherv(ctx, out, detail::Segments{n * static_cast<std::size_t>(ctx.size()), ctx.size()},
-                            chunk_bytes);
-  }
-
-  template <class Ctx>
-  void broadcast(Ctx& ctx, void* buf, std::size_t n, int root) const {
-    detail::default_broadcast(ctx, buf, n, root);
-  }
-  template <class Ctx>
-  void reduce(Ctx& ctx, const void* in, void* out, std::size_t n, int root) const {
-    detail::default_reduce(ctx, in, out, n, root, chunk_bytes);
-  }
-  // Shared schedules (detail/defaults.hpp).
-  template <class Ctx>
-  void gather(Ctx& ctx, const void* in, void* out, std::size_t n, int root) const {
-    detail::default_gather(ctx, in, out, n, root);
-  }
-  template <class Ctx>
-  void scatter(Ctx& ctx, const void* in, void* out, std::size_t n, int root) const {
-    detail::linear_scatter(ctx, in, out, n, root);
-  }
-  template <class Ctx>
-  void alltoall(Ctx& ctx, const void* in, void* out, std::size_t n) const {
-    detail::pairwise_alltoall(ctx, in, out, n);
-  }
-  template <class Ctx>
-  void barrier(Ctx& ctx) const {
-    detail::dissemination_barrier(ctx);
+    detail::default_allgather(ctx, in, out, n, chunk_bytes);
   }
 
   static double cost(Collective op, std::size_t bytes, int p, const CostModel& m) {

@@ -1,7 +1,8 @@
 // Tree: binomial trees. reduce and broadcast take lg p rounds; allreduce is
 // reduce to rank 0 then broadcast (latency-friendly for small messages, every
 // round moves the whole buffer). reduce_scatter = reduce + scatter, allgather
-// = gather + broadcast.
+// = gather + broadcast. reduce (binomial, chunk_bytes per edge), broadcast,
+// gather, scatter, alltoall and barrier are the defaults (detail/defaults.hpp).
 #pragma once
 
 #include <cstddef>
@@ -23,11 +24,6 @@ struct Tree {
     detail::binomial_broadcast(ctx, out, n * dtype_size(ctx.call.type), 0);
   }
   template <class Ctx>
-  void reduce(Ctx& ctx, const void* in, void* out, std::size_t n, int root) const {
-    void* acc = ctx.rank() == root ? out : ctx.workspace(n * dtype_size(ctx.call.type));
-    detail::binomial_reduce(ctx, in, acc, n, root, chunk_bytes);
-  }
-  template <class Ctx>
   void reduce_scatter(Ctx& ctx, const void* in, void* out, std::size_t n) const {
     const std::size_t total = n * static_cast<std::size_t>(ctx.size()), es = dtype_size(ctx.call.type);
     std::byte* acc = ctx.workspace(total * es);
@@ -39,28 +35,6 @@ struct Tree {
     const std::size_t total = n * static_cast<std::size_t>(ctx.size());
     detail::linear_gatherv(ctx, in, out, detail::Segments{total, ctx.size()}, 0);
     detail::binomial_broadcast(ctx, out, total * dtype_size(ctx.call.type), 0);
-  }
-
-  template <class Ctx>
-  void broadcast(Ctx& ctx, void* buf, std::size_t n, int root) const {
-    detail::default_broadcast(ctx, buf, n, root);
-  }
-  // Shared schedules (detail/defaults.hpp).
-  template <class Ctx>
-  void gather(Ctx& ctx, const void* in, void* out, std::size_t n, int root) const {
-    detail::default_gather(ctx, in, out, n, root);
-  }
-  template <class Ctx>
-  void scatter(Ctx& ctx, const void* in, void* out, std::size_t n, int root) const {
-    detail::linear_scatter(ctx, in, out, n, root);
-  }
-  template <class Ctx>
-  void alltoall(Ctx& ctx, const void* in, void* out, std::size_t n) const {
-    detail::pairwise_alltoall(ctx, in, out, n);
-  }
-  template <class Ctx>
-  void barrier(Ctx& ctx) const {
-    detail::dissemination_barrier(ctx);
   }
 
   static double cost(Collective op, std::size_t bytes, int p, const CostModel& m) {

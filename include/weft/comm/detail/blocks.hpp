@@ -74,12 +74,12 @@ void ring_allreduce(Ctx& ctx, const void* in, void* out, std::size_t count, std:
   const int p = ctx.size();
   const std::size_t es = dtype_size(ctx.call.type);
   if (p == 1) {
-    if (in != out && count) std::memcpy(out, in, count * es);
+    if (in != out && count) ctx.copy(out, in, count * es);
     return;
   }
   Segments seg{count, p};
   ring_reduce_scatter_inplace(ctx, in, out, seg, chunk);
-  if (ctx.call.reduce == ReduceOp::avg) divide_by(ctx.call.type, at(out, seg.off(ctx.rank()), es), seg.len(ctx.rank()), p);
+  if (ctx.call.reduce == ReduceOp::avg) ctx.divide(at(out, seg.off(ctx.rank()), es), seg.len(ctx.rank()), p);
   ring_allgatherv(ctx, out, seg, chunk);
 }
 
@@ -93,7 +93,7 @@ void ring_reduce_scatter(Ctx& ctx, const void* in, void* out, std::size_t n, std
   std::byte* ws = p > 2 ? ctx.workspace(2 * n * es) : nullptr;
   auto block = [&](int b) { return at(in, static_cast<std::size_t>(b) * n, es); };
   if (p == 1) {
-    if (in != out && n) std::memmove(out, in, n * es);
+    if (in != out && n) ctx.move(out, in, n * es);
   }
   for (int s = 0; s < p - 1; ++s) {
     int sb = mod(r - s - 1, p), rb = mod(r - s - 2, p);
@@ -101,7 +101,7 @@ void ring_reduce_scatter(Ctx& ctx, const void* in, void* out, std::size_t n, std
     void* dst = s == p - 2 ? out : ws + static_cast<std::size_t>(s % 2) * n * es;
     ctx.exchange_reduce(src, n, right, block(rb), dst, n, left, chunk);
   }
-  if (ctx.call.reduce == ReduceOp::avg) divide_by(ctx.call.type, out, n, p);
+  if (ctx.call.reduce == ReduceOp::avg) ctx.divide(out, n, p);
 }
 
 // Binomial-tree broadcast (relative rank v = r - root): receive from v minus
@@ -145,8 +145,8 @@ void binomial_reduce(Ctx& ctx, const void* in, void* acc, std::size_t count, int
       cur = acc;
     }
   }
-  if (cur != acc && count) std::memmove(acc, cur, count * es);  // root of a 1-rank group
-  if (ctx.call.reduce == ReduceOp::avg) divide_by(ctx.call.type, acc, count, p);
+  if (cur != acc && count) ctx.move(acc, cur, count * es);  // root of a 1-rank group
+  if (ctx.call.reduce == ReduceOp::avg) ctx.divide(acc, count, p);
 }
 
 // Gather of segments (rank i contributes seg i) to root, all messages posted at once.
@@ -161,7 +161,7 @@ void linear_gatherv(Ctx& ctx, const void* mine, void* out, const Segments& seg, 
   auto reqs = ctx.requests(static_cast<std::size_t>(p));
   for (int i = 0; i < p; ++i)
     if (i != r) reqs[static_cast<std::size_t>(i)] = ctx.irecv(at(out, seg.off(i), es), seg.len(i) * es, i);
-  if (mine != at(out, seg.off(r), es) && seg.len(r)) std::memmove(at(out, seg.off(r), es), mine, seg.len(r) * es);
+  if (mine != at(out, seg.off(r), es) && seg.len(r)) ctx.move(at(out, seg.off(r), es), mine, seg.len(r) * es);
   for (int i = 0; i < p; ++i)
     if (i != r) ctx.wait(reqs[static_cast<std::size_t>(i)]);
 }
@@ -179,7 +179,7 @@ void linear_scatter(Ctx& ctx, const void* in, void* out, std::size_t n, int root
   for (int i = 0; i < p; ++i)
     if (i != r) reqs[static_cast<std::size_t>(i)] = ctx.isend(at(in, static_cast<std::size_t>(i) * n, es), n * es, i);
   const void* own = at(in, static_cast<std::size_t>(r) * n, es);
-  if (own != out && n) std::memmove(out, own, n * es);
+  if (own != out && n) ctx.move(out, own, n * es);
   for (int i = 0; i < p; ++i)
     if (i != r) ctx.wait(reqs[static_cast<std::size_t>(i)]);
 }
@@ -195,7 +195,7 @@ void pairwise_alltoall(Ctx& ctx, const void* in, void* out, std::size_t n) {
     reqs[static_cast<std::size_t>(2 * k)] = ctx.irecv(at(out, static_cast<std::size_t>(from) * n, es), n * es, from);
     reqs[static_cast<std::size_t>(2 * k + 1)] = ctx.isend(at(in, static_cast<std::size_t>(to) * n, es), n * es, to);
   }
-  if (n) std::memmove(at(out, static_cast<std::size_t>(r) * n, es), at(in, static_cast<std::size_t>(r) * n, es), n * es);
+  if (n) ctx.move(at(out, static_cast<std::size_t>(r) * n, es), at(in, static_cast<std::size_t>(r) * n, es), n * es);
   for (int k = 1; k < p; ++k) {
     ctx.wait(reqs[static_cast<std::size_t>(2 * k)]);
     ctx.wait(reqs[static_cast<std::size_t>(2 * k + 1)]);
@@ -227,7 +227,7 @@ void recursive_doubling_allreduce(Ctx& ctx, const void* in, void* out, std::size
   const int p = ctx.size(), r = ctx.rank();
   const std::size_t es = dtype_size(ctx.call.type), bytes = count * es;
   if (p == 1) {
-    if (in != out && bytes) std::memcpy(out, in, bytes);
+    if (in != out && bytes) ctx.copy(out, in, bytes);
     return;
   }
   Fold f(p);
@@ -251,8 +251,8 @@ void recursive_doubling_allreduce(Ctx& ctx, const void* in, void* out, std::size
     ctx.exchange_reduce(cur, count, partner, cur, dst, count, partner, 0);
     cur = dst;
   }
-  if (cur != out && bytes) std::memcpy(out, cur, bytes);
-  if (ctx.call.reduce == ReduceOp::avg) divide_by(ctx.call.type, out, count, p);
+  if (cur != out && bytes) ctx.copy(out, cur, bytes);
+  if (ctx.call.reduce == ReduceOp::avg) ctx.divide(out, count, p);
   if (r < 2 * f.extra) ctx.exchange(out, bytes, r - 1, nullptr, 0, -1, 0);
 }
 
@@ -283,7 +283,7 @@ void halving_doubling_allreduce(Ctx& ctx, const void* in, void* out, std::size_t
   const int p = ctx.size(), r = ctx.rank();
   const std::size_t es = dtype_size(ctx.call.type), bytes = count * es;
   if (p == 1) {
-    if (in != out && bytes) std::memcpy(out, in, bytes);
+    if (in != out && bytes) ctx.copy(out, in, bytes);
     return;
   }
   Fold f(p);
@@ -296,11 +296,11 @@ void halving_doubling_allreduce(Ctx& ctx, const void* in, void* out, std::size_t
     }
     ctx.exchange_reduce(nullptr, 0, -1, in, out, count, r - 1, chunk);
   } else if (in != out && bytes) {
-    std::memcpy(out, in, bytes);
+    ctx.copy(out, in, bytes);
   }
   Segments seg{count, f.q};
   halving_steps(ctx, out, seg, idx, f, chunk);
-  if (ctx.call.reduce == ReduceOp::avg) divide_by(ctx.call.type, at(out, seg.off(idx), es), seg.len(idx), p);
+  if (ctx.call.reduce == ReduceOp::avg) ctx.divide(at(out, seg.off(idx), es), seg.len(idx), p);
   for (int mask = 1; mask < f.q; mask <<= 1) {
     int partner = f.rank_of(idx ^ mask);
     int mine = (idx / mask) * mask, theirs = ((idx ^ mask) / mask) * mask;
@@ -318,7 +318,7 @@ void halving_reduce_scatter(Ctx& ctx, const void* in, void* out, std::size_t n, 
   const int p = ctx.size(), r = ctx.rank();
   const std::size_t es = dtype_size(ctx.call.type);
   std::byte* ws = ctx.workspace(static_cast<std::size_t>(p) * n * es);
-  if (n) std::memcpy(ws, in, static_cast<std::size_t>(p) * n * es);
+  if (n) ctx.copy(ws, in, static_cast<std::size_t>(p) * n * es);
   int lo = 0;
   for (int mask = p / 2; mask >= 1; mask >>= 1) {
     int partner = r ^ mask;
@@ -329,8 +329,8 @@ void halving_reduce_scatter(Ctx& ctx, const void* in, void* out, std::size_t n, 
                         static_cast<std::size_t>(mask) * n, partner, chunk);
     lo = keep;
   }
-  if (n) std::memmove(out, at(ws, static_cast<std::size_t>(r) * n, es), n * es);
-  if (ctx.call.reduce == ReduceOp::avg) divide_by(ctx.call.type, out, n, p);
+  if (n) ctx.move(out, at(ws, static_cast<std::size_t>(r) * n, es), n * es);
+  if (ctx.call.reduce == ReduceOp::avg) ctx.divide(out, n, p);
 }
 
 // Recursive-doubling allgather for p = 2^k: block r already at out + r*n.
@@ -365,25 +365,25 @@ void ordered_reduce_scatter(Ctx& ctx, const void* in, std::size_t in_stride_is_b
   const void* own = src(r);
   if (r != 0 && own == dst && n) {  // in place: keep our contribution before dst takes rank 0's
     std::byte* keep = ctx.workspace(n * es);
-    std::memcpy(keep, own, n * es);
+    ctx.copy(keep, own, n * es);
     own = keep;
   }
   for (int k = 0; k < p; ++k) {
     if (k == 0) {
       if (r == 0) {
-        if (dst != src(0) && n) std::memmove(dst, src(0), n * es);
+        if (dst != src(0) && n) ctx.move(dst, src(0), n * es);
       } else {
         ctx.exchange(nullptr, 0, -1, dst, n * es, 0, 0);
       }
     } else if (k == r) {
-      combine(ctx.call.type, ctx.call.reduce, dst, own, dst, n);
+      ctx.combine(dst, own, dst, n);
     } else {
       ctx.exchange_reduce(nullptr, 0, -1, dst, dst, n, k, 0);
     }
   }
   for (int k = 0; k < p; ++k)
     if (k != r) ctx.wait(reqs[static_cast<std::size_t>(k)]);
-  if (ctx.call.reduce == ReduceOp::avg) divide_by(ctx.call.type, dst, n, p);
+  if (ctx.call.reduce == ReduceOp::avg) ctx.divide(dst, n, p);
 }
 
 }  // namespace weft::comm::detail

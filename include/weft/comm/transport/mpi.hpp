@@ -27,6 +27,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -92,13 +93,14 @@ class MpiTransport {
   class Request {
    public:
     Request() = default;
-    Request(Request&& o) noexcept : r_(o.r_), peer_(o.peer_), recv_(o.recv_) { o.r_ = MPI_REQUEST_NULL; }
+    Request(Request&& o) noexcept : r_(o.r_), peer_(o.peer_), recv_(o.recv_), any_(o.any_) { o.r_ = MPI_REQUEST_NULL; }
     Request& operator=(Request&& o) noexcept {
       if (this != &o) {
         release();
         r_ = o.r_;
         peer_ = o.peer_;
         recv_ = o.recv_;
+        any_ = o.any_;
         o.r_ = MPI_REQUEST_NULL;
       }
       return *this;
@@ -132,6 +134,7 @@ class MpiTransport {
     MPI_Request r_ = MPI_REQUEST_NULL;
     int peer_ = -1;
     bool recv_ = false;
+    bool any_ = false;  // MPI_ANY_SOURCE: peer_ is the sender once complete
   };
 
   // Collective over `comm` (duplicates it). Nodes: WEFT_RANKS_PER_NODE=k
@@ -192,13 +195,39 @@ class MpiTransport {
                       "MPI_Irecv");
     return r;
   }
+  // Any source (AnySource): MPI_ANY_SOURCE; r.peer() names the sender once complete.
+  Request irecv_any(void* buf, std::size_t bytes, Tag tag) {
+    Request r = irecv(buf, bytes, MPI_ANY_SOURCE, tag);
+    r.peer_ = -1;
+    r.any_ = true;
+    return r;
+  }
+  std::optional<Probe> iprobe(Tag tag) {
+    int flag = 0;
+    MPI_Status st;
+    detail::mpi_check(MPI_Iprobe(MPI_ANY_SOURCE, static_cast<int>(tag), s_->comm, &flag, &st), "MPI_Iprobe");
+    if (!flag) return std::nullopt;
+    int count = 0;
+    detail::mpi_check(MPI_Get_count(&st, MPI_BYTE, &count), "MPI_Get_count");
+    return Probe{st.MPI_SOURCE, static_cast<std::size_t>(count)};
+  }
+
   bool test(Request& r) {
     if (r.r_ == MPI_REQUEST_NULL) return true;
     int done = 0;
-    detail::mpi_check(MPI_Test(&r.r_, &done, MPI_STATUS_IGNORE), "MPI_Test");
+    MPI_Status st;
+    detail::mpi_check(MPI_Test(&r.r_, &done, r.any_ ? &st : MPI_STATUS_IGNORE), "MPI_Test");
+    if (done && r.any_) r.peer_ = st.MPI_SOURCE;
     return done != 0;
   }
-  WaitStatus wait(Request& r, Deadline deadline) { return poll(&r.r_, deadline); }
+  WaitStatus wait(Request& r, Deadline deadline) {
+    if (!r.any_) return poll(&r.r_, deadline);
+    if (r.r_ == MPI_REQUEST_NULL) return WaitStatus::done;
+    MPI_Status st;
+    WaitStatus s = poll(&r.r_, deadline, &st);
+    if (s == WaitStatus::done) r.peer_ = st.MPI_SOURCE;
+    return s;
+  }
   void cancel(Request& r) { r.release(); }
   std::string failure() const { return "no failure notice from MPI (a rank may have exited or hung)"; }
 
@@ -232,7 +261,7 @@ class MpiTransport {
   WaitStatus native_allreduce(const void* in, void* out, std::size_t n, dtype d, ReduceOp op, Deadline dl) {
     MPI_Request r;
     int c = detail::mpi_int_count(n, "allreduce");
-    detail::mpi_check(MPI_Iallreduce(in == out ? MPI_IN_PLACE : in, out, c, type(d), mpi_op(d, op), s_->comm, &r),
+    detail::mpi_check(MPI_Iallreduce(in == out ? MPI_IN_PLACE : in, out, c, mpi_type(d), mpi_op(d, op), s_->comm, &r),
                       "MPI_Iallreduce");
     WaitStatus s = poll(&r, dl);
     if (s == WaitStatus::done && op == ReduceOp::avg) detail::divide_by(d, out, n, size());
@@ -247,7 +276,7 @@ class MpiTransport {
       s_->staging.resize(n * es);
       dst = s_->staging.data();
     }
-    detail::mpi_check(MPI_Ireduce_scatter_block(in, dst, detail::mpi_int_count(n, "reduce_scatter"), type(d),
+    detail::mpi_check(MPI_Ireduce_scatter_block(in, dst, detail::mpi_int_count(n, "reduce_scatter"), mpi_type(d),
                                                 mpi_op(d, op), s_->comm, &r),
                       "MPI_Ireduce_scatter_block");
     WaitStatus s = poll(&r, dl);
@@ -261,19 +290,19 @@ class MpiTransport {
     const std::size_t es = dtype_size(d);
     bool inplace = static_cast<const std::byte*>(out) + static_cast<std::size_t>(rank()) * n * es == in;
     int c = detail::mpi_int_count(n, "allgather");
-    detail::mpi_check(MPI_Iallgather(inplace ? MPI_IN_PLACE : in, c, type(d), out, c, type(d), s_->comm, &r),
+    detail::mpi_check(MPI_Iallgather(inplace ? MPI_IN_PLACE : in, c, mpi_type(d), out, c, mpi_type(d), s_->comm, &r),
                       "MPI_Iallgather");
     return poll(&r, dl);
   }
   WaitStatus native_broadcast(void* buf, std::size_t n, dtype d, int root, Deadline dl) {
     MPI_Request r;
-    detail::mpi_check(MPI_Ibcast(buf, detail::mpi_int_count(n, "broadcast"), type(d), root, s_->comm, &r), "MPI_Ibcast");
+    detail::mpi_check(MPI_Ibcast(buf, detail::mpi_int_count(n, "broadcast"), mpi_type(d), root, s_->comm, &r), "MPI_Ibcast");
     return poll(&r, dl);
   }
   WaitStatus native_reduce(const void* in, void* out, std::size_t n, dtype d, ReduceOp op, int root, Deadline dl) {
     MPI_Request r;
     const void* src = rank() == root && in == out ? MPI_IN_PLACE : in;
-    detail::mpi_check(MPI_Ireduce(src, out, detail::mpi_int_count(n, "reduce"), type(d), mpi_op(d, op), root,
+    detail::mpi_check(MPI_Ireduce(src, out, detail::mpi_int_count(n, "reduce"), mpi_type(d), mpi_op(d, op), root,
                                   s_->comm, &r),
                       "MPI_Ireduce");
     WaitStatus s = poll(&r, dl);
@@ -285,7 +314,7 @@ class MpiTransport {
     const std::size_t es = dtype_size(d);
     bool inplace = rank() == root && static_cast<const std::byte*>(out) + static_cast<std::size_t>(root) * n * es == in;
     int c = detail::mpi_int_count(n, "gather");
-    detail::mpi_check(MPI_Igather(inplace ? MPI_IN_PLACE : in, c, type(d), out, c, type(d), root, s_->comm, &r),
+    detail::mpi_check(MPI_Igather(inplace ? MPI_IN_PLACE : in, c, mpi_type(d), out, c, mpi_type(d), root, s_->comm, &r),
                       "MPI_Igather");
     return poll(&r, dl);
   }
@@ -294,14 +323,14 @@ class MpiTransport {
     const std::size_t es = dtype_size(d);
     bool inplace = rank() == root && static_cast<const std::byte*>(in) + static_cast<std::size_t>(root) * n * es == out;
     int c = detail::mpi_int_count(n, "scatter");
-    detail::mpi_check(MPI_Iscatter(in, c, type(d), inplace ? MPI_IN_PLACE : out, c, type(d), root, s_->comm, &r),
+    detail::mpi_check(MPI_Iscatter(in, c, mpi_type(d), inplace ? MPI_IN_PLACE : out, c, mpi_type(d), root, s_->comm, &r),
                       "MPI_Iscatter");
     return poll(&r, dl);
   }
   WaitStatus native_alltoall(const void* in, void* out, std::size_t n, dtype d, Deadline dl) {
     MPI_Request r;
     int c = detail::mpi_int_count(n, "alltoall");
-    detail::mpi_check(MPI_Ialltoall(in == out ? MPI_IN_PLACE : in, c, type(d), out, c, type(d), s_->comm, &r),
+    detail::mpi_check(MPI_Ialltoall(in == out ? MPI_IN_PLACE : in, c, mpi_type(d), out, c, mpi_type(d), s_->comm, &r),
                       "MPI_Ialltoall");
     return poll(&r, dl);
   }
@@ -311,24 +340,10 @@ class MpiTransport {
     return poll(&r, dl);
   }
 
- private:
-  MpiTransport(const MpiTransport& parent, int) : s_(std::make_shared<detail::MpiState>()), sent_(parent.sent_) {}
-
-  // Polls until done or the deadline: busy at first (MPI progresses inside
-  // MPI_Test), then yielding so oversubscribed ranks let each other run.
-  static WaitStatus poll(MPI_Request* r, Deadline deadline) {
-    int done = 0;
-    for (long i = 0;; ++i) {
-      detail::mpi_check(MPI_Test(r, &done, MPI_STATUS_IGNORE), "MPI_Test");
-      if (done) return WaitStatus::done;
-      if (i >= 256) {
-        if ((i & 15) == 0 && Clock::now() >= deadline) return WaitStatus::timed_out;
-        std::this_thread::yield();
-      }
-    }
-  }
-
-  static MPI_Datatype type(dtype d) {
+  // ---- weft's types and reduce ops as MPI's (the one mapping: Native and
+  // weft-bench's direct MPI peer both use it) ----
+  // f16 and bf16 travel as 16-bit words; their reductions are user ops.
+  static MPI_Datatype mpi_type(dtype d) {
     switch (d) {
       case dtype::f32: return MPI_FLOAT;
       case dtype::f64: return MPI_DOUBLE;
@@ -341,23 +356,11 @@ class MpiTransport {
     return MPI_BYTE;
   }
 
-  template <class T>
-  static MPI_Op user_op(MPI_Op (&ops)[4], ReduceOp op) {
-    int i = op == ReduceOp::prod ? 1 : op == ReduceOp::min ? 2 : op == ReduceOp::max ? 3 : 0;
-    if (ops[i] == MPI_OP_NULL) {
-      MPI_User_function* f = i == 0   ? &detail::mpi_user_op<T, ReduceOp::sum>
-                             : i == 1 ? &detail::mpi_user_op<T, ReduceOp::prod>
-                             : i == 2 ? &detail::mpi_user_op<T, ReduceOp::min>
-                                      : &detail::mpi_user_op<T, ReduceOp::max>;
-      detail::mpi_check(MPI_Op_create(f, 1, &ops[i]), "MPI_Op_create");
-    }
-    return ops[i];
-  }
-
   // f16/bf16 have no MPI type: user ops combine them in f32. Integer sum and
   // prod also use weft's own (wrapping) loops: Open MPI 4.1's AVX ops saturate
   // on overflow (open-mpi/ompi#8045), which would make Native disagree with
   // every other algorithm.
+  // avg maps to MPI_SUM: the caller divides by size() afterwards.
   MPI_Op mpi_op(dtype d, ReduceOp op) {
     auto& ops = s_->user_ops[static_cast<int>(d)];
     bool wraps = (d == dtype::u8 || d == dtype::i32 || d == dtype::i64) && op != ReduceOp::min && op != ReduceOp::max;
@@ -373,6 +376,36 @@ class MpiTransport {
     return MPI_SUM;
   }
 
+ private:
+  MpiTransport(const MpiTransport& parent, int) : s_(std::make_shared<detail::MpiState>()), sent_(parent.sent_) {}
+
+  // Polls until done or the deadline: busy at first (MPI progresses inside
+  // MPI_Test), then yielding so oversubscribed ranks let each other run.
+  static WaitStatus poll(MPI_Request* r, Deadline deadline, MPI_Status* status = MPI_STATUS_IGNORE) {
+    int done = 0;
+    for (long i = 0;; ++i) {
+      detail::mpi_check(MPI_Test(r, &done, status), "MPI_Test");
+      if (done) return WaitStatus::done;
+      if (i >= 256) {
+        if ((i & 15) == 0 && Clock::now() >= deadline) return WaitStatus::timed_out;
+        std::this_thread::yield();
+      }
+    }
+  }
+
+  template <class T>
+  static MPI_Op user_op(MPI_Op (&ops)[4], ReduceOp op) {
+    int i = op == ReduceOp::prod ? 1 : op == ReduceOp::min ? 2 : op == ReduceOp::max ? 3 : 0;
+    if (ops[i] == MPI_OP_NULL) {
+      MPI_User_function* f = i == 0   ? &detail::mpi_user_op<T, ReduceOp::sum>
+                             : i == 1 ? &detail::mpi_user_op<T, ReduceOp::prod>
+                             : i == 2 ? &detail::mpi_user_op<T, ReduceOp::min>
+                                      : &detail::mpi_user_op<T, ReduceOp::max>;
+      detail::mpi_check(MPI_Op_create(f, 1, &ops[i]), "MPI_Op_create");
+    }
+    return ops[i];
+  }
+
   std::shared_ptr<detail::MpiState> s_;
   std::shared_ptr<std::atomic<std::uint64_t>> sent_ = std::make_shared<std::atomic<std::uint64_t>>(0);
 };
@@ -380,5 +413,6 @@ class MpiTransport {
 static_assert(Transport<MpiTransport>);
 static_assert(NativeCollectives<MpiTransport>);
 static_assert(CountsBytes<MpiTransport>);
+static_assert(AnySource<MpiTransport>);
 
 }  // namespace weft::comm

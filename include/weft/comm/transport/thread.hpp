@@ -17,6 +17,7 @@
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -282,17 +283,55 @@ class ThreadTransport {
     return r;
   }
 
+  // Any source (AnySource): the first message with `tag` from whichever rank
+  // posts one; r.peer() names the sender once it completes.
+  Request irecv_any(void* buf, std::size_t bytes, Tag tag) {
+    Request r;
+    r.kind_ = Request::Kind::recv;
+    r.peer_ = -1;
+    r.tag_ = tag;
+    r.buf_ = buf;
+    r.bytes_ = bytes;
+    return r;
+  }
+
+  // A posted, unclaimed message with `tag` from any rank (lowest rank after
+  // this one first, as irecv_any would take it), without receiving it.
+  std::optional<Probe> iprobe(Tag tag) {
+    const int p = size();
+    for (int k = 1; k < p; ++k) {
+      const int q = (rank_ + k) % p;
+      detail::Channel& ch = group_->channel(q, rank_);
+      std::uint64_t end = ch.next.load(std::memory_order_acquire);
+      for (std::uint64_t t = ch.floor.load(std::memory_order_acquire); t < end; ++t) {
+        detail::Slot& s = ch.slots[t % detail::mailbox_slots];
+        const std::uint64_t w = s.word.load(std::memory_order_acquire);
+        if (w != ((t << 2) | detail::slot_posted) || s.tag.load(std::memory_order_relaxed) != tag) continue;
+        const std::size_t n = s.bytes.load(std::memory_order_relaxed);
+        if (s.word.load(std::memory_order_acquire) == w) return Probe{q, n};  // still posted: tag and size belong to it
+      }
+    }
+    return std::nullopt;
+  }
+
   bool test(Request& r) { return progress(r); }
 
   WaitStatus wait(Request& r, Deadline deadline) {
     if (r.kind_ == Request::Kind::none || r.done_) return WaitStatus::done;
     detail::World& w = *group_->world;
-    int peer_world = group_->world_ranks[static_cast<std::size_t>(r.peer_)];
+    // The peer is gone when it returned; for an any-source receive, when every other rank did.
+    auto gone = [&] {
+      for (int q = 0; q < size(); ++q) {
+        if (q == rank_ || (r.peer_ >= 0 && q != r.peer_)) continue;
+        if (!w.exited[group_->world_ranks[static_cast<std::size_t>(q)]].load(std::memory_order_acquire)) return false;
+      }
+      return true;
+    };
     return detail::wait_until(
         bell(rank_), w.spin, deadline, [&] { return progress(r); },
         [&] {
           if (w.failed_rank.load(std::memory_order_acquire) >= 0) return WaitStatus::aborted;
-          if (w.exited[peer_world].load(std::memory_order_acquire) && !progress(r)) return WaitStatus::peer_gone;
+          if (gone() && !progress(r)) return WaitStatus::peer_gone;
           return WaitStatus::done;
         });
   }
@@ -540,7 +579,17 @@ class ThreadTransport {
       if ((w >> 2) != r.ticket_) r.done_ = true;
       return r.done_;
     }
-    detail::Channel& ch = *r.channel_;
+    if (r.peer_ >= 0) return match(r, *r.channel_, r.peer_);
+    const int p = size();
+    for (int k = 1; k < p; ++k) {  // any source: the ranks after this one first, so none is starved
+      const int q = (rank_ + k) % p;
+      if (match(r, group_->channel(q, rank_), q)) return true;
+    }
+    return false;
+  }
+
+  // Takes the first posted message with r's tag from channel ch (sender `from`) into r.
+  bool match(Request& r, detail::Channel& ch, int from) {
     std::uint64_t end = ch.next.load(std::memory_order_acquire);
     std::uint64_t floor = ch.floor.load(std::memory_order_acquire);
     bool at_floor = true;
@@ -558,6 +607,8 @@ class ThreadTransport {
         s.word.store(w, std::memory_order_release);
         continue;
       }
+      r.peer_ = from;
+      r.channel_ = &ch;
       consume(r, s, t);
       return true;
     }
@@ -600,5 +651,6 @@ static_assert(Transport<ThreadTransport>);
 static_assert(RecvReduce<ThreadTransport>);
 static_assert(NativeCollectives<ThreadTransport>);
 static_assert(CountsBytes<ThreadTransport>);
+static_assert(AnySource<ThreadTransport>);
 
 }  // namespace weft::comm

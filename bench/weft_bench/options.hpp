@@ -1,0 +1,66 @@
+// weft-bench's command line: what one run measures (nccl-tests' flags, plus
+// the algorithms, transport, cost model and outputs weft adds) and its parsing.
+#pragma once
+
+#include <cstddef>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <weft/comm/collective.hpp>
+#include <weft/comm/reduce_op.hpp>
+#include <weft/core/dtype.hpp>
+
+#ifndef WEFT_BENCH_MPI
+#define WEFT_BENCH_MPI 0
+#endif
+
+namespace weft_bench {
+
+namespace wc = weft::comm;
+using weft::dtype;
+using wc::Collective;
+using wc::ReduceOp;
+
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+enum class Algo { ring, tree, recursive_doubling, halving_doubling, hierarchical, native, automatic, mpi };
+inline constexpr const char* algo_names[] = {"ring", "tree", "recursive_doubling", "halving_doubling",
+                                      "hierarchical", "native", "auto", "mpi"};
+inline const char* name_of(Algo a) { return algo_names[static_cast<int>(a)]; }
+
+struct Options {
+  std::string mode = "run";  // run | calibrate | project | memcpy
+  std::size_t min_bytes = 8, max_bytes = std::size_t{32} << 20;
+  bool max_given = false, ops_given = false;  // calibrate has its own defaults for -e and --op
+  bool table_only = false;  // calibrate: measure Auto's table, keep the file's constants
+  int passes = 3;           // calibrate: sweeps over every size for Auto's table
+  double factor = 2;
+  std::size_t step_bytes = 0;  // -i: additive step instead of -f
+  int iters = 20, warmup = 5;
+  int check = 1;
+  ReduceOp redop = ReduceOp::sum;
+  dtype type = dtype::f32;
+  int root = 0;
+  std::vector<Collective> ops{Collective::allreduce};
+  std::vector<Algo> algos{Algo::ring};
+  std::string transport = "thread";
+  int np = 2;
+  std::string json, csv, model_file;
+  std::size_t bytes_budget = std::size_t{2} << 30;  // caps iterations for large sizes
+  int ranks_per_node = 8;                            // project: ranks per node for hierarchical
+  bool quiet = false;
+  std::size_t chunk = 0;  // --chunk: pipeline unit of ring, tree, halving_doubling (0: the policy's default)
+  bool bind = true;  // thread transport: pin rank r to CPU r mod ncpu (mpirun binds processes to cores too)
+  std::vector<std::string> codecs;  // --codec: compressed allreduce instead (weft_bench/codec.hpp)
+};
+
+// Parses argv (exits after --help); throws UsageError with a sentence on a bad flag.
+Options parse(int argc, char** argv);
+
+// The sizes of a sweep: -b .. -e by -f (or +-i).
+std::vector<std::size_t> sizes(const Options& o);
+
+}  // namespace weft_bench
