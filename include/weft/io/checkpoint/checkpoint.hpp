@@ -50,6 +50,7 @@
 #include <exception>
 #include <filesystem>
 #include <functional>
+#include <limits>
 #include <map>
 #include <memory>
 #include <optional>
@@ -383,6 +384,7 @@ template <class T = float, class Obj, class Comm>
 void save(const std::filesystem::path& dir, Obj& obj, Comm& comm, const SaveOptions& o = {}) {
   const int rank = comm.rank(), ranks = comm.size();
   const std::string where = "checkpoint save to " + dir.string();
+  if (o.step < 0) throw_error<ValueError>(where, ": step ", o.step, " is negative");
   auto fault = [&](std::string_view stage) {
     if (o.fault) o.fault(stage, rank);
   };
@@ -469,8 +471,7 @@ void save(const std::filesystem::path& dir, Obj& obj, Comm& comm, const SaveOpti
     Json m = Json::make_object();
     m.set("format", Json::make_string(std::string(kFormatName)));
     m.set("version", Json::make_uint(kFormatVersion));
-    m.set("step", Json::make_number(static_cast<double>(o.step)));
-    m.set("step_text", Json::make_string(std::to_string(o.step)));
+    m.set("step", Json::make_uint(static_cast<std::uint64_t>(o.step)));
     m.set("ranks", Json::make_uint(static_cast<std::uint64_t>(ranks)));
     m.set("save_id", Json::make_string(save_id));
     m.set("files", std::move(files));
@@ -532,8 +533,9 @@ struct Metadata {
       throw_error<IoError>(p, ": format is not ", kFormatName);
     const std::uint64_t v = need(m, "version", &Json::is_uint, "an integer").as_uint();
     if (v != kFormatVersion) throw_error<IoError>(p, ": format version ", v, ", this weft reads version ", kFormatVersion);
-    const std::string& st = need(m, "step_text", &Json::is_string, "a string").as_string();
-    if (!parse_scalar<std::int64_t>("i64:" + st, info.step)) throw_error<IoError>(p, ": step '", st, "' is not an integer");
+    const std::uint64_t step = need(m, "step", &Json::is_uint, "an integer").as_uint();
+    if (step > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) throw_error<IoError>(p, ": step ", step, " does not fit in std::int64_t");
+    info.step = static_cast<std::int64_t>(step);
     const std::uint64_t ranks = need(m, "ranks", &Json::is_uint, "an integer").as_uint();
     info.save_id = need(m, "save_id", &Json::is_string, "a string").as_string();
     const Json& fs = need(m, "files", &Json::is_array, "an array");
@@ -634,6 +636,10 @@ struct LoadVisitor {
           throw_error<IoError>(f.path().string(), ": tensor '", pc.key, "': holds ", dtype_name(info.dtype), " ", shape_text(info.shape),
                                ", but ", kMetadataFile, " says ", pc.end - pc.begin, " elements of ", dtype_name(lt.dtype));
         if (!write_tensors) continue;
+        if (b == pc.begin && e == pc.end) {  // the whole piece: straight into the tensor
+          f.read(pc.key, static_cast<void*>(t.data + b), static_cast<std::size_t>(info.bytes()), true);
+          continue;
+        }
         buf.resize(static_cast<std::size_t>(info.bytes()));
         f.read(pc.key, buf.data(), buf.size(), true);
         std::memcpy(static_cast<void*>(t.data + b), buf.data() + (b - pc.begin) * sizeof(T), static_cast<std::size_t>(e - b) * sizeof(T));
