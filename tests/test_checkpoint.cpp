@@ -433,3 +433,30 @@ TEST_CASE("checkpoint: damaged or mismatched checkpoints are errors naming file,
     load_fails("checkpoint.json: JSON syntax error");
   }
 }
+
+// The README's example, as written there, on 2 thread ranks.
+TEST_CASE("checkpoint: the README example saves and resumes") {
+  TempDir d("readme");
+  const fs::path root = d.path / "ckpt";
+  comm::run_local(2, [&](comm::ThreadTransport& t) {
+    dp_suite::Model model;
+    nn::Registry<float>& params = model.reg;
+    comm::Communicator<comm::Ring, comm::ThreadTransport> comm{t};
+    parallel::DataParallel dp(params, comm);
+    dp.set_shard_update(true);
+    nn::Adam<float> opt(params, {.lr = 1e-2f});
+    std::int64_t step = 5;
+    namespace ck = weft::io::checkpoint;
+    auto state = [&](auto& v) {  // what a checkpoint holds, by name
+      auto m = nn::prefixed("model", v);     nn::visit_state(params, m);
+      auto o = nn::prefixed("optimizer", v); opt.visit_state(o);
+      auto d = nn::prefixed("dp", v);        dp.visit_state(d);
+    };
+    ck::save(ck::step_dir(root, step), state, comm,
+             {.step = step, .sharding = ck::data_parallel_sharding(dp, params)});
+    step = 0;
+    if (auto last = ck::latest(root))
+      step = ck::load(*last, state, comm, {.sharding = ck::data_parallel_sharding(dp, params)}).step;
+    CHECK(step == 5);
+  });
+}
