@@ -30,8 +30,10 @@ int main(int argc, char** argv) {
     float* p = ts.back().data();
     for (weft::index_t j = 0; j < kElems; ++j) p[j] = static_cast<float>((j * 2654435761u + static_cast<unsigned>(i)) % 1000003u) * 1e-3f;
   }
+  std::vector<std::string> names;
+  for (long i = 0; i < n; ++i) names.push_back(std::string("w").append(std::to_string(i)));
   auto state = [&](auto& v) {
-    for (long i = 0; i < n; ++i) v(std::string_view("w" + std::to_string(i)), ts[static_cast<std::size_t>(i)].view());
+    for (std::size_t i = 0; i < names.size(); ++i) v(std::string_view(names[i]), ts[i].view());
   };
   const double bytes = static_cast<double>(n) * static_cast<double>(kElems) * sizeof(float);
   using clock = std::chrono::steady_clock;

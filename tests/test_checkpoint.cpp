@@ -513,3 +513,43 @@ TEST_CASE("checkpoint: run_elastic restarts the survivors from the latest checkp
   REQUIRE(log2.size() == 1);
   CHECK(log2[0].next_ranks == 0);
 }
+
+namespace {
+// A replicated tensor and a per-rank one.
+struct State {
+  Tensor<float> shared{Shape{3}, 1.5f}, residual{Shape{5}};
+  template <class V>
+  void visit_state(V& v) {
+    v(std::string_view("model.shared"), shared.view());
+    v(std::string_view("codec.residual"), residual.view());
+  }
+};
+}  // namespace
+
+// Per-rank tensors (what a codec's error-feedback residual will be): each rank
+// gets its own back; on another world size they start at zero; a tensor that
+// differs across ranks but is not declared per rank is refused at save.
+TEST_CASE("checkpoint: per-rank tensors come back to their rank; undeclared differences are refused") {
+  TempDir d("perrank");
+  const ck::Sharding own = ck::Sharding().per_rank("codec.");
+  comm::run_local(2, [&](comm::ThreadTransport& t) {
+    comm::Communicator<comm::Ring, comm::ThreadTransport> c{t};
+    State s;
+    for (index_t i = 0; i < 5; ++i) s.residual.data()[i] = static_cast<float>(10 * t.rank() + i);
+    CHECK_THROWS_WITH_AS(ck::save(d.path / "bad", s, c), doctest::Contains("tensor 'codec.residual' differs from rank to rank"), IoError);
+    ck::save(d.path / "ck", s, c, {.step = 1, .sharding = own});
+    State b;
+    ck::load(d.path / "ck", b, c, {.sharding = own});
+    CHECK(b.residual.to_vector() == s.residual.to_vector());
+    CHECK(b.shared.to_vector() == s.shared.to_vector());
+    CHECK_THROWS_WITH_AS(ck::load(d.path / "ck", b, c), doctest::Contains("tensor 'codec.residual': saved per rank"), IoError);
+  });
+  comm::run_local(3, [&](comm::ThreadTransport& t) {
+    comm::Communicator<comm::Ring, comm::ThreadTransport> c{t};
+    State b;
+    b.residual.data()[0] = 7.0f;
+    ck::load(d.path / "ck", b, c, {.sharding = own});
+    CHECK(b.residual.to_vector() == std::vector<float>(5, 0.0f));
+    CHECK(b.shared.to_vector() == std::vector<float>(3, 1.5f));
+  });
+}

@@ -38,8 +38,11 @@
 // A failed load may leave the objects partly restored: rebuild them.
 //
 // Codec state (error-feedback residuals, PowerSGD factors) joins through
-// visit_state once comm/codec offers it, keyed by its stable name; nothing
-// here needs to change for it (a per-rank tensor needs Sharding::per_rank).
+// visit_state once comm/codec offers it, keyed by its stable name: visit it
+// under a prefix ("codec.") and declare that prefix Sharding::per_rank, since
+// residuals differ from rank to rank. A tensor that differs across ranks but
+// is declared neither per_rank nor sharded is caught at save
+// (SaveOptions::check_replicated), never saved as rank i mod p's copy.
 //
 // Opt-in: needs zlib and POSIX (not included by weft.hpp).
 #pragma once
@@ -55,6 +58,7 @@
 #include <memory>
 #include <optional>
 #include <random>
+#include <set>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -113,10 +117,22 @@ class Sharding {
       if (item.starts_with(p)) return true;
     return false;
   }
+  // Tensors under `prefix` differ from rank to rank (a codec's error-feedback
+  // residual): every rank stores its own; a load on the same ranks gives each
+  // rank its own back, a load on another number of ranks starts them at zero.
+  Sharding& per_rank(std::string prefix) {
+    per_rank_.push_back(std::move(prefix));
+    return *this;
+  }
+  bool is_per_rank(std::string_view item) const {
+    for (const std::string& p : per_rank_)
+      if (item.starts_with(p)) return true;
+    return false;
+  }
 
  private:
   std::vector<std::pair<std::string, std::vector<Range>>> shards_;
-  std::vector<std::string> layouts_;
+  std::vector<std::string> layouts_, per_rank_;
 };
 
 namespace detail {
@@ -178,6 +194,10 @@ struct SoloComm {
 struct SaveOptions {
   std::int64_t step = 0;
   Sharding sharding{};
+  // Check that every replicated tensor is the same on every rank (a CRC-32
+  // per tensor on each rank, one allreduce): a tensor that differs is an
+  // error naming it, not a checkpoint that keeps rank i mod p's copy.
+  bool check_replicated = true;
   // Tests: called at each stage ("begin", "rank file written", "metadata")
   // on each rank; throwing there simulates a crash at that moment.
   std::function<void(std::string_view stage, int rank)> fault{};
@@ -284,6 +304,8 @@ struct SaveVisitor {
   Json items = Json::make_array();  // every tensor item: [name, dtype, shape]
   std::vector<std::pair<std::string, std::string>> scalars;
   std::size_t tensors = 0;
+  std::vector<std::string> replicated;       // names of the replicated tensors, in visit order
+  std::vector<std::int64_t> replicated_crc;  // their CRC-32s, computed on every rank
 
   void operator()(std::string_view name, TensorView<T> t) {
     if (!t.is_contiguous()) throw_error<ValueError>("checkpoint save: tensor '", name, "' is not contiguous");
@@ -296,7 +318,9 @@ struct SaveVisitor {
     it.push(std::move(sh));
     items.push(std::move(it));
     const std::size_t index = tensors++;
-    if (const std::vector<Range>* rs = sharding->ranges(name)) {
+    if (sharding->is_per_rank(name)) {
+      piece(name, t, 0, numel, true);
+    } else if (const std::vector<Range>* rs = sharding->ranges(name)) {
       for (const Range& r : *rs) {
         if (r.begin > r.end || r.end > numel)
           throw_error<ValueError>("checkpoint save: tensor '", name, "': shard range [", r.begin, ", ", r.end, ") is outside its ",
@@ -304,20 +328,26 @@ struct SaveVisitor {
         if (r.begin == r.end) continue;
         piece(name, t, r.begin, r.end);
       }
-    } else if (static_cast<int>(index % static_cast<std::size_t>(ranks)) == rank) {
-      piece(name, t, 0, numel);
+    } else {
+      const std::uint32_t crc = crc32(t.data, static_cast<std::size_t>(numel) * sizeof(T));
+      replicated.emplace_back(name);
+      replicated_crc.push_back(crc);
+      if (static_cast<int>(index % static_cast<std::size_t>(ranks)) == rank) piece(name, t, 0, numel, false, crc);
     }
   }
-  void piece(std::string_view name, TensorView<T> t, std::uint64_t b, std::uint64_t e) {
+  void piece(std::string_view name, TensorView<T> t, std::uint64_t b, std::uint64_t e, bool own = false,
+             std::optional<std::uint32_t> crc = {}) {
     const bool whole = b == 0 && e == static_cast<std::uint64_t>(t.numel());
     std::string key(name);
-    if (!whole) key += "@" + std::to_string(b) + ":" + std::to_string(e);
+    if (own) key += "#" + std::to_string(rank);
+    else if (!whole) key += "@" + std::to_string(b) + ":" + std::to_string(e);
     Json d = Json::make_object();
     d.set("tensor", Json::make_string(std::string(name)));
     d.set("begin", Json::make_uint(b));
     d.set("end", Json::make_uint(e));
+    if (own) d.set("per_rank", Json::make_bool(true));
     writer->metadata("piece:" + key, to_json(d));
-    writer->add(key, dtype_for_v<T>, whole ? shape_of(t.shape) : std::vector<std::uint64_t>{e - b}, t.data + b);
+    writer->add(key, dtype_for_v<T>, whole ? shape_of(t.shape) : std::vector<std::uint64_t>{e - b}, t.data + b, crc);
   }
   template <class S>
     requires std::is_arithmetic_v<S>
@@ -364,6 +394,28 @@ void together(Comm& c, std::string_view what, F&& f) {
   throw_error<IoError>(what, ": rank ", failed - 1, " failed: ", msg);
 }
 
+// Every rank visited the same replicated tensors with the same values, or an
+// IoError on every rank naming the first few that differ. Collective.
+template <class Comm>
+void check_replicated(Comm& c, std::string_view what, const std::vector<std::string>& names, const std::vector<std::int64_t>& crc) {
+  std::int64_t n[2] = {static_cast<std::int64_t>(crc.size()), -static_cast<std::int64_t>(crc.size())}, m[2] = {0, 0};
+  c.allreduce(n, m, 2, comm::ReduceOp::max);
+  if (m[0] != -m[1])
+    throw_error<IoError>(what, ": ranks visit different numbers of replicated tensors (", -m[1], " to ", m[0],
+                         "): build the objects the same way on every rank");
+  std::vector<std::int64_t> lo(crc.size()), hi(crc.size()), neg(crc.size());
+  for (std::size_t i = 0; i < crc.size(); ++i) neg[i] = -crc[i];
+  c.allreduce(crc.data(), hi.data(), crc.size(), comm::ReduceOp::max);
+  c.allreduce(neg.data(), lo.data(), crc.size(), comm::ReduceOp::max);
+  std::string bad;
+  int count = 0;
+  for (std::size_t i = 0; i < crc.size(); ++i)
+    if (hi[i] != -lo[i] && count++ < 4) bad += (bad.empty() ? "'" : ", '") + names[i] + "'";
+  if (count > 0)
+    throw_error<IoError>(what, ": tensor ", bad, count > 4 ? " and more" : "", " differ", count == 1 ? "s" : "",
+                         " from rank to rank but would be saved once: give its Sharding ranges or per_rank (rank ", c.rank(), ")");
+}
+
 inline Json read_json_file(const std::filesystem::path& path) {
   ReadFile f(path);
   if (f.size() > kMaxHeaderBytes) throw_error<IoError>(path.string(), ": ", f.size(), " bytes, larger than any checkpoint metadata");
@@ -407,10 +459,11 @@ void save(const std::filesystem::path& dir, Obj& obj, Comm& comm, const SaveOpti
     std::filesystem::create_directories(dir);
     if (rank == 0 && std::filesystem::remove(dir / kMetadataFile)) detail::fsync_dir(dir);
   });
+  SafetensorsWriter w;
+  detail::SaveVisitor<T> v{&o.sharding, rank, ranks, &w, Json::make_array(), {}, 0, {}, {}};
+  detail::together(comm, where, [&] { detail::visit(obj, v); });
+  if (ranks > 1 && o.check_replicated) detail::check_replicated(comm, where, v.replicated, v.replicated_crc);
   detail::together(comm, where, [&] {
-    SafetensorsWriter w;
-    detail::SaveVisitor<T> v{&o.sharding, rank, ranks, &w, Json::make_array(), {}, 0};
-    detail::visit(obj, v);
     w.metadata("weft.format", std::string(kFormatName));
     w.metadata("weft.version", std::to_string(kFormatVersion));
     w.metadata("weft.rank", std::to_string(rank));
@@ -429,6 +482,7 @@ void save(const std::filesystem::path& dir, Obj& obj, Comm& comm, const SaveOpti
     Json tensors = Json::make_object();
     std::map<std::string, std::size_t, std::less<>> at;  // tensor name -> index in `tensors`
     std::vector<Json> pieces;
+    std::set<std::string, std::less<>> per_rank;
     for (int r = 0; r < ranks; ++r) {
       const SafetensorsReader f(dir / rank_file_name(r));
       const std::string* sid = f.header().meta("weft.save_id");
@@ -461,6 +515,10 @@ void save(const std::filesystem::path& dir, Obj& obj, Comm& comm, const SaveOpti
         e.set("key", Json::make_string(t.name));
         e.set("begin", *d.find("begin"));
         e.set("end", *d.find("end"));
+        if (d.find("per_rank")) {
+          e.set("per_rank", Json::make_bool(true));
+          per_rank.insert(it->first);
+        }
         pieces[it->second].push(std::move(e));
       }
       Json fj = Json::make_object();
@@ -478,6 +536,7 @@ void save(const std::filesystem::path& dir, Obj& obj, Comm& comm, const SaveOpti
     Json ts = Json::make_object();
     for (const auto& [name, t] : tensors.members()) {
       Json e = t;
+      if (per_rank.count(name)) e.set("per_rank", Json::make_bool(true));
       e.set("pieces", pieces[at.find(name)->second]);
       ts.set(name, std::move(e));
     }
@@ -507,6 +566,7 @@ struct LogicalTensor {
   Dtype dtype;
   std::vector<std::uint64_t> shape;
   std::vector<Piece> pieces;
+  bool per_rank = false;
   bool visited = false;
 };
 
@@ -555,6 +615,7 @@ struct Metadata {
         if (!d.is_uint()) throw_error<IoError>(who, ": shape holds a non-integer");
         lt.shape.push_back(d.as_uint());
       }
+      if (const Json* pr = t.find("per_rank")) lt.per_rank = pr->kind() == Json::Kind::boolean && pr->as_bool();
       const Json* ps = t.find("pieces");
       if (!ps || !ps->is_array()) throw_error<IoError>(who, ": missing pieces");
       for (const Json& pc : ps->items()) {
@@ -612,6 +673,13 @@ struct LoadVisitor {
                            shape_text(lt.shape), ", the model ", dtype_name(dtype_for_v<T>), " ", shape_text(shape), " (rank ", rank, ")");
     if (!t.is_contiguous()) throw_error<ValueError>("checkpoint load: tensor '", name, "' is not contiguous");
     const auto numel = static_cast<std::uint64_t>(t.numel());
+    if (lt.per_rank != sharding->is_per_rank(name))
+      throw_error<IoError>(meta->path.string(), ": tensor '", name, "': saved ", lt.per_rank ? "per rank" : "as one tensor",
+                           ", but the Sharding given to load says ", lt.per_rank ? "not" : "per_rank", " (rank ", rank, ")");
+    if (lt.per_rank) {
+      restore_own(name, t, lt);
+      return;
+    }
     std::vector<Range> need;
     const std::vector<Range>* rs = sharding->ranges(name);
     if (rs) {
@@ -650,6 +718,24 @@ struct LoadVisitor {
       if (covered > r.end - r.begin)
         throw_error<IoError>(meta->path.string(), ": tensor '", name, "': pieces overlap in elements [", r.begin, ", ", r.end, ")");
     }
+  }
+
+  // A per-rank tensor: this rank's own copy, or zeros on another world size.
+  void restore_own(std::string_view name, TensorView<T> t, const LogicalTensor& lt) {
+    const auto bytes = static_cast<std::size_t>(t.numel()) * sizeof(T);
+    if (reshard) {
+      if (write_tensors) std::memset(static_cast<void*>(t.data), 0, bytes);
+      return;
+    }
+    for (const Piece& pc : lt.pieces)
+      if (pc.file == static_cast<std::size_t>(rank)) {
+        const SafetensorsReader& f = file(pc.file);
+        if (write_tensors) f.read(pc.key, static_cast<void*>(t.data), bytes, true);
+        else if (f.info(pc.key).bytes() != bytes)
+          throw_error<IoError>(f.path().string(), ": tensor '", pc.key, "': holds ", f.info(pc.key).bytes(), " bytes, the model ", bytes);
+        return;
+      }
+    throw_error<IoError>(meta->path.string(), ": tensor '", name, "': no copy for rank ", rank, " (a missing piece)");
   }
 
   template <class S>

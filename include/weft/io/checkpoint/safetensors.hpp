@@ -23,6 +23,7 @@
 #include <cstring>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -213,7 +214,9 @@ inline Header parse_header(std::string_view text, std::uint64_t data_bytes, std:
 // Collects tensors (borrowed, not copied) and metadata, then writes one file.
 class SafetensorsWriter {
  public:
-  void add(std::string name, Dtype dtype, std::vector<std::uint64_t> shape, const void* data) {
+  // `crc`: the data's CRC-32 when the caller has it (else computed on write).
+  void add(std::string name, Dtype dtype, std::vector<std::uint64_t> shape, const void* data,
+           std::optional<std::uint32_t> crc = {}) {
     if (name == "__metadata__") throw_error<ValueError>("safetensors: a tensor may not be named __metadata__");
     for (const Item& it : items_)
       if (it.info.name == name) throw_error<ValueError>("safetensors: tensor '", name, "' added twice");
@@ -225,6 +228,7 @@ class SafetensorsWriter {
     at_ += it.info.numel() * dtype_size(dtype);
     it.info.end = at_;
     it.data = data;
+    it.crc = crc;
     items_.push_back(std::move(it));
   }
   template <class T>
@@ -240,7 +244,7 @@ class SafetensorsWriter {
     for (const auto& [k, v] : meta_) m.set(k, Json::make_string(v));
     if (checksums)
       for (const Item& it : items_)
-        m.set("crc32:" + it.info.name, Json::make_string(crc32_hex(crc32(it.data, it.info.bytes()))));
+        m.set("crc32:" + it.info.name, Json::make_string(crc32_hex(it.crc ? *it.crc : crc32(it.data, it.info.bytes()))));
     Json h = Json::make_object();
     if (!m.members().empty()) h.set("__metadata__", std::move(m));
     for (const Item& it : items_) {
@@ -279,6 +283,7 @@ class SafetensorsWriter {
   struct Item {
     TensorInfo info;
     const void* data = nullptr;
+    std::optional<std::uint32_t> crc;
   };
   std::vector<Item> items_;
   std::vector<std::pair<std::string, std::string>> meta_;
