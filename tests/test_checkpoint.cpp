@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 #include <weft/comm/run_local.hpp>
+#include <weft/io/sampler.hpp>
 #include <weft/io/checkpoint/checkpoint.hpp>
 #include <weft/io/checkpoint/elastic.hpp>
 #include <weft/io/checkpoint/json.hpp>
@@ -165,17 +166,29 @@ TEST_CASE("safetensors: bad files are errors naming the file, the tensor and the
 
 namespace {
 
-// A single-rank run: two linear layers, Adam, an RNG and a sampler.
+// A single-rank run: two linear layers, Adam, an RNG and a sampler whose
+// batches (16 of 64 samples: an epoch ends every 4 steps) drive training.
 struct SoloRun {
   dp_suite::Model m;
   nn::Adam<float> opt{m.reg, {.lr = 1e-2f}};
   nn::Rng noise{5};
+  io::DistributedSampler sampler{64, 0, 1, 9};
+  Tensor<float> xb{Shape{dp_suite::kBatch, dp_suite::kIn}};
+  Tensor<std::int32_t> yb{Shape{dp_suite::kBatch}};
   Workspace<> ws;
-  void step(const dp_suite::Data& d, int s) {
-    auto [lo, hi] = dp_suite::rows(s, 0, 1);
-    (void)noise.normal();  // a pending Box-Muller spare between steps
+  void step(const dp_suite::Data& d, int) {
+    if (sampler.position() + dp_suite::kBatch > sampler.shard_size()) sampler.set_epoch(sampler.epoch() + 1);
+    const std::vector<index_t> idx = sampler.indices();
+    for (index_t b = 0; b < dp_suite::kBatch; ++b) {
+      const index_t row = idx[static_cast<std::size_t>(sampler.position() + b)];
+      for (index_t j = 0; j < dp_suite::kIn; ++j)
+        xb.data()[b * dp_suite::kIn + j] = d.x.data()[row * dp_suite::kIn + j] + 0.01f * noise.normal();
+      yb.data()[b] = d.y.data()[row];
+    }
+    (void)noise.normal();  // an odd count of draws: a Box-Muller spare is pending between steps
+    sampler.advance(dp_suite::kBatch);
     opt.zero_grad();
-    backward(m.loss(d.x.slice(lo, hi), d.y.slice(lo, hi)), ws);
+    backward(m.loss(xb, yb), ws);
     opt.step();
   }
   template <class V>
@@ -186,6 +199,8 @@ struct SoloRun {
     opt.visit_state(o);
     auto r = nn::prefixed("rng", v);
     noise.visit_state(r);
+    auto sm = nn::prefixed("sampler", v);
+    sampler.visit_state(sm);
   }
 };
 
@@ -195,17 +210,22 @@ TEST_CASE("checkpoint: one rank resumes bit for bit; the files are what checkpoi
   TempDir d("solo");
   const dp_suite::Data data;
   SoloRun a;
-  for (int s = 0; s < 6; ++s) a.step(data, s);
+  for (int s = 0; s < 11; ++s) a.step(data, s);
   SoloRun b;
-  for (int s = 0; s < 3; ++s) b.step(data, s);
-  ck::save(d.path / "c", b, {.step = 3});
+  for (int s = 0; s < 6; ++s) b.step(data, s);  // mid-epoch, past an epoch boundary
+  ck::save(d.path / "c", b, {.step = 6});
   SoloRun c;
   c.noise = nn::Rng(77);
+  c.sampler = io::DistributedSampler(64, 0, 1, 123);
   for (Parameter<float>* p : c.m.reg) p->value.data()[0] = 9.0f;
-  CHECK(ck::load(d.path / "c", c).step == 3);
-  for (int s = 3; s < 6; ++s) c.step(data, s);
+  CHECK(ck::load(d.path / "c", c).step == 6);
+  CHECK(c.sampler.epoch() == 1);
+  CHECK(c.sampler.position() == 32);
+  for (int s = 6; s < 11; ++s) c.step(data, s);
   CHECK(c.m.values() == a.m.values());
   CHECK(c.noise.next_u64() == a.noise.next_u64());
+  CHECK(c.sampler.epoch() == a.sampler.epoch());
+  CHECK(c.sampler.position() == a.sampler.position());
 
   const ck::Json meta = ck::parse_json([&] {
     const auto b = slurp(d.path / "c" / "checkpoint.json");
@@ -220,6 +240,7 @@ TEST_CASE("checkpoint: one rank resumes bit for bit; the files are what checkpoi
   ck::SafetensorsReader r(d.path / "c" / "rank-00000.safetensors");
   CHECK(r.header().meta("scalar:optimizer.step") != nullptr);
   CHECK(r.header().meta("scalar:rng.has_spare") != nullptr);
+  CHECK(*r.header().meta("scalar:sampler.position") == "i64:32");
 }
 
 TEST_CASE("checkpoint: data-parallel training resumes bit for bit on 1, 2 and 4 thread ranks, sharded or not") {
@@ -552,4 +573,17 @@ TEST_CASE("checkpoint: per-rank tensors come back to their rank; undeclared diff
     CHECK(b.residual.to_vector() == std::vector<float>(5, 0.0f));
     CHECK(b.shared.to_vector() == std::vector<float>(3, 1.5f));
   });
+}
+
+TEST_CASE("checkpoint: latest() picks the highest complete step, by number") {
+  TempDir d("latest");
+  CHECK(!ck::latest(d.path));
+  Tensor<float> w(Shape{2}, 1.0f);
+  auto state = [&](auto& v) { v(std::string_view("w"), w.view()); };
+  for (std::int64_t s : {7, 99999999, 100000000}) ck::save(ck::step_dir(d.path, s), state, {.step = s});
+  fs::create_directories(ck::step_dir(d.path, 200000000));  // incomplete: no checkpoint.json
+  fs::create_directories(d.path / "step-x");
+  REQUIRE(ck::latest(d.path));
+  CHECK(*ck::latest(d.path) == ck::step_dir(d.path, 100000000));
+  CHECK(ck::load(*ck::latest(d.path), state).step == 100000000);
 }

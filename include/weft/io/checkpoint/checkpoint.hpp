@@ -786,13 +786,19 @@ CheckpointInfo load(const std::filesystem::path& dir, Obj& obj, const LoadOption
 }
 
 // The newest complete checkpoint under root (a step_dir with checkpoint.json), if any.
+// Steps compare as numbers (step-100000000 is newer than step-99999999).
 inline std::optional<std::filesystem::path> latest(const std::filesystem::path& root) {
   std::error_code ec;
   std::optional<std::filesystem::path> best;
+  std::int64_t best_step = -1;
   for (const auto& e : std::filesystem::directory_iterator(root, ec)) {
     const std::string n = e.path().filename().string();
-    if (!n.starts_with("step-") || !std::filesystem::exists(e.path() / kMetadataFile, ec)) continue;
-    if (!best || n > best->filename().string()) best = e.path();
+    std::int64_t step = -1;
+    if (!n.starts_with("step-") || !detail::parse_scalar<std::int64_t>("i64:" + n.substr(5), step) || step < 0) continue;
+    if (step > best_step && std::filesystem::exists(e.path() / kMetadataFile, ec)) {
+      best = e.path();
+      best_step = step;
+    }
   }
   return best;
 }
