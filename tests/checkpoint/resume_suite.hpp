@@ -86,15 +86,17 @@ std::vector<float> straight(Transport& t, const dp_suite::Data& d, bool shard) {
   return r.m.values();
 }
 
-// Parameters after kFirst steps, a checkpoint in `dir`, fresh objects loaded
-// from it and kTotal - kFirst more steps.
+// kFirst steps, then a checkpoint in `dir`.
 template <class Transport>
-std::vector<float> resumed(Transport& t, const dp_suite::Data& d, bool shard, const std::filesystem::path& dir) {
-  {
-    DpRun<Transport> a(t, shard);
-    for (int s = 0; s < kFirst; ++s) a.step(d, s);
-    ck::save(dir, a, a.c, {.step = kFirst, .sharding = a.sharding()});
-  }
+void first_part(Transport& t, const dp_suite::Data& d, bool shard, const std::filesystem::path& dir) {
+  DpRun<Transport> a(t, shard);
+  for (int s = 0; s < kFirst; ++s) a.step(d, s);
+  ck::save(dir, a, a.c, {.step = kFirst, .sharding = a.sharding()});
+}
+
+// Fresh objects loaded from `dir`, then the remaining steps: the parameters.
+template <class Transport>
+std::vector<float> second_part(Transport& t, const dp_suite::Data& d, bool shard, const std::filesystem::path& dir) {
   DpRun<Transport> b(t, shard);
   b.scribble();
   const ck::CheckpointInfo info = ck::load(dir, b, b.c, {.sharding = b.sharding()});
@@ -102,6 +104,13 @@ std::vector<float> resumed(Transport& t, const dp_suite::Data& d, bool shard, co
   CHECK(info.ranks == b.c.size());
   for (int s = kFirst; s < kTotal; ++s) b.step(d, s);
   return b.m.values();
+}
+
+// Both parts in one process (fresh objects in between).
+template <class Transport>
+std::vector<float> resumed(Transport& t, const dp_suite::Data& d, bool shard, const std::filesystem::path& dir) {
+  first_part(t, d, shard, dir);
+  return second_part(t, d, shard, dir);
 }
 
 }  // namespace ckpt_suite
