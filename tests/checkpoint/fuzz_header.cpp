@@ -1,7 +1,9 @@
 // libFuzzer target for the safetensors header parser and reader
-// (io/checkpoint/safetensors.hpp): the input is a header's JSON text, framed
-// as a file (its length, the text, 64 bytes of data). Any input must end in
-// a parsed header whose tensors read back, or in weft::IoError naming the
+// (io/checkpoint/safetensors.hpp) and a checkpoint's checkpoint.json
+// (io/checkpoint/checkpoint.hpp): the input is a header's JSON text, framed
+// as a file (its length, the text, 64 bytes of data), and the same text as
+// checkpoint.json of a directory holding that file. Any input must end in a
+// parsed header whose tensors read back, a load, or weft::IoError naming the
 // file; never a crash, a hang, an out-of-bounds read or another exception.
 // Built and run for a bounded time by tests/fuzz/run.sh (ASan + UBSan).
 #include <unistd.h>
@@ -13,6 +15,8 @@
 #include <string>
 #include <string_view>
 
+#include <filesystem>
+#include <weft/io/checkpoint/checkpoint.hpp>
 #include <weft/io/checkpoint/safetensors.hpp>
 
 namespace {
@@ -23,6 +27,21 @@ const std::string& scratch_path() {
     return std::string(dir ? dir : "/tmp") + "/weft_fuzz_st_" + std::to_string(::getpid()) + ".safetensors";
   }();
   return path;
+}
+
+// A checkpoint directory whose rank-00000.safetensors is a valid one-tensor file.
+const std::filesystem::path& scratch_dir() {
+  static const std::filesystem::path dir = [] {
+    const char* d = std::getenv("TMPDIR");
+    std::filesystem::path p = std::filesystem::path(d ? d : "/tmp") / ("weft_fuzz_ck_" + std::to_string(::getpid()));
+    std::filesystem::create_directories(p);
+    static const float w[4] = {1, 2, 3, 4};
+    weft::io::checkpoint::SafetensorsWriter wr;
+    wr.add("w", w, {4});
+    wr.write(p / weft::io::checkpoint::rank_file_name(0));
+    return p;
+  }();
+  return dir;
 }
 
 }  // namespace
@@ -50,6 +69,19 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     ck::SafetensorsReader r(path);
     for (const ck::TensorInfo& t : r.header().tensors) (void)r.read(t.name);
   } catch (const weft::IoError&) {
+  }
+  // The same text as checkpoint.json; a model with one tensor "w" of 4 floats.
+  const std::filesystem::path& dir = scratch_dir();
+  f = std::fopen((dir / "checkpoint.json").c_str(), "wb");
+  if (!f) return 0;
+  std::fwrite(data, 1, size, f);
+  std::fclose(f);
+  float w[4] = {};
+  auto state = [&](auto& v) { v(std::string_view("w"), weft::TensorView<float>(w, weft::Shape{4})); };
+  try {
+    ck::load(dir, state, {.strict = false});
+  } catch (const weft::IoError&) {
+  } catch (const weft::ValueError&) {
   }
   return 0;
 }

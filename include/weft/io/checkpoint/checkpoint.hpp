@@ -602,8 +602,13 @@ struct Metadata {
     if (ranks == 0 || ranks != fs.items().size() || ranks > (1u << 20))
       throw_error<IoError>(p, ": ", ranks, " ranks but ", fs.items().size(), " files");
     info.ranks = static_cast<int>(ranks);
-    for (const Json& f : fs.items())
-      files.emplace_back(need(f, "name", &Json::is_string, "a string").as_string(), need(f, "bytes", &Json::is_uint, "an integer").as_uint());
+    for (const Json& f : fs.items()) {
+      // Only the names save writes: a hostile file cannot point outside the directory.
+      const std::string& name = need(f, "name", &Json::is_string, "a string").as_string();
+      if (name != rank_file_name(static_cast<int>(files.size())))
+        throw_error<IoError>(p, ": file ", files.size(), " is named '", name, "', not ", rank_file_name(static_cast<int>(files.size())));
+      files.emplace_back(name, need(f, "bytes", &Json::is_uint, "an integer").as_uint());
+    }
     for (const auto& [name, t] : need(m, "tensors", &Json::is_object, "an object").members()) {
       LogicalTensor lt;
       const std::string who = p + ": tensor '" + name + "'";
