@@ -183,7 +183,10 @@ struct Results {
       rec.error = t["error"].str;
       rec.start_s = t["start_s"].num;
       rec.end_s = t["end_s"].num;
-      for (const auto& [name, v] : t["config"].fields) {
+      const detail::Json& config = t["config"];
+      for (std::size_t k = 0; k < config.keys.size(); ++k) {
+        const std::string& name = config.keys[k];
+        const detail::Json& v = config.values[k];
         if (v.type == detail::Json::string)
           rec.config.set(name, v.str);
         else

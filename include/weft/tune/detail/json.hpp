@@ -23,12 +23,14 @@ struct Json {
   double num = 0;
   std::string str;
   std::vector<Json> items;
-  std::vector<std::pair<std::string, Json>> fields;  // in the order written
+  // An object's fields in the order written (two vectors: Json is incomplete here).
+  std::vector<std::string> keys;
+  std::vector<Json> values;
 
   const Json& operator[](std::string_view key) const {
     static const Json none;
-    for (auto& [k, v] : fields)
-      if (k == key) return v;
+    for (std::size_t i = 0; i < keys.size(); ++i)
+      if (keys[i] == key) return values[i];
     return none;
   }
 };
@@ -124,7 +126,8 @@ class JsonReader {
         space();
         std::string k = text();
         expect(':');
-        j.fields.emplace_back(std::move(k), value());
+        j.keys.push_back(std::move(k));
+        j.values.push_back(value());
       } while (eat(','));
       expect('}');
     } else if (c == '[') {
