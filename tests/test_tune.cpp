@@ -65,6 +65,8 @@ TEST_CASE("space: coordinates map to values, bounds included") {
   CHECK(std::get<double>(uniform(2, 4).at(1.0)) == 4);
   CHECK(std::get<double>(log_uniform(1e-4, 1e-2).at(0.5)) == doctest::Approx(1e-3));
   CHECK(std::get<double>(log_uniform(1e-4, 1e-2).at(1.0)) == 1e-2);
+  CHECK(std::get<double>(log_uniform(1e-3, 1e-2).at(0.0)) == 1e-3);  // exactly, not exp(log(1e-3))
+  CHECK(std::get<double>(log_uniform(1e-3, 1e-2).grid(2).grid_values()[0]) == 1e-3);
   // integer(1, 4): four equal quarters of [0, 1)
   for (double u : {0.0, 0.24, 0.25, 0.5, 0.99, 1.0})
     CHECK(std::get<double>(integer(1, 4).at(u)) == std::min(4.0, 1 + std::floor(u * 4)));

@@ -61,7 +61,7 @@ struct TrialRecord {
   Status status = Status::pending;
   std::string error;
   int group = -1;
-  double start_s = 0, end_s = 0;
+  double start_s = 0, end_s = 0;  // seconds since the search started; end_s: finished, else last report
 
   double wall_s() const { return end_s - start_s; }
   // Epochs trained: the last epoch reported.

@@ -39,6 +39,7 @@
 // the scheduler again, not rerun; a file from another search is an error.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <charconv>
 #include <chrono>
@@ -199,6 +200,9 @@ class Coordinator {
       sched_.on_start(t.id, t.config);
       for (const Report& r : t.reports) (void)sched_.on_report(t.id, r.epoch, r.metric);
       sched_.on_finish(t.id);
+      // The resumed search's clock continues after the kept trials' last event.
+      t0_ = std::min(t0_, comm::Clock::now() - std::chrono::duration_cast<comm::Clock::duration>(
+                                                   std::chrono::duration<double>(t.end_s)));
       const std::size_t id = t.id;
       records_[id] = std::move(t);
       ++resumed_;
@@ -215,7 +219,7 @@ class Coordinator {
     t.config = sampler_.at(t.id);
     t.status = Status::running;
     t.group = group;
-    t.start_s = now();
+    t.start_s = t.end_s = now();
     sched_.on_start(t.id, t.config);
     return std::pair{t.id, t.config};
   }
@@ -223,6 +227,7 @@ class Coordinator {
   Decision report(std::size_t id, int epoch, double metric, std::vector<std::uint8_t> weights) {
     TrialRecord& t = records_.at(id);
     t.reports.push_back({epoch, metric, now()});
+    t.end_s = t.reports.back().seconds;  // wall time so far, until it finishes
     if (!weights.empty()) weights_[id] = std::move(weights);
     Action a = sched_.on_report(id, epoch, metric);
     Decision d{a.kind, a.source, a.config, {}};

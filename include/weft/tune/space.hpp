@@ -100,7 +100,9 @@ struct Param {
         return choices[std::min(n - 1, static_cast<std::size_t>(u * static_cast<double>(n)))];
       }
       case Kind::uniform: return u >= 1.0 ? hi : lo + u * (hi - lo);
-      case Kind::log_uniform: return u >= 1.0 ? hi : std::exp(std::log(lo) + u * (std::log(hi) - std::log(lo)));
+      case Kind::log_uniform:
+        // The bounds exactly (exp(log(x)) may round away from x).
+        return u <= 0.0 ? lo : u >= 1.0 ? hi : std::exp(std::log(lo) + u * (std::log(hi) - std::log(lo)));
       case Kind::integer: {
         const double n = hi - lo + 1;
         return std::min(hi, lo + std::floor(u * n));
@@ -128,8 +130,10 @@ struct Param {
     }
     for (int k = 0; k < grid_points; ++k) {
       const double t = static_cast<double>(k) / (grid_points - 1);
-      double v = is_log() ? (k == grid_points - 1 ? hi : std::exp(std::log(lo) + t * (std::log(hi) - std::log(lo))))
-                          : (k == grid_points - 1 ? hi : lo + t * (hi - lo));
+      double v = k == 0 ? lo
+                 : k == grid_points - 1 ? hi
+                 : is_log() ? std::exp(std::log(lo) + t * (std::log(hi) - std::log(lo)))
+                            : lo + t * (hi - lo);
       if (is_integer()) v = std::clamp(std::round(v), lo, hi);
       if (out.empty() || std::get<double>(out.back()) != v) out.emplace_back(v);
     }
