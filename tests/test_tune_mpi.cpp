@@ -39,6 +39,17 @@ TEST_CASE("mpi: grid + FIFO in groups of 1, 2 and W ranks; failed trials recorde
   }
 }
 
+TEST_CASE("mpi: one rank of a group throws: the trial fails with its message, the others unwind") {
+  comm::MpiTransport world{MPI_COMM_WORLD};
+  for (int g : {2, world.size()}) {
+    if (world.size() % g) continue;
+    CAPTURE(g);
+    Results r = one_rank_throws(world, g);
+    same_on_every_rank(r);
+    check_one_rank_throws(r);
+  }
+}
+
 TEST_CASE("mpi: ASHA stops what a naive rung rule replayed in arrival order stops") {
   comm::MpiTransport world{MPI_COMM_WORLD};
   for (int g : {1, 2}) {

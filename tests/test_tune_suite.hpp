@@ -47,8 +47,12 @@ inline double quality(const Config& c, int epoch) {
 // Trains nothing: the group computes quality() by an allreduce of equal shares
 // (g is a power of two in these tests, so the shares sum exactly). Configs with
 // x > 0.9 diverge at epoch 2 on every rank of the group.
+// With `partial`, configs x = 0.5 and x = 0.75 throw at epoch 2 on one rank of the
+// group only (the first, the last), after the epoch's allreduce: the other ranks go
+// on to report() and must learn of the failure there.
 struct FakeTrain {
   std::atomic<int>* calls = nullptr;  // counted on group leaders
+  bool partial = false;
   template <class T>
   void operator()(Trial& trial, T& group) const {
     comm::Communicator<comm::Ring, T> c{group};
@@ -57,10 +61,42 @@ struct FakeTrain {
       if (trial.config().number("x") > 0.9 && epoch == 2) throw_error<ValueError>("loss diverged at epoch 2");
       std::vector<double> share{quality(trial.config(), epoch) / c.size()};
       c.allreduce(share);
+      if (partial && epoch == 2) {
+        if (trial.config().number("x") == 0.5 && c.rank() == 0) throw_error<ValueError>("only the first rank threw");
+        if (trial.config().number("x") == 0.75 && c.rank() == c.size() - 1)
+          throw_error<ValueError>("only the last rank threw");
+      }
       if (!trial.report(epoch, share[0])) return;
     }
   }
 };
+
+template <class T>
+Results one_rank_throws(T& world, int g) {
+  GridSampler grid(space());
+  Fifo fifo(3);
+  return search(world, grid, fifo, FakeTrain{nullptr, true}, {.ranks_per_trial = g});
+}
+
+inline void check_one_rank_throws(const Results& r) {
+  REQUIRE(r.trials.size() == 15);
+  for (const TrialRecord& t : r.trials) {
+    CAPTURE(t.id);
+    const double x = t.config.number("x");
+    if (x == 0.5) {
+      CHECK(t.status == Status::failed);
+      CHECK(t.error == "only the first rank threw");
+    } else if (x == 0.75) {
+      CHECK(t.status == Status::failed);
+      CHECK(t.error == "only the last rank threw");
+    } else if (x > 0.9) {
+      CHECK(t.status == Status::failed);
+    } else {
+      CHECK(t.status == Status::completed);
+      CHECK(t.epochs() == 3);
+    }
+  }
+}
 
 // Every rank returns the same results.
 inline std::string fingerprint(const Results& r) { return r.to_json(); }

@@ -42,6 +42,17 @@ TEST_CASE("threads: grid + FIFO on W ranks in groups of g; failed trials recorde
   }
 }
 
+TEST_CASE("threads: one rank of a group throws: the trial fails with its message, the others unwind") {
+  for (auto wg : {std::pair{2, 2}, {4, 2}, {4, 4}, {2, 1}}) {
+    const int w = wg.first, g = wg.second;
+    CAPTURE(w);
+    CAPTURE(g);
+    auto rs = on_ranks(w, [g](auto& t) { return one_rank_throws(t, g); });
+    same_on_every_rank(rs);
+    check_one_rank_throws(rs[0]);
+  }
+}
+
 TEST_CASE("threads: ASHA stops what a naive rung rule replayed in arrival order stops") {
   for (auto wg : {std::pair{1, 1}, {2, 2}, {4, 2}, {4, 1}}) {
     const int w = wg.first, g = wg.second;

@@ -25,9 +25,10 @@
 //
 // A training function that throws is a failed trial: the group agrees on it
 // (the highest group rank that threw supplies the message), the coordinator
-// records the error, and the group takes the next trial. A trial should throw
-// on every rank of its group or communicate under a deadline, so no rank waits
-// forever for a peer that left. Each trial gets a fresh split of its group's
+// records the error, and the group takes the next trial. A rank whose peer
+// threw learns it at its next report(), which unwinds its training function;
+// a rank waiting for the thrower inside the trial's own communication waits
+// until that communication's deadline, then throws in turn. Each trial gets a fresh split of its group's
 // ranks, so a failed trial's unmatched messages cannot reach the next one.
 // Errors in the search's own communication are not trial failures: they end
 // the search on every rank.
@@ -109,6 +110,8 @@ class Trial {
   // this trial exploit another, report() returns true, exploited() is true,
   // config() holds the new hyperparameters and weights() the other trial's
   // last reported weights, to copy into the model before the next epoch.
+  // Let exceptions from report() propagate: when another rank of the group
+  // has thrown, report() unwinds this rank's training function too.
   bool report(int epoch, double metric, std::span<const float> weights = {}) { return report_(epoch, metric, weights); }
 
   bool exploited() const { return exploited_; }
@@ -283,6 +286,14 @@ class Coordinator {
   std::size_t next_ = 0, resumed_ = 0;
 };
 
+// Thrown out of report() on the ranks of a group when another of its ranks
+// threw: unwinds the training function to the group's agreement. Not a
+// std::exception, so a training function's catch (const std::exception&)
+// lets it through; a catch (...) that swallows it breaks the protocol.
+struct GroupFailed {
+  std::int32_t who;  // 1 + the highest group rank that threw
+};
+
 // Message kinds and tags on the control communicator.
 enum : int { ask_work = 1, ask_report = 2, give_trial = 1, give_done = 2, give_decision = 3 };
 enum : int { tag_ask = 1, tag_ask_payload = 2, tag_give = 3, tag_give_config = 4, tag_give_weights = 5 };
@@ -354,6 +365,8 @@ class Runner {
       trial.report_ = [&](int epoch, double metric, std::span<const float> w) {
         try {
           return report(trial, epoch, metric, w);
+        } catch (const detail::GroupFailed&) {
+          throw;
         } catch (...) {
           control_error = std::current_exception();
           throw;
@@ -361,9 +374,12 @@ class Runner {
       };
       std::string error;
       bool failed = false;
+      std::int32_t who = -1;  // set when report() already took part in the group's agreement
       try {
         T sub = base.split(0, grank_, comm::deadline_after(o_.timeout));
         train_(trial, sub);
+      } catch (const detail::GroupFailed& g) {
+        who = g.who;
       } catch (const std::exception& e) {
         failed = true;
         error = e.what();
@@ -372,9 +388,13 @@ class Runner {
         error = "unknown exception";
       }
       if (control_error) std::rethrow_exception(control_error);
-      // The group agrees: the highest group rank that threw supplies the message.
-      std::int32_t who = failed ? grank_ + 1 : 0;
-      gctl.allreduce(std::span<std::int32_t>(&who, 1), comm::ReduceOp::max);
+      // The group agrees: the highest group rank that threw supplies the message. This
+      // allreduce is the one every report() opens with, so ranks still reporting learn of
+      // the failure there (GroupFailed) instead of waiting for a decision that never comes.
+      if (who < 0) {
+        who = failed ? grank_ + 1 : 0;
+        gctl.allreduce(std::span<std::int32_t>(&who, 1), comm::ReduceOp::max);
+      }
       if (who > 0) error = share_text(gctl, error, who - 1);
       prev = std::pair{trial.id_, error};
       prev_failed = who > 0;
@@ -486,6 +506,10 @@ class Runner {
   }
 
   bool report(Trial& trial, int epoch, double metric, std::span<const float> w) {
+    // Has a rank of the group left the trial by throwing? (It waits in the same allreduce.)
+    std::int32_t who = 0;
+    gctl_->allreduce(std::span<std::int32_t>(&who, 1), comm::ReduceOp::max);
+    if (who > 0) throw detail::GroupFailed{who};
     detail::Decision d;
     if (grank_ == 0) {
       if (rank_ == 0) {
