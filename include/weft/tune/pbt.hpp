@@ -13,6 +13,9 @@
 // neighbour. Quantile sets hold max(1, floor(n * quantile)) trials of the n
 // ranked best first, ties broken by lower trial index.
 //
+// Under tune::search the population is the trials running at once (one per
+// group); on_finish() removes a trial from it.
+//
 // Draws come from one nn::Rng(seed) in a fixed order (source index, then per
 // parameter: resample coin, then the value or the 0.8/1.2 coin), so the same
 // reports in the same order give the same decisions on every platform.

@@ -566,7 +566,9 @@ class Runner {
 
 // Runs the search on every rank of `world` (collective: every rank calls it
 // with the same sampler, scheduler and options). `train(trial, group)` is
-// called on every rank of a group with the group's Transport.
+// called on every rank of a group with the group's Transport. Only world rank
+// 0 drives the scheduler (the others read max_epochs()), so ranks as threads
+// may share one scheduler object.
 template <comm::Transport T, Sampler Smp, Scheduler Sch, class F>
   requires std::invocable<F&, Trial&, T&>
 Results search(T& world, const Smp& sampler, Sch& scheduler, F&& train, SearchOptions o = {}) {
