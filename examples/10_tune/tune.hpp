@@ -1,9 +1,11 @@
-// Story 10: tune the Fashion-MNIST MLP's learning rate, weight decay and hidden
-// width on 4 thread ranks, 2 trials of 2 ranks at a time, each trial trained
-// data-parallel on its group. ASHA over 16 Sobol points against a grid run to
-// the end (FIFO): both bests and the epochs each search spent.
+// Story 10, shared by the two launchers (threads.cpp: 4 ranks in one process;
+// mpi.cpp: one rank per MPI process): tune the Fashion-MNIST MLP's learning
+// rate, weight decay and hidden width, 2 trials of 2 ranks at a time, each
+// trial trained data-parallel on its group. ASHA over 16 Sobol points against
+// a grid run to the end (FIFO): both bests and the epochs each search spent.
 //
 //   build/examples/10_tune [--quick] [--out DIR = tune_results or tune_results_quick] [--seed S]
+//   mpirun -np 4 build/examples/10_tune_mpi [same options]
 //   python3 examples/10_tune/plot.py DIR/asha.json DIR/grid.json -o tune.png
 //
 // The metric is accuracy on a validation set held out of the training set
@@ -13,6 +15,8 @@
 // 3 epochs with 4 samples and a 2 x 2 grid: a smoke test (CI runs it).
 // Results, written as the searches go (rerunning resumes them):
 // DIR/asha.{json,csv}, DIR/grid.{json,csv}.
+#pragma once
+
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -22,7 +26,6 @@
 #include <string>
 #include <weft/comm/algorithm/ring.hpp>
 #include <weft/comm/communicator.hpp>
-#include <weft/comm/run_local.hpp>
 #include <weft/io/idx.hpp>
 #include <weft/io/sampler.hpp>
 #include <weft/nn/nn.hpp>
@@ -33,9 +36,9 @@
 #include <weft/tune/search.hpp>
 #include <weft/weft.hpp>
 
-using namespace weft;
+namespace story10 {
 
-namespace {
+using namespace weft;
 
 // Rows [first, first + n) of a dataset, standardised with (mu, sd).
 io::Dataset rows(const io::Dataset& d, index_t first, index_t n) {
@@ -98,9 +101,10 @@ void print_best(const char* name, const tune::Results& r, double seconds) {
               b ? b->epochs() : 0, b ? b->config.to_string().c_str() : "-");
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+// Both searches. launch(body) runs body(world) on every rank; `printer`: this
+// process prints the comparison. Returns the exit code.
+template <class Launch>
+int run(int argc, char** argv, bool printer, Launch&& launch) {
   bool quick = false;
   std::string out;
   std::uint64_t seed = 1;
@@ -151,25 +155,27 @@ int main(int argc, char** argv) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   };
 
-  std::printf("ASHA (eta 3, rungs at 1 and 3 epochs, at most %d) over %zu Sobol points, 2 trials of 2 ranks at a time\n",
-              max_epochs, samples);
+  if (printer)
+    std::printf("ASHA (eta 3, rungs at 1 and 3 epochs, at most %d) over %zu Sobol points, trials of 2 ranks\n",
+                max_epochs, samples);
   asha_s = timed([&] {
-    comm::run_local(4, [&](comm::ThreadTransport& t) {
+    launch([&](auto& world) {
       tune::SobolSampler sampler(space, samples);
       tune::Asha asha({.min_epochs = 1, .eta = 3, .max_epochs = max_epochs});
-      auto r = tune::search(t, sampler, asha, train, asha_opts);
-      if (t.rank() == 0) asha_results = r;
+      auto r = tune::search(world, sampler, asha, train, asha_opts);
+      if (world.rank() == 0) asha_results = r;
     });
   });
-  std::printf("grid (%d epochs each, FIFO), 2 trials of 2 ranks at a time\n", max_epochs);
+  if (printer) std::printf("grid (%d epochs each, FIFO), trials of 2 ranks\n", max_epochs);
   grid_s = timed([&] {
-    comm::run_local(4, [&](comm::ThreadTransport& t) {
+    launch([&](auto& world) {
       tune::GridSampler sampler(space);
       tune::Fifo fifo(max_epochs);
-      auto r = tune::search(t, sampler, fifo, train, grid_opts);
-      if (t.rank() == 0) grid_results = r;
+      auto r = tune::search(world, sampler, fifo, train, grid_opts);
+      if (world.rank() == 0) grid_results = r;
     });
   });
+  if (!printer) return 0;
 
   std::printf("\n");
   print_best("asha", asha_results, asha_s);
@@ -185,3 +191,5 @@ int main(int argc, char** argv) {
   std::printf("results: %s/asha.{json,csv}, %s/grid.{json,csv}\n", out.c_str(), out.c_str());
   return 0;
 }
+
+}  // namespace story10
