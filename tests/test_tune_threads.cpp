@@ -106,6 +106,21 @@ TEST_CASE("threads: a search resumes from its results file; finished trials are 
   std::filesystem::remove(base + ".csv");
 }
 
+TEST_CASE("threads: a results path that cannot be written fails at the start, on every rank") {
+  std::atomic<int> said{0}, calls{0};
+  comm::run_local(2, [&](comm::ThreadTransport& t) {
+    try {
+      (void)fifo_grid(t, 1, "/nonexistent-dir/results", &calls);
+    } catch (const ValueError& e) {
+      if (std::string(e.what()) ==
+          "/nonexistent-dir/results.json.tmp: cannot write the results file (does its directory exist?)")
+        ++said;
+    }
+  });
+  CHECK(said.load() == 2);
+  CHECK(calls.load() == 0);
+}
+
 TEST_CASE("threads: g must divide W, said as a sentence on every rank") {
   std::atomic<int> said{0};
   comm::run_local(4, [&](comm::ThreadTransport& t) {

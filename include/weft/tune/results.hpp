@@ -222,7 +222,7 @@ struct Results {
     const std::string tmp = path + ".tmp";
     {
       std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-      if (!f) throw_error<IoError>(tmp, ": cannot write the results file");
+      if (!f) throw_error<IoError>(tmp, ": cannot write the results file (does its directory exist?)");
       f << text;
       if (!f.flush()) throw_error<IoError>(tmp, ": write failed");
     }

@@ -331,6 +331,7 @@ class Runner {
     if (rank_ == 0) {
       try {
         coord_.emplace(sampler_, sched_, o_, t0_);
+        coord_->save();  // a results path that cannot be written fails now, on every rank
       } catch (const std::exception& e) {
         setup_error = e.what();
       }
