@@ -137,6 +137,25 @@ TEST_CASE("sobol: the published first points of dimensions 1 to 3") {
   CHECK(contains(error_of([] { Sobol t(20); }), "1 to 19"));
 }
 
+TEST_CASE("sobol: all 19 dimensions match Joe & Kuo's own recursion") {
+  // Points 5, 37 and 63 from a separate transcription of Joe & Kuo's sobol.cc
+  // (X_i = X_{i-1} ^ V_{c(i-1)}, c = index of the lowest zero bit), fed the
+  // same new-joe-kuo-6.21201 rows; Sobol::point uses the direct Gray-code form.
+  const std::pair<int, std::vector<double>> ref[] = {
+      {5, {0.875, 0.875, 0.125, 0.375, 0.875, 0.625, 0.875, 0.375, 0.375, 0.125, 0.375, 0.875, 0.875, 0.125, 0.875,
+           0.375, 0.875, 0.375, 0.375}},
+      {37, {0.921875, 0.640625, 0.578125, 0.921875, 0.765625, 0.296875, 0.171875, 0.796875, 0.609375, 0.171875,
+            0.015625, 0.078125, 0.578125, 0.859375, 0.109375, 0.484375, 0.796875, 0.421875, 0.046875}},
+      {63, {0.015625, 0.796875, 0.359375, 0.453125, 0.859375, 0.140625, 0.578125, 0.140625, 0.828125, 0.578125,
+            0.421875, 0.671875, 0.546875, 0.765625, 0.328125, 0.765625, 0.078125, 0.390625, 0.953125}},
+  };
+  Sobol s(Sobol::max_dimensions);
+  for (const auto& r : ref) {
+    CAPTURE(r.first);
+    CHECK(s.point(static_cast<std::uint64_t>(r.first)) == r.second);
+  }
+}
+
 TEST_CASE("sobol: every dimension is stratified, dimensions 1-2 form a (0, m, 2)-net") {
   const int m = 8, n = 1 << m;
   Sobol s(Sobol::max_dimensions);
