@@ -144,10 +144,10 @@ inline void check_fifo_grid(const Results& r) {
 inline Asha asha() { return Asha({.min_epochs = 1, .eta = 2, .max_epochs = 8, .mode = Mode::max}); }
 
 template <class T>
-Results asha_sobol(T& world, int g) {
+Results asha_sobol(T& world, int g, const std::string& path = {}, std::atomic<int>* calls = nullptr) {
   SobolSampler smp(space(), 16);
   Asha a = asha();
-  return search(world, smp, a, FakeTrain{}, {.ranks_per_trial = g});
+  return search(world, smp, a, FakeTrain{calls}, {.ranks_per_trial = g, .results = path});
 }
 
 inline void check_asha(const Results& r) {

@@ -106,6 +106,26 @@ TEST_CASE("threads: a search resumes from its results file; finished trials are 
   std::filesystem::remove(base + ".csv");
 }
 
+TEST_CASE("threads: a resumed ASHA search decides as if it had never stopped") {
+  // One group runs the trials in index order, so the kept trials' reports, fed to the
+  // scheduler again in id order, rebuild exactly the rungs the first run had.
+  const std::string base = temp_base("resume_asha");
+  auto whole = on_ranks(1, [](auto& t) { return asha_sobol(t, 1); });
+  (void)on_ranks(1, [&](auto& t) { return asha_sobol(t, 1, base); });
+  interrupt(base, 7);
+  std::atomic<int> calls{0};
+  auto resumed = on_ranks(2, [&](auto& t) { return asha_sobol(t, 2, base, &calls); });
+  CHECK(calls.load() == 9);
+  REQUIRE(resumed[0].trials.size() == whole[0].trials.size());
+  for (std::size_t i = 0; i < whole[0].trials.size(); ++i) {
+    CAPTURE(i);
+    CHECK(resumed[0].trials[i].status == whole[0].trials[i].status);
+    CHECK(resumed[0].trials[i].epochs() == whole[0].trials[i].epochs());
+  }
+  std::filesystem::remove(base + ".json");
+  std::filesystem::remove(base + ".csv");
+}
+
 TEST_CASE("threads: a results path that cannot be written fails at the start, on every rank") {
   std::atomic<int> said{0}, calls{0};
   comm::run_local(2, [&](comm::ThreadTransport& t) {
