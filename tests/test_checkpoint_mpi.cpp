@@ -1,6 +1,7 @@
 // Checkpoints under mpirun (Meson runs it with 2 ranks): data-parallel
 // training resumes bit for bit from a checkpoint saved and loaded by
-// separate processes, with and without the sharded update
+// separate processes, with and without the sharded update, and through a
+// compressed communicator whose codec state the checkpoint carries
 // (checkpoint/resume_suite.hpp, the same checks as on thread ranks).
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
@@ -42,6 +43,17 @@ TEST_CASE("mpi: data-parallel training resumes bit for bit from a checkpoint, sh
     const auto got = ckpt_suite::resumed(t, data, shard, dir / (shard ? "sharded" : "plain"));
     CHECK(got == want);
   }
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (t.rank() == 0) std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("mpi: a compressed communicator's codec state comes back: training resumes bit for bit (top-k, error feedback)") {
+  const dp_suite::Data data;
+  weft::comm::MpiTransport t{MPI_COMM_WORLD};
+  const std::filesystem::path dir = shared_dir();
+  const auto want = ckpt_suite::codec_straight<weft::comm::TopK>(t, data);
+  const auto got = ckpt_suite::codec_resumed<weft::comm::TopK>(t, data, dir / "codec");
+  CHECK(got == want);
   MPI_Barrier(MPI_COMM_WORLD);
   if (t.rank() == 0) std::filesystem::remove_all(dir);
 }

@@ -4,14 +4,27 @@
 // for the small layers, halving-doubling for the largest (l1, 784 x 256).
 // Global batch 128, split evenly over the ranks; Adam with cosine decay, each
 // rank stepping its own shard of the parameters (DataParallel shard_update).
+//
+// Surviving a lost rank (--checkpoint DIR): a checkpoint after every epoch
+// (parameters, Adam's moments and step, the epoch); a run resumes from the
+// newest one, on however many ranks it now has (the sharded optimizer state
+// is resharded). --fail R@E makes rank R fail halfway through epoch E of the
+// first attempt: threads.cpp restarts the survivors (run_elastic), mpi.cpp
+// dies with SIGKILL and scripts/weft-run restarts the job on one rank fewer.
+// Use a global batch that both rank counts split (--batch 120 for 4 and 3).
 #pragma once
 
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
+#include <string>
 #include <weft/comm/algorithm/halving_doubling.hpp>
 #include <weft/comm/algorithm/ring.hpp>
 #include <weft/comm/communicator.hpp>
+#include <weft/io/checkpoint/checkpoint.hpp>
 #include <weft/io/idx.hpp>
 #include <weft/io/sampler.hpp>
 #include <weft/nn/nn.hpp>
@@ -30,10 +43,62 @@ inline void standardise(io::Dataset& train, io::Dataset& test) {
   test.images = (test.images - mu) / sd;
 }
 
+struct Options {
+  int epochs = 5;
+  index_t global_batch = 128;
+  std::uint64_t seed = 1;
+  std::filesystem::path checkpoint;  // empty: no checkpoints
+  int fail_rank = -1, fail_epoch = -1;  // --fail R@E
+  int attempt = 0;                      // 0: the first run; a restart is 1, 2, ...
+  std::function<void(int rank, int epoch)> fail{};  // how the failing rank fails
+};
+
+// The launchers' command line: [ranks] (threads only) [epochs] [seed], then
+// --batch N, --checkpoint DIR, --fresh (threads: remove DIR's checkpoints
+// first), --fail R@E. A bad argument is a ValueError holding the usage.
+struct CommandLine {
+  Options o;
+  int ranks = 4;
+  bool fresh = false;
+};
+inline CommandLine parse_command_line(int argc, char** argv, bool with_ranks) {
+  CommandLine cl;
+  int positional = with_ranks ? 0 : 1;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i], next = i + 1 < argc ? argv[i + 1] : "";
+    if (a == "--batch" && !next.empty()) {
+      cl.o.global_batch = std::atoll(argv[++i]);
+    } else if (a == "--checkpoint" && !next.empty()) {
+      cl.o.checkpoint = argv[++i];
+    } else if (a == "--fresh" && with_ranks) {
+      cl.fresh = true;
+    } else if (a == "--fail" && next.find('@') != std::string::npos) {
+      cl.o.fail_rank = std::atoi(next.c_str());
+      cl.o.fail_epoch = std::atoi(next.c_str() + next.find('@') + 1);
+      ++i;
+    } else if (!a.starts_with("--") && positional < 3) {
+      if (positional == 0) cl.ranks = std::atoi(a.c_str());
+      else if (positional == 1) cl.o.epochs = std::atoi(a.c_str());
+      else cl.o.seed = std::strtoull(a.c_str(), nullptr, 10);
+      ++positional;
+    } else {
+      throw_error<ValueError>("usage: ", argv[0], with_ranks ? " [ranks]" : "", " [epochs] [seed] [--batch N] [--checkpoint DIR",
+                              with_ranks ? " [--fresh]" : "", "] [--fail RANK@EPOCH]  (at '", a, "')");
+    }
+  }
+  if (cl.o.fail_rank >= 0 && cl.o.checkpoint.empty())
+    throw_error<ValueError>("--fail needs --checkpoint DIR: without checkpoints there is nothing to resume from");
+  return cl;
+}
+
+// Returns rank 0's final test accuracy (%; other ranks: 0).
 template <class Transport>
-void train(Transport& t, const io::Dataset& train, const io::Dataset& test, int epochs, index_t global_batch,
-           std::uint64_t seed) {
+double train(Transport& t, const io::Dataset& train, const io::Dataset& test, const Options& o) {
   using namespace weft::comm;
+  namespace ck = weft::io::checkpoint;
+  const int epochs = o.epochs;
+  const index_t global_batch = o.global_batch;
+  const std::uint64_t seed = o.seed;
   const int rank = t.rank(), size = t.size();
   if (global_batch % size != 0)
     throw_error<ValueError>("global batch ", global_batch, " does not split evenly over ", size, " ranks");
@@ -63,11 +128,30 @@ void train(Transport& t, const io::Dataset& train, const io::Dataset& test, int 
                 "l2 and l3 via ring; sharded Adam step\n",
                 size, static_cast<long long>(batch), static_cast<long long>(d));
 
-  for (int epoch = 1; epoch <= epochs; ++epoch) {
+  // What a checkpoint holds, by name; rank r holds the optimizer state of its shard.
+  std::int64_t done = 0;  // epochs finished
+  auto state = [&](auto& v) {
+    auto m = nn::prefixed("model", v);     nn::visit_state(params, m);
+    auto a = nn::prefixed("optimizer", v); opt.visit_state(a);
+    auto p = nn::prefixed("dp", v);        dp.visit_state(p);
+    v(std::string_view("epochs_done"), done);
+  };
+  if (!o.checkpoint.empty())
+    if (auto last = ck::latest(o.checkpoint)) {
+      ck::load(*last, state, ring, {.sharding = ck::data_parallel_sharding(dp, params)});
+      if (rank == 0)
+        std::printf("resumed from %s: %lld epochs done, now on %d ranks\n", last->string().c_str(),
+                    static_cast<long long>(done), size);
+    }
+  double accuracy = 0;
+
+  for (int epoch = static_cast<int>(done) + 1; epoch <= epochs; ++epoch) {
     auto idx = sampler.indices(static_cast<std::uint64_t>(epoch));
     auto t0 = std::chrono::steady_clock::now();
     double total = 0;
     for (index_t s = 0; s < steps_per_epoch; ++s) {
+      if (o.attempt == 0 && rank == o.fail_rank && epoch == o.fail_epoch && s == steps_per_epoch / 2 && o.fail)
+        o.fail(rank, epoch);
       io::gather_batch(train, idx, s * batch, xb, yb);
       opt.set_lr(schedule(opt.steps()));
       opt.zero_grad();
@@ -84,11 +168,16 @@ void train(Transport& t, const io::Dataset& train, const io::Dataset& test, int 
     ring.allreduce(std::span<double>(&loss, 1), ReduceOp::avg);  // mean over ranks
     if (rank == 0) {
       Tensor<float> logits = eval(model(test.images), ws);
-      std::printf("\r\033[Kepoch %d  loss %.4f  test accuracy %.2f%%  %.0f samples/s (all ranks)\n", epoch, loss,
-                  100.0 * nn::accuracy(logits, test.labels),
+      accuracy = 100.0 * nn::accuracy(logits, test.labels);
+      std::printf("\r\033[Kepoch %d  loss %.4f  test accuracy %.2f%%  %.0f samples/s (all ranks)\n", epoch, loss, accuracy,
                   static_cast<double>(steps_per_epoch * global_batch) / secs);
     }
+    done = epoch;
+    if (!o.checkpoint.empty())
+      ck::save(ck::step_dir(o.checkpoint, epoch), state, ring,
+               {.step = epoch, .sharding = ck::data_parallel_sharding(dp, params)});
   }
+  return accuracy;
 }
 
 }  // namespace story

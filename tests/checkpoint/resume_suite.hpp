@@ -2,17 +2,24 @@
 // runs them on thread ranks, test_checkpoint_mpi.cpp under mpirun): a
 // data-parallel run trained N steps in one go against k steps, a checkpoint,
 // fresh objects loaded from it and N - k more steps. Uses data_parallel_suite's
-// model, data and per-step batches.
+// model, data and per-step batches. CodecRun does the same with a compressed
+// communicator, whose codec state (error-feedback residuals, PowerSGD
+// factors) the checkpoint carries.
 #pragma once
 
 #include <doctest/doctest.h>
 
 #include <chrono>
+#include <type_traits>
 #include <filesystem>
 #include <vector>
+#include <weft/comm/algorithm/compressed.hpp>
 #include <weft/comm/algorithm/ring.hpp>
+#include <weft/comm/codec/powersgd.hpp>
+#include <weft/comm/codec/top_k.hpp>
 #include <weft/comm/communicator.hpp>
 #include <weft/io/checkpoint/checkpoint.hpp>
+#include <weft/io/checkpoint/codec_state.hpp>
 #include <weft/nn/nn.hpp>
 #include <weft/nn/state.hpp>
 #include <weft/parallel/data_parallel.hpp>
@@ -31,10 +38,11 @@ inline std::pair<index_t, index_t> rows(int s, int r, int p) {
   return {base + r * per, base + (r + 1) * per};
 }
 
-// One rank's training run: model, Adam, DataParallel (deterministic mode, several buckets).
-template <class Transport>
+// One rank's training run: model, Adam, DataParallel (several buckets;
+// deterministic mode unless the algorithm compresses, which refuses it).
+template <class Transport, class Algo = comm::Ring>
 struct DpRun {
-  using Comm = comm::Communicator<comm::Ring, Transport>;
+  using Comm = comm::Communicator<Algo, Transport>;
   dp_suite::Model m;
   Comm c;
   parallel::DataParallel<float, Comm> dp;
@@ -43,11 +51,11 @@ struct DpRun {
 
   static comm::CommOptions options() {
     comm::CommOptions o;
-    o.deterministic = true;
+    o.deterministic = !requires { Algo::compresses; };
     o.timeout = std::chrono::seconds(60);
     return o;
   }
-  DpRun(Transport& t, bool shard) : c{t, options()}, dp(m.reg, c), opt(m.reg, {.lr = 1e-2f}) {
+  DpRun(Transport& t, bool shard, Algo algo = {}) : c{t, algo, options()}, dp(m.reg, c), opt(m.reg, {.lr = 1e-2f}) {
     dp.set_bucket_bytes(200);  // several buckets; some parameters cut across shards
     dp.set_shard_update(shard);
   }
@@ -111,6 +119,56 @@ template <class Transport>
 std::vector<float> resumed(Transport& t, const dp_suite::Data& d, bool shard, const std::filesystem::path& dir) {
   first_part(t, d, shard, dir);
   return second_part(t, d, shard, dir);
+}
+
+// DpRun through a compressed communicator (Codec: TopK or PowerSGD, both with
+// error feedback), the update unsharded, its codec state in the checkpoint.
+// Not deterministic mode, but gather codecs decode in rank order and the ring
+// sums in a fixed order, so a run repeats bit for bit.
+template <class Transport, class Codec>
+struct CodecRun : DpRun<Transport, comm::Compressed<Codec, comm::Ring>> {
+  using Algo = comm::Compressed<Codec, comm::Ring>;
+  using Base = DpRun<Transport, Algo>;
+  ck::CodecState<typename Algo::state_table> codec;
+
+  static Algo policy() {
+    Algo a;
+    if constexpr (std::is_same_v<Codec, comm::TopK>) a.codec.fraction = 0.1;
+    else a.codec.rank = 2;
+    return a;
+  }
+  explicit CodecRun(Transport& t) : Base(t, false, policy()), codec(this->c) {}
+  template <class V>
+  void visit_state(V& v) {
+    Base::visit_state(v);
+    auto k = nn::prefixed("codec", v);
+    codec.visit_state(k);
+  }
+  ck::Sharding sharding() { return Base::sharding().per_rank("codec."); }
+};
+
+template <class Codec, class Transport>
+std::vector<float> codec_straight(Transport& t, const dp_suite::Data& d) {
+  CodecRun<Transport, Codec> r(t);
+  for (int s = 0; s < kTotal; ++s) r.step(d, s);
+  return r.m.values();
+}
+
+// kFirst steps, save, fresh objects, load, the rest. restore_codec = false
+// loads everything but the codec state (the control: residuals matter).
+template <class Codec, class Transport>
+std::vector<float> codec_resumed(Transport& t, const dp_suite::Data& d, const std::filesystem::path& dir, bool restore_codec = true) {
+  {
+    CodecRun<Transport, Codec> a(t);
+    for (int s = 0; s < kFirst; ++s) a.step(d, s);
+    CHECK(a.c.algorithm().states->size() > 1);
+    ck::save(dir, a, a.c, {.step = kFirst, .sharding = a.sharding()});
+  }
+  CodecRun<Transport, Codec> b(t);
+  if (restore_codec) b.codec.expect(dir, b.c);
+  CHECK(ck::load(dir, b, b.c, {.sharding = b.sharding(), .strict = restore_codec}).step == kFirst);
+  for (int s = kFirst; s < kTotal; ++s) b.step(d, s);
+  return b.m.values();
 }
 
 }  // namespace ckpt_suite

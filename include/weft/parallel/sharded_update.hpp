@@ -105,10 +105,12 @@ class ShardedUpdate {
 
   // The shard layout, for checkpoints: which elements of which parameter this
   // rank steps (its optimizer state is meaningful only there). Restoring
-  // checks that the layout is unchanged: resharding is not supported yet.
+  // checks that the layout is unchanged; a checkpoint from another number of
+  // ranks is resharded by io/checkpoint, which reads this layout
+  // (data_parallel_sharding) and leaves these items as the new objects have them.
   template <class V>
   void visit_state(V& v) const {
-    constexpr std::string_view who = "ShardedUpdate (resharding is not supported yet)";
+    constexpr std::string_view who = "ShardedUpdate (load another rank count's checkpoint through io/checkpoint)";
     nn::visit_fixed(v, "ranks", static_cast<std::int64_t>(size_), who);
     nn::visit_fixed(v, "rank", static_cast<std::int64_t>(rank_), who);
     nn::visit_fixed(v, "pieces", static_cast<std::int64_t>(parts_.size()), who);

@@ -38,11 +38,13 @@
 // A failed load may leave the objects partly restored: rebuild them.
 //
 // Codec state (error-feedback residuals, PowerSGD factors) joins through
-// visit_state once comm/codec offers it, keyed by its stable name: visit it
-// under a prefix ("codec.") and declare that prefix Sharding::per_rank, since
-// residuals differ from rank to rank. A tensor that differs across ranks but
-// is declared neither per_rank nor sharded is caught at save
-// (SaveOptions::check_replicated), never saved as rank i mod p's copy.
+// codec_state.hpp's CodecState, keyed by its stable name: visit it under a
+// prefix ("codec.") and declare that prefix Sharding::per_rank, since
+// residuals differ from rank to rank. Per-rank tensors the objects do not
+// visit are skipped on another world size (they would start at zero). A
+// tensor that differs across ranks but is declared neither per_rank nor
+// sharded is caught at save (SaveOptions::check_replicated), never saved as
+// rank i mod p's copy.
 //
 // Opt-in: needs zlib and POSIX (not included by weft.hpp).
 #pragma once
@@ -774,10 +776,12 @@ CheckpointInfo load(const std::filesystem::path& dir, Obj& obj, Comm& comm, cons
     detail::LoadVisitor<T> v{&meta, &o.sharding, comm.rank(), meta.info.ranks != comm.size(), false, &open, {}};
     detail::visit(obj, v);  // pass 1: names, dtypes, shapes, coverage, scalars
     if (o.strict)
-      for (const auto& [name, lt] : meta.tensors)
-        if (!lt.visited)
-          throw_error<IoError>(meta.path.string(), ": tensor '", name, "': in the checkpoint but not in the model (rank ",
-                               comm.rank(), "; LoadOptions::strict = false ignores it)");
+      for (const auto& [name, lt] : meta.tensors) {
+        if (lt.visited || (lt.per_rank && v.reshard)) continue;  // per-rank state starts fresh on other ranks
+        throw_error<IoError>(meta.path.string(), ": tensor '", name, "': in the checkpoint but not in the model (rank ",
+                             comm.rank(), lt.per_rank ? "; per-rank codec state: CodecState::expect creates it before load" : "",
+                             "; LoadOptions::strict = false ignores it)");
+      }
     v.write_tensors = true;
     detail::visit(obj, v);  // pass 2: data, checksums
   });

@@ -10,7 +10,7 @@
 // One failure is one lost rank: the world shrinks by one per restart. A rank
 // that hangs with no deadline cannot be recovered on threads (its thread
 // cannot be joined); every weft collective has a deadline. Under MPI the
-// equivalent is a launcher that restarts the job (not written yet).
+// equivalent is scripts/weft-run, which reruns mpirun on one rank fewer.
 #pragma once
 
 #include <cstdio>
