@@ -193,14 +193,10 @@ struct SoloRun {
   }
   template <class V>
   void visit_state(V& v) {
-    auto model = nn::prefixed("model", v);
-    nn::visit_state(m.reg, model);
-    auto o = nn::prefixed("optimizer", v);
-    opt.visit_state(o);
-    auto r = nn::prefixed("rng", v);
-    noise.visit_state(r);
-    auto sm = nn::prefixed("sampler", v);
-    sampler.visit_state(sm);
+    nn::visit_part(v, "model", m.reg);
+    nn::visit_part(v, "optimizer", opt);
+    nn::visit_part(v, "rng", noise);
+    nn::visit_part(v, "sampler", sampler);
   }
 };
 
