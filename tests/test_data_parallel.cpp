@@ -15,6 +15,7 @@
 #include <new>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 #include <weft/comm/algorithm/ring.hpp>
 #include <weft/comm/algorithm/tree.hpp>
@@ -273,21 +274,41 @@ TEST_CASE("an unused parameter and accumulation without communication") {
   });
 }
 
-TEST_CASE("ranks with different models fail on every rank, naming the ranks") {
-  std::atomic<int> failures{0};
-  comm::run_local(3, [&](ThreadTransport& t) {
-    nn::Linear<float> l(4, t.rank() == 2 ? 5 : 3);
+namespace {
+// Rank `odd` of p builds a wider layer than the others; every rank's message.
+std::vector<std::string> model_check_messages(int p, int odd) {
+  std::vector<std::string> msgs(static_cast<std::size_t>(p));
+  comm::run_local(p, [&](ThreadTransport& t) {
+    nn::Linear<float> l(4, t.rank() == odd ? 5 : 3);
     nn::Registry<float> reg;
     reg.add("l", l);
     Communicator<Ring, ThreadTransport> c{t};
     try {
       parallel::DataParallel dp(reg, c);
     } catch (const ValueError& e) {
-      CHECK(std::string(e.what()).find("ranks 2 hold different parameter lists") != std::string::npos);
-      ++failures;
+      msgs[static_cast<std::size_t>(t.rank())] = e.what();
     }
   });
-  CHECK(failures == 3);
+  return msgs;
+}
+}  // namespace
+
+TEST_CASE("ranks with different models fail on every rank, naming the odd rank out, rank 0 included") {
+  for (const auto& c : {std::pair{2, "ranks 0, 1"}, std::pair{0, "ranks 1, 2"}, std::pair{1, "ranks 0, 2"}}) {
+    const int odd = c.first;
+    const char* const others = c.second;
+    CAPTURE(odd);
+    const std::string want = "rank " + std::to_string(odd) + " holds different parameter lists (names and shapes) than " + others;
+    for (const std::string& m : model_check_messages(3, odd)) {
+      CHECK_MESSAGE(m.find(want) != std::string::npos, m);
+      CHECK_MESSAGE(m.find("no value is held by most ranks") == std::string::npos, m);
+    }
+  }
+  // Two ranks that differ: no majority, so rank 0 is the reference and the message says so.
+  for (const std::string& m : model_check_messages(2, 1))
+    CHECK_MESSAGE(m.find("rank 1 holds different parameter lists (names and shapes) than rank 0 (no value is held by most "
+                         "ranks") != std::string::npos,
+                  m);
 }
 
 TEST_CASE("distributed sampler: disjoint, equal, complete, reproducible shards") {
