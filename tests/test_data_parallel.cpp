@@ -2,10 +2,8 @@
 // rank with batch b (float tolerance), and bit for bit in deterministic mode
 // against the same gradients combined in rank order; bucket order; unused
 // parameters; accumulation; mismatched models; the distributed sampler.
-#if defined(__GNUC__) && !defined(__clang__)
-// The counting operator new/delete below pair malloc with free; GCC cannot see that through inlining.
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-#endif
+#include "alloc_counter.hpp"  // first: it replaces operator new for this executable
+
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -34,21 +32,6 @@ using comm::Ring;
 using comm::ThreadTransport;
 
 using namespace dp_suite;
-
-// Counts heap allocations made by threads that opt in (the ranks' own
-// threads, not the communicators' progress threads, whose collectives
-// tests/comm checks), to prove a steady-state DataParallel step allocates nothing.
-namespace {
-std::atomic<long> g_allocs{0};
-thread_local bool g_counting = false;
-}  // namespace
-void* operator new(std::size_t n) {
-  if (g_counting) g_allocs.fetch_add(1, std::memory_order_relaxed);
-  if (void* p = std::malloc(n ? n : 1)) return p;
-  throw std::bad_alloc();
-}
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 
 TEST_CASE("p ranks with batch b/p train like one rank with batch b") {
   const Data data;
@@ -230,21 +213,16 @@ TEST_CASE("a steady-state data-parallel step allocates nothing on the ranks' thr
           dp.step(opt);
         };
         step(0);  // the first step builds buckets, workspace and requests
-        const long before = g_allocs.load();
-        g_counting = true;
-        for (int s = 1; s < 6; ++s) step(s);
-        g_counting = false;
-        allocs[static_cast<std::size_t>(t.rank())] = g_allocs.load() - before;
+        // the ranks' own threads, not the communicators' progress threads (tests/comm checks those)
+        allocs[static_cast<std::size_t>(t.rank())] = alloc_counter::on_this_thread([&] {
+          for (int s = 1; s < 6; ++s) step(s);
+        });
       });
       CHECK(allocs[0] == 0);
       CHECK(allocs[1] == 0);
     }
   // and the counter does see an allocation on a counting thread
-  const long base = g_allocs.load();
-  g_counting = true;
-  std::vector<float> v(100);
-  g_counting = false;
-  CHECK(g_allocs.load() - base == 1);
+  CHECK(alloc_counter::on_this_thread([] { std::vector<float> v(100); }) == 1);
 }
 
 TEST_CASE("an unused parameter and accumulation without communication") {
