@@ -60,13 +60,7 @@ const std::vector<std::size_t> sizes = {0, 1, 7, 1031};  // 7, 1031: primes, not
 constexpr std::size_t large = std::size_t{4} << 20;      // 16 MiB of f32 per rank
 #endif
 
-// Small chunks so the matrix exercises multi-chunk pipelining too.
-template <class A>
-A small_chunks() {
-  A a{};
-  if constexpr (requires { a.chunk_bytes; }) a.chunk_bytes = 256;
-  return a;
-}
+using testing::small_chunks;
 
 // Runs fn(comm) on p ranks and returns each rank's message.
 template <class A, class F>
@@ -82,12 +76,7 @@ std::vector<std::string> on_ranks(int p, F&& fn, CommOptions opts = {}, A algo =
   return errs;
 }
 
-CommOptions checked() {
-  CommOptions o;
-  o.timeout = 20s;
-  o.fingerprints = true;
-  return o;
-}
+CommOptions checked() { return testing::checked(20s); }
 
 }  // namespace
 
