@@ -1,21 +1,14 @@
 // Story 3 across processes: one rank per MPI process.
 //   mpirun -np 4 build/examples/03_data_parallel_mpi [epochs = 5] [seed = 1]
-// Only MPI's C API (Open MPI's deprecated C++ bindings warn under -Wextra).
-#define OMPI_SKIP_MPICXX 1
-#define MPICH_SKIP_MPICXX 1
-#include <mpi.h>
+#include "../run_under_mpi.hpp"
 
-#include <cstdio>
 #include <cstdlib>
 #include <weft/comm/transport/mpi.hpp>
 
 #include "train.hpp"
 
 int main(int argc, char** argv) {
-  int provided = 0;
-  MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
-  int rc = 0;
-  try {
+  return examples::run_under_mpi(argc, argv, [&] {
     const int epochs = argc > 1 ? std::atoi(argv[1]) : 5;
     const std::uint64_t seed = argc > 2 ? std::strtoull(argv[2], nullptr, 10) : 1;
     openblas_set_num_threads(1);
@@ -24,10 +17,6 @@ int main(int argc, char** argv) {
     story::standardise(train, test);
     weft::comm::MpiTransport t{MPI_COMM_WORLD};
     story::train(t, train, test, epochs, 128, seed);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    rc = 1;
-  }
-  MPI_Finalize();
-  return rc;
+    return 0;
+  });
 }

@@ -4,11 +4,15 @@
 // for the small layers, halving-doubling for the largest (l1, 784 x 256).
 // Global batch 128, split evenly over the ranks; Adam with cosine decay, each
 // rank stepping its own shard of the parameters (DataParallel shard_update).
+// Story 4 (examples/04_compressed) trains the same model on the same batches.
 #pragma once
 
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
+#include <utility>
+#include <vector>
 #include <weft/comm/algorithm/halving_doubling.hpp>
 #include <weft/comm/algorithm/ring.hpp>
 #include <weft/comm/communicator.hpp>
@@ -30,6 +34,43 @@ inline void standardise(io::Dataset& train, io::Dataset& test) {
   test.images = (test.images - mu) / sd;
 }
 
+// The model of stories 3 and 4: an MLP d-256-256-10 with ReLU, its
+// parameters registered as l1, l2, l3.
+struct Mlp {
+  nn::Linear<float> l1, l2, l3;
+  nn::Registry<float> params;
+  Mlp(index_t d, std::uint64_t seed) : l1(d, 256, seed), l2(256, 256, seed + 1), l3(256, 10, seed + 2) {
+    params.add("l1", l1).add("l2", l2).add("l3", l3);
+  }
+  Mlp(const Mlp&) = delete;  // params points at the layers
+  Mlp& operator=(const Mlp&) = delete;
+  template <class X>
+  auto operator()(X&& x) {  // (B, d) -> logits (B, 10)
+    return l3(relu(l2(relu(l1(std::forward<X>(x))))));
+  }
+};
+
+// One rank's batches: its shard of each epoch's permutation (the remainder
+// dropped), `batch` rows at a time, and Adam's cosine schedule over every step.
+struct Batches {
+  io::DistributedSampler sampler;
+  index_t batch, steps_per_epoch;
+  nn::CosineAnnealing schedule;
+  Tensor<float> x;          // (batch, d)
+  Tensor<std::int32_t> y;   // (batch,)
+  std::vector<index_t> order;
+
+  Batches(const io::Dataset& train, int rank, int size, index_t batch, int epochs, std::uint64_t seed, float lr)
+      : sampler(train.images.size(0), rank, size, seed, io::Remainder::drop),
+        batch(batch),
+        steps_per_epoch(sampler.shard_size() / batch),
+        schedule{.lr = lr, .total_steps = epochs * steps_per_epoch},
+        x({batch, train.images.size(1)}),
+        y({batch}) {}
+  void start_epoch(int epoch) { order = sampler.indices(static_cast<std::uint64_t>(epoch)); }
+  void load(const io::Dataset& train, index_t step) { io::gather_batch(train, order, step * batch, x, y); }
+};
+
 template <class Transport>
 void train(Transport& t, const io::Dataset& train, const io::Dataset& test, int epochs, index_t global_batch,
            std::uint64_t seed) {
@@ -37,26 +78,19 @@ void train(Transport& t, const io::Dataset& train, const io::Dataset& test, int 
   const int rank = t.rank(), size = t.size();
   if (global_batch % size != 0)
     throw_error<ValueError>("global batch ", global_batch, " does not split evenly over ", size, " ranks");
-  const index_t batch = global_batch / size, d = train.images.size(1), n = train.images.size(0);
+  const index_t batch = global_batch / size, d = train.images.size(1);
 
   // One communicator per policy, each on its own transport context.
   Communicator<Ring, Transport> ring{t};
   Communicator<HalvingDoubling, Transport> big{t.split(1, rank, Clock::now() + std::chrono::seconds(30))};
 
-  nn::Linear<float> l1(d, 256, seed), l2(256, 256, seed + 1), l3(256, 10, seed + 2);
-  nn::Registry<float> params;
-  params.add("l1", l1).add("l2", l2).add("l3", l3);
-  parallel::DataParallel dp(params, ring, big);  // broadcasts rank 0's parameters
-  dp.layer("l1").use(big);                        // the largest layer: halving-doubling
-  dp.set_shard_update(true);                      // each rank runs Adam on 1/size of the parameters
-  nn::Adam<float> opt(params, {.lr = 1e-3f});
-  io::DistributedSampler sampler(n, rank, size, seed, io::Remainder::drop);
-  const index_t steps_per_epoch = sampler.shard_size() / batch;
-  const nn::CosineAnnealing schedule{.lr = 1e-3f, .total_steps = epochs * steps_per_epoch};
-
-  Tensor<float> xb({batch, d});
-  Tensor<std::int32_t> yb({batch});
-  auto model = [&](auto x) { return l3(relu(l2(relu(l1(x))))); };
+  Mlp model(d, seed);
+  parallel::DataParallel dp(model.params, ring, big);  // broadcasts rank 0's parameters
+  dp.layer("l1").use(big);                              // the largest layer: halving-doubling
+  dp.set_shard_update(true);                            // each rank runs Adam on 1/size of the parameters
+  nn::Adam<float> opt(model.params, {.lr = 1e-3f});
+  Batches data(train, rank, size, batch, epochs, seed, 1e-3f);
+  const index_t steps_per_epoch = data.steps_per_epoch;
   Workspace<> ws;
   if (rank == 0)
     std::printf("data parallel: %d ranks x batch %lld, MLP %lld-256-256-10, Adam (cosine); l1 via halving-doubling, "
@@ -64,14 +98,14 @@ void train(Transport& t, const io::Dataset& train, const io::Dataset& test, int 
                 size, static_cast<long long>(batch), static_cast<long long>(d));
 
   for (int epoch = 1; epoch <= epochs; ++epoch) {
-    auto idx = sampler.indices(static_cast<std::uint64_t>(epoch));
+    data.start_epoch(epoch);
     auto t0 = std::chrono::steady_clock::now();
     double total = 0;
     for (index_t s = 0; s < steps_per_epoch; ++s) {
-      io::gather_batch(train, idx, s * batch, xb, yb);
-      opt.set_lr(schedule(opt.steps()));
+      data.load(train, s);
+      opt.set_lr(data.schedule(opt.steps()));
       opt.zero_grad();
-      total += dp.backward(cross_entropy(model(xb), yb), ws);
+      total += dp.backward(cross_entropy(model(data.x), data.y), ws);
       dp.step(opt);  // Adam on this rank's shard, then every rank gets the updated values
       if (rank == 0 && s % 50 == 0) {
         std::printf("\r  epoch %d  %3.0f%%  loss %.4f", epoch, 100.0 * static_cast<double>(s) / static_cast<double>(steps_per_epoch),

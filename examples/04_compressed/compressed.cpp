@@ -10,9 +10,9 @@
 // codec: none, f16, bf16, int8, topk (1%), sign, randomk (1%), powersgd (rank 4)
 // bench/compare_codecs.sh runs several and prints the table in README.md.
 #include <chrono>
-#include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <string>
 #include <weft/comm/algorithm/compressed.hpp>
 #include <weft/comm/algorithm/ring.hpp>
@@ -24,23 +24,13 @@
 #include <weft/comm/codec/top_k.hpp>
 #include <weft/comm/communicator.hpp>
 #include <weft/comm/run_local.hpp>
-#include <weft/io/idx.hpp>
-#include <weft/io/sampler.hpp>
-#include <weft/nn/nn.hpp>
-#include <weft/parallel/data_parallel.hpp>
-#include <weft/weft.hpp>
+
+#include "../03_data_parallel/train.hpp"  // story 3's model, batches and standardise()
 
 using namespace weft;
 using namespace weft::comm;
 
 namespace {
-
-void standardise(io::Dataset& train, io::Dataset& test) {
-  const float mu = eval(mean(train.images)).item();
-  const float sd = std::sqrt(eval(mean(square(train.images - mu))).item());
-  train.images = (train.images - mu) / sd;
-  test.images = (test.images - mu) / sd;
-}
 
 // `weights` is the policy for the three weight matrices: Ring (no
 // compression) or Compressed<Codec, Ring>; `cols` sets a codec's matrix shape.
@@ -48,10 +38,8 @@ template <class Policy>
 void train(ThreadTransport& t, const io::Dataset& train, const io::Dataset& test, int epochs, std::uint64_t seed,
            const char* label, Policy weights) {
   const int rank = t.rank(), size = t.size();
-  const index_t global_batch = 128, batch = global_batch / size, d = train.images.size(1), n = train.images.size(0);
-  nn::Linear<float> l1(d, 256, seed), l2(256, 256, seed + 1), l3(256, 10, seed + 2);
-  nn::Registry<float> params;
-  params.add("l1", l1).add("l2", l2).add("l3", l3);
+  const index_t global_batch = 128, batch = global_batch / size, d = train.images.size(1);
+  story::Mlp model(d, seed);
 
   // One communicator per weight matrix: a layer's codec state is its own.
   auto layer_policy = [&](const char* name, index_t cols) {
@@ -65,34 +53,30 @@ void train(ThreadTransport& t, const io::Dataset& train, const io::Dataset& test
   Communicator<Ring, ThreadTransport> ring{t};
   Communicator<Policy, ThreadTransport> c1{t, layer_policy("l1", 256)}, c2{t, layer_policy("l2", 256)},
       c3{t, layer_policy("l3", 10)};
-  parallel::DataParallel dp(params, ring, c1, c2, c3);
+  parallel::DataParallel dp(model.params, ring, c1, c2, c3);
   dp.layer("l1.weight").use(c1);
   dp.layer("l2.weight").use(c2);
   dp.layer("l3.weight").use(c3);
   dp.set_overlap(false);  // ranks are threads on few cores: no progress threads competing for them
 
-  nn::Adam<float> opt(params, {.lr = 1e-3f});
-  io::DistributedSampler sampler(n, rank, size, seed, io::Remainder::drop);
-  const index_t steps_per_epoch = sampler.shard_size() / batch;
-  const nn::CosineAnnealing schedule{.lr = 1e-3f, .total_steps = epochs * steps_per_epoch};
-  Tensor<float> xb({batch, d});
-  Tensor<std::int32_t> yb({batch});
-  auto model = [&](auto x) { return l3(relu(l2(relu(l1(x))))); };
+  nn::Adam<float> opt(model.params, {.lr = 1e-3f});
+  story::Batches data(train, rank, size, batch, epochs, seed, 1e-3f);
+  const index_t steps_per_epoch = data.steps_per_epoch;
   Workspace<> ws;
   if (rank == 0) std::printf("compressed data parallel: %d ranks x batch %lld, weights via %s\n", size,
                              static_cast<long long>(batch), label);
 
   double accuracy = 0, samples_per_s = 0, bytes_per_step = 0;
   for (int epoch = 1; epoch <= epochs; ++epoch) {
-    auto idx = sampler.indices(static_cast<std::uint64_t>(epoch));
+    data.start_epoch(epoch);
     const std::uint64_t bytes0 = ring.sent_bytes();
     auto t0 = std::chrono::steady_clock::now();
     double total = 0;
     for (index_t s = 0; s < steps_per_epoch; ++s) {
-      io::gather_batch(train, idx, s * batch, xb, yb);
-      opt.set_lr(schedule(opt.steps()));
+      data.load(train, s);
+      opt.set_lr(data.schedule(opt.steps()));
       opt.zero_grad();
-      total += dp.backward(cross_entropy(model(xb), yb), ws);
+      total += dp.backward(cross_entropy(model(data.x), data.y), ws);
       opt.step();
     }
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -132,7 +116,7 @@ int main(int argc, char** argv) {
   openblas_set_num_threads(1);
   auto train_set = io::load_fashion_mnist("train");
   auto test_set = io::load_fashion_mnist("test");
-  standardise(train_set, test_set);
+  story::standardise(train_set, test_set);
   auto go = [&](const char* label, auto policy) {
     run_local(ranks, [&](ThreadTransport& t) { train(t, train_set, test_set, epochs, seed, label, policy); });
   };
