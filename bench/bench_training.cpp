@@ -41,7 +41,7 @@ int main(int argc, char** argv) {
   for (index_t batch : {index_t(128), index_t(512)}) {
     benchmlp::Mlp m;
     nn::Adam<float> opt(m.params, {.lr = 1e-3f});
-    benchmlp::Batches b{&data, batch};
+    benchmlp::Batches b(data, batch);
     Workspace<> ws;
     auto step = [&] {
       b.next();

@@ -58,7 +58,7 @@ double run(Transport& t, double seconds, index_t global_batch = 128) {
     const index_t n = params[k].numel(), per = (n + size - 1) / size;
     mine.push_back({k, std::min(n, per * ring.rank()), std::min(n, per * (ring.rank() + 1))});
   }
-  benchmlp::Batches b{&data, batch};
+  benchmlp::Batches b(data, batch);
   Workspace<> ws;
   auto step = [&] {
     b.next();

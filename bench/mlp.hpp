@@ -42,6 +42,7 @@ struct Batches {
   index_t batch, pos = 0;
   TensorView<float> x;          // (batch, 784)
   TensorView<std::int32_t> y;  // (batch,)
+  Batches(const RandomData& d, index_t b) : data(&d), batch(b) {}
   void next() {
     if (pos + batch > data->labels.numel()) pos = 0;
     x = data->images.slice(pos, pos + batch);
