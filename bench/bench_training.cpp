@@ -11,6 +11,8 @@
 #include <weft/nn/nn.hpp>
 #include <weft/weft.hpp>
 
+#include "mlp.hpp"
+
 using namespace weft;
 using clk = std::chrono::steady_clock;
 
@@ -35,30 +37,16 @@ int main(int argc, char** argv) {
   const double peak = sgemm_peak();
   std::printf("sgemm_peak_GFLOPs: %.1f  (1024^3, one thread, OpenBLAS %s kernels)\n", peak, openblas_get_corename());
 
-  const index_t n = 8192, d = 784;
-  nn::Rng rng(7);
-  Tensor<float> images({n, d});
-  Tensor<std::int32_t> labels({n});
-  for (index_t i = 0; i < images.numel(); ++i) images.data()[i] = rng.uniform();
-  for (index_t i = 0; i < n; ++i) labels.data()[i] = static_cast<std::int32_t>(rng.below(10));
-
+  const benchmlp::RandomData data(8192, nn::Rng(7));
   for (index_t batch : {index_t(128), index_t(512)}) {
-    nn::Linear<float> l1(784, 256, 1), l2(256, 256, 2), l3(256, 10, 3);
-    nn::Registry<float> params;
-    params.add("l1", l1).add("l2", l2).add("l3", l3);
-    nn::Adam<float> opt(params, {.lr = 1e-3f});
-    TensorView<float> xb;
-    TensorView<std::int32_t> yb;
-    auto loss = [&] { return cross_entropy(l3(relu(l2(relu(l1(xb))))), yb); };
+    benchmlp::Mlp m;
+    nn::Adam<float> opt(m.params, {.lr = 1e-3f});
+    benchmlp::Batches b(data, batch);
     Workspace<> ws;
-    index_t pos = 0;
     auto step = [&] {
-      if (pos + batch > n) pos = 0;
-      xb = images.slice(pos, pos + batch);
-      yb = labels.slice(pos, pos + batch);
-      pos += batch;
+      b.next();
       opt.zero_grad();
-      float l = backward(loss(), ws).item();
+      float l = backward(m.loss(b.x, b.y), ws).item();
       opt.step();
       return l;
     };

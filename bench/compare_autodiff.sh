@@ -3,8 +3,7 @@
 # in the same run. Ends with: autodiff_vs_torch_eager: R  (torch time / weft time)
 set -euo pipefail
 source "$(dirname "$0")/../scripts/common.sh"
-weft_install "${WEFT_BASE_PKGS[@]}" python3-torch
-weft_build
+weft_build_with_torch_peer
 LOG2N=${LOG2N:-24}
 REPS=${REPS:-10}
 echo "== weft"

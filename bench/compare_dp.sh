@@ -11,8 +11,7 @@
 #   SECONDS_PER=3 REPEATS=3 bench/compare_dp.sh
 set -euo pipefail
 source "$(dirname "$0")/../scripts/common.sh"
-weft_install "${WEFT_BASE_PKGS[@]}" python3-torch
-weft_build
+weft_build_with_torch_peer
 S=${SECONDS_PER:-3}
 N=${REPEATS:-3}
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1

@@ -4,8 +4,7 @@
 #   training_vs_torch: R   (weft samples/s / torch samples/s at batch 128)
 set -euo pipefail
 source "$(dirname "$0")/../scripts/common.sh"
-weft_install "${WEFT_BASE_PKGS[@]}" python3-torch
-weft_build
+weft_build_with_torch_peer
 SECONDS_PER=${SECONDS_PER:-3}
 echo "== weft"
 w=$(OPENBLAS_NUM_THREADS=1 "$WEFT_BUILD/bench/bench_training" "$SECONDS_PER" | tee /dev/stderr)

@@ -10,6 +10,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from torch_mlp import Batches, mlp, random_data
+
 
 def worker(rank, world, seconds, port, out):
     os.environ["MASTER_ADDR"] = "127.0.0.1"
@@ -17,22 +19,15 @@ def worker(rank, world, seconds, port, out):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.manual_seed(100 + rank)
-    n, batch = 4096, 128 // world
-    images, labels = torch.rand(n, 784), torch.randint(0, 10, (n,))
+    batch = 128 // world
+    batches = Batches(random_data(4096), batch)
     torch.manual_seed(1)
-    model = torch.nn.Sequential(torch.nn.Linear(784, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256),
-                                torch.nn.ReLU(), torch.nn.Linear(256, 10))
-    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    ddp = torch.nn.parallel.DistributedDataParallel(mlp())
     opt = torch.optim.Adam(ddp.parameters(), lr=1e-3)
     lossf = torch.nn.CrossEntropyLoss()
-    pos = 0
 
     def step():
-        nonlocal pos
-        if pos + batch > n:
-            pos = 0
-        x, y = images[pos:pos + batch], labels[pos:pos + batch]
-        pos += batch
+        x, y = batches.next()
         opt.zero_grad()
         lossf(ddp(x), y).backward()
         opt.step()

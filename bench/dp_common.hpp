@@ -25,6 +25,8 @@
 #include <weft/parallel/data_parallel.hpp>
 #include <weft/weft.hpp>
 
+#include "mlp.hpp"
+
 namespace dpbench {
 
 using namespace weft;
@@ -38,16 +40,10 @@ double run(Transport& t, double seconds, index_t global_batch = 128) {
   if constexpr (requires { Algo::from_environment(); }) policy = Algo::from_environment();  // Auto: WEFT_COST_MODEL
   Communicator<Algo, Transport> ring{t, policy};
   const int size = ring.size();
-  const index_t batch = global_batch / size, n = 4096;
-  nn::Rng rng(100 + static_cast<std::uint64_t>(ring.rank()));
-  Tensor<float> images({n, 784});
-  Tensor<std::int32_t> labels({n});
-  for (index_t i = 0; i < images.numel(); ++i) images.data()[i] = rng.uniform();
-  for (index_t i = 0; i < n; ++i) labels.data()[i] = static_cast<std::int32_t>(rng.below(10));
-
-  nn::Linear<float> l1(784, 256, 1), l2(256, 256, 2), l3(256, 10, 3);
-  nn::Registry<float> params;
-  params.add("l1", l1).add("l2", l2).add("l3", l3);
+  const index_t batch = global_batch / size;
+  const benchmlp::RandomData data(4096, nn::Rng(100 + static_cast<std::uint64_t>(ring.rank())));
+  benchmlp::Mlp m;
+  nn::Registry<float>& params = m.params;
   parallel::DataParallel dp(params, ring);
   // Default: one bucket per parameter (reduced in place, started as each
   // gradient is final); WEFT_DP_BUCKET_BYTES=N packs parameters into N-byte buckets.
@@ -62,25 +58,20 @@ double run(Transport& t, double seconds, index_t global_batch = 128) {
     const index_t n = params[k].numel(), per = (n + size - 1) / size;
     mine.push_back({k, std::min(n, per * ring.rank()), std::min(n, per * (ring.rank() + 1))});
   }
-  TensorView<float> xb;
-  TensorView<std::int32_t> yb;
+  benchmlp::Batches b(data, batch);
   Workspace<> ws;
-  index_t pos = 0;
   auto step = [&] {
-    if (pos + batch > n) pos = 0;
-    xb = images.slice(pos, pos + batch);
-    yb = labels.slice(pos, pos + batch);
-    pos += batch;
+    b.next();
     opt.zero_grad();
     if (no_comm) {
-      backward(cross_entropy(l3(relu(l2(relu(l1(xb))))), yb), ws);
+      backward(m.loss(b.x, b.y), ws);
       if (dp.shard_update())
         opt.step(mine);
       else
         opt.step();
       return;
     }
-    dp.backward(cross_entropy(l3(relu(l2(relu(l1(xb))))), yb), ws);
+    dp.backward(m.loss(b.x, b.y), ws);
     dp.step(opt);
   };
   for (int w = 0; w < 10; ++w) step();

@@ -6,25 +6,20 @@ import time
 
 import torch
 
+from torch_mlp import Batches, mlp, random_data
+
 seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 3.0
 torch.set_num_threads(1)
 torch.manual_seed(7)
-n = 8192
-images = torch.rand(n, 784)
-labels = torch.randint(0, 10, (n,))
+data = random_data(8192)
 for batch in (128, 512):
-    model = torch.nn.Sequential(torch.nn.Linear(784, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256),
-                                torch.nn.ReLU(), torch.nn.Linear(256, 10))
+    model = mlp()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     lossf = torch.nn.CrossEntropyLoss()
-    pos = 0
+    batches = Batches(data, batch)
 
     def step():
-        global pos
-        if pos + batch > n:
-            pos = 0
-        x, y = images[pos:pos + batch], labels[pos:pos + batch]
-        pos += batch
+        x, y = batches.next()
         opt.zero_grad(set_to_none=False)
         loss = lossf(model(x), y)
         loss.backward()

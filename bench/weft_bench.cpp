@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <exception>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -50,7 +51,7 @@ namespace {
 int run_codecs(const Options& o, int& argc, char**& argv) {
   std::vector<std::string> algos;
   for (Algo a : o.algos) algos.push_back(name_of(a));
-  const weft_bench::codec::Settings s{o.codecs, algos, o.min_bytes, o.max_bytes, o.factor, o.iters, o.warmup};
+  const weft_bench::codec::Settings s{o.codecs, algos, sizes(o), o.iters, o.warmup};
   std::vector<weft_bench::codec::Row> rows;
   if (o.transport == "thread") {
     wc::run_local(o.np, [&](wc::ThreadTransport& t) { weft_bench::codec::run(t, s, rows); });
@@ -83,6 +84,10 @@ int main(int argc, char** argv) {
   } catch (const UsageError& e) {
     std::fprintf(stderr, "weft-bench: %s\n", e.what());
     return 2;
+  }
+  if (o.help) {
+    std::fputs(usage(), stdout);
+    return 0;
   }
   try {
     if (o.mode == "memcpy") {
@@ -132,6 +137,11 @@ int main(int argc, char** argv) {
   } catch (const UsageError& e) {
     std::fprintf(stderr, "weft-bench: %s\n", e.what());
     return 2;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "weft-bench: error: out of memory: the sizes up to -e/--maxbytes %zu B need more than this "
+                         "machine could give (the transport stages messages too): lower -e or --np\n",
+                 o.max_bytes);
+    return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "weft-bench: error: %s\n", e.what());
     return 1;

@@ -33,6 +33,13 @@ weft_build() {
   ninja -C "$WEFT_BUILD"
 }
 
+# The benches that compare with PyTorch eager or DDP (bench/compare_autodiff.sh,
+# compare_training.sh, compare_dp.sh): what every build needs, torch, the build.
+weft_build_with_torch_peer() {
+  weft_install "${WEFT_BASE_PKGS[@]}" python3-torch
+  weft_build
+}
+
 # Open MPI refuses to run as root unless told; CI runs as root.
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 # Open MPI's vader/shared-memory BTL works in containers without a network; keep it quiet.

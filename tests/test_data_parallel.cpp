@@ -2,10 +2,8 @@
 // rank with batch b (float tolerance), and bit for bit in deterministic mode
 // against the same gradients combined in rank order; bucket order; unused
 // parameters; accumulation; mismatched models; the distributed sampler.
-#if defined(__GNUC__) && !defined(__clang__)
-// The counting operator new/delete below pair malloc with free; GCC cannot see that through inlining.
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-#endif
+#include "alloc_counter.hpp"  // first: it replaces operator new for this executable
+
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -15,6 +13,7 @@
 #include <new>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 #include <weft/comm/algorithm/ring.hpp>
 #include <weft/comm/algorithm/tree.hpp>
@@ -33,21 +32,6 @@ using comm::Ring;
 using comm::ThreadTransport;
 
 using namespace dp_suite;
-
-// Counts heap allocations made by threads that opt in (the ranks' own
-// threads, not the communicators' progress threads, whose collectives
-// tests/comm checks), to prove a steady-state DataParallel step allocates nothing.
-namespace {
-std::atomic<long> g_allocs{0};
-thread_local bool g_counting = false;
-}  // namespace
-void* operator new(std::size_t n) {
-  if (g_counting) g_allocs.fetch_add(1, std::memory_order_relaxed);
-  if (void* p = std::malloc(n ? n : 1)) return p;
-  throw std::bad_alloc();
-}
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 
 TEST_CASE("p ranks with batch b/p train like one rank with batch b") {
   const Data data;
@@ -229,21 +213,16 @@ TEST_CASE("a steady-state data-parallel step allocates nothing on the ranks' thr
           dp.step(opt);
         };
         step(0);  // the first step builds buckets, workspace and requests
-        const long before = g_allocs.load();
-        g_counting = true;
-        for (int s = 1; s < 6; ++s) step(s);
-        g_counting = false;
-        allocs[static_cast<std::size_t>(t.rank())] = g_allocs.load() - before;
+        // the ranks' own threads, not the communicators' progress threads (tests/comm checks those)
+        allocs[static_cast<std::size_t>(t.rank())] = alloc_counter::on_this_thread([&] {
+          for (int s = 1; s < 6; ++s) step(s);
+        });
       });
       CHECK(allocs[0] == 0);
       CHECK(allocs[1] == 0);
     }
   // and the counter does see an allocation on a counting thread
-  const long base = g_allocs.load();
-  g_counting = true;
-  std::vector<float> v(100);
-  g_counting = false;
-  CHECK(g_allocs.load() - base == 1);
+  CHECK(alloc_counter::on_this_thread([] { std::vector<float> v(100); }) == 1);
 }
 
 TEST_CASE("an unused parameter and accumulation without communication") {
@@ -273,21 +252,41 @@ TEST_CASE("an unused parameter and accumulation without communication") {
   });
 }
 
-TEST_CASE("ranks with different models fail on every rank, naming the ranks") {
-  std::atomic<int> failures{0};
-  comm::run_local(3, [&](ThreadTransport& t) {
-    nn::Linear<float> l(4, t.rank() == 2 ? 5 : 3);
+namespace {
+// Rank `odd` of p builds a wider layer than the others; every rank's message.
+std::vector<std::string> model_check_messages(int p, int odd) {
+  std::vector<std::string> msgs(static_cast<std::size_t>(p));
+  comm::run_local(p, [&](ThreadTransport& t) {
+    nn::Linear<float> l(4, t.rank() == odd ? 5 : 3);
     nn::Registry<float> reg;
     reg.add("l", l);
     Communicator<Ring, ThreadTransport> c{t};
     try {
       parallel::DataParallel dp(reg, c);
     } catch (const ValueError& e) {
-      CHECK(std::string(e.what()).find("ranks 2 hold different parameter lists") != std::string::npos);
-      ++failures;
+      msgs[static_cast<std::size_t>(t.rank())] = e.what();
     }
   });
-  CHECK(failures == 3);
+  return msgs;
+}
+}  // namespace
+
+TEST_CASE("ranks with different models fail on every rank, naming the odd rank out, rank 0 included") {
+  for (const auto& c : {std::pair{2, "ranks 0, 1"}, std::pair{0, "ranks 1, 2"}, std::pair{1, "ranks 0, 2"}}) {
+    const int odd = c.first;
+    const char* const others = c.second;
+    CAPTURE(odd);
+    const std::string want = "rank " + std::to_string(odd) + " holds different parameter lists (names and shapes) than " + others;
+    for (const std::string& m : model_check_messages(3, odd)) {
+      CHECK_MESSAGE(m.find(want) != std::string::npos, m);
+      CHECK_MESSAGE(m.find("no value is held by most ranks") == std::string::npos, m);
+    }
+  }
+  // Two ranks that differ: no majority, so rank 0 is the reference and the message says so.
+  for (const std::string& m : model_check_messages(2, 1))
+    CHECK_MESSAGE(m.find("rank 1 holds different parameter lists (names and shapes) than rank 0 (no value is held by most "
+                         "ranks") != std::string::npos,
+                  m);
 }
 
 TEST_CASE("distributed sampler: disjoint, equal, complete, reproducible shards") {

@@ -9,6 +9,7 @@
 
 #include <weft/comm/transport/mpi.hpp>
 
+#include "comm/mpi_doctest.hpp"
 #include "data_parallel_suite.hpp"
 
 using namespace dp_suite;
@@ -43,16 +44,6 @@ TEST_CASE("mpi: a parameter unused on some ranks only: buckets start in the same
 }
 
 int main(int argc, char** argv) {
-  int provided = 0;
-  MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
-  openblas_set_num_threads(1);
-  doctest::Context ctx(argc, argv);
-  int rank = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  if (rank != 0) ctx.setOption("out", "/dev/null");  // one report, from rank 0
-  int rc = ctx.run();
-  int worst = 0;
-  MPI_Allreduce(&rc, &worst, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  MPI_Finalize();
-  return worst;
+  openblas_set_num_threads(1);  // the ranks already fill the cores
+  return weft::comm::testing::run_doctest_under_mpi(argc, argv);
 }

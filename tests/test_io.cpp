@@ -1,6 +1,8 @@
 // IDX reader (weft/io/idx.hpp): round trips through synthetic gzip and plain
 // files, every error path, and the real Fashion-MNIST files from Debian's
 // dataset-fashion-mnist package checked against an independent zcat read.
+// JSON (weft/io/json.hpp): what the checkpoint headers and tune's results
+// files need of it.
 #include <doctest/doctest.h>
 #include <zlib.h>
 
@@ -15,9 +17,11 @@
 #include <string>
 #include <vector>
 #include <weft/io/idx.hpp>
+#include <weft/io/json.hpp>
 
 using namespace weft;
 namespace fs = std::filesystem;
+namespace json = weft::io::json;
 
 namespace {
 
@@ -125,6 +129,34 @@ std::vector<unsigned char> zcat(const std::string& path) {
 const std::string fashion_dir = "/usr/share/datasets/fashion-mnist";
 
 }  // namespace
+
+TEST_CASE("json: parses what the checkpoint headers hold, rejects what is not JSON, writes what it reads") {
+  const json::Value j = json::parse(R"( {"a": [1, 18446744073709551615, -2.5e3, true, null], "s": "x\"\u00e9\ud83d\ude00"} )");
+  REQUIRE(j.is_object());
+  CHECK(j.find("a")->items()[1].as_uint() == 18446744073709551615ull);
+  CHECK(j.find("a")->items()[2].as_number() == -2500.0);
+  CHECK(j.find("s")->as_string() == "x\"\xc3\xa9\xf0\x9f\x98\x80");
+  CHECK(json::parse(json::write(j)).find("s")->as_string() == j.find("s")->as_string());
+  for (const char* bad : {"{", "{\"a\":1,}", "{\"a\":1 \"b\":2}", "{\"a\":1,\"a\":2}", "[1,2", "\"\\x\"", "01", "1.", "{} x",
+                          "18446744073709551616", "\"\\ud800\"", "nul"})
+    CHECK_THROWS_AS(json::parse(bad), json::Error);
+  CHECK_THROWS_WITH_AS(json::parse(std::string(100, '[')), doctest::Contains("nested deeper"), json::Error);
+}
+
+TEST_CASE("json: what tune's results files need: optional members, any number, quoted text that reads back") {
+  const json::Value j = json::parse(R"({"id": 3, "group": -1, "metric": null, "lr": 1e-05})");
+  CHECK(j["id"].is_number());
+  CHECK(j["group"].is_number());
+  CHECK(j["group"].as_number() == -1.0);
+  CHECK(j["lr"].as_number() == 1e-05);
+  CHECK(j["metric"].is_null());
+  CHECK(j["missing"].is_null());
+  CHECK(j["missing"]["deeper"].is_null());
+  CHECK(j["missing"].items().empty());
+  const std::string odd = "a\"b\\c\nd\re\tf\bg\fh\x01i";
+  CHECK(json::quote(odd) == R"("a\"b\\c\nd\re\tf\bg\fh\u0001i")");
+  CHECK(json::parse(json::quote(odd)).as_string() == odd);
+}
 
 TEST_CASE("read_idx round-trips gzip files of every rank") {
   TempDir dir;

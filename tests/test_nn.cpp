@@ -1,6 +1,8 @@
 // Layers, registry, losses and training: a 2-layer net against plain loops,
 // every layer's gradient against finite differences, a short real training run,
 // and a steady-state step that allocates nothing.
+#include "alloc_counter.hpp"  // first: it replaces operator new for this executable
+
 #include <doctest/doctest.h>
 
 #include <atomic>
@@ -14,32 +16,6 @@
 #include <weft/io/idx.hpp>
 #include <weft/nn/nn.hpp>
 #include <weft/weft.hpp>
-
-// Counting allocator: every operator new in this executable passes through here.
-// (malloc/free underneath; GCC cannot see that new and delete here are a pair.)
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-namespace {
-std::atomic<long> g_allocations{0};
-}
-void* operator new(std::size_t n) {
-  ++g_allocations;
-  if (void* p = std::malloc(n ? n : 1)) return p;
-  throw std::bad_alloc();
-}
-void* operator new[](std::size_t n) { return operator new(n); }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
-// Tensor and workspace storage comes through the aligned forms.
-void* operator new(std::size_t n, std::align_val_t a) {
-  ++g_allocations;
-  std::size_t al = static_cast<std::size_t>(a);
-  if (void* p = std::aligned_alloc(al, (n + al - 1) / al * al)) return p;
-  throw std::bad_alloc();
-}
-void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
 
 using namespace weft;
 
@@ -386,18 +362,18 @@ TEST_CASE("a steady-state training step allocates nothing") {
     return l;
   };
   step();  // step 1 may allocate (workspace, optimizer state)
-  long before = g_allocations.load();
   float l = 0;
-  for (int i = 0; i < 20; ++i) l = step();
-  long during = g_allocations.load() - before;
+  const long during = alloc_counter::on_every_thread([&] {
+    for (int i = 0; i < 20; ++i) l = step();
+  });
   CHECK(std::isfinite(l));
   CHECK(during == 0);
-  // and the counter does see tensor storage and workspace growth
-  long base = g_allocations.load();
-  Tensor<float> t({1000});
-  ws.reset();
-  ws.alloc<float>({1 << 24});
-  CHECK(g_allocations.load() - base >= 2);
+  // and the counter does see tensor storage (aligned new) and workspace growth
+  CHECK(alloc_counter::on_every_thread([&] {
+          Tensor<float> t({1000});
+          ws.reset();
+          ws.alloc<float>({1 << 24});
+        }) >= 2);
 }
 
 TEST_CASE("training is bit-for-bit reproducible for a seed") {

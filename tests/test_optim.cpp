@@ -5,6 +5,8 @@
 // here from the torch.optim documentation pseudo-code, over several steps with
 // changing gradients; and against parameter values produced by real PyTorch
 // (constants below, with the script that printed them).
+#include "alloc_counter.hpp"  // first: it replaces operator new for this executable
+
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -412,30 +414,9 @@ TEST_CASE("optimizer errors") {
 
 // ---- No allocation in step() --------------------------------------------------------
 //
-// Global operator new replaced for this test executable: it counts allocations
-// while `counting` is set (only the test below sets it). Tensor storage comes
-// from std::aligned_alloc, which this does not see; step() creates no tensor
+// The counting operator new (tests/alloc_counter.hpp, included first) sees
+// every heap allocation, tensor storage included; step() creates no tensor
 // (it works on the data pointers of tensors built with the optimizer).
-namespace {
-struct AllocationCounter {
-  static inline bool counting = false;
-  static inline long count = 0;
-};
-}  // namespace
-
-// GCC sees free() of a pointer from (replaced, inlined) operator new and warns;
-// the pair is consistent: both sides are malloc/free.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-#endif
-
-void* operator new(std::size_t n) {
-  if (AllocationCounter::counting) ++AllocationCounter::count;
-  if (void* p = std::malloc(n ? n : 1)) return p;
-  throw std::bad_alloc();
-}
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 
 TEST_CASE("step() and zero_grad() allocate nothing") {
   Model<float> m;
@@ -443,22 +424,17 @@ TEST_CASE("step() and zero_grad() allocate nothing") {
   nn::Adam adam{m.reg};
   nn::AdamW adamw{m.reg};
   m.set_grads(0);
-  AllocationCounter::count = 0;
-  AllocationCounter::counting = true;
-  for (int s = 0; s < 3; ++s) {
-    sgd.step();
-    adam.step();
-    adamw.step();
-    sgd.zero_grad();
-  }
-  AllocationCounter::counting = false;
-  CHECK(AllocationCounter::count == 0);
+  CHECK(alloc_counter::on_every_thread([&] {
+          for (int s = 0; s < 3; ++s) {
+            sgd.step();
+            adam.step();
+            adamw.step();
+            sgd.zero_grad();
+          }
+        }) == 0);
 
   // The counter does see allocations: building an optimizer allocates its slots.
-  AllocationCounter::counting = true;
-  { nn::Adam more{m.reg}; }
-  AllocationCounter::counting = false;
-  CHECK(AllocationCounter::count > 0);
+  CHECK(alloc_counter::on_every_thread([&] { nn::Adam more{m.reg}; }) > 0);
 }
 
 // ---- Schedules ---------------------------------------------------------------------

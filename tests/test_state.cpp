@@ -127,14 +127,10 @@ struct Run {
 
   template <class V>
   void visit_state(V& v) {
-    auto model = nn::prefixed("model", v);
-    nn::visit_state(reg, model);
-    auto o = nn::prefixed("optimizer", v);
-    opt.visit_state(o);
-    auto r = nn::prefixed("rng", v);
-    noise.visit_state(r);
-    auto s = nn::prefixed("sampler", v);
-    sampler.visit_state(s);
+    nn::visit_part(v, "model", reg);
+    nn::visit_part(v, "optimizer", opt);
+    nn::visit_part(v, "rng", noise);
+    nn::visit_part(v, "sampler", sampler);
   }
 
   std::vector<float> values() const {
@@ -280,12 +276,9 @@ TEST_CASE("state visiting: data-parallel training resumes bit for bit; a differe
         };
         for (int s = 0; s < 4; ++s) step(ma, dpa, oa, s);
         auto visit_all = [](Model& m, auto& dp, auto& opt, auto& v) {
-          auto model = nn::prefixed("model", v);
-          nn::visit_state(m.reg, model);
-          auto o = nn::prefixed("optimizer", v);
-          opt.visit_state(o);
-          auto s = nn::prefixed("dp", v);
-          dp.visit_state(s);
+          nn::visit_part(v, "model", m.reg);
+          nn::visit_part(v, "optimizer", opt);
+          nn::visit_part(v, "dp", dp);
         };
         Saved first, again;
         Save sv1{&first}, sv2{&again};

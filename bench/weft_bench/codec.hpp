@@ -42,8 +42,7 @@ namespace wc = weft::comm;
 struct Settings {
   std::vector<std::string> codecs;  // name or name:parameter (topk:0.01, randomk:0.01, powersgd:4, int8:256)
   std::vector<std::string> algos;   // ring, tree, recursive_doubling, halving_doubling, native, auto
-  std::size_t min_bytes = 64 << 10, max_bytes = 16 << 20;
-  double factor = 4;
+  std::vector<std::size_t> sizes{64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20};  // bytes (options.hpp's sizes())
   int iters = 10, warmup = 2;
 };
 
@@ -142,8 +141,7 @@ void run(T& t, const Settings& s, std::vector<Row>& rows) {
   for (const std::string& a : s.algos)
     with_algorithm(a, [&](auto algo) {
       using A = decltype(algo);
-      for (double size = static_cast<double>(s.min_bytes); size <= static_cast<double>(s.max_bytes); size *= s.factor) {
-        const auto b = static_cast<std::size_t>(size);
+      for (const std::size_t b : s.sizes) {
         double plain_wire = 0;
         {
           Row none = measure(t, A{}, b, s);

@@ -1,35 +1,83 @@
-// weft-bench's command line (options.hpp).
+// weft-bench's command line (options.hpp). Every number is checked before it
+// is converted (no NaN, infinity or out-of-range double reaches an integer),
+// and what the run would allocate is compared with this machine's memory, so
+// a bad command line ends in one sentence naming the flag, never in a crash,
+// a silent no-op or std::bad_alloc. Fuzzed: tests/fuzz/bench_options.cpp.
 #include "options.hpp"
 
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
-#include <iostream>
 #include <optional>
 #include <sstream>
-#include <algorithm>
 
 namespace weft_bench {
 
 namespace {
 
+// Sizes above this are larger than any machine (and than a double converts exactly).
+constexpr double max_size_bytes = 0x1p50;  // 1 PiB
+
+// 1536 -> "1.5 KiB": sizes in messages, as a person reads them.
+std::string human(double bytes) {
+  const char* unit[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+  int u = 0;
+  while (bytes >= 1024 && u < 5) {
+    bytes /= 1024;
+    ++u;
+  }
+  char buf[48];
+  std::snprintf(buf, sizeof buf, bytes == std::floor(bytes) ? "%.0f %s" : "%.1f %s", bytes, unit[u]);
+  return buf;
+}
+
 std::size_t parse_bytes(const std::string& flag, const std::string& v) {
+  const std::string expected = flag + ": expected a size like 8, 64K, 1M or 2G, got '" + v + "'";
   char* end = nullptr;
-  double x = std::strtod(v.c_str(), &end);
-  if (end == v.c_str() || x < 0) throw UsageError(flag + ": expected a size like 8, 64K, 1M or 2G, got '" + v + "'");
-  std::string suf(end);
+  const double x = std::strtod(v.c_str(), &end);
+  if (v.empty() || end == v.c_str() || std::isspace(static_cast<unsigned char>(v[0]))) throw UsageError(expected);
+  if (!std::isfinite(x)) throw UsageError(flag + ": '" + v + "' is not a finite size");
+  if (x < 0 || std::signbit(x)) throw UsageError(flag + ": '" + v + "' is negative");
+  const std::string suf(end);
   double mult = 1;
   if (suf == "" || suf == "B") mult = 1;
-  else if (suf == "K" || suf == "k" || suf == "KiB") mult = 1024.0;
-  else if (suf == "M" || suf == "MiB") mult = 1024.0 * 1024;
-  else if (suf == "G" || suf == "GiB") mult = 1024.0 * 1024 * 1024;
-  else throw UsageError(flag + ": unknown size suffix '" + suf + "' in '" + v + "' (accepted: none, K, M, G)");
-  return static_cast<std::size_t>(x * mult);
+  else if (suf == "K" || suf == "k" || suf == "KiB") mult = 0x1p10;
+  else if (suf == "M" || suf == "MiB") mult = 0x1p20;
+  else if (suf == "G" || suf == "GiB") mult = 0x1p30;
+  else if (suf == "T" || suf == "TiB") mult = 0x1p40;
+  else throw UsageError(flag + ": unknown size suffix '" + suf + "' in '" + v + "' (accepted: none, K, M, G, T)");
+  const double bytes = x * mult;
+  if (bytes > max_size_bytes)
+    throw UsageError(flag + ": " + v + " is larger than any machine (at most " + human(max_size_bytes) + ")");
+  if (bytes != std::floor(bytes)) throw UsageError(flag + ": " + v + " is not a whole number of bytes");
+  return static_cast<std::size_t>(bytes);
+}
+
+// A real number > lo and <= hi, finite.
+double parse_real(const std::string& flag, const std::string& v, double lo, double hi) {
+  char* end = nullptr;
+  const double x = std::strtod(v.c_str(), &end);
+  if (v.empty() || end == v.c_str() || *end || std::isspace(static_cast<unsigned char>(v[0])))
+    throw UsageError(flag + ": expected a number, got '" + v + "'");
+  if (!std::isfinite(x) || x <= lo || x > hi) {
+    std::ostringstream os;
+    os << flag << ": expected a finite number > " << lo << " and <= " << hi << ", got '" << v << "'";
+    throw UsageError(os.str());
+  }
+  return x;
 }
 
 long parse_int(const std::string& flag, const std::string& v, long lo, long hi) {
   char* end = nullptr;
+  errno = 0;
   long x = std::strtol(v.c_str(), &end, 10);
-  if (end == v.c_str() || *end || x < lo || x > hi)
+  if (v.empty() || end == v.c_str() || *end || errno == ERANGE || x < lo || x > hi ||
+      std::isspace(static_cast<unsigned char>(v[0])))
     throw UsageError(flag + ": expected an integer in " + std::to_string(lo) + ".." + std::to_string(hi) + ", got '" +
                      v + "'");
   return x;
@@ -86,11 +134,73 @@ Algo parse_algo(const std::string& v) {
                    "mpi (MPI's blocking collectives, --transport mpi only), all)");
 }
 
+// --codec SPEC as weft_bench/codec.hpp reads it, checked here so that a bad
+// parameter (NaN, a negative or fractional count) never reaches a conversion.
+void check_codec(const std::string& spec) {
+  const std::string name = spec.substr(0, spec.find(':'));
+  const bool has_param = spec.find(':') != std::string::npos;
+  const std::string param = has_param ? spec.substr(spec.find(':') + 1) : "";
+  const std::string flag = "--codec " + name;
+  if (name == "none" || name == "f16" || name == "bf16" || name == "sign") {
+    if (has_param) throw UsageError(flag + ": takes no parameter, got '" + spec + "'");
+  } else if (name == "topk" || name == "randomk") {
+    if (has_param) parse_real(flag + " fraction", param, 0, 1);
+  } else if (name == "int8") {
+    if (has_param) parse_int(flag + " chunk", param, 1, 1L << 30);
+  } else if (name == "powersgd") {
+    if (has_param) parse_int(flag + " rank", param, 1, 4096);
+  } else {
+    throw UsageError("--codec: unknown codec '" + name +
+                     "' (accepted: none, f16, bf16, int8[:chunk], topk[:fraction], randomk[:fraction], sign, "
+                     "powersgd[:rank])");
+  }
+}
+
+// This machine's physical memory in bytes (0 where the system does not say).
+double physical_memory() {
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+  return pages > 0 && page > 0 ? static_cast<double>(pages) * static_cast<double>(page) : 0;
+}
+
+// Ranks of this run sharing this machine's memory: --np threads, or the
+// processes mpirun started on this node (Open MPI and MPICH say how many).
+int ranks_on_this_machine(const Options& o) {
+  if (o.transport == "thread") return o.np;
+  for (const char* var : {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"})
+    if (const char* v = std::getenv(var)) {
+      const long n = std::strtol(v, nullptr, 10);
+      if (n > 0 && n <= 1 << 20) return static_cast<int>(n);
+    }
+  return 1;
+}
+
+// What a size flag makes the run allocate, against physical memory: every
+// rank holds a send and a receive buffer of the largest size (memcpy: a
+// source and a destination). The transport's staging comes on top.
+void check_fits(const Options& o, const char* flag, std::size_t bytes) {
+  if (o.mode == "project") return;
+  const double mem = physical_memory();
+  const int ranks = o.mode == "memcpy" ? 1 : ranks_on_this_machine(o);
+  const double need = 2.0 * ranks * static_cast<double>(std::max<std::size_t>(bytes, o.mode == "memcpy" ? 1 << 20 : 0));
+  if (mem > 0 && need > mem) {
+    const bool one = o.mode == "memcpy" || ranks == 1;
+    const std::string who = o.mode == "memcpy" ? "memcpy"
+                                               : std::to_string(ranks) + (o.transport == "thread" ? " thread" : "") +
+                                                     (one ? " rank" : " ranks") +
+                                                     (o.transport == "thread" ? "" : " on this node");
+    throw UsageError(std::string(flag) + " " + human(static_cast<double>(bytes)) + ": " + who + (one ? " needs" : " need") +
+                     " at least " + human(need) + " (" +
+                     (o.mode == "memcpy" ? "a source and a destination" : "a send and a receive buffer per rank") +
+                     "), more than this machine's " + human(mem) + " of memory: lower " + flag +
+                     (o.mode == "memcpy" || o.transport != "thread" ? "" : " or --np"));
+  }
+}
+
 const char* usage_text =
     "usage: weft-bench [calibrate|project|memcpy] [options]\n"
     "  calibrate: fit alpha, beta, gamma and time Auto's candidates at every size (-b .. -e, default\n"
     "  8 .. 64M; --op, default allreduce,reduce_scatter,allgather,reduce) into --model FILE\n"
-    "  -b, --minbytes SIZE     smallest size (default 8; suffixes K, M, G)\n"
+    "  -b, --minbytes SIZE     smallest size (default 8; suffixes K, M, G, T)\n"
     "  -e, --maxbytes SIZE     largest size (default 32M)\n"
     "  -f, --stepfactor F      multiply the size by F each step (default 2)\n"
     "  -i, --stepbytes SIZE    add SIZE each step instead\n"
@@ -121,6 +231,8 @@ const char* usage_text =
 
 }  // namespace
 
+const char* usage() { return usage_text; }
+
 Options parse(int argc, char** argv) {
   Options o;
   int i = 1;
@@ -130,6 +242,7 @@ Options parse(int argc, char** argv) {
       throw UsageError("unknown command '" + o.mode + "' (accepted: run, calibrate, project, memcpy)");
     i = 2;
   }
+  bool min_given = false;
   for (; i < argc; ++i) {
     std::string a = argv[i], v;
     auto eq = a.find('=');
@@ -143,20 +256,24 @@ Options parse(int argc, char** argv) {
       if (i + 1 >= argc) throw UsageError(a + ": missing value");
       return argv[++i];
     };
+    auto flag = [&] {  // an option without a value
+      if (has_eq) throw UsageError(a + ": takes no value, got '" + a + "=" + v + "'");
+      return true;
+    };
     if (a == "-h" || a == "--help") {
-      std::cout << usage_text;
-      std::exit(0);
-    } else if (a == "-b" || a == "--minbytes") o.min_bytes = parse_bytes(a, val());
-    else if (a == "-e" || a == "--maxbytes") {
+      o.help = flag();
+      return o;
+    } else if (a == "-b" || a == "--minbytes") {
+      o.min_bytes = parse_bytes(a, val());
+      min_given = true;
+    } else if (a == "-e" || a == "--maxbytes") {
       o.max_bytes = parse_bytes(a, val());
       o.max_given = true;
+    } else if (a == "-f" || a == "--stepfactor") o.factor = parse_real(a, val(), 1, 1024);
+    else if (a == "-i" || a == "--stepbytes") {
+      o.step_bytes = parse_bytes(a, val());
+      if (o.step_bytes == 0) throw UsageError(a + ": the step must be at least 1 byte");
     }
-    else if (a == "-f" || a == "--stepfactor") {
-      std::string s = val();
-      char* end = nullptr;
-      o.factor = std::strtod(s.c_str(), &end);
-      if (end == s.c_str() || *end || o.factor <= 1) throw UsageError(a + ": expected a number > 1, got '" + s + "'");
-    } else if (a == "-i" || a == "--stepbytes") o.step_bytes = parse_bytes(a, val());
     else if (a == "-n" || a == "--iters") o.iters = static_cast<int>(parse_int(a, val(), 1, 1000000));
     else if (a == "-w" || a == "--warmup_iters") o.warmup = static_cast<int>(parse_int(a, val(), 0, 1000000));
     else if (a == "-c" || a == "--check") o.check = static_cast<int>(parse_int(a, val(), 0, 1));
@@ -195,12 +312,15 @@ Options parse(int argc, char** argv) {
     else if (a == "--model") o.model_file = val();
     else if (a == "--bytes-budget") o.bytes_budget = parse_bytes(a, val());
     else if (a == "--ranks-per-node") o.ranks_per_node = static_cast<int>(parse_int(a, val(), 1, 1 << 20));
-    else if (a == "-q" || a == "--quiet") o.quiet = true;
-    else if (a == "--table-only") o.table_only = true;
+    else if (a == "-q" || a == "--quiet") o.quiet = flag();
+    else if (a == "--table-only") o.table_only = flag();
     else if (a == "--passes") o.passes = static_cast<int>(parse_int(a, val(), 1, 100));
     else if (a == "--chunk") o.chunk = parse_bytes(a, val());
-    else if (a == "--codec") o.codecs = split_list(val());
-    else if (a == "--bind") {
+    else if (a == "--codec") {
+      o.codecs = split_list(val());
+      if (o.codecs.empty()) throw UsageError("--codec: empty list");
+      for (const std::string& c : o.codecs) check_codec(c);
+    } else if (a == "--bind") {
       std::string b = val();
       if (b != "core" && b != "none") throw UsageError("--bind: unknown binding '" + b + "' (accepted: core, none)");
       o.bind = b == "core";
@@ -215,22 +335,42 @@ Options parse(int argc, char** argv) {
     if (!o.ops_given)
       o.ops = {Collective::allreduce, Collective::reduce_scatter, Collective::allgather, Collective::reduce};
   }
-  if (o.min_bytes > o.max_bytes) throw UsageError("-b/--minbytes is larger than -e/--maxbytes");
+  // Each size flag against this machine's memory first, so the message names the one that is too large.
+  if (min_given) check_fits(o, "-b/--minbytes", o.min_bytes);
+  check_fits(o, "-e/--maxbytes", o.max_bytes);
+  if (o.min_bytes > o.max_bytes)
+    throw UsageError("-b/--minbytes " + human(static_cast<double>(o.min_bytes)) + " is larger than -e/--maxbytes " +
+                     human(static_cast<double>(o.max_bytes)));
+  if (o.max_bytes == 0) throw UsageError("-e/--maxbytes: the largest size must be at least 1 byte");
   for (Algo a : o.algos)
     if (a == Algo::mpi && o.transport != "mpi")
       throw UsageError("--algo mpi calls MPI's own collectives: it needs --transport mpi");
+  if (!o.codecs.empty())
+    for (Algo a : o.algos)
+      if (a == Algo::hierarchical || a == Algo::mpi)
+        throw UsageError(std::string("--codec: algorithm '") + name_of(a) +
+                         "' is not offered with codecs (accepted: ring, tree, recursive_doubling, halving_doubling, "
+                         "native, auto)");
   if (o.transport == "mpi" && !WEFT_BENCH_MPI)
     throw UsageError("--transport mpi: this weft-bench was built without MPI (meson -Dmpi=enabled)");
+  (void)sizes(o);  // a sweep of too many sizes is a usage error too
   return o;
 }
 
 std::vector<std::size_t> sizes(const Options& o) {
   std::vector<std::size_t> s;
   for (std::size_t b = std::max<std::size_t>(o.min_bytes, 1); b <= o.max_bytes;) {
+    if (s.size() == max_sweep_sizes)
+      throw UsageError("-b/-e/" + std::string(o.step_bytes ? "-i" : "-f") + ": the sweep from " +
+                       human(static_cast<double>(std::max<std::size_t>(o.min_bytes, 1))) + " to " +
+                       human(static_cast<double>(o.max_bytes)) + " has more than " + std::to_string(max_sweep_sizes) +
+                       " sizes: use a larger step");
     s.push_back(b);
-    std::size_t next = o.step_bytes ? b + o.step_bytes : static_cast<std::size_t>(std::ceil(b * o.factor));
-    if (next <= b) break;
-    b = next;
+    // In double until it is known to be in range: b * factor may not fit a size_t.
+    const double next = o.step_bytes ? static_cast<double>(b) + static_cast<double>(o.step_bytes)
+                                     : std::ceil(static_cast<double>(b) * o.factor);
+    if (!(next > static_cast<double>(b)) || next > static_cast<double>(o.max_bytes)) break;
+    b = static_cast<std::size_t>(next);
   }
   return s;
 }

@@ -32,6 +32,7 @@ inline constexpr const char* algo_names[] = {"ring", "tree", "recursive_doubling
 inline const char* name_of(Algo a) { return algo_names[static_cast<int>(a)]; }
 
 struct Options {
+  bool help = false;         // -h/--help: print usage() and nothing else
   std::string mode = "run";  // run | calibrate | project | memcpy
   std::size_t min_bytes = 8, max_bytes = std::size_t{32} << 20;
   bool max_given = false, ops_given = false;  // calibrate has its own defaults for -e and --op
@@ -57,10 +58,17 @@ struct Options {
   std::vector<std::string> codecs;  // --codec: compressed allreduce instead (weft_bench/codec.hpp)
 };
 
-// Parses argv (exits after --help); throws UsageError with a sentence on a bad flag.
+// Parses and checks argv: every number finite and in its range, every list
+// and name known, and the buffers the run needs no larger than this machine's
+// memory. Throws UsageError with a sentence naming the flag on anything else;
+// prints nothing and never exits (with -h/--help it returns help = true).
 Options parse(int argc, char** argv);
 
-// The sizes of a sweep: -b .. -e by -f (or +-i).
+// The --help text.
+const char* usage();
+
+// The sizes of a sweep: -b .. -e by -f (or +-i); at most max_sweep_sizes of them.
+inline constexpr std::size_t max_sweep_sizes = 10000;
 std::vector<std::size_t> sizes(const Options& o);
 
 }  // namespace weft_bench

@@ -7,10 +7,8 @@
 // the remaining ranks, which resume from the latest checkpoint:
 //   scripts/weft-run -np 4 --min-ranks 2 --
 //       build/examples/03_data_parallel_mpi 5 1 --batch 120 --checkpoint /tmp/ck --fail 2@3
-// Only MPI's C API (Open MPI's deprecated C++ bindings warn under -Wextra).
-#define OMPI_SKIP_MPICXX 1
-#define MPICH_SKIP_MPICXX 1
-#include <mpi.h>
+#include "../run_under_mpi.hpp"
+
 #include <signal.h>
 #include <unistd.h>
 
@@ -21,10 +19,7 @@
 #include "train.hpp"
 
 int main(int argc, char** argv) {
-  int provided = 0;
-  MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
-  int rc = 0;
-  try {
+  return examples::run_under_mpi(argc, argv, [&] {
     story::Options o = story::parse_command_line(argc, argv, false).o;
     if (const char* at = std::getenv("WEFT_RUN_ATTEMPT")) o.attempt = std::atoi(at);  // set by scripts/weft-run
     o.fail = [](int rank, int epoch) {
@@ -37,10 +32,6 @@ int main(int argc, char** argv) {
     story::standardise(train, test);
     weft::comm::MpiTransport t{MPI_COMM_WORLD};
     story::train(t, train, test, o);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    rc = 1;
-  }
-  MPI_Finalize();
-  return rc;
+    return 0;
+  });
 }

@@ -6,8 +6,6 @@
 // parsed header whose tensors read back, a load, or weft::IoError naming the
 // file; never a crash, a hang, an out-of-bounds read or another exception.
 // Built and run for a bounded time by tests/fuzz/run.sh (ASan + UBSan).
-#include <unistd.h>
-
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -19,21 +17,19 @@
 #include <weft/io/checkpoint/checkpoint.hpp>
 #include <weft/io/checkpoint/safetensors.hpp>
 
+#include "../fuzz/scratch.hpp"
+
 namespace {
 
 const std::string& scratch_path() {
-  static const std::string path = [] {
-    const char* dir = std::getenv("TMPDIR");
-    return std::string(dir ? dir : "/tmp") + "/weft_fuzz_st_" + std::to_string(::getpid()) + ".safetensors";
-  }();
+  static const std::string path = fuzz::scratch_name("weft_fuzz_st") + ".safetensors";
   return path;
 }
 
 // A checkpoint directory whose rank-00000.safetensors is a valid one-tensor file.
 const std::filesystem::path& scratch_dir() {
   static const std::filesystem::path dir = [] {
-    const char* d = std::getenv("TMPDIR");
-    std::filesystem::path p = std::filesystem::path(d ? d : "/tmp") / ("weft_fuzz_ck_" + std::to_string(::getpid()));
+    std::filesystem::path p = fuzz::scratch_name("weft_fuzz_ck");
     std::filesystem::create_directories(p);
     static const float w[4] = {1, 2, 3, 4};
     weft::io::checkpoint::SafetensorsWriter wr;

@@ -69,12 +69,9 @@ struct DpRun {
   }
   template <class V>
   void visit_state(V& v) {
-    auto model = nn::prefixed("model", v);
-    nn::visit_state(m.reg, model);
-    auto o = nn::prefixed("optimizer", v);
-    opt.visit_state(o);
-    auto s = nn::prefixed("dp", v);
-    dp.visit_state(s);
+    nn::visit_part(v, "model", m.reg);
+    nn::visit_part(v, "optimizer", opt);
+    nn::visit_part(v, "dp", dp);
   }
   ck::Sharding sharding() { return ck::data_parallel_sharding(dp, m.reg); }
   // Overwrites every value, so only a working load can give them back.

@@ -19,21 +19,12 @@
 
 #include "compressed_suite.hpp"
 #include "mpi_doctest.hpp"
+#include "suite.hpp"
 
 using namespace weft::comm;
 using namespace std::chrono_literals;
 using testing::agree;
-
-namespace {
-
-CommOptions checked() {
-  CommOptions o;
-  o.timeout = 30s;
-  o.fingerprints = true;
-  return o;
-}
-
-}  // namespace
+using testing::checked;
 
 TEST_CASE_TEMPLATE("mpi compressed: every codec equals the uncompressed sum within its bound", A, Ring, Tree,
                    RecursiveDoubling, HalvingDoubling, Hierarchical<>, Native, Auto) {

@@ -21,19 +21,15 @@
 #include <vector>
 
 #include "compressed_suite.hpp"
+#include "suite.hpp"
 
 using namespace weft;
 using namespace weft::comm;
 using namespace std::chrono_literals;
 
-namespace {
+using testing::checked;
 
-CommOptions checked() {
-  CommOptions o;
-  o.timeout = 30s;
-  o.fingerprints = true;
-  return o;
-}
+namespace {
 
 // Runs f(transport) on p ranks and collects the ranks' messages.
 template <class F>

@@ -27,25 +27,9 @@
 using namespace weft::comm;
 using namespace std::chrono_literals;
 using testing::agree;
+using testing::checked;
+using testing::small_chunks;
 using Clock = std::chrono::steady_clock;
-
-namespace {
-
-CommOptions checked() {
-  CommOptions o;
-  o.timeout = 30s;
-  o.fingerprints = true;
-  return o;
-}
-
-template <class A>
-A small_chunks() {
-  A a{};
-  if constexpr (requires { a.chunk_bytes; }) a.chunk_bytes = 256;
-  return a;
-}
-
-}  // namespace
 
 TEST_CASE_TEMPLATE("mpi: every collective x dtype x reduce op matches the reference", A, Ring, Tree,
                    RecursiveDoubling, HalvingDoubling, Hierarchical<>, Native, Auto, Ordered<Ring>) {

@@ -28,6 +28,24 @@
 
 namespace weft::comm::testing {
 
+// Options of a checked run: fingerprints on (a mismatched call ends in an
+// error naming it, not in wrong data) and a deadline far above any honest
+// call, so a hang fails the test rather than the CI job.
+inline CommOptions checked(Duration timeout = std::chrono::seconds(30)) {
+  CommOptions o;
+  o.timeout = timeout;
+  o.fingerprints = true;
+  return o;
+}
+
+// Small chunks so the checks exercise multi-chunk pipelining too.
+template <class A>
+A small_chunks() {
+  A a{};
+  if constexpr (requires { a.chunk_bytes; }) a.chunk_bytes = 256;
+  return a;
+}
+
 // The checks below run against this type-erased view of a communicator, so
 // they are compiled once per dtype rather than once per (algorithm, dtype):
 // it keeps the test build lean. Erased<C> forwards to C's pointer API.

@@ -3,10 +3,12 @@
 // the failure paths (mismatch, missing rank, failing rank, broken
 // communicator), each bounded by a deadline. Also built with
 // -fsanitize=thread (WEFT_COMM_TEST_QUICK shrinks the matrix there).
-#if defined(__GNUC__) && !defined(__clang__)
-// The counting operator new/delete below pair malloc with free; GCC cannot see that through inlining.
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+// Counts heap allocations made by threads that opt in, to prove steady-state
+// collectives allocate nothing (not in the TSan build, which owns operator new).
+#if !defined(WEFT_COMM_TEST_QUICK)
+#include "../alloc_counter.hpp"  // first: it replaces operator new for this executable
 #endif
+
 #include <doctest/doctest.h>
 
 #include <weft/comm/algorithm/auto.hpp>
@@ -36,23 +38,6 @@ using namespace weft::comm;
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
-// Counts heap allocations made by threads that opt in, to prove steady-state
-// collectives allocate nothing (not in the TSan build, which owns operator new).
-#if !defined(WEFT_COMM_TEST_QUICK)
-#define WEFT_COMM_COUNT_ALLOCS 1
-namespace {
-std::atomic<long> g_allocs{0};
-thread_local bool g_counting = false;
-}  // namespace
-void* operator new(std::size_t n) {
-  if (g_counting) g_allocs.fetch_add(1, std::memory_order_relaxed);
-  if (void* p = std::malloc(n ? n : 1)) return p;
-  throw std::bad_alloc();
-}
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-#endif
-
 namespace {
 
 // The TSan build checks the transport's code paths (point-to-point, reduce
@@ -75,13 +60,7 @@ const std::vector<std::size_t> sizes = {0, 1, 7, 1031};  // 7, 1031: primes, not
 constexpr std::size_t large = std::size_t{4} << 20;      // 16 MiB of f32 per rank
 #endif
 
-// Small chunks so the matrix exercises multi-chunk pipelining too.
-template <class A>
-A small_chunks() {
-  A a{};
-  if constexpr (requires { a.chunk_bytes; }) a.chunk_bytes = 256;
-  return a;
-}
+using testing::small_chunks;
 
 // Runs fn(comm) on p ranks and returns each rank's message.
 template <class A, class F>
@@ -97,12 +76,7 @@ std::vector<std::string> on_ranks(int p, F&& fn, CommOptions opts = {}, A algo =
   return errs;
 }
 
-CommOptions checked() {
-  CommOptions o;
-  o.timeout = 20s;
-  o.fingerprints = true;
-  return o;
-}
+CommOptions checked() { return testing::checked(20s); }
 
 }  // namespace
 
@@ -218,7 +192,7 @@ TEST_CASE("a native collective names the ranks that did not arrive") {
   for (int r : {0, 2}) CHECK_MESSAGE(msgs[static_cast<std::size_t>(r)].find("rank 1 did not arrive") != std::string::npos, msgs[static_cast<std::size_t>(r)]);
 }
 
-#if defined(WEFT_COMM_COUNT_ALLOCS)
+#if !defined(WEFT_COMM_TEST_QUICK)
 TEST_CASE_TEMPLATE("steady-state collectives allocate nothing", A, WEFT_COMM_POLICIES) {
   for (bool deterministic : {false, true}) {
     CommOptions o = checked();
@@ -241,11 +215,9 @@ TEST_CASE_TEMPLATE("steady-state collectives allocate nothing", A, WEFT_COMM_POL
             c.barrier();
           };
           steady();  // warm-up: workspaces and request pools grow here
-          long before = g_allocs.load();
-          g_counting = true;
-          for (int i = 0; i < 5; ++i) steady();
-          g_counting = false;
-          counts[static_cast<std::size_t>(t.rank())] = g_allocs.load() - before;
+          counts[static_cast<std::size_t>(t.rank())] = alloc_counter::on_this_thread([&] {
+            for (int i = 0; i < 5; ++i) steady();
+          });
         },
         LocalOptions{2});
     CAPTURE(deterministic);

@@ -2,8 +2,6 @@
 // in a tensor or in weft::IoError naming the file; never a crash, a hang, an
 // unbounded allocation or another exception type. Built and run for a bounded
 // time by tests/fuzz/run.sh (clang's -fsanitize=fuzzer,address,undefined).
-#include <unistd.h>
-
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -12,14 +10,13 @@
 
 #include <weft/io/idx.hpp>
 
+#include "scratch.hpp"
+
 namespace {
 
 // One file per fuzzing process, rewritten for every input.
 const std::string& scratch_path() {
-  static const std::string path = [] {
-    const char* dir = std::getenv("TMPDIR");
-    return std::string(dir ? dir : "/tmp") + "/weft_fuzz_idx_" + std::to_string(::getpid()) + ".idx";
-  }();
+  static const std::string path = fuzz::scratch_name("weft_fuzz_idx") + ".idx";
   return path;
 }
 

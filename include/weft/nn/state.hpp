@@ -99,4 +99,16 @@ void visit_state(const Registry<T>& reg, V& v) {
   for (Parameter<T>* p : reg) visit_state(*p, v);
 }
 
+// A composite's part x (an object with visit_state(v), a registry or a
+// parameter) with "prefix." before each of its names:
+//   visit_part(v, "model", reg); visit_part(v, "optimizer", opt); visit_part(v, "dp", dp);
+template <class V, class X>
+void visit_part(V& v, std::string_view prefix, X& x) {
+  auto p = prefixed(prefix, v);
+  if constexpr (requires { x.visit_state(p); })
+    x.visit_state(p);
+  else
+    visit_state(x, p);
+}
+
 }  // namespace weft::nn

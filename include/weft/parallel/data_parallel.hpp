@@ -34,6 +34,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <span>
 #include <string>
 #include <string_view>
@@ -340,17 +341,32 @@ class DataParallel {
     agree(c, static_cast<std::int64_t>(h >> 1), "parameter values after the broadcast from rank 0");
   }
 
-  // Every rank holds the same value, or every rank throws naming the ranks that differ.
+  // Every rank holds the same value, or every rank throws the same error
+  // naming the odd ranks out: those whose value differs from the one most
+  // ranks hold (rank 0 is as likely to be wrong as any other). Where no value
+  // has a majority, the reference is the most common value held first in rank
+  // order (rank 0's where it is among them), and the message says so.
   template <class C>
   void agree(C& c, std::int64_t mine, const char* what) {
     std::vector<std::int64_t> all(static_cast<std::size_t>(c.size()));
     c.allgather(std::span<const std::int64_t>(&mine, 1), std::span<std::int64_t>(all));
-    std::string differ;
-    for (std::size_t r = 0; r < all.size(); ++r)
-      if (all[r] != all[0]) differ += (differ.empty() ? "" : ",") + std::to_string(r);
-    if (!differ.empty())
-      throw_error<ValueError>("DataParallel on rank ", c.rank(), ": ranks ", differ, " hold different ", what,
-                              " than rank 0");
+    std::map<std::int64_t, std::size_t> count;
+    for (std::int64_t v : all) ++count[v];
+    if (count.size() == 1) return;
+    std::size_t ref = 0;
+    for (std::size_t r = 1; r < all.size(); ++r)
+      if (count[all[r]] > count[all[ref]]) ref = r;
+    std::vector<std::size_t> odd, usual;
+    for (std::size_t r = 0; r < all.size(); ++r) (all[r] == all[ref] ? usual : odd).push_back(r);
+    auto ranks = [](const std::vector<std::size_t>& rs) {
+      std::string s = rs.size() == 1 ? "rank " : "ranks ";
+      for (std::size_t k = 0; k < rs.size(); ++k) s += (k ? ", " : "") + std::to_string(rs[k]);
+      return s;
+    };
+    const bool majority = 2 * usual.size() > all.size();
+    throw_error<ValueError>("DataParallel on rank ", c.rank(), ": ", ranks(odd), odd.size() == 1 ? " holds" : " hold",
+                            " different ", what, " than ", ranks(usual),
+                            majority ? "" : " (no value is held by most ranks: build the same model on every rank)");
   }
 
   nn::Registry<T>* params_;

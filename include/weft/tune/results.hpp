@@ -27,7 +27,7 @@
 #include <vector>
 
 #include "../core/error.hpp"
-#include "detail/json.hpp"
+#include "../io/json.hpp"
 #include "scheduler.hpp"
 #include "space.hpp"
 
@@ -99,18 +99,18 @@ struct Results {
   }
 
   std::string to_json() const {
-    std::string o = "{\"search\": " + detail::json_quote(search) + ", \"mode\": \"" + mode_name(mode) +
+    std::string o = "{\"search\": " + io::json::quote(search) + ", \"mode\": \"" + mode_name(mode) +
                     "\",\n \"trials\": [";
     for (std::size_t i = 0; i < trials.size(); ++i) {
       const TrialRecord& t = trials[i];
       o += i ? ",\n  " : "\n  ";
       o += "{\"id\": " + std::to_string(t.id) + ", \"group\": " + std::to_string(t.group) + ", \"status\": \"" +
-           status_name(t.status) + "\", \"error\": " + detail::json_quote(t.error) + ", \"start_s\": " + num(t.start_s) +
+           status_name(t.status) + "\", \"error\": " + io::json::quote(t.error) + ", \"start_s\": " + num(t.start_s) +
            ", \"end_s\": " + num(t.end_s) + ", \"config\": {";
       for (std::size_t k = 0; k < t.config.items().size(); ++k) {
         const auto& [name, v] = t.config.items()[k];
-        o += (k ? ", " : "") + detail::json_quote(name) + ": " +
-             (std::holds_alternative<double>(v) ? num(std::get<double>(v)) : detail::json_quote(std::get<std::string>(v)));
+        o += (k ? ", " : "") + io::json::quote(name) + ": " +
+             (std::holds_alternative<double>(v) ? num(std::get<double>(v)) : io::json::quote(std::get<std::string>(v)));
       }
       o += "}, \"reports\": [";
       for (std::size_t k = 0; k < t.reports.size(); ++k)
@@ -162,42 +162,44 @@ struct Results {
   }
 
   static Results from_json(std::string_view text, const std::string& where) {
-    detail::Json j = detail::JsonReader(text, where).parse();
+    using io::json::Value;
+    Value j;
+    try {
+      j = io::json::parse(text);
+    } catch (const io::json::Error& e) {
+      throw_error<IoError>(where, ": not a tune results file (", e.what(), ")");
+    }
     auto bad = [&](const char* what) { throw_error<IoError>(where, ": not a tune results file: ", what); };
-    if (j.type != detail::Json::object || j["search"].type != detail::Json::string ||
-        j["trials"].type != detail::Json::array)
+    if (!j.is_object() || !j["search"].is_string() || !j["trials"].is_array())
       bad("expected an object with \"search\" and \"trials\"");
     Results r;
-    r.search = j["search"].str;
-    r.mode = j["mode"].str == "min" ? Mode::min : Mode::max;
-    for (const detail::Json& t : j["trials"].items) {
-      if (t.type != detail::Json::object || t["id"].type != detail::Json::number) bad("a trial without an id");
+    r.search = j["search"].as_string();
+    r.mode = j["mode"].as_string() == "min" ? Mode::min : Mode::max;
+    for (const Value& t : j["trials"].items()) {
+      if (!t.is_object() || !t["id"].is_number()) bad("a trial without an id");
       TrialRecord rec;
-      rec.id = static_cast<std::size_t>(t["id"].num);
-      rec.group = static_cast<int>(t["group"].num);
-      const std::string& st = t["status"].str;
+      rec.id = static_cast<std::size_t>(t["id"].as_number());
+      rec.group = static_cast<int>(t["group"].as_number());
+      const std::string& st = t["status"].as_string();
       bool known = false;
       for (Status s : {Status::pending, Status::running, Status::completed, Status::stopped, Status::failed})
         if (st == status_name(s)) rec.status = s, known = true;
       if (!known) bad("a trial with an unknown status");
-      rec.error = t["error"].str;
-      rec.start_s = t["start_s"].num;
-      rec.end_s = t["end_s"].num;
-      const detail::Json& config = t["config"];
-      for (std::size_t k = 0; k < config.keys.size(); ++k) {
-        const std::string& name = config.keys[k];
-        const detail::Json& v = config.values[k];
-        if (v.type == detail::Json::string)
-          rec.config.set(name, v.str);
+      rec.error = t["error"].as_string();
+      rec.start_s = t["start_s"].as_number();
+      rec.end_s = t["end_s"].as_number();
+      for (const auto& [name, v] : t["config"].members()) {
+        if (v.is_string())
+          rec.config.set(name, v.as_string());
         else
-          rec.config.set(name, v.type == detail::Json::number ? v.num : std::numeric_limits<double>::quiet_NaN());
+          rec.config.set(name, v.is_number() ? v.as_number() : std::numeric_limits<double>::quiet_NaN());
       }
-      for (const detail::Json& row : t["reports"].items) {
-        if (row.type != detail::Json::array || row.items.size() != 3) bad("a report that is not [epoch, metric, seconds]");
-        rec.reports.push_back({static_cast<int>(row.items[0].num),
-                               row.items[1].type == detail::Json::number ? row.items[1].num
-                                                                         : std::numeric_limits<double>::quiet_NaN(),
-                               row.items[2].num});
+      for (const Value& row : t["reports"].items()) {
+        if (!row.is_array() || row.items().size() != 3) bad("a report that is not [epoch, metric, seconds]");
+        rec.reports.push_back({static_cast<int>(row.items()[0].as_number()),
+                               row.items()[1].is_number() ? row.items()[1].as_number()
+                                                          : std::numeric_limits<double>::quiet_NaN(),
+                               row.items()[2].as_number()});
       }
       r.trials.push_back(std::move(rec));
     }

@@ -73,8 +73,8 @@
 #include "../../nn/registry.hpp"
 #include "../../nn/state.hpp"
 #include "../../tensor/tensor.hpp"
+#include "../json.hpp"
 #include "file.hpp"
-#include "json.hpp"
 #include "safetensors.hpp"
 
 namespace weft::io::checkpoint {
@@ -303,7 +303,7 @@ struct SaveVisitor {
   const Sharding* sharding;
   int rank, ranks;
   SafetensorsWriter* writer;
-  Json items = Json::make_array();  // every tensor item: [name, dtype, shape]
+  json::Value items = json::Value::make_array();  // every tensor item: [name, dtype, shape]
   std::vector<std::pair<std::string, std::string>> scalars;
   std::size_t tensors = 0;
   std::vector<std::string> replicated;       // names of the replicated tensors, in visit order
@@ -312,11 +312,11 @@ struct SaveVisitor {
   void operator()(std::string_view name, TensorView<T> t) {
     if (!t.is_contiguous()) throw_error<ValueError>("checkpoint save: tensor '", name, "' is not contiguous");
     const auto numel = static_cast<std::uint64_t>(t.numel());
-    Json it = Json::make_array();
-    it.push(Json::make_string(std::string(name)));
-    it.push(Json::make_string(std::string(dtype_name(dtype_for_v<T>))));
-    Json sh = Json::make_array();
-    for (std::uint64_t d : shape_of(t.shape)) sh.push(Json::make_uint(d));
+    json::Value it = json::Value::make_array();
+    it.push(json::Value::make_string(std::string(name)));
+    it.push(json::Value::make_string(std::string(dtype_name(dtype_for_v<T>))));
+    json::Value sh = json::Value::make_array();
+    for (std::uint64_t d : shape_of(t.shape)) sh.push(json::Value::make_uint(d));
     it.push(std::move(sh));
     items.push(std::move(it));
     const std::size_t index = tensors++;
@@ -343,12 +343,12 @@ struct SaveVisitor {
     std::string key(name);
     if (own) key += "#" + std::to_string(rank);
     else if (!whole) key += "@" + std::to_string(b) + ":" + std::to_string(e);
-    Json d = Json::make_object();
-    d.set("tensor", Json::make_string(std::string(name)));
-    d.set("begin", Json::make_uint(b));
-    d.set("end", Json::make_uint(e));
-    if (own) d.set("per_rank", Json::make_bool(true));
-    writer->metadata("piece:" + key, to_json(d));
+    json::Value d = json::Value::make_object();
+    d.set("tensor", json::Value::make_string(std::string(name)));
+    d.set("begin", json::Value::make_uint(b));
+    d.set("end", json::Value::make_uint(e));
+    if (own) d.set("per_rank", json::Value::make_bool(true));
+    writer->metadata("piece:" + key, json::write(d));
     writer->add(key, dtype_for_v<T>, whole ? shape_of(t.shape) : std::vector<std::uint64_t>{e - b}, t.data + b, crc);
   }
   template <class S>
@@ -418,14 +418,14 @@ void check_replicated(Comm& c, std::string_view what, const std::vector<std::str
                          " from rank to rank but would be saved once: give its Sharding ranges or per_rank (rank ", c.rank(), ")");
 }
 
-inline Json read_json_file(const std::filesystem::path& path) {
+inline json::Value read_json_file(const std::filesystem::path& path) {
   ReadFile f(path);
   if (f.size() > kMaxHeaderBytes) throw_error<IoError>(path.string(), ": ", f.size(), " bytes, larger than any checkpoint metadata");
   std::string text(static_cast<std::size_t>(f.size()), '\0');
   f.read(text.data(), text.size(), 0, "the metadata");
   try {
-    return parse_json(text);
-  } catch (const JsonError& e) {
+    return json::parse(text);
+  } catch (const json::Error& e) {
     throw_error<IoError>(path.string(), ": ", e.what());
   }
 }
@@ -462,7 +462,7 @@ void save(const std::filesystem::path& dir, Obj& obj, Comm& comm, const SaveOpti
     if (rank == 0 && std::filesystem::remove(dir / kMetadataFile)) detail::fsync_dir(dir);
   });
   SafetensorsWriter w;
-  detail::SaveVisitor<T> v{&o.sharding, rank, ranks, &w, Json::make_array(), {}, 0, {}, {}};
+  detail::SaveVisitor<T> v{&o.sharding, rank, ranks, &w, json::Value::make_array(), {}, 0, {}, {}};
   detail::together(comm, where, [&] { detail::visit(obj, v); });
   if (ranks > 1 && o.check_replicated) detail::check_replicated(comm, where, v.replicated, v.replicated_crc);
   detail::together(comm, where, [&] {
@@ -472,7 +472,7 @@ void save(const std::filesystem::path& dir, Obj& obj, Comm& comm, const SaveOpti
     w.metadata("weft.ranks", std::to_string(ranks));
     w.metadata("weft.step", std::to_string(o.step));
     w.metadata("weft.save_id", save_id);
-    w.metadata("weft.items", to_json(v.items));
+    w.metadata("weft.items", json::write(v.items));
     for (auto& [k, s] : v.scalars) w.metadata(k, s);
     w.write(dir / rank_file_name(rank));
     fault("rank file written");
@@ -480,10 +480,10 @@ void save(const std::filesystem::path& dir, Obj& obj, Comm& comm, const SaveOpti
   detail::together(comm, where, [&] {
     if (rank != 0) return;
     fault("metadata");
-    Json files = Json::make_array();
-    Json tensors = Json::make_object();
+    json::Value files = json::Value::make_array();
+    json::Value tensors = json::Value::make_object();
     std::map<std::string, std::size_t, std::less<>> at;  // tensor name -> index in `tensors`
-    std::vector<Json> pieces;
+    std::vector<json::Value> pieces;
     std::set<std::string, std::less<>> per_rank;
     for (int r = 0; r < ranks; ++r) {
       const SafetensorsReader f(dir / rank_file_name(r));
@@ -493,57 +493,57 @@ void save(const std::filesystem::path& dir, Obj& obj, Comm& comm, const SaveOpti
       if (r == 0) {
         const std::string* items = f.header().meta("weft.items");
         if (!items) throw_error<IoError>(f.path().string(), ": no weft.items in __metadata__");
-        const Json list = parse_json(*items);
-        for (const Json& it : list.items()) {
+        const json::Value list = json::parse(*items);
+        for (const json::Value& it : list.items()) {
           if (!it.is_array() || it.items().size() != 3 || !it.items()[0].is_string())
             throw_error<IoError>(f.path().string(), ": weft.items in __metadata__ is malformed");
-          Json t = Json::make_object();
+          json::Value t = json::Value::make_object();
           t.set("dtype", it.items()[1]);
           t.set("shape", it.items()[2]);
           at[it.items()[0].as_string()] = pieces.size();
-          pieces.push_back(Json::make_array());
+          pieces.push_back(json::Value::make_array());
           tensors.set(it.items()[0].as_string(), std::move(t));
         }
       }
       for (const TensorInfo& t : f.header().tensors) {
         const std::string* p = f.header().meta("piece:" + t.name);
         if (!p) throw_error<IoError>(f.path().string(), ": tensor '", t.name, "': no piece:", t.name, " in __metadata__");
-        const Json d = parse_json(*p);
+        const json::Value d = json::parse(*p);
         const auto it = at.find(d.find("tensor")->as_string());
         if (it == at.end())
           throw_error<IoError>(f.path().string(), ": tensor '", t.name, "': a piece of a tensor rank 0 did not visit (ranks visit different items)");
-        Json e = Json::make_object();
-        e.set("file", Json::make_uint(static_cast<std::uint64_t>(r)));
-        e.set("key", Json::make_string(t.name));
+        json::Value e = json::Value::make_object();
+        e.set("file", json::Value::make_uint(static_cast<std::uint64_t>(r)));
+        e.set("key", json::Value::make_string(t.name));
         e.set("begin", *d.find("begin"));
         e.set("end", *d.find("end"));
         if (d.find("per_rank")) {
-          e.set("per_rank", Json::make_bool(true));
+          e.set("per_rank", json::Value::make_bool(true));
           per_rank.insert(it->first);
         }
         pieces[it->second].push(std::move(e));
       }
-      Json fj = Json::make_object();
-      fj.set("name", Json::make_string(rank_file_name(r)));
-      fj.set("bytes", Json::make_uint(f.file_bytes()));
+      json::Value fj = json::Value::make_object();
+      fj.set("name", json::Value::make_string(rank_file_name(r)));
+      fj.set("bytes", json::Value::make_uint(f.file_bytes()));
       files.push(std::move(fj));
     }
-    Json m = Json::make_object();
-    m.set("format", Json::make_string(std::string(kFormatName)));
-    m.set("version", Json::make_uint(kFormatVersion));
-    m.set("step", Json::make_uint(static_cast<std::uint64_t>(o.step)));
-    m.set("ranks", Json::make_uint(static_cast<std::uint64_t>(ranks)));
-    m.set("save_id", Json::make_string(save_id));
+    json::Value m = json::Value::make_object();
+    m.set("format", json::Value::make_string(std::string(kFormatName)));
+    m.set("version", json::Value::make_uint(kFormatVersion));
+    m.set("step", json::Value::make_uint(static_cast<std::uint64_t>(o.step)));
+    m.set("ranks", json::Value::make_uint(static_cast<std::uint64_t>(ranks)));
+    m.set("save_id", json::Value::make_string(save_id));
     m.set("files", std::move(files));
-    Json ts = Json::make_object();
+    json::Value ts = json::Value::make_object();
     for (const auto& [name, t] : tensors.members()) {
-      Json e = t;
-      if (per_rank.count(name)) e.set("per_rank", Json::make_bool(true));
+      json::Value e = t;
+      if (per_rank.count(name)) e.set("per_rank", json::Value::make_bool(true));
       e.set("pieces", pieces[at.find(name)->second]);
       ts.set(name, std::move(e));
     }
     m.set("tensors", std::move(ts));
-    const std::string text = to_json(m) + "\n";
+    const std::string text = json::write(m) + "\n";
     AtomicFile f(dir / kMetadataFile);
     f.write(text.data(), text.size());
     f.commit();
@@ -584,52 +584,52 @@ struct Metadata {
     if (!std::filesystem::is_directory(dir, ec)) throw_error<IoError>(dir.string(), ": no such checkpoint directory");
     if (!std::filesystem::exists(path, ec))
       throw_error<IoError>(dir.string(), ": no ", kMetadataFile, ": an incomplete checkpoint (a save did not finish) or not a checkpoint");
-    const Json m = read_json_file(path);
+    const json::Value m = read_json_file(path);
     const std::string p = path.string();
-    auto need = [&](const Json& o, std::string_view k, bool (Json::*is)() const, std::string_view what) -> const Json& {
-      const Json* x = o.is_object() ? o.find(k) : nullptr;
+    auto need = [&](const json::Value& o, std::string_view k, bool (json::Value::*is)() const, std::string_view what) -> const json::Value& {
+      const json::Value* x = o.is_object() ? o.find(k) : nullptr;
       if (!x || !(x->*is)()) throw_error<IoError>(p, ": '", k, "' missing or not ", what);
       return *x;
     };
-    if (need(m, "format", &Json::is_string, "a string").as_string() != kFormatName)
+    if (need(m, "format", &json::Value::is_string, "a string").as_string() != kFormatName)
       throw_error<IoError>(p, ": format is not ", kFormatName);
-    const std::uint64_t v = need(m, "version", &Json::is_uint, "an integer").as_uint();
+    const std::uint64_t v = need(m, "version", &json::Value::is_uint, "an integer").as_uint();
     if (v != kFormatVersion) throw_error<IoError>(p, ": format version ", v, ", this weft reads version ", kFormatVersion);
-    const std::uint64_t step = need(m, "step", &Json::is_uint, "an integer").as_uint();
+    const std::uint64_t step = need(m, "step", &json::Value::is_uint, "an integer").as_uint();
     if (step > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) throw_error<IoError>(p, ": step ", step, " does not fit in std::int64_t");
     info.step = static_cast<std::int64_t>(step);
-    const std::uint64_t ranks = need(m, "ranks", &Json::is_uint, "an integer").as_uint();
-    info.save_id = need(m, "save_id", &Json::is_string, "a string").as_string();
-    const Json& fs = need(m, "files", &Json::is_array, "an array");
+    const std::uint64_t ranks = need(m, "ranks", &json::Value::is_uint, "an integer").as_uint();
+    info.save_id = need(m, "save_id", &json::Value::is_string, "a string").as_string();
+    const json::Value& fs = need(m, "files", &json::Value::is_array, "an array");
     if (ranks == 0 || ranks != fs.items().size() || ranks > (1u << 20))
       throw_error<IoError>(p, ": ", ranks, " ranks but ", fs.items().size(), " files");
     info.ranks = static_cast<int>(ranks);
-    for (const Json& f : fs.items()) {
+    for (const json::Value& f : fs.items()) {
       // Only the names save writes: a hostile file cannot point outside the directory.
-      const std::string& name = need(f, "name", &Json::is_string, "a string").as_string();
+      const std::string& name = need(f, "name", &json::Value::is_string, "a string").as_string();
       if (name != rank_file_name(static_cast<int>(files.size())))
         throw_error<IoError>(p, ": file ", files.size(), " is named '", name, "', not ", rank_file_name(static_cast<int>(files.size())));
-      files.emplace_back(name, need(f, "bytes", &Json::is_uint, "an integer").as_uint());
+      files.emplace_back(name, need(f, "bytes", &json::Value::is_uint, "an integer").as_uint());
     }
-    for (const auto& [name, t] : need(m, "tensors", &Json::is_object, "an object").members()) {
+    for (const auto& [name, t] : need(m, "tensors", &json::Value::is_object, "an object").members()) {
       LogicalTensor lt;
       const std::string who = p + ": tensor '" + name + "'";
       if (!t.is_object() || !t.find("dtype") || !t.find("dtype")->is_string() || !parse_dtype(t.find("dtype")->as_string(), lt.dtype))
         throw_error<IoError>(who, ": missing or unknown dtype");
-      const Json* sh = t.find("shape");
+      const json::Value* sh = t.find("shape");
       if (!sh || !sh->is_array()) throw_error<IoError>(who, ": missing shape");
-      for (const Json& d : sh->items()) {
+      for (const json::Value& d : sh->items()) {
         if (!d.is_uint()) throw_error<IoError>(who, ": shape holds a non-integer");
         lt.shape.push_back(d.as_uint());
       }
-      if (const Json* pr = t.find("per_rank")) lt.per_rank = pr->kind() == Json::Kind::boolean && pr->as_bool();
-      const Json* ps = t.find("pieces");
+      if (const json::Value* pr = t.find("per_rank")) lt.per_rank = pr->kind() == json::Value::Kind::boolean && pr->as_bool();
+      const json::Value* ps = t.find("pieces");
       if (!ps || !ps->is_array()) throw_error<IoError>(who, ": missing pieces");
-      for (const Json& pc : ps->items()) {
-        const Json* f = pc.is_object() ? pc.find("file") : nullptr;
-        const Json* k = pc.is_object() ? pc.find("key") : nullptr;
-        const Json* b = pc.is_object() ? pc.find("begin") : nullptr;
-        const Json* e = pc.is_object() ? pc.find("end") : nullptr;
+      for (const json::Value& pc : ps->items()) {
+        const json::Value* f = pc.is_object() ? pc.find("file") : nullptr;
+        const json::Value* k = pc.is_object() ? pc.find("key") : nullptr;
+        const json::Value* b = pc.is_object() ? pc.find("begin") : nullptr;
+        const json::Value* e = pc.is_object() ? pc.find("end") : nullptr;
         if (!f || !k || !b || !e || !f->is_uint() || !k->is_string() || !b->is_uint() || !e->is_uint() || f->as_uint() >= ranks ||
             b->as_uint() > e->as_uint())
           throw_error<IoError>(who, ": a malformed piece");

@@ -32,9 +32,9 @@
 
 #include "../../core/dtype.hpp"
 #include "../../core/error.hpp"
+#include "../json.hpp"
 #include "checksum.hpp"
 #include "file.hpp"
-#include "json.hpp"
 
 namespace weft::io::checkpoint {
 
@@ -133,33 +133,33 @@ inline constexpr std::uint64_t kMaxHeaderBytes = std::uint64_t(100) << 20;
 // Parses and checks a header against `data_bytes` of data; `file` names the
 // file in errors.
 inline Header parse_header(std::string_view text, std::uint64_t data_bytes, std::string_view file) {
-  Json j;
+  json::Value j;
   try {
-    if (text.empty() || text[0] != '{') throw_error<JsonError>("the header does not start with '{'");
-    j = parse_json(text);
-  } catch (const JsonError& e) {
+    if (text.empty() || text[0] != '{') throw_error<json::Error>("the header does not start with '{'");
+    j = json::parse(text);
+  } catch (const json::Error& e) {
     throw_error<IoError>(file, ": safetensors header: ", e.what());
   }
   if (!j.is_object()) throw_error<IoError>(file, ": safetensors header: not a JSON object");
   Header h;
   for (const auto& member : j.members()) {
     const std::string& name = member.first;
-    const Json& v = member.second;
+    const json::Value& v = member.second;
     if (name == "__metadata__") {
-      if (!v.is_object()) throw_error<IoError>(file, ": safetensors header: __metadata__ is ", Json::kind_name(v.kind()), ", not an object");
+      if (!v.is_object()) throw_error<IoError>(file, ": safetensors header: __metadata__ is ", json::Value::kind_name(v.kind()), ", not an object");
       for (const auto& [k, s] : v.members()) {
         if (!s.is_string())
-          throw_error<IoError>(file, ": safetensors header: __metadata__ value \"", k, "\" is ", Json::kind_name(s.kind()),
+          throw_error<IoError>(file, ": safetensors header: __metadata__ value \"", k, "\" is ", json::Value::kind_name(s.kind()),
                                ", not a string");
         h.metadata.emplace_back(k, s.as_string());
       }
       continue;
     }
     auto bad = [&](auto&&... a) { throw_error<IoError>(file, ": tensor '", name, "': ", a...); };
-    if (!v.is_object()) bad("its entry is ", Json::kind_name(v.kind()), ", not an object");
+    if (!v.is_object()) bad("its entry is ", json::Value::kind_name(v.kind()), ", not an object");
     TensorInfo t;
     t.name = name;
-    const Json *dt = nullptr, *sh = nullptr, *off = nullptr;
+    const json::Value *dt = nullptr, *sh = nullptr, *off = nullptr;
     for (const auto& [k, x] : v.members()) {
       if (k == "dtype") dt = &x;
       else if (k == "shape") sh = &x;
@@ -168,11 +168,11 @@ inline Header parse_header(std::string_view text, std::uint64_t data_bytes, std:
     }
     if (!dt || !sh || !off) bad("missing ", !dt ? "dtype" : !sh ? "shape" : "data_offsets");
     if (!dt->is_string() || !parse_dtype(dt->as_string(), t.dtype))
-      bad("unknown dtype ", dt->is_string() ? "\"" + dt->as_string() + "\"" : std::string(Json::kind_name(dt->kind())));
-    if (!sh->is_array()) bad("shape is ", Json::kind_name(sh->kind()), ", not an array");
+      bad("unknown dtype ", dt->is_string() ? "\"" + dt->as_string() + "\"" : std::string(json::Value::kind_name(dt->kind())));
+    if (!sh->is_array()) bad("shape is ", json::Value::kind_name(sh->kind()), ", not an array");
     std::uint64_t numel = 1;
-    for (const Json& d : sh->items()) {
-      if (!d.is_uint()) bad("shape holds ", Json::kind_name(d.kind()), ", not a non-negative integer");
+    for (const json::Value& d : sh->items()) {
+      if (!d.is_uint()) bad("shape holds ", json::Value::kind_name(d.kind()), ", not a non-negative integer");
       t.shape.push_back(d.as_uint());
       if (__builtin_mul_overflow(numel, d.as_uint(), &numel)) bad("shape ", shape_text(t.shape), " overflows 64 bits");
     }
@@ -240,26 +240,26 @@ class SafetensorsWriter {
   // The header text (padded so the data starts 8-byte aligned), computing
   // the checksums when asked.
   std::string header(bool checksums) const {
-    Json m = Json::make_object();
-    for (const auto& [k, v] : meta_) m.set(k, Json::make_string(v));
+    json::Value m = json::Value::make_object();
+    for (const auto& [k, v] : meta_) m.set(k, json::Value::make_string(v));
     if (checksums)
       for (const Item& it : items_)
-        m.set("crc32:" + it.info.name, Json::make_string(crc32_hex(it.crc ? *it.crc : crc32(it.data, it.info.bytes()))));
-    Json h = Json::make_object();
+        m.set("crc32:" + it.info.name, json::Value::make_string(crc32_hex(it.crc ? *it.crc : crc32(it.data, it.info.bytes()))));
+    json::Value h = json::Value::make_object();
     if (!m.members().empty()) h.set("__metadata__", std::move(m));
     for (const Item& it : items_) {
-      Json e = Json::make_object();
-      e.set("dtype", Json::make_string(std::string(dtype_name(it.info.dtype))));
-      Json s = Json::make_array();
-      for (std::uint64_t d : it.info.shape) s.push(Json::make_uint(d));
+      json::Value e = json::Value::make_object();
+      e.set("dtype", json::Value::make_string(std::string(dtype_name(it.info.dtype))));
+      json::Value s = json::Value::make_array();
+      for (std::uint64_t d : it.info.shape) s.push(json::Value::make_uint(d));
       e.set("shape", std::move(s));
-      Json o = Json::make_array();
-      o.push(Json::make_uint(it.info.begin));
-      o.push(Json::make_uint(it.info.end));
+      json::Value o = json::Value::make_array();
+      o.push(json::Value::make_uint(it.info.begin));
+      o.push(json::Value::make_uint(it.info.end));
       e.set("data_offsets", std::move(o));
       h.set(it.info.name, std::move(e));
     }
-    std::string text = to_json(h);
+    std::string text = json::write(h);
     text.append((8 - (8 + text.size()) % 8) % 8, ' ');
     return text;
   }

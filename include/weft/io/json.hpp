@@ -1,10 +1,11 @@
-// A minimal JSON value, parser and writer for checkpoint headers: the
-// safetensors header and a checkpoint's checkpoint.json. Written for hostile
-// input (the parser is fuzzed, tests/checkpoint/fuzz_header.cpp): bounded
-// nesting depth, no recursion past it, duplicate object keys rejected, numbers
-// that are non-negative integers kept exactly as std::uint64_t (offsets and
-// shapes must not pass through double). Errors are JsonError with the byte
-// offset; callers add the file name. Objects keep their keys in file order.
+// JSON for weft's files: a value, a parser and a writer, shared by the
+// checkpoint headers (the safetensors header, checkpoint.json) and tune's
+// results files. Written for hostile input (the parser is fuzzed,
+// tests/checkpoint/fuzz_header.cpp): bounded nesting depth, no recursion past
+// it, duplicate object keys rejected, numbers that are non-negative integers
+// kept exactly as std::uint64_t (offsets and shapes must not pass through
+// double). Errors are json::Error with the byte offset; callers add the file
+// name. Objects keep their keys in file order.
 #pragma once
 
 #include <charconv>
@@ -15,50 +16,60 @@
 #include <utility>
 #include <vector>
 
-#include "../../core/error.hpp"
+#include "../core/error.hpp"
 
-namespace weft::io::checkpoint {
+namespace weft::io::json {
 
-struct JsonError : Error {
-  using Error::Error;
+struct Error : weft::Error {
+  using weft::Error::Error;
 };
 
-class Json {
+class Value {
  public:
   enum class Kind : std::uint8_t { null, boolean, integer, number, string, array, object };
 
-  Json() = default;
-  static Json make_bool(bool b) { Json j; j.kind_ = Kind::boolean; j.b_ = b; return j; }
-  static Json make_uint(std::uint64_t u) { Json j; j.kind_ = Kind::integer; j.u_ = u; j.d_ = static_cast<double>(u); return j; }
-  static Json make_number(double d) { Json j; j.kind_ = Kind::number; j.d_ = d; return j; }
-  static Json make_string(std::string s) { Json j; j.kind_ = Kind::string; j.s_ = std::move(s); return j; }
-  static Json make_array() { Json j; j.kind_ = Kind::array; return j; }
-  static Json make_object() { Json j; j.kind_ = Kind::object; return j; }
+  Value() = default;
+  static Value make_bool(bool b) { Value j; j.kind_ = Kind::boolean; j.b_ = b; return j; }
+  static Value make_uint(std::uint64_t u) { Value j; j.kind_ = Kind::integer; j.u_ = u; j.d_ = static_cast<double>(u); return j; }
+  static Value make_number(double d) { Value j; j.kind_ = Kind::number; j.d_ = d; return j; }
+  static Value make_string(std::string s) { Value j; j.kind_ = Kind::string; j.s_ = std::move(s); return j; }
+  static Value make_array() { Value j; j.kind_ = Kind::array; return j; }
+  static Value make_object() { Value j; j.kind_ = Kind::object; return j; }
 
   Kind kind() const { return kind_; }
   bool is_object() const { return kind_ == Kind::object; }
   bool is_array() const { return kind_ == Kind::array; }
   bool is_string() const { return kind_ == Kind::string; }
+  bool is_bool() const { return kind_ == Kind::boolean; }
+  bool is_null() const { return kind_ == Kind::null; }
+  // Any number: an exact non-negative integer or another number.
+  bool is_number() const { return kind_ == Kind::integer || kind_ == Kind::number; }
   // A non-negative integer written without fraction or exponent, exact.
   bool is_uint() const { return kind_ == Kind::integer; }
   std::uint64_t as_uint() const { return u_; }
   bool as_bool() const { return b_; }
   double as_number() const { return d_; }
   const std::string& as_string() const { return s_; }
-  const std::vector<Json>& items() const { return items_; }
-  const std::vector<std::pair<std::string, Json>>& members() const { return members_; }
+  const std::vector<Value>& items() const { return items_; }
+  const std::vector<std::pair<std::string, Value>>& members() const { return members_; }
 
   // The member named key, or nullptr.
-  const Json* find(std::string_view key) const {
+  const Value* find(std::string_view key) const {
     for (const auto& [k, v] : members_)
       if (k == key) return &v;
     return nullptr;
   }
-  Json& push(Json v) {
+  // The member named key, or null (for optional fields).
+  const Value& operator[](std::string_view key) const {
+    static const Value none;
+    const Value* v = find(key);
+    return v ? *v : none;
+  }
+  Value& push(Value v) {
     items_.push_back(std::move(v));
     return items_.back();
   }
-  Json& set(std::string key, Json v) {
+  Value& set(std::string key, Value v) {
     members_.emplace_back(std::move(key), std::move(v));
     return members_.back().second;
   }
@@ -82,20 +93,25 @@ class Json {
   std::uint64_t u_ = 0;
   double d_ = 0;
   std::string s_;
-  std::vector<Json> items_;
-  std::vector<std::pair<std::string, Json>> members_;
+  std::vector<Value> items_;
+  std::vector<std::pair<std::string, Value>> members_;
 };
 
 namespace detail {
 
-class JsonParser {
+// JSON's two-character escapes: the letter after the backslash, and the
+// character it stands for. The reader and the writer both use this table.
+inline constexpr std::pair<char, char> short_escapes[] = {{'"', '"'},  {'\\', '\\'}, {'/', '/'},  {'b', '\b'},
+                                                          {'f', '\f'}, {'n', '\n'},   {'r', '\r'}, {'t', '\t'}};
+
+class Parser {
  public:
   static constexpr int kMaxDepth = 64;
-  explicit JsonParser(std::string_view s) : s_(s) {}
+  explicit Parser(std::string_view s) : s_(s) {}
 
-  Json parse_document() {
+  Value parse_document() {
     ws();
-    Json v = value(0);
+    Value v = value(0);
     ws();
     if (i_ != s_.size()) fail("unexpected '", printable(s_[i_]), "' after the JSON value");
     return v;
@@ -113,7 +129,7 @@ class JsonParser {
   }
   template <class... A>
   [[noreturn]] void fail(A&&... a) const {
-    throw_error<JsonError>("JSON syntax error at byte ", i_, ": ", std::forward<A>(a)...);
+    throw_error<Error>("JSON syntax error at byte ", i_, ": ", std::forward<A>(a)...);
   }
   void ws() {
     while (i_ < s_.size() && (s_[i_] == ' ' || s_[i_] == '\t' || s_[i_] == '\n' || s_[i_] == '\r')) ++i_;
@@ -131,22 +147,22 @@ class JsonParser {
     i_ += w.size();
   }
 
-  Json value(int depth) {
+  Value value(int depth) {
     if (depth > kMaxDepth) fail("nested deeper than ", kMaxDepth, " levels");
     const char c = peek();
     if (c == '{') return object(depth);
     if (c == '[') return array(depth);
-    if (c == '"') return Json::make_string(string());
-    if (c == 't') { literal("true"); return Json::make_bool(true); }
-    if (c == 'f') { literal("false"); return Json::make_bool(false); }
-    if (c == 'n') { literal("null"); return Json(); }
+    if (c == '"') return Value::make_string(string());
+    if (c == 't') { literal("true"); return Value::make_bool(true); }
+    if (c == 'f') { literal("false"); return Value::make_bool(false); }
+    if (c == 'n') { literal("null"); return Value(); }
     if (c == '-' || (c >= '0' && c <= '9')) return number();
     fail("unexpected '", printable(c), "'");
   }
 
-  Json object(int depth) {
+  Value object(int depth) {
     expect('{');
-    Json o = Json::make_object();
+    Value o = Value::make_object();
     ws();
     if (peek() == '}') { ++i_; return o; }
     for (;;) {
@@ -165,9 +181,9 @@ class JsonParser {
     }
   }
 
-  Json array(int depth) {
+  Value array(int depth) {
     expect('[');
-    Json a = Json::make_array();
+    Value a = Value::make_array();
     ws();
     if (peek() == ']') { ++i_; return a; }
     for (;;) {
@@ -222,35 +238,29 @@ class JsonParser {
       if (c != '\\') { out += c; continue; }
       const char e = peek();
       ++i_;
-      switch (e) {
-        case '"': out += '"'; break;
-        case '\\': out += '\\'; break;
-        case '/': out += '/'; break;
-        case 'b': out += '\b'; break;
-        case 'f': out += '\f'; break;
-        case 'n': out += '\n'; break;
-        case 'r': out += '\r'; break;
-        case 't': out += '\t'; break;
-        case 'u': {
-          unsigned cp = hex4();
-          if (cp >= 0xd800 && cp < 0xdc00) {
-            if (s_.substr(i_, 2) != "\\u") fail("unpaired surrogate in \\u escape");
-            i_ += 2;
-            const unsigned lo = hex4();
-            if (lo < 0xdc00 || lo >= 0xe000) fail("invalid low surrogate in \\u escape");
-            cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
-          } else if (cp >= 0xdc00 && cp < 0xe000) {
-            fail("unpaired surrogate in \\u escape");
-          }
-          utf8(out, cp);
-          break;
+      bool short_escape = false;
+      for (const auto& [letter, ch] : short_escapes)
+        if (e == letter) {
+          out += ch;
+          short_escape = true;
         }
-        default: fail("invalid escape '\\", printable(e), "'");
+      if (short_escape) continue;
+      if (e != 'u') fail("invalid escape '\\", printable(e), "'");
+      unsigned cp = hex4();
+      if (cp >= 0xd800 && cp < 0xdc00) {
+        if (s_.substr(i_, 2) != "\\u") fail("unpaired surrogate in \\u escape");
+        i_ += 2;
+        const unsigned lo = hex4();
+        if (lo < 0xdc00 || lo >= 0xe000) fail("invalid low surrogate in \\u escape");
+        cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+      } else if (cp >= 0xdc00 && cp < 0xe000) {
+        fail("unpaired surrogate in \\u escape");
       }
+      utf8(out, cp);
     }
   }
 
-  Json number() {
+  Value number() {
     const std::size_t start = i_;
     bool integer = true;
     if (s_[i_] == '-') { integer = false; ++i_; }
@@ -273,23 +283,27 @@ class JsonParser {
       std::uint64_t u = 0;
       const auto r = std::from_chars(b, e, u);
       if (r.ec != std::errc() || r.ptr != e) fail("integer ", std::string(b, e), " does not fit in 64 bits");
-      return Json::make_uint(u);
+      return Value::make_uint(u);
     }
     double d = 0;
     const auto r = std::from_chars(b, e, d);
     if (r.ec != std::errc() || r.ptr != e) fail("number ", std::string(b, e), " is out of range");
-    return Json::make_number(d);
+    return Value::make_number(d);
   }
 };
 
+// Short escapes where JSON has them (as Python's json.dumps writes), \u00XX for other controls.
 inline void write_string(std::string& out, std::string_view s) {
   static const char* hex = "0123456789abcdef";
   out += '"';
   for (const char c : s) {
     const auto u = static_cast<unsigned char>(c);
-    if (c == '"' || c == '\\') {
+    char letter = 0;
+    for (const auto& [l, ch] : short_escapes)
+      if (c == ch && c != '/') letter = l;  // '/' may stand as it is
+    if (letter) {
       out += '\\';
-      out += c;
+      out += letter;
     } else if (u < 0x20) {
       out += "\\u00";
       out += hex[u >> 4];
@@ -301,22 +315,22 @@ inline void write_string(std::string& out, std::string_view s) {
   out += '"';
 }
 
-inline void write_value(std::string& out, const Json& j) {
+inline void write_value(std::string& out, const Value& j) {
   switch (j.kind()) {
-    case Json::Kind::null: out += "null"; return;
-    case Json::Kind::boolean: out += j.as_bool() ? "true" : "false"; return;
-    case Json::Kind::integer: out += std::to_string(j.as_uint()); return;
-    case Json::Kind::number: {
+    case Value::Kind::null: out += "null"; return;
+    case Value::Kind::boolean: out += j.as_bool() ? "true" : "false"; return;
+    case Value::Kind::integer: out += std::to_string(j.as_uint()); return;
+    case Value::Kind::number: {
       char buf[32];
       const auto r = std::to_chars(buf, buf + sizeof buf, j.as_number());  // shortest round-trip form
       out.append(buf, r.ptr);
       return;
     }
-    case Json::Kind::string: write_string(out, j.as_string()); return;
-    case Json::Kind::array: {
+    case Value::Kind::string: write_string(out, j.as_string()); return;
+    case Value::Kind::array: {
       out += '[';
       bool first = true;
-      for (const Json& v : j.items()) {
+      for (const Value& v : j.items()) {
         if (!first) out += ',';
         first = false;
         write_value(out, v);
@@ -324,7 +338,7 @@ inline void write_value(std::string& out, const Json& j) {
       out += ']';
       return;
     }
-    case Json::Kind::object: {
+    case Value::Kind::object: {
       out += '{';
       bool first = true;
       for (const auto& [k, v] : j.members()) {
@@ -342,14 +356,21 @@ inline void write_value(std::string& out, const Json& j) {
 
 }  // namespace detail
 
-// Parses one JSON document (whitespace around it allowed); throws JsonError.
-inline Json parse_json(std::string_view text) { return detail::JsonParser(text).parse_document(); }
+// Parses one JSON document (whitespace around it allowed); throws json::Error.
+inline Value parse(std::string_view text) { return detail::Parser(text).parse_document(); }
 
 // Compact JSON text (no whitespace), keys in insertion order.
-inline std::string to_json(const Json& j) {
+inline std::string write(const Value& j) {
   std::string out;
   detail::write_value(out, j);
   return out;
 }
 
-}  // namespace weft::io::checkpoint
+// A JSON string literal for s (for writers that assemble their text by hand).
+inline std::string quote(std::string_view s) {
+  std::string out;
+  detail::write_string(out, s);
+  return out;
+}
+
+}  // namespace weft::io::json
