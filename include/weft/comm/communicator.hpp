@@ -1,8 +1,9 @@
 // Communicator<Algorithm, Transport>: what user code holds. Every call is
 // labelled (op, sequence number), bounded by a deadline (the communicator's
-// default or a per-call override), optionally fingerprinted so mismatched
-// calls fail on every rank naming who called what, and on any communication
-// failure the communicator is marked broken so later calls fail at once.
+// default or a per-call override), fingerprinted (in every build, unless
+// turned off) so mismatched calls fail on every rank naming who called what
+// instead of returning wrong data, and on any communication failure the
+// communicator is marked broken so later calls fail at once.
 // Deterministic mode computes every reduction in rank order (bitwise equal
 // across algorithms, chunk sizes and runs for a given rank count): it routes
 // reductions through Ordered's schedules (algorithm/ordered.hpp), which a
@@ -51,16 +52,23 @@
 namespace weft::comm {
 
 struct CommOptions {
-  Duration timeout = std::chrono::seconds(300);  // default deadline of every call
-#if defined(NDEBUG)
-  bool fingerprints = false;
-#else
-  bool fingerprints = true;  // on by default in debug builds
-#endif
+  // Default deadline of every call; positive (Duration::max() for none).
+  Duration timeout = std::chrono::seconds(300);
+  // Ranks exchange what they are calling before moving data, so a call that
+  // differs in op, dtype, count, root, reduce op or algorithm fails with a
+  // MismatchError naming both calls and ranks instead of returning wrong data
+  // (a max meeting a sum, an i32 meeting an f32 of the same size, two roots).
+  // On in every build: it costs one small message to every other rank per
+  // call (docs/collectives.md gives the measured figure). Turn it off only
+  // where every rank is known to make the same calls. Zero-element calls
+  // exchange fingerprints even when off: they move no data that could
+  // otherwise reveal a mismatch.
+  bool fingerprints = true;
   bool deterministic = false;
 };
 
-// Per-call settings; a zero timeout means the communicator's default.
+// Per-call settings; a zero timeout means the communicator's default, a
+// negative one is an error.
 struct CallOptions {
   Duration timeout = Duration::zero();
   // What the call reduces (a parameter or bucket name): Compressed keeps the
@@ -103,13 +111,20 @@ class Communicator {
   using algorithm_type = Algo;
 
   // A pending non-blocking operation. wait() rethrows its error; it must not
-  // outlive the communicator, and must be waited (or tested to completion).
+  // outlive the communicator. A collective request destroyed (or assigned
+  // over) before wait() - an exception unwinding past it, say - waits for its
+  // call to finish first, since the call reads and writes the caller's
+  // buffers on the progress thread; its error is dropped (the communicator
+  // is broken by it). During unwinding it also breaks the communicator, so
+  // calls queued behind it are skipped rather than started.
   class Request {
    public:
     Request() = default;
     Request(Request&& o) noexcept { *this = std::move(o); }
+    ~Request() { abandon(); }
     Request& operator=(Request&& o) noexcept {
       if (this != &o) {
+        abandon();
         c_ = std::exchange(o.c_, nullptr);  // a moved-from request is complete
         ticket_ = o.ticket_;
         deadline_ = o.deadline_;
@@ -145,6 +160,10 @@ class Communicator {
 
    private:
     friend class Communicator;
+    void abandon() noexcept {
+      if (c_ && !p2p_) c_->abandon_ticket(ticket_, op_);  // point-to-point: T::Request withdraws itself
+      c_ = nullptr;
+    }
     Communicator* c_ = nullptr;
     std::uint64_t ticket_ = 0;
     Deadline deadline_{};
@@ -157,6 +176,7 @@ class Communicator {
 
   explicit Communicator(T transport, Algo algo = {}, CommOptions opts = {})
       : ctx_(std::move(transport)), algo_(algo), opts_(opts) {
+    check_timeout("Communicator", opts.timeout);
     check_deterministic(opts.deterministic);
     // A policy that runs on sub-groups (Hierarchical) splits them now, once, not inside a collective.
     if constexpr (requires { algo_.prepare(ctx_, Deadline{}); }) algo_.prepare(ctx_, deadline_after(opts_.timeout));
@@ -181,7 +201,10 @@ class Communicator {
   Algo& algorithm() { return algo_; }
 
   Duration timeout() const { return opts_.timeout; }
-  void set_timeout(Duration d) { opts_.timeout = d; }
+  void set_timeout(Duration d) {
+    check_timeout("set_timeout", d);
+    opts_.timeout = d;
+  }
   bool fingerprints() const { return opts_.fingerprints; }
   void set_fingerprints(bool on) { opts_.fingerprints = on; }
   // Reductions in rank order (CommOptions::deterministic, or an Ordered policy).
@@ -377,6 +400,14 @@ class Communicator {
                   "MpiTransport); with this transport receive from a known peer: recv(buf, peer, tag)");
   }
 
+  // A negative timeout used to mean "no deadline" by accident (and waited
+  // forever); a deadline is positive, and Duration::max() asks for none.
+  void check_timeout(const char* what, Duration d) const {
+    if (d.count() < 0)
+      throw_error<ValueError>(what, " on rank ", rank(), ": timeout ", detail::seconds(d),
+                              " is negative; give a positive timeout (Duration::max() for no deadline)");
+  }
+
   void check_tag(Collective op, int tag) const {
     if (tag < 0 || tag > static_cast<int>(max_user_tag))
       throw_error<ValueError>(collective_name(op), " on rank ", rank(), ": tag ", tag, " is outside 0..", max_user_tag);
@@ -413,6 +444,18 @@ class Communicator {
     if (has_root(op) && (root < 0 || root >= size()))
       throw_error<ValueError>(collective_name(op), " on rank ", rank(), ": root ", root, " is not a rank of this ",
                               size(), "-rank communicator");
+    if (o.timeout.count() < 0) check_timeout(collective_name(op), o.timeout);
+    // The bytes one rank's buffers span must fit in size_t (a wrong count
+    // would otherwise wrap, and the call read and write past its buffers).
+    const std::size_t blocks = op == Collective::reduce_scatter || op == Collective::allgather ||
+                                       op == Collective::gather || op == Collective::scatter ||
+                                       op == Collective::alltoall
+                                   ? static_cast<std::size_t>(size())
+                                   : 1;
+    if (n > SIZE_MAX / dtype_size(t) / blocks)
+      throw_error<ValueError>(collective_name(op), " on rank ", rank(), ": ", n, " elements of ", dtype_name(t),
+                              blocks > 1 ? " per rank" : "", " is more than ", SIZE_MAX,
+                              " bytes (the size_t limit) can hold; the count is wrong");
     if (n && op != Collective::barrier) {
       const bool is_root = rank() == root;
       const bool missing = collectives::visit(op, [&](auto d) {
@@ -442,8 +485,10 @@ class Communicator {
                         ": the communicator is broken by an earlier failure: " + reason_);
   }
 
-  void mark_broken(const char* what) {
-    if (!broken()) {
+  // The first reason wins; the progress thread and an abandoned request may race to set it.
+  void mark_broken(const std::string& what) {
+    bool expected = false;
+    if (breaking_.compare_exchange_strong(expected, true, std::memory_order_acq_rel)) {
       reason_ = what;
       broken_.store(true, std::memory_order_release);
     }
@@ -483,12 +528,23 @@ class Communicator {
     c.algorithm = Algo::name;
     c.name = j.name;
     try {
-      if (opts_.fingerprints && size() > 1) {
+      ctx_.arrive();
+      // A zero-element call moves nothing, so without this exchange a rank
+      // calling with 0 and one calling with 128 would part silently (or meet
+      // only at the deadline): it always agrees first.
+      const bool empty = j.count == 0 && j.op != Collective::barrier;
+      if ((opts_.fingerprints || empty) && size() > 1) {
         Fingerprint f{j.seq, j.count, j.root, j.op, j.type, j.reduce, static_cast<std::uint8_t>(deterministic())};
         f.set_algorithm(detail::algorithm_of_call(algo_, j.op, j.type, j.count, size(), ctx_.transport().name()));
         ctx_.check_fingerprints(f);
       }
       dispatch(j);
+    } catch (const TransportError& e) {
+      // The transport's own words (an MPI error code): put the call in front.
+      TransportError named(ctx_.call.label() + " on rank " + std::to_string(rank()) + " (" + Algo::name + ", " +
+                           ctx_.transport().name() + "): " + e.what());
+      mark_broken(named.what());
+      throw named;
     } catch (const CommError& e) {
       mark_broken(e.what());
       throw;
@@ -537,15 +593,22 @@ class Communicator {
   }
 
   void wait_p2p(Request& r) {
-    WaitStatus s = ctx_.transport().wait(r.req_, r.deadline_);
+    const std::string who = r.peer_ < 0 ? std::string("any rank") : "rank " + std::to_string(r.peer_);
+    auto what = [&] {
+      return std::string(collective_name(r.op_)) + (r.op_ == Collective::send ? " to " : " from ") + who + " (tag " +
+             std::to_string(r.tag_) + ") on rank " + std::to_string(rank());
+    };
+    WaitStatus s;
+    try {
+      s = ctx_.transport().wait(r.req_, r.deadline_);
+    } catch (const TransportError& e) {
+      throw TransportError(what() + ": " + e.what());
+    }
     if (s == WaitStatus::done) return;
     ctx_.transport().cancel(r.req_);
-    const std::string who = r.peer_ < 0 ? std::string("any rank") : "rank " + std::to_string(r.peer_);
-    std::string what = std::string(collective_name(r.op_)) + (r.op_ == Collective::send ? " to " : " from ") + who +
-                       " (tag " + std::to_string(r.tag_) + ") on rank " + std::to_string(rank());
     if (s == WaitStatus::timed_out)
-      throw TimeoutError(what + " timed out: " + (r.peer_ < 0 ? std::string("no rank sent") : who + " did not arrive"));
-    throw PeerFailedError(what + " abandoned: " + ctx_.transport().failure());
+      throw TimeoutError(what() + " timed out: " + (r.peer_ < 0 ? std::string("no rank sent") : who + " did not arrive"));
+    throw PeerFailedError(what() + " abandoned: " + ctx_.transport().failure());
   }
 
   // ---- progress thread for non-blocking collectives ----
@@ -581,6 +644,7 @@ class Communicator {
     r.c_ = this;
     r.ticket_ = ticket;
     r.deadline_ = j.deadline;
+    r.op_ = j.op;
     return r;
   }
 
@@ -624,6 +688,27 @@ class Communicator {
     }
   }
 
+  // A collective request given up before wait(): its call may be running on
+  // the progress thread over buffers the caller is about to free, so wait
+  // for it to finish (its own deadline bounds it). When an exception is
+  // unwinding, break the communicator first: calls queued behind it, whose
+  // buffers go too, are then skipped instead of started.
+  void abandon_ticket(std::uint64_t ticket, Collective op) noexcept {
+    Worker& w = *worker_;
+    std::unique_lock lock(w.m);
+    if (w.completed <= ticket && std::uncaught_exceptions() > 0) {
+      lock.unlock();
+      try {
+        mark_broken("a non-blocking " + std::string(collective_name(op)) + " on rank " + std::to_string(rank()) +
+                    " was abandoned by an exception before wait()");
+      } catch (...) {  // no memory for the reason: the calls still run, and are still waited for
+      }
+      lock.lock();
+    }
+    w.done.wait(lock, [&] { return w.completed > ticket; });
+    if (w.submitted <= ticket + queue_slots) w.errors[ticket % queue_slots] = nullptr;  // not yet a later call's slot
+  }
+
   void drain(Deadline deadline) {
     if (!worker_) return;
     Worker& w = *worker_;
@@ -650,6 +735,7 @@ class Communicator {
   CommOptions opts_;
   std::uint64_t next_seq_ = 1;
   std::atomic<bool> broken_{false};
+  std::atomic<bool> breaking_{false};  // claimed by the first mark_broken
   std::string reason_;
   detail::Buffer a2a_;  // staged input of in-place alltoall
   std::unique_ptr<Worker> worker_;

@@ -204,12 +204,47 @@ class Context {
     if (s != WaitStatus::done) fail(s, peer);
   }
 
+  // This rank enters a collective (the communicator calls it once per call,
+  // before anything is sent): on transports that see arrivals (TracksArrival)
+  // a timeout then names exactly the ranks that never entered the call.
+  void arrive() {
+    if constexpr (TracksArrival<T>) arrival_ = t_.arrive();
+  }
+
+  // The ranks (communicator names) that have and have not entered the current
+  // call; false when the transport cannot tell (or this context never arrived:
+  // a sub-context of Hierarchical, whose communicator counts on the whole group).
+  bool arrivals(std::vector<int>& missing, std::vector<int>& here) const {
+    if constexpr (TracksArrival<T>) {
+      if (arrival_ == 0) return false;
+      missing.clear();
+      here.clear();
+      for (int r = 0; r < size(); ++r)
+        (r == rank() || t_.arrived(r, arrival_) ? here : missing).push_back(name_of(r));
+      std::sort(missing.begin(), missing.end());
+      std::sort(here.begin(), here.end());
+      return true;
+    } else {
+      (void)missing;
+      (void)here;
+      return false;
+    }
+  }
+
   [[noreturn]] void fail(WaitStatus s, int peer) {
     std::ostringstream os;
     os << call.label() << " on rank " << name_of(rank());
     if (call.algorithm[0]) os << " (" << call.algorithm << ", " << t_.name() << ")";
     if (s == WaitStatus::timed_out) {
-      os << " timed out after " << detail::seconds(Clock::now() - call.start) << " waiting for ";
+      os << " timed out after " << detail::seconds(Clock::now() - call.start);
+      std::vector<int> missing, here;
+      if (arrivals(missing, here) && !missing.empty()) {
+        // Not the peer this rank happened to wait on (a ring neighbour that
+        // is itself waiting): the ranks that never entered the call.
+        os << ": " << detail::did_not_arrive(missing, here);
+        throw TimeoutError(os.str());
+      }
+      os << " waiting for ";
       if (peer >= 0) {
         os << "rank " << name_of(peer);
       } else {
@@ -318,21 +353,39 @@ class Context {
         if (r != me) worst = t_.wait(reqs_[static_cast<std::size_t>(p + r)], call.deadline);
     }
     if (worst != WaitStatus::done) {
-      std::vector<int> missing, here{name_of(me)};
+      // Who is missing: where the transport sees arrivals, the ranks that
+      // never entered this call (a rank that came and gave up first, its
+      // fingerprint withdrawn, did arrive); else the ranks whose fingerprint
+      // did not reach this one.
+      std::vector<int> missing, here, quiet;
       for (int r = 0; r < p; ++r)
-        if (r != me) (t_.test(reqs_[static_cast<std::size_t>(r)]) ? here : missing).push_back(name_of(r));
+        if (r != me && !t_.test(reqs_[static_cast<std::size_t>(r)])) quiet.push_back(name_of(r));
+      if (!arrivals(missing, here)) {
+        missing = quiet;
+        here.assign(1, name_of(me));
+        for (int r = 0; r < p; ++r)
+          if (r != me && std::find(quiet.begin(), quiet.end(), name_of(r)) == quiet.end()) here.push_back(name_of(r));
+        std::sort(missing.begin(), missing.end());
+        std::sort(here.begin(), here.end());
+      }
       for (auto& q : reqs_) t_.cancel(q);
-      std::sort(here.begin(), here.end());
       std::ostringstream os;
       os << call.label() << " on rank " << name_of(me);
       if (worst == WaitStatus::timed_out) {
-        os << " timed out after " << detail::seconds(Clock::now() - call.start) << ": rank"
-           << (missing.size() == 1 ? " " : "s ") << detail::rank_list(missing) << " did not arrive (rank"
-           << (here.size() == 1 ? " " : "s ") << detail::rank_list(here) << " did)";
+        os << " timed out after " << detail::seconds(Clock::now() - call.start) << ": ";
+        if (!missing.empty()) {
+          os << detail::did_not_arrive(missing, here);
+        } else {
+          std::sort(quiet.begin(), quiet.end());
+          os << "every rank entered this call, but rank" << (quiet.size() == 1 ? " " : "s ") << detail::rank_list(quiet)
+             << " sent no fingerprint: they have fingerprints off (CommOptions::fingerprints must be the same on "
+                "every rank; zero-element calls exchange them regardless) and call something else";
+        }
         throw TimeoutError(os.str());
       }
-      os << ": rank" << (missing.size() == 1 ? " " : "s ") << detail::rank_list(missing) << " did not arrive: "
-         << t_.failure();
+      if (missing.empty()) os << " abandoned: " << t_.failure();
+      else os << ": rank" << (missing.size() == 1 ? " " : "s ") << detail::rank_list(missing) << " did not arrive: "
+              << t_.failure();
       throw PeerFailedError(os.str());
     }
     bool same = true;
@@ -375,6 +428,7 @@ class Context {
   detail::BasicBuffer<Exec> scratch_[2], staging_;
   std::vector<Fingerprint> fps_;
   std::vector<Request> reqs_, pool_;
+  std::uint64_t arrival_ = 0;  // this rank's number for the current call (TracksArrival), 0: unknown
 };
 
 }  // namespace weft::comm

@@ -27,6 +27,15 @@ struct PeerFailedError : CommError {
   using CommError::CommError;
 };
 
+// The transport itself refused a move: an MPI error code (MPI_ERR_TRUNCATE,
+// ...; weft sets MPI_ERRORS_RETURN on its communicator so these are not
+// fatal), or on thread ranks a message larger than the buffer posted for it.
+// Transports throw it with their own words; the communicator rethrows it with
+// the call (op, sequence number, rank) it interrupted in front.
+struct TransportError : CommError {
+  using CommError::CommError;
+};
+
 // The communicator failed earlier (timeout, mismatch, peer failure): every later
 // call fails at once with the original reason, since ranks are out of step.
 struct BrokenError : CommError {

@@ -64,6 +64,14 @@ inline std::string rank_list(const std::vector<int>& ranks) {
   return s;
 }
 
+// "rank 3 did not arrive (ranks 0,1,2 did)".
+inline std::string did_not_arrive(const std::vector<int>& missing, const std::vector<int>& here) {
+  if (missing.empty()) return "every rank arrived, but not every rank's messages did";
+  std::string s = (missing.size() == 1 ? "rank " : "ranks ") + rank_list(missing) + " did not arrive";
+  if (!here.empty()) s += std::string(here.size() == 1 ? " (rank " : " (ranks ") + rank_list(here) + " did)";
+  return s;
+}
+
 // "" when all equal, else "rank 2 called allreduce(f32 x 1025), ranks 0,1,3 called allreduce(f32 x 262144)".
 inline std::string mismatch_message(const Fingerprint* all, int n) {
   std::vector<std::pair<Fingerprint, std::vector<int>>> groups;

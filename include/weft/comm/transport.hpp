@@ -8,6 +8,9 @@
 //   NativeCollectives  the transport has its own collectives (MPI's, NCCL's)
 //   AnySource          receive from whichever rank sends first, and probe for
 //                      a waiting message (parameter servers, work queues)
+//   TracksArrival      the transport sees every rank enter a collective
+//                      (shared memory), so a timeout names exactly the ranks
+//                      that never entered it
 #pragma once
 
 #include <concepts>
@@ -75,6 +78,19 @@ template <class T>
 concept AnySource = Transport<T> && requires(T& t, typename T::Request& req, void* dst, std::size_t bytes, Tag tag) {
   { t.irecv_any(dst, bytes, tag) } -> std::same_as<typename T::Request>;
   { t.iprobe(tag) } -> std::same_as<std::optional<Probe>>;
+};
+
+// Optional: which ranks entered which collective. arrive() counts this rank's
+// collectives on the transport and returns the number of the one it enters
+// (1, 2, ...); arrived(peer, k) says whether `peer` has entered its k-th. A
+// message-based check cannot tell a rank that never came from one that came
+// and gave up (its messages withdrawn) or one stuck behind another peer; a
+// shared counter can. Collectives issued concurrently by several
+// communicators over one transport count in the order each rank entered them.
+template <class T>
+concept TracksArrival = Transport<T> && requires(T& t, const T& ct, int peer, std::uint64_t k) {
+  { t.arrive() } -> std::same_as<std::uint64_t>;
+  { ct.arrived(peer, k) } -> std::same_as<bool>;
 };
 
 // Optional: the transport's own collectives, bounded by a deadline.

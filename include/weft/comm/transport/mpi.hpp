@@ -1,8 +1,11 @@
 // MpiTransport: weft's transport over MPI point-to-point (MPI_Isend/MPI_Irecv
 // with tags), built from any MPI_Comm, so weft runs across machines under
 // mpirun or Slurm. The communicator is duplicated at construction so weft's
-// messages never match the application's. Waits poll MPI_Test until the
-// deadline, so no call can block forever on a missing rank. Native
+// messages never match the application's, and given MPI_ERRORS_RETURN so an
+// MPI error (MPI_ERR_TRUNCATE, ...) becomes a TransportError naming the call
+// instead of aborting the job. Construction itself has a deadline (a
+// non-blocking barrier first), and waits poll MPI_Test until the deadline,
+// so no call can block forever on a missing rank. Native
 // collectives (MPI_Iallreduce, ...) are exposed for comm::Native; f16/bf16
 // reductions use MPI user ops that combine in f32.
 //
@@ -55,7 +58,7 @@ inline void mpi_check(int rc, const char* what) {
     char msg[MPI_MAX_ERROR_STRING];
     int len = 0;
     MPI_Error_string(rc, msg, &len);
-    throw_error<CommError>("MpiTransport: ", what, " failed: ", std::string(msg, static_cast<std::size_t>(len)));
+    throw_error<TransportError>("MpiTransport: ", what, " failed: ", std::string(msg, static_cast<std::size_t>(len)));
   }
 }
 
@@ -139,12 +142,36 @@ class MpiTransport {
 
   // Collective over `comm` (duplicates it). Nodes: WEFT_RANKS_PER_NODE=k
   // groups consecutive MPI_COMM_WORLD ranks by k; otherwise ranks sharing
-  // memory (MPI_COMM_TYPE_SHARED) form a node.
-  explicit MpiTransport(MPI_Comm comm = MPI_COMM_WORLD) : s_(std::make_shared<detail::MpiState>()) {
+  // memory (MPI_COMM_TYPE_SHARED) form a node. Every rank of `comm` must
+  // construct one by `deadline`: the blocking setup calls (MPI_Comm_dup,
+  // MPI_Comm_split_type, MPI_Allreduce) start only after a non-blocking
+  // barrier on `comm` completed within it, else a TimeoutError (the barrier
+  // stays pending on `comm`, which is then unusable: end the job).
+  explicit MpiTransport(MPI_Comm comm = MPI_COMM_WORLD, Deadline deadline = deadline_after(std::chrono::minutes(5)))
+      : s_(std::make_shared<detail::MpiState>()) {
     int init = 0;
     MPI_Initialized(&init);
     if (!init) throw_error<CommError>("MpiTransport: MPI is not initialised (call MPI_Init_thread first)");
+    {
+      const auto start = Clock::now();
+      MPI_Request arrived;
+      detail::mpi_check(MPI_Ibarrier(comm, &arrived), "MPI_Ibarrier (construction)");
+      if (poll(&arrived, deadline) != WaitStatus::done) {
+        int r = 0, p = 0;
+        MPI_Comm_rank(comm, &r);
+        MPI_Comm_size(comm, &p);
+        // A pending non-blocking collective may be neither freed nor cancelled (MPI 3.1, 3.7.3).
+        throw_error<TimeoutError>(
+            "MpiTransport on rank ", r, " of ", p, ": construction timed out after ", seconds_since(start),
+            ": not every rank of the MPI communicator constructed an MpiTransport on it (MPI cannot say which "
+            "rank is missing: look for one that failed or took another path first); the communicator now has a "
+            "barrier pending and cannot be used");
+      }
+    }
     detail::mpi_check(MPI_Comm_dup(comm, &s_->comm), "MPI_Comm_dup");
+    // Errors on weft's communicator (and the splits that inherit its handler)
+    // come back as codes that mpi_check turns into TransportErrors.
+    detail::mpi_check(MPI_Comm_set_errhandler(s_->comm, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");
     MPI_Comm_rank(s_->comm, &s_->rank);
     MPI_Comm_size(s_->comm, &s_->size);
     MPI_Comm_rank(MPI_COMM_WORLD, &s_->world_rank);
@@ -391,6 +418,11 @@ class MpiTransport {
         std::this_thread::yield();
       }
     }
+  }
+
+  static std::string seconds_since(Clock::time_point start) {
+    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start).count();
+    return std::to_string(ms / 1000) + "." + std::to_string(ms / 100 % 10) + " s";
   }
 
   template <class T>

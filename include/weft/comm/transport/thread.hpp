@@ -103,8 +103,14 @@ struct Channel {
 
 // One rank's entry on its group's board for native (shared-memory)
 // collectives: the buffers it takes part with, published by bumping epoch.
+// A peer pins the entry (readers) while it reads or writes those buffers; a
+// rank that gives up on a call (deadline, failure) sets withdrawn and waits
+// for the pins to go before its buffers can be freed, so a late peer finds
+// the entry withdrawn instead of reading freed memory.
 struct alignas(64) NativeSlot {
   std::atomic<std::uint64_t> epoch{0};
+  std::atomic<std::uint32_t> readers{0};
+  std::atomic<bool> withdrawn{false};
   const void* in = nullptr;
   void* out = nullptr;
 };
@@ -116,6 +122,7 @@ struct Group {
   std::vector<int> world_ranks;  // group rank -> world rank
   std::unique_ptr<Channel[]> channels;  // [src * size + dst]
   std::unique_ptr<NativeSlot[]> board;  // [rank]
+  std::unique_ptr<std::atomic<std::uint64_t>[]> entered;  // [rank]: collectives the rank has entered (TracksArrival)
 
   // split rendezvous
   std::mutex split_mutex;
@@ -128,6 +135,7 @@ struct Group {
       : world(w), size(static_cast<int>(ranks.size())), world_ranks(std::move(ranks)),
         channels(new Channel[static_cast<std::size_t>(size) * static_cast<std::size_t>(size)]),
         board(new NativeSlot[static_cast<std::size_t>(size)]),
+        entered(new std::atomic<std::uint64_t>[static_cast<std::size_t>(size)]()),
         split_request(static_cast<std::size_t>(size)), split_result(static_cast<std::size_t>(size)) {}
 
   Channel& channel(int src, int dst) { return channels[static_cast<std::size_t>(src) * size + dst]; }
@@ -338,6 +346,14 @@ class ThreadTransport {
 
   void cancel(Request& r) { r.release(); }
 
+  // TracksArrival: this rank enters its next collective on the group.
+  std::uint64_t arrive() {
+    return group_->entered[static_cast<std::size_t>(rank_)].fetch_add(1, std::memory_order_acq_rel) + 1;
+  }
+  bool arrived(int peer, std::uint64_t k) const {
+    return group_->entered[static_cast<std::size_t>(peer)].load(std::memory_order_acquire) >= k;
+  }
+
   std::string failure() const {
     detail::World& w = *group_->world;
     int f = w.failed_rank.load(std::memory_order_acquire);
@@ -366,35 +382,45 @@ class ThreadTransport {
     detail::Segments seg{n, p};
     const std::size_t es = dtype_size(d);
     if (WaitStatus s = publish(in, out, dl); s != WaitStatus::done) return s;
+    if (!pin(-1)) return withdraw(WaitStatus::peer_gone);
     fold(d, op, [&](int k) { return detail::at(board(k).in, seg.off(r), es); }, detail::at(out, seg.off(r), es),
          seg.len(r), p);
+    unpin(-1);
     moved((static_cast<std::size_t>(p - 1) * seg.len(r) + n - seg.len(r)) * es);
     if (WaitStatus s = meet(1, dl); s != WaitStatus::done) return s;
+    if (!pin(-1)) return withdraw(WaitStatus::peer_gone);
     for (int k = 0; k < p; ++k)
       if (k != r && seg.len(k))
         std::memcpy(detail::at(out, seg.off(k), es), detail::at(board(k).out, seg.off(k), es), seg.len(k) * es);
+    unpin(-1);
     return meet(2, dl);
   }
   WaitStatus native_reduce_scatter(const void* in, void* out, std::size_t n, dtype d, ReduceOp op, Deadline dl) {
     const std::size_t es = dtype_size(d), off = static_cast<std::size_t>(rank_) * n;
     if (WaitStatus s = publish(in, out, dl); s != WaitStatus::done) return s;
+    if (!pin(-1)) return withdraw(WaitStatus::peer_gone);
     fold(d, op, [&](int k) { return detail::at(board(k).in, off, es); }, out, n, size());
+    unpin(-1);
     moved(static_cast<std::size_t>(size() - 1) * n * es);
     return meet(1, dl);
   }
   WaitStatus native_allgather(const void* in, void* out, std::size_t n, dtype d, Deadline dl) {
     const std::size_t es = dtype_size(d);
     if (WaitStatus s = publish(in, out, dl); s != WaitStatus::done) return s;
+    if (!pin(-1)) return withdraw(WaitStatus::peer_gone);
     for (int k = 0; k < size(); ++k) {
       void* dst = detail::at(out, static_cast<std::size_t>(k) * n, es);
       if (dst != board(k).in && n) std::memcpy(dst, board(k).in, n * es);
     }
+    unpin(-1);
     moved(static_cast<std::size_t>(size() - 1) * n * es);
     return meet(1, dl);
   }
   WaitStatus native_broadcast(void* buf, std::size_t n, dtype d, int root, Deadline dl) {
     if (WaitStatus s = publish(buf, buf, dl); s != WaitStatus::done) return s;
+    if (!pin(root)) return withdraw(WaitStatus::peer_gone);
     if (rank_ != root && n) std::memcpy(buf, board(root).in, n * dtype_size(d));
+    unpin(root);
     if (rank_ != root) moved(n * dtype_size(d));
     return meet(1, dl);
   }
@@ -404,24 +430,30 @@ class ThreadTransport {
     const std::size_t es = dtype_size(d);
     if (WaitStatus s = publish(in, out, dl); s != WaitStatus::done) return s;
     // every rank reduces one segment straight into the root's output
+    if (!pin(-1)) return withdraw(WaitStatus::peer_gone);
     fold(d, op, [&](int k) { return detail::at(board(k).in, seg.off(r), es); },
          detail::at(board(root).out, seg.off(r), es), seg.len(r), p);
+    unpin(-1);
     moved(static_cast<std::size_t>(r == root ? p - 1 : p) * seg.len(r) * es);
     return meet(1, dl);
   }
   WaitStatus native_gather(const void* in, void* out, std::size_t n, dtype d, int root, Deadline dl) {
     const std::size_t es = dtype_size(d);
     if (WaitStatus s = publish(in, out, dl); s != WaitStatus::done) return s;
+    if (!pin(root)) return withdraw(WaitStatus::peer_gone);
     void* dst = detail::at(board(root).out, static_cast<std::size_t>(rank_) * n, es);
     if (dst != in && n) std::memcpy(dst, in, n * es);
+    unpin(root);
     if (rank_ != root) moved(n * es);
     return meet(1, dl);
   }
   WaitStatus native_scatter(const void* in, void* out, std::size_t n, dtype d, int root, Deadline dl) {
     const std::size_t es = dtype_size(d);
     if (WaitStatus s = publish(in, out, dl); s != WaitStatus::done) return s;
+    if (!pin(root)) return withdraw(WaitStatus::peer_gone);
     const void* src = detail::at(board(root).in, static_cast<std::size_t>(rank_) * n, es);
     if (src != out && n) std::memcpy(out, src, n * es);
+    unpin(root);
     if (rank_ != root) moved(n * es);
     return meet(1, dl);
   }
@@ -433,10 +465,12 @@ class ThreadTransport {
       in = stage_.data();
     }
     if (WaitStatus s = publish(in, out, dl); s != WaitStatus::done) return s;
+    if (!pin(-1)) return withdraw(WaitStatus::peer_gone);
     for (int k = 0; k < size(); ++k)
       if (n)
         std::memcpy(detail::at(out, static_cast<std::size_t>(k) * n, es),
                     detail::at(board(k).in, static_cast<std::size_t>(rank_) * n, es), n * es);
+    unpin(-1);
     moved(static_cast<std::size_t>(size() - 1) * n * es);
     return meet(1, dl);
   }
@@ -453,7 +487,42 @@ class ThreadTransport {
     base_ = me.epoch.load(std::memory_order_relaxed);
     me.in = in;
     me.out = out;
+    me.withdrawn.store(false, std::memory_order_relaxed);  // published by the epoch's release store
     return meet(0, dl);
+  }
+
+  // Pins the board entry of `k` (-1: of every peer) before touching its
+  // buffers. False, with nothing pinned, when one of them has withdrawn: it
+  // gave up on this call (its deadline passed, or it failed) before this rank
+  // got there, and its buffers may be gone. seq_cst pairs with withdraw():
+  // either it sees the pin, or the pin sees the withdrawal.
+  bool pin(int k) {
+    const int lo = k < 0 ? 0 : k, hi = k < 0 ? size() : k + 1;
+    for (int q = lo; q < hi; ++q)
+      if (q != rank_) board(q).readers.fetch_add(1, std::memory_order_seq_cst);
+    std::vector<int> gone;
+    for (int q = lo; q < hi; ++q)
+      if (q != rank_ && board(q).withdrawn.load(std::memory_order_seq_cst)) gone.push_back(q);
+    if (gone.empty()) return true;
+    unpin(k);
+    laggards_ = (gone.size() == 1 ? "rank " : "ranks ") + detail_list(gone) +
+                " gave up on this native call (deadline or failure) before rank " + std::to_string(rank_) +
+                " could use its buffers";
+    return false;
+  }
+  void unpin(int k) {
+    const int lo = k < 0 ? 0 : k, hi = k < 0 ? size() : k + 1;
+    for (int q = lo; q < hi; ++q)
+      if (q != rank_) board(q).readers.fetch_sub(1, std::memory_order_seq_cst);
+  }
+
+  // This rank leaves a native call without finishing it: peers may no longer
+  // touch its buffers, and the ones touching them now finish first.
+  WaitStatus withdraw(WaitStatus s) {
+    detail::NativeSlot& me = board(rank_);
+    me.withdrawn.store(true, std::memory_order_seq_cst);
+    while (me.readers.load(std::memory_order_seq_cst) != 0) std::this_thread::yield();
+    return s;
   }
 
   // Advances this rank to epoch base_ + 1 + phase and waits for every rank to get there.
@@ -474,6 +543,7 @@ class ThreadTransport {
         if (w.exited[wr].load(std::memory_order_acquire)) return WaitStatus::peer_gone;
       return WaitStatus::done;
     });
+    if (s != WaitStatus::done) withdraw(s);
     if (s == WaitStatus::timed_out) {
       std::vector<int> late, here;
       for (int k = 0; k < size(); ++k)
@@ -636,7 +706,7 @@ class ThreadTransport {
     r.done_ = true;
     r.received_ = n;
     if (!fits)
-      throw_error<CommError>("ThreadTransport: rank ", rank_, " expected ", r.reduce_ ? "exactly " : "at most ",
+      throw_error<TransportError>("ThreadTransport: rank ", rank_, " expected ", r.reduce_ ? "exactly " : "at most ",
                              r.bytes_, " bytes from rank ", r.peer_, " (tag ", r.tag_, "), got ", n);
   }
 
@@ -652,5 +722,6 @@ static_assert(RecvReduce<ThreadTransport>);
 static_assert(NativeCollectives<ThreadTransport>);
 static_assert(CountsBytes<ThreadTransport>);
 static_assert(AnySource<ThreadTransport>);
+static_assert(TracksArrival<ThreadTransport>);
 
 }  // namespace weft::comm
