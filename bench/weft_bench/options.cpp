@@ -221,6 +221,8 @@ const char* usage_text =
     "      --bytes-budget SIZE at most this many bytes per measurement: iterations = min(n, SIZE/S), >= 3\n"
     "      --ranks-per-node N  project: node size for the hierarchical projection (default 8)\n"
     "      --chunk SIZE        pipeline unit of ring, tree, halving_doubling, hierarchical (default: the policy's, 1M)\n"
+    "      --fingerprints on|off  check that every rank made the same call (default on, as the library;\n"
+    "                          off measures the schedule alone)\n"
     "      --bind core|none    thread transport: pin rank r to CPU r mod ncpu (default core, as mpirun binds)\n"
     "      --codec LIST        compressed allreduce: none, f16, bf16, int8[:chunk], topk[:fraction],\n"
     "                          randomk[:fraction], sign, powersgd[:rank]; prints bytes on the wire,\n"
@@ -324,6 +326,10 @@ Options parse(int argc, char** argv) {
       std::string b = val();
       if (b != "core" && b != "none") throw UsageError("--bind: unknown binding '" + b + "' (accepted: core, none)");
       o.bind = b == "core";
+    } else if (a == "--fingerprints") {
+      std::string f = val();
+      if (f != "on" && f != "off") throw UsageError("--fingerprints: '" + f + "' (accepted: on, off)");
+      o.fingerprints = f == "on";
     }
     else throw UsageError("unknown option '" + a + "' (see --help)");
   }

@@ -54,6 +54,7 @@ struct Options {
   int ranks_per_node = 8;                            // project: ranks per node for hierarchical
   bool quiet = false;
   std::size_t chunk = 0;  // --chunk: pipeline unit of ring, tree, halving_doubling (0: the policy's default)
+  bool fingerprints = true;  // the library's default: every call's fingerprint checked (one small message per peer)
   bool bind = true;  // thread transport: pin rank r to CPU r mod ncpu (mpirun binds processes to cores too)
   std::vector<std::string> codecs;  // --codec: compressed allreduce instead (weft_bench/codec.hpp)
 };

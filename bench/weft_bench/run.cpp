@@ -372,6 +372,7 @@ void run_all(T& t, const Options& o, const wc::CostModel& model, const char* tna
     with_policy<T>(a, model, o.chunk, [&](auto policy) {
       using P = decltype(policy);
       auto comm = std::make_shared<wc::Communicator<P, T>>(t.split(0, t.rank(), dl), policy);
+      comm->set_fingerprints(o.fingerprints);
       Runner run;
       run.algo = a;
       run.owner = comm;
