@@ -3,10 +3,12 @@
 // checker itself catches a wrong adjoint.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <string>
 #include <vector>
+#include <weft/expr/layer_norm.hpp>
 #include <weft/expr/matmul.hpp>
 #include <weft/weft.hpp>
 
@@ -242,4 +244,58 @@ TEST_CASE("inputs that value_and_grad refuses") {
   Tensor<float> m({3, 4});
   m.fill(1.0f);
   CHECK_THROWS_AS(value_and_grad([](auto a) { return sum(a); }, m.transposed()), ValueError);
+}
+
+TEST_CASE("float32 backward sums stay accurate to 2^24 elements: fused value, bias-style gradients") {
+  // Each reference in double; bound 1e-6 as for forward sums (test_expr.cpp).
+  const index_t n = index_t(1) << 24, cols = 16, rows = n / cols;
+  Tensor<float> x({rows, cols}), b({cols}, 1.0f), r({rows, 1}, 1.0f);
+  for (index_t i = 0; i < n; ++i) x.data()[i] = static_cast<float>((i * 2654435761u) % 1000003u) / 1000003.0f;
+  std::vector<double> col(cols, 0.0);
+  double total = 0, sq = 0;
+  for (index_t i = 0; i < rows; ++i)
+    for (index_t j = 0; j < cols; ++j) {
+      double v = x(i, j);
+      col[static_cast<std::size_t>(j)] += v;
+      total += v;
+      sq += v * v;
+    }
+  auto rel = [](double a, double ref) { return std::abs(a - ref) / std::abs(ref); };
+  // the fused value of sum at the root (contiguous path)
+  auto [v, gx] = value_and_grad([](auto a) { return sum(a * a); }, x);
+  CHECK(rel(v.item(), sq) < 1e-6);
+  // an input broadcast along rows: its gradient sums 2^20 values per element
+  auto [v2, gx2, gb] = value_and_grad([](auto a, auto c) { return sum(a * c); }, x, b);
+  CHECK(rel(v2.item(), total) < 1e-6);
+  for (index_t j = 0; j < cols; ++j) CHECK(rel(gb.data()[j], col[static_cast<std::size_t>(j)]) < 1e-6);
+  // a parameter broadcast the same way (nn's bias), through backward()
+  Parameter<float> bias("bias", {cols});
+  Workspace<> ws;
+  backward(sum(x * param(bias)), ws);
+  for (index_t j = 0; j < cols; ++j) CHECK(rel(bias.grad.data()[j], col[static_cast<std::size_t>(j)]) < 1e-6);
+  // broadcast along the last axis (keep-dims style): 16 values per element, in every row
+  auto [v3, gx3, gr] = value_and_grad([](auto a, auto c) { return sum(a * c); }, x, r);
+  CHECK(rel(v3.item(), total) < 1e-6);
+  double worst = 0;
+  for (index_t i = 0; i < rows; ++i) {
+    double s = 0;
+    for (index_t j = 0; j < cols; ++j) s += x(i, j);
+    worst = std::max(worst, std::abs(gr(i, 0) - s));
+  }
+  CHECK(worst < 1e-5);
+}
+
+TEST_CASE("layer norm's dbeta sums 2^20 rows as a cascade") {
+  const index_t rows = index_t(1) << 20, d = 16;
+  Tensor<float> x = randn<float>({rows, d}, 46), c({rows, d});
+  for (index_t i = 0; i < c.numel(); ++i) c.data()[i] = static_cast<float>((i * 2654435761u) % 1000003u) / 1000003.0f;
+  Parameter<float> gamma("gamma", {d}), beta("beta", {d});
+  gamma.value.fill(1.0f);
+  Workspace<> ws;
+  backward(sum(layer_norm(x, gamma, beta, 1e-5f) * c), ws);
+  for (index_t j = 0; j < d; ++j) {
+    double ref = 0;
+    for (index_t r = 0; r < rows; ++r) ref += c(r, j);
+    CHECK(std::abs(beta.grad.data()[j] - ref) / ref < 1e-6);
+  }
 }

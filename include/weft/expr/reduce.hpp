@@ -125,6 +125,8 @@ struct Reduce : OneChildNode<Reduce<Kind, A, All>, A> {
     void visit(F&& f) const {
       b.visit(f);
     }
+    template <class F>
+    void adjoints(F&&) {}  // (forward only)
   };
 
   // The adjoint of max reaches the elements equal to the maximum.
