@@ -137,7 +137,7 @@ TEST_CASE_TEMPLATE("reductions over everything and over each axis", T, float, do
   check_close(eval(sum(x)), {s}, tol);
   check_close(eval(mean(x)), {s / 60}, tol);
   check_close(eval(max(x)), {mx}, tol);
-  CHECK(sum(x, true).shape() == Shape{1, 1, 1});
+  CHECK(sum(x, keepdim).shape() == Shape{1, 1, 1});
   for (int axis = 0; axis < 3; ++axis) {
     Shape out = x.shape();
     out[axis] = 1;
@@ -356,4 +356,22 @@ TEST_CASE("log_softmax and cross_entropy are exact to float32 for logits with a 
       CHECK(std::abs(g(i, j) - ref) <= 1e-6);
     }
   }
+}
+
+TEST_CASE("reduction arguments: any integer axis, keepdim as a bool or a tag, bad axes named") {
+  Tensor<float> x = randn<float>({3, 4}, 32);
+  const std::vector<float> ref = eval(sum(x, 1)).to_vector();
+  CHECK(eval(sum(x, index_t{1})).to_vector() == ref);
+  CHECK(eval(sum(x, std::size_t{1})).to_vector() == ref);
+  CHECK(eval(sum(x, 1u)).to_vector() == ref);
+  CHECK(eval(sum(x, std::int8_t{-1})).to_vector() == ref);
+  CHECK(eval(mean(x, index_t{0})).shape() == Shape{4});
+  CHECK(eval(max(x, std::size_t{0}, true)).shape() == Shape{1, 4});
+  CHECK(sum(x, 1, /*keepdim=*/true).shape() == Shape{3, 1});
+  CHECK(sum(x, 1, keepdim).shape() == Shape{3, 1});
+  CHECK(mean(x, keepdim).shape() == Shape{1, 1});
+  CHECK(max(x).shape() == Shape{});
+  const std::string msg = message_of([&] { (void)sum(x, std::size_t{1} << 40); });
+  CHECK(msg.find("sum: axis 1099511627776 is out of range") != std::string::npos);
+  CHECK_THROWS_AS((void)mean(x, -5), ValueError);
 }
