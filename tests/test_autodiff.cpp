@@ -223,7 +223,7 @@ TEST_CASE("steady-state value_and_grad allocates nothing in its workspace") {
 namespace {
 // A deliberately wrong adjoint (cos + 0.1): the checker must catch it.
 struct WrongSin {
-  static constexpr const char* name = "wrong_sin";
+  [[maybe_unused]] static constexpr const char* name = "wrong_sin";
   template <class T> static T f(T x) { return std::sin(x); }
   template <class T> static T df(T x, T) { return std::cos(x) + T(0.1); }
 };
@@ -347,7 +347,7 @@ TEST_CASE("strided inputs and gradient buffers: transposed views and column bloc
 namespace {
 // square, counting its forward evaluations (to see let evaluate a value once)
 struct CountedSquare {
-  static constexpr const char* name = "counted_square";
+  [[maybe_unused]] static constexpr const char* name = "counted_square";
   static inline long calls = 0;
   template <class T> static T f(T x) {
     ++calls;
