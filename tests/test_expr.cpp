@@ -3,10 +3,12 @@
 // aliasing.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <random>
 #include <string>
+#include <vector>
 #include <weft/expr/matmul.hpp>
 #include <weft/weft.hpp>
 
@@ -135,7 +137,7 @@ TEST_CASE_TEMPLATE("reductions over everything and over each axis", T, float, do
   check_close(eval(sum(x)), {s}, tol);
   check_close(eval(mean(x)), {s / 60}, tol);
   check_close(eval(max(x)), {mx}, tol);
-  CHECK(sum(x, true).shape() == Shape{1, 1, 1});
+  CHECK(sum(x, keepdim).shape() == Shape{1, 1, 1});
   for (int axis = 0; axis < 3; ++axis) {
     Shape out = x.shape();
     out[axis] = 1;
@@ -252,4 +254,124 @@ TEST_CASE("integer tensors and strided operands") {
   CHECK(col.to_vector() == std::vector<float>{20, 50});
   Tensor<float> f = eval(cast<float>(a) / 2.0f);
   CHECK(f.to_vector() == std::vector<float>{0.5f, 1.0f, 1.5f});
+}
+
+namespace {
+// n floats in [0, 1) from a counter hash (fast enough for 2^24), and their sum
+// in double: all-positive data, so a relative error means what it says.
+Tensor<float> uniform01(const Shape& s, std::uint64_t seed) {
+  Tensor<float> t(s);
+  for (index_t i = 0; i < t.numel(); ++i) {
+    std::uint64_t z = (static_cast<std::uint64_t>(i) + seed * 0x9E3779B97F4A7C15ull) * 0xBF58476D1CE4E5B9ull;
+    z ^= z >> 31;
+    z *= 0x94D049BB133111EBull;
+    z ^= z >> 29;
+    t.data()[i] = static_cast<float>(z >> 40) * 0x1p-24f;
+  }
+  return t;
+}
+double rel(double x, double ref) { return std::abs(x - ref) / std::abs(ref); }
+}  // namespace
+
+// One running sum per output lost 3.3e-2 (axis) and 5.7e-4 (whole) at 2^24
+// float32 elements; cascades keep the error near JAX's/NumPy's. Bound: 1e-6,
+// about 16 float32 epsilons (a cascade's worst case over 2^24 is ~32 eps; the
+// measured errors are ~1e-7 and below).
+TEST_CASE("float32 sums stay accurate from 2^20 to 2^24 elements, whole and along each axis") {
+  const double bound = 1e-6;
+  for (int lg : {20, 22, 24}) {
+    const index_t n = index_t(1) << lg, cols = 16;
+    INFO("n = 2^" << lg);
+    Tensor<float> x = uniform01({n / cols, cols}, static_cast<std::uint64_t>(lg));
+    std::vector<double> col(cols, 0.0), row(static_cast<std::size_t>(n / cols), 0.0);
+    double total = 0;
+    for (index_t i = 0; i < n / cols; ++i)
+      for (index_t j = 0; j < cols; ++j) {
+        double v = x(i, j);
+        col[static_cast<std::size_t>(j)] += v;
+        row[static_cast<std::size_t>(i)] += v;
+        total += v;
+      }
+    CHECK(rel(eval(sum(x)).item(), total) < bound);
+    CHECK(rel(eval(mean(x)).item(), total / static_cast<double>(n)) < bound);
+    // along the outer axis: 2^(lg-4) values per output
+    Tensor<float> s0 = eval(sum(x, 0));
+    double worst = 0;
+    for (index_t j = 0; j < cols; ++j) worst = std::max(worst, rel(s0.data()[j], col[static_cast<std::size_t>(j)]));
+    CHECK(worst < bound);
+    // along the last axis of the transposed layout: 2^(lg-4) values per row
+    Tensor<float> xt = eval(transpose(x) * 1.0f);  // (16, n / 16), contiguous
+    Tensor<float> s1 = eval(sum(xt, 1));
+    worst = 0;
+    for (index_t j = 0; j < cols; ++j) worst = std::max(worst, rel(s1.data()[j], col[static_cast<std::size_t>(j)]));
+    CHECK(worst < bound);
+    // one output of all n values, along an outer axis and along the last one
+    CHECK(rel(eval(sum(x.reshape({n, 1}), 0)).item(), total) < bound);
+    CHECK(rel(eval(sum(x.reshape({1, n}), 1)).item(), total) < bound);
+    CHECK(rel(eval(mean(x.reshape({n, 1}), 0)).item(), total / static_cast<double>(n)) < bound);
+    // a strided read (the general path) of the same sums
+    Tensor<float> s2 = eval(sum(x.transposed(), 1));
+    worst = 0;
+    for (index_t j = 0; j < cols; ++j) worst = std::max(worst, rel(s2.data()[j], col[static_cast<std::size_t>(j)]));
+    CHECK(worst < bound);
+    // the full sum over a broadcast operand (general path)
+    Tensor<float> ones({cols}, 1.0f);
+    CHECK(rel(eval(sum(x * ones)).item(), total) < bound);
+    // max is exact whichever the order
+    CHECK(eval(max(x)).item() == *std::max_element(x.data(), x.data() + n));
+  }
+}
+
+TEST_CASE("log_softmax and cross_entropy are exact to float32 for logits with a large offset") {
+  // x - (m + log z) rounds at the magnitude of m (1e4: ulp ~1e-3); (x - m) - log z does not.
+  const index_t rows = 4, cols = 6;
+  Tensor<float> x = randn<float>({rows, cols}, 31, 2.0);
+  for (index_t i = 0; i < x.numel(); ++i) x.data()[i] += 10000.0f;
+  Tensor<std::int64_t> y({rows}, {5, 0, 2, 3});
+  Tensor<float> ls = eval(log_softmax(x));
+  double ce = 0;
+  for (index_t i = 0; i < rows; ++i) {
+    double m = -1e300, z = 0;
+    for (index_t j = 0; j < cols; ++j) m = std::max(m, static_cast<double>(x(i, j)));
+    for (index_t j = 0; j < cols; ++j) z += std::exp(x(i, j) - m);
+    for (index_t j = 0; j < cols; ++j) {
+      double ref = (x(i, j) - m) - std::log(z);
+      INFO("log_softmax(" << i << ", " << j << ") = " << ls(i, j) << " vs " << ref);
+      CHECK(std::abs(ls(i, j) - ref) <= 2e-6 * (1 + std::abs(ref)));
+    }
+    ce -= (x(i, y(i)) - m) - std::log(z);
+  }
+  ce /= rows;
+  float got = eval(cross_entropy(x, y)).item();
+  INFO("cross_entropy " << got << " vs " << ce);
+  CHECK(std::abs(got - ce) <= 2e-6 * (1 + std::abs(ce)));
+  // its gradient, (softmax - onehot) / N, from the same kept quantities
+  auto [v, g] = value_and_grad([&](auto a) { return cross_entropy(a, y); }, x);
+  for (index_t i = 0; i < rows; ++i) {
+    double m = -1e300, z = 0;
+    for (index_t j = 0; j < cols; ++j) m = std::max(m, static_cast<double>(x(i, j)));
+    for (index_t j = 0; j < cols; ++j) z += std::exp(x(i, j) - m);
+    for (index_t j = 0; j < cols; ++j) {
+      double ref = (std::exp(x(i, j) - m) / z - (j == y(i) ? 1.0 : 0.0)) / rows;
+      CHECK(std::abs(g(i, j) - ref) <= 1e-6);
+    }
+  }
+}
+
+TEST_CASE("reduction arguments: any integer axis, keepdim as a bool or a tag, bad axes named") {
+  Tensor<float> x = randn<float>({3, 4}, 32);
+  const std::vector<float> ref = eval(sum(x, 1)).to_vector();
+  CHECK(eval(sum(x, index_t{1})).to_vector() == ref);
+  CHECK(eval(sum(x, std::size_t{1})).to_vector() == ref);
+  CHECK(eval(sum(x, 1u)).to_vector() == ref);
+  CHECK(eval(sum(x, std::int8_t{-1})).to_vector() == ref);
+  CHECK(eval(mean(x, index_t{0})).shape() == Shape{4});
+  CHECK(eval(max(x, std::size_t{0}, true)).shape() == Shape{1, 4});
+  CHECK(sum(x, 1, /*keepdim=*/true).shape() == Shape{3, 1});
+  CHECK(sum(x, 1, keepdim).shape() == Shape{3, 1});
+  CHECK(mean(x, keepdim).shape() == Shape{1, 1});
+  CHECK(max(x).shape() == Shape{});
+  const std::string msg = message_of([&] { (void)sum(x, std::size_t{1} << 40); });
+  CHECK(msg.find("sum: axis 1099511627776 is out of range") != std::string::npos);
+  CHECK_THROWS_AS((void)mean(x, -5), ValueError);
 }

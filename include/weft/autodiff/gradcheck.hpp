@@ -7,6 +7,7 @@
 // f must be generic (auto parameters): it is called with double leaves.
 #pragma once
 
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <random>
@@ -44,14 +45,15 @@ Tensor<double> to_double(const X& x) {
   return out;
 }
 
-// f evaluated at double inputs, flattened.
+// f evaluated at double inputs, flattened (tensors made inside f kept alive
+// until it is evaluated, as in value_and_grad).
 template <class F, class... Ds>
 Tensor<double> eval_at(F& f, std::tuple<Ds...>& xs) {
   return std::apply([&](auto&... x) {
-    return [&]<std::size_t... I>(std::index_sequence<I...>) {
-      auto e = f(Arg<I, double, cpu>(x.view())...);
-      return eval(e);
-    }(std::make_index_sequence<sizeof...(Ds)>{});
+    std::array<TensorView<double>, sizeof...(Ds)> views{x.view()...};
+    DeferredFrees keep;
+    auto e = call_with_args<double, cpu>("gradcheck", f, views, keep);
+    return eval(e);
   }, xs);
 }
 

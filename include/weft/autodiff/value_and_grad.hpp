@@ -65,9 +65,10 @@ struct GradContext {
   };
 
   const X* ex;
-  View* grads;
+  View* grads;  // where the kernels write input k's gradient (contiguous)
   Hook* hook;
   Sink* sink;
+  View* out = nullptr;  // the caller's buffers, when one of them is strided (else grads)
   std::array<bool, K> written{};
   std::array<int, K> remaining{};
   std::array<ParamState, NP> params{};
@@ -168,6 +169,11 @@ struct GradContext {
         if (s.grad.shape != p.shape())
           throw_error<ShapeError>("backward: the gradient buffer for parameter '", p.name, "' has shape ", s.grad.shape,
                                   ", the parameter has ", p.shape());
+        // Kernels (gemm, the fused loops, layer norm) write a parameter's
+        // gradient in its own contiguous layout.
+        if (!s.grad.is_contiguous())
+          throw_error<ValueError>("backward: the gradient buffer for parameter '", p.name, "' (shape ", s.grad.shape,
+                                  ") is a strided view; give each parameter a contiguous gradient buffer");
       }
     });
     if (visits != NP)
@@ -177,7 +183,18 @@ struct GradContext {
 
   void done(std::size_t k, int occurrences) {
     remaining[k] -= occurrences;
-    if (remaining[k] == 0) (*hook)(k, grads[k]);
+    if (remaining[k] == 0) finish(k);
+  }
+
+  // Input k's gradient is final: into the caller's (strided) buffer if it has
+  // one, then the hook.
+  void finish(std::size_t k) {
+    if (out && out[k].data != grads[k].data) {
+      const Shape& s = grads[k].shape;
+      const Strides c = contiguous_strides(s);
+      kernels::evaluate(exec(), kernels::BoundTensor<T>{grads[k].data, aligned_strides(s, c, s), s, c}, out[k]);
+    }
+    (*hook)(k, out ? out[k] : grads[k]);
   }
 
  private:
@@ -200,6 +217,87 @@ auto input_view(const X& x) {
 
 template <class X>
 using input_t = typename decltype(input_view(std::declval<const X&>()))::value_type;
+
+// No two elements of v share an address (a stride of 0, or interleaved axes,
+// would make a gradient buffer's elements alias each other).
+template <class T, class D>
+bool elements_distinct(const TensorView<T, D>& v) {
+  int order[max_rank];
+  int n = 0;
+  for (int d = 0; d < v.shape.rank; ++d)
+    if (v.shape[d] > 1) order[n++] = d;
+  auto mag = [&](int d) { return v.strides[d] < 0 ? -v.strides[d] : v.strides[d]; };
+  for (int i = 1; i < n; ++i)  // by stride magnitude, smallest first
+    for (int j = i; j > 0 && mag(order[j]) < mag(order[j - 1]); --j) std::swap(order[j], order[j - 1]);
+  index_t span = 1;  // elements covered by the smaller axes
+  for (int i = 0; i < n; ++i) {
+    if (mag(order[i]) < span) return false;
+    span = mag(order[i]) * v.shape[order[i]];
+  }
+  return true;
+}
+
+// Inputs and gradient buffers in any layout. The fused kernels read input k
+// and write its gradient through the same (contiguous) indexing, so:
+//   a strided input (a transposed view, a column block of a wider matrix) is
+//     copied once into contiguous workspace memory, and differentiated there;
+//   a strided gradient buffer gets contiguous workspace memory to be written,
+//     copied into the caller's buffer through its strides when final (before
+//     the hook sees it); nothing outside the view is touched.
+// work[k] is where the kernels write input k's gradient.
+template <Executor X, class T, std::size_t K>
+void prepare_inputs(const char* op, const X& ex, std::array<TensorView<T, device_of<X>>, K>& views,
+                    const TensorView<T, device_of<X>>* grads, std::array<TensorView<T, device_of<X>>, K>& work) {
+  std::array<bool, K> copied{};
+  for (std::size_t k = 0; k < K; ++k) {
+    const Shape s = views[k].shape;
+    if (grads) {
+      if (grads[k].shape != s)
+        throw_error<ShapeError>(op, ": gradient buffer ", k, " has shape ", grads[k].shape, ", input has ", s);
+      if (!elements_distinct(grads[k]))
+        throw_error<ValueError>(op, ": gradient buffer ", k, " (shape ", s,
+                                ") has elements that share memory (a stride of 0?); give it one element per input element");
+    }
+    if (!views[k].is_contiguous()) {
+      auto c = kernels::alloc<T>(ex, s);
+      kernels::evaluate(ex, kernels::BoundTensor<T>{views[k].data, aligned_strides(s, views[k].strides, s), s, views[k].strides}, c);
+      views[k] = c;
+      copied[k] = true;
+    }
+    work[k] = grads && grads[k].is_contiguous() ? grads[k] : kernels::alloc<T>(ex, s);
+  }
+  if (!grads) return;
+  // A strided gradient buffer is written when its gradient is final, while
+  // other inputs may still be read: it must not overlap one read in place.
+  for (std::size_t k = 0; k < K; ++k) {
+    if (work[k].data == grads[k].data) continue;
+    const char *glo, *ghi;
+    detail::byte_range(grads[k].data, grads[k].shape, grads[k].strides, sizeof(T), glo, ghi);
+    for (std::size_t j = 0; j < K; ++j) {
+      if (copied[j]) continue;
+      const char *lo, *hi;
+      detail::byte_range(views[j].data, views[j].shape, views[j].strides, sizeof(T), lo, hi);
+      if (lo < hi && glo < ghi && lo < ghi && glo < hi)
+        throw_error<ValueError>(op, ": the strided gradient buffer ", k, " (shape ", grads[k].shape, ") overlaps input ", j,
+                                "; give it its own memory");
+    }
+  }
+}
+
+// f called with the leaves Arg<0>, Arg<1>, ... over `views`. Tensors that die
+// inside f are kept alive by `keep` (tensor.hpp) until the caller's pass ends.
+template <class T, class D, class F, std::size_t K>
+auto call_with_args(const char* op, F& f, std::array<TensorView<T, D>, K>& views, DeferredFrees& keep) {
+  auto e = [&]<std::size_t... I>(std::index_sequence<I...>) {
+    return f(Arg<I, T, D>(views[I])...);
+  }(std::make_index_sequence<K>{});
+  keep.stop();
+  if (keep.overflowed())
+    throw_error<ValueError>(op, ": more than ", DeferredFrees::capacity,
+                            " tensors were created and destroyed inside the function it was given, which can keep only ",
+                            DeferredFrees::capacity, " alive for the pass; create constant tensors outside it");
+  return e;
+}
 
 }  // namespace detail
 
@@ -245,7 +343,9 @@ void count_inputs(G& g) {
 // The core: value of f(xs...) (a view into the executor's workspace, valid
 // until it is reset) with the gradient of sum(f) with respect to each input
 // written into grads[i] (preallocated, shapes of the inputs, on the
-// executor's device). Inputs must be contiguous.
+// executor's device). Inputs and gradient buffers may be strided views
+// (transposed, column blocks of wider matrices): see detail::prepare_inputs.
+// Tensors created inside f live until this call returns (detail::DeferredFrees).
 template <class F, class Hook, Executor X, class T, class... Xs>
 TensorView<T, device_of<X>> value_and_grad_into(F&& f, const X& ex, TensorView<T, device_of<X>>* grads, Hook& hook,
                                                 const Xs&... xs) {
@@ -255,26 +355,21 @@ TensorView<T, device_of<X>> value_and_grad_into(F&& f, const X& ex, TensorView<T
   constexpr std::size_t K = sizeof...(Xs);
   ex.workspace().reset();
   std::array<TensorView<T, D>, K> views{detail::input_view(xs)...};
-  for (std::size_t k = 0; k < K; ++k) {
-    if (!views[k].is_contiguous())
-      throw_error<ValueError>("value_and_grad: input ", k, " (shape ", views[k].shape, ") is a strided view; pass a contiguous tensor");
-    if (grads[k].shape != views[k].shape)
-      throw_error<ShapeError>("value_and_grad: gradient buffer ", k, " has shape ", grads[k].shape, ", input has ", views[k].shape);
-  }
-  auto e = [&]<std::size_t... I>(std::index_sequence<I...>) {
-    return f(Arg<I, T, D>(views[I])...);
-  }(std::make_index_sequence<K>{});
+  std::array<TensorView<T, D>, K> work;
+  detail::prepare_inputs("value_and_grad", ex, views, grads, work);
+  detail::DeferredFrees keep;
+  auto e = detail::call_with_args<T, D>("value_and_grad", f, views, keep);
   using E = decltype(e);
   static_assert(Expression<E>, "the function given to value_and_grad must return a weft expression built from its arguments");
 
   OwnGrad own;
-  GradContext<X, T, K, Hook, param_occurrences_of<E>()> g{&ex, grads, &hook, &own};
+  GradContext<X, T, K, Hook, param_occurrences_of<E>()> g{&ex, work.data(), &hook, &own, grads};
   detail::count_inputs<E, decltype(g), K>(g);
   for (std::size_t k = 0; k < K; ++k)
     if (g.remaining[k] == 0) {  // f does not use input k: its gradient is zero, and final now
       g.zero(k);
       g.written[k] = true;
-      hook(k, grads[k]);
+      g.finish(k);
     }
 
   return detail::forward_backward(e, g);
@@ -332,7 +427,8 @@ auto value_and_grad(F&& f, const Xs&... xs) {
   }(std::make_index_sequence<sizeof...(Xs)>{});
 }
 
-// Vector-Jacobian product: gradients of sum(seed * f(xs...)).
+// Vector-Jacobian product: gradients of sum(seed * f(xs...)), one contiguous
+// tensor per input in the input's shape (strided inputs included).
 template <class F, class T, class... Xs>
 auto vjp(F&& f, const Tensor<T>& seed, const Xs&... xs) {
   Workspace<cpu> ws;
@@ -340,17 +436,18 @@ auto vjp(F&& f, const Tensor<T>& seed, const Xs&... xs) {
   constexpr std::size_t K = sizeof...(Xs);
   std::array<Tensor<T>, K> grads{Tensor<T>(detail::input_view(xs).shape)...};
   std::array<TensorView<T>, K> views{detail::input_view(xs)...};
-  auto e = [&]<std::size_t... I>(std::index_sequence<I...>) {
-    return f(Arg<I, T, cpu>(views[I])...);
-  }(std::make_index_sequence<K>{});
+  std::array<TensorView<T>, K> gv;
+  for (std::size_t k = 0; k < K; ++k) gv[k] = grads[k].view();
+  std::array<TensorView<T>, K> work;
+  detail::prepare_inputs("vjp", ex, views, gv.data(), work);
+  detail::DeferredFrees keep;
+  auto e = detail::call_with_args<T, cpu>("vjp", f, views, keep);
   using E = decltype(e);
   if (seed.shape() != e.shape())
     throw_error<ShapeError>("vjp: seed of shape ", seed.shape(), " for an output of shape ", e.shape());
   NoHook hook;
-  std::array<TensorView<T>, K> gv;
-  for (std::size_t k = 0; k < K; ++k) gv[k] = grads[k].view();
   OwnGrad own;
-  GradContext<Exec<cpu>, T, K, NoHook, param_occurrences_of<E>()> g{&ex, gv.data(), &hook, &own};
+  GradContext<Exec<cpu>, T, K, NoHook, param_occurrences_of<E>()> g{&ex, work.data(), &hook, &own, gv.data()};
   g.count_params(e);
   detail::count_inputs<E, decltype(g), K>(g);
   for (std::size_t k = 0; k < K; ++k)

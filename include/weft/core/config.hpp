@@ -39,6 +39,17 @@
 #define WEFT_IVDEP
 #endif
 
+// The CPU loops that carry those hints are kept out of line under clang
+// (WEFT_LOOP_FN): clang reports a hinted loop it could not vectorise (for some
+// expression: a gather through strides, a function with no vector form) at the
+// function it ended up in, and out of line that is weft's own, where the
+// report is silenced (kernels/cpu/loops.hpp). One call per region costs nothing.
+#if defined(__clang__)
+#define WEFT_LOOP_FN __attribute__((noinline))
+#else
+#define WEFT_LOOP_FN
+#endif
+
 namespace weft {
 
 // Largest tensor rank weft handles. Shapes are runtime values; the rank bound

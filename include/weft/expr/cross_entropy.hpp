@@ -1,7 +1,9 @@
 // cross_entropy(logits (N, C), labels (N,) integer): mean over the batch of
 // -log_softmax(logits)[label], PyTorch's default reduction. Fused: forward
-// keeps one log-sum-exp per row; backward seeds the logits' region with
-// (softmax - onehot) / N computed on the fly from the recomputed logits.
+// keeps per row the maximum m and log z = log sum exp(x - m), apart, so that
+// nothing rounds at the magnitude of the largest logit; backward seeds the
+// logits' region with (softmax - onehot) / N, softmax = exp((x - m) - log z)
+// computed on the fly from the recomputed logits.
 #pragma once
 
 #include <type_traits>
@@ -39,19 +41,21 @@ struct CrossEntropy : OneChildNode<CrossEntropy<A, L>, A> {
     typename A::State a;
     TensorView<value_type, device_type> val;  // the loss, rank 0
     TensorView<value_type, device_type> adj;
-    TensorView<value_type, device_type> lse;  // (N,)
+    TensorView<value_type, device_type> row_max;  // (N,)
+    TensorView<value_type, device_type> log_z;    // (N,)
   };
 
   template <class X>
   State forward(const X& ex) const {
-    State st{a.forward(ex), {}, {}, {}};
+    State st{a.forward(ex), {}, {}, {}, {}};
     Shape s = a.shape();
     const index_t rows = s[0], cols = s[1];
     auto logits = materialise(a, st.a, ex);
-    st.lse = kernels::alloc<value_type>(ex, Shape{rows});
+    st.row_max = kernels::alloc<value_type>(ex, Shape{rows});
+    st.log_z = kernels::alloc<value_type>(ex, Shape{rows});
     st.val = kernels::alloc<value_type>(ex, Shape{});
     kernels::cross_entropy_rows(ex, logits.data, labels.v.data, labels.v.shape.rank ? labels.v.strides[0] : index_t(0), rows,
-                                cols, st.lse.data, st.val.data);
+                                cols, st.row_max.data, st.log_z.data, st.val.data);
     return st;
   }
 
@@ -62,13 +66,14 @@ struct CrossEntropy : OneChildNode<CrossEntropy<A, L>, A> {
 
   // d loss / d logits[r, c] = adj / N * (softmax[r, c] - [c == label r])
   struct Seed {
-    const value_type* lse;
+    const value_type* row_max;
+    const value_type* log_z;
     const label_type* lab;
     index_t lab_stride;
     index_t cols;
     value_type scale;
     WEFT_HD WEFT_INLINE value_type at(index_t r, index_t c, value_type v) const {
-      value_type p = math::exp(v - lse[r]);
+      value_type p = math::exp((v - row_max[r]) - log_z[r]);
       return scale * (p - (static_cast<index_t>(lab[r * lab_stride]) == c ? value_type(1) : value_type(0)));
     }
     WEFT_HD WEFT_INLINE value_type operator()(index_t i, value_type v) const { return at(i / cols, i % cols, v); }
@@ -80,7 +85,7 @@ struct CrossEntropy : OneChildNode<CrossEntropy<A, L>, A> {
   void backward_children(State& st, G& g) const {
     Shape s = a.shape();
     value_type scale = s[0] ? st.adj.data[0] / static_cast<value_type>(s[0]) : value_type(0);
-    g.run_region(a, st.a, s, Seed{st.lse.data, labels.v.data, labels.v.strides[0], s[1], scale});
+    g.run_region(a, st.a, s, Seed{st.row_max.data, st.log_z.data, labels.v.data, labels.v.strides[0], s[1], scale});
   }
 
 };

@@ -37,6 +37,8 @@ struct BoundDropoutMask {
     // Reads no memory; reported so the contiguous fast path checks its strides.
     f(LeafInfo{nullptr, st, shape, contiguous_strides(shape), sizeof(T)});
   }
+  template <class F>
+  void adjoints(F&&) {}
 };
 
 template <class T, class Device = cpu>

@@ -176,6 +176,10 @@ struct BoundUnary {
   void visit(F&& f) const {
     a.visit(f);
   }
+  template <class F>
+  void adjoints(F&& f) {
+    a.adjoints(f);
+  }
 };
 
 template <class Op, class A, class B>
@@ -204,6 +208,11 @@ struct BoundBinary {
   void visit(F&& f) const {
     a.visit(f);
     b.visit(f);
+  }
+  template <class F>
+  void adjoints(F&& f) {
+    a.adjoints(f);
+    b.adjoints(f);
   }
 };
 

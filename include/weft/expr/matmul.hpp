@@ -101,7 +101,7 @@ struct MatMul : ExprTag {
     if constexpr (std::is_same_v<B, P>) {
       kernels::gemm(ex, st.av.transposed(), st.adj, g.grad_of(*b.p), value_type(1), value_type(1));
       g.param_done(*b.p);
-    } else if constexpr (needs_grad<B, G>()) {
+    } else if constexpr (weft::needs_grad<B, G>()) {  // (no gemm for an operand with nothing to differentiate)
       auto db = kernels::alloc<value_type>(ex, sb);
       kernels::gemm(ex, st.av.transposed(), st.adj, db, value_type(1), value_type(0));
       g.run_region(b, st.b, sb, BufferSeed<value_type>{db.data, aligned_strides(sb, contiguous_strides(sb), sb), value_type(1)});
@@ -110,19 +110,11 @@ struct MatMul : ExprTag {
       // A parameter operand: accumulate dA straight into its gradient.
       kernels::gemm(ex, st.adj, st.bv.transposed(), g.grad_of(*a.p), value_type(1), value_type(1));
       g.param_done(*a.p);
-    } else if constexpr (needs_grad<A, G>()) {
+    } else if constexpr (weft::needs_grad<A, G>()) {
       auto da = kernels::alloc<value_type>(ex, sa);
       kernels::gemm(ex, st.adj, st.bv.transposed(), da, value_type(1), value_type(0));
       g.run_region(a, st.a, sa, BufferSeed<value_type>{da.data, aligned_strides(sa, contiguous_strides(sa), sa), value_type(1)});
     }
-  }
-
-  // Skip the gemm for an operand that has no differentiated input below it.
-  template <class E, class G>
-  static constexpr bool needs_grad() {
-    return contains_param<E>::value || []<std::size_t... I>(std::index_sequence<I...>) {
-      return ((E::template slots_total<I>() > 0) || ...);
-    }(std::make_index_sequence<G::slots>{});
   }
 
   template <class F>

@@ -91,6 +91,16 @@ constexpr int param_occurrences_of() {
 template <class E>
 struct contains_param : std::bool_constant<(param_occurrences_of<E>() > 0)> {};
 
+// Has a backward pass with context G any work below node type E (a parameter
+// or a differentiated input)? Materialising nodes skip the backward of a
+// child that has none.
+template <class E, class G>
+constexpr bool needs_grad() {
+  return contains_param<E>::value || []<std::size_t... I>(std::index_sequence<I...>) {
+    return ((E::template slots_total<I>() > 0) || ...);
+  }(std::make_index_sequence<G::slots>{});
+}
+
 // The bound leaf of a materialised node whose value buffer `val` is contiguous
 // with shape s, read at output shape `out`. When differentiating, its adjoint
 // goes to a zeroed workspace buffer of the same shape, returned through `adj`.

@@ -1,8 +1,12 @@
 // Reductions: sum, mean, max over everything or over one axis (keepdim
-// optional). They are materialisation points: forward reduces the child's
+// optional; see "building nodes" below for the argument rules). They are materialisation points: forward reduces the child's
 // elementwise region in one pass into a workspace buffer; backward seeds the
 // child's region with the (broadcast) adjoint.
 #pragma once
+
+#include <concepts>
+#include <type_traits>
+#include <utility>
 
 #include "elementwise.hpp"
 #include "node.hpp"
@@ -125,6 +129,8 @@ struct Reduce : OneChildNode<Reduce<Kind, A, All>, A> {
     void visit(F&& f) const {
       b.visit(f);
     }
+    template <class F>
+    void adjoints(F&&) {}  // (forward only)
   };
 
   // The adjoint of max reaches the elements equal to the maximum.
@@ -149,23 +155,77 @@ struct is_full_sum : std::false_type {};
 template <ReduceKind K, class A>
 struct is_full_sum<Reduce<K, A, true>> : std::bool_constant<K != ReduceKind::max> {};
 
-template <Operand X> auto sum(X&& x, bool keepdim = false) {
-  return Reduce<ReduceKind::sum, expr_t<X>, true>(as_expr(std::forward<X>(x)), 0, keepdim);
+// ---------------------------------------------------------------- building nodes
+// The axis and keep-dims arguments cannot be confused:
+//   sum(x)                      everything, rank-0 result
+//   sum(x, keepdim)             everything, every axis kept as 1 (the tag below)
+//   sum(x, axis)                one axis: any integer type (int, index_t, size_t, unsigned)
+//   sum(x, axis, keepdim)       keepdim a bool (or the tag)
+// sum(x, true) would have reduced everything before, silently: a bool where
+// the axis goes is refused at compile time with a sentence.
+
+// The keep-dims tag: sum(x, weft::keepdim), sum(x, 1, weft::keepdim).
+struct KeepDim {
+  explicit constexpr KeepDim() = default;
+};
+inline constexpr KeepDim keepdim{};
+
+// An axis argument: any integer type but bool.
+template <class I>
+concept AxisIndex = std::integral<I> && !std::same_as<std::remove_cvref_t<I>, bool>;
+
+namespace detail {
+// An integer axis as int, or a ValueError naming it (a size_t of 2^40 must not wrap).
+template <AxisIndex I>
+int axis_arg(const char* op, I axis) {
+  bool ok;
+  if constexpr (std::is_signed_v<I>)
+    ok = static_cast<long long>(axis) >= -max_rank && static_cast<long long>(axis) <= max_rank;
+  else
+    ok = static_cast<unsigned long long>(axis) <= static_cast<unsigned long long>(max_rank);
+  if (!ok) throw_error<ValueError>(op, ": axis ", +axis, " is out of range (weft tensors have rank <= ", max_rank, ")");
+  return static_cast<int>(axis);
 }
-template <Operand X> auto mean(X&& x, bool keepdim = false) {
-  return Reduce<ReduceKind::mean, expr_t<X>, true>(as_expr(std::forward<X>(x)), 0, keepdim);
+template <class B>
+constexpr bool keepdim_arg(B k) {
+  if constexpr (std::is_same_v<B, KeepDim>)
+    return (void)k, true;
+  else
+    return k;
 }
-template <Operand X> auto max(X&& x, bool keepdim = false) {
-  return Reduce<ReduceKind::max, expr_t<X>, true>(as_expr(std::forward<X>(x)), 0, keepdim);
-}
-template <Operand X> auto sum(X&& x, int axis, bool keepdim = false) {
-  return Reduce<ReduceKind::sum, expr_t<X>, false>(as_expr(std::forward<X>(x)), axis, keepdim);
-}
-template <Operand X> auto mean(X&& x, int axis, bool keepdim = false) {
-  return Reduce<ReduceKind::mean, expr_t<X>, false>(as_expr(std::forward<X>(x)), axis, keepdim);
-}
-template <Operand X> auto max(X&& x, int axis, bool keepdim = false) {
-  return Reduce<ReduceKind::max, expr_t<X>, false>(as_expr(std::forward<X>(x)), axis, keepdim);
-}
+template <class B>
+concept KeepDimArg = std::same_as<B, bool> || std::same_as<B, KeepDim>;
+}  // namespace detail
+
+#define WEFT_REDUCTION(fn, kind)                                                                                         \
+  template <Operand X>                                                                                                 \
+  auto fn(X&& x) {                                                                                                     \
+    return Reduce<ReduceKind::kind, expr_t<X>, true>(as_expr(std::forward<X>(x)), 0, false);                           \
+  }                                                                                                                    \
+  template <Operand X>                                                                                                 \
+  auto fn(X&& x, KeepDim) {                                                                                            \
+    return Reduce<ReduceKind::kind, expr_t<X>, true>(as_expr(std::forward<X>(x)), 0, true);                            \
+  }                                                                                                                    \
+  template <Operand X, AxisIndex I>                                                                                    \
+  auto fn(X&& x, I axis) {                                                                                             \
+    return Reduce<ReduceKind::kind, expr_t<X>, false>(as_expr(std::forward<X>(x)), detail::axis_arg(#fn, axis), false); \
+  }                                                                                                                    \
+  template <Operand X, AxisIndex I, detail::KeepDimArg K>                                                              \
+  auto fn(X&& x, I axis, K keep) {                                                                                     \
+    return Reduce<ReduceKind::kind, expr_t<X>, false>(as_expr(std::forward<X>(x)), detail::axis_arg(#fn, axis),         \
+                                                      detail::keepdim_arg(keep));                                      \
+  }                                                                                                                    \
+  template <Operand X, class B>                                                                                        \
+    requires std::same_as<std::remove_cvref_t<B>, bool>                                                                \
+  auto fn(X&& x, B) {                                                                                                  \
+    static_assert(dependent_false<B>, #fn "(x, bool): a bool is not an axis; to keep the reduced axes write " #fn      \
+                                          "(x, weft::keepdim), for one axis " #fn "(x, axis, keepdim)");             \
+    return fn(std::forward<X>(x));                                                                                     \
+  }
+
+WEFT_REDUCTION(sum, sum)
+WEFT_REDUCTION(mean, mean)
+WEFT_REDUCTION(max, max)
+#undef WEFT_REDUCTION
 
 }  // namespace weft

@@ -8,6 +8,9 @@
 //   fwd(ix, tape)                  fills the Tape (the values its adjoint rule needs)
 //   bwd(ix, tape, adjoint, slots)  pushes the adjoint down to its leaves
 //   visit(f)                       (host) calls f(LeafInfo) for every leaf
+//   adjoints(f)                    (host) calls f(adj, adj_strides, shape) for every
+//                                  leaf that adds its adjoint to a buffer, which f may
+//                                  redirect (kernels/cpu/loops.hpp: broadcast leaves)
 // ix is a linear index (contiguous fast path) or an Index4 (padded 4-D index,
 // general strided/broadcast path). Tapes are filled in place, never copied
 // whole, so the compiler keeps every field in a register.
@@ -50,7 +53,9 @@ struct LeafInfo {
   Strides own_strides;
   std::size_t elem_size;
   void* param = nullptr;  // the Parameter whose gradient this leaf feeds, if any
-  bool writes = false;    // backward stores adjoints through these strides
+  bool writes = false;    // backward stores adjoints (through adj_strides)
+  Strides adj_strides{};  // where they go, aligned to the output shape
+  int slot = -1;          // the value_and_grad input it is, if any
 };
 
 // True when strides aligned to `shape` are those of a contiguous tensor of that
@@ -97,6 +102,8 @@ struct BoundTensor {
   void visit(F&& f) const {
     f(LeafInfo{p, st, shape, own, sizeof(T)});
   }
+  template <class F>
+  void adjoints(F&&) {}
 };
 
 // The input of value_and_grad numbered I: its adjoint goes to slot I.
@@ -121,14 +128,17 @@ struct BoundArg {
   }
   template <class F>
   void visit(F&& f) const {
-    f(LeafInfo{p, st, shape, own, sizeof(T), nullptr, true});
+    f(LeafInfo{p, st, shape, own, sizeof(T), nullptr, true, st, static_cast<int>(I)});
   }
+  template <class F>
+  void adjoints(F&&) {}  // (its adjoint goes to a slot, not a buffer of its own)
 };
 
 // A buffer read as a leaf: a materialised intermediate (workspace memory) or a
 // parameter's value. When differentiating, its adjoint accumulates into `adj`,
 // a buffer of the same shape (a workspace buffer, or the parameter's gradient;
-// then `param` names the parameter for the backward pass's bookkeeping).
+// then `param` names the parameter for the backward pass's bookkeeping),
+// through ast: st unless a kernel redirected it (adjoints()).
 template <class T, bool Grad>
 struct BoundBuffer {
   using value_type = T;
@@ -138,6 +148,7 @@ struct BoundBuffer {
   Shape shape;
   Strides own;
   void* param = nullptr;
+  Strides ast = st;
 
   struct Tape {
     value_type v;
@@ -148,11 +159,15 @@ struct BoundBuffer {
   }
   template <class Ix, class S>
   WEFT_HD WEFT_INLINE void bwd(const Ix& ix, const Tape&, value_type g, S&) const {
-    if constexpr (Grad) adj[offset(ix, st)] += g;
+    if constexpr (Grad) adj[offset(ix, ast)] += g;
   }
   template <class F>
   void visit(F&& f) const {
-    f(LeafInfo{p, st, shape, own, sizeof(T), Grad ? param : nullptr, Grad});
+    f(LeafInfo{p, st, shape, own, sizeof(T), Grad ? param : nullptr, Grad, ast});
+  }
+  template <class F>
+  void adjoints(F&& f) {
+    if constexpr (Grad) f(adj, ast, shape);
   }
 };
 
@@ -171,6 +186,8 @@ struct BoundScalar {
   WEFT_HD WEFT_INLINE void bwd(const Ix&, const Tape&, value_type, S&) const {}
   template <class F>
   void visit(F&&) const {}
+  template <class F>
+  void adjoints(F&&) {}
 };
 
 // ---------------------------------------------------------------- reductions
@@ -216,13 +233,21 @@ struct SlotAcc {
 };
 
 // Adjoints written straight to memory through each occurrence's own strides
-// (general path: broadcast or transposed occurrences).
+// (general path: broadcast or transposed occurrences). A slot whose
+// occurrences are all broadcast the same way may be given scratch[I] of the
+// region's shape instead, read through region strides rst (one element per
+// region element, no chain of additions); the kernel reduces it afterwards.
 template <class T, std::size_t K>
 struct SlotMem {
   T* g[K > 0 ? K : 1] = {};
+  T* scratch[K > 0 ? K : 1] = {};
+  Strides rst{};
   template <std::size_t I>
   WEFT_HD WEFT_INLINE void add(const Index4& ix, const Strides& st, T v) {
-    g[I][offset(ix, st)] += v;
+    if (scratch[I])
+      scratch[I][offset(ix, rst)] += v;
+    else
+      g[I][offset(ix, st)] += v;
   }
 };
 

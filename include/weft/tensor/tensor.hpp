@@ -125,10 +125,74 @@ struct TensorView {
   TensorView& operator=(const TensorView& other) = default;  // rebinding copies the view, not the data
 };
 
+namespace detail {
+
+// Keeps the storage of tensors that die while it is active, and frees it when
+// it ends. value_and_grad, vjp and gradcheck hold one around the call of the
+// user's function: a constant made inside that function,
+//   value_and_grad([&](auto x) { Tensor<float> c({3}, 2.0f); return sum(x * c); }, x)
+// is referenced by the expression the function returns (a named tensor is
+// captured by reference, as every operand is), and dies at its `}`; its memory
+// stays valid until the pass has finished instead of being read after free.
+// One per thread at a time (nesting restores the outer one); at most
+// `capacity` tensors are kept, beyond that the pass refuses with a sentence.
+class DeferredFrees {
+ public:
+  static constexpr int capacity = 64;
+
+  DeferredFrees() : prev_(current()) { current() = this; }
+  DeferredFrees(const DeferredFrees&) = delete;
+  DeferredFrees& operator=(const DeferredFrees&) = delete;
+  ~DeferredFrees() {
+    stop();
+    for (int i = 0; i < n_; ++i) free_[i](ptr_[i]);
+  }
+
+  // Tensors dying from now on are freed at once again; those kept stay kept.
+  void stop() noexcept {
+    if (active_) current() = prev_;
+    active_ = false;
+  }
+  // More tensors died than could be kept (some were freed at once).
+  bool overflowed() const { return overflowed_; }
+  int kept() const { return n_; }
+
+  // Keep p (freed later by release(p)); false when full.
+  bool take(void* p, void (*release)(void*) noexcept) noexcept {
+    if (n_ == capacity) {
+      overflowed_ = true;
+      return false;
+    }
+    ptr_[n_] = p;
+    free_[n_++] = release;
+    return true;
+  }
+
+  // The active one of this thread, or nullptr.
+  static DeferredFrees*& current() noexcept {
+    thread_local DeferredFrees* active = nullptr;
+    return active;
+  }
+
+ private:
+  DeferredFrees* prev_;
+  bool active_ = true;
+  bool overflowed_ = false;
+  int n_ = 0;
+  void* ptr_[capacity];
+  void (*free_[capacity])(void*) noexcept;
+};
+
+}  // namespace detail
+
 template <class T, class Device>
 class Tensor {
   struct Deleter {
-    void operator()(T* p) const noexcept { device_memory<Device>::deallocate(p); }
+    static void free_storage(void* p) noexcept { device_memory<Device>::deallocate(p); }
+    void operator()(T* p) const noexcept {
+      if (detail::DeferredFrees* keep = detail::DeferredFrees::current(); keep && p && keep->take(p, &free_storage)) return;
+      device_memory<Device>::deallocate(p);
+    }
   };
 
  public:

@@ -24,9 +24,9 @@ struct device_kernels<weft::cpu> {
     *out = cpu::reduce_all<R>(b, shape);
   }
   template <class R, class Ex, class B>
-  static void reduce_into(const Ex&, const B& b, const Shape& shape, typename B::value_type* out, const Strides& out_st,
+  static void reduce_into(const Ex& ex, const B& b, const Shape& shape, typename B::value_type* out, const Strides& out_st,
                           index_t out_n) {
-    cpu::reduce_into<R>(b, shape, out, out_st, out_n);
+    cpu::reduce_into<R>(ex.workspace(), b, shape, out, out_st, out_n);
   }
   template <class Ex, class T>
   static void fill(const Ex&, TensorView<T, weft::cpu> dst, T value) {
@@ -43,9 +43,9 @@ struct device_kernels<weft::cpu> {
     if (dst.numel() > 0) std::memcpy(static_cast<void*>(dst.data), src.data, static_cast<std::size_t>(dst.numel()) * sizeof(T));
   }
   template <class E, bool Sum, std::size_t K, class Ex, class B, class Seed, class T>
-  static T backward_region(const Ex&, const B& b, const Shape& shape, const Seed& seed, const SlotMem<T, K>& sinks,
+  static T backward_region(const Ex& ex, const B& b, const Shape& shape, const Seed& seed, const SlotMem<T, K>& sinks,
                            bool linear, bool assign) {
-    return cpu::backward_region<E, Sum, K>(b, shape, seed, sinks, linear, assign);
+    return cpu::backward_region<E, Sum, K>(ex.workspace(), b, shape, seed, sinks, linear, assign);
   }
   template <bool Log, class Ex, class T>
   static void softmax_rows(const Ex&, T* x, index_t rows, index_t cols) {
@@ -57,8 +57,8 @@ struct device_kernels<weft::cpu> {
   }
   template <class Ex, class T, class L>
   static void cross_entropy_rows(const Ex&, const T* logits, const L* labels, index_t lab_st, index_t rows, index_t cols,
-                                 T* lse, T* loss) {
-    cpu::cross_entropy_rows(logits, labels, lab_st, rows, cols, lse, loss);
+                                 T* row_max, T* log_z, T* loss) {
+    cpu::cross_entropy_rows(logits, labels, lab_st, rows, cols, row_max, log_z, loss);
   }
   template <class Ex, class T>
   static void layer_norm_rows(const Ex&, const T* x, const T* gamma, const T* beta, T eps, T* y, T* mean, T* rstd,
@@ -66,9 +66,10 @@ struct device_kernels<weft::cpu> {
     cpu::layer_norm_rows(x, gamma, beta, eps, y, mean, rstd, rows, d);
   }
   template <class Ex, class T>
-  static void layer_norm_rows_backward(const Ex&, const T* x, const T* dy, const T* gamma, const T* mean, const T* rstd,
+  static void layer_norm_rows_backward(const Ex& ex, const T* x, const T* dy, const T* gamma, const T* mean, const T* rstd,
                                        T* dx, T* dgamma, T* dbeta, index_t rows, index_t d) {
-    cpu::layer_norm_rows_backward(x, dy, gamma, mean, rstd, dx, dgamma, dbeta, rows, d);
+    T* scratch = ex.workspace().template alloc<T>(Shape{cpu::layer_norm_backward_scratch(rows, d)}).data;
+    cpu::layer_norm_rows_backward(x, dy, gamma, mean, rstd, dx, dgamma, dbeta, rows, d, scratch);
   }
   template <class Ex, class T, class I>
   static void gather_rows(const Ex&, const T* table, index_t table_rows, const I* idx, index_t n, index_t d, T* out,

@@ -13,25 +13,33 @@
 #include "../../core/error.hpp"
 #include "../../core/math.hpp"
 #include "../../core/shape.hpp"
+#include "cascade.hpp"
 
 namespace weft::kernels::cpu {
 
+// Row sums (softmax's normaliser, layer norm's moments, the batch mean of
+// cross-entropy) run as cascades (cascade.hpp), so they stay accurate for
+// long rows and large batches.
+template <class T, class F>
+WEFT_INLINE T row_sum(index_t n, F&& f) {
+  return reduce_linear<SumOp, T>(n, f);
+}
+
 // In place, each row of x (R, C): softmax, or log_softmax with Log, using the
-// max-subtraction trick.
+// max-subtraction trick. log_softmax is (x - m) - log z, never x - (m + log z):
+// the latter rounds at the magnitude of the largest logit.
 template <bool Log, class T>
 void softmax_rows(T* xs, index_t rows, index_t cols) {
   for (index_t r = 0; r < rows; ++r) {
     T* x = xs + r * cols;
     T m = x[0];
     for (index_t c = 1; c < cols; ++c) m = x[c] > m ? x[c] : m;
-    T z = 0;
     if constexpr (Log) {
-      for (index_t c = 0; c < cols; ++c) z += math::exp(x[c] - m);
-      T lse = m + math::log(z);
-      for (index_t c = 0; c < cols; ++c) x[c] -= lse;
+      const T lz = math::log(row_sum<T>(cols, [&](index_t c) { return math::exp(x[c] - m); }));
+      for (index_t c = 0; c < cols; ++c) x[c] = (x[c] - m) - lz;
     } else {
-      for (index_t c = 0; c < cols; ++c) z += (x[c] = math::exp(x[c] - m));
-      T inv = T(1) / z;
+      for (index_t c = 0; c < cols; ++c) x[c] = math::exp(x[c] - m);
+      const T inv = T(1) / row_sum<T>(cols, [&](index_t c) { return x[c]; });
       for (index_t c = 0; c < cols; ++c) x[c] *= inv;
     }
   }
@@ -46,22 +54,24 @@ void softmax_rows_backward(const T* ys, const T* dys, T* dxs, index_t rows, inde
     const T* y = ys + r * cols;
     const T* dy = dys + r * cols;
     T* d = dxs + r * cols;
-    T acc = 0;
     if constexpr (Log) {
-      for (index_t c = 0; c < cols; ++c) acc += dy[c];
+      const T acc = row_sum<T>(cols, [&](index_t c) { return dy[c]; });
       for (index_t c = 0; c < cols; ++c) d[c] = dy[c] - math::exp(y[c]) * acc;
     } else {
-      for (index_t c = 0; c < cols; ++c) acc += dy[c] * y[c];
+      const T acc = row_sum<T>(cols, [&](index_t c) { return dy[c] * y[c]; });
       for (index_t c = 0; c < cols; ++c) d[c] = y[c] * (dy[c] - acc);
     }
   }
 }
 
-// Mean over rows of -log_softmax(logits)[label]: one log-sum-exp per row kept
-// in lse (R,), the loss written to *loss. Labels are read with stride lab_st.
+// Mean over rows of -log_softmax(logits)[label]. Per row the maximum m and
+// log z = log sum exp(x - m) are kept apart in row_max and log_z (R,), and the
+// row's loss is (m - x[label]) + log z: folding m + log z into one number would
+// round at the magnitude of the largest logit. The loss is written to *loss.
+// Labels are read with stride lab_st.
 template <class T, class L>
-void cross_entropy_rows(const T* logits, const L* labels, index_t lab_st, index_t rows, index_t cols, T* lse, T* loss) {
-  T total = 0;
+void cross_entropy_rows(const T* logits, const L* labels, index_t lab_st, index_t rows, index_t cols, T* row_max, T* log_z,
+                        T* loss) {
   for (index_t r = 0; r < rows; ++r) {
     index_t y = static_cast<index_t>(labels[r * lab_st]);
     if (y < 0 || y >= cols)
@@ -69,12 +79,12 @@ void cross_entropy_rows(const T* logits, const L* labels, index_t lab_st, index_
     const T* x = logits + r * cols;
     T m = x[0];
     for (index_t c = 1; c < cols; ++c) m = x[c] > m ? x[c] : m;
-    T z = 0;
-    for (index_t c = 0; c < cols; ++c) z += math::exp(x[c] - m);
-    T l = m + math::log(z);
-    lse[r] = l;
-    total += l - x[y];
+    row_max[r] = m;
+    log_z[r] = math::log(row_sum<T>(cols, [&](index_t c) { return math::exp(x[c] - m); }));
   }
+  const T total = row_sum<T>(rows, [&](index_t r) {
+    return (row_max[r] - logits[r * cols + static_cast<index_t>(labels[r * lab_st])]) + log_z[r];
+  });
   *loss = rows ? total / static_cast<T>(rows) : T(0);
 }
 
@@ -85,10 +95,8 @@ void layer_norm_rows(const T* xs, const T* gamma, const T* beta, T eps, T* ys, T
   for (index_t r = 0; r < rows; ++r) {
     const T* x = xs + r * d;
     T* y = ys + r * d;
-    T mu = 0, var = 0;
-    for (index_t j = 0; j < d; ++j) mu += x[j];
-    mu /= static_cast<T>(d);
-    for (index_t j = 0; j < d; ++j) var += (x[j] - mu) * (x[j] - mu);
+    const T mu = row_sum<T>(d, [&](index_t j) { return x[j]; }) / static_cast<T>(d);
+    const T var = row_sum<T>(d, [&](index_t j) { return (x[j] - mu) * (x[j] - mu); });
     T rs = T(1) / math::sqrt(var / static_cast<T>(d) + eps);
     for (index_t j = 0; j < d; ++j) y[j] = (x[j] - mu) * rs * gamma[j] + beta[j];
     mean[r] = mu;
@@ -96,29 +104,63 @@ void layer_norm_rows(const T* xs, const T* gamma, const T* beta, T eps, T* ys, T
   }
 }
 
+// Levels a cascade over `blocks` blocks needs (floor(log2(blocks)) + 1).
+inline int cascade_levels(index_t blocks) {
+  int l = 1;
+  while ((index_t(1) << l) <= blocks) ++l;
+  return l;
+}
+
+// Scratch (elements) layer_norm_rows_backward needs for dgamma and dbeta.
+inline index_t layer_norm_backward_scratch(index_t rows, index_t d) {
+  constexpr index_t rows_per_block = 16;
+  return (cascade_levels((rows + rows_per_block - 1) / rows_per_block) + 1) * 2 * d;
+}
+
 //   xhat = (x - mean) * rstd,  g = dy * gamma
 //   dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
 //   dgamma += sum over rows of dy * xhat,  dbeta += sum over rows of dy
+// The sums over rows run as a cascade of blocks of 16 rows (cascade.hpp's
+// order, a row of 2D partials per level), in `scratch` of
+// layer_norm_backward_scratch(rows, d) elements.
 template <class T>
 void layer_norm_rows_backward(const T* xs, const T* dys, const T* gamma, const T* mean, const T* rstd, T* dxs, T* dgamma,
-                              T* dbeta, index_t rows, index_t d) {
-  for (index_t r = 0; r < rows; ++r) {
-    const T* x = xs + r * d;
-    const T* dy = dys + r * d;
-    T* out = dxs + r * d;
-    const T mu = mean[r], rs = rstd[r];
-    T mg = 0, mgx = 0;
-    for (index_t j = 0; j < d; ++j) {
-      T xhat = (x[j] - mu) * rs;
-      T gj = dy[j] * gamma[j];
-      mg += gj;
-      mgx += gj * xhat;
-      dgamma[j] += dy[j] * xhat;
-      dbeta[j] += dy[j];
+                              T* dbeta, index_t rows, index_t d, T* scratch) {
+  constexpr index_t rows_per_block = 16;
+  const index_t w = 2 * d;  // [dgamma partials | dbeta partials]
+  T* cur = scratch;
+  T* level = scratch + w;  // level l at level + l * w
+  index_t blocks = 0;
+  for (index_t r0 = 0; r0 < rows; r0 += rows_per_block) {
+    for (index_t j = 0; j < w; ++j) cur[j] = T(0);
+    const index_t r1 = r0 + rows_per_block < rows ? r0 + rows_per_block : rows;
+    for (index_t r = r0; r < r1; ++r) {
+      const T* x = xs + r * d;
+      const T* dy = dys + r * d;
+      T* out = dxs + r * d;
+      const T mu = mean[r], rs = rstd[r];
+      const T mg = row_sum<T>(d, [&](index_t j) { return dy[j] * gamma[j]; }) / static_cast<T>(d);
+      const T mgx = row_sum<T>(d, [&](index_t j) { return dy[j] * gamma[j] * ((x[j] - mu) * rs); }) / static_cast<T>(d);
+      for (index_t j = 0; j < d; ++j) {
+        cur[j] += dy[j] * ((x[j] - mu) * rs);
+        cur[d + j] += dy[j];
+      }
+      for (index_t j = 0; j < d; ++j) out[j] = rs * (dy[j] * gamma[j] - mg - (x[j] - mu) * rs * mgx);
     }
-    mg /= static_cast<T>(d);
-    mgx /= static_cast<T>(d);
-    for (index_t j = 0; j < d; ++j) out[j] = rs * (dy[j] * gamma[j] - mg - (x[j] - mu) * rs * mgx);
+    int l = 0;
+    for (index_t k = blocks; k & 1; k >>= 1, ++l)
+      for (index_t j = 0; j < w; ++j) cur[j] += level[l * w + j];
+    for (index_t j = 0; j < w; ++j) level[l * w + j] = cur[j];
+    ++blocks;
+  }
+  for (index_t j = 0; j < w; ++j) cur[j] = T(0);
+  int l = 0;
+  for (index_t k = blocks; k; k >>= 1, ++l)
+    if (k & 1)
+      for (index_t j = 0; j < w; ++j) cur[j] = level[l * w + j] + cur[j];
+  for (index_t j = 0; j < d; ++j) {
+    dgamma[j] += cur[j];
+    dbeta[j] += cur[d + j];
   }
 }
 

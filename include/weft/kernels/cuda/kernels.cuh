@@ -4,7 +4,7 @@
 // become one fused kernel, ordered on the executor's stream:
 //   evaluate          dst = region (broadcasting through strides)
 //   reduce_all        whole sum/max, deterministic: fixed per-block partials,
-//                     then one ordered sum (same bits run to run)
+//                     then combined pairwise in a fixed order (same bits run to run)
 //   fill, copy
 //   backward_region   values, adjoints of every leaf and (Sum) the region's
 //                     sum in one kernel; contiguous regions only so far
@@ -96,11 +96,13 @@ __global__ void reduce_kernel(B b, Shape padded_shape, index_t n, T* partials) {
   block_reduce<R>(local, partials);
 }
 
+// The per-block partials combined pairwise in a fixed order (in place: they
+// are scratch), so a float32 sum's rounding grows with log2 of the block count.
 template <class R, class T>
-__global__ void ordered_reduce_kernel(const T* partials, int count, T* out) {
-  T s = R::template identity<T>();
-  for (int i = 0; i < count; ++i) s = R::combine(s, partials[i]);
-  *out = s;
+__global__ void ordered_reduce_kernel(T* partials, int count, T* out) {
+  for (int w = 1; w < count; w *= 2)
+    for (int i = 0; i + w < count; i += 2 * w) partials[i] = R::combine(partials[i], partials[i + w]);
+  *out = count > 0 ? partials[0] : R::template identity<T>();
 }
 
 template <class T>
