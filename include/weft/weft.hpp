@@ -19,6 +19,7 @@
 #include "expr/softmax.hpp"
 #include "expr/cross_entropy.hpp"
 #include "expr/assign.hpp"
+#include "expr/let.hpp"
 #include "autodiff/value_and_grad.hpp"
 #include "autodiff/gradcheck.hpp"
 #include "io/idx.hpp"
