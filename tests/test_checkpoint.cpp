@@ -258,7 +258,8 @@ TEST_CASE("checkpoint: data-parallel training resumes bit for bit on 1, 2 and 4 
 
 TEST_CASE("checkpoint: save on p ranks, load on q (4 -> 2, 4 -> 3, 2 -> 4): training continues as without resharding") {
   const dp_suite::Data data;
-  for (auto [p, q] : {std::pair{4, 2}, std::pair{4, 3}, std::pair{2, 4}}) {
+  for (const auto& pq : {std::pair{4, 2}, std::pair{4, 3}, std::pair{2, 4}}) {
+    const int p = pq.first, q = pq.second;  // named, not bound: lambdas below capture them (clang refuses bindings)
     CAPTURE(p);
     CAPTURE(q);
     TempDir d("reshard" + std::to_string(p) + std::to_string(q));
