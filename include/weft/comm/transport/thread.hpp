@@ -122,7 +122,13 @@ struct Group {
   std::vector<int> world_ranks;  // group rank -> world rank
   std::unique_ptr<Channel[]> channels;  // [src * size + dst]
   std::unique_ptr<NativeSlot[]> board;  // [rank]
-  std::unique_ptr<std::atomic<std::uint64_t>[]> entered;  // [rank]: collectives the rank has entered (TracksArrival)
+  // [rank]: collectives the rank has entered (TracksArrival). One cache line
+  // each: every rank writes its own on every call, and packed counters made
+  // the ranks' lines ping-pong between cores.
+  struct alignas(64) Entered {
+    std::atomic<std::uint64_t> n{0};
+  };
+  std::unique_ptr<Entered[]> entered;
 
   // split rendezvous
   std::mutex split_mutex;
@@ -135,7 +141,7 @@ struct Group {
       : world(w), size(static_cast<int>(ranks.size())), world_ranks(std::move(ranks)),
         channels(new Channel[static_cast<std::size_t>(size) * static_cast<std::size_t>(size)]),
         board(new NativeSlot[static_cast<std::size_t>(size)]),
-        entered(new std::atomic<std::uint64_t>[static_cast<std::size_t>(size)]()),
+        entered(new Entered[static_cast<std::size_t>(size)]),
         split_request(static_cast<std::size_t>(size)), split_result(static_cast<std::size_t>(size)) {}
 
   Channel& channel(int src, int dst) { return channels[static_cast<std::size_t>(src) * size + dst]; }
@@ -348,10 +354,10 @@ class ThreadTransport {
 
   // TracksArrival: this rank enters its next collective on the group.
   std::uint64_t arrive() {
-    return group_->entered[static_cast<std::size_t>(rank_)].fetch_add(1, std::memory_order_acq_rel) + 1;
+    return group_->entered[static_cast<std::size_t>(rank_)].n.fetch_add(1, std::memory_order_acq_rel) + 1;
   }
   bool arrived(int peer, std::uint64_t k) const {
-    return group_->entered[static_cast<std::size_t>(peer)].load(std::memory_order_acquire) >= k;
+    return group_->entered[static_cast<std::size_t>(peer)].n.load(std::memory_order_acquire) >= k;
   }
 
   std::string failure() const {
