@@ -92,49 +92,21 @@ std::string format(const char* fmt, A... a) {
   return buf;
 }
 
-// Buffer elements per rank an op needs (send and receive side).
+// Buffer elements per rank a call of `op` with count n needs (its larger
+// buffer: collective.hpp's extent).
 inline std::size_t calibration_elems(Collective op, std::size_t n, int p) {
-  switch (op) {
-    case Collective::allreduce:
-    case Collective::broadcast:
-    case Collective::reduce: return n;
-    default: return n * static_cast<std::size_t>(p);
-  }
+  return collectives::visit(op, [&](auto d) { return collectives::reported_bytes(decltype(d)::extent(n, p), 1); });
 }
 
-template <class F>
-void with_element(dtype d, F&& f) {
-  switch (d) {
-    case dtype::f32: f(float{}); return;
-    case dtype::f64: f(double{}); return;
-    case dtype::f16: f(half{}); return;
-    case dtype::bf16: f(bfloat16{}); return;
-    case dtype::i32: f(std::int32_t{}); return;
-    case dtype::i64: f(std::int64_t{}); return;
-    case dtype::u8: f(std::uint8_t{}); return;
-  }
-}
-
-// One out-of-place call of `op` on `comm`.
+// One out-of-place call of `op` on `comm`, through its descriptor.
 template <class Comm>
-void call_collective(Comm& comm, Collective op, dtype t, ReduceOp redop, const void* in_, void* out_, std::size_t n,
+void call_collective(Comm& comm, Collective op, dtype t, ReduceOp redop, const void* in, void* out, std::size_t n,
                      int root) {
-  with_element(t, [&](auto tag) {
+  detail::visit_dtype(t, [&](auto tag) {
     using E = decltype(tag);
-    const E* in = static_cast<const E*>(in_);
-    E* out = static_cast<E*>(out_);
-    switch (op) {
-      case Collective::allreduce: comm.allreduce(in, out, n, redop); break;
-      case Collective::reduce_scatter: comm.reduce_scatter(in, out, n, redop); break;
-      case Collective::allgather: comm.allgather(in, out, n); break;
-      case Collective::broadcast: comm.broadcast(out, n, root); break;
-      case Collective::reduce: comm.reduce(in, out, n, root, redop); break;
-      case Collective::gather: comm.gather(in, out, n, root); break;
-      case Collective::scatter: comm.scatter(in, out, n, root); break;
-      case Collective::alltoall: comm.alltoall(in, out, n); break;
-      case Collective::barrier: comm.barrier(); break;
-      default: break;
-    }
+    collectives::visit(op, [&](auto d) {
+      decltype(d)::call(comm, static_cast<const E*>(in), static_cast<E*>(out), n, root, redop);
+    });
   });
 }
 
