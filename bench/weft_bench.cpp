@@ -38,6 +38,7 @@
 #include <weft/comm/transport/thread.hpp>
 
 #include "weft_bench/codec.hpp"
+#include "weft_bench/contend.hpp"
 #include "weft_bench/options.hpp"
 #include "weft_bench/run.hpp"
 #if WEFT_BENCH_MPI
@@ -90,6 +91,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   try {
+    const Contenders contenders(o.contend);
     if (o.mode == "memcpy") {
       memcpy_bw(o);
       return 0;

@@ -38,6 +38,8 @@ expect 2 "-e: unknown size suffix 'X' in '4X'" -e 4X
 expect 2 "-i: the step must be at least 1 byte" -i 0
 expect 2 "-n: expected an integer in 1..1000000, got '0'" -n 0
 expect 2 "-n: expected an integer in 1..1000000, got '1e3'" -n 1e3
+expect 2 "--contend: expected an integer in 0..1024, got 'x'" --contend x
+expect 2 "--contend: expected an integer in 0..1024, got '-1'" --contend -1
 expect 2 "-w: expected an integer in 0..1000000, got '99999999999999999999'" -w 99999999999999999999
 expect 2 "--np: expected an integer in 1..4096, got '0'" --np 0
 expect 2 "--bytes-budget: 'nan' is not a finite size" --bytes-budget nan

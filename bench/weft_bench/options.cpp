@@ -224,6 +224,8 @@ const char* usage_text =
     "      --fingerprints on|off  check that every rank made the same call (default on, as the library;\n"
     "                          off measures the schedule alone)\n"
     "      --bind core|none    thread transport: pin rank r to CPU r mod ncpu (default core, as mpirun binds)\n"
+    "      --contend N         start N busy processes on CPUs 0..N-1 for the run: the machine shared with\n"
+    "                          other work (a compiler, another job); see what waiting ranks cost then\n"
     "      --codec LIST        compressed allreduce: none, f16, bf16, int8[:chunk], topk[:fraction],\n"
     "                          randomk[:fraction], sign, powersgd[:rank]; prints bytes on the wire,\n"
     "                          compression ratio and effective busbw (weft_bench/codec.hpp)\n"
@@ -326,6 +328,8 @@ Options parse(int argc, char** argv) {
       std::string b = val();
       if (b != "core" && b != "none") throw UsageError("--bind: unknown binding '" + b + "' (accepted: core, none)");
       o.bind = b == "core";
+    } else if (a == "--contend") {
+      o.contend = static_cast<int>(parse_int(a, val(), 0, 1024));
     } else if (a == "--fingerprints") {
       std::string f = val();
       if (f != "on" && f != "off") throw UsageError("--fingerprints: '" + f + "' (accepted: on, off)");

@@ -56,6 +56,7 @@ struct Options {
   std::size_t chunk = 0;  // --chunk: pipeline unit of ring, tree, halving_doubling (0: the policy's default)
   bool fingerprints = true;  // the library's default: every call's fingerprint checked (one small message per peer)
   bool bind = true;  // thread transport: pin rank r to CPU r mod ncpu (mpirun binds processes to cores too)
+  int contend = 0;   // --contend N: busy processes competing for CPUs 0..N-1 during the run (weft_bench/contend.hpp)
   std::vector<std::string> codecs;  // --codec: compressed allreduce instead (weft_bench/codec.hpp)
 };
 
