@@ -94,7 +94,7 @@ inline void int8_gemm_reference(const std::int8_t* a, index_t lda, const std::in
     }
 }
 
-// B packed for the vector paths, with its column sums (the VNNI compensation)
+// B packed for the vector paths, with 128 x its column sums (the VNNI compensation)
 // and the unpacked copy the reference path reads.
 class Int8PackedB {
  public:
@@ -113,7 +113,7 @@ class Int8PackedB {
         const std::int8_t v = b[p * ldb + j];
         packed_[static_cast<std::size_t>(((p / 4) * n16_ + j) * 4 + p % 4)] = v;
         plain_[static_cast<std::size_t>(p * n + j)] = v;
-        col_sum_[static_cast<std::size_t>(j)] += v;
+        col_sum_[static_cast<std::size_t>(j)] += 128 * v;
       }
   }
 
@@ -123,7 +123,7 @@ class Int8PackedB {
   index_t n16() const { return n16_; }
   const std::int8_t* packed() const { return packed_.data(); }
   const std::int8_t* plain() const { return plain_.data(); }  // (K, N), ld N
-  const std::int32_t* col_sum() const { return col_sum_.data(); }
+  const std::int32_t* col_sum_x128() const { return col_sum_.data(); }  // (N16,) 128 * sum_k B[k, j]
   std::size_t bytes() const { return plain_.size(); }
 
  private:
@@ -167,7 +167,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void vnni_tile(const std:
     }
   }
   for (int v = 0; v < NV; ++v) {
-    const __m512i comp = _mm512_slli_epi32(_mm512_loadu_si512(b.col_sum() + j0 + 16 * v), 7);  // 128 * colsum
+    const __m512i comp = _mm512_loadu_si512(b.col_sum_x128() + j0 + 16 * v);
     const index_t left = cols - 16 * v;
     const __mmask16 mask = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1u);
     for (int r = 0; r < MR; ++r)
