@@ -15,15 +15,19 @@
 // gives |sum| <= K * 2^14: K < 2^17 is required and checked.
 //
 // Dimension legend: M rows of A (batch), K reduction, N columns of B (outputs).
-// B is packed once (it is a layer's weight): (K4, N16, 4) with K4 = ceil(K / 4),
-// N16 = N rounded up to 16, four consecutive k of one column side by side,
-// zero-padded; both vector paths read that layout.
+// B is packed once (it is a layer's weight) in panels of 16 columns:
+// (N16 / 16, K4, 16, 4) with K4 = ceil(K / 4), N16 = N rounded up to 16, four
+// consecutive k of one column side by side, zero-padded. A panel is contiguous
+// over K: with rows of B as the stride (4 KiB at N = 1024) every load of a
+// column tile fell in the same L1 set and the AVX2 path ran at 2 GOP/s.
+// Both vector paths read that layout.
 #pragma once
 
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
+#include "../../core/config.hpp"
 #include "../../core/error.hpp"
 #include "../../core/shape.hpp"
 
@@ -105,13 +109,13 @@ class Int8PackedB {
     if (ldb < n) throw_error<ShapeError>("Int8PackedB: leading dimension ", ldb, " < N = ", n);
     k4_ = (k + 3) / 4;
     n16_ = (n + 15) / 16 * 16;
-    packed_.assign(static_cast<std::size_t>(k4_ * n16_ * 4), 0);  // (K4, N16, 4)
+    packed_.assign(static_cast<std::size_t>(k4_ * n16_ * 4), 0);  // (N16 / 16, K4, 16, 4)
     plain_.resize(static_cast<std::size_t>(k * n));               // (K, N)
     col_sum_.assign(static_cast<std::size_t>(n16_), 0);           // (N16,)
     for (index_t p = 0; p < k; ++p)
       for (index_t j = 0; j < n; ++j) {
         const std::int8_t v = b[p * ldb + j];
-        packed_[static_cast<std::size_t>(((p / 4) * n16_ + j) * 4 + p % 4)] = v;
+        packed_[static_cast<std::size_t>((((j / 16) * k4_ + p / 4) * 16 + j % 16) * 4 + p % 4)] = v;
         plain_[static_cast<std::size_t>(p * n + j)] = v;
         col_sum_[static_cast<std::size_t>(j)] += 128 * v;
       }
@@ -135,15 +139,41 @@ class Int8PackedB {
 #if WEFT_INT8_X86
 namespace detail {
 
-// Four consecutive bytes of a row of A from k = 4 q (zero beyond K), as an int32.
-inline std::int32_t a_quad(const std::int8_t* row, index_t q, index_t k) {
-  const index_t p = 4 * q;
+// Four consecutive bytes of a row of A from k = 4 q, as an int32; the last,
+// partial quad (Tail) reads only up to K and is zero beyond.
+template <bool Tail>
+WEFT_INLINE std::int32_t a_quad(const std::int8_t* row, index_t q, index_t k) {
   std::int32_t v = 0;
-  if (p + 4 <= k)
-    std::memcpy(&v, row + p, 4);
+  if constexpr (Tail)
+    std::memcpy(&v, row + 4 * q, static_cast<std::size_t>(k - 4 * q));
   else
-    std::memcpy(&v, row + p, static_cast<std::size_t>(k - p));
+    std::memcpy(&v, row + 4 * q, 4);
   return v;
+}
+
+template <int MR, int NV, bool Tail>
+__attribute__((target("avx512f,avx512bw,avx512vnni"), always_inline)) inline void vnni_step(
+    __m512i (&acc)[MR][NV], const std::int8_t* a, index_t lda, const std::int8_t* bp, index_t q, index_t k4, index_t k) {
+  const __m512i flip = _mm512_set1_epi32(static_cast<std::int32_t>(0x80808080u));
+  __m512i bv[NV];
+  for (int v = 0; v < NV; ++v) bv[v] = _mm512_loadu_si512(bp + (v * k4 + q) * 64);  // panel v, quad q
+  for (int r = 0; r < MR; ++r) {
+    const __m512i av = _mm512_xor_si512(_mm512_set1_epi32(a_quad<Tail>(a + r * lda, q, k)), flip);  // u8 = s8 + 128
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_dpbusd_epi32(acc[r][v], av, bv[v]);
+  }
+}
+
+template <int MR, bool Tail>
+__attribute__((target("avx2"), always_inline)) inline void avx2_step(__m256i (&acc)[MR][4], const std::int8_t* a, index_t lda,
+                                                                    const std::int8_t* bp, index_t q, index_t k) {
+  __m256i bv[4];
+  for (int v = 0; v < 4; ++v)
+    bv[v] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bp + q * 64 + 16 * v)));
+  for (int r = 0; r < MR; ++r) {
+    const __m128i a16 = _mm_cvtepi8_epi16(_mm_cvtsi32_si128(a_quad<Tail>(a + r * lda, q, k)));  // (a0 a1 a2 a3) as s16
+    const __m256i av = _mm256_broadcastq_epi64(a16);
+    for (int v = 0; v < 4; ++v) acc[r][v] = _mm256_add_epi32(acc[r][v], _mm256_madd_epi16(av, bv[v]));
+  }
 }
 
 // MR rows x NV vectors of 16 columns: acc += (a + 128) . b over all of K, then
@@ -155,17 +185,11 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void vnni_tile(const std:
   __m512i acc[MR][NV];
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_si512();
-  const index_t k = b.k(), k4 = b.k4(), n16 = b.n16();
-  const std::int8_t* bp = b.packed() + j0 * 4;
-  const __m512i flip = _mm512_set1_epi32(static_cast<std::int32_t>(0x80808080u));
-  for (index_t q = 0; q < k4; ++q) {
-    __m512i bv[NV];
-    for (int v = 0; v < NV; ++v) bv[v] = _mm512_loadu_si512(bp + (q * n16 + 16 * v) * 4);
-    for (int r = 0; r < MR; ++r) {
-      const __m512i av = _mm512_xor_si512(_mm512_set1_epi32(a_quad(a + r * lda, q, k)), flip);  // u8 = s8 + 128
-      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_dpbusd_epi32(acc[r][v], av, bv[v]);
-    }
-  }
+  const index_t k = b.k(), k4 = b.k4();
+  const std::int8_t* bp = b.packed() + (j0 / 16) * k4 * 64;  // j0 is a multiple of 16
+  index_t q = 0;
+  for (; q < k / 4; ++q) vnni_step<MR, NV, false>(acc, a, lda, bp, q, k4, k);
+  if (q < k4) vnni_step<MR, NV, true>(acc, a, lda, bp, q, k4, k);
   for (int v = 0; v < NV; ++v) {
     const __m512i comp = _mm512_loadu_si512(b.col_sum_x128() + j0 + 16 * v);
     const index_t left = cols - 16 * v;
@@ -205,18 +229,11 @@ __attribute__((target("avx2"))) void avx2_tile(const std::int8_t* a, index_t lda
   __m256i acc[MR][4];
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < 4; ++v) acc[r][v] = _mm256_setzero_si256();
-  const index_t k = b.k(), k4 = b.k4(), n16 = b.n16();
-  const std::int8_t* bp = b.packed() + j0 * 4;
-  for (index_t q = 0; q < k4; ++q) {
-    __m256i bv[4];
-    for (int v = 0; v < 4; ++v)
-      bv[v] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bp + (q * n16 + 4 * v) * 4)));
-    for (int r = 0; r < MR; ++r) {
-      const __m128i a16 = _mm_cvtepi8_epi16(_mm_cvtsi32_si128(a_quad(a + r * lda, q, k)));  // (a0 a1 a2 a3) as s16
-      const __m256i av = _mm256_broadcastq_epi64(a16);
-      for (int v = 0; v < 4; ++v) acc[r][v] = _mm256_add_epi32(acc[r][v], _mm256_madd_epi16(av, bv[v]));
-    }
-  }
+  const index_t k = b.k(), k4 = b.k4();
+  const std::int8_t* bp = b.packed() + (j0 / 16) * k4 * 64;  // j0 is a multiple of 16
+  index_t q = 0;
+  for (; q < k / 4; ++q) avx2_step<MR, false>(acc, a, lda, bp, q, k);
+  if (q < k4) avx2_step<MR, true>(acc, a, lda, bp, q, k);
   for (int r = 0; r < MR; ++r) {
     alignas(32) std::int32_t out[16];
     // hadd(cols 0-3, cols 4-7) = (c0 c1 c4 c5 | c2 c3 c6 c7); qwords (0 2 1 3) restore the order.
