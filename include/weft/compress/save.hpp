@@ -47,7 +47,8 @@ inline std::uint64_t save_quantized(const std::filesystem::path& path, const std
 }
 
 // Every layer the file holds, in saved order, each checked (dtype, shape,
-// checksum) and repacked for `isa`.
+// and the CRC-32 where the file has one: weft writes them, other writers such
+// as PyPI safetensors do not) and repacked for `isa`.
 inline std::vector<QuantizedLinear> load_quantized(const std::filesystem::path& path,
                                                    Int8Isa isa = kernels::cpu::best_int8_isa()) {
   namespace ck = io::checkpoint;
@@ -78,17 +79,17 @@ inline std::vector<QuantizedLinear> load_quantized(const std::filesystem::path& 
     const std::uint64_t in = wi.shape[0], o = wi.shape[1];
     QuantizedWeight w{static_cast<index_t>(in), static_cast<index_t>(o), std::vector<std::int8_t>(in * o),
                       std::vector<float>(o)};
-    r.read(name + ".weight", w.q.data(), w.q.size(), true);
+    r.read(name + ".weight", w.q.data(), w.q.size());
     expect(name + ".weight_scale", ck::Dtype::F32, {o});
-    r.read(name + ".weight_scale", w.scale.data(), 4 * o, true);
+    r.read(name + ".weight_scale", w.scale.data(), 4 * o);
     float input_scale = 0;
     expect(name + ".input_scale", ck::Dtype::F32, {1});
-    r.read(name + ".input_scale", &input_scale, 4, true);
+    r.read(name + ".input_scale", &input_scale, 4);
     std::vector<float> bias;
     if (r.header().find(name + ".bias")) {
       expect(name + ".bias", ck::Dtype::F32, {o});
       bias.resize(o);
-      r.read(name + ".bias", bias.data(), 4 * o, true);
+      r.read(name + ".bias", bias.data(), 4 * o);
     }
     try {
       out.emplace_back(name, std::move(w), input_scale, std::move(bias), isa);
