@@ -1,6 +1,6 @@
 // Story 11: shrink the trained Fashion-MNIST MLP three ways and compare.
 //
-//   build/examples/11_compress [epochs = 3] [seed = 1] [--out DIR]   the table
+//   build/examples/11_compress [epochs = 3] [seed = 1] [--out DIR] [--temperature 4] [--alpha 0.7]   the table
 //   build/examples/11_compress --gemm                                  int8 GEMM vs sgemm only
 //
 // 1. Train the teacher, MLP 784-256-256-10 (as examples/02), f32.
@@ -241,12 +241,15 @@ int main(int argc, char** argv) {
   std::vector<std::string> pos;
   std::filesystem::path out = std::filesystem::temp_directory_path() / "weft_11_compress";
   bool gemm_only = false;
+  double temperature = 4.0, alpha = 0.7;  // distillation
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--gemm") gemm_only = true;
     else if (a == "--out" && i + 1 < argc) out = argv[++i];
+    else if (a == "--temperature" && i + 1 < argc) temperature = std::atof(argv[++i]);
+    else if (a == "--alpha" && i + 1 < argc) alpha = std::atof(argv[++i]);
     else if (a.rfind("--", 0) == 0) {
-      std::fprintf(stderr, "11_compress: unknown option %s (usage: 11_compress [epochs] [seed] [--out DIR] | --gemm)\n", a.c_str());
+      std::fprintf(stderr, "11_compress: unknown option %s (usage: 11_compress [epochs] [seed] [--out DIR] [--temperature T] [--alpha A] | --gemm)\n", a.c_str());
       return 2;
     } else pos.push_back(a);
   }
@@ -329,7 +332,6 @@ int main(int argc, char** argv) {
     Mlp student(d, 128, seed + 20);
     Workspace<> tws;
     Tensor<float> teacher_logits({128, 10});  // (B, C), refreshed every step
-    const double temperature = 4.0, alpha = 0.7;
     auto kd = [&](auto& x, auto& y) {
       assign(teacher_logits.view(), teacher(x), tws);
       return let(student(x), [&](auto s) {  // the student's logits, evaluated once, used by both terms
@@ -338,7 +340,9 @@ int main(int argc, char** argv) {
       });
     };
     train(student, train_set, epochs, 1e-3f, seed + 20, kd);
-    rows.push_back(measure_f32("f32 student, distilled (T=4, alpha=0.7)", student, test));
+    char label[64];
+    std::snprintf(label, sizeof label, "f32 student, distilled (T=%g, alpha=%g)", temperature, alpha);
+    rows.push_back(measure_f32(label, student, test));
   }
 
   std::printf("\n%-42s %9s %10s %9s %7s %12s %14s\n", "model", "nonzero", "bytes", "accuracy", "delta", "latency b=1",
