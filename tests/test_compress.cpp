@@ -5,6 +5,8 @@
 // through optimizer steps against a reference update), the gradual schedule,
 // the distillation loss (finite differences, a naive double formula, its
 // closed-form gradient), and quantised models saved and loaded back exactly.
+#include "alloc_counter.hpp"  // first: it replaces operator new for this executable
+
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -205,6 +207,9 @@ TEST_CASE("QuantizedLinear equals quantise, reference GEMM, dequantise; and stay
     }
   compress::QuantScratch s;
   compress::QuantizedLinear ql("l", lin, sx);
+  std::vector<float> y(13 * 21);
+  ql.forward(x.data(), 13, y.data(), s);  // sizes the scratch
+  CHECK(alloc_counter::on_this_thread([&] { ql.forward(x.data(), 13, y.data(), s, true); }) == 0);  // then allocates nothing
   CHECK_THROWS_WITH_AS(ql(Tensor<float>(Shape{2, 36}), s), doctest::Contains("'l': input (2, 36)"), ShapeError);
   CHECK_THROWS_AS(compress::QuantizedLinear("l", lin, 0.0f), ValueError);
 }
