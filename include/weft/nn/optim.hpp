@@ -18,6 +18,9 @@
 // arithmetic runs in T (float or double), scalar factors are formed in double.
 // visit_state(v) hands the step count, lr and state tensors to a checkpoint
 // (nn/state.hpp).
+// set_mask(param, mask) keeps a pruned parameter's zeros (weft::compress): the
+// same fused pass reads the mask (1 keep, 0 pruned), zeroes the masked
+// gradient before the state update and multiplies the new value by it.
 #pragma once
 
 #include <cmath>
@@ -98,6 +101,18 @@ class OptimizerBase {
   }
 
   std::size_t size() const { return slots_.size(); }
+
+  // Masks parameter `p`'s updates from now on (mask: p.numel() values, each 0
+  // or 1, kept alive by the caller; nullptr removes it). Masked elements stay
+  // exactly zero once the value is zero there (compress::Pruner zeroes them).
+  void set_mask(const Parameter<T>& p, const T* mask) {
+    for (Slot& s : slots_)
+      if (s.param == &p) {
+        s.mask = mask;
+        return;
+      }
+    throw_error<ValueError>(name_, ": set_mask: parameter '", p.name, "' is not one this optimizer updates");
+  }
   Parameter<T>& parameter(std::size_t k) const { return *slots_.at(k).param; }
 
   // State tensor `key` of the parameter named `param_name` (checkpoints).
@@ -143,6 +158,7 @@ class OptimizerBase {
   struct Slot {
     Parameter<T>* param;
     Tensor<T> state[2];
+    const T* mask = nullptr;  // (numel,) of 0 and 1, owned by the caller; nullptr: unmasked
   };
 
   OptimizerBase(const char* name, Registry<T>& reg, float lr, std::vector<std::string> keys)
@@ -150,7 +166,7 @@ class OptimizerBase {
     check_lr(name_, lr);
     slots_.reserve(reg.size());
     for (Parameter<T>* p : reg) {
-      Slot s{p, {}};
+      Slot s{p, {}, nullptr};
       for (std::size_t k = 0; k < keys_.size(); ++k) s.state[k] = Tensor<T>(p->shape(), T(0));
       slots_.push_back(std::move(s));
     }
@@ -236,22 +252,25 @@ inline T flush_subnormal(T x) {
 
 // restrict on the parameters (value, grad and state never overlap: distinct
 // tensors) spares the compilers a runtime alias check before the vector loop.
-template <class T>
-void sgd_pass(T* WEFT_RESTRICT p, const T* WEFT_RESTRICT gr, index_t n, T lr, T wd) {
+// Masked: mk[i] (0 or 1) multiplies the gradient and the new value; the
+// unmasked instantiation never reads mk.
+template <class T, bool Masked = false>
+void sgd_pass(T* WEFT_RESTRICT p, const T* WEFT_RESTRICT gr, index_t n, T lr, T wd, const T* WEFT_RESTRICT mk = nullptr) {
   for (index_t i = 0; i < n; ++i) {
-    const T g = gr[i] + wd * p[i];
-    p[i] = p[i] - lr * g;
+    const T g = (Masked ? gr[i] * mk[i] : gr[i]) + wd * p[i];
+    p[i] = Masked ? (p[i] - lr * g) * mk[i] : p[i] - lr * g;
   }
 }
 
-template <class T>
+template <class T, bool Masked = false>
 void sgd_momentum_pass(T* WEFT_RESTRICT p, const T* WEFT_RESTRICT gr, T* WEFT_RESTRICT b, index_t n, T lr, T wd, T cb, T cg,
-                       T kg, T kb) {
+                       T kg, T kb, const T* WEFT_RESTRICT mk = nullptr) {
   for (index_t i = 0; i < n; ++i) {
-    const T g = gr[i] + wd * p[i];
+    const T g = (Masked ? gr[i] * mk[i] : gr[i]) + wd * p[i];
     const T bi = flush_subnormal(cb * b[i] + cg * g);
     b[i] = bi;
-    p[i] = p[i] - lr * (kg * g + kb * bi);
+    const T pi = p[i] - lr * (kg * g + kb * bi);
+    p[i] = Masked ? pi * mk[i] : pi;
   }
 }
 
@@ -303,10 +322,13 @@ class SGD : public detail::OptimizerBase<T> {
     this->for_each_part(parts, [&](auto& s, index_t at, index_t n) {
       T* p = s.param->value.data() + at;
       const T* g = s.param->grad.data() + at;
-      if (o_.momentum == 0.0f)
-        detail::sgd_pass(p, g, n, lr, wd);
-      else
-        detail::sgd_momentum_pass(p, g, s.state[0].data() + at, n, lr, wd, cb, cg, kg, kb);
+      if (o_.momentum == 0.0f) {
+        if (s.mask) detail::sgd_pass<T, true>(p, g, n, lr, wd, s.mask + at);
+        else detail::sgd_pass<T>(p, g, n, lr, wd);
+      } else {
+        if (s.mask) detail::sgd_momentum_pass<T, true>(p, g, s.state[0].data() + at, n, lr, wd, cb, cg, kg, kb, s.mask + at);
+        else detail::sgd_momentum_pass<T>(p, g, s.state[0].data() + at, n, lr, wd, cb, cg, kg, kb);
+      }
     });
   }
 
@@ -325,17 +347,19 @@ namespace detail {
 // has no errno branch (GCC's std::sqrt keeps a scalar libm call for errno
 // under the default -fmath-errno). math::sqrt(double) is libm's, vectorised
 // only under -fno-math-errno; double parameters serve tests and gradient checks.
-template <class T>
+template <class T, bool Masked = false>
 void adam_pass(T* WEFT_RESTRICT p, const T* WEFT_RESTRICT gr, T* WEFT_RESTRICT m, T* WEFT_RESTRICT v, index_t n, T decay,
-               T wd, T beta2, T one_minus_beta1, T one_minus_beta2, T step_size, T bc2_sqrt, T eps) {
+               T wd, T beta2, T one_minus_beta1, T one_minus_beta2, T step_size, T bc2_sqrt, T eps,
+               const T* WEFT_RESTRICT mk = nullptr) {
   for (index_t i = 0; i < n; ++i) {
     const T pi = p[i] * decay;
-    const T g = gr[i] + wd * pi;
+    const T g = (Masked ? gr[i] * mk[i] : gr[i]) + wd * pi;
     const T mi = flush_subnormal(m[i] + one_minus_beta1 * (g - m[i]));
     const T vi = flush_subnormal(beta2 * v[i] + one_minus_beta2 * g * g);
     m[i] = mi;
     v[i] = vi;
-    p[i] = pi - step_size * mi / (math::sqrt(vi) / bc2_sqrt + eps);
+    const T pn = pi - step_size * mi / (math::sqrt(vi) / bc2_sqrt + eps);
+    p[i] = Masked ? pn * mk[i] : pn;
   }
 }
 
@@ -364,9 +388,14 @@ class AdamBase : public OptimizerBase<T> {
     const T one_minus_beta1 = static_cast<T>(1.0 - static_cast<double>(beta1));
     const T one_minus_beta2 = static_cast<T>(1.0 - static_cast<double>(beta2));
     this->for_each_part(parts, [&](auto& s, index_t at, index_t n) {
-      adam_pass<T>(s.param->value.data() + at, s.param->grad.data() + at, s.state[0].data() + at, s.state[1].data() + at, n,
-                   decay, static_cast<T>(coupled_wd), static_cast<T>(beta2), one_minus_beta1, one_minus_beta2, step_size,
-                   bc2_sqrt, static_cast<T>(eps));
+      if (s.mask)
+        adam_pass<T, true>(s.param->value.data() + at, s.param->grad.data() + at, s.state[0].data() + at,
+                           s.state[1].data() + at, n, decay, static_cast<T>(coupled_wd), static_cast<T>(beta2),
+                           one_minus_beta1, one_minus_beta2, step_size, bc2_sqrt, static_cast<T>(eps), s.mask + at);
+      else
+        adam_pass<T>(s.param->value.data() + at, s.param->grad.data() + at, s.state[0].data() + at, s.state[1].data() + at, n,
+                     decay, static_cast<T>(coupled_wd), static_cast<T>(beta2), one_minus_beta1, one_minus_beta2, step_size,
+                     bc2_sqrt, static_cast<T>(eps));
     });
   }
 };
