@@ -24,6 +24,16 @@ TEST_CASE("DP, ZeRO-1, -2, -3 at 1, 2, 4 thread ranks: 20 steps like one rank, b
   }
 }
 
+TEST_CASE("hybrid sharding on a replicate2 x shard2 mesh of 4 thread ranks trains like one rank") {
+  const Data data;
+  const std::vector<float> one = single_rank(data);
+  comm::run_local(4, [&](ThreadTransport& t) {
+    check_close(train_hybrid<parallel::Zero1>(t, data, 2), one, "HSDP ZeRO-1");
+    check_close(train_hybrid<parallel::Zero2>(t, data, 2), one, "HSDP ZeRO-2");
+    check_close(train_hybrid<parallel::Zero3>(t, data, 2), one, "HSDP ZeRO-3");
+  });
+}
+
 TEST_CASE("mesh: coordinates, axis and group communicators on 8 thread ranks") {
   comm::run_local(8, [](ThreadTransport& t) { check_mesh(t, {{"pp", 2}, {"dp", 2}, {"tp", 2}}); });
   comm::run_local(8, [](ThreadTransport& t) { check_mesh(t, {{"dp", 4}, {"tp", 2}}); });

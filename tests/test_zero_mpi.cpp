@@ -20,6 +20,15 @@ TEST_CASE("mpi: DP, ZeRO-1, -2, -3: 20 steps like one rank, bit for bit across s
   check_stages(t, data, single_rank(data));
 }
 
+TEST_CASE("mpi: hybrid sharding (replicate x shard mesh) trains like one rank") {
+  const Data data;
+  weft::comm::MpiTransport t{MPI_COMM_WORLD};
+  if (t.size() % 2 != 0) return;  // needs two replicas
+  const auto one = single_rank(data);
+  check_close(train_hybrid<weft::parallel::Zero2>(t, data, 2), one, "HSDP ZeRO-2");
+  check_close(train_hybrid<weft::parallel::Zero3>(t, data, 2), one, "HSDP ZeRO-3");
+}
+
 TEST_CASE("mpi: mesh coordinates and axis communicators") {
   weft::comm::MpiTransport t{MPI_COMM_WORLD};
   const int n = t.size();

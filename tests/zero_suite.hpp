@@ -116,6 +116,26 @@ std::vector<float> train_zero(Transport& t, const Data& data, bool deterministic
   return z.full_values();
 }
 
+// Hybrid sharding on a replicate x shard mesh (the shard axis innermost):
+// Zero over "shard", gradient shards averaged over "replicate".
+template <class Stage, class Transport>
+std::vector<float> train_hybrid(Transport& t, const Data& data, int replicas) {
+  using namespace weft::comm;
+  Model m;
+  using C = Communicator<Ring, Transport>;
+  parallel::Mesh<Transport> mesh(t, {{"replicate", replicas}, {"shard", t.size() / replicas}});
+  C& shard = mesh.template comm<Ring>("shard", Ring{}, options(false));
+  C& replicate = mesh.template comm<Ring>("replicate", Ring{}, options(false));
+  parallel::Zero<float, Stage, C, C> z(m.reg, shard, replicate, kAdam);
+  Workspace<> ws;
+  for (int s = 0; s < kSteps; ++s) {
+    auto [lo, hi] = rows(s, t.rank(), t.size());
+    z.backward([&] { return m.loss(data.x.slice(lo, hi), data.y.slice(lo, hi)); }, ws);
+    z.step();
+  }
+  return z.full_values();
+}
+
 inline void check_close(const std::vector<float>& a, const std::vector<float>& b, const char* what) {
   REQUIRE(a.size() == b.size());
   double worst = 0;

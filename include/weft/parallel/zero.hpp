@@ -16,6 +16,14 @@
 //           as soon as its backward is over (the first gradient of the next
 //           unit down arrives); gradients as in Zero2.
 //
+// Hybrid sharding (HSDP; ZeRO++'s hpZ, MiCS): Zero<T, Stage, Comm, Replica>
+// built with a second communicator shards over `Comm` (a mesh's inner,
+// "shard" axis) and keeps one replica of the shards per rank of `Replica`
+// (the outer, "replicate" axis): after a unit's reduce-scatter its gradient
+// shard is averaged over the replicas (allreduce), so every replica steps
+// the same shard. Memory is that of `Comm`'s N; traffic over the replica
+// axis is 1/N of DP's.
+//
 // A unit is a layer: the parameters sharing a name prefix ("l1.weight" and
 // "l1.bias" form unit "l1"), flattened in registry order and padded to a
 // multiple of N elements; rank r owns elements [r s, (r + 1) s) of each unit.
@@ -199,21 +207,39 @@ class PageBuffer {
 
 }  // namespace detail
 
-template <class T, class Stage, class Comm>
+// No replica axis: Zero shards over one communicator.
+struct NoReplica {};
+
+template <class T, class Stage, class Comm, class Replica = NoReplica>
 class Zero {
   static_assert(std::is_floating_point_v<T>, "Zero shards float or double parameters");
   static constexpr int S = Stage::stage;
+  static constexpr bool hybrid = !std::is_same_v<Replica, NoReplica>;
 
  public:
   using value_type = T;
   using Optimizer = std::variant<nn::SGDOptions, nn::AdamOptions, nn::AdamWOptions>;
 
-  Zero(nn::Registry<T>& params, Comm& dp, Optimizer opt) : params_(&params), comm_(&dp), opt_(opt) {
+  Zero(nn::Registry<T>& params, Comm& dp, Optimizer opt)
+    requires std::is_same_v<Replica, NoReplica>
+      : Zero(params, dp, nullptr, opt) {}
+  // Hybrid: shards over `shard`, replicated (gradient shards averaged) over `replica`.
+  Zero(nn::Registry<T>& params, Comm& shard, Replica& replica, Optimizer opt)
+    requires(!std::is_same_v<Replica, NoReplica>)
+      : Zero(params, shard, &replica, opt) {}
+
+ private:
+  Zero(nn::Registry<T>& params, Comm& dp, Replica* replica, Optimizer opt)
+      : params_(&params), comm_(&dp), replica_(replica), opt_(opt) {
     if (params.size() == 0) throw_error<ValueError>("Zero on rank ", dp.rank(), ": the registry holds no parameters");
     n_ = static_cast<std::size_t>(dp.size());
     r_ = static_cast<std::size_t>(dp.rank());
     check_options();
-    for (Parameter<T>* p : params) dp.broadcast(std::span<T>(p->value.data(), static_cast<std::size_t>(p->numel())), 0);
+    for (Parameter<T>* p : params) {
+      const std::span<T> v(p->value.data(), static_cast<std::size_t>(p->numel()));
+      if constexpr (hybrid) replica_->broadcast(v, 0);  // replica 0's values, then shard rank 0's
+      dp.broadcast(v, 0);
+    }
     layout();
     keys_ = std::visit([](const auto& o) -> std::size_t {
       using O = std::decay_t<decltype(o)>;
@@ -248,6 +274,7 @@ class Zero {
     peak_total_ = ledger_now_.total();
   }
 
+ public:
   Zero(const Zero&) = delete;
   Zero& operator=(const Zero&) = delete;
 
@@ -536,17 +563,29 @@ class Zero {
       u.req.wait();
       gbuf_.release(u.goff, u.gspan);  // the full gradient does not outlive its reduce-scatter
     }
+    landed(u);
+  }
+
+  // Unit u's gradient shard is averaged over this shard group: average it
+  // over the replicas too (in unit order on every rank: units land in order).
+  void landed(Unit& u) {
+    if constexpr (hybrid) {
+      const comm::CallOptions named{.name = u.name};
+      std::span<T> mine = S == 1 ? unit_grads(u).subspan(u.mine_lo(r_), u.shard) : std::span<T>(u.gshard);
+      replica_->allreduce(mine, comm::ReduceOp::avg, named);
+    }
     u.finished = true;
   }
 
-  // Release the units whose reduce-scatter has completed.
+  // Release the units whose reduce-scatter has completed, in the order they
+  // started (so the replica allreduces run in the same order on every rank).
   void poll() {
     for (std::size_t ui = units_.size(); ui-- > next_;) {
       Unit& u = units_[ui];
-      if (u.started && !u.finished && u.req.test()) {
-        gbuf_.release(u.goff, u.gspan);
-        u.finished = true;
-      }
+      if (u.finished) continue;
+      if (!u.started || !u.req.test()) return;
+      gbuf_.release(u.goff, u.gspan);
+      landed(u);
     }
   }
 
@@ -703,6 +742,7 @@ class Zero {
 
   nn::Registry<T>* params_;
   Comm* comm_;
+  Replica* replica_;
   Optimizer opt_;
   std::size_t n_ = 1, r_ = 0;
   std::vector<Unit> units_;
