@@ -154,5 +154,9 @@ TEST_CASE("zero: a stage 3 parameter is freed between steps and the loss builds 
     CHECK(m.l1.weight.value.data() == nullptr);  // freed during backward
     z.step();
     CHECK_THROWS_WITH_AS(z.step(), doctest::Contains("no backward() yet"), ValueError);
+    // A loss over a parameter Zero does not shard is refused, naming it.
+    Parameter<float> stray("stray", Shape{kClasses});
+    CHECK_THROWS_WITH_AS(z.backward([&] { return m.loss(data.x.slice(0, 8), data.y.slice(0, 8)) + sum(stray); }, ws),
+                         doctest::Contains("the loss uses parameter 'stray', which is not in the registry"), ValueError);
   });
 }
