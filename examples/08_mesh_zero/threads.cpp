@@ -40,9 +40,9 @@ double train(T& t, const io::Dataset& train, const io::Dataset& test, int epochs
   nn::Registry<float> params;
   params.add("l1", l1).add("l2", l2).add("l3", l3);
   auto model = [&](const auto& x) { return l3(relu(l2(relu(l1(x))))); };
+  const double P = static_cast<double>(params.numel());  // before stage 3 frees the values
   parallel::Zero<float, Stage, std::decay_t<decltype(shard)>, std::decay_t<decltype(replicate)>> z(
       params, shard, replicate, nn::AdamOptions{.lr = 1e-3f});
-  const double P = static_cast<double>(params.numel());
 
   const index_t batch = 128 / t.size(), n = train.images.size(0);
   io::DistributedSampler sampler(n, t.rank(), t.size(), 1, io::Remainder::drop);
