@@ -1,0 +1,135 @@
+// ZeRO on thread ranks: samples/s and bytes per rank of plain data
+// parallelism (DataParallel + nn::Adam) and of parallel::Zero stages 1, 2, 3,
+// on the MLP of bench/mlp.hpp (784-256-256-10, ReLU, cross-entropy, Adam lr
+// 1e-3, global batch 128 split over the ranks, one BLAS thread per rank).
+//   usage: bench_zero dp|zero1|zero2|zero3 [ranks = 2] [seconds = 3]
+// Prints one line of key: value pairs:
+//   samples_per_s       global samples/s on rank 0's clock between barriers
+//   bytes_rest          rank 0's bytes between steps: DP: its parameter,
+//                       gradient and Adam state tensors (plus DataParallel's
+//                       bucket buffers, printed apart as dp_bucket_bytes);
+//                       Zero: memory().total()
+//   bytes_peak          Zero: peak_total() over the timed steps (DP: = rest)
+//   formula             parallel::zero_formula(stage, P, N) (f32 Adam)
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <weft/comm/algorithm/ring.hpp>
+#include <weft/comm/communicator.hpp>
+#include <weft/comm/run_local.hpp>
+#include <weft/parallel/data_parallel.hpp>
+#include <weft/parallel/zero.hpp>
+
+#include "mlp.hpp"
+
+namespace {
+
+using namespace weft;
+using C = comm::Communicator<comm::Ring, comm::ThreadTransport>;
+
+struct Result {
+  double sps = 0, rest = 0, peak = 0, buckets = 0, P = 0;
+};
+
+// Runs step() for a probe-sized number of steps on every rank; samples/s.
+template <class Step>
+double timed(C& c, double seconds, index_t batch, Step&& step) {
+  for (int w = 0; w < 5; ++w) step();
+  c.barrier();
+  auto t0 = std::chrono::steady_clock::now();
+  for (int w = 0; w < 10; ++w) step();
+  double probe = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 10;
+  c.broadcast(std::span<double>(&probe, 1), 0);
+  const long steps = static_cast<long>(seconds / probe) + 1;
+  c.barrier();
+  t0 = std::chrono::steady_clock::now();
+  for (long s = 0; s < steps; ++s) step();
+  c.barrier();
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return static_cast<double>(steps * batch * c.size()) / secs;
+}
+
+template <class Stage>
+Result zero(comm::ThreadTransport& t, double seconds) {
+  C c{t};
+  const index_t batch = 128 / c.size();
+  const benchmlp::RandomData data(4096, nn::Rng(100 + static_cast<std::uint64_t>(c.rank())));
+  benchmlp::Mlp m;
+  Result r;
+  r.P = static_cast<double>(m.params.numel());
+  parallel::Zero<float, Stage, C> z(m.params, c, nn::AdamOptions{.lr = 1e-3f});
+  benchmlp::Batches b(data, batch);
+  Workspace<> ws;
+  r.sps = timed(c, seconds, batch, [&] {
+    b.next();
+    z.backward([&] { return m.loss(b.x, b.y); }, ws);
+    z.step();
+  });
+  r.rest = static_cast<double>(z.memory().total());
+  r.peak = static_cast<double>(z.peak_total());
+  return r;
+}
+
+Result dp(comm::ThreadTransport& t, double seconds) {
+  C c{t};
+  const index_t batch = 128 / c.size();
+  const benchmlp::RandomData data(4096, nn::Rng(100 + static_cast<std::uint64_t>(c.rank())));
+  benchmlp::Mlp m;
+  Result r;
+  r.P = static_cast<double>(m.params.numel());
+  parallel::DataParallel d(m.params, c);
+  nn::Adam<float> opt(m.params, {.lr = 1e-3f});
+  benchmlp::Batches b(data, batch);
+  Workspace<> ws;
+  r.sps = timed(c, seconds, batch, [&] {
+    b.next();
+    opt.zero_grad();
+    d.backward(m.loss(b.x, b.y), ws);
+    d.step(opt);
+  });
+  for (Parameter<float>* p : m.params) {
+    r.rest += static_cast<double>(p->value.bytes() + p->grad.bytes());
+    for (const char* key : {"exp_avg", "exp_avg_sq"}) r.rest += static_cast<double>(opt.state(p->name, key).bytes());
+  }
+  for (std::size_t i = 0; i < d.buckets(); ++i) {
+    const auto names = d.bucket_names(i);
+    if (names.size() < 2) continue;  // one parameter: reduced in place, no buffer
+    for (const auto& n : names) r.buckets += static_cast<double>(m.params.at(n).numel()) * 4;
+  }
+  r.peak = r.rest;
+  return r;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string mode = argc > 1 ? argv[1] : "zero3";
+  const int ranks = argc > 2 ? std::atoi(argv[2]) : 2;
+  const double seconds = argc > 3 ? std::atof(argv[3]) : 3.0;
+  openblas_set_num_threads(1);
+  int stage = -1;
+  if (mode == "dp") stage = 0;
+  if (mode == "zero1") stage = 1;
+  if (mode == "zero2") stage = 2;
+  if (mode == "zero3") stage = 3;
+  if (stage < 0 || ranks < 1) {
+    std::fprintf(stderr, "usage: bench_zero dp|zero1|zero2|zero3 [ranks] [seconds]\n");
+    return 2;
+  }
+  Result out;
+  weft::comm::run_local(ranks, [&](weft::comm::ThreadTransport& t) {
+    Result r;
+    switch (stage) {
+      case 0: r = dp(t, seconds); break;
+      case 1: r = zero<parallel::Zero1>(t, seconds); break;
+      case 2: r = zero<parallel::Zero2>(t, seconds); break;
+      default: r = zero<parallel::Zero3>(t, seconds); break;
+    }
+    if (t.rank() == 0) out = r;
+  });
+  std::printf("mode %s ranks %d params %.0f samples_per_s %.0f bytes_rest %.0f bytes_peak %.0f formula %.0f dp_bucket_bytes %.0f\n",
+              mode.c_str(), ranks, out.P, out.sps, out.rest, out.peak, parallel::zero_formula(stage, out.P, ranks),
+              out.buckets);
+  return 0;
+}

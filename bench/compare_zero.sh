@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# ZeRO on thread ranks against plain data parallelism and PyTorch's FSDP, same
+# model (MLP 784-256-256-10), optimizer (Adam) and global batch 128, one thread
+# per rank, in the same run (bench/bench_zero.cpp, bench/fsdp_torch.py):
+#   1. bytes per rank for DP and each stage at N = 2 and 4: measured (weft's
+#      ledger, parallel::Zero::memory()) against the formula (f32 Adam:
+#      parallel::zero_formula, derived in include/weft/parallel/zero.hpp), and
+#      the peak during a step;
+#   2. samples/s at 2 ranks per stage relative to DP (median of REPEATS runs);
+#   3. PyTorch DDP and FSDP (FULL_SHARD = ZeRO-3, SHARD_GRAD_OP = ZeRO-2) on
+#      the CPU with gloo, from the venv ${XDG_CACHE_HOME:-$HOME/.cache}/weft-peers
+#      (created with PyPI's torch if missing; WEFT_NO_PEERS=1 skips), or why not.
+# Ends with:
+#   zero3_memory_vs_formula: M        (stage 3 bytes at rest / 16P/N at N = 2; target 0.95-1.05)
+#   zero3_vs_dp_throughput_2ranks: R  (stage 3 samples/s / DP samples/s; target >= 0.8)
+#   SECONDS_PER=3 REPEATS=3 bench/compare_zero.sh
+set -euo pipefail
+source "$(dirname "$0")/../scripts/common.sh"
+if [ ! -f "$WEFT_BUILD/build.ninja" ]; then meson setup "$WEFT_BUILD" "$WEFT_ROOT"; fi
+ninja -C "$WEFT_BUILD" bench/bench_zero >&2
+S=${SECONDS_PER:-3}
+N=${REPEATS:-3}
+export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
+Z="$WEFT_BUILD/bench/bench_zero"
+MODES=(dp zero1 zero2 zero3)
+field() { awk -v k="$1" '{for (i = 1; i < NF; i++) if ($i == k) print $(i + 1)}'; }
+
+echo "== bytes per rank (f32 Adam; measured by weft's ledger; uptime: $(cut -d' ' -f1-3 /proc/loadavg))"
+printf '%-6s %5s %14s %14s %14s %8s\n' mode ranks measured_rest formula rest/formula peak
+declare -A REST
+for n in 2 4; do
+  for m in "${MODES[@]}"; do
+    line=$("$Z" "$m" "$n" 0.2)
+    rest=$(echo "$line" | field bytes_rest); formula=$(echo "$line" | field formula); peak=$(echo "$line" | field bytes_peak)
+    REST[$m.$n]=$rest
+    printf '%-6s %5d %14.0f %14.0f %14.3f %14.0f\n' "$m" "$n" "$rest" "$formula" "$(awk -v a="$rest" -v b="$formula" 'BEGIN{print a/b}')" "$peak"
+    [ "$m" = dp ] && echo "       (DataParallel's bucket buffers, not in the row: $(echo "$line" | field dp_bucket_bytes) bytes)"
+  done
+done
+
+declare -A RUNS
+for ((i = 1; i <= N; i++)); do
+  for m in "${MODES[@]}"; do
+    v=$("$Z" "$m" 2 "$S" | field samples_per_s)
+    RUNS[$m]="${RUNS[$m]:-} $v"
+    echo "run $i  $m: $v samples/s" >&2
+  done
+done
+median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+declare -A MED
+echo "== samples/s at 2 thread ranks, median of $N runs of ${S} s (uptime: $(cut -d' ' -f1-3 /proc/loadavg))"
+for m in "${MODES[@]}"; do
+  MED[$m]=$(echo "${RUNS[$m]}" | median)
+  printf '%-6s %8.0f   vs DP %.2f   (runs:%s)\n' "$m" "${MED[$m]}" "$(awk -v a="${MED[$m]}" -v b="${MED[dp]}" 'BEGIN{print a/b}')" "${RUNS[$m]}"
+done
+
+echo "== PyTorch on the CPU with gloo, 2 processes"
+venv="${XDG_CACHE_HOME:-$HOME/.cache}/weft-peers"
+if [ -n "${WEFT_NO_PEERS:-}" ]; then
+  echo "skipped (WEFT_NO_PEERS)"
+else
+  if ! "$venv/bin/python" -c 'import torch' 2>/dev/null; then
+    echo "creating $venv with PyPI torch (once; several GB)" >&2
+    python3 -m venv "$venv" && "$venv/bin/pip" install -q torch >&2 || echo "could not install torch into $venv"
+  fi
+  if "$venv/bin/python" -c 'import torch' 2>/dev/null; then
+    echo "torch $("$venv/bin/python" -c 'import torch; print(torch.__version__)')"
+    for m in ddp shard_grad_op full_shard; do
+      timeout 300 "$venv/bin/python" "$WEFT_ROOT/bench/fsdp_torch.py" "$m" 2 "$S" 2>/dev/null | grep torch_ \
+        || echo "torch_${m}_error: the run failed or timed out"
+    done
+  fi
+fi
+
+awk -v a="${REST[zero3.2]}" -v p="$("$Z" zero3 2 0.1 | field params)" 'BEGIN { printf "zero3_memory_vs_formula: %.3f\n", a / (16 * p / 2) }'
+awk -v a="${MED[zero3]}" -v b="${MED[dp]}" 'BEGIN { printf "zero3_vs_dp_throughput_2ranks: %.2f\n", a / b }'

@@ -1,0 +1,220 @@
+// Mesh and ZeRO checks written once for every transport (test_zero.cpp runs
+// them on thread ranks, test_zero_mpi.cpp under mpirun): DP, ZeRO-1, -2, -3
+// after 20 steps against one rank with the whole batch (float tolerance) and
+// against each other (bit for bit in deterministic mode); mesh coordinates
+// and sub-communicators against the layout computed by hand.
+#pragma once
+
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+#include <weft/comm/algorithm/ring.hpp>
+#include <weft/comm/algorithm/tree.hpp>
+#include <weft/comm/communicator.hpp>
+#include <weft/nn/nn.hpp>
+#include <weft/parallel/data_parallel.hpp>
+#include <weft/parallel/mesh.hpp>
+#include <weft/parallel/zero.hpp>
+#include <weft/weft.hpp>
+
+namespace zero_suite {
+
+using namespace weft;
+
+// An MLP of three nn::Linear layers (three ZeRO units), Fashion-MNIST's
+// shape shrunk so the suite stays fast: 20 inputs, 16 hidden, 5 classes.
+constexpr index_t kBatch = 16, kIn = 20, kHidden = 16, kClasses = 5, kRows = 128;
+constexpr int kSteps = 20;
+
+struct Data {
+  Tensor<float> x{Shape{kRows, kIn}};
+  Tensor<std::int32_t> y{Shape{kRows}};
+  Data() {
+    nn::Rng rng(11);
+    for (index_t i = 0; i < x.numel(); ++i) x.data()[i] = rng.normal();
+    for (index_t i = 0; i < kRows; ++i) y.data()[i] = static_cast<std::int32_t>(rng.below(kClasses));
+  }
+};
+
+struct Model {
+  nn::Linear<float> l1{kIn, kHidden, 1}, l2{kHidden, kHidden, 2}, l3{kHidden, kClasses, 3};
+  nn::Registry<float> reg;
+  Model() { reg.add("l1", l1).add("l2", l2).add("l3", l3); }
+  template <class X, class Y>
+  auto loss(const X& x, const Y& y) {
+    return cross_entropy(l3(tanh(l2(tanh(l1(x))))), y);
+  }
+  std::vector<float> values() const {
+    std::vector<float> v;
+    for (Parameter<float>* p : reg) v.insert(v.end(), p->value.data(), p->value.data() + p->numel());
+    return v;
+  }
+};
+
+inline const nn::AdamOptions kAdam{.lr = 1e-2f, .weight_decay = 1e-3f};
+
+// Rank r's rows of step s.
+inline std::pair<index_t, index_t> rows(int s, int r, int p) {
+  const index_t per = kBatch / p, base = (s * kBatch) % kRows;
+  return {base + r * per, base + (r + 1) * per};
+}
+
+inline std::vector<float> single_rank(const Data& data) {
+  Model m;
+  nn::Adam<float> opt(m.reg, kAdam);
+  Workspace<> ws;
+  for (int s = 0; s < kSteps; ++s) {
+    auto [lo, hi] = rows(s, 0, 1);
+    opt.zero_grad();
+    backward(m.loss(data.x.slice(lo, hi), data.y.slice(lo, hi)), ws);
+    opt.step();
+  }
+  return m.values();
+}
+
+inline comm::CommOptions options(bool deterministic) {
+  comm::CommOptions o;
+  o.deterministic = deterministic;
+  o.timeout = std::chrono::seconds(60);
+  return o;
+}
+
+// Stage 0: DataParallel with nn::Adam (plain DP, the reference).
+template <class Transport>
+std::vector<float> train_dp(Transport& t, const Data& data, bool deterministic) {
+  using namespace weft::comm;
+  Model m;
+  Communicator<Ring, Transport> c{t, options(deterministic)};
+  parallel::DataParallel dp(m.reg, c);
+  nn::Adam<float> opt(m.reg, kAdam);
+  Workspace<> ws;
+  for (int s = 0; s < kSteps; ++s) {
+    auto [lo, hi] = rows(s, c.rank(), c.size());
+    opt.zero_grad();
+    dp.backward(m.loss(data.x.slice(lo, hi), data.y.slice(lo, hi)), ws);
+    dp.step(opt);
+  }
+  return m.values();
+}
+
+// This rank's view of every parameter after kSteps under ZeRO stage Stage.
+template <class Stage, class Transport>
+std::vector<float> train_zero(Transport& t, const Data& data, bool deterministic) {
+  using namespace weft::comm;
+  Model m;
+  using C = Communicator<Ring, Transport>;
+  C c{t, options(deterministic)};
+  parallel::Zero<float, Stage, C> z(m.reg, c, kAdam);
+  Workspace<> ws;
+  for (int s = 0; s < kSteps; ++s) {
+    auto [lo, hi] = rows(s, c.rank(), c.size());
+    z.backward([&] { return m.loss(data.x.slice(lo, hi), data.y.slice(lo, hi)); }, ws);
+    z.step();
+  }
+  return z.full_values();
+}
+
+// Hybrid sharding on a replicate x shard mesh (the shard axis innermost):
+// Zero over "shard", gradient shards averaged over "replicate".
+template <class Stage, class Transport>
+std::vector<float> train_hybrid(Transport& t, const Data& data, int replicas) {
+  using namespace weft::comm;
+  Model m;
+  using C = Communicator<Ring, Transport>;
+  parallel::Mesh<Transport> mesh(t, {{"replicate", replicas}, {"shard", t.size() / replicas}});
+  C& shard = mesh.template comm<Ring>("shard", Ring{}, options(false));
+  C& replicate = mesh.template comm<Ring>("replicate", Ring{}, options(false));
+  parallel::Zero<float, Stage, C, C> z(m.reg, shard, replicate, kAdam);
+  Workspace<> ws;
+  for (int s = 0; s < kSteps; ++s) {
+    auto [lo, hi] = rows(s, t.rank(), t.size());
+    z.backward([&] { return m.loss(data.x.slice(lo, hi), data.y.slice(lo, hi)); }, ws);
+    z.step();
+  }
+  return z.full_values();
+}
+
+inline void check_close(const std::vector<float>& a, const std::vector<float>& b, const char* what) {
+  REQUIRE(a.size() == b.size());
+  double worst = 0;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    worst = std::max(worst, std::fabs(static_cast<double>(a[i]) - b[i]) / (1e-3 + std::fabs(static_cast<double>(b[i]))));
+  INFO(what << ": worst relative difference " << worst);
+  CHECK(worst < 2e-3);
+}
+
+// Every stage at this transport's rank count: close to one rank (ring,
+// float rounding), and bit for bit equal to DP and to each other in
+// deterministic mode.
+template <class Transport>
+void check_stages(Transport& t, const Data& data, const std::vector<float>& one_rank) {
+  const auto dp = train_dp(t, data, false);
+  check_close(dp, one_rank, "DP");
+  check_close(train_zero<parallel::Zero1>(t, data, false), one_rank, "ZeRO-1");
+  check_close(train_zero<parallel::Zero2>(t, data, false), one_rank, "ZeRO-2");
+  check_close(train_zero<parallel::Zero3>(t, data, false), one_rank, "ZeRO-3");
+  const auto dpd = train_dp(t, data, true);
+  CHECK(train_zero<parallel::Zero1>(t, data, true) == dpd);
+  CHECK(train_zero<parallel::Zero2>(t, data, true) == dpd);
+  CHECK(train_zero<parallel::Zero3>(t, data, true) == dpd);
+}
+
+// Mesh over the whole transport: coordinates, groups and every axis's
+// communicator checked against the row-major layout computed by hand.
+template <class Transport>
+void check_mesh(Transport& t, std::vector<parallel::MeshAxis> axes) {
+  using namespace weft::comm;
+  parallel::Mesh<Transport> mesh(t, axes);
+  const int r = t.rank();
+  // row-major coordinates, last axis innermost
+  std::vector<int> c(axes.size());
+  int rest = r;
+  for (std::size_t i = axes.size(); i-- > 0;) {
+    c[i] = rest % axes[i].size;
+    rest /= axes[i].size;
+  }
+  CHECK(mesh.coords() == c);
+  CHECK(mesh.rank_of(c) == r);
+  for (std::size_t i = 0; i < axes.size(); ++i) {
+    auto& comm = mesh.template comm<Ring>(axes[i].name);
+    CHECK(comm.size() == axes[i].size);
+    CHECK(comm.rank() == c[i]);
+    // the group: every rank that differs from this one in axis i only
+    std::vector<int> expect;
+    for (int v = 0; v < axes[i].size; ++v) {
+      std::vector<int> d = c;
+      d[i] = v;
+      expect.push_back(mesh.rank_of(d));
+    }
+    CHECK(mesh.group(axes[i].name) == expect);
+    // the communicator really spans that group: sum of world ranks
+    std::vector<std::int64_t> x{r};
+    comm.allreduce(x);
+    std::int64_t sum = 0;
+    for (int q : expect) sum += q;
+    CHECK(x[0] == sum);
+    // a second policy on the same axis is its own communicator
+    auto& tree = mesh.template comm<Tree>(axes[i].name);
+    CHECK(static_cast<void*>(&tree) != static_cast<void*>(&comm));
+    CHECK(&mesh.template comm<Ring>(axes[i].name) == &comm);
+    std::vector<std::int64_t> y{1};
+    tree.allreduce(y);
+    CHECK(y[0] == axes[i].size);
+  }
+  if (axes.size() >= 2) {
+    // the group of the last two axes, ranked row-major over them
+    const std::string g = axes[axes.size() - 2].name + "," + axes.back().name;
+    auto& comm = mesh.template comm<Ring>(g);
+    CHECK(comm.size() == axes[axes.size() - 2].size * axes.back().size);
+    CHECK(comm.rank() == c[axes.size() - 2] * axes.back().size + c.back());
+    std::vector<std::int64_t> x{r};
+    comm.allreduce(x);
+    std::int64_t sum = 0;
+    for (int q : mesh.group(g)) sum += q;
+    CHECK(x[0] == sum);
+  }
+}
+
+}  // namespace zero_suite
