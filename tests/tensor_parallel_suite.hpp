@@ -277,4 +277,85 @@ std::string byte_count(Tr& t) {
   return "";
 }
 
+// ---- sequence parallelism: two pre-norm residual MLP blocks -----------------------
+
+constexpr index_t kT = 8;  // tokens, split over the ranks
+
+// Rows [r T/p, (r + 1) T/p) of x.
+inline Tensor<float> token_shard(const Tensor<float>& x, int r, int p) {
+  const index_t n = x.size(0) / p, c = x.size(1);
+  Tensor<float> s(Shape{n, c});
+  std::copy(x.data() + r * n * c, x.data() + (r + 1) * n * c, s.data());
+  return s;
+}
+
+// Loss (summed over ranks), every gradient at step 0 and the values after 20
+// AdamW steps against the unsharded blocks; and the bytes of one forward and
+// backward: per block an all-gather and a reduce-scatter of T x C floats each
+// way, (p - 1) T C x 4 bytes each over all ranks: the bytes of the two
+// allreduces tensor parallelism alone would run.
+template <class Tr>
+std::string sequence_parallel(Tr& t) {
+  comm::CommOptions o;
+  o.fingerprints = false;
+  RingComm<Tr> c(t.split(0, t.rank()), o);
+  const int r = t.rank(), p = t.size();
+  nn::LayerNorm<float> ln1(kD), ln2(kD);
+  nn::Linear<float> a1(kD, kH, kSeed), a2(kH, kD, kSeed + 1), b1(kD, kH, kSeed + 10), b2(kH, kD, kSeed + 11);
+  nn::Registry<float> ref;
+  ref.add("ln1", ln1).add("a1", a1).add("a2", a2).add("ln2", ln2).add("b1", b1).add("b2", b2);
+  tp::SequenceParallelMLP<RingComm<Tr>> s1(c, kD, kH, kSeed, "block1"), s2(c, kD, kH, kSeed + 10, "block2");
+  nn::Registry<float> sp;
+  sp.add("block1", s1).add("block2", s2);
+  const std::vector<ParamPair> ps = {
+      {&ln1.gamma, &s1.ln.gamma, Split::none}, {&ln1.beta, &s1.ln.beta, Split::none}, {&a1.weight, &s1.w1, Split::columns},
+      {&a1.bias, &s1.b1, Split::columns},      {&a2.weight, &s1.w2, Split::rows},     {&a2.bias, &s1.b2, Split::none},
+      {&ln2.gamma, &s2.ln.gamma, Split::none}, {&ln2.beta, &s2.ln.beta, Split::none}, {&b1.weight, &s2.w1, Split::columns},
+      {&b1.bias, &s2.b1, Split::columns},      {&b2.weight, &s2.w2, Split::rows},     {&b2.bias, &s2.b2, Split::none}};
+  nn::AdamW<float> opt_ref(ref, {.lr = 1e-2f}), opt_sp(sp, {.lr = 1e-2f});
+  Workspace<cpu> ws_ref, ws_sp;
+  for (int step = 0; step < 20; ++step) {
+    Tensor<float> x = filled<float>(Shape{kT, kD}, 500 + static_cast<std::uint64_t>(step));
+    Tensor<float> xr = token_shard(x, r, p);
+    opt_ref.zero_grad();
+    opt_sp.zero_grad();
+    auto blk = [](auto& ln, auto& f1, auto& f2, auto&& h) {
+      return let(std::forward<decltype(h)>(h), [l = &ln, a = &f1, b = &f2](auto v) { return v + (*b)(gelu((*a)((*l)(v)))); });
+    };
+    const float want = weft::backward(sum(square(blk(ln2, b1, b2, blk(ln1, a1, a2, x)))), ws_ref).data[0];
+    const std::uint64_t before = c.sent_bytes();
+    float got = weft::backward(sum(square(s2(s1(xr)))), ws_sp).data[0];
+    const auto moved = static_cast<std::int64_t>(c.sent_bytes() - before);
+    s1.reduce_replicated_grads();
+    s2.reduce_replicated_grads();
+    c.allreduce(&got, &got, 1);
+    if (std::abs(got - want) > 1e-5f * (1 + std::abs(want))) {
+      std::ostringstream os;
+      os << "sequence parallel, step " << step << ": loss " << got << " (summed over " << p << " ranks), unsharded " << want;
+      return os.str();
+    }
+    if (step == 0) {
+      for (auto& pp : ps)
+        if (auto e = compare_shard("sequence-parallel gradient", pp.ref->name, pp.ref->grad, pp.shard->grad, pp.split, r, 1e-5); !e.empty())
+          return e;
+      std::int64_t total = 0;
+      c.allreduce(&moved, &total, 1);
+      const std::int64_t formula = 2 * 4 * (p - 1) * kT * kD * static_cast<std::int64_t>(sizeof(float));
+      if (total != formula) {
+        std::ostringstream os;
+        os << "sequence parallel: forward and backward on " << p << " ranks moved " << total << " bytes, the formula says " << formula;
+        return os.str();
+      }
+    }
+    opt_ref.step();
+    opt_sp.step();
+  }
+  for (auto& pp : ps)
+    if (auto e = compare_shard("sequence-parallel value after 20 AdamW steps", pp.ref->name, pp.ref->value, pp.shard->value, pp.split, r,
+                               1e-4);
+        !e.empty())
+      return e;
+  return "";
+}
+
 }  // namespace tp_suite

@@ -105,3 +105,27 @@ TEST_CASE("a policy per layer: fc1 through a tree, fc2 through halving-doubling,
     });
   }
 }
+
+TEST_CASE("sequence parallelism: two pre-norm MLP blocks equal the unsharded ones on 1, 2 and 4 thread ranks") {
+  for (int p : {1, 2, 4}) {
+    CAPTURE(p);
+    on_ranks(p, [](ThreadTransport& t) { return sequence_parallel(t); });
+  }
+}
+
+// let's shared value read by a matmul (as SequenceParallelMLP and the bench's
+// residual stack read it): its gradient used to be dropped (needs_grad saw a
+// leaf with nothing to differentiate).
+TEST_CASE("let: a matmul over the shared value passes its gradient on") {
+  Parameter<float> w1("w1", Shape{3, 3}), w2("w2", Shape{3, 2});
+  for (index_t i = 0; i < 9; ++i) w1.value.data()[i] = 0.1f * static_cast<float>(i) - 0.3f;
+  for (index_t i = 0; i < 6; ++i) w2.value.data()[i] = 0.2f * static_cast<float>(i) - 0.5f;
+  Tensor<float> x = filled<float>(Shape{2, 3}, 1);
+  Workspace<cpu> ws;
+  weft::backward(sum(matmul(tanh(matmul(x, w1)), w2)), ws);
+  std::vector<float> want(w1.grad.data(), w1.grad.data() + 9);
+  w1.zero_grad();
+  w2.zero_grad();
+  weft::backward(sum(let(tanh(matmul(x, w1)), [&](auto v) { return matmul(v, w2) * 1.0f; })), ws);
+  for (index_t i = 0; i < 9; ++i) CHECK(w1.grad.data()[i] == doctest::Approx(want[static_cast<std::size_t>(i)]).epsilon(1e-6));
+}

@@ -31,6 +31,11 @@ TEST_CASE("mpi: the transport moves the formula's bytes per step") {
   agree(byte_count(t));
 }
 
+TEST_CASE("mpi: sequence parallelism: two pre-norm MLP blocks equal the unsharded ones") {
+  MpiTransport t{MPI_COMM_WORLD};
+  agree(sequence_parallel(t));
+}
+
 int main(int argc, char** argv) {
   openblas_set_num_threads(1);  // the ranks already fill the cores
   return weft::comm::testing::run_doctest_under_mpi(argc, argv);

@@ -18,6 +18,10 @@
 //                          forward (fc2) and one backward (fc1's input)
 //   VocabParallelEmbedding W (V/p, D) rows [r V/p, (r+1) V/p);
 //                          reduce_from(rows of the indices this rank holds, 0 elsewhere)
+//   SequenceParallelMLP    x_r + fc2(gelu(fc1(LayerNorm(x_r)))), x_r (T/p, C) this rank's
+//                          tokens: LayerNorm on the shard, all_gather (T, C) before fc1,
+//                          reduce_scatter back to (T/p, C) after fc2 (Korthikanti et al.
+//                          2022): the same bytes as the allreduce pair, activations 1/p
 //
 // Bad configuration is refused with a sentence naming the layer and the
 // sizes: a size not divisible by p, layers on communicators of different
@@ -34,8 +38,10 @@
 #include "../../core/error.hpp"
 #include "../../expr/elementwise.hpp"
 #include "../../expr/embedding.hpp"
+#include "../../expr/let.hpp"
 #include "../../expr/parameter.hpp"
 #include "../../nn/embedding.hpp"
+#include "../../nn/layer_norm.hpp"
 #include "../../nn/linear.hpp"
 #include "collectives.hpp"
 #include "column_matmul.hpp"
@@ -269,6 +275,66 @@ struct VocabParallelEmbedding {
   template <class F>
   void for_each_parameter(F&& f) {
     f("weight", weight);
+  }
+};
+
+// A pre-norm residual MLP block with sequence parallelism: y_r = x_r +
+// b2 + reduce_scatter(gelu(all_gather(LN(x_r)) W1_r + b1_r) W2_r) along the
+// token axis. LN's gamma, beta and b2 are replicated but see only this
+// rank's tokens: after backward, reduce_replicated_grads() sums their
+// gradients over the ranks (Megatron's sequence-parallel allreduce). The
+// unsharded twin is LayerNorm(C) then nn::Linear(C, H, seed), nn::Linear(H, C, seed + 1).
+template <class Comm, class T = float>
+struct SequenceParallelMLP {
+  nn::LayerNorm<T> ln;
+  Parameter<T> w1, b1;  // (C, H/p), (H/p): columns of fc1
+  Parameter<T> w2, b2;  // (H/p, C): rows of fc2; (C) replicated
+  Comm* comm;
+  std::string layer;
+
+  SequenceParallelMLP(Comm& c, index_t features, index_t hidden, std::uint64_t seed = 0, std::string name = "SequenceParallelMLP")
+      : ln(features), comm(&c), layer(std::move(name)) {
+    const int p = c.size(), r = c.rank();
+    const std::string what = layer + "(" + std::to_string(features) + ", " + std::to_string(hidden) + ")";
+    detail::check_divisible(what, "hidden size", hidden, p);
+    const index_t n = hidden / p;
+    nn::Linear<T> fc1(features, hidden, seed), fc2(hidden, features, seed + 1);
+    w1 = Parameter<T>("fc1.weight", Shape{features, n});
+    b1 = Parameter<T>("fc1.bias", Shape{n});
+    w2 = Parameter<T>("fc2.weight", Shape{n, features});
+    b2 = Parameter<T>("fc2.bias", Shape{features});
+    detail::copy_columns(fc1.weight.value.data(), features, hidden, r * n, n, w1.value.data());
+    detail::copy_columns(fc1.bias.value.data(), 1, hidden, r * n, n, b1.value.data());
+    const T* rows = fc2.weight.value.data() + r * n * features;
+    std::copy(rows, rows + n * features, w2.value.data());
+    std::copy(fc2.bias.value.data(), fc2.bias.value.data() + features, b2.value.data());
+    detail::check_same_shard(c, what, "fc1.weight", w1.shape());
+  }
+
+  // x_r: (T/p, C) this rank's tokens -> (T/p, C)
+  // (x is read twice: let evaluates it once, so a stack of blocks runs each block's collectives once.)
+  template <Operand X>
+  auto operator()(X&& x) {
+    return let(std::forward<X>(x), [this](auto v) {
+      auto full = all_gather(ln(v), *comm, 0);                           // (T, C)
+      auto h = gelu(matmul(std::move(full), w1) + b1);                  // (T, H/p)
+      return v + reduce_scatter(matmul(std::move(h), w2), *comm, 0) + b2;  // (T/p, C)
+    });
+  }
+
+  // After backward: the replicated parameters' gradients summed over the ranks' tokens.
+  void reduce_replicated_grads() {
+    for (Parameter<T>* q : {&ln.gamma, &ln.beta, &b2}) comm->allreduce(q->grad.data(), q->grad.data(), static_cast<std::size_t>(q->numel()));
+  }
+
+  template <class F>
+  void for_each_parameter(F&& f) {
+    f("ln.weight", ln.gamma);
+    f("ln.bias", ln.beta);
+    f("fc1.weight", w1);
+    f("fc1.bias", b1);
+    f("fc2.weight", w2);
+    f("fc2.bias", b2);
   }
 };
 
