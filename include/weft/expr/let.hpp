@@ -24,9 +24,18 @@
 namespace weft {
 
 // The leaf body receives: the shared value's buffer and, when differentiating,
-// the buffer all its occurrences add their adjoints to.
-template <class T, class Device>
+// the buffer all its occurrences add their adjoints to. Src is the shared
+// expression's type: an occurrence under a materialising node (matmul) must
+// deliver its adjoint whenever Src has anything to differentiate.
+template <class T, class Device, class Src = void>
 struct Shared : LeafNodeBase {
+  template <class G>
+  static constexpr bool grad_through() {
+    if constexpr (std::is_void_v<Src>)
+      return false;
+    else
+      return needs_grad<Src, G>();
+  }
   using value_type = T;
   using device_type = Device;
   static constexpr int param_occurrences = 0;
@@ -53,7 +62,7 @@ struct Shared : LeafNodeBase {
 template <class A, class Fn>
 struct Let : ExprTag {
   using T = typename A::value_type;
-  using Ref = Shared<T, typename A::device_type>;
+  using Ref = Shared<T, typename A::device_type, A>;
   using Body = expr_t<std::invoke_result_t<const Fn&, Ref>>;
   using value_type = typename Body::value_type;
   using device_type = typename A::device_type;

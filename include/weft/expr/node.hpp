@@ -93,9 +93,14 @@ struct contains_param : std::bool_constant<(param_occurrences_of<E>() > 0)> {};
 
 // Has a backward pass with context G any work below node type E (a parameter
 // or a differentiated input)? Materialising nodes skip the backward of a
-// child that has none.
+// child that has none. A leaf that stands for another expression (let's
+// shared value) says so with grad_through<G>(): its adjoint flows on into
+// that expression, so a matmul reading it must not skip it.
 template <class E, class G>
 constexpr bool needs_grad() {
+  if constexpr (requires { E::template grad_through<G>(); }) {
+    if (E::template grad_through<G>()) return true;
+  }
   return contains_param<E>::value || []<std::size_t... I>(std::index_sequence<I...>) {
     return ((E::template slots_total<I>() > 0) || ...);
   }(std::make_index_sequence<G::slots>{});
