@@ -6,6 +6,8 @@
 #   scripts/cluster.sh down  --name N
 #   scripts/cluster.sh run  [--name N | --hosts H --ranks-per-host R --rate RATE]
 #                           [--mpirun-arg ARG]... -- COMMAND [ARGS...]
+#                           (with --name of a cluster that is up, --ranks-per-host
+#                           may differ from the one it was built with)
 #   scripts/cluster.sh link  --name N HOST up|down
 #   scripts/cluster.sh status [--name N]
 #
@@ -38,7 +40,7 @@ SUBNET=10.77.0.0/24
 HEAD_IP=10.77.0.254
 
 usage() {
-  sed -n '5,17p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '5,19p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -186,13 +188,13 @@ run_cmd() {
 [ $# -ge 1 ] || usage
 ACTION=$1
 shift
-NAME="" HOSTS=2 RPH=2 RATE=1gbit
+NAME="" HOSTS=2 RPH=2 RATE=1gbit RPH_GIVEN=""
 MPIRUN_ARGS=()
 while [ $# -gt 0 ]; do
   case $1 in
     --name) NAME=${2:-}; shift 2 ;;
     --hosts) HOSTS=${2:-}; shift 2 ;;
-    --ranks-per-host) RPH=${2:-}; shift 2 ;;
+    --ranks-per-host) RPH=${2:-}; RPH_GIVEN=$RPH; shift 2 ;;
     --rate) RATE=${2:-}; shift 2 ;;
     --mpirun-arg) MPIRUN_ARGS+=("${2:-}"); shift 2 ;;
     --) shift; break ;;
@@ -230,6 +232,8 @@ case $ACTION in
     [ $# -ge 1 ] || die "run needs a command after --"
     if [ -n "$NAME" ] && [ -f "$STATE_DIR/$NAME" ]; then
       load_state
+      # A cluster that is up: --ranks-per-host picks how many ranks each host runs this time.
+      RPH=${RPH_GIVEN:-$RPH}
     else
       # A cluster of its own, removed however the command ends.
       NAME=${NAME:-wc$$}
