@@ -5,8 +5,9 @@
 # 10 Gbit/s (tc tbf; no added delay: this kernel has no netem).
 #
 # Per link rate:
-#  - alpha and beta between hosts from weft-bench calibrate's ping-pong with
-#    one rank per host (fitted here by least squares over 1..64 MiB);
+#  - alpha and beta between hosts from a 2-rank ring allreduce with one rank
+#    per host, T(n) = 2 alpha + n beta fitted by least squares over 1..64 MiB
+#    (within a host: the same on 2 ranks of one host, 1..16 MiB);
 #  - f32 sum allreduce busbw, 8 B .. 256 MiB: ring, hierarchical,
 #    halving_doubling, MPI_Allreduce (--algo mpi), and Auto with in-run
 #    selection over ring, tree, recursive_doubling, halving_doubling,
