@@ -109,6 +109,9 @@ def fit(path):
 worst_model = 0.0
 auto_worst = {}
 for rate in rates:
+    if not all(os.path.exists(f"{out}/{f}_{rate}.csv") for f in ("links", "allreduce", "auto")):
+        print(f"\n== {rate}: no measurements in {out} (not run, or interrupted)")
+        continue
     # alpha, beta between hosts: least squares of the 2-rank ring's p50 time T(n) = 2 alpha + n beta.
     alpha, beta = fit(f"{out}/links_{rate}.csv")
     print(f"\n== {rate}: between hosts alpha {alpha*1e6:.1f} us, beta {beta*1e9:.3f} ns/B ({1/beta/1e9:.3f} GB/s)")
@@ -124,7 +127,9 @@ for rate in rates:
     print("# %12s " % "size" + " ".join("%17s" % a for a in algos) + "  auto_choice  auto/best")
     worst = 0.0
     for s in sizes:
-        best = min(t[(a, s)] for a in algos if a != "auto" and (a, s) in t)
+        others = [t[(a, s)] for a in algos if a != "auto" and (a, s) in t]
+        if not others or ("auto", s) not in t: continue
+        best = min(others)
         ratio = t[("auto", s)] / best
         worst = max(worst, ratio)
         print("  %12d " % s + " ".join("%8.3f (%6.0f)" % (bw[(a, s)], t[(a, s)]) if (a, s) in t else "%17s" % "-"
@@ -148,6 +153,7 @@ for rate in rates:
         if s < MiB: continue
         cells = []
         for a, f in pred.items():
+            if (a, s) not in t: continue
             p = f(s) * 1e6; m = t[(a, s)]
             e = p / m - 1
             worst_model = max(worst_model, abs(e))
@@ -189,12 +195,13 @@ r2 = summary.get("R2")
 final.append("compressed_vs_uncompressed_time_to_87pct_1gbit: " + ("%.2f" % r2 if r2 else "n/a"))
 for rate, w in auto_worst.items():
     final.append(f"auto_worst_ratio_to_best_{rate}: {w:.2f}")
-final.append("auto_worst_ratio_to_best: %.2f" % max(auto_worst.values()))
+final.append("auto_worst_ratio_to_best: " + ("%.2f" % max(auto_worst.values()) if auto_worst else "n/a"))
 final.append("model_worst_error_ge_1MiB: %.0f%%" % (100 * worst_model))
 open(f"{out}/summary.txt", "w").write("\n".join(final) + "\n")
 EOF
 
 for rate in $RATES; do
+  [ -f "$OUT/cluster_model_$rate.txt" ] || continue
   echo "== projection to more ranks, nodes of 2 ranks, $rate links between them (model: $OUT/cluster_model_$rate.txt)"
   "$BENCH" project --model "$OUT/cluster_model_$rate.txt" --transport mpi --ranks-per-node 2 | grep -v "^$" | head -40
 done
