@@ -23,19 +23,21 @@
 #   compressed_vs_uncompressed_time_to_87pct_1gbit: R2
 #   auto_worst_ratio_to_best: R3                    (per rate, and the worst)
 #   model_worst_error_ge_1MiB: E                    (|predicted/measured - 1|)
-# Knobs (environment): RATES ("1gbit 10gbit"), DP_RATES ("1gbit"), MAXBYTES
-# (256M), ITERS (8), WARMUP (4), AUTO_ITERS (14), BUDGET (512M), EPOCHS (6), OUT (build/cluster),
+# Knobs (environment): RATES ("1gbit 10gbit"), DP_RATES ("1gbit"), MINBYTES (8), MAXBYTES
+# (256M), FACTOR (2), ITERS (8), WARMUP (4), AUTO_ITERS (14), BUDGET (512M), EPOCHS (6), OUT (build/cluster),
 # WEFT_BUILD (build), SUMMARY_ONLY (set: print the tables from the files already in OUT). Needs root (network namespaces); exits 77 without.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 source "$ROOT/scripts/common.sh"
 weft_install "${WEFT_BASE_PKGS[@]}" iproute2 dataset-fashion-mnist
 [ -f "$WEFT_BUILD/build.ninja" ] || meson setup "$WEFT_BUILD" "$ROOT" >/dev/null
-ninja -C "$WEFT_BUILD" bench/weft-bench >/dev/null
+[ -n "${SUMMARY_ONLY:-}" ] || ninja -C "$WEFT_BUILD" bench/weft-bench >/dev/null
 
 RATES=${RATES:-"1gbit 10gbit"}
 DP_RATES=${DP_RATES:-"1gbit"}
 MAXBYTES=${MAXBYTES:-256M}
+MINBYTES=${MINBYTES:-8}
+FACTOR=${FACTOR:-2}
 ITERS=${ITERS:-8}
 WARMUP=${WARMUP:-4}
 AUTO_ITERS=${AUTO_ITERS:-14}
@@ -67,14 +69,14 @@ for rate in $RATES; do
   echo "-- the links alone: one rank per host, ring allreduce 1..64 MiB"
   "$CLUSTER" run --name "$NAME" --ranks-per-host 1 -- "$BENCH" --transport mpi -b 1M -e 64M -f 2 -n 5 -w 2 \
     --algo ring -c 0 --csv "$OUT/links_$rate.csv" >/dev/null
-  echo "-- allreduce busbw (f32 sum), 8 B .. $MAXBYTES: ring, hierarchical, halving_doubling, MPI_Allreduce"
-  "$CLUSTER" run --name "$NAME" -- "$BENCH" --transport mpi -b 8 -e "$MAXBYTES" -f 2 -n "$ITERS" -w "$WARMUP" \
+  echo "-- allreduce busbw (f32 sum), $MINBYTES B .. $MAXBYTES: ring, hierarchical, halving_doubling, MPI_Allreduce"
+  "$CLUSTER" run --name "$NAME" -- "$BENCH" --transport mpi -b "$MINBYTES" -e "$MAXBYTES" -f "$FACTOR" -n "$ITERS" -w "$WARMUP" \
     --bytes-budget "$BUDGET" -c 1 --algo ring,hierarchical,halving_doubling,mpi \
     --csv "$OUT/allreduce_$rate.csv" >"$OUT/allreduce_$rate.txt"
   # Auto on its own run, with every size at AUTO_ITERS iterations (weft-bench warms up
   # iters/2 calls: enough for in-run selection to time its 6 candidates once each first).
   echo "-- Auto, in-run selection over ring, tree, recursive_doubling, halving_doubling, hierarchical, native"
-  "$CLUSTER" run --name "$NAME" -- "$BENCH" --transport mpi -b 8 -e "$MAXBYTES" -f 2 -n "$AUTO_ITERS" \
+  "$CLUSTER" run --name "$NAME" -- "$BENCH" --transport mpi -b "$MINBYTES" -e "$MAXBYTES" -f "$FACTOR" -n "$AUTO_ITERS" \
     -w "$AUTO_ITERS" --bytes-budget 1T -c 1 --algo auto --in-run 1 --auto-candidates wide \
     --csv "$OUT/auto_$rate.csv" >"$OUT/auto_$rate.txt"
   "$CLUSTER" down --name "$NAME"
@@ -109,14 +111,14 @@ def fit(path):
 worst_model = 0.0
 auto_worst = {}
 for rate in rates:
-    if not all(os.path.exists(f"{out}/{f}_{rate}.csv") for f in ("links", "allreduce", "auto")):
+    if not all(os.path.exists(f"{out}/{f}_{rate}.csv") for f in ("links", "allreduce")):
         print(f"\n== {rate}: no measurements in {out} (not run, or interrupted)")
         continue
     # alpha, beta between hosts: least squares of the 2-rank ring's p50 time T(n) = 2 alpha + n beta.
     alpha, beta = fit(f"{out}/links_{rate}.csv")
     print(f"\n== {rate}: between hosts alpha {alpha*1e6:.1f} us, beta {beta*1e9:.3f} ns/B ({1/beta/1e9:.3f} GB/s)")
-    rows = [r for f in ("allreduce", "auto") for r in csv.DictReader(open(f"{out}/{f}_{rate}.csv"))
-            if r["placement"] == "oop"]
+    rows = [r for f in ("allreduce", "auto") if os.path.exists(f"{out}/{f}_{rate}.csv")
+            for r in csv.DictReader(open(f"{out}/{f}_{rate}.csv")) if r["placement"] == "oop"]
     wrong = sum(int(r["wrong"] or 0) for r in rows)
     sizes = sorted({int(r["size"]) for r in rows})
     algos = ["ring", "hierarchical", "halving_doubling", "mpi", "auto"]
@@ -128,13 +130,12 @@ for rate in rates:
     worst = 0.0
     for s in sizes:
         others = [t[(a, s)] for a in algos if a != "auto" and (a, s) in t]
-        if not others or ("auto", s) not in t: continue
-        best = min(others)
-        ratio = t[("auto", s)] / best
-        worst = max(worst, ratio)
+        if not others: continue
+        ratio = t[("auto", s)] / min(others) if ("auto", s) in t else None
+        if ratio: worst = max(worst, ratio)
         print("  %12d " % s + " ".join("%8.3f (%6.0f)" % (bw[(a, s)], t[(a, s)]) if (a, s) in t else "%17s" % "-"
-                                       for a in algos) + "  %-18s %.2f" % (choice.get(s, ""), ratio))
-    auto_worst[rate] = worst
+                                       for a in algos) + "  %-18s %s" % (choice.get(s, ""), "%.2f" % ratio if ratio else "-"))
+    if ("auto", sizes[-1]) in t: auto_worst[rate] = worst
     # Model: bytes through one host's link (each direction), which a host's ranks share.
     # p = 4 on 2 hosts. ring: 2(p-1) steps, each paced by its host-crossing edge
     # carrying n/p: 2(p-1)(alpha + n/p beta), 1.5 n per link. hierarchical:
@@ -184,6 +185,8 @@ for rate in dp_rates:
         comp = [v[1] for c, v in res.items() if c != "none" and v[1] >= 0]
         if res["none"][1] >= 0 and comp:
             summary["R2"] = res["none"][1] / min(comp)
+        elif res["none"][1] >= 0 and len(res) > 1:
+            summary["R2"] = 0.0  # no compressed run reached the target within the epochs given
 final = []
 final.append("# hierarchical vs flat ring at 2 hosts x 2 ranks: a flat ring moves 2(p-1)/p n = 1.5 n bytes")
 final.append("# through each host's link, the hierarchical schedule 2(pg-1)/pg n = n (pl = 2 rails of n/2")
@@ -192,11 +195,12 @@ final.append("# against n, bound 1.75; in general (1 - 1/p) / (1 - 1/pg).")
 r1 = summary.get("R1")
 final.append("hierarchical_vs_flat_ring_1gbit_64MiB: " + ("%.2f" % r1 if r1 else "n/a"))
 r2 = summary.get("R2")
-final.append("compressed_vs_uncompressed_time_to_87pct_1gbit: " + ("%.2f" % r2 if r2 else "n/a"))
+final.append("compressed_vs_uncompressed_time_to_87pct_1gbit: " + ("%.2f" % r2 if r2 else
+             "0 (no compressed run reached 87%)" if r2 == 0.0 else "n/a"))
 for rate, w in auto_worst.items():
     final.append(f"auto_worst_ratio_to_best_{rate}: {w:.2f}")
 final.append("auto_worst_ratio_to_best: " + ("%.2f" % max(auto_worst.values()) if auto_worst else "n/a"))
-final.append("model_worst_error_ge_1MiB: %.0f%%" % (100 * worst_model))
+final.append("model_worst_error_ge_1MiB: " + ("%.0f%%" % (100 * worst_model) if worst_model else "n/a"))
 open(f"{out}/summary.txt", "w").write("\n".join(final) + "\n")
 EOF
 
