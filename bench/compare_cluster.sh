@@ -23,7 +23,7 @@
 #   compressed_vs_uncompressed_time_to_87pct_1gbit: R2
 #   auto_worst_ratio_to_best: R3                    (per rate, and the worst)
 #   model_worst_error_ge_1MiB: E                    (|predicted/measured - 1|)
-# Knobs (environment): RATES ("1gbit 10gbit"), DP_RATES ("1gbit"), MINBYTES (8), MAXBYTES
+# Knobs (environment): RATES ("1gbit 10gbit"), DP_RATES ("1gbit"; empty: no training), MINBYTES (8), MAXBYTES
 # (256M), FACTOR (2), ITERS (8), WARMUP (4), AUTO_ITERS (14), BUDGET (512M), EPOCHS (6), OUT (build/cluster),
 # WEFT_BUILD (build), SUMMARY_ONLY (set: print the tables from the files already in OUT). Needs root (network namespaces); exits 77 without.
 set -euo pipefail
@@ -33,8 +33,8 @@ weft_install "${WEFT_BASE_PKGS[@]}" iproute2 dataset-fashion-mnist
 [ -f "$WEFT_BUILD/build.ninja" ] || meson setup "$WEFT_BUILD" "$ROOT" >/dev/null
 [ -n "${SUMMARY_ONLY:-}" ] || ninja -C "$WEFT_BUILD" bench/weft-bench >/dev/null
 
-RATES=${RATES:-"1gbit 10gbit"}
-DP_RATES=${DP_RATES:-"1gbit"}
+RATES=${RATES-"1gbit 10gbit"}
+DP_RATES=${DP_RATES-"1gbit"}
 MAXBYTES=${MAXBYTES:-256M}
 MINBYTES=${MINBYTES:-8}
 FACTOR=${FACTOR:-2}
