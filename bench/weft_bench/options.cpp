@@ -229,6 +229,11 @@ const char* usage_text =
     "      --codec LIST        compressed allreduce: none, f16, bf16, int8[:chunk], topk[:fraction],\n"
     "                          randomk[:fraction], sign, powersgd[:rank]; prints bytes on the wire,\n"
     "                          compression ratio and effective busbw (weft_bench/codec.hpp)\n"
+    "      --in-run N          auto: time every candidate N calls inside the run (warmup included) and\n"
+    "                          keep the winner the ranks agree on (comm/tuning/in_run.hpp); 0: off\n"
+    "      --recheck N         auto --in-run: time the candidates again after N decided calls\n"
+    "      --auto-candidates C auto's candidates: default (ring, tree, recursive_doubling, halving_doubling)\n"
+    "                          or wide (those, hierarchical and native: for clusters)\n"
     "      --table-only        calibrate: only Auto's table (keep the file's alpha, beta, gamma)\n"
     "      --passes N          calibrate: sweeps over every size for Auto's table (default 3)\n"
     "  -q, --quiet             no table on stdout (files only)\n";
@@ -280,6 +285,14 @@ Options parse(int argc, char** argv) {
     }
     else if (a == "-n" || a == "--iters") o.iters = static_cast<int>(parse_int(a, val(), 1, 1000000));
     else if (a == "-w" || a == "--warmup_iters") o.warmup = static_cast<int>(parse_int(a, val(), 0, 1000000));
+    else if (a == "--in-run") o.in_run = static_cast<int>(parse_int(a, val(), 0, 1000));
+    else if (a == "--auto-candidates") {
+      const std::string v = val();
+      if (v != "default" && v != "wide")
+        throw UsageError("--auto-candidates: unknown set '" + v + "' (accepted: default, wide)");
+      o.auto_wide = v == "wide";
+    }
+    else if (a == "--recheck") o.recheck = static_cast<std::size_t>(parse_int(a, val(), 0, 1000000000));
     else if (a == "-c" || a == "--check") o.check = static_cast<int>(parse_int(a, val(), 0, 1));
     else if (a == "-o" || a == "--redop") o.redop = parse_redop(val());
     else if (a == "-d" || a == "--dtype") o.type = parse_dtype(val());

@@ -58,6 +58,9 @@ struct Options {
   bool bind = true;  // thread transport: pin rank r to CPU r mod ncpu (mpirun binds processes to cores too)
   int contend = 0;   // --contend N: busy processes competing for CPUs 0..N-1 during the run (weft_bench/contend.hpp)
   std::vector<std::string> codecs;  // --codec: compressed allreduce instead (weft_bench/codec.hpp)
+  int in_run = 0;             // --in-run N: Auto times each candidate N calls in the run (0: table/formulas)
+  std::size_t recheck = 0;    // --recheck N: in-run Auto re-times after N decided calls (0: never)
+  bool auto_wide = false;     // --auto-candidates wide: Auto also chooses hierarchical and native
 };
 
 // Parses and checks argv: every number finite and in its range, every list

@@ -151,7 +151,6 @@ void measure(std::vector<Runner>& runners, Ctl& ctl, const char* tname, const Op
         w.bytes = bytes;
         w.count = n;
         w.pred_us = predicted(runners[a].algo, op, bytes, p, model) * 1e6;
-        w.chosen = runners[a].chosen(op, bytes);
         w.iters = iters;
       }
       for (int placement = 0; placement < 2; ++placement) {
@@ -176,6 +175,8 @@ void measure(std::vector<Runner>& runners, Ctl& ctl, const char* tname, const Op
           }
           done += share;
         }
+        // Auto's pick once the warmup has run (in-run selection decides during it).
+        for (std::size_t a = 0; a < na; ++a) row[a].chosen = runners[a].chosen(op, bytes);
         for (std::size_t a = 0; a < na; ++a) {
           Sample& s = in_place ? row[a].ip : row[a].oop;
           std::int64_t wrong = -1;
@@ -325,7 +326,7 @@ static_assert(wc::AlgorithmFor<MpiDirect, wc::MpiTransport>);
 
 // Runs f(policy) with each selected algorithm's policy object.
 template <class T, class F>
-void with_policy(Algo a, const wc::CostModel& model, std::size_t chunk, F&& f) {
+void with_policy(Algo a, const wc::CostModel& model, std::size_t chunk, const Options& o, F&& f) {
   wc::Ring ring;
   wc::Tree tree;
   wc::HalvingDoubling hd;
@@ -348,6 +349,19 @@ void with_policy(Algo a, const wc::CostModel& model, std::size_t chunk, F&& f) {
       std::get<wc::Ring>(au.candidates) = ring;
       std::get<wc::Tree>(au.candidates) = tree;
       std::get<wc::HalvingDoubling>(au.candidates) = hd;
+      au.in_run = {.calls_per_candidate = o.in_run, .recheck_every = o.recheck};
+      if (o.auto_wide) {
+        // For clusters: the two-level schedule and the transport's own are candidates too.
+        wc::AutoOf<wc::Ring, wc::Tree, wc::RecursiveDoubling, wc::HalvingDoubling, wc::Hierarchical<>, wc::Native> w;
+        w.model = model;
+        w.in_run = au.in_run;
+        std::get<wc::Ring>(w.candidates) = ring;
+        std::get<wc::Tree>(w.candidates) = tree;
+        std::get<wc::HalvingDoubling>(w.candidates) = hd;
+        std::get<wc::Hierarchical<>>(w.candidates).intra = std::get<wc::Hierarchical<>>(w.candidates).inter = ring;
+        f(w);
+        return;
+      }
       f(au);
       return;
     }
@@ -369,7 +383,7 @@ void run_all(T& t, const Options& o, const wc::CostModel& model, const char* tna
   wc::Communicator<wc::Ring, T> ctl{ctl_t};
   std::vector<Runner> runners;
   for (Algo a : o.algos)
-    with_policy<T>(a, model, o.chunk, [&](auto policy) {
+    with_policy<T>(a, model, o.chunk, o, [&](auto policy) {
       using P = decltype(policy);
       auto comm = std::make_shared<wc::Communicator<P, T>>(t.split(0, t.rank(), dl), policy);
       comm->set_fingerprints(o.fingerprints);
@@ -379,10 +393,15 @@ void run_all(T& t, const Options& o, const wc::CostModel& model, const char* tna
       run.call = [c = comm.get(), &o](Collective op, const Layout& L, std::size_t n, int root) {
         invoke(*c, op, o.type, o.redop, L, n, root);
       };
-      run.chosen = [policy, size = t.size(), name = std::string(t.name())](Collective op, std::size_t bytes) {
-        std::string c;
-        if constexpr (std::is_same_v<P, wc::Auto>) c = policy.choice(op, bytes, size, name);
-        return c;
+      run.chosen = [c = comm.get(), size = t.size(), name = std::string(t.name())](Collective op, std::size_t bytes) {
+        std::string s;
+        if constexpr (requires { c->algorithm().tuning(); }) {
+          // In-run selection: what the communicator's own state runs next (its winner once decided).
+          const P& au = c->algorithm();
+          const std::size_t guess = au.choose(op, bytes, size, name);
+          s = au.tuning() ? P::candidate_name(au.tuning()->next(op, bytes, guess)) : au.choice(op, bytes, size, name);
+        }
+        return s;
       };
       runners.push_back(std::move(run));
     });

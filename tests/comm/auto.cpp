@@ -11,6 +11,7 @@
 #include <doctest/doctest.h>
 
 #include <weft/comm/algorithm/auto.hpp>
+#include <weft/comm/algorithm/ordered.hpp>
 #include <weft/comm/communicator.hpp>
 #include <weft/comm/tuning/calibrate.hpp>
 #include <weft/comm/tuning/cost_file.hpp>
@@ -20,6 +21,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -319,4 +321,149 @@ TEST_CASE("calibrate() returns one table on every rank, covering every size, tha
   CHECK(load_cost_model(f.path, "threads").decisions.size() == m.decisions.size());
   CHECK_THROWS_WITH_AS(run_local(1, [&](ThreadTransport& t) { calibrate(t, CostModel{}, o); }),
                        doctest::Contains("calibrate needs at least 2 ranks"), weft::ValueError);
+}
+
+// ---- in-run selection (tuning/in_run.hpp) --------------------------------------
+// No timing decides a check here: which candidate wins is whatever this
+// machine measured; what is checked is that every rank agreed on it (the
+// winner, and the slowest-rank times it was chosen from, bitwise), that every
+// call's result is exact whichever candidate ran it, that the table's pick is
+// timed first, and that re-checks and deterministic mode keep working.
+namespace {
+
+// Rank r's element i: small integers, exact in float under any summation order.
+float in_run_input(int r, std::size_t i) { return static_cast<float>(r * 5 + static_cast<int>(i % 17)); }
+
+}  // namespace
+
+TEST_CASE("in-run Auto: ranks agree on each size class's winner, and every call is exact") {
+  constexpr int P = 4;
+  constexpr int per = 2;  // timed calls per candidate
+  const std::vector<std::size_t> sizes{2, 100, 5000, 70000};
+  // Per rank and size: the winner's index, and the agreed times' bits.
+  std::vector<std::vector<std::size_t>> winners(P);
+  std::vector<std::vector<std::vector<double>>> agreed(P);
+  std::vector<std::string> errors(P);
+  run_local(P, [&](ThreadTransport& t) {
+    Auto a;
+    a.in_run = {.calls_per_candidate = per};
+    Communicator<Auto, ThreadTransport> c(t, a, CommOptions{.timeout = std::chrono::seconds(30)});
+    Communicator<Auto, ThreadTransport> other(t.split(0, t.rank()), a, CommOptions{.timeout = std::chrono::seconds(30)});
+    const auto me = static_cast<std::size_t>(t.rank());
+    for (std::size_t n : sizes) {
+      const std::size_t bytes = n * sizeof(float);
+      // The first call runs the model's pick (the starting guess).
+      const char* guess = c.algorithm().choice(Collective::allreduce, bytes, P, t.name());
+      CHECK(std::string(c.algorithm().chosen(Collective::allreduce, weft::dtype::f32, n, P, t.name())) == guess);
+      for (int k = 0; k < per * static_cast<int>(Auto::candidate_count()) + 3; ++k) {
+        std::vector<float> v(n);
+        for (std::size_t i = 0; i < n; ++i) v[i] = in_run_input(t.rank(), i);
+        c.allreduce(v);
+        for (std::size_t i = 0; i < n; ++i) {
+          float want = 0;
+          for (int r = 0; r < P; ++r) want += in_run_input(r, i);
+          if (v[i] != want) {
+            errors[me] = "call " + std::to_string(k) + " of " + std::to_string(n) + " elements: element " +
+                         std::to_string(i) + " is " + std::to_string(v[i]) + ", expected " + std::to_string(want);
+            break;
+          }
+        }
+      }
+      const InRunTuner::Entry* e = c.algorithm().tuning()->find(Collective::allreduce, bytes);
+      REQUIRE(e != nullptr);
+      CHECK(e->decided);
+      CHECK(e->decisions == 1);
+      winners[me].push_back(e->winner);
+      agreed[me].push_back(e->agreed);
+      // Later calls run the winner (it is what the fingerprint names).
+      CHECK(std::string(c.algorithm().chosen(Collective::allreduce, weft::dtype::f32, n, P, t.name())) ==
+            Auto::candidate_name(e->winner));
+    }
+    // The state is the communicator's: another communicator built from the same policy starts fresh.
+    CHECK(other.algorithm().tuning()->find(Collective::allreduce, 400) == nullptr);
+  });
+  for (int r = 0; r < P; ++r) {
+    CAPTURE(r);
+    CHECK(errors[static_cast<std::size_t>(r)] == "");
+    CHECK(winners[static_cast<std::size_t>(r)] == winners[0]);
+    REQUIRE(agreed[static_cast<std::size_t>(r)].size() == sizes.size());
+    for (std::size_t s = 0; s < sizes.size(); ++s) {
+      REQUIRE(agreed[static_cast<std::size_t>(r)][s].size() == Auto::candidate_count());
+      for (std::size_t i = 0; i < Auto::candidate_count(); ++i) {
+        CHECK(agreed[static_cast<std::size_t>(r)][s][i] == agreed[0][s][i]);
+        CHECK(agreed[0][s][i] > 0);
+      }
+    }
+  }
+}
+
+TEST_CASE("in-run Auto: the table's pick is timed first, then the others in order; re-checks start again") {
+  run_local(2, [&](ThreadTransport& t) {
+    Auto a{with_table()};  // 2 ranks: tree up to 1000 B
+    a.in_run = {.calls_per_candidate = 1, .recheck_every = 3};
+    Communicator<Auto, ThreadTransport> c(t, a, CommOptions{.timeout = std::chrono::seconds(30)});
+    std::vector<float> v(100, 1.0f);  // 400 B
+    auto next = [&] { return std::string(c.algorithm().chosen(Collective::allreduce, weft::dtype::f32, 100, 2, t.name())); };
+    // Trial order: tree (the table's), then ring, recursive_doubling, halving_doubling.
+    for (const char* want : {"tree", "ring", "recursive_doubling", "halving_doubling"}) {
+      CHECK(next() == want);
+      std::fill(v.begin(), v.end(), 1.0f);
+      c.allreduce(v);
+      CHECK(v[99] == 2.0f);
+    }
+    const InRunTuner::Entry* e = c.algorithm().tuning()->find(Collective::allreduce, 400);
+    REQUIRE(e != nullptr);
+    CHECK(e->decided);
+    const std::string first = Auto::candidate_name(e->winner);
+    for (int k = 0; k < 3; ++k) {
+      CHECK(next() == first);
+      c.allreduce(v);
+    }
+    // After 3 decided calls: timed again, the current winner first.
+    CHECK(!e->decided);
+    CHECK(next() == first);
+    for (int k = 0; k < 4; ++k) c.allreduce(v);
+    CHECK(e->decided);
+    CHECK(e->decisions == 2);
+    // A size in another class has its own state.
+    CHECK(c.algorithm().tuning()->find(Collective::allreduce, 4000) == nullptr);
+  });
+}
+
+TEST_CASE("in-run Auto in deterministic mode: bitwise Ordered's result, fingerprints agree") {
+  const std::size_t n = 3001;
+  std::vector<std::vector<float>> got(3), ref(3);
+  auto fill = [&](std::vector<float>& v, int r) {
+    v.resize(n);
+    for (std::size_t i = 0; i < n; ++i) v[i] = 0.1f * static_cast<float>(r + 1) + 1e-3f * static_cast<float>(i);
+  };
+  run_local(3, [&](ThreadTransport& t) {
+    Auto a;
+    a.in_run = {.calls_per_candidate = 1};
+    Communicator<Auto, ThreadTransport> c(t, a, CommOptions{.timeout = std::chrono::seconds(30), .deterministic = true});
+    Communicator<Ordered<>, ThreadTransport> o(t.split(0, t.rank()), Ordered<>{},
+                                              CommOptions{.timeout = std::chrono::seconds(30)});
+    auto& mine = got[static_cast<std::size_t>(t.rank())];
+    for (int k = 0; k < 6; ++k) {
+      fill(mine, t.rank());
+      c.allreduce(mine);
+    }
+    auto& r = ref[static_cast<std::size_t>(t.rank())];
+    fill(r, t.rank());
+    o.allreduce(r);
+  });
+  for (std::size_t r = 0; r < 3; ++r) {
+    CHECK(std::memcmp(got[r].data(), ref[0].data(), n * sizeof(float)) == 0);
+    CHECK(std::memcmp(ref[r].data(), ref[0].data(), n * sizeof(float)) == 0);
+  }
+}
+
+TEST_CASE("in-run Auto refuses a trial count past 1000 with a sentence") {
+  CHECK_THROWS_WITH_AS(run_local(2,
+                                 [&](ThreadTransport& t) {
+                                   Auto a;
+                                   a.in_run = {.calls_per_candidate = 5000};
+                                   Communicator<Auto, ThreadTransport> c(t, a);
+                                 }),
+                       doctest::Contains("in_run.calls_per_candidate is 5000; give 1..1000"), weft::ValueError);
 }

@@ -144,6 +144,9 @@ inline std::string seconds(Duration d) {
 inline constexpr Tag data_tag_base = 0x0000, fingerprint_tag_base = 0x2000, user_tag_base = 0x4000;
 inline constexpr Tag max_user_tag = 0x1fff;
 inline constexpr Tag setup_tag_names = 0x7ffd, setup_tag_nodes = 0x7ffe;  // 0x7fff: MpiTransport::split
+// A timed-out call's reachability probe (Context::unanswered) and in-run
+// Auto's agreement on timings (algorithm/auto_tuning.hpp).
+inline constexpr Tag probe_tag = 0x7ffc, tuning_tag = 0x7ffb;
 
 template <Transport T, Executor Exec = HostExecutor>
 class Context {
@@ -251,6 +254,10 @@ class Context {
         std::string why = t_.failure();
         os << "the other ranks" << (why.empty() ? "" : ": ") << why;
       }
+      // The peer waited on may itself be waiting (a ring neighbour on the
+      // same host as this rank): ask every rank instead, and name those that
+      // do not answer (a host whose link went down, a rank that hung).
+      if constexpr (!TracksArrival<T>) os << unanswered();
       throw TimeoutError(os.str());
     }
     if (s == WaitStatus::aborted) {
@@ -260,6 +267,47 @@ class Context {
     if (peer >= 0) os << ": rank " << name_of(peer) << " left without taking part (" << t_.failure() << ")";
     else os << ": " << t_.failure();
     throw PeerFailedError(os.str());
+  }
+
+  // After this rank timed out in a call, on a transport that cannot see
+  // arrivals (MPI): every rank of the context that times out in the same call
+  // sends every other one a byte on probe_tag, then waits for theirs for a
+  // grace period (a quarter of the call's timeout, 0.5 to 5 s: the ranks
+  // entered the call at slightly different times). Ranks whose byte did not
+  // come are unreachable, or stuck in another call; they are named.
+  // Messages to ranks that never answer are abandoned: the communicator is
+  // broken after this, so no later call meets them.
+  std::string unanswered() {
+    const int p = size(), me = rank();
+    if (p < 2) return {};
+    static const std::byte ping{1};
+    std::vector<std::byte> got(static_cast<std::size_t>(p));
+    std::vector<Request> rq(static_cast<std::size_t>(2 * p));
+    for (int r = 0; r < p; ++r) {
+      if (r == me) continue;
+      rq[static_cast<std::size_t>(r)] = t_.irecv(&got[static_cast<std::size_t>(r)], 1, r, probe_tag);
+      rq[static_cast<std::size_t>(p + r)] = t_.isend(&ping, 1, r, probe_tag);
+    }
+    const auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(call.deadline - call.start);
+    const auto grace = std::clamp(timeout / 4, std::chrono::milliseconds(500), std::chrono::milliseconds(5000));
+    const Deadline until = Clock::now() + grace;
+    std::vector<int> silent, answered{name_of(me)};
+    for (int r = 0; r < p; ++r) {
+      if (r == me) continue;
+      bool ok = false;
+      try {
+        ok = t_.wait(rq[static_cast<std::size_t>(r)], until) == WaitStatus::done;
+      } catch (const std::exception&) {  // the transport's own error: this rank is not reachable either
+      }
+      (ok ? answered : silent).push_back(name_of(r));
+    }
+    for (auto& q : rq) t_.cancel(q);
+    if (silent.empty()) return "; every rank answered a reachability probe afterwards";
+    std::sort(silent.begin(), silent.end());
+    std::sort(answered.begin(), answered.end());
+    return "; unreachable: rank" + std::string(silent.size() == 1 ? " " : "s ") + detail::rank_list(silent) +
+           " (no answer to a reachability probe within " + detail::seconds(grace) + "; rank" +
+           (answered.size() == 1 ? " " : "s ") + detail::rank_list(answered) + " answered)";
   }
 
   // One step of most algorithms: send `sbytes` to `to` while receiving `rbytes`
@@ -381,6 +429,8 @@ class Context {
              << " sent no fingerprint: they have fingerprints off (CommOptions::fingerprints must be the same on "
                 "every rank; zero-element calls exchange them regardless) and call something else";
         }
+        // Not seen is not the same as absent: which of them can still be reached?
+        if constexpr (!TracksArrival<T>) os << unanswered();
         throw TimeoutError(os.str());
       }
       if (missing.empty()) os << " abandoned: " << t_.failure();

@@ -14,9 +14,21 @@
 //   Auto{model}                     one model (constants and tables) on any transport
 //   Auto::from_file("cost.txt")     the file's section named after the transport
 //   Auto::from_environment()        the file WEFT_COST_MODEL names (unset: formulas only)
+//
+// In-run selection (tuning/in_run.hpp), off unless asked:
+//   a.in_run = {.calls_per_candidate = 2, .recheck_every = 1000};
+// The first calls of each (op, size class) on the communicator time every
+// candidate in the user's own run (the model's pick first: the table is the
+// starting guess, not the final word), the ranks agree on the winner from
+// the slowest rank's times, and later calls run it. The state belongs to the
+// communicator the policy was prepared for (a Communicator prepares its own
+// copy when it is built); each call's fingerprint names the candidate the
+// state machine says it runs.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -27,9 +39,11 @@
 #include "../algorithm.hpp"
 #include "../context.hpp"
 #include "../deadline.hpp"
+#include "../error.hpp"
 #include "../transport.hpp"
 #include "../tuning/cost_file.hpp"
 #include "../tuning/cost_model.hpp"
+#include "../tuning/in_run.hpp"
 #include "halving_doubling.hpp"
 #include "recursive_doubling.hpp"
 #include "ring.hpp"
@@ -52,6 +66,11 @@ struct AutoOf {
   std::optional<CostModel> model{};
   CostFile file{};  // empty unless loaded (from_file, from_environment, or assigned)
   std::tuple<Candidates...> candidates{};
+  // In-run selection (off by default: calls_per_candidate = 0).
+  InRunOptions in_run{};
+  // Set by prepare() when in_run is on: the state of the communicator it was prepared for.
+  std::shared_ptr<InRunTuner> tuner{};
+  const void* prepared_for = nullptr;
 
   // An Auto that follows the cost file at `path` (weft-bench calibrate
   // writes them); throws IoError naming the file and line if it is bad.
@@ -69,11 +88,20 @@ struct AutoOf {
     return a;
   }
 
-  // Candidates that split groups (Hierarchical) do so when the Communicator is built.
+  // Candidates that split groups (Hierarchical) do so when the Communicator
+  // is built; in-run selection starts a fresh state for this communicator.
   template <Transport T>
-    requires(detail::prepares_on<Candidates, T> || ...)
   void prepare(Context<T>& ctx, Deadline dl) {
     std::apply([&](auto&... c) { (prepare_one(c, ctx, dl), ...); }, candidates);
+    if (in_run.enabled()) {
+      if (in_run.calls_per_candidate > 1000)
+        throw_error<ValueError>("Auto on rank ", ctx.rank(), ": in_run.calls_per_candidate is ",
+                                in_run.calls_per_candidate, "; give 1..1000 timed calls per candidate");
+      tuner = std::make_shared<InRunTuner>(in_run, sizeof...(Candidates));
+    } else {
+      tuner.reset();
+    }
+    prepared_for = &ctx;
   }
 
   // The model used on a transport of this name.
@@ -96,8 +124,14 @@ struct AutoOf {
   // The candidate a call of `count` elements of `type` runs: what the
   // Communicator puts in the call's fingerprint.
   const char* chosen(Collective op, dtype type, std::size_t count, int p, std::string_view transport) const {
-    return choice(op, bytes_of(op, type, count, p), p, transport);
+    const std::size_t bytes = bytes_of(op, type, count, p);
+    const std::size_t guess = choose(op, bytes, p, transport);
+    return names[tuner && in_run.enabled() ? tuner->next(op, bytes, guess) : guess];
   }
+  // In-run selection's state (nullptr when off or not prepared): tuning()->find(op, bytes).
+  const InRunTuner* tuning() const { return tuner.get(); }
+  static constexpr std::size_t candidate_count() { return sizeof...(Candidates); }
+  static const char* candidate_name(std::size_t i) { return names[i]; }
 
   // Every collective: the candidate chosen for its size (bytes_of, as the fingerprint's choice).
   template <class D, class Ctx>
@@ -146,8 +180,21 @@ struct AutoOf {
   }
   template <class Ctx, class F>
   void with(Ctx& ctx, Collective op, std::size_t n, F&& f) const {
-    const std::size_t k = choose(op, bytes_of(op, ctx.call.type, n, ctx.size()), ctx.size(), ctx.transport().name());
+    const std::size_t bytes = bytes_of(op, ctx.call.type, n, ctx.size());
+    const std::size_t guess = choose(op, bytes, ctx.size(), ctx.transport().name());
+    if (!in_run.enabled()) {
+      run_index(ctx, guess, f, std::index_sequence_for<Candidates...>{});
+      return;
+    }
+    if (!tuner || prepared_for != static_cast<const void*>(&ctx))
+      throw_error<ValueError>(ctx.call.label(), " on rank ", ctx.name_of(ctx.rank()),
+                              ": Auto's in-run selection was not prepared for this communicator (a Communicator "
+                              "prepares its policy when it is built; a policy that wraps Auto must forward prepare())");
+    const std::size_t k = tuner->next(op, bytes, guess);
+    const auto t0 = std::chrono::steady_clock::now();
     run_index(ctx, k, f, std::index_sequence_for<Candidates...>{});
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    tuner->record(ctx, op, bytes, guess, k, s);
   }
   template <class Ctx, class F, std::size_t... I>
   void run_index(Ctx& ctx, std::size_t k, F& f, std::index_sequence<I...>) const {

@@ -22,6 +22,13 @@
 // divisor of n closest to sqrt(n)). Buffers for which (rows + cols) r >= n
 // (biases, tiny layers) are sent uncompressed in one allreduce, as PyTorch's
 // PowerSGD hook does.
+//
+// Products: the three matrix products (P = m Q, Q_i = m^T P^, P^ Q^T) run
+// through `gemm` when it is set, else through the plain loops below (the
+// reference the tests compare with). comm/ needs no BLAS, so the CBLAS
+// routine is an opt-in include: comm/codec/powersgd_blas.hpp sets it
+// (`with_blas(PowerSGD{.rank = 4})`). Every rank must use the same products:
+// they round differently, and P^ must be equal on every rank.
 #pragma once
 
 #include <algorithm>
@@ -35,6 +42,18 @@
 
 namespace weft::comm {
 
+// One row-major product C (m, n) = alpha op(A) op(B) + beta C, op(A) (m, k), op(B) (k, n);
+// A is stored (k, m) when trans_a, B (n, k) when trans_b (cblas_sgemm's arguments).
+struct PowerSGDGemm {
+  bool trans_a = false, trans_b = false;
+  std::size_t m = 0, n = 0, k = 0;
+  float alpha = 1.0f;
+  const float* a = nullptr;
+  const float* b = nullptr;
+  float beta = 0.0f;
+  float* c = nullptr;
+};
+
 struct PowerSGD {
   static constexpr const char* name = "powersgd";
   static constexpr bool linear = true;
@@ -45,6 +64,8 @@ struct PowerSGD {
   bool error_feedback = true;
   bool warm_start = true;
   std::uint64_t seed = 0x9564;  // the Gaussian start of Q; must be equal on every rank
+  // The products' routine (powersgd_blas.hpp: cblas_sgemm); null: the loops.
+  void (*gemm)(const PowerSGDGemm&) = nullptr;
 
   struct State {
     std::vector<float> residual;  // e, rows x cols
@@ -108,6 +129,10 @@ struct PowerSGD {
         for (std::size_t i = 0; i < cl * R; ++i) st.q[i] = detail::gaussian(stream, i);
       }
       // P = m Q  (rows, r)
+      if (gemm) {
+        gemm({.m = rows, .n = R, .k = cl, .a = st.m.data(), .b = st.q.data(), .c = out});
+        return;
+      }
       std::fill(out, out + rows * R, 0.0f);
       for (std::size_t i = 0; i < rows; ++i) {
         const float* mi = st.m.data() + i * cl;
@@ -122,7 +147,8 @@ struct PowerSGD {
     }
     // Q_i = m^T P^  (cols, r)
     st.q_local.assign(cl * R, 0.0f);
-    for (std::size_t i = 0; i < rows; ++i) {
+    if (gemm) gemm({.trans_a = true, .m = cl, .n = R, .k = rows, .a = st.m.data(), .b = st.p.data(), .c = st.q_local.data()});
+    for (std::size_t i = 0; i < rows && !gemm; ++i) {
       const float* mi = st.m.data() + i * cl;
       const float* pi = st.p.data() + i * R;
       for (std::size_t j = 0; j < cl; ++j) {
@@ -131,7 +157,7 @@ struct PowerSGD {
       }
     }
     std::copy(st.q_local.begin(), st.q_local.end(), out);
-    if (error_feedback) low_rank(st.p.data(), st.q_local.data(), rows, cl, R, st.m.data(), st.residual.data());
+    if (error_feedback) low_rank(st.p.data(), st.q_local.data(), rows, cl, R, st.m.data(), st.residual.data(), gemm);
   }
 
   void decode(State& st, const float* in, float* y, std::size_t n, int round, const CodecCall& k) const {
@@ -148,12 +174,18 @@ struct PowerSGD {
     }
     st.q.assign(in, in + s.cols * R);  // the summed Q: next step's start
     for (std::size_t i = 0; i < n; ++i) y[i] = 0.0f;
-    low_rank(st.p.data(), st.q.data(), s.rows, s.cols, R, nullptr, y);
+    low_rank(st.p.data(), st.q.data(), s.rows, s.cols, R, nullptr, y, gemm);
   }
 
   // dst = base - P Q^T (base given) or dst = P Q^T (base null); P (rows, r), Q (cols, r).
   static void low_rank(const float* p, const float* q, std::size_t rows, std::size_t cols, std::size_t r,
-                       const float* base, float* dst) {
+                       const float* base, float* dst, void (*gemm)(const PowerSGDGemm&) = nullptr) {
+    if (gemm) {
+      if (base) std::copy(base, base + rows * cols, dst);
+      gemm({.trans_b = true, .m = rows, .n = cols, .k = r, .alpha = base ? -1.0f : 1.0f, .a = p, .b = q,
+            .beta = base ? 1.0f : 0.0f, .c = dst});
+      return;
+    }
     for (std::size_t i = 0; i < rows; ++i) {
       const float* pi = p + i * r;
       for (std::size_t j = 0; j < cols; ++j) {

@@ -1,0 +1,163 @@
+// In-run selection for Auto (algorithm/auto.hpp): the first calls of each
+// (op, size class) on a communicator time Auto's candidates inside the
+// user's own run, the ranks agree on the winner, and later calls run it.
+//
+//   size class   bytes rounded down to a power of two (bit width of the byte
+//                count): calls within a factor of two share a decision
+//   trial phase  the starting guess (the cost file's measured decision, else
+//                the cheapest formula) runs first, then every other candidate
+//                in order, each for `calls_per_candidate` calls; each rank
+//                keeps the fastest call of each candidate (its own clock)
+//   agreement    after the last trial call every rank sends its k times to
+//                every other rank (a small allreduce of the timings, max over
+//                ranks, on tuning_tag) under the call's deadline; the winner
+//                is the least slowest-rank time, ties to the lower index, so
+//                every rank picks the same from the same numbers
+//   re-check     with `recheck_every = N`, after N decided calls the key goes
+//                back to a trial phase whose guess is the current winner
+//
+// Every rank of a communicator makes the same calls in the same order, so
+// each rank's state machine sits at the same step: the candidate a call runs
+// is the same on every rank (it is in the call's fingerprint: a rank whose
+// state differs fails naming both choices). Calls bypassed by deterministic
+// mode (Ordered's schedules) do not advance it.
+#pragma once
+
+#include <algorithm>
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <map>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "../collective.hpp"
+#include "../context.hpp"
+#include "../deadline.hpp"
+
+namespace weft::comm {
+
+struct InRunOptions {
+  // Timed calls per candidate before the ranks agree; 0 turns in-run
+  // selection off (the cost file or formulas decide every call).
+  int calls_per_candidate = 0;
+  // Decided calls of one (op, size class) before its candidates are timed
+  // again (conditions drift: other jobs on the links); 0: never.
+  std::uint64_t recheck_every = 0;
+  bool enabled() const { return calls_per_candidate > 0; }
+};
+
+// The per-communicator state (Auto's prepare() makes one for its communicator).
+class InRunTuner {
+ public:
+  // What the tuner knows about one (op, size class).
+  struct Entry {
+    bool decided = false;
+    std::size_t guess = 0;   // the candidate the table or formulas pick
+    std::size_t step = 0;    // trial phase: position in the trial order
+    int calls = 0;           // trial phase: timed calls of the current candidate
+    std::vector<double> best;  // trial phase: this rank's fastest call of each candidate (s)
+    std::size_t winner = 0;
+    std::uint64_t since = 0;  // decided calls since the decision
+    std::uint64_t decisions = 0;
+    std::vector<double> agreed;  // the last agreement's slowest-rank times (s), per candidate
+  };
+
+  InRunTuner(InRunOptions o, std::size_t candidates) : opts_(o), k_(candidates) {}
+
+  static int size_class(std::size_t bytes) { return static_cast<int>(std::bit_width(bytes)); }
+
+  // The candidate the next call of (op, bytes) runs; `guess` is the table's pick. Does not advance.
+  std::size_t next(Collective op, std::size_t bytes, std::size_t guess) const {
+    auto it = entries_.find({static_cast<int>(op), size_class(bytes)});
+    if (it == entries_.end()) return guess;  // the first call: the guess starts the trials
+    const Entry& e = it->second;
+    return e.decided ? e.winner : order(e.guess, e.step);
+  }
+
+  // After this rank ran candidate `ran` for (op, bytes) in `seconds`:
+  // advances the state, and after the last trial call agrees with the other
+  // ranks of `ctx` on the winner (collective over ctx, under its call's deadline).
+  template <class Ctx>
+  void record(Ctx& ctx, Collective op, std::size_t bytes, std::size_t guess, std::size_t ran, double seconds) {
+    auto [it, fresh] = entries_.try_emplace({static_cast<int>(op), size_class(bytes)});
+    Entry& e = it->second;
+    if (fresh) start(e, guess);
+    if (e.decided) {
+      if (opts_.recheck_every && ++e.since >= opts_.recheck_every) start(e, e.winner);
+      return;
+    }
+    e.best[ran] = std::min(e.best[ran], seconds);
+    if (++e.calls < opts_.calls_per_candidate) return;
+    e.calls = 0;
+    if (++e.step < k_) return;
+    e.agreed = agree(ctx, e.best);
+    e.winner = 0;
+    for (std::size_t i = 1; i < k_; ++i)
+      if (e.agreed[i] < e.agreed[e.winner]) e.winner = i;
+    e.decided = true;
+    e.since = 0;
+    ++e.decisions;
+  }
+
+  // The state of (op, size class of bytes), or nullptr before its first call.
+  const Entry* find(Collective op, std::size_t bytes) const {
+    auto it = entries_.find({static_cast<int>(op), size_class(bytes)});
+    return it == entries_.end() ? nullptr : &it->second;
+  }
+  const InRunOptions& options() const { return opts_; }
+
+ private:
+  // Trial order: the guess first, then the others by index.
+  std::size_t order(std::size_t guess, std::size_t step) const {
+    if (step == 0) return guess;
+    return step <= guess ? step - 1 : step;
+  }
+  void start(Entry& e, std::size_t guess) {
+    e.decided = false;
+    e.guess = guess;
+    e.step = 0;
+    e.calls = 0;
+    e.since = 0;
+    e.best.assign(k_, std::numeric_limits<double>::infinity());
+  }
+
+  // Max over the ranks of ctx of each candidate's time: every rank sends its
+  // vector to every other one. Bounded by the current call's deadline;
+  // failures are named like the call's own (Context::fail).
+  template <class Ctx>
+  static std::vector<double> agree(Ctx& ctx, const std::vector<double>& mine) {
+    const int p = ctx.size(), me = ctx.rank();
+    const std::size_t k = mine.size();
+    std::vector<double> all(k * static_cast<std::size_t>(p));
+    auto& t = ctx.transport();
+    using Request = typename std::remove_reference_t<decltype(t)>::Request;
+    std::vector<Request> rq(static_cast<std::size_t>(2 * p));
+    for (int r = 0; r < p; ++r) {
+      if (r == me) continue;
+      rq[static_cast<std::size_t>(r)] = t.irecv(all.data() + static_cast<std::size_t>(r) * k, k * sizeof(double), r, tuning_tag);
+      rq[static_cast<std::size_t>(p + r)] = t.isend(mine.data(), k * sizeof(double), r, tuning_tag);
+    }
+    for (int i = 0; i < 2 * p; ++i) {
+      if (i % p == me) continue;
+      auto& q = rq[static_cast<std::size_t>(i)];
+      if (WaitStatus s = t.wait(q, ctx.call.deadline); s != WaitStatus::done) {
+        for (auto& x : rq) t.cancel(x);
+        ctx.fail(s, i % p);
+      }
+    }
+    std::vector<double> out = mine;
+    for (int r = 0; r < p; ++r)
+      if (r != me)
+        for (std::size_t i = 0; i < k; ++i) out[i] = std::max(out[i], all[static_cast<std::size_t>(r) * k + i]);
+    return out;
+  }
+
+  InRunOptions opts_;
+  std::size_t k_;
+  std::map<std::pair<int, int>, Entry> entries_;
+};
+
+}  // namespace weft::comm
