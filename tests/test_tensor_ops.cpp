@@ -459,3 +459,46 @@ TEST_CASE("layer_norm: dx by gradcheck (also through views), dgamma and dbeta by
       CHECK(std::abs(p->grad(j) - (up - down) / (2 * h)) < 1e-6);
     }
 }
+
+// ---------------------------------------------------------------- together: attention through views
+
+// Multi-head causal attention written with the ops above (the README's
+// example) against index loops, and its gradient by gradcheck.
+TEST_CASE("causal multi-head attention from one projection, through views, against loops") {
+  const index_t B = 2, T = 4, H = 2, D = 3, C = H * D;
+  Tensor<double> x = randn({B, T, 3 * C}, 80);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+  auto attention = [&](auto qkv) {
+    auto [q, k, v] = chunk<3>(qkv, -1);
+    auto heads = [&](auto t) { return permute(reshape(t, Shape{B, T, H, D}), 0, 2, 1, 3); };  // (B, H, T, D)
+    auto s = matmul(heads(q), transpose(heads(k), -2, -1)) * scale;                           // (B, H, T, T)
+    auto p = softmax(where(causal_mask(T, T), s, -1e30));
+    return reshape(permute(matmul(p, heads(v)), 0, 2, 1, 3), Shape{B, T, C});  // (B, T, C)
+  };
+  Tensor<double> got = eval(attention(x));
+  Tensor<double> want({B, T, C});
+  for (index_t b = 0; b < B; ++b)
+    for (index_t h = 0; h < H; ++h)
+      for (index_t i = 0; i < T; ++i) {
+        std::vector<double> w(static_cast<std::size_t>(T), 0.0);
+        double mx = -1e300, z = 0;
+        for (index_t j = 0; j <= i; ++j) {
+          double dot = 0;
+          for (index_t d = 0; d < D; ++d) dot += x(b, i, h * D + d) * x(b, j, C + h * D + d);
+          w[static_cast<std::size_t>(j)] = dot * scale;
+          mx = std::max(mx, dot * scale);
+        }
+        for (index_t j = 0; j <= i; ++j) z += std::exp(w[static_cast<std::size_t>(j)] - mx);
+        for (index_t d = 0; d < D; ++d) {
+          double o = 0;
+          for (index_t j = 0; j <= i; ++j) o += std::exp(w[static_cast<std::size_t>(j)] - mx) / z * x(b, j, 2 * C + h * D + d);
+          want(b, i, h * D + d) = o;
+        }
+      }
+  check_close(got, want, 1e-12);
+  CHECK_GRAD(attention, x);
+  // Not checked here: the same with the projection shared through let(). A
+  // materialising node (matmul, a view) whose operand is let's leaf decides
+  // with needs_grad() that nothing below it needs a gradient, so the shared
+  // value gets none through it (a gap in let's protocol, open).
+}
