@@ -70,11 +70,11 @@ template <class T>
 WEFT_INLINE T lane_max(const T* x, index_t n) {
   T acc[8];
   for (int u = 0; u < 8; ++u) acc[u] = -std::numeric_limits<T>::infinity();
-  index_t c = 0;
-  for (; c + 8 <= n; c += 8)
+  const index_t n8 = n - n % 8;
+  for (index_t c = 0; c < n8; c += 8)
     for (int u = 0; u < 8; ++u) acc[u] = x[c + u] > acc[u] ? x[c + u] : acc[u];
   T m = -std::numeric_limits<T>::infinity();
-  for (; c < n; ++c) m = x[c] > m ? x[c] : m;
+  for (index_t c = n8; c < n; ++c) m = x[c] > m ? x[c] : m;
   for (int u = 0; u < 8; ++u) m = acc[u] > m ? acc[u] : m;
   return m;
 }
@@ -84,22 +84,22 @@ template <class T>
 WEFT_INLINE T exp_sum(T* x, index_t n, T m) {
   for (index_t c = 0; c < n; ++c) x[c] = math::exp(x[c] - m);
   T acc[8] = {};
-  index_t c = 0;
-  for (; c + 8 <= n; c += 8)
+  const index_t n8 = n - n % 8;
+  for (index_t c = 0; c < n8; c += 8)
     for (int u = 0; u < 8; ++u) acc[u] += x[c + u];
   T s = 0;
-  for (; c < n; ++c) s += x[c];
+  for (index_t c = n8; c < n; ++c) s += x[c];
   return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + s;
 }
 
 template <class T>
 WEFT_INLINE T dot(const T* a, const T* b, index_t n) {
   T acc[8] = {};
-  index_t c = 0;
-  for (; c + 8 <= n; c += 8)
+  const index_t n8 = n - n % 8;
+  for (index_t c = 0; c < n8; c += 8)
     for (int u = 0; u < 8; ++u) acc[u] += a[c + u] * b[c + u];
   T s = 0;
-  for (; c < n; ++c) s += a[c] * b[c];
+  for (index_t c = n8; c < n; ++c) s += a[c] * b[c];
   return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + s;
 }
 
@@ -122,11 +122,11 @@ WEFT_INLINE index_t visible(const AttentionParams& p, index_t row, index_t j0, i
 // Scratch elements attention_forward needs.
 inline index_t attention_forward_scratch() { return attention_br * attention_bc + 2 * attention_br; }
 
-// o (N0, N1, Tq, Dv) and lse (N0, N1, Tq), contiguous. scratch: attention_forward_scratch().
-template <class T>
+// o (N0, N1, Tq, Dv) and lse (N0, N1, Tq), contiguous. scratch: attention_forward_scratch()
+// (for other tile sizes BR x BC: BR BC + 2 BR).
+template <class T, index_t BR = attention_br, index_t BC = attention_bc>
 void attention_forward(const AttentionParams& p, AttnOperand<const T> q, AttnOperand<const T> k, AttnOperand<const T> v,
                        T* o, T* lse, T* scratch) {
-  constexpr index_t BR = attention_br, BC = attention_bc;
   const T scale = static_cast<T>(p.scale);
   const T inv_keep = p.dropout > 0 ? T(1) / (T(1) - static_cast<T>(p.dropout)) : T(1);
   const T ninf = -std::numeric_limits<T>::infinity();
@@ -192,10 +192,10 @@ inline index_t attention_backward_scratch(const AttentionParams& p) {
 
 // dq (N0, N1, Tq, D), dk (N0, N1, Tk, D), dv (N0, N1, Tk, Dv): contiguous,
 // overwritten. o, dout (N0, N1, Tq, Dv) and lse (N0, N1, Tq) contiguous.
-template <class T>
+// scratch: attention_backward_scratch(p) (for other tiles: 2 BR BC + N0 N1 Tq).
+template <class T, index_t BR = attention_br, index_t BC = attention_bc>
 void attention_backward(const AttentionParams& p, AttnOperand<const T> q, AttnOperand<const T> k, AttnOperand<const T> v,
                         const T* o, const T* dout, const T* lse, T* dq, T* dk, T* dv, T* scratch) {
-  constexpr index_t BR = attention_br, BC = attention_bc;
   const T scale = static_cast<T>(p.scale);
   const T inv_keep = p.dropout > 0 ? T(1) / (T(1) - static_cast<T>(p.dropout)) : T(1);
   T* pt = scratch;           // (BR, BC): P, then P with dropout applied
