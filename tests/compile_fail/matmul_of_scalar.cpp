@@ -1,4 +1,4 @@
-// expect: matmul: the left operand's rank is known from its type and is not 2
+// expect: matmul: the left operand's rank is known from its type and is below 2
 // Twin (without WEFT_COMPILE_FAIL): the same matmul of two matrices compiles.
 #include <weft/expr/matmul.hpp>
 #include <weft/weft.hpp>

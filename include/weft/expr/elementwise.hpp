@@ -71,6 +71,25 @@ struct Gelu {
     return cdf + x * pdf;
   }
 };
+// erf(x); d/dx = 2/sqrt(pi) exp(-x^2).
+struct Erf {
+  static constexpr const char* name = "erf";
+  template <class T> WEFT_HD WEFT_INLINE static T f(T x) { return math::erf(x); }
+  template <class T> WEFT_HD WEFT_INLINE static T df(T x, T) { return T(1.12837916709551257390) * math::exp(-x * x); }
+};
+// GELU, tanh form (PyTorch's approximate='tanh', GPT-2's):
+//   f = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3)
+//   f' = 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2),  t = tanh(u)
+struct GeluTanh {
+  static constexpr const char* name = "gelu_tanh";
+  template <class T> WEFT_HD WEFT_INLINE static T f(T x) {
+    return T(0.5) * x * (T(1) + math::tanh(T(0.79788456080286535588) * (x + T(0.044715) * x * x * x)));
+  }
+  template <class T> WEFT_HD WEFT_INLINE static T df(T x, T) {
+    const T t = math::tanh(T(0.79788456080286535588) * (x + T(0.044715) * x * x * x));
+    return T(0.5) * (T(1) + t) + T(0.5) * x * (T(1) - t * t) * T(0.79788456080286535588) * (T(1) + T(0.134145) * x * x);
+  }
+};
 struct Sin {
   static constexpr const char* name = "sin";
   template <class T> WEFT_HD WEFT_INLINE static T f(T x) { return math::sin(x); }
@@ -374,6 +393,8 @@ template <Operand X> auto tanh(X&& x) { return make_unary<op::Tanh>(std::forward
 template <Operand X> auto sigmoid(X&& x) { return make_unary<op::Sigmoid>(std::forward<X>(x)); }
 template <Operand X> auto relu(X&& x) { return make_unary<op::Relu>(std::forward<X>(x)); }
 template <Operand X> auto gelu(X&& x) { return make_unary<op::Gelu>(std::forward<X>(x)); }
+template <Operand X> auto erf(X&& x) { return make_unary<op::Erf>(std::forward<X>(x)); }
+template <Operand X> auto gelu_tanh(X&& x) { return make_unary<op::GeluTanh>(std::forward<X>(x)); }
 template <Operand X> auto sin(X&& x) { return make_unary<op::Sin>(std::forward<X>(x)); }
 template <Operand X> auto cos(X&& x) { return make_unary<op::Cos>(std::forward<X>(x)); }
 template <class U, Operand X> auto cast(X&& x) { return make_unary<op::Cast<U>>(std::forward<X>(x)); }

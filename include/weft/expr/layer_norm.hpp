@@ -1,7 +1,11 @@
 // layer_norm(x, gamma, beta, eps) over the last axis:
 //   y = (x - mean) / sqrt(var + eps) * gamma + beta   (biased variance, as PyTorch)
 // A materialisation point with its own adjoint (kernels' layer_norm_rows and
-// layer_norm_rows_backward hold the arithmetic):
+// layer_norm_rows_backward hold the arithmetic), fused per row: each row is
+// read once from memory and worked on in cache (forward: mean, variance, y;
+// backward: two row sums, then dx, dgamma and dbeta in one loop). An operand
+// already in memory (a tensor, an input, a parameter, a view) is read in
+// place; a computed one is evaluated once.
 //   xhat = (x - mean) * rstd,  g = dy * gamma
 //   dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
 //   dgamma += sum over rows of dy * xhat,  dbeta += sum over rows of dy
@@ -13,6 +17,7 @@
 
 #include "node.hpp"
 #include "parameter.hpp"
+#include "view.hpp"
 
 namespace weft {
 
@@ -48,7 +53,9 @@ struct LayerNormNode : OneChildNode<LayerNormNode<A>, A> {
     State st{a.forward(ex), {}, {}, {}, {}, {}};
     Shape s = a.shape();
     const index_t d = s.back(), rows = d ? s.numel() / d : 0;
-    st.x = materialise(a, st.a, ex);
+    // An operand already in memory, contiguous, is read in place (no copy).
+    st.x = detail::value_in_place(a, st.a);
+    if (!st.x.data || !st.x.is_contiguous()) st.x = materialise(a, st.a, ex);
     st.val = kernels::alloc<T>(ex, s);
     st.rstd = kernels::alloc<T>(ex, Shape{rows});
     st.mean = kernels::alloc<T>(ex, Shape{rows});

@@ -4,12 +4,24 @@
 // A materialisation point. Opt-in header: needs CBLAS (OpenBLAS) at link time.
 //   forward   C = A B
 //   backward  dA = dC B^T,  dB = A^T dC   (each one gemm, then the operand's region)
+//
+// Batched: operands of rank 3 or 4 are stacks of matrices over their leading
+// (batch) axes, which broadcast as in NumPy: (B, H, T, D) @ (B, H, D, S),
+// (B, T, C) @ (C, N), (H, T, D) @ (B, 1, D, S). Output: (broadcast batch, M, N).
+// Each operand may be transposed on its last two axes (transpose(x, -2, -1))
+// or any other view whose matrices BLAS can read in place (else it is
+// evaluated once). The product runs as one gemm per matrix
+// (kernels::gemm_batched), or as one gemm when only the left operand has batch
+// axes and they fold into its rows (x @ W of a linear layer). The adjoint of
+// an operand broadcast over a batch axis is summed over that axis (the
+// batched gemm accumulates into one matrix, in batch order).
 #pragma once
 
 #include "../kernels/cpu/blas.hpp"
 #include "node.hpp"
 #include "parameter.hpp"
 #include "transpose.hpp"
+#include "view.hpp"
 
 namespace weft {
 
@@ -28,15 +40,64 @@ struct leaf_storage<Arg<I, T, D>> {
 };
 }  // namespace detail
 
+// Batch geometry of a matmul over rank-3/4 operands (see the top of this file).
+namespace detail {
+
+// Rank-4 view of v for gemm_batched: v's batch axes (all but the last two)
+// right-aligned to the output's batch shape bo (at most 2 axes), stride 0
+// where v is broadcast, then v's matrix axes.
+template <class V>
+V batch4(const V& v, const Shape& bo) {
+  V r = v;
+  r.shape.rank = 4;
+  const int vb = v.shape.rank - 2;
+  for (int i = 0; i < 2; ++i) {
+    const int j = i - (2 - bo.rank);  // axis of bo
+    const int dv = j - (bo.rank - vb);  // axis of v
+    r.shape[i] = j >= 0 ? bo[j] : 1;
+    r.strides[i] = (j >= 0 && dv >= 0 && v.shape[dv] != 1) ? v.strides[dv] : 0;
+  }
+  r.shape[2] = v.shape[v.shape.rank - 2];
+  r.shape[3] = v.shape[v.shape.rank - 1];
+  r.strides[2] = v.strides[v.shape.rank - 2];
+  r.strides[3] = v.strides[v.shape.rank - 1];
+  return r;
+}
+
+// The last two axes of v as a matrix (its first batch element).
+template <class V>
+V matrix_of(const V& v) {
+  V r = v;
+  r.shape = Shape{v.shape[v.shape.rank - 2], v.shape[v.shape.rank - 1]};
+  r.strides = Strides{{v.strides[v.shape.rank - 2], v.strides[v.shape.rank - 1]}};
+  return r;
+}
+
+// v (..., M, K) with its leading axes folded into rows, (R, K), when the
+// strides allow it and gemm can read the result in place.
+template <class V>
+bool fold_rows(const V& v, V& out) {
+  const Shape to{v.numel() / std::max<index_t>(v.shape.back(), 1), v.shape.back()};
+  Strides st;
+  if (v.shape.back() == 0 || !reshape_strides(v.shape, v.strides, to, st)) return false;
+  out = v;
+  out.shape = to;
+  out.strides = st;
+  return kernels::gemm_reads_in_place(out);
+}
+
+}  // namespace detail
+
 template <class A, class B>
 struct MatMul : ExprTag {
   using value_type = std::common_type_t<typename A::value_type, typename B::value_type>;
   using device_type = typename A::device_type;
-  static constexpr int static_rank = 2;
-  static_assert(A::static_rank == -1 || A::static_rank == 2,
-                "matmul: the left operand's rank is known from its type and is not 2 (is it a full reduction?)");
-  static_assert(B::static_rank == -1 || B::static_rank == 2,
-                "matmul: the right operand's rank is known from its type and is not 2 (is it a full reduction?)");
+  static constexpr int static_rank =
+      (A::static_rank < 0 || B::static_rank < 0) ? -1 : (A::static_rank > B::static_rank ? A::static_rank : B::static_rank);
+  static_assert(A::static_rank == -1 || A::static_rank >= 2,
+                "matmul: the left operand's rank is known from its type and is below 2 (is it a full reduction?)");
+  static_assert(B::static_rank == -1 || B::static_rank >= 2,
+                "matmul: the right operand's rank is known from its type and is below 2 (is it a full reduction?)");
   static_assert(std::is_same_v<typename A::value_type, typename B::value_type>,
                 "matmul: both operands must have the same element type (convert one with weft::cast<T>(x))");
   static_assert(std::is_same_v<value_type, float> || std::is_same_v<value_type, double>,
@@ -48,13 +109,25 @@ struct MatMul : ExprTag {
   A a;
   B b;
   Shape out;
+  Shape batch;  // the output's batch axes (rank 0 for a plain matrix product)
 
   MatMul(A lhs, B rhs) : a(lhs), b(rhs) {
     Shape sa = a.shape(), sb = b.shape();
-    if (sa.rank != 2 || sb.rank != 2)
-      throw_error<ShapeError>("matmul: operands must be matrices (rank 2), got ", sa, " @ ", sb);
-    if (sa[1] != sb[0]) throw_error<ShapeError>("matmul: inner dimensions differ: ", sa, " @ ", sb);
-    out = Shape{sa[0], sb[1]};
+    if (sa.rank < 2 || sb.rank < 2)
+      throw_error<ShapeError>("matmul: operands must be matrices or stacks of matrices (rank 2 to 4), got ", sa, " @ ", sb);
+    if (sa.back() != sb.back(2)) throw_error<ShapeError>("matmul: inner dimensions differ: ", sa, " @ ", sb);
+    Shape ba, bb;
+    ba.rank = sa.rank - 2;
+    bb.rank = sb.rank - 2;
+    for (int i = 0; i < ba.rank; ++i) ba[i] = sa[i];
+    for (int i = 0; i < bb.rank; ++i) bb[i] = sb[i];
+    if (!broadcast_shapes(ba, bb, batch))
+      throw_error<ShapeError>("matmul: the batch dimensions of ", sa, " @ ", sb,
+                              " do not broadcast (each must be equal or 1, as in NumPy)");
+    out = batch;
+    out.rank = batch.rank + 2;
+    out[batch.rank] = sa.back(2);
+    out[batch.rank + 1] = sb.back();
   }
   Shape shape() const { return out; }
 
@@ -63,27 +136,59 @@ struct MatMul : ExprTag {
     typename B::State b;
     View av, bv;  // operand values as gemm reads them
     View val, adj;
+    bool folded = false;  // (..., M, K) @ (K, N) run as one (R, K) @ (K, N)
   };
 
-  // A leaf already in a BLAS layout is read in place; anything else is evaluated once.
+  // A leaf (or view) already in a BLAS layout is read in place, per matrix;
+  // anything else is evaluated once.
   template <class E, class X>
   static View operand(const E& e, typename E::State& st, const X& ex) {
     if constexpr (std::is_same_v<E, P>) {
       return e.p->value.view();
     } else if constexpr (std::is_same_v<typename detail::leaf_storage<E>::type, value_type>) {
-      if (kernels::gemm_reads_in_place(e.v)) return e.v;
+      if (kernels::gemm_reads_in_place(detail::matrix_of(e.v))) return e.v;
+    } else if constexpr (detail::is_view_node<E>::value) {
+      if (kernels::gemm_reads_in_place(detail::matrix_of(st.val))) return st.val;
     }
     return materialise(e, st, ex);
   }
 
+  bool plain() const { return a.shape().rank == 2 && b.shape().rank == 2; }
+
+  // c = alpha * x @ y + beta * c over the output's batch (x, y, c: views of
+  // the operands' shapes, or of the output's for c; batch axes of c that x
+  // and y broadcast over are summed into it).
+  template <class X>
+  void product(const X& ex, const State& st, const View& x, const View& y, const View& c, value_type beta) const {
+    if (x.shape.rank == 2 && y.shape.rank == 2)
+      kernels::gemm(ex, x, y, c, value_type(1), beta);
+    else
+      kernels::gemm_batched(ex, detail::batch4(x, batch), detail::batch4(y, batch), detail::batch4(c, batch), value_type(1),
+                            beta);
+    (void)st;
+  }
+
   template <class X>
   State forward(const X& ex) const {
-    State st{a.forward(ex), b.forward(ex), {}, {}, {}, {}};
+    State st{a.forward(ex), b.forward(ex), {}, {}, {}, {}, false};
     st.av = operand(a, st.a, ex);
     st.bv = operand(b, st.b, ex);
     st.val = kernels::alloc<value_type>(ex, out);
-    kernels::gemm(ex, st.av, st.bv, st.val, value_type(1), value_type(0));
+    View af;
+    if (!plain() && b.shape().rank == 2 && detail::fold_rows(st.av, af)) {
+      st.folded = true;
+      st.av = af;
+    }
+    product(ex, st, st.av, st.bv, rows(st, st.val), value_type(0));
     return st;
+  }
+  // A buffer of the output's (or A's) shape as gemm sees it: folded into rows when the product is.
+  static View rows(const State& st, View v) {
+    if (st.folded) {
+      v.shape = Shape{v.numel() / std::max<index_t>(v.shape.back(), 1), v.shape.back()};
+      v.strides = contiguous_strides(v.shape);
+    }
+    return v;
   }
 
   template <class G>
@@ -96,23 +201,24 @@ struct MatMul : ExprTag {
     using kernels::BufferSeed;
     const auto& ex = g.exec();
     Shape sa = a.shape(), sb = b.shape();
+    const View dc = rows(st, st.adj);
     // B first: in x @ W the weight's gradient is final at once, while A's
     // backward may go deep (hooks fire last layer first, as DDP's buckets expect).
     if constexpr (std::is_same_v<B, P>) {
-      kernels::gemm(ex, st.av.transposed(), st.adj, g.grad_of(*b.p), value_type(1), value_type(1));
+      product(ex, st, st.av.transposed(), dc, g.grad_of(*b.p), value_type(1));
       g.param_done(*b.p);
     } else if constexpr (weft::needs_grad<B, G>()) {  // (no gemm for an operand with nothing to differentiate)
       auto db = kernels::alloc<value_type>(ex, sb);
-      kernels::gemm(ex, st.av.transposed(), st.adj, db, value_type(1), value_type(0));
+      product(ex, st, st.av.transposed(), dc, db, value_type(0));
       g.run_region(b, st.b, sb, BufferSeed<value_type>{db.data, aligned_strides(sb, contiguous_strides(sb), sb), value_type(1)});
     }
     if constexpr (std::is_same_v<A, P>) {
       // A parameter operand: accumulate dA straight into its gradient.
-      kernels::gemm(ex, st.adj, st.bv.transposed(), g.grad_of(*a.p), value_type(1), value_type(1));
+      product(ex, st, dc, st.bv.transposed(), rows(st, g.grad_of(*a.p)), value_type(1));
       g.param_done(*a.p);
     } else if constexpr (weft::needs_grad<A, G>()) {
       auto da = kernels::alloc<value_type>(ex, sa);
-      kernels::gemm(ex, st.adj, st.bv.transposed(), da, value_type(1), value_type(0));
+      product(ex, st, dc, st.bv.transposed(), rows(st, da), value_type(0));
       g.run_region(a, st.a, sa, BufferSeed<value_type>{da.data, aligned_strides(sa, contiguous_strides(sa), sa), value_type(1)});
     }
   }

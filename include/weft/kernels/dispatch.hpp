@@ -10,7 +10,8 @@
 //                       backward of a region
 //   DeviceKernels       the above, plus reduce along axes, softmax rows,
 //                       cross-entropy rows, layer-norm rows, gather/scatter rows
-//   DeviceGemm          gemm on strided matrix views (BLAS, cuBLAS)
+//   DeviceGemm          gemm on strided matrix views (BLAS, cuBLAS); optionally
+//                       gemm_batched over rank-4 views with broadcast batch axes
 // Calling a primitive a device lacks stops compilation with a sentence.
 #pragma once
 
@@ -243,6 +244,27 @@ void gemm(const X& ex, const TensorView<T, device_of<X>>& a, const TensorView<T,
     static_assert(dependent_false<X>,
                   "weft::kernels::gemm: no gemm for the executor's device: matmul on the host needs "
                   "<weft/expr/matmul.hpp> (CBLAS, kernels/cpu/blas.hpp); on weft::cuda it is not written yet");
+}
+
+// Batched gemm: for every index (i0, i1) of the batch shape (c.shape[0], c.shape[1]),
+//   c[i0, i1] = alpha * a[i0, i1] b[i0, i1] + beta * c[i0, i1]
+// a (B0, B1, M, K), b (B0, B1, K, N), c (B0, B1, M, N) are rank-4 views whose
+// two leading axes are batch axes (stride 0 where an operand is broadcast) and
+// whose matrices are in any layout gemm_reads_in_place accepts (c's matrices
+// contiguous). Where c's batch stride is 0 the products are summed into it in
+// batch order, beta applying once: the adjoint of a broadcast batch axis.
+// Devices provide device_gemm<Device>::gemm_batched (CPU: one CBLAS call per
+// matrix, kernels/cpu/blas.hpp).
+template <Executor X, class T>
+void gemm_batched(const X& ex, const TensorView<T, device_of<X>>& a, const TensorView<T, device_of<X>>& b,
+                  const TensorView<T, device_of<X>>& c, T alpha, T beta) {
+  using G = device_gemm<device_of<X>>;
+  if constexpr (requires { G::gemm_batched(ex, a, b, c, alpha, beta); })
+    G::gemm_batched(ex, a, b, c, alpha, beta);
+  else
+    static_assert(dependent_false<X>,
+                  "weft::kernels::gemm_batched: no batched gemm for the executor's device: batched matmul on the host "
+                  "needs <weft/expr/matmul.hpp> (CBLAS, kernels/cpu/blas.hpp); on weft::cuda it is not written yet");
 }
 
 // Can gemm read matrix view m where it lies (a layout with a leading dimension)?

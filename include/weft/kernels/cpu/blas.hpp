@@ -61,6 +61,33 @@ void gemm(const TensorView<T>& a, const TensorView<T>& b, const TensorView<T>& c
                 b.data, ldb, beta, c.data, static_cast<int>(n));
 }
 
+// The batched form of kernels::gemm_batched (dispatch.hpp): a, b, c rank-4,
+// batch axes first (stride 0 = broadcast; in c: sum into it, beta once).
+template <class T>
+void gemm_batched(const TensorView<T>& a, const TensorView<T>& b, const TensorView<T>& c, T alpha, T beta) {
+  if (a.rank() != 4 || b.rank() != 4 || c.rank() != 4)
+    throw_error<ShapeError>("gemm_batched: operands must be rank-4 views, got ", a.shape, " x ", b.shape, " -> ", c.shape);
+  const index_t b0 = c.shape[0], b1 = c.shape[1];
+  for (int d = 0; d < 2; ++d)
+    if (a.shape[d] != c.shape[d] || b.shape[d] != c.shape[d])
+      throw_error<ShapeError>("gemm_batched: batch axes of ", a.shape, " x ", b.shape, " -> ", c.shape, " differ");
+  if (c.strides[3] != 1 && c.shape[3] > 1)
+    throw_error<ShapeError>("gemm_batched: the output's matrices must be contiguous (internal error)");
+  auto mat = [](const TensorView<T>& v, index_t i0, index_t i1) {
+    return TensorView<T>(v.data + i0 * v.strides[0] + i1 * v.strides[1], Shape{v.shape[2], v.shape[3]},
+                         Strides{{v.strides[2], v.strides[3]}});
+  };
+  for (index_t i0 = 0; i0 < b0; ++i0)
+    for (index_t i1 = 0; i1 < b1; ++i1) {
+      const bool first = (c.strides[0] != 0 || i0 == 0) && (c.strides[1] != 0 || i1 == 0);
+      TensorView<T> cm = mat(c, i0, i1);
+      if (cm.shape[0] > 1 && cm.strides[0] != cm.shape[1])
+        throw_error<ShapeError>("gemm_batched: the output's matrices must be contiguous (internal error)");
+      cm.strides = contiguous_strides(cm.shape);
+      gemm(mat(a, i0, i1), mat(b, i0, i1), cm, alpha, first ? beta : T(1));
+    }
+}
+
 }  // namespace weft::kernels::cpu
 
 namespace weft::kernels {
@@ -71,6 +98,11 @@ struct device_gemm<weft::cpu> {
   template <class Ex, class T>
   static void gemm(const Ex&, const TensorView<T>& a, const TensorView<T>& b, const TensorView<T>& c, T alpha, T beta) {
     cpu::gemm(a, b, c, alpha, beta);
+  }
+  template <class Ex, class T>
+  static void gemm_batched(const Ex&, const TensorView<T>& a, const TensorView<T>& b, const TensorView<T>& c, T alpha,
+                           T beta) {
+    cpu::gemm_batched(a, b, c, alpha, beta);
   }
   template <class T>
   static bool reads_in_place(const TensorView<T>& m) {

@@ -142,10 +142,11 @@ void layer_norm_rows_backward(const T* xs, const T* dys, const T* gamma, const T
       const T mg = row_sum<T>(d, [&](index_t j) { return dy[j] * gamma[j]; }) / static_cast<T>(d);
       const T mgx = row_sum<T>(d, [&](index_t j) { return dy[j] * gamma[j] * ((x[j] - mu) * rs); }) / static_cast<T>(d);
       for (index_t j = 0; j < d; ++j) {
-        cur[j] += dy[j] * ((x[j] - mu) * rs);
+        const T xhat = (x[j] - mu) * rs;
+        cur[j] += dy[j] * xhat;
         cur[d + j] += dy[j];
+        out[j] = rs * (dy[j] * gamma[j] - mg - xhat * mgx);
       }
-      for (index_t j = 0; j < d; ++j) out[j] = rs * (dy[j] * gamma[j] - mg - (x[j] - mu) * rs * mgx);
     }
     int l = 0;
     for (index_t k = blocks; k & 1; k >>= 1, ++l)
