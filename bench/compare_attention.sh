@@ -17,11 +17,13 @@ REPS=${REPS:-5}
 TS=${TS:-"256 1024 4096"}
 export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1
 echo "== weft"
-w=$("$WEFT_BUILD/bench/bench_attention" "$REPS" $TS | tee /dev/stderr)
+w=$("$WEFT_BUILD/bench/bench_attention" "$REPS" $TS)
+echo "$w"
 p=""
 if venv=$("$WEFT_ROOT/bench/peer_venv.sh"); then
   echo "== peers"
-  p=$("$venv/bin/python" "$WEFT_ROOT/bench/attention_peers.py" "$REPS" $TS | tee /dev/stderr)
+  p=$("$venv/bin/python" "$WEFT_ROOT/bench/attention_peers.py" "$REPS" $TS)
+  echo "$p"
 else
   echo "== peers: skipped (no venv; see bench/peer_venv.sh)"
 fi
