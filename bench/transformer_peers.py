@@ -79,7 +79,7 @@ def torch_runner(compiled):
         loss = f(ps, x, y)
         loss.backward()
         opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     return step, torch.__version__
 
