@@ -39,6 +39,7 @@ struct Shared : LeafNodeBase {
   using value_type = T;
   using device_type = Device;
   static constexpr int param_occurrences = 0;
+  static constexpr bool feeds_adjoint = true;  // backward adds into the let's buffer (needs_grad)
   Shape s;
   const T* val = nullptr;
   T* adj = nullptr;

@@ -91,15 +91,47 @@ constexpr int param_occurrences_of() {
 template <class E>
 struct contains_param : std::bool_constant<(param_occurrences_of<E>() > 0)> {};
 
-// Has a backward pass with context G any work below node type E (a parameter
-// or a differentiated input)? Materialising nodes skip the backward of a
-// child that has none. A leaf that stands for another expression (let's
-// shared value) says so with grad_through<G>(): its adjoint flows on into
-// that expression, so a matmul reading it must not skip it.
+// Can an adjoint flowing into node type E reach anything? Only when the type
+// proves that it cannot: leaves that feed no adjoint (tensors, scalars,
+// masks), and nodes whose template arguments are all such leaves or plain
+// values (arithmetic types, empty tags such as op:: functors and devices).
+// A let() value's leaf (Shared) feeds its adjoint to the let's buffer, and a
+// closure with captures or a node with non-type template arguments is not
+// looked into, so those count as "may receive".
+struct LeafNodeBase;
+namespace detail {
+template <class E>
+struct provably_constant;
+template <class X>
+constexpr bool constant_arg() {
+  if constexpr (std::is_base_of_v<ExprTag, X>) return provably_constant<X>::value;
+  else return std::is_arithmetic_v<X> || std::is_empty_v<X>;
+}
+template <class E>
+struct provably_constant : std::false_type {};
+template <class E>
+  requires std::is_base_of_v<LeafNodeBase, E>
+struct provably_constant<E> : std::bool_constant<!E::feeds_adjoint> {};
+template <template <class...> class N, class... A>
+  requires(!std::is_base_of_v<LeafNodeBase, N<A...>>)
+struct provably_constant<N<A...>> : std::bool_constant<(constant_arg<A>() && ...)> {};
+}  // namespace detail
+
+// Has a backward pass with context G any work below node type E (a
+// parameter, a differentiated input, or a let() value it may feed)?
+// Materialising nodes skip the backward of a child that has none.
 template <class E, class G>
 constexpr bool needs_grad() {
-  if constexpr (requires { E::template grad_through<G>(); }) {
-    if (E::template grad_through<G>()) return true;
+  if constexpr (std::is_base_of_v<LeafNodeBase, E>) {
+    // A let() value's leaf knows whether its expression has anything to
+    // differentiate (grad_through); other leaves say whether they feed one.
+    if constexpr (requires { E::template grad_through<G>(); }) {
+      if (E::template grad_through<G>()) return true;
+    } else if constexpr (E::feeds_adjoint) {
+      return true;
+    }
+  } else if constexpr (!detail::provably_constant<E>::value) {
+    return true;
   }
   return contains_param<E>::value || []<std::size_t... I>(std::index_sequence<I...>) {
     return ((E::template slots_total<I>() > 0) || ...);
@@ -157,6 +189,7 @@ struct OneChildNode : ExprTag {
 // Common part of nodes with no children to recurse into for backward.
 struct LeafNodeBase : ExprTag {
   static constexpr int static_rank = -1;
+  static constexpr bool feeds_adjoint = false;  // (let()'s Shared: true)
   struct State {};
   template <std::size_t I>
   static constexpr int slots_in_region() {

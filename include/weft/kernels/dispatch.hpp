@@ -16,6 +16,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <type_traits>
 
 #include "../core/config.hpp"
@@ -274,6 +275,67 @@ bool gemm_reads_in_place(const TensorView<T, Device>& m) {
     return G::reads_in_place(m);
   else
     return false;
+}
+
+// ---------------------------------------------------------------- attention
+// Fused scaled dot-product attention (expr/attention.hpp), keyed by device
+// like gemm: device_attention<cpu> is in kernels/cpu/attention.hpp (opt-in,
+// CBLAS); a GPU adds device_attention<cuda>.
+
+// Sizes and options of one attention call: batch axes (N0, N1), Tq queries,
+// Tk keys, widths D (q, k) and Dv (v).
+struct AttentionParams {
+  index_t n0 = 1, n1 = 1, tq = 0, tk = 0, d = 0, dv = 0;
+  double scale = 1;
+  bool causal = false;
+  float dropout = 0;  // inverted dropout rate on the probabilities
+  std::uint64_t seed = 0;
+};
+
+// An operand (N0, N1, T, W) whose last axis is contiguous: row r of batch
+// (b0, b1) starts at p + b0 s0 + b1 s1 + r st. Views such as (B, T, H, D)
+// permuted to (B, H, T, D) are read in place.
+template <class T>
+struct AttnOperand {
+  T* p;
+  index_t s0, s1, st;
+  T* at(index_t b0, index_t b1) const { return p + b0 * s0 + b1 * s1; }
+};
+
+template <class Device>
+struct device_attention {};
+
+template <class D>
+concept DeviceAttention = requires(const Exec<D>& ex, const AttentionParams& p, AttnOperand<const float> a, float* f) {
+  device_attention<D>::forward(ex, p, a, a, a, f, f);
+  device_attention<D>::backward(ex, p, a, a, a, f, f, f, f, f, f);
+};
+
+// o (N0, N1, Tq, Dv) and the rows' log-sum-exp lse (N0, N1, Tq), contiguous.
+template <Executor X, class T>
+void attention_forward(const X& ex, const AttentionParams& p, AttnOperand<const T> q, AttnOperand<const T> k,
+                       AttnOperand<const T> v, T* o, T* lse) {
+  using A = device_attention<device_of<X>>;
+  if constexpr (requires { A::forward(ex, p, q, k, v, o, lse); })
+    A::forward(ex, p, q, k, v, o, lse);
+  else
+    static_assert(dependent_false<X>,
+                  "weft::kernels::attention_forward: no attention for the executor's device: on the host include "
+                  "<weft/expr/attention.hpp> (CBLAS, kernels/cpu/attention.hpp); on weft::cuda it is not written yet");
+}
+
+// dq, dk, dv (contiguous, overwritten) from dout, recomputing the
+// probabilities from q, k and lse.
+template <Executor X, class T>
+void attention_backward(const X& ex, const AttentionParams& p, AttnOperand<const T> q, AttnOperand<const T> k,
+                        AttnOperand<const T> v, const T* o, const T* dout, const T* lse, T* dq, T* dk, T* dv) {
+  using A = device_attention<device_of<X>>;
+  if constexpr (requires { A::backward(ex, p, q, k, v, o, dout, lse, dq, dk, dv); })
+    A::backward(ex, p, q, k, v, o, dout, lse, dq, dk, dv);
+  else
+    static_assert(dependent_false<X>,
+                  "weft::kernels::attention_backward: no attention for the executor's device: on the host include "
+                  "<weft/expr/attention.hpp> (CBLAS, kernels/cpu/attention.hpp); on weft::cuda it is not written yet");
 }
 
 }  // namespace weft::kernels

@@ -56,6 +56,13 @@ class Workspace {
     for (auto& b : blocks_) c += b.size;
     return c;
   }
+  // Bytes handed out since the last reset(): after one evaluation, its peak
+  // scratch (the arena never frees within one).
+  std::size_t used() const {
+    std::size_t u = 0;
+    for (auto& b : blocks_) u += b.used;
+    return u;
+  }
   // Number of blocks ever allocated (tests use it to show the steady state allocates nothing).
   std::size_t allocations() const { return allocations_; }
 
