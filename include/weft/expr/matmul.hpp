@@ -99,8 +99,7 @@ struct MatMul : ExprTag {
     // B first: in x @ W the weight's gradient is final at once, while A's
     // backward may go deep (hooks fire last layer first, as DDP's buckets expect).
     if constexpr (std::is_same_v<B, P>) {
-      kernels::gemm(ex, st.av.transposed(), st.adj, g.grad_of(*b.p), value_type(1), value_type(1));
-      g.param_done(*b.p);
+      g.param_gemm(*b.p, st.av.transposed(), st.adj);  // (deferred to W by a split backward)
     } else if constexpr (weft::needs_grad<B, G>()) {  // (no gemm for an operand with nothing to differentiate)
       auto db = kernels::alloc<value_type>(ex, sb);
       kernels::gemm(ex, st.av.transposed(), st.adj, db, value_type(1), value_type(0));
@@ -108,8 +107,7 @@ struct MatMul : ExprTag {
     }
     if constexpr (std::is_same_v<A, P>) {
       // A parameter operand: accumulate dA straight into its gradient.
-      kernels::gemm(ex, st.adj, st.bv.transposed(), g.grad_of(*a.p), value_type(1), value_type(1));
-      g.param_done(*a.p);
+      g.param_gemm(*a.p, st.adj, st.bv.transposed());
     } else if constexpr (weft::needs_grad<A, G>()) {
       auto da = kernels::alloc<value_type>(ex, sa);
       kernels::gemm(ex, st.adj, st.bv.transposed(), da, value_type(1), value_type(0));

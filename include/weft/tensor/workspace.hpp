@@ -56,6 +56,12 @@ class Workspace {
     for (auto& b : blocks_) c += b.size;
     return c;
   }
+  // Bytes handed out since the last reset (what an evaluation holds now).
+  std::size_t used() const {
+    std::size_t u = 0;
+    for (auto& b : blocks_) u += b.used;
+    return u;
+  }
   // Number of blocks ever allocated (tests use it to show the steady state allocates nothing).
   std::size_t allocations() const { return allocations_; }
 
