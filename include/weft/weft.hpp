@@ -22,4 +22,5 @@
 #include "expr/let.hpp"
 #include "autodiff/value_and_grad.hpp"
 #include "autodiff/gradcheck.hpp"
+#include "autodiff/split.hpp"
 #include "io/idx.hpp"

@@ -336,8 +336,10 @@ struct OneFOneB {
 // Megatron-LM's interleaved 1F1B (Narayanan et al. 2021): V model chunks per
 // rank (stage s = chunk * p + rank); forwards go through the chunks in groups
 // of p micro-batches, backwards through the chunks in reverse. Bubble
-// (p-1)/(m+p-1) divided by V. When m is not a multiple of p the last group is
-// shorter; m <= p runs every forward first (as Megatron does for m == p).
+// time divided by V: (p-1)/(V m + p - 1). m must be a multiple of p, as Megatron-LM
+// requires, or at most p (then every forward runs first, as Megatron does for
+// m == p): with a shorter last group the warm-up count no longer matches and
+// validate() finds wait cycles (p = 4, m = 5, V = 3, for one).
 template <int V>
 struct Interleaved1F1B {
   static_assert(V >= 1, "Interleaved1F1B<V>: V (model chunks per rank) must be at least 1");
@@ -346,10 +348,13 @@ struct Interleaved1F1B {
   Schedule build(int p, int m) const {
     Schedule s = detail::empty_schedule(name, p, V, m, false);
     s.name = "Interleaved1F1B<" + std::to_string(V) + ">";
+    if (m > p && m % p != 0)
+      throw_error<ScheduleError>(s.name, ": the micro-batch count (", m, ") must be a multiple of the pipeline's ranks (", p,
+                                 ") or at most ", p, ", as in Megatron-LM's interleaved schedule");
     // The k-th forward (or backward) of a rank: micro-batch and chunk.
     std::vector<Action> fwd, bwd;
     for (int g = 0; g < m; g += p) {
-      const int n = std::min(p, m - g);
+      const int n = std::min(p, m - g);  // (m <= p: one group of m)
       for (int c = 0; c < V; ++c)
         for (int i = 0; i < n; ++i) {
           fwd.push_back({Op::F, g + i, c});
@@ -411,10 +416,11 @@ static_assert(SchedulePolicy<GPipe> && SchedulePolicy<OneFOneB> && SchedulePolic
               SchedulePolicy<ZeroBubbleH1>);
 
 // The textbook bubble fraction of a schedule with uniform stage times:
-// (p-1)/(m+p-1), divided by v when interleaved. (ZB-H1's depends on the F, B
+// (p-1)/(m+p-1); interleaving over v chunks divides the bubble's time by v,
+// ((p-1)/v)/(m+(p-1)/v) = (p-1)/(v m + p - 1). (ZB-H1's depends on the F, B
 // and W times; simulate() it.)
 inline double formula_bubble(int p, int m, int v = 1) {
-  return static_cast<double>(p - 1) / static_cast<double>(m + p - 1) / static_cast<double>(v);
+  return static_cast<double>(p - 1) / static_cast<double>(v * m + p - 1);
 }
 
 }  // namespace weft::parallel::pipeline
