@@ -10,7 +10,10 @@
 #include <cstring>
 #include <string>
 #include <vector>
+#include <weft/comm/algorithm/ring.hpp>
+#include <weft/comm/communicator.hpp>
 #include <weft/nn/nn.hpp>
+#include <weft/parallel/data_parallel.hpp>
 #include <weft/parallel/pipeline/pipeline.hpp>
 #include <weft/weft.hpp>
 
@@ -186,6 +189,67 @@ std::string check_all_schedules(Tr t, const Data& data, int steps) {
     }
   }
   return err;
+}
+
+
+// 4 ranks: 2 pipelines of 2 stages (ranks {0, 1} and {2, 3}), each fed half
+// the batch, with a DataParallel in deterministic mode over the ranks holding
+// the same stage ({0, 2} and {1, 3}), ZB-H1, m = 4, 20 SGD steps. Against one
+// rank: each half batch accumulated over the micro-batches (scaled 1/m), the
+// halves' gradients summed in replica order and halved (the ordered
+// average). Returns "" when this rank's parameters are bitwise the reference's.
+template <class Tr>
+std::string check_pipeline_data_parallel(Tr world, const Data& data) {
+  constexpr int kSteps = 20, m = 4;
+  const index_t half = kBatch / 2;
+  const int r = world.rank(), d = r / 2, stage = r % 2;
+  Model ref = make_model();
+  nn::Registry<float> all;
+  all.add("", ref);
+  {
+    nn::SGD<float> opt(all, {.lr = 0.05f, .momentum = 0.9f});
+    Workspace<> ws;
+    const index_t rows = half / m;
+    std::vector<std::vector<float>> shard(2);
+    for (int s = 0; s < kSteps; ++s) {
+      for (int k = 0; k < 2; ++k) {
+        opt.zero_grad();
+        auto x = data.xs(s).slice(k * half, (k + 1) * half);
+        auto y = data.ys(s).slice(k * half, (k + 1) * half);
+        for (int i = 0; i < m; ++i)
+          backward(cross_entropy(ref(x.slice(i * rows, (i + 1) * rows)), y.slice(i * rows, (i + 1) * rows)), ws);
+        shard[static_cast<std::size_t>(k)] = flat(all, true);
+      }
+      std::size_t j = 0;
+      for (Parameter<float>* p : all)
+        for (index_t i = 0; i < p->numel(); ++i, ++j)
+          p->grad.data()[i] = (shard[0][j] * 0.25f + shard[1][j] * 0.25f) / 2.0f;
+      opt.step();
+    }
+  }
+  const auto dl = comm::deadline_after(std::chrono::seconds(60));
+  Tr pipe_t = world.split(d, stage, dl);  // one pipeline per replica
+  Tr dp_t = world.split(stage, d, dl);    // the ranks holding the same stage
+  Model model = make_model();
+  auto stages = pp::cut<4>(model);
+  nn::Registry<float> reg;
+  if (stage == 0) reg.add("", std::get<0>(stages)); else reg.add("", std::get<1>(stages));
+  comm::CommOptions co;
+  co.deterministic = true;
+  comm::Communicator<comm::Ring, Tr> c{dp_t, co};
+  parallel::DataParallel<float, decltype(c)> dp(reg, c, {.overlap = false});
+  auto pipe = pp::make_pipeline<float, std::int32_t>(pipe_t, pp::ZeroBubbleH1{}, m, stages, loss_fn());
+  nn::SGD<float> opt(reg, {.lr = 0.05f, .momentum = 0.9f});
+  for (int s = 0; s < kSteps; ++s) {
+    opt.zero_grad();
+    pipe.step(data.xs(s).slice(d * half, (d + 1) * half), data.ys(s).slice(d * half, (d + 1) * half), dp);
+    dp.step(opt);
+  }
+  nn::Registry<float> want = stage_registry<2>(ref, {stage});
+  if (!bitwise_equal(flat(reg, false), flat(want, false)))
+    return "rank " + std::to_string(r) + " (stage " + std::to_string(stage) + ", replica " + std::to_string(d) +
+           "): parameters after 20 steps differ from one rank's";
+  return "";
 }
 
 }  // namespace pipe_suite

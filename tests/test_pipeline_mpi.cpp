@@ -1,7 +1,8 @@
 // The pipeline under mpirun with 2 and 4 processes: every schedule, m = 1, 4,
 // 8, against one rank's gradient accumulation over the same micro-batches
 // (pipeline_suite.hpp, also run on thread ranks by test_pipeline.cpp): the
-// step-0 gradients and the parameters after 20 SGD steps, bit for bit.
+// step-0 gradients and the parameters after 20 SGD steps, bit for bit; with 4
+// processes also 2 stages x 2 data-parallel replicas.
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 #define OMPI_SKIP_MPICXX 1
@@ -17,6 +18,12 @@ TEST_CASE("mpi: every schedule trains bit for bit like one rank's gradient accum
   const pipe_suite::Data data;
   weft::comm::MpiTransport t{MPI_COMM_WORLD};
   weft::comm::testing::agree(pipe_suite::check_all_schedules(t, data, 20));
+}
+
+TEST_CASE("mpi: 2 stages x 2 data-parallel replicas train bit for bit like one rank (np = 4)") {
+  const pipe_suite::Data data;
+  weft::comm::MpiTransport t{MPI_COMM_WORLD};
+  weft::comm::testing::agree(t.size() == 4 ? pipe_suite::check_pipeline_data_parallel(t, data) : std::string());
 }
 
 TEST_CASE("mpi: a measured 1F1B trace gathered at rank 0") {

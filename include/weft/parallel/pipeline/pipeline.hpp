@@ -20,6 +20,8 @@
 //     element count) checked on receipt; every wait has a deadline. Errors
 //     name the stage, micro-batch, direction and peer rank:
 //     "stage 2 waited 30 s for the activation of micro-batch 5 from stage 1 (rank 1)".
+//   - A step that fails (deadline, mismatch, peer failure) leaves the pipeline
+//     refusing later steps with that first error (comm::BrokenError).
 //   - Tracing: each action's start and end (steady clock, seconds) per rank;
 //     gather_trace() brings every rank's to rank 0 (trace.hpp renders it).
 // Tags: 1 + (direction, receiving stage, micro-batch); they must fit the
@@ -157,7 +159,7 @@ class Pipeline {
   // multiple of m. Returns the step's loss on the last stage's rank, 0 elsewhere.
   T step(TensorView<T> x, TensorView<L> labels) {
     start_step(x, labels);
-    return run();
+    return guarded_run();
   }
 
   // The same, then the gradients of this rank's stages averaged over the
@@ -167,7 +169,7 @@ class Pipeline {
   T step(TensorView<T> x, TensorView<L> labels, D& dp) {
     start_step(x, labels);
     dp.begin_backward();
-    const T loss = run();
+    const T loss = guarded_run();
     dp.finish_backward();
     return loss;
   }
@@ -210,7 +212,23 @@ class Pipeline {
 
  private:
   // ---- per step
+  // A step that failed half-way leaves the ranks out of step (messages of one
+  // step still posted, stashes half used): every later step is refused with
+  // the first failure, as a failed communicator refuses its later calls.
+  T guarded_run() {
+    try {
+      return run();
+    } catch (const std::exception& e) {
+      broken_ = e.what();
+      sends_.clear();  // (a send request given up is withdrawn: no peer reads its buffer)
+      throw;
+    }
+  }
+
   void start_step(TensorView<T> x, TensorView<L> labels) {
+    if (!broken_.empty())
+      throw_error<comm::BrokenError>("Pipeline (rank ", rank(), "): an earlier step failed (", broken_,
+                                     "); the stages are out of step, so later steps are refused");
     const int m = sched_.micro_batches;
     index_t rows = -1;
     if (holds_stage(0)) {
@@ -455,6 +473,7 @@ class Pipeline {
   std::vector<Event> events_;
   int alive_ = 0, peak_alive_ = 0;
   std::size_t live_bytes_ = 0, peak_bytes_ = 0;
+  std::string broken_;
 };
 
 }  // namespace weft::parallel::pipeline
