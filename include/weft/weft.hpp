@@ -25,4 +25,5 @@
 #include "expr/where.hpp"
 #include "autodiff/value_and_grad.hpp"
 #include "autodiff/gradcheck.hpp"
+#include "autodiff/split.hpp"
 #include "io/idx.hpp"

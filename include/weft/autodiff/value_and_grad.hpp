@@ -74,6 +74,16 @@ struct GradContext {
   std::array<ParamState, NP> params{};
   int n_params = 0;
 
+  // A split backward (autodiff/split.hpp) defers the weight gradients of
+  // matmul parameter operands: with `deferred` set, param_gemm records its gemm
+  // there (room for NP) instead of running it, and the W half runs them later.
+  struct DeferredGemm {
+    View a, b;
+    Param* p = nullptr;
+  };
+  DeferredGemm* deferred = nullptr;
+  int n_deferred = 0;
+
   const X& exec() const { return *ex; }
 
   // Backward through one region (e, evaluated at `shape`) given the adjoint
@@ -140,6 +150,28 @@ struct GradContext {
 
   // The gradient buffer of parameter p in this pass.
   View grad_of(Param& p) { return state_of(p).grad; }
+
+  // grad(p) += a b, one occurrence of p done: a matmul's parameter operand.
+  // Recorded instead when this pass defers weight gradients.
+  void param_gemm(Param& p, const View& a, const View& b) {
+    if (deferred) {
+      if (n_deferred >= NP) throw_error<Error>("backward: more deferred weight gemms than parameter occurrences (internal error)");
+      deferred[n_deferred++] = DeferredGemm{a, b, &p};
+      return;
+    }
+    kernels::gemm(exec(), a, b, grad_of(p), T(1), T(1));
+    param_done(p);
+  }
+
+  // The W half of a split backward: the recorded gemms, in the order recorded.
+  void run_deferred() {
+    for (int i = 0; i < n_deferred; ++i) {
+      DeferredGemm& d = deferred[i];
+      kernels::gemm(exec(), d.a, d.b, grad_of(*d.p), T(1), T(1));
+      param_done(*d.p);
+    }
+    n_deferred = 0;
+  }
 
   // One occurrence of parameter p has delivered its adjoint; the last one makes it final.
   void param_done(Param& p) {

@@ -205,8 +205,15 @@ struct MatMul : ExprTag {
     // B first: in x @ W the weight's gradient is final at once, while A's
     // backward may go deep (hooks fire last layer first, as DDP's buckets expect).
     if constexpr (std::is_same_v<B, P>) {
-      product(ex, st, st.av.transposed(), dc, g.grad_of(*b.p), value_type(1));
-      g.param_done(*b.p);
+      // A plain (K, M) @ (M, N) product may be deferred to W by a split
+      // backward (autodiff/split.hpp); a batched one runs here.
+      const View x = st.av.transposed();
+      if (x.shape.rank == 2 && dc.shape.rank == 2) {
+        g.param_gemm(*b.p, x, dc);
+      } else {
+        product(ex, st, x, dc, g.grad_of(*b.p), value_type(1));
+        g.param_done(*b.p);
+      }
     } else if constexpr (weft::needs_grad<B, G>()) {  // (no gemm for an operand with nothing to differentiate)
       auto db = kernels::alloc<value_type>(ex, sb);
       product(ex, st, st.av.transposed(), dc, db, value_type(0));
@@ -214,8 +221,13 @@ struct MatMul : ExprTag {
     }
     if constexpr (std::is_same_v<A, P>) {
       // A parameter operand: accumulate dA straight into its gradient.
-      product(ex, st, dc, st.bv.transposed(), rows(st, g.grad_of(*a.p)), value_type(1));
-      g.param_done(*a.p);
+      const View y = st.bv.transposed();
+      if (!st.folded && dc.shape.rank == 2 && y.shape.rank == 2) {
+        g.param_gemm(*a.p, dc, y);
+      } else {
+        product(ex, st, dc, y, rows(st, g.grad_of(*a.p)), value_type(1));
+        g.param_done(*a.p);
+      }
     } else if constexpr (weft::needs_grad<A, G>()) {
       auto da = kernels::alloc<value_type>(ex, sa);
       product(ex, st, dc, st.bv.transposed(), rows(st, da), value_type(0));

@@ -41,8 +41,8 @@
 
 namespace weft {
 
-template <class T, class Device>
-struct Shared;
+template <class T, class Device, class Src>
+struct Shared;  // let.hpp (Src: the shared expression's type, default void)
 
 namespace detail {
 
@@ -200,8 +200,8 @@ template <class T, class D>
 struct is_param_leaf<ParamLeaf<T, D>> : std::true_type {};
 template <class E>
 struct is_shared : std::false_type {};
-template <class T, class D>
-struct is_shared<Shared<T, D>> : std::true_type {};
+template <class T, class D, class S>
+struct is_shared<Shared<T, D, S>> : std::true_type {};
 
 }  // namespace detail
 
