@@ -93,7 +93,8 @@ long aggregate_sums(Transport& t, int n_servers) {
   return wrong;
 }
 
-// SSP<S> (or ASP) with `slow` worker rank sleeping `slow_ms` each step: every
+// SSP<S> (or ASP) with `slow` worker rank slow each step (sleeping `slow_ms`, or
+// with `progress`, held until the others are as far ahead as allowed): every
 // worker pulls, computes g = value - target, pushes, clocks. The servers log
 // every read. `progress` (threads only, may be null) is each worker's own
 // count of finished steps, bumped before clock(): an independent view of the
@@ -123,7 +124,20 @@ std::vector<ps::ReadRecord> ssp_reads(Transport& t, int n_servers, int steps, in
       worst = std::max<std::int64_t>(worst, s - m);
     }
     for (std::size_t i = 0; i < n; ++i) g[i] = v[i] - static_cast<float>(i % 7);
-    if (t.rank() == slow) std::this_thread::sleep_for(std::chrono::milliseconds(slow_ms));
+    if (t.rank() == slow) {
+      if (progress) {
+        // threads: hold the slow worker until every other one is as far ahead as
+        // the bound lets it go (clock s + S + 1, blocked on its next read), so
+        // the largest lag at a read is exactly S whatever the machine's load
+        const std::int64_t want = std::min<std::int64_t>(steps, s + std::min<std::int64_t>(C::staleness, steps) + 1);
+        const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+        for (std::size_t q = 0; q < progress->size(); ++q)
+          while (static_cast<int>(q) != w && (*progress)[q].load() < want && std::chrono::steady_clock::now() < until)
+            std::this_thread::sleep_for(std::chrono::microseconds(200));
+      } else {
+        std::this_thread::sleep_for(std::chrono::milliseconds(slow_ms));
+      }
+    }
     server.push(0, g).wait();
     if (progress) (*progress)[static_cast<std::size_t>(w)].fetch_add(1);
     server.clock();

@@ -964,11 +964,11 @@ class ParameterServer {
       S.drops.push_back(ps::DropRecord{rank_w, S.clocks[wi], why});
     }
     if constexpr (C::aggregate_steps) {
-      if (S.broken.empty())
+      if (S.broken.empty()) {
         S.broken = "worker rank " + std::to_string(rank_w) + " died at clock " + std::to_string(S.clocks[wi]) + ": " +
                    why + "; under BSP no step can complete without its gradients";
-      if (o_.log_to_stderr)
-        std::fprintf(stderr, "ParameterServer<BSP>: server rank %d: %s\n", rank(), S.broken.c_str());
+        if (o_.log_to_stderr) std::fprintf(stderr, "ParameterServer<BSP>: server rank %d: %s\n", rank(), S.broken.c_str());
+      }
       // every parked request fails now; later ones fail as they come
       std::vector<Parked> parked = std::move(S.parked);
       S.parked.clear();
