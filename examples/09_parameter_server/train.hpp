@@ -33,6 +33,7 @@
 namespace story9 {
 
 using namespace weft;
+namespace ps = weft::parallel::ps;
 using Clock = std::chrono::steady_clock;
 
 struct Options {
