@@ -401,3 +401,24 @@ TEST_CASE("a server rank that dies: the workers' errors name the failed rank and
     CHECK(contains(outcome[static_cast<std::size_t>(r)], "rank 0 (thread rank) failed: server machine lost power"));
   }
 }
+
+TEST_CASE("ASP: a synced pull waits for every worker's last step, so the final weights hold every push") {
+  std::vector<float> final_value(3, 0.0f), unsynced(3, 0.0f);
+  comm::run_local(3, [&](ThreadTransport& t) {
+    parallel::ParameterServer<parallel::ASP, ThreadTransport> s(t, ps::Roles::count(1, 3), {{"x", 4, 1, false}}, {},
+                                                                {.update = nn::SGDOptions{.lr = 1.0f}});
+    if (s.is_server()) return s.serve();
+    std::vector<float> v(4), g(4, 1.0f);
+    for (int step = 0; step < 10; ++step) {
+      if (t.rank() == 2) std::this_thread::sleep_for(std::chrono::milliseconds(5));  // slower: ASP does not wait for it
+      s.push(0, g).wait();
+      s.clock();
+    }
+    s.pull(0, v, true).wait();
+    final_value[static_cast<std::size_t>(t.rank())] = v[0];
+    s.leave();
+  });
+  // 20 pushes of 1, each applied with lr 1 and scale 1/2
+  CHECK(final_value[1] == -10.0f);
+  CHECK(final_value[2] == -10.0f);
+}

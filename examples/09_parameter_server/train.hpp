@@ -182,7 +182,7 @@ void train_ps(Transport& t, const io::Dataset& train, const io::Dataset& test, c
       server.clock();
     }
   }
-  server.pull(m.reg);
+  server.pull(m.reg, true);  // once every worker has finished its steps (ASP/SSP: the slow one too)
   const double secs = pr.elapsed();
   server.leave();
   if (w == 0) {

@@ -113,8 +113,8 @@ struct Header {
   std::uint64_t begin = 0, end = 0;  // elements (dense) or rows (sparse); rows: `end` = row count
   std::int64_t clock = 0;
   std::uint32_t id = 0;
-  std::uint32_t pad = 0;
-  std::uint64_t bytes = 0;  // payload that follows on the data tag
+  std::uint32_t synced = 0;  // pull: wait until every live worker reached `clock`, whatever the consistency model
+  std::uint64_t bytes = 0;   // payload that follows on the data tag
 };
 
 struct Reply {
@@ -449,13 +449,16 @@ class ParameterServer {
   }
   // Non-blocking: fills out (key k's numel floats) with the servers' values as
   // the consistency model allows at this worker's clock.
-  [[nodiscard]] Handle pull(std::size_t k, std::span<float> out) {
+  // synced: wait until every live worker has reached this worker's clock
+  // (with every worker's pushes before it applied), whatever the consistency
+  // model: the final weights after every worker's last step.
+  [[nodiscard]] Handle pull(std::size_t k, std::span<float> out, bool synced = false) {
     dense_key(k, out.size(), "pull");
     Handle h = begin_handle();
     for (std::size_t pi : placement_.pieces_of(k)) {
       const ps::Piece& p = placement_.pieces()[pi];
-      h.slots_.push_back(
-          tagged(issue(p.server, Kind::pull, k, p.begin, p.end, nullptr, 0, out.data() + p.begin, p.end - p.begin)));
+      h.slots_.push_back(tagged(issue(p.server, Kind::pull, k, p.begin, p.end, nullptr, 0, out.data() + p.begin,
+                                      p.end - p.begin, {}, synced ? 1u : 0u)));
     }
     return h;
   }
@@ -522,10 +525,10 @@ class ParameterServer {
       hs.push_back(push(key(p->name), std::span<const float>(p->grad.data(), static_cast<std::size_t>(p->numel()))));
     wait_all(hs);
   }
-  void pull(nn::Registry<float>& reg) {
+  void pull(nn::Registry<float>& reg, bool synced = false) {
     std::vector<Handle> hs;
     for (Parameter<float>* p : reg)
-      hs.push_back(pull(key(p->name), std::span<float>(p->value.data(), static_cast<std::size_t>(p->numel()))));
+      hs.push_back(pull(key(p->name), std::span<float>(p->value.data(), static_cast<std::size_t>(p->numel())), synced));
     wait_all(hs);
   }
   static void wait_all(std::vector<Handle>& hs) {
@@ -723,7 +726,8 @@ class ParameterServer {
 
   // Sends one request to server s and posts the receive of its reply.
   std::size_t issue(int s, Kind kind, std::size_t k, std::size_t begin, std::size_t end, const void* payload,
-                    std::size_t payload_bytes, float* dst, std::size_t dst_n, std::vector<std::byte> packed = {}) {
+                    std::size_t payload_bytes, float* dst, std::size_t dst_n, std::vector<std::byte> packed = {},
+                    std::uint32_t synced = 0) {
     Worker& w = *worker_;
     if (w.outstanding.empty()) w.outstanding.assign(static_cast<std::size_t>(placement_.servers()), 0);
     if (w.left && kind != Kind::leave)
@@ -765,7 +769,7 @@ class ParameterServer {
       payload = sl.out.data();
       payload_bytes = sl.out.size();
     }
-    sl.h = Header{kind, static_cast<std::uint32_t>(k), begin, end, w.clock, sl.id, 0, payload_bytes};
+    sl.h = Header{kind, static_cast<std::uint32_t>(k), begin, end, w.clock, sl.id, synced, payload_bytes};
     const int peer = roles_.servers[static_cast<std::size_t>(s)];
     const std::size_t reply_payload = std::max(dst_n * sizeof(float), ps::detail::max_error_text);
     sl.in.resize(sizeof(Reply) + reply_payload);
@@ -1082,7 +1086,7 @@ class ParameterServer {
                                       who + ": " + err);
           return;
         }
-        if (readable(h.clock)) {
+        if (readable(h)) {
           answer_pull(w, peer, h, payload);
         } else {
           ++S.parked_count[wi];
@@ -1207,16 +1211,18 @@ class ParameterServer {
     serve_parked();
   }
 
-  bool readable(std::int64_t clock) const {
+  bool readable(const Header& h) const {
+    const std::int64_t clock = h.clock;
     if constexpr (C::aggregate_steps) return server_->bsp_step >= clock;
     const std::int64_t m = min_clock();
-    return m == std::numeric_limits<std::int64_t>::max() || clock - m <= C::staleness;
+    if (m == std::numeric_limits<std::int64_t>::max()) return true;
+    return h.synced ? m >= clock : clock - m <= C::staleness;
   }
 
   void serve_parked() {
     Server& S = *server_;
     for (std::size_t i = 0; i < S.parked.size();) {
-      if (readable(S.parked[i].h.clock)) {
+      if (readable(S.parked[i].h)) {
         Parked p = std::move(S.parked[i]);
         S.parked.erase(S.parked.begin() + static_cast<std::ptrdiff_t>(i));
         --S.parked_count[static_cast<std::size_t>(p.worker)];
