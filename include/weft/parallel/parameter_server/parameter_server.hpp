@@ -843,7 +843,6 @@ class ParameterServer {
           std::this_thread::sleep_for(std::chrono::microseconds(200));
           progress_outgoing();
         }
-        retire(req, h);
         break;
       }
       if (stop_.load()) break;
@@ -881,34 +880,6 @@ class ParameterServer {
       S.served.fetch_add(1, std::memory_order_relaxed);
       check_deadlines();
       (void)W;
-    }
-  }
-
-  // The pending any-source receive must not outlive the loop: MPI may fail to
-  // cancel it in time, and it would then swallow the next server's first
-  // request on these tags (its payload left to be taken as another's). So it
-  // is completed by a message this rank sends itself; late messages of
-  // dropped workers met on the way are drained with their payloads.
-  void retire(typename Transport::Request& req, Header& h) {
-    if constexpr (!comm::TracksArrival<Transport>) {
-      Header self{Kind::leave, 0, 0, 0, 0, 0, 0, 0};
-      auto s = t_.isend(&self, sizeof self, rank(), o_.tag_base);
-      const auto dl = comm::deadline_after(std::chrono::seconds(10));
-      for (;;) {
-        if (ps::detail::wait_idle(t_, req, dl) != comm::WaitStatus::done) break;
-        const int peer = req.peer();
-        if (peer == rank()) break;
-        if (h.bytes) {
-          std::vector<std::byte> junk(h.bytes);
-          auto d = t_.irecv(junk.data(), junk.size(), peer, o_.tag_base + 1);
-          ps::detail::wait_idle(t_, d, dl);
-        }
-        req = t_.irecv_any(&h, sizeof h, o_.tag_base);
-      }
-      ps::detail::wait_idle(t_, s, dl);
-    } else {
-      (void)req;
-      (void)h;
     }
   }
 
