@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Parameter servers against DataParallel on the Fashion-MNIST MLP
+# (examples/09_parameter_server): BSP, SSP s = 1 and 4, ASP and DataParallel,
+# thread ranks and mpirun, 1-2 servers and 3-4 workers, in two straggler
+# settings: transient (each step one random worker takes 3x as long) and
+# persistent (the last worker is always 2x slower). For each: time to reach
+# TARGET% on 2,000 test images (evaluation time excluded) and the final
+# accuracy on the whole test set. Then push/pull throughput (bench_ps). Ends with
+#   ssp_vs_bsp_time_to_accuracy_straggler: R     (transient; BSP time / best SSP time, threads, 1 server x 3 workers)
+#   asp_vs_bsp_time_to_accuracy_slow_worker: R2  (persistent; BSP time / ASP time, same layout)
+#   EPOCHS=2 TARGET=85 MPI=1 bench/compare_ps.sh
+set -euo pipefail
+source "$(dirname "$0")/../scripts/common.sh"
+weft_install "${WEFT_BASE_PKGS[@]}"
+weft_build
+export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+E=${EPOCHS:-2}
+T=${TARGET:-85}
+EX="$WEFT_BUILD/examples/09_parameter_server"
+EXM="$WEFT_BUILD/examples/09_parameter_server_mpi"
+
+declare -A TTT ACC
+run() {  # run KEY COMMAND...
+  local key=$1
+  shift
+  local line
+  line=$("$@" 2>/dev/null | grep '^result ' | tail -1) || true
+  TTT[$key]=$(echo "$line" | sed -n 's/.*time_to_target_s=\([-0-9.]*\).*/\1/p')
+  ACC[$key]=$(echo "$line" | sed -n 's/.*final_accuracy=\([0-9.]*\).*/\1/p')
+  printf '%-44s time_to_%s%%: %8s s   final accuracy: %6s%%\n' "$key" "$T" "${TTT[$key]:-fail}" "${ACC[$key]:-fail}"
+}
+
+echo "== time to ${T}% test accuracy (2,000 test images, evaluation excluded; -1: not reached in $E epochs)"
+echo "   and final accuracy (10,000 test images); uptime: $(cut -d' ' -f1-3 /proc/loadavg)"
+for straggler in transient persistent; do
+  for layout in "1 3" "2 4"; do
+    set -- $layout
+    S=$1 W=$2
+    for c in bsp ssp1 ssp4 asp dp; do
+      run "threads_${S}x${W}_${straggler}_${c}" "$EX" --consistency $c --servers $S --workers $W --epochs "$E" \
+        --straggler $straggler --target "$T"
+    done
+  done
+  if [ "${MPI:-1}" = 1 ] && [ -x "$EXM" ]; then
+    for c in bsp ssp1 ssp4 asp; do
+      run "mpi_1x3_${straggler}_${c}" mpirun --oversubscribe -np 4 "$EXM" --consistency $c --servers 1 --epochs "$E" \
+        --straggler $straggler --target "$T"
+    done
+    run "mpi_1x3_${straggler}_dp" mpirun --oversubscribe -np 3 "$EXM" --consistency dp --epochs "$E" \
+      --straggler $straggler --target "$T"
+  fi
+done
+
+echo "== push/pull throughput (thread ranks, 1 server, 1 worker)"
+"$WEFT_BUILD/bench/bench_ps" "${SECONDS_PER:-1}"
+
+ratio() {  # ratio NUM DEN: NUM / DEN when both reached the target, else n/a
+  awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else print "n/a" }'
+}
+k=threads_1x3_transient
+best_ssp=$(awk -v a="${TTT[${k}_ssp1]:--1}" -v b="${TTT[${k}_ssp4]:--1}" \
+  'BEGIN { if (a > 0 && (b <= 0 || a < b)) print a; else print b }')
+echo "ssp_vs_bsp_time_to_accuracy_straggler: $(ratio "${TTT[${k}_bsp]:--1}" "$best_ssp")"
+k=threads_1x3_persistent
+echo "asp_vs_bsp_time_to_accuracy_slow_worker: $(ratio "${TTT[${k}_bsp]:--1}" "${TTT[${k}_asp]:--1}")"

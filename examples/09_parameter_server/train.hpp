@@ -1,0 +1,244 @@
+// Story 9, shared by the two launchers (threads.cpp: every rank a thread of
+// one process; mpi.cpp: one rank per MPI process). The Fashion-MNIST MLP
+// (784-256-256-10) trained by parameter servers under a consistency model
+// chosen on the command line, or by DataParallel for comparison, with
+// simulated stragglers:
+//   --straggler transient   each step one worker, chosen at random, takes 3x as long
+//   --straggler persistent  the last worker is always 2x slower
+// A straggler sleeps for (k - 1) times the step's measured compute time.
+// Each worker takes batches of --batch (per worker) from its own shard; the
+// servers run Adam on their pieces. Worker 0 evaluates its current weights
+// every 20 steps on 2,000 test images (time excluded) to find when the
+// target accuracy is first reached, and on the whole test set at the end.
+// The last line is machine-readable (bench/compare_ps.sh reads it):
+//   result consistency=... time_to_target_s=... final_accuracy=... steps=...
+#pragma once
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <thread>
+#include <weft/comm/algorithm/ring.hpp>
+#include <weft/comm/communicator.hpp>
+#include <weft/io/idx.hpp>
+#include <weft/io/sampler.hpp>
+#include <weft/nn/nn.hpp>
+#include <weft/parallel/data_parallel.hpp>
+#include <weft/parallel/parameter_server/parameter_server.hpp>
+#include <weft/weft.hpp>
+
+namespace story9 {
+
+using namespace weft;
+namespace ps = weft::parallel::ps;
+using Clock = std::chrono::steady_clock;
+
+struct Options {
+  std::string consistency = "ssp4";  // bsp, ssp1, ssp4, asp, dp
+  int servers = 1, workers = 3, epochs = 2;
+  index_t batch = 32;  // per worker
+  std::string straggler = "none";  // none, transient, persistent
+  double target = 85.0;
+  float lr = 1e-3f;
+  std::uint64_t seed = 1;
+};
+
+inline Options parse(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    const char* next = i + 1 < argc ? argv[i + 1] : nullptr;
+    auto need = [&]() -> const char* {
+      if (!next) throw_error<ValueError>(argv[0], ": ", a, " needs a value");
+      ++i;
+      return next;
+    };
+    if (a == "--consistency") o.consistency = need();
+    else if (a == "--servers") o.servers = std::atoi(need());
+    else if (a == "--workers") o.workers = std::atoi(need());
+    else if (a == "--epochs") o.epochs = std::atoi(need());
+    else if (a == "--batch") o.batch = std::atoll(need());
+    else if (a == "--straggler") o.straggler = need();
+    else if (a == "--target") o.target = std::atof(need());
+    else if (a == "--lr") o.lr = static_cast<float>(std::atof(need()));
+    else if (a == "--seed") o.seed = std::strtoull(need(), nullptr, 10);
+    else
+      throw_error<ValueError>("usage: ", argv[0],
+                              " [--consistency bsp|ssp1|ssp4|asp|dp] [--servers S] [--workers W] [--epochs E] "
+                              "[--batch B per worker] [--straggler none|transient|persistent] [--target PCT] [--lr LR] "
+                              "[--seed N]  (at '", a, "')");
+  }
+  const std::string c = o.consistency;
+  if (c != "bsp" && c != "ssp1" && c != "ssp4" && c != "asp" && c != "dp")
+    throw_error<ValueError>("--consistency must be bsp, ssp1, ssp4, asp or dp, got '", c, "'");
+  if (o.straggler != "none" && o.straggler != "transient" && o.straggler != "persistent")
+    throw_error<ValueError>("--straggler must be none, transient or persistent, got '", o.straggler, "'");
+  if (o.workers < 1 || o.servers < 1) throw_error<ValueError>("need at least one server and one worker");
+  return o;
+}
+
+inline void standardise(io::Dataset& train, io::Dataset& test) {
+  const float mu = eval(mean(train.images)).item();
+  const float sd = std::sqrt(eval(mean(square(train.images - mu))).item());
+  train.images = (train.images - mu) / sd;
+  test.images = (test.images - mu) / sd;
+}
+
+struct Model {
+  nn::Linear<float> l1, l2, l3;
+  nn::Registry<float> reg;
+  explicit Model(std::uint64_t seed) : l1(784, 256, seed), l2(256, 256, seed + 1), l3(256, 10, seed + 2) {
+    reg.add("l1", l1).add("l2", l2).add("l3", l3);
+  }
+  template <class X>
+  auto operator()(const X& x) {
+    return l3(relu(l2(relu(l1(x)))));
+  }
+};
+
+// Worker-side bookkeeping shared by both paths: the straggler sleep and worker 0's evaluations.
+struct Progress {
+  const Options& o;
+  const io::Dataset& test;
+  Tensor<float> probe_x{Shape{2000, 784}};
+  Tensor<std::int32_t> probe_y{Shape{2000}};
+  Clock::time_point start = Clock::now();
+  Clock::duration excluded{};
+  double time_to_target = -1;
+  std::mt19937_64 pick;
+
+  Progress(const Options& opt, const io::Dataset& t) : o(opt), test(t), pick(opt.seed * 7919 + 17) {
+    std::memcpy(probe_x.data(), test.images.data(), 2000 * 784 * sizeof(float));
+    std::memcpy(probe_y.data(), test.labels.data(), 2000 * sizeof(std::int32_t));
+  }
+  // After a step's compute that took `compute`: the straggler of this step sleeps.
+  void straggle(int worker, int workers, long step, Clock::duration compute) {
+    double extra = 0;
+    if (o.straggler == "transient") {
+      std::mt19937_64 g(o.seed * 1000003ull + static_cast<std::uint64_t>(step));  // the same choice on every worker
+      if (static_cast<int>(g() % static_cast<std::uint64_t>(workers)) == worker) extra = 2.0;
+    } else if (o.straggler == "persistent" && worker == workers - 1) {
+      extra = 1.0;
+    }
+    if (extra > 0) std::this_thread::sleep_for(std::chrono::duration_cast<std::chrono::microseconds>(compute * extra));
+  }
+  void evaluate(Model& m, Workspace<>& ws, long step) {
+    if (time_to_target >= 0 || step % 20 != 0) return;
+    const auto t0 = Clock::now();
+    Tensor<float> logits = eval(m(probe_x), ws);
+    const double acc = 100.0 * nn::accuracy(logits, probe_y);
+    const auto t1 = Clock::now();
+    if (acc >= o.target) time_to_target = std::chrono::duration<double>(t0 - start - excluded).count();
+    excluded += t1 - t0;
+  }
+  double elapsed() const { return std::chrono::duration<double>(Clock::now() - start - excluded).count(); }
+};
+
+inline void report(const Options& o, int ranks, const char* transport, double ttt, double acc, double secs, long steps) {
+  std::printf("result transport=%s consistency=%s servers=%d workers=%d straggler=%s time_to_target_s=%.3f "
+              "final_accuracy=%.2f train_s=%.3f steps=%ld ranks=%d\n",
+              transport, o.consistency.c_str(), o.consistency == "dp" ? 0 : o.servers, o.workers, o.straggler.c_str(), ttt,
+              acc, secs, steps, ranks);
+  std::fflush(stdout);
+}
+
+// Parameter-server training on one rank of the group (servers + workers ranks).
+template <class C, class Transport>
+void train_ps(Transport& t, const io::Dataset& train, const io::Dataset& test, const Options& o) {
+  Model m(o.seed);
+  auto [keys, init] = parallel::ParameterServer<C, Transport>::keys_of(m.reg);
+  ps::Options po;
+  po.update = nn::AdamOptions{.lr = o.lr};
+  po.timeout = std::chrono::seconds(120);
+  po.worker_timeout = std::chrono::seconds(60);
+  parallel::ParameterServer<C, Transport> server(t, ps::Roles::count(o.servers, t.size()), keys, init, po);
+  if (server.is_server()) {
+    if (server.roles().server_index(t.rank()) == 0) std::printf("placement:\n%s", server.describe().c_str());
+    server.serve();
+    return;
+  }
+  const int w = server.roles().worker_index(t.rank()), W = o.workers;
+  io::DistributedSampler sampler(train.labels.numel(), w, W, o.seed, io::Remainder::drop);
+  const long per_epoch = static_cast<long>(sampler.shard_size() / o.batch);
+  Tensor<float> xb({o.batch, 784});
+  Tensor<std::int32_t> yb({o.batch});
+  Workspace<> ws;
+  Progress pr(o, test);
+  long step = 0;
+  for (int epoch = 0; epoch < o.epochs; ++epoch) {
+    auto idx = sampler.indices(static_cast<std::uint64_t>(epoch));
+    for (long s = 0; s < per_epoch; ++s, ++step) {
+      server.pull(m.reg);
+      if (w == 0) pr.evaluate(m, ws, step);
+      const auto c0 = Clock::now();
+      io::gather_batch(train, idx, s * o.batch, xb, yb);
+      m.reg.zero_grad();
+      backward(cross_entropy(m(xb), yb), ws);
+      pr.straggle(w, W, step, Clock::now() - c0);
+      server.push(m.reg);
+      server.clock();
+    }
+  }
+  server.pull(m.reg, true);  // once every worker has finished its steps (ASP/SSP: the slow one too)
+  const double secs = pr.elapsed();
+  server.leave();
+  if (w == 0) {
+    Tensor<float> logits = eval(m(test.images), ws);
+    report(o, t.size(), t.name(), pr.time_to_target, 100.0 * nn::accuracy(logits, test.labels), secs, step);
+  }
+}
+
+// DataParallel with the same per-worker batch, stragglers and evaluation (every rank a worker).
+template <class Transport>
+void train_dp(Transport& t, const io::Dataset& train, const io::Dataset& test, const Options& o) {
+  using namespace weft::comm;
+  Model m(o.seed);
+  Communicator<Ring, Transport> ring{t};
+  parallel::DataParallel dp(m.reg, ring);
+  dp.set_overlap(false);
+  nn::Adam<float> opt(m.reg, {.lr = o.lr});
+  const int w = t.rank(), W = t.size();
+  io::DistributedSampler sampler(train.labels.numel(), w, W, o.seed, io::Remainder::drop);
+  const long per_epoch = static_cast<long>(sampler.shard_size() / o.batch);
+  Tensor<float> xb({o.batch, 784});
+  Tensor<std::int32_t> yb({o.batch});
+  Workspace<> ws;
+  Progress pr(o, test);
+  long step = 0;
+  for (int epoch = 0; epoch < o.epochs; ++epoch) {
+    auto idx = sampler.indices(static_cast<std::uint64_t>(epoch));
+    for (long s = 0; s < per_epoch; ++s, ++step) {
+      if (w == 0) pr.evaluate(m, ws, step);
+      const auto c0 = Clock::now();
+      io::gather_batch(train, idx, s * o.batch, xb, yb);
+      opt.zero_grad();
+      // compute first, then the straggler's sleep, then the allreduce (the sleep must come before it)
+      backward(cross_entropy(m(xb), yb), ws);
+      pr.straggle(w, W, step, Clock::now() - c0);
+      dp.begin_backward();
+      for (Parameter<float>* p : m.reg) dp.on_grad_ready(*p);
+      dp.finish_backward();
+      dp.step(opt);
+    }
+  }
+  const double secs = pr.elapsed();
+  if (w == 0) {
+    Tensor<float> logits = eval(m(test.images), ws);
+    report(o, t.size(), t.name(), pr.time_to_target, 100.0 * nn::accuracy(logits, test.labels), secs, step);
+  }
+}
+
+template <class Transport>
+void train(Transport& t, const io::Dataset& train, const io::Dataset& test, const Options& o) {
+  const std::string& c = o.consistency;
+  if (c == "dp") return train_dp(t, train, test, o);
+  if (c == "bsp") return train_ps<parallel::BSP>(t, train, test, o);
+  if (c == "ssp1") return train_ps<parallel::SSP<1>>(t, train, test, o);
+  if (c == "ssp4") return train_ps<parallel::SSP<4>>(t, train, test, o);
+  return train_ps<parallel::ASP>(t, train, test, o);
+}
+
+}  // namespace story9

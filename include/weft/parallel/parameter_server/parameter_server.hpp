@@ -1,0 +1,1287 @@
+// parallel::ParameterServer<Consistency, Transport>: parameter-server training
+// (Li et al., OSDI 2014) over any transport with any-source receives (thread
+// ranks, MPI). Server ranks hold the parameters in pieces (placement.hpp),
+// apply the workers' gradients themselves (SGD, Adam, Adagrad per piece) or
+// only sum them (Aggregate, BSP), and answer reads under a consistency model
+// (consistency.hpp). Worker ranks push gradients and pull weights, both
+// non-blocking, dense or as rows of an embedding table.
+//
+// Wire protocol (all on the transport, tags from Options::tag_base):
+//   worker -> server  tag base+0: Header (kind, key, range, clock, id, payload bytes)
+//                     tag base+1: the payload, when the header announces one
+//   server -> worker  tag base+16+id: Reply header, then its payload in the same message
+// A server runs one progress thread: it waits on an any-source receive of the
+// next header (the thread transport sleeps on its doorbell; MPI polls with a
+// growing sleep, so an idle server burns no core), serves it, and parks reads
+// that the consistency model says must wait, answering them when the clocks
+// allow. Every wait has a deadline; every error names the server or the worker.
+//
+// Faults: a worker that reports a failure (run_worker catches its exception),
+// or that sends nothing for Options::worker_timeout while it is not waiting on
+// this server, is dead. Under SSP and ASP it is dropped (logged with its rank;
+// the others go on); under BSP the step cannot complete, and every later
+// request on every rank fails naming it. A server that fails or stops
+// answering is an error on the workers naming the server and the keys it held.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <exception>
+#include <limits>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <thread>
+#include <type_traits>
+#include <variant>
+#include <vector>
+
+#include "../../comm/deadline.hpp"
+#include "../../comm/error.hpp"
+#include "../../comm/transport.hpp"
+#include "../../nn/optim.hpp"
+#include "../../nn/registry.hpp"
+#include "consistency.hpp"
+#include "placement.hpp"
+
+namespace weft::parallel {
+
+// Every parameter-server error: what failed, on which rank, naming the server
+// (and the keys it held) or the worker at fault.
+struct PsError : comm::CommError {
+  using comm::CommError::CommError;
+};
+
+namespace ps {
+
+// torch.optim.Adagrad (lr_decay, coupled weight decay; initial accumulator 0).
+struct AdagradOptions {
+  float lr = 1e-2f;
+  float lr_decay = 0.0f;
+  float weight_decay = 0.0f;
+  float eps = 1e-10f;
+};
+// The server only sums the workers' gradients of each step; a pull returns
+// the sum (BSP only: the workers run their own optimizer on it).
+struct Aggregate {};
+
+using Update = std::variant<nn::SGDOptions, nn::AdamOptions, AdagradOptions, Aggregate>;
+
+struct Options {
+  Update update = nn::SGDOptions{.lr = 0.1f};
+  // A worker's wait for a server's answer (a BSP or SSP read waits for the
+  // slowest worker too, so this bounds a step).
+  std::chrono::milliseconds timeout{60'000};
+  // A worker that sends a server nothing for this long while no request of it
+  // is parked there is dead (hung, killed).
+  std::chrono::milliseconds worker_timeout{30'000};
+  comm::Tag tag_base = 0x6000;
+  bool log_to_stderr = true;  // servers print drops as they happen
+  bool record_reads = false;  // servers keep a ReadRecord of every pull (tests)
+};
+
+// A read as a server served it: the reader's clock and every live worker's
+// clock at that moment (SSP's bound: clock - min(clocks) <= s).
+struct ReadRecord {
+  int worker = -1;  // rank
+  std::int64_t clock = 0, min_clock = 0, max_clock = 0;
+};
+
+// What a server saw of a worker's death.
+struct DropRecord {
+  int worker = -1;  // rank
+  std::int64_t clock = 0;
+  std::string reason;
+};
+
+namespace detail {
+
+enum class Kind : std::uint32_t { push = 1, pull, push_rows, pull_rows, clock, leave, fail };
+
+struct Header {
+  Kind kind{};
+  std::uint32_t key = 0;
+  std::uint64_t begin = 0, end = 0;  // elements (dense) or rows (sparse); rows: `end` = row count
+  std::int64_t clock = 0;
+  std::uint32_t id = 0;
+  std::uint32_t synced = 0;  // pull: wait until every live worker reached `clock`, whatever the consistency model
+  std::uint64_t bytes = 0;   // payload that follows on the data tag
+};
+
+struct Reply {
+  std::uint32_t id = 0;
+  std::int32_t status = 0;  // 0 ok; else the payload is the error text
+  std::int64_t min_clock = 0;
+  std::uint64_t bytes = 0;
+};
+
+inline constexpr std::uint32_t reply_ids = 1024;
+// The how-many-th ParameterServer this rank's thread builds (tag ranges).
+inline std::uint32_t next_instance() {
+  thread_local std::uint32_t n = 0;
+  return n++;
+}
+inline constexpr std::size_t max_error_text = 4000;
+
+inline const char* kind_name(Kind k) {
+  switch (k) {
+    case Kind::push: return "push";
+    case Kind::pull: return "pull";
+    case Kind::push_rows: return "push_rows";
+    case Kind::pull_rows: return "pull_rows";
+    case Kind::clock: return "clock";
+    case Kind::leave: return "leave";
+    case Kind::fail: return "fail";
+  }
+  return "?";
+}
+
+// Waits on r until done or the deadline. Shared-memory transports (those that
+// count arrivals: the thread transport) sleep on their doorbell inside wait();
+// others are polled with a sleep that grows to 1 ms, so an idle wait costs no core.
+template <class T>
+comm::WaitStatus wait_idle(T& t, typename T::Request& r, comm::Deadline dl) {
+  if constexpr (comm::TracksArrival<T>) {
+    return t.wait(r, dl);
+  } else {
+    std::chrono::microseconds nap{0};
+    for (int i = 0;; ++i) {
+      if (t.test(r)) return comm::WaitStatus::done;
+      const auto now = comm::Clock::now();
+      if (now >= dl) return t.test(r) ? comm::WaitStatus::done : comm::WaitStatus::timed_out;
+      if (i < 64) {
+        std::this_thread::yield();
+        continue;
+      }
+      nap = std::min<std::chrono::microseconds>(std::chrono::microseconds(1000), nap + std::chrono::microseconds(20));
+      std::this_thread::sleep_for(std::min<comm::Duration>(nap, dl - now));
+    }
+  }
+}
+
+inline std::string status_text(comm::WaitStatus s) {
+  switch (s) {
+    case comm::WaitStatus::done: return "done";
+    case comm::WaitStatus::timed_out: return "timed out";
+    case comm::WaitStatus::aborted: return "aborted";
+    case comm::WaitStatus::peer_gone: return "peer gone";
+  }
+  return "?";
+}
+
+inline std::string seconds(std::chrono::milliseconds ms) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.1f s", static_cast<double>(ms.count()) / 1000.0);
+  return b;
+}
+
+// ---- the update rules, per piece (nn/optim.hpp's loops, so BSP matches DataParallel) ----
+struct PieceState {
+  std::size_t key = 0, begin = 0, end = 0, cols = 1;
+  bool sparse = false;
+  std::vector<float> value, s0, s1;  // state: SGD momentum / Adam exp_avg, exp_avg_sq / Adagrad sum
+  std::vector<float> accum;          // BSP sum of the step's gradients (and scratch for sparse pushes)
+  std::vector<std::uint8_t> touched;  // sparse: rows in accum
+  std::vector<std::uint32_t> touched_rows;
+  std::vector<std::int64_t> steps;    // dense: [0]; sparse: per row (lazy state, as torch's SparseAdam)
+  bool pushed = false;                // dense BSP: accum holds something this step
+  std::size_t elements() const { return (end - begin) * (sparse ? cols : 1); }
+};
+
+// p -= update(g * scale) on n elements with step counter t (incremented).
+inline void apply_update(const Update& u, float* p, const float* g_in, float scale, float* s0, float* s1, std::size_t n,
+                         std::int64_t& t, std::vector<float>& scratch) {
+  if (scratch.size() < n) scratch.resize(n);
+  float* g = scratch.data();
+  for (std::size_t i = 0; i < n; ++i) g[i] = g_in[i] * scale;
+  const auto len = static_cast<index_t>(n);
+  if (const auto* o = std::get_if<nn::SGDOptions>(&u)) {
+    const std::int64_t step = ++t;
+    const float mu = o->momentum;
+    if (mu == 0.0f) {
+      nn::detail::sgd_pass<float>(p, g, len, o->lr, o->weight_decay);
+    } else {
+      const float cb = step == 1 ? 0.0f : mu;
+      const float cg = step == 1 ? 1.0f : static_cast<float>(1.0 - static_cast<double>(o->dampening));
+      const float kg = o->nesterov ? 1.0f : 0.0f, kb = o->nesterov ? mu : 1.0f;
+      nn::detail::sgd_momentum_pass<float>(p, g, s0, len, o->lr, o->weight_decay, cb, cg, kg, kb);
+    }
+  } else if (const auto* a = std::get_if<nn::AdamOptions>(&u)) {
+    const std::int64_t step = ++t;
+    const double lr = a->lr;
+    const double bc1 = 1.0 - std::pow(static_cast<double>(a->beta1), static_cast<double>(step));
+    const double bc2 = 1.0 - std::pow(static_cast<double>(a->beta2), static_cast<double>(step));
+    nn::detail::adam_pass<float>(p, g, s0, s1, len, 1.0f, a->weight_decay, a->beta2,
+                                 static_cast<float>(1.0 - static_cast<double>(a->beta1)),
+                                 static_cast<float>(1.0 - static_cast<double>(a->beta2)), static_cast<float>(lr / bc1),
+                                 static_cast<float>(std::sqrt(bc2)), a->eps);
+  } else if (const auto* ag = std::get_if<AdagradOptions>(&u)) {
+    const std::int64_t step = ++t;
+    const float clr = ag->lr / (1.0f + static_cast<float>(step - 1) * ag->lr_decay);
+    for (std::size_t i = 0; i < n; ++i) {
+      const float gi = g[i] + ag->weight_decay * p[i];
+      s0[i] += gi * gi;
+      p[i] -= clr * gi / (std::sqrt(s0[i]) + ag->eps);
+    }
+  } else {  // Aggregate: the value is the sum itself
+    ++t;
+    std::memcpy(p, g, n * sizeof(float));
+  }
+}
+
+}  // namespace detail
+}  // namespace ps
+
+template <Consistency C, comm::AnySource Transport>
+class ParameterServer {
+  using Header = ps::detail::Header;
+  using Reply = ps::detail::Reply;
+  using Kind = ps::detail::Kind;
+
+ public:
+  // Collective in spirit (every rank builds it with the same keys and roles;
+  // nothing is exchanged). `init[k]`: key k's initial values on server ranks
+  // (numel floats; null: zero), the same model every rank built from one seed.
+  ParameterServer(Transport t, ps::Roles roles, std::vector<ps::Key> keys, std::vector<const float*> init,
+                  ps::Options o = {})
+      : t_(std::move(t)), roles_(std::move(roles)), placement_(std::move(keys), static_cast<int>(roles_.servers.size())),
+        o_(std::move(o)) {
+    if (std::holds_alternative<ps::Aggregate>(o_.update) && !C::aggregate_steps)
+      throw_error<ValueError>("ParameterServer<", C::name,
+                              ">: Aggregate (servers return the sum of the step's gradients) is defined per step, "
+                              "so it needs BSP");
+    if (o_.tag_base + 16 + ps::detail::reply_ids - 1 > comm::max_tag)
+      throw_error<ValueError>("ParameterServer: tag_base ", o_.tag_base, " leaves no room for ", ps::detail::reply_ids,
+                              " reply tags below ", comm::max_tag);
+    // Consecutive instances on a rank take disjoint tag ranges (as many as fit
+    // above tag_base, in turn): a server's request receive still posted while
+    // it shuts down must never take the first request of the next instance,
+    // which a worker that has already left may send at once (under MPI a
+    // matched receive cannot be cancelled). Every rank builds its instances in
+    // the same order, so the ranges agree.
+    {
+      const std::uint32_t span = 16 + ps::detail::reply_ids;
+      const std::uint32_t ranges = (static_cast<std::uint32_t>(comm::max_tag) + 1 - o_.tag_base) / span;
+      o_.tag_base += static_cast<comm::Tag>((ps::detail::next_instance() % ranges) * span);
+    }
+    if (static_cast<int>(roles_.servers.size() + roles_.workers.size()) != t_.size())
+      throw_error<ValueError>("ParameterServer: roles cover ", roles_.servers.size() + roles_.workers.size(),
+                              " ranks but the transport has ", t_.size());
+    const int s = roles_.server_index(t_.rank());
+    if (s >= 0) {
+      if (!init.empty() && init.size() != placement_.keys().size())
+        throw_error<ValueError>("ParameterServer: ", init.size(), " initial values for ", placement_.keys().size(), " keys");
+      server_.emplace();
+      server_->index = s;
+      for (const ps::Piece& p : placement_.pieces()) {
+        if (p.server != s) continue;
+        const ps::Key& k = placement_.keys()[p.key];
+        ps::detail::PieceState st;
+        st.key = p.key;
+        st.begin = p.begin;
+        st.end = p.end;
+        st.sparse = k.sparse;
+        st.cols = k.cols;
+        const std::size_t n = st.elements();
+        const std::size_t first = k.sparse ? p.begin * k.cols : p.begin;
+        st.value.assign(n, 0.0f);
+        if (!init.empty() && init[p.key]) std::memcpy(st.value.data(), init[p.key] + first, n * sizeof(float));
+        st.s0.assign(n, 0.0f);
+        if (std::holds_alternative<nn::AdamOptions>(o_.update)) st.s1.assign(n, 0.0f);
+        st.accum.assign(n, 0.0f);
+        if (k.sparse) {
+          st.touched.assign(p.end - p.begin, 0);
+          st.steps.assign(p.end - p.begin, 0);
+        } else {
+          st.steps.assign(1, 0);
+        }
+        server_->piece_of_key.resize(placement_.keys().size(), -1);
+        server_->piece_of_key[p.key] = static_cast<int>(server_->pieces.size());
+        server_->pieces.push_back(std::move(st));
+      }
+      const std::size_t w = roles_.workers.size();
+      server_->clocks.assign(w, 0);
+      server_->state.assign(w, WorkerState::live);
+      server_->last_heard.assign(w, comm::Clock::now());
+      server_->parked_count.assign(w, 0);
+    } else {
+      worker_.emplace();
+      worker_->index = roles_.worker_index(t_.rank());
+    }
+  }
+
+  // Keys and initial values from a registry (every parameter dense, named as registered).
+  static std::pair<std::vector<ps::Key>, std::vector<const float*>> keys_of(const nn::Registry<float>& reg) {
+    std::pair<std::vector<ps::Key>, std::vector<const float*>> out;
+    for (const Parameter<float>* p : reg) {
+      out.first.push_back(ps::Key{p->name, static_cast<std::size_t>(p->numel()), 1, false});
+      out.second.push_back(p->value.data());
+    }
+    return out;
+  }
+
+  ParameterServer(const ParameterServer&) = delete;
+  ParameterServer& operator=(const ParameterServer&) = delete;
+  ~ParameterServer() {
+    if (thread_.joinable()) {
+      stop_.store(true);
+      thread_.join();
+    }
+  }
+
+  bool is_server() const { return server_.has_value(); }
+  bool is_worker() const { return worker_.has_value(); }
+  int rank() const { return t_.rank(); }
+  const ps::Roles& roles() const { return roles_; }
+  const ps::Placement& placement() const { return placement_; }
+  std::size_t key(const std::string& name) const { return placement_.find(name); }
+  std::string describe() const { return placement_.describe(roles_.servers); }
+  static constexpr const char* consistency() { return C::name; }
+  static constexpr std::int64_t staleness() { return C::staleness; }
+
+  // =========================== server side ===========================
+
+  // Starts this server rank's progress thread.
+  void start() {
+    require_server("start");
+    if (thread_.joinable()) throw_error<ValueError>("ParameterServer::start on server rank ", rank(), ": already started");
+    thread_ = std::thread([this] {
+      try {
+        serve_loop();
+      } catch (const std::exception& e) {
+        std::lock_guard lock(server_->mu);
+        server_->error = std::string("ParameterServer: server rank ") + std::to_string(rank()) + " failed: " + e.what();
+      }
+    });
+  }
+  // Waits until every worker has left or been dropped, then rethrows a
+  // failure (BSP with a dead worker, a transport failure) naming it.
+  void finish() {
+    require_server("finish");
+    if (thread_.joinable()) thread_.join();
+    std::lock_guard lock(server_->mu);
+    if (!server_->error.empty()) throw PsError(server_->error);
+  }
+  // start() then finish(): serve until the workers are done.
+  void serve() {
+    start();
+    finish();
+  }
+  // This server's values of key k's piece (after finish(); tests and checkpoints).
+  std::vector<float> server_values(std::size_t k) const {
+    require_server("server_values");
+    const int i = k < server_->piece_of_key.size() ? server_->piece_of_key[k] : -1;
+    if (i < 0) return {};
+    return server_->pieces[static_cast<std::size_t>(i)].value;
+  }
+  std::vector<ps::ReadRecord> reads() const {
+    require_server("reads");
+    std::lock_guard lock(server_->mu);
+    return server_->reads;
+  }
+  std::vector<ps::DropRecord> drops() const {
+    require_server("drops");
+    std::lock_guard lock(server_->mu);
+    return server_->drops;
+  }
+  std::uint64_t requests_served() const {
+    require_server("requests_served");
+    return server_->served.load();
+  }
+
+  // =========================== worker side ===========================
+
+  class Handle {
+   public:
+    Handle() = default;
+    Handle(Handle&& o) noexcept : ps_(o.ps_), slots_(std::move(o.slots_)) { o.ps_ = nullptr; }
+    Handle& operator=(Handle&& o) noexcept {
+      if (this != &o) {
+        drop();
+        ps_ = o.ps_;
+        slots_ = std::move(o.slots_);
+        o.ps_ = nullptr;
+      }
+      return *this;
+    }
+    Handle(const Handle&) = delete;
+    Handle& operator=(const Handle&) = delete;
+    // Waits for every server's answer; rethrows the first error (naming the server).
+    void wait() {
+      if (!ps_) return;
+      auto* p = ps_;
+      ps_ = nullptr;
+      std::string first;
+      for (auto [s, g] : slots_) {
+        try {
+          p->complete(s, g);
+        } catch (const std::exception& e) {
+          if (first.empty()) first = e.what();
+        }
+      }
+      slots_.clear();
+      if (!first.empty()) throw PsError(first);
+    }
+    bool pending() const { return ps_ != nullptr; }
+    // A handle dropped unwaited is waited for; its error surfaces at the worker's next call.
+    ~Handle() { drop(); }
+
+   private:
+    friend class ParameterServer;
+    void drop() noexcept {
+      if (!ps_) return;
+      auto* p = ps_;
+      try {
+        wait();
+      } catch (const std::exception& e) {
+        if (p->worker_->deferred.empty()) p->worker_->deferred = e.what();
+      }
+    }
+    ParameterServer* ps_ = nullptr;
+    std::vector<std::pair<std::size_t, std::uint64_t>> slots_;
+  };
+
+  // Non-blocking: sends grad (key k's numel floats) to the servers holding k.
+  // grad must stay alive until the handle's wait().
+  [[nodiscard]] Handle push(std::size_t k, std::span<const float> grad) {
+    const ps::Key& key = dense_key(k, grad.size(), "push");
+    (void)key;
+    Handle h = begin_handle();
+    for (std::size_t pi : placement_.pieces_of(k)) {
+      const ps::Piece& p = placement_.pieces()[pi];
+      h.slots_.push_back(tagged(issue(p.server, Kind::push, k, p.begin, p.end, grad.data() + p.begin,
+                               (p.end - p.begin) * sizeof(float), nullptr, 0)));
+    }
+    return h;
+  }
+  // Non-blocking: fills out (key k's numel floats) with the servers' values as
+  // the consistency model allows at this worker's clock.
+  // synced: wait until every live worker has reached this worker's clock
+  // (with every worker's pushes before it applied), whatever the consistency
+  // model: the final weights after every worker's last step.
+  [[nodiscard]] Handle pull(std::size_t k, std::span<float> out, bool synced = false) {
+    dense_key(k, out.size(), "pull");
+    Handle h = begin_handle();
+    for (std::size_t pi : placement_.pieces_of(k)) {
+      const ps::Piece& p = placement_.pieces()[pi];
+      h.slots_.push_back(tagged(issue(p.server, Kind::pull, k, p.begin, p.end, nullptr, 0, out.data() + p.begin,
+                                      p.end - p.begin, {}, synced ? 1u : 0u)));
+    }
+    return h;
+  }
+  // Sparse: rows (ids into key k's table) and their gradient rows (rows.size() x cols).
+  // Only these rows travel and only they change. Ids may repeat (their rows add).
+  [[nodiscard]] Handle push_rows(std::size_t k, std::span<const std::int64_t> rows, std::span<const float> values) {
+    const ps::Key& key = sparse_key(k, rows, "push_rows");
+    if (values.size() != rows.size() * key.cols)
+      throw_error<ValueError>("ParameterServer::push_rows on worker rank ", rank(), ": key '", key.name, "' has ", key.cols,
+                              " columns, so ", rows.size(), " rows need ", rows.size() * key.cols, " values, got ",
+                              values.size());
+    Handle h = begin_handle();
+    for (std::size_t pi : placement_.pieces_of(k)) {
+      const ps::Piece& p = placement_.pieces()[pi];
+      std::vector<std::byte> buf;
+      std::size_t n = 0;
+      for (std::int64_t r : rows) n += in_piece(r, p);
+      if (n == 0) continue;
+      buf.resize(n * sizeof(std::int64_t) + n * key.cols * sizeof(float));
+      auto* ids = reinterpret_cast<std::int64_t*>(buf.data());
+      auto* vals = reinterpret_cast<float*>(buf.data() + n * sizeof(std::int64_t));
+      std::size_t j = 0;
+      for (std::size_t i = 0; i < rows.size(); ++i) {
+        if (!in_piece(rows[i], p)) continue;
+        ids[j] = rows[i];
+        std::memcpy(vals + j * key.cols, values.data() + i * key.cols, key.cols * sizeof(float));
+        ++j;
+      }
+      h.slots_.push_back(tagged(issue(p.server, Kind::push_rows, k, p.begin, n, nullptr, 0, nullptr, 0, std::move(buf))));
+    }
+    return h;
+  }
+  // Sparse: out (rows.size() x cols) gets the listed rows of key k's table.
+  [[nodiscard]] Handle pull_rows(std::size_t k, std::span<const std::int64_t> rows, std::span<float> out) {
+    const ps::Key& key = sparse_key(k, rows, "pull_rows");
+    if (out.size() != rows.size() * key.cols)
+      throw_error<ValueError>("ParameterServer::pull_rows on worker rank ", rank(), ": key '", key.name, "' has ", key.cols,
+                              " columns, so ", rows.size(), " rows need room for ", rows.size() * key.cols,
+                              " values, got ", out.size());
+    Handle h = begin_handle();
+    for (std::size_t pi : placement_.pieces_of(k)) {
+      const ps::Piece& p = placement_.pieces()[pi];
+      std::vector<std::byte> buf;
+      std::vector<std::size_t> where;
+      for (std::size_t i = 0; i < rows.size(); ++i)
+        if (in_piece(rows[i], p)) where.push_back(i);
+      if (where.empty()) continue;
+      buf.resize(where.size() * sizeof(std::int64_t));
+      auto* ids = reinterpret_cast<std::int64_t*>(buf.data());
+      for (std::size_t j = 0; j < where.size(); ++j) ids[j] = rows[where[j]];
+      const std::size_t s = issue(p.server, Kind::pull_rows, k, p.begin, where.size(), nullptr, 0, out.data(),
+                                  where.size() * key.cols, std::move(buf));
+      worker_->slots[s].scatter = std::move(where);
+      worker_->slots[s].cols = key.cols;
+      h.slots_.push_back(tagged(s));
+    }
+    return h;
+  }
+
+  // Registry helpers (dense keys named as the registry's parameters, in order).
+  void push(const nn::Registry<float>& reg) {
+    std::vector<Handle> hs;
+    for (const Parameter<float>* p : reg)
+      hs.push_back(push(key(p->name), std::span<const float>(p->grad.data(), static_cast<std::size_t>(p->numel()))));
+    wait_all(hs);
+  }
+  void pull(nn::Registry<float>& reg, bool synced = false) {
+    std::vector<Handle> hs;
+    for (Parameter<float>* p : reg)
+      hs.push_back(pull(key(p->name), std::span<float>(p->value.data(), static_cast<std::size_t>(p->numel())), synced));
+    wait_all(hs);
+  }
+  static void wait_all(std::vector<Handle>& hs) {
+    std::string first;
+    for (Handle& h : hs) {
+      try {
+        h.wait();
+      } catch (const std::exception& e) {
+        if (first.empty()) first = e.what();
+      }
+    }
+    if (!first.empty()) throw PsError(first);
+  }
+
+  // Ends this worker's step: its clock advances on every server (after the
+  // step's pushes, which the servers see first: one sender's headers stay in order).
+  void clock() {
+    require_worker("clock");
+    ++worker_->clock;
+    Handle h = begin_handle();
+    for (int s = 0; s < placement_.servers(); ++s)
+      h.slots_.push_back(tagged(issue(s, Kind::clock, 0, 0, 0, nullptr, 0, nullptr, 0)));
+    h.wait();
+  }
+  std::int64_t worker_clock() const {
+    require_worker("worker_clock");
+    return worker_->clock;
+  }
+  // This worker is done: the servers stop counting it (call once, at the end).
+  void leave() {
+    require_worker("leave");
+    if (worker_->left) return;
+    worker_->left = true;
+    Handle h = begin_handle();
+    for (int s = 0; s < placement_.servers(); ++s) h.slots_.push_back(tagged(issue(s, Kind::leave, 0, 0, 0, nullptr, 0, nullptr, 0)));
+    h.wait();
+  }
+  // Runs fn(*this) on a worker rank, then leave(). If fn throws, the servers
+  // are told (dropped under SSP/ASP, a failed step under BSP) and the error
+  // comes back as text instead of an exception: on thread ranks an exception
+  // leaving the rank's function would abort every rank of the run.
+  template <class F>
+  std::optional<std::string> run_worker(F&& fn) {
+    require_worker("run_worker");
+    std::string why;
+    try {
+      fn(*this);
+      leave();
+      return std::nullopt;
+    } catch (const std::exception& e) {
+      why = e.what();
+    } catch (...) {
+      why = "unknown exception";
+    }
+    report_failure(why);
+    return why;
+  }
+  // Tells every server this worker is dead (best effort, bounded by the timeout).
+  void report_failure(const std::string& why) {
+    require_worker("report_failure");
+    if (worker_->left) return;
+    worker_->left = true;
+    const std::string text = why.substr(0, ps::detail::max_error_text);
+    for (int s = 0; s < placement_.servers(); ++s) {
+      Header h{Kind::fail, 0, 0, 0, worker_->clock, 0, 0, text.size()};
+      const int peer = roles_.servers[static_cast<std::size_t>(s)];
+      auto a = t_.isend(&h, sizeof h, peer, o_.tag_base);
+      auto b = t_.isend(text.data(), text.size(), peer, o_.tag_base + 1);
+      const auto dl = comm::deadline_after(std::chrono::milliseconds(std::min<long long>(o_.timeout.count(), 5000)));
+      ps::detail::wait_idle(t_, a, dl);
+      ps::detail::wait_idle(t_, b, dl);
+    }
+  }
+
+ private:
+  enum class WorkerState : std::uint8_t { live, left, dropped };
+
+  struct Parked {
+    int worker = 0;  // index
+    int peer = 0;    // rank
+    Header h;
+    std::vector<std::byte> payload;
+  };
+  struct Outgoing {
+    typename Transport::Request req;
+    std::vector<std::byte> buf;
+    int worker = 0;
+    comm::Deadline deadline;
+  };
+  struct Server {
+    int index = 0;
+    std::vector<ps::detail::PieceState> pieces;
+    std::vector<int> piece_of_key;
+    std::vector<std::int64_t> clocks;
+    std::vector<WorkerState> state;
+    std::vector<comm::Clock::time_point> last_heard;
+    std::vector<int> parked_count;
+    std::vector<Parked> parked;
+    std::vector<Outgoing> outgoing;
+    std::int64_t bsp_step = 0;  // BSP: the step whose gradients accumulate
+    std::string broken;         // BSP after a worker died: every request fails with this
+    std::vector<float> scratch;
+    std::atomic<std::uint64_t> served{0};
+    mutable std::mutex mu;  // guards what other threads read: error, reads, drops
+    std::string error;
+    std::vector<ps::ReadRecord> reads;
+    std::vector<ps::DropRecord> drops;
+  };
+  struct Slot {
+    bool busy = false;
+    std::uint64_t gen = 0;  // which request occupies it (handles hold slot and generation)
+    std::uint32_t id = 0;
+    int server = 0;
+    Kind kind{};
+    std::size_t key = 0;
+    Header h;
+    std::vector<std::byte> out;  // packed payload (sparse)
+    std::vector<std::byte> in;   // reply staging
+    float* dst = nullptr;
+    std::size_t dst_n = 0;
+    std::vector<std::size_t> scatter;  // pull_rows: output row of each received row
+    std::size_t cols = 1;
+    typename Transport::Request hreq, dreq, rreq;
+  };
+  struct Worker {
+    int index = 0;
+    std::int64_t clock = 0;
+    bool left = false;
+    std::uint32_t next_id = 0;
+    std::deque<Slot> slots;  // stable addresses: pending sends point into them
+    std::vector<int> outstanding;  // per server
+    std::string deferred;          // error of a handle dropped unwaited
+  };
+
+  void require_server(const char* what) const {
+    if (!server_)
+      throw_error<ValueError>("ParameterServer::", what, " called on rank ", t_.rank(), ", a worker (servers: ",
+                              list(roles_.servers), ")");
+  }
+  void require_worker(const char* what) const {
+    if (!worker_)
+      throw_error<ValueError>("ParameterServer::", what, " called on rank ", t_.rank(), ", a server (workers: ",
+                              list(roles_.workers), ")");
+  }
+  static std::string list(const std::vector<int>& v) {
+    std::string s;
+    for (int x : v) s += (s.empty() ? "" : ",") + std::to_string(x);
+    return s;
+  }
+  const ps::Key& dense_key(std::size_t k, std::size_t n, const char* what) const {
+    require_worker(what);
+    if (k >= placement_.keys().size())
+      throw_error<ValueError>("ParameterServer::", what, " on worker rank ", rank(), ": no key ", k, " (",
+                              placement_.keys().size(), " keys)");
+    const ps::Key& key = placement_.keys()[k];
+    if (key.sparse)
+      throw_error<ValueError>("ParameterServer::", what, " on worker rank ", rank(), ": key '", key.name,
+                              "' is a sparse table: use push_rows / pull_rows");
+    if (n != key.numel())
+      throw_error<ValueError>("ParameterServer::", what, " on worker rank ", rank(), ": key '", key.name, "' has ",
+                              key.numel(), " elements, got a buffer of ", n);
+    return key;
+  }
+  const ps::Key& sparse_key(std::size_t k, std::span<const std::int64_t> rows, const char* what) const {
+    require_worker(what);
+    if (k >= placement_.keys().size())
+      throw_error<ValueError>("ParameterServer::", what, " on worker rank ", rank(), ": no key ", k);
+    const ps::Key& key = placement_.keys()[k];
+    if (!key.sparse)
+      throw_error<ValueError>("ParameterServer::", what, " on worker rank ", rank(), ": key '", key.name,
+                              "' is dense: use push / pull");
+    for (std::int64_t r : rows)
+      if (r < 0 || static_cast<std::size_t>(r) >= key.rows)
+        throw_error<ValueError>("ParameterServer::", what, " on worker rank ", rank(), ": row ", r, " of key '", key.name,
+                                "' is outside its ", key.rows, " rows");
+    return key;
+  }
+  static bool in_piece(std::int64_t r, const ps::Piece& p) {
+    return static_cast<std::size_t>(r) >= p.begin && static_cast<std::size_t>(r) < p.end;
+  }
+  Handle begin_handle() {
+    if (!worker_->deferred.empty()) {
+      std::string e = std::move(worker_->deferred);
+      worker_->deferred.clear();
+      throw PsError(e);
+    }
+    Handle h;
+    h.ps_ = this;
+    return h;
+  }
+  std::string server_name(int s) const {
+    return "server rank " + std::to_string(roles_.servers[static_cast<std::size_t>(s)]) + " (holding " +
+           placement_.held_by(s) + ")";
+  }
+
+  // Sends one request to server s and posts the receive of its reply.
+  std::size_t issue(int s, Kind kind, std::size_t k, std::size_t begin, std::size_t end, const void* payload,
+                    std::size_t payload_bytes, float* dst, std::size_t dst_n, std::vector<std::byte> packed = {},
+                    std::uint32_t synced = 0) {
+    Worker& w = *worker_;
+    if (w.outstanding.empty()) w.outstanding.assign(static_cast<std::size_t>(placement_.servers()), 0);
+    if (w.left && kind != Kind::leave)
+      throw_error<PsError>("ParameterServer: worker rank ", rank(), " has left; ", ps::detail::kind_name(kind),
+                           " is no longer possible");
+    // Bounded in-flight requests per server (the thread transport's mailbox holds 64 messages).
+    while (w.outstanding[static_cast<std::size_t>(s)] >= 24) {
+      for (std::size_t i = 0; i < w.slots.size(); ++i)
+        if (w.slots[i].busy && w.slots[i].server == s) {
+          try {
+            complete(i, w.slots[i].gen);
+          } catch (const std::exception& e) {
+            if (w.deferred.empty()) w.deferred = e.what();
+          }
+          break;
+        }
+    }
+    std::size_t i = 0;
+    while (i < w.slots.size() && w.slots[i].busy) ++i;
+    if (i == w.slots.size()) {
+      if (w.slots.size() >= ps::detail::reply_ids)
+        throw_error<PsError>("ParameterServer: worker rank ", rank(), " has ", ps::detail::reply_ids,
+                             " requests in flight; wait on handles");
+      w.slots.emplace_back();
+    }
+    Slot& sl = w.slots[i];
+    sl.busy = true;
+    ++sl.gen;
+    sl.id = static_cast<std::uint32_t>(i);
+    sl.server = s;
+    sl.kind = kind;
+    sl.key = k;
+    sl.dst = dst;
+    sl.dst_n = dst_n;
+    sl.scatter.clear();
+    sl.cols = 1;
+    sl.out = std::move(packed);
+    if (!sl.out.empty()) {
+      payload = sl.out.data();
+      payload_bytes = sl.out.size();
+    }
+    sl.h = Header{kind, static_cast<std::uint32_t>(k), begin, end, w.clock, sl.id, synced, payload_bytes};
+    const int peer = roles_.servers[static_cast<std::size_t>(s)];
+    const std::size_t reply_payload = std::max(dst_n * sizeof(float), ps::detail::max_error_text);
+    sl.in.resize(sizeof(Reply) + reply_payload);
+    sl.rreq = t_.irecv(sl.in.data(), sl.in.size(), peer, reply_tag(sl.id));
+    sl.hreq = t_.isend(&sl.h, sizeof(Header), peer, o_.tag_base);
+    sl.dreq = payload_bytes ? t_.isend(payload, payload_bytes, peer, o_.tag_base + 1) : typename Transport::Request{};
+    ++w.outstanding[static_cast<std::size_t>(s)];
+    return i;
+  }
+  comm::Tag reply_tag(std::uint32_t id) const { return o_.tag_base + 16 + id; }
+  std::pair<std::size_t, std::uint64_t> tagged(std::size_t i) const { return {i, worker_->slots[i].gen}; }
+
+  // Waits for slot i's reply; copies a pull's values out; throws on an error reply.
+  void complete(std::size_t i, std::uint64_t gen) {
+    Worker& w = *worker_;
+    Slot& sl = w.slots[i];
+    if (!sl.busy || sl.gen != gen) return;  // completed already (to make room for another request)
+    struct Free {
+      Worker& w;
+      Slot& sl;
+      ~Free() {
+        sl.busy = false;
+        --w.outstanding[static_cast<std::size_t>(sl.server)];
+      }
+    } free{w, sl};
+    const auto dl = comm::deadline_after(o_.timeout);
+    const char* what = ps::detail::kind_name(sl.kind);
+    auto fail = [&](comm::WaitStatus st, const char* stage) {
+      std::string why = st == comm::WaitStatus::timed_out ? "no answer within " + ps::detail::seconds(o_.timeout)
+                                                           : ps::detail::status_text(st) + ": " + t_.failure();
+      throw_error<PsError>("ParameterServer: worker rank ", rank(), ": ", what, " of key '",
+                           placement_.keys()[sl.key].name, "' at clock ", sl.h.clock, " (", stage, ") failed: ",
+                           server_name(sl.server), ": ", why);
+    };
+    if (auto st = ps::detail::wait_idle(t_, sl.hreq, dl); st != comm::WaitStatus::done) fail(st, "sending the request");
+    if (auto st = ps::detail::wait_idle(t_, sl.dreq, dl); st != comm::WaitStatus::done) fail(st, "sending the payload");
+    if (auto st = ps::detail::wait_idle(t_, sl.rreq, dl); st != comm::WaitStatus::done) fail(st, "waiting for the reply");
+    Reply rp;
+    std::memcpy(&rp, sl.in.data(), sizeof rp);
+    const std::byte* body = sl.in.data() + sizeof(Reply);
+    if (rp.status != 0) {
+      throw_error<PsError>("ParameterServer: worker rank ", rank(), ": ", what, " of key '", placement_.keys()[sl.key].name,
+                           "' refused by server rank ", roles_.servers[static_cast<std::size_t>(sl.server)], ": ",
+                           std::string(reinterpret_cast<const char*>(body), rp.bytes));
+    }
+    if (sl.kind == Kind::pull) {
+      if (rp.bytes != sl.dst_n * sizeof(float))
+        throw_error<PsError>("ParameterServer: worker rank ", rank(), ": pull of key '", placement_.keys()[sl.key].name,
+                             "': server rank ", roles_.servers[static_cast<std::size_t>(sl.server)], " sent ", rp.bytes,
+                             " bytes, expected ", sl.dst_n * sizeof(float));
+      std::memcpy(sl.dst, body, rp.bytes);
+    } else if (sl.kind == Kind::pull_rows) {
+      const std::size_t c = sl.cols;
+      const auto* v = reinterpret_cast<const float*>(body);
+      for (std::size_t j = 0; j < sl.scatter.size(); ++j) std::memcpy(sl.dst + sl.scatter[j] * c, v + j * c, c * sizeof(float));
+    }
+  }
+
+  // ---- the server's progress loop ----
+  void serve_loop() {
+    Server& S = *server_;
+    const std::size_t W = roles_.workers.size();
+    Header h;
+    auto req = t_.irecv_any(&h, sizeof h, o_.tag_base);
+    const auto slice = std::chrono::milliseconds(50);
+    for (;;) {
+      progress_outgoing();
+      if (done_serving()) {
+        // every worker left or was dropped: deliver the last replies, then stop
+        while (!S.outgoing.empty() && !stop_.load()) {
+          std::this_thread::sleep_for(std::chrono::microseconds(200));
+          progress_outgoing();
+        }
+        break;
+      }
+      if (stop_.load()) break;
+      const auto st = ps::detail::wait_idle(t_, req, comm::Clock::now() + slice);
+      if (st == comm::WaitStatus::timed_out) {
+        check_deadlines();
+        continue;
+      }
+      if (st == comm::WaitStatus::peer_gone) {
+        // thread ranks: every other rank has returned, so no request can come any more
+        for (std::size_t w = 0; w < S.state.size(); ++w)
+          if (S.state[w] == WorkerState::live) drop_worker(static_cast<int>(w), "it returned without leave()");
+        continue;
+      }
+      if (st != comm::WaitStatus::done) {
+        // thread transport: a rank failed outside the protocol, every wait now ends at once
+        throw_error<PsError>("receiving requests: ", ps::detail::status_text(st), ": ", t_.failure());
+      }
+      const int peer = req.peer();
+      Header got = h;
+      req = t_.irecv_any(&h, sizeof h, o_.tag_base);  // the next one, while this one is served
+      const int w = roles_.worker_index(peer);
+      if (w < 0) throw_error<PsError>("a request from rank ", peer, ", which is not a worker (workers: ", list(roles_.workers), ")");
+      std::vector<std::byte> payload(got.bytes);
+      if (got.bytes) {
+        auto d = t_.irecv(payload.data(), payload.size(), peer, o_.tag_base + 1);
+        if (auto s2 = ps::detail::wait_idle(t_, d, comm::deadline_after(o_.worker_timeout)); s2 != comm::WaitStatus::done) {
+          drop_worker(w, "its " + std::string(ps::detail::kind_name(got.kind)) + " payload did not arrive (" +
+                             ps::detail::status_text(s2) + ")");
+          continue;
+        }
+      }
+      S.last_heard[static_cast<std::size_t>(w)] = comm::Clock::now();
+      handle(w, peer, got, std::move(payload));
+      S.served.fetch_add(1, std::memory_order_relaxed);
+      check_deadlines();
+      (void)W;
+    }
+  }
+
+  bool done_serving() const {
+    for (WorkerState s : server_->state)
+      if (s == WorkerState::live) return false;
+    return true;
+  }
+
+  std::int64_t min_clock() const {
+    std::int64_t m = std::numeric_limits<std::int64_t>::max();
+    for (std::size_t i = 0; i < server_->clocks.size(); ++i)
+      if (server_->state[i] == WorkerState::live) m = std::min(m, server_->clocks[i]);
+    return m;
+  }
+  std::int64_t max_clock() const {
+    std::int64_t m = 0;
+    for (std::size_t i = 0; i < server_->clocks.size(); ++i)
+      if (server_->state[i] == WorkerState::live) m = std::max(m, server_->clocks[i]);
+    return m;
+  }
+  std::size_t live_workers() const {
+    std::size_t n = 0;
+    for (WorkerState s : server_->state) n += s == WorkerState::live;
+    return n;
+  }
+
+  void reply(int w, int peer, std::uint32_t id, int status, const void* body, std::size_t bytes) {
+    Outgoing o;
+    o.buf.resize(sizeof(Reply) + bytes);
+    Reply rp{id, status, min_clock(), bytes};
+    std::memcpy(o.buf.data(), &rp, sizeof rp);
+    if (bytes) std::memcpy(o.buf.data() + sizeof rp, body, bytes);
+    o.worker = w;
+    o.deadline = comm::deadline_after(o_.worker_timeout);
+    o.req = t_.isend(o.buf.data(), o.buf.size(), peer, reply_tag(id));
+    server_->outgoing.push_back(std::move(o));
+  }
+  void reply_error(int w, int peer, const Header& h, const std::string& text) {
+    const std::string t = text.substr(0, ps::detail::max_error_text);
+    reply(w, peer, h.id, 1, t.data(), t.size());
+  }
+
+  void progress_outgoing() {
+    auto& out = server_->outgoing;
+    for (std::size_t i = 0; i < out.size();) {
+      bool done = false;
+      try {
+        done = t_.test(out[i].req);
+      } catch (const std::exception& e) {
+        drop_worker(out[i].worker, std::string("a reply to it failed: ") + e.what());
+        done = true;
+      }
+      if (!done && comm::Clock::now() > out[i].deadline) {
+        const int w = out[i].worker;
+        t_.cancel(out[i].req);
+        drop_worker(w, "it did not take a reply within " + ps::detail::seconds(o_.worker_timeout));
+        done = true;
+      }
+      if (done) {
+        out[i] = std::move(out.back());
+        out.pop_back();
+      } else {
+        ++i;
+      }
+    }
+  }
+
+  void check_deadlines() {
+    Server& S = *server_;
+    const auto now = comm::Clock::now();
+    for (std::size_t w = 0; w < S.state.size(); ++w)
+      if (S.state[w] == WorkerState::live && S.parked_count[w] == 0 && now - S.last_heard[w] > o_.worker_timeout)
+        drop_worker(static_cast<int>(w), "it sent nothing for " + ps::detail::seconds(o_.worker_timeout) +
+                                             " while no request of it was waiting here (hung or killed)");
+  }
+
+  void drop_worker(int w, const std::string& why) {
+    Server& S = *server_;
+    const auto wi = static_cast<std::size_t>(w);
+    if (S.state[wi] != WorkerState::live) return;
+    S.state[wi] = WorkerState::dropped;
+    const int rank_w = roles_.workers[wi];
+    {
+      std::lock_guard lock(S.mu);
+      S.drops.push_back(ps::DropRecord{rank_w, S.clocks[wi], why});
+    }
+    if constexpr (C::aggregate_steps) {
+      if (S.broken.empty()) {
+        S.broken = "worker rank " + std::to_string(rank_w) + " died at clock " + std::to_string(S.clocks[wi]) + ": " +
+                   why + "; under BSP no step can complete without its gradients";
+        if (o_.log_to_stderr) std::fprintf(stderr, "ParameterServer<BSP>: server rank %d: %s\n", rank(), S.broken.c_str());
+      }
+      // every parked request fails now; later ones fail as they come
+      std::vector<Parked> parked = std::move(S.parked);
+      S.parked.clear();
+      for (Parked& p : parked) {
+        --S.parked_count[static_cast<std::size_t>(p.worker)];
+        if (S.state[static_cast<std::size_t>(p.worker)] != WorkerState::dropped)
+          reply_error(p.worker, p.peer, p.h, "server rank " + std::to_string(rank()) + ": " + S.broken);
+      }
+      {
+        std::lock_guard lock(S.mu);
+        if (S.error.empty()) S.error = "ParameterServer<BSP>: server rank " + std::to_string(rank()) + ": " + S.broken;
+      }
+    } else {
+      if (o_.log_to_stderr)
+        std::fprintf(stderr,
+                     "ParameterServer<%s>: server rank %d dropped worker rank %d at clock %lld: %s; training continues "
+                     "with %zu workers\n",
+                     C::name, rank(), rank_w, static_cast<long long>(S.clocks[wi]), why.c_str(), live_workers());
+      // its parked requests are void; others may now be answerable
+      for (std::size_t i = 0; i < S.parked.size();) {
+        if (S.parked[i].worker == w) {
+          --S.parked_count[wi];
+          S.parked.erase(S.parked.begin() + static_cast<std::ptrdiff_t>(i));
+        } else {
+          ++i;
+        }
+      }
+      serve_parked();
+    }
+  }
+
+  ps::detail::PieceState* piece(const Header& h, std::string& err) {
+    Server& S = *server_;
+    if (h.key >= placement_.keys().size()) {
+      err = "no key " + std::to_string(h.key);
+      return nullptr;
+    }
+    const int i = h.key < S.piece_of_key.size() ? S.piece_of_key[h.key] : -1;
+    if (i < 0) {
+      err = "key '" + placement_.keys()[h.key].name + "' has no piece on this server (it holds " +
+            placement_.held_by(S.index) + ")";
+      return nullptr;
+    }
+    ps::detail::PieceState& p = S.pieces[static_cast<std::size_t>(i)];
+    return &p;
+  }
+
+  void handle(int w, int peer, const Header& h, std::vector<std::byte> payload) {
+    Server& S = *server_;
+    const auto wi = static_cast<std::size_t>(w);
+    const std::string who = "worker rank " + std::to_string(peer);
+    if (h.kind == Kind::fail) {
+      drop_worker(w, "it failed: " + std::string(reinterpret_cast<const char*>(payload.data()), payload.size()));
+      return;
+    }
+    if (S.state[wi] == WorkerState::dropped) {
+      reply_error(w, peer, h, "server rank " + std::to_string(rank()) + ": " + who +
+                                  " was dropped earlier (see the server's log); it can no longer take part");
+      return;
+    }
+    if (!S.broken.empty()) {
+      reply_error(w, peer, h, "server rank " + std::to_string(rank()) + ": " + S.broken);
+      if (h.kind == Kind::leave) S.state[wi] = WorkerState::left;
+      return;
+    }
+    switch (h.kind) {
+      case Kind::clock: {
+        S.clocks[wi] = h.clock;
+        reply(w, peer, h.id, 0, nullptr, 0);
+        advance();
+        return;
+      }
+      case Kind::leave: {
+        S.state[wi] = WorkerState::left;
+        reply(w, peer, h.id, 0, nullptr, 0);
+        advance();
+        return;
+      }
+      case Kind::push:
+      case Kind::push_rows: {
+        std::string err;
+        ps::detail::PieceState* p = piece(h, err);
+        if (p && !check_push(*p, h, payload, err)) p = nullptr;
+        if (!p) {
+          reply_error(w, peer, h, "server rank " + std::to_string(rank()) + ": " + ps::detail::kind_name(h.kind) + " from " +
+                                      who + ": " + err);
+          return;
+        }
+        if constexpr (C::aggregate_steps) {
+          if (h.clock != S.bsp_step) {
+            reply_error(w, peer, h, "server rank " + std::to_string(rank()) + ": " + who + " pushed key '" +
+                                        placement_.keys()[h.key].name + "' for step " + std::to_string(h.clock) +
+                                        " while the servers are at step " + std::to_string(S.bsp_step) +
+                                        " (under BSP: pull, compute, push, clock() each step)");
+            return;
+          }
+        }
+        accumulate(*p, h, payload);
+        if constexpr (!C::aggregate_steps)
+          apply(*p, 1.0f / static_cast<float>(roles_.workers.size()));
+        reply(w, peer, h.id, 0, nullptr, 0);
+        return;
+      }
+      case Kind::pull:
+      case Kind::pull_rows: {
+        std::string err;
+        ps::detail::PieceState* p = piece(h, err);
+        if (p && !check_pull(*p, h, payload, err)) p = nullptr;
+        if (!p) {
+          reply_error(w, peer, h, "server rank " + std::to_string(rank()) + ": " + ps::detail::kind_name(h.kind) + " from " +
+                                      who + ": " + err);
+          return;
+        }
+        if (readable(h)) {
+          answer_pull(w, peer, h, payload);
+        } else {
+          ++S.parked_count[wi];
+          S.parked.push_back(Parked{w, peer, h, std::move(payload)});
+        }
+        return;
+      }
+      default:
+        reply_error(w, peer, h, "server rank " + std::to_string(rank()) + ": unknown request kind " +
+                                    std::to_string(static_cast<unsigned>(h.kind)) + " from " + who);
+    }
+  }
+
+  bool check_push(const ps::detail::PieceState& p, const Header& h, const std::vector<std::byte>& payload,
+                  std::string& err) const {
+    const ps::Key& k = placement_.keys()[h.key];
+    if (!p.sparse) {
+      if (h.kind != Kind::push || h.begin != p.begin || h.end != p.end || payload.size() != (p.end - p.begin) * sizeof(float)) {
+        err = "key '" + k.name + "' piece [" + std::to_string(h.begin) + ":" + std::to_string(h.end) + ") with " +
+              std::to_string(payload.size()) + " bytes does not match the piece held here [" + std::to_string(p.begin) +
+              ":" + std::to_string(p.end) + ")";
+        return false;
+      }
+      return true;
+    }
+    const std::size_t n = h.end;
+    if (h.kind != Kind::push_rows || payload.size() != n * (sizeof(std::int64_t) + k.cols * sizeof(float))) {
+      err = "sparse key '" + k.name + "': " + std::to_string(n) + " rows do not match " + std::to_string(payload.size()) +
+            " bytes of payload";
+      return false;
+    }
+    return rows_in_piece(p, payload.data(), n, err);
+  }
+  bool check_pull(const ps::detail::PieceState& p, const Header& h, const std::vector<std::byte>& payload,
+                  std::string& err) const {
+    const ps::Key& k = placement_.keys()[h.key];
+    if (!p.sparse) {
+      if (h.kind != Kind::pull || h.begin != p.begin || h.end != p.end) {
+        err = "key '" + k.name + "' piece [" + std::to_string(h.begin) + ":" + std::to_string(h.end) +
+              ") does not match the piece held here";
+        return false;
+      }
+      return true;
+    }
+    if (h.kind != Kind::pull_rows || payload.size() != h.end * sizeof(std::int64_t)) {
+      err = "sparse key '" + k.name + "': pull_rows payload does not hold " + std::to_string(h.end) + " row ids";
+      return false;
+    }
+    return rows_in_piece(p, payload.data(), h.end, err);
+  }
+  bool rows_in_piece(const ps::detail::PieceState& p, const std::byte* ids_bytes, std::size_t n, std::string& err) const {
+    for (std::size_t i = 0; i < n; ++i) {
+      std::int64_t r;
+      std::memcpy(&r, ids_bytes + i * sizeof r, sizeof r);
+      if (r < static_cast<std::int64_t>(p.begin) || r >= static_cast<std::int64_t>(p.end)) {
+        err = "row " + std::to_string(r) + " of '" + placement_.keys()[p.key].name + "' is not among the rows held here [" +
+              std::to_string(p.begin) + ":" + std::to_string(p.end) + ")";
+        return false;
+      }
+    }
+    return true;
+  }
+
+  void accumulate(ps::detail::PieceState& p, const Header& h, const std::vector<std::byte>& payload) {
+    if (!p.sparse) {
+      const auto* g = reinterpret_cast<const float*>(payload.data());
+      for (std::size_t i = 0; i < p.accum.size(); ++i) p.accum[i] += g[i];
+      p.pushed = true;
+      return;
+    }
+    const std::size_t n = h.end, c = p.cols;
+    const auto* vals = reinterpret_cast<const float*>(payload.data() + n * sizeof(std::int64_t));
+    for (std::size_t i = 0; i < n; ++i) {
+      std::int64_t r;
+      std::memcpy(&r, payload.data() + i * sizeof r, sizeof r);
+      const auto local = static_cast<std::size_t>(r) - p.begin;
+      if (!p.touched[local]) {
+        p.touched[local] = 1;
+        p.touched_rows.push_back(static_cast<std::uint32_t>(local));
+      }
+      float* a = p.accum.data() + local * c;
+      for (std::size_t j = 0; j < c; ++j) a[j] += vals[i * c + j];
+    }
+  }
+
+  // Applies the accumulated gradient (times scale) and clears it; sparse: touched rows only.
+  void apply(ps::detail::PieceState& p, float scale) {
+    Server& S = *server_;
+    float* s1 = p.s1.empty() ? nullptr : p.s1.data();
+    if (!p.sparse) {  // a piece nobody pushed this step steps with a zero gradient, as DataParallel's unused parameters
+      ps::detail::apply_update(o_.update, p.value.data(), p.accum.data(), scale, p.s0.data(), s1, p.accum.size(),
+                               p.steps[0], S.scratch);
+      std::fill(p.accum.begin(), p.accum.end(), 0.0f);
+      p.pushed = false;
+      return;
+    }
+    const std::size_t c = p.cols;
+    std::sort(p.touched_rows.begin(), p.touched_rows.end());
+    for (std::uint32_t local : p.touched_rows) {
+      const std::size_t off = static_cast<std::size_t>(local) * c;
+      ps::detail::apply_update(o_.update, p.value.data() + off, p.accum.data() + off, scale, p.s0.data() + off,
+                               s1 ? s1 + off : nullptr, c, p.steps[local], S.scratch);
+      std::fill(p.accum.begin() + static_cast<std::ptrdiff_t>(off), p.accum.begin() + static_cast<std::ptrdiff_t>(off + c),
+                0.0f);
+      p.touched[local] = 0;
+    }
+    p.touched_rows.clear();
+  }
+
+  // After a clock or a leave: BSP closes every step all live workers have
+  // finished; then parked reads that have become readable are answered.
+  void advance() {
+    Server& S = *server_;
+    if constexpr (C::aggregate_steps) {
+      const std::size_t live = live_workers();
+      while (live > 0 && min_clock() >= S.bsp_step + 1 && min_clock() != std::numeric_limits<std::int64_t>::max()) {
+        const float scale = std::holds_alternative<ps::Aggregate>(o_.update) ? 1.0f : 1.0f / static_cast<float>(live);
+        for (ps::detail::PieceState& p : S.pieces) apply(p, scale);
+        ++S.bsp_step;
+      }
+    }
+    serve_parked();
+  }
+
+  bool readable(const Header& h) const {
+    const std::int64_t clock = h.clock;
+    if constexpr (C::aggregate_steps) return server_->bsp_step >= clock;
+    const std::int64_t m = min_clock();
+    if (m == std::numeric_limits<std::int64_t>::max()) return true;
+    return h.synced ? m >= clock : clock - m <= C::staleness;
+  }
+
+  void serve_parked() {
+    Server& S = *server_;
+    for (std::size_t i = 0; i < S.parked.size();) {
+      if (readable(S.parked[i].h)) {
+        Parked p = std::move(S.parked[i]);
+        S.parked.erase(S.parked.begin() + static_cast<std::ptrdiff_t>(i));
+        --S.parked_count[static_cast<std::size_t>(p.worker)];
+        S.last_heard[static_cast<std::size_t>(p.worker)] = comm::Clock::now();  // it was waiting on us until now
+        answer_pull(p.worker, p.peer, p.h, p.payload);
+      } else {
+        ++i;
+      }
+    }
+  }
+
+  void answer_pull(int w, int peer, const Header& h, const std::vector<std::byte>& payload) {
+    Server& S = *server_;
+    std::string err;
+    ps::detail::PieceState& p = *piece(h, err);
+    if (o_.record_reads) {
+      std::lock_guard lock(S.mu);
+      const std::int64_t m = min_clock();
+      S.reads.push_back(ps::ReadRecord{peer, h.clock, m == std::numeric_limits<std::int64_t>::max() ? h.clock : m,
+                                       std::max(max_clock(), h.clock)});
+    }
+    if (!p.sparse) {
+      reply(w, peer, h.id, 0, p.value.data(), p.value.size() * sizeof(float));
+      return;
+    }
+    const std::size_t n = h.end, c = p.cols;
+    std::vector<float> rows(n * c);
+    for (std::size_t i = 0; i < n; ++i) {
+      std::int64_t r;
+      std::memcpy(&r, payload.data() + i * sizeof r, sizeof r);
+      std::memcpy(rows.data() + i * c, p.value.data() + (static_cast<std::size_t>(r) - p.begin) * c, c * sizeof(float));
+    }
+    reply(w, peer, h.id, 0, rows.data(), rows.size() * sizeof(float));
+  }
+
+  Transport t_;
+  ps::Roles roles_;
+  ps::Placement placement_;
+  ps::Options o_;
+  std::optional<Server> server_;
+  std::optional<Worker> worker_;
+  std::thread thread_;
+  std::atomic<bool> stop_{false};
+};
+
+}  // namespace weft::parallel
