@@ -4,7 +4,7 @@
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
-weft_install "${WEFT_BASE_PKGS[@]}" clang dataset-fashion-mnist python3-venv
+weft_install "${WEFT_BASE_PKGS[@]}" clang dataset-fashion-mnist python3-venv iproute2
 # The checkpoint interop test's PyPI safetensors, once, in a venv outside the
 # repository (tests/checkpoint/venv.sh; the test itself skips if PyPI is unreachable).
 "$WEFT_ROOT/tests/checkpoint/venv.sh" >/dev/null || echo "== no safetensors venv: the checkpoint_interop test will say why"
