@@ -65,6 +65,7 @@ struct alignas(64) Bell {
 struct SpinPolicy {
   int spins = 2000;  // busy iterations before yielding (0 when ranks outnumber cores)
   int yields = 64;   // sched_yield rounds before sleeping on the bell
+  int contended_yield_us = 50;  // a yield longer than this means another task ran: sleep at once
 };
 
 // Waits until ready() holds, stop() returns a status other than done, or the
@@ -93,7 +94,13 @@ WaitStatus wait_until(Bell& bell, const SpinPolicy& sp, Deadline deadline, Ready
     auto now = Clock::now();
     if (now >= deadline) return ready() ? WaitStatus::done : WaitStatus::timed_out;
     if (i < sp.yields) {
+      // A yield that comes back late gave the core to someone else: the
+      // machine is shared (a build, another job), and every further yield
+      // keeps this rank runnable beside the peer it waits for, taking half of
+      // that peer's core. Sleep on the bell from now on instead.
+      const auto before = Clock::now();
       std::this_thread::yield();
+      if (Clock::now() - before > std::chrono::microseconds(sp.contended_yield_us)) i = sp.yields;
     } else {
       auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(deadline - now).count();
       bell.sleep(ready, left < 20'000'000 ? left : 20'000'000);

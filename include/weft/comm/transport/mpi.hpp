@@ -23,6 +23,7 @@
 #endif
 #include <mpi.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <climits>
@@ -407,15 +408,26 @@ class MpiTransport {
   MpiTransport(const MpiTransport& parent, int) : s_(std::make_shared<detail::MpiState>()), sent_(parent.sent_) {}
 
   // Polls until done or the deadline: busy at first (MPI progresses inside
-  // MPI_Test), then yielding so oversubscribed ranks let each other run.
+  // MPI_Test), then yielding so oversubscribed ranks let each other run. A
+  // yield that comes back late means another task wanted this core (a shared
+  // machine): from then on the poller sleeps between tests (50 us, doubling
+  // to 400 us) instead of staying runnable beside the rank it waits for.
   static WaitStatus poll(MPI_Request* r, Deadline deadline, MPI_Status* status = MPI_STATUS_IGNORE) {
     int done = 0;
+    std::chrono::microseconds nap{0};
     for (long i = 0;; ++i) {
       detail::mpi_check(MPI_Test(r, &done, status), "MPI_Test");
       if (done) return WaitStatus::done;
       if (i >= 256) {
         if ((i & 15) == 0 && Clock::now() >= deadline) return WaitStatus::timed_out;
-        std::this_thread::yield();
+        if (nap.count() != 0) {
+          std::this_thread::sleep_for(nap);
+          nap = std::min(nap * 2, std::chrono::microseconds(400));
+        } else {
+          const auto before = Clock::now();
+          std::this_thread::yield();
+          if (Clock::now() - before > std::chrono::microseconds(50)) nap = std::chrono::microseconds(50);
+        }
       }
     }
   }
