@@ -125,11 +125,6 @@ struct Reply {
 };
 
 inline constexpr std::uint32_t reply_ids = 1024;
-// The how-many-th ParameterServer this rank's thread builds (tag ranges).
-inline std::uint32_t next_instance() {
-  thread_local std::uint32_t n = 0;
-  return n++;
-}
 inline constexpr std::size_t max_error_text = 4000;
 
 inline const char* kind_name(Kind k) {
@@ -262,17 +257,6 @@ class ParameterServer {
     if (o_.tag_base + 16 + ps::detail::reply_ids - 1 > comm::max_tag)
       throw_error<ValueError>("ParameterServer: tag_base ", o_.tag_base, " leaves no room for ", ps::detail::reply_ids,
                               " reply tags below ", comm::max_tag);
-    // Consecutive instances on a rank take disjoint tag ranges (as many as fit
-    // above tag_base, in turn): a server's request receive still posted while
-    // it shuts down must never take the first request of the next instance,
-    // which a worker that has already left may send at once (under MPI a
-    // matched receive cannot be cancelled). Every rank builds its instances in
-    // the same order, so the ranges agree.
-    {
-      const std::uint32_t span = 16 + ps::detail::reply_ids;
-      const std::uint32_t ranges = (static_cast<std::uint32_t>(comm::max_tag) + 1 - o_.tag_base) / span;
-      o_.tag_base += static_cast<comm::Tag>((ps::detail::next_instance() % ranges) * span);
-    }
     if (static_cast<int>(roles_.servers.size() + roles_.workers.size()) != t_.size())
       throw_error<ValueError>("ParameterServer: roles cover ", roles_.servers.size() + roles_.workers.size(),
                               " ranks but the transport has ", t_.size());
