@@ -21,6 +21,7 @@
 #include <type_traits>
 
 #include "../kernels/cpu/attention.hpp"
+#include "matmul.hpp"  // detail::leaf_storage: which leaves are read in place
 #include "node.hpp"
 #include "parameter.hpp"
 
@@ -32,21 +33,6 @@ struct AttentionOptions {
   float dropout = 0;                  // inverted dropout on the probabilities, in [0, 1)
   std::uint64_t seed = 0;             // dropout's mask: hash_uniform(seed, element of (B, H, Tq, Tk))
 };
-
-namespace detail {
-template <class E>
-struct attn_leaf_storage {
-  using type = void;
-};
-template <class T, class D>
-struct attn_leaf_storage<Leaf<T, D>> {
-  using type = T;
-};
-template <std::size_t I, class T, class D>
-struct attn_leaf_storage<Arg<I, T, D>> {
-  using type = T;
-};
-}  // namespace detail
 
 template <class A, class B, class C>
 struct Attention : ExprTag {
@@ -116,7 +102,7 @@ struct Attention : ExprTag {
   static View operand(const E& e, typename E::State& st, const X& ex) {
     if constexpr (std::is_same_v<E, ParamLeaf<T, device_type>>) {
       return e.p->value.view();
-    } else if constexpr (std::is_same_v<typename detail::attn_leaf_storage<E>::type, T>) {
+    } else if constexpr (std::is_same_v<typename detail::leaf_storage<E>::type, T>) {
       const int r = e.v.shape.rank;
       if (e.v.strides[r - 1] == 1 || e.v.shape[r - 1] == 1) return e.v;
     }
