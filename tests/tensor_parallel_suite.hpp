@@ -7,7 +7,7 @@
 // (lockstep on all ranks: the objective is the replicated loss, or the sum of
 // the ranks' losses under sequence parallelism), and the unsharded model
 // (nn::Linear / nn::Embedding with the same seeds, cross_entropy on full
-// logits) computed on every rank by itself.
+// logits, nn::TransformerBlock) computed on every rank by itself.
 #pragma once
 
 #include <doctest/doctest.h>
@@ -22,6 +22,7 @@
 #include <weft/nn/nn.hpp>
 #include <weft/parallel/tensor_parallel/cross_entropy.hpp>
 #include <weft/parallel/tensor_parallel/layers.hpp>
+#include <weft/parallel/tensor_parallel/transformer.hpp>
 #include <weft/weft.hpp>
 
 namespace tp_suite {
@@ -170,7 +171,9 @@ struct Sharded {
 
 // Where rank r's shard of each sharded parameter sits in the reference's tensor:
 // columns (column-parallel, a slice of the last axis) or rows (row-parallel, embedding).
-enum class Split { none, columns, rows };
+// qkv: the columns [q_r | k_r | v_r] of a fused (.., 3C) projection, each a
+// slice of its third.
+enum class Split { none, columns, rows, qkv };
 struct ParamPair {
   Parameter<float>* ref;
   Parameter<float>* shard;
@@ -196,6 +199,7 @@ inline std::string compare_shard(const char* what, const std::string& name, cons
       index_t fi = i, fj = j;
       if (split == Split::columns) fj = j + r * cols_s;
       if (split == Split::rows) fi = i + r * rows;
+      if (split == Split::qkv) fj = (j / (cols_s / 3)) * (cols_f / 3) + r * (cols_s / 3) + j % (cols_s / 3);
       const double a = shard.data()[i * cols_s + j], b = full.data()[fi * cols_f + fj];
       if (std::abs(a - b) > tol * (1 + std::abs(b))) {
         std::ostringstream os;
@@ -355,6 +359,202 @@ std::string sequence_parallel(Tr& t) {
                                1e-4);
         !e.empty())
       return e;
+  return "";
+}
+
+// ---- transformer blocks: tensor and sequence parallel --------------------------------
+
+// Two blocks (width 8, 4 heads, MLP 16) on (N, T, C) = (2, 8, 8): every
+// divisor of the heads (p = 1, 2, 4) splits them, and under sequence
+// parallelism each rank holds 8 / p tokens.
+constexpr index_t kN = 2, kTok = 8, kW = 8, kHeads = 4, kF = 16;
+constexpr std::uint64_t kBlockSeed = 7;
+inline nn::BlockConfig block_config() { return {.dim = kW, .heads = kHeads, .mlp = kF, .causal = true, .attn_dropout = 0}; }
+
+template <class Comm, bool SP>
+using Stack2 = tp::ParallelTransformerStack<Comm, Comm, 2, float, SP>;
+
+// The unsharded twin: nn::TransformerBlock(cfg, seed + 100 l) for l = 0, 1,
+// and the learned positional term pos (T, C) on the input (so the first
+// block's input has a gradient: its backward collective runs too).
+struct RefStack {
+  nn::TransformerBlock<float> b0{block_config(), kBlockSeed}, b1{block_config(), kBlockSeed + 100};
+  Parameter<float> pos{"pos", Shape{kTok, kW}};
+  nn::Registry<float> reg;
+  RefStack() {
+    nn::Rng rng(3);
+    for (index_t i = 0; i < pos.numel(); ++i) pos.value.data()[i] = static_cast<float>(0.1 * rng.normal_double());
+    reg.add("b0", b0).add("b1", b1).add(pos, "pos");
+  }
+  // nn::TransformerBlock with residual dropout masks m1, m2 (nn::Dropout's
+  // leaf over the full (N, T, C), keys hash(mix64(seed + 20 | 21), call)):
+  // the reference for ParallelTransformerBlock's dropout.
+  template <class X>
+  static auto dropped(nn::TransformerBlock<float>& b, X&& x, DropoutMask<float> m1, DropoutMask<float> m2) {
+    return let(std::forward<X>(x), [&b, m1, m2](auto x0) {
+      return let(x0 + b.attn(b.ln1(x0)) * m1, [&b, m2](auto y) { return y + b.fc2(gelu(b.fc1(b.ln2(y)))) * m2; });
+    });
+  }
+  static DropoutMask<float> mask(std::uint64_t block_seed, int site, std::uint64_t call, float p) {
+    DropoutMask<float> m;
+    m.s = Shape{kN, kTok, kW};
+    m.seed = hash(mix64(block_seed + static_cast<std::uint64_t>(site)), call);
+    m.p = p;
+    return m;
+  }
+  // sum(square(out)) / (N T C) with out = b1(b0(x + pos)); `call` numbers the
+  // dropout masks (one per step).
+  float loss(const Tensor<float>& x, Workspace<cpu>& ws, float p, std::uint64_t call) {
+    const float scale = 1.0f / static_cast<float>(kN * kTok * kW);
+    if (p == 0) return weft::backward(sum(square(b1(b0(x + pos)))) * scale, ws).data[0];
+    const std::uint64_t s1 = kBlockSeed + 100;
+    auto h = dropped(b1, dropped(b0, x + pos, mask(kBlockSeed, 20, call, p), mask(kBlockSeed, 21, call, p)), mask(s1, 20, call, p),
+                     mask(s1, 21, call, p));
+    return weft::backward(sum(square(std::move(h))) * scale, ws).data[0];
+  }
+};
+
+// Rank r's parameters against the reference's: which slice each one is.
+template <class S>
+std::vector<ParamPair> block_pairs(RefStack& ref, S& s, Parameter<float>& pos, bool sp) {
+  std::vector<ParamPair> v;
+  nn::TransformerBlock<float>* rb[2] = {&ref.b0, &ref.b1};
+  for (int l = 0; l < 2; ++l) {
+    auto& b = s.blocks[static_cast<std::size_t>(l)];
+    auto& r = *rb[l];
+    for (ParamPair pp : std::vector<ParamPair>{{&r.ln1.gamma, &b.ln1.gamma, Split::none},
+                                               {&r.ln1.beta, &b.ln1.beta, Split::none},
+                                               {&r.attn.qkv.weight, &b.attn.qkv_weight, Split::qkv},
+                                               {&r.attn.qkv.bias, &b.attn.qkv_bias, Split::qkv},
+                                               {&r.attn.proj.weight, &b.attn.proj_weight, Split::rows},
+                                               {&r.attn.proj.bias, &b.attn.proj_bias, Split::none},
+                                               {&r.ln2.gamma, &b.ln2.gamma, Split::none},
+                                               {&r.ln2.beta, &b.ln2.beta, Split::none},
+                                               {&r.fc1.weight, &b.mlp.fc1.weight, Split::columns},
+                                               {&r.fc1.bias, &b.mlp.fc1.bias, Split::columns},
+                                               {&r.fc2.weight, &b.mlp.fc2.weight, Split::rows},
+                                               {&r.fc2.bias, &b.mlp.fc2.bias, Split::none}})
+      v.push_back(pp);
+  }
+  v.push_back({&ref.pos, &pos, sp ? Split::rows : Split::none});
+  return v;
+}
+
+// Tokens [r T/p, (r + 1) T/p) of every sequence of x (N, T, C).
+inline Tensor<float> sequence_shard(const Tensor<float>& x, int r, int p) {
+  const index_t n = x.size(0), t = x.size(1) / p, c = x.size(2);
+  Tensor<float> s(Shape{n, t, c});
+  for (index_t b = 0; b < n; ++b) std::copy(x.data() + (b * x.size(1) + r * t) * c, x.data() + (b * x.size(1) + (r + 1) * t) * c, s.data() + b * t * c);
+  return s;
+}
+
+// The stack of two blocks, tensor parallel (SP false: replicated (N, T, C))
+// or sequence parallel, against nn::TransformerBlock: loss and every
+// gradient at step 0, then `steps` AdamW steps, the parameters compared at
+// the end. With dropout > 0 the residual dropouts are on (in both models,
+// the reference drawing nn's masks over the full tensor). The attention and
+// the MLP run on communicators of their own (a policy per layer); the bytes
+// both moved in step 0's forward and backward (the transport's counter, which
+// a transport's splits share), summed over the ranks, must be
+// 4 L ring allreduces of N T C floats: 2 (p - 1) N T C 4 bytes each.
+template <bool SP, class Tr>
+std::string block_stack(Tr& t, float dropout, int steps) {
+  comm::CommOptions o;
+  o.fingerprints = false;
+  RingComm<Tr> ca(t.split(0, t.rank()), o), cm(t.split(0, t.rank()), o);
+  const int r = t.rank(), p = t.size();
+  RefStack ref;
+  Stack2<RingComm<Tr>, SP> s(ca, cm, block_config(), kBlockSeed, dropout);
+  Parameter<float> pos("pos", SP ? Shape{kTok / p, kW} : Shape{kTok, kW});
+  {
+    Tensor<float> full(Shape{kTok, kW});
+    full.view() = ref.pos.value + 0.0f;
+    Tensor<float> mine = SP ? token_shard(full, r, p) : full;
+    std::copy(mine.data(), mine.data() + mine.numel(), pos.value.data());
+  }
+  nn::Registry<float> reg;
+  reg.add("stack", s).add(pos, "pos");
+  auto ps = block_pairs(ref, s, pos, SP);
+  const char* mode = SP ? "sequence-parallel blocks" : "tensor-parallel blocks";
+  // eps 1e-6 (not 1e-8): the key bias's gradient is exactly zero in exact
+  // arithmetic (softmax ignores a constant added to every score of a row), so
+  // both models hold only rounding noise there (about 1e-10), different noise
+  // for different reduction orders; Adam would turn it into lr-sized steps of
+  // random sign. eps 1e-6 keeps such steps under 1e-3 lr.
+  nn::AdamW<float> opt_ref(ref.reg, {.lr = 1e-3f, .eps = 1e-6f}), opt_s(reg, {.lr = 1e-3f, .eps = 1e-6f});
+  Workspace<cpu> ws_ref, ws_s;
+  const float scale = 1.0f / static_cast<float>(kN * kTok * kW);
+  for (int step = 0; step <= steps; ++step) {
+    Tensor<float> x = filled<float>(Shape{kN, kTok, kW}, 900 + static_cast<std::uint64_t>(step));
+    Tensor<float> xr = SP ? sequence_shard(x, r, p) : x;
+    opt_ref.zero_grad();
+    opt_s.zero_grad();
+    const float want = ref.loss(x, ws_ref, dropout, static_cast<std::uint64_t>(step));
+    const std::uint64_t before = ca.sent_bytes();  // (the transport's counter: splits share it)
+    float got = weft::backward(sum(square(s(xr + pos))) * scale, ws_s).data[0];
+    const auto moved = static_cast<std::int64_t>(ca.sent_bytes() - before);
+    s.reduce_replicated_grads();
+    if (SP) ca.allreduce(&got, &got, 1);
+    if (std::abs(got - want) > 1e-5f * (1 + std::abs(want))) {
+      std::ostringstream os;
+      os << mode << ", step " << step << ": loss " << got << " on rank " << r << " of " << p << (SP ? " (summed over the ranks)" : "")
+         << ", unsharded " << want;
+      return os.str();
+    }
+    if (step == 0) {
+      for (auto& pp : ps)
+        if (auto e = compare_shard(mode, pp.ref->name, pp.ref->grad, pp.shard->grad, pp.split, r, 2e-5); !e.empty())
+          return std::string("gradient: ") + e;
+      std::int64_t total = 0;
+      ca.allreduce(&moved, &total, 1);
+      const std::int64_t formula = 2 * 4 * 2 * (p - 1) * kN * kTok * kW * static_cast<std::int64_t>(sizeof(float));
+      if (total != formula) {
+        std::ostringstream os;
+        os << mode << ": one forward and backward on " << p << " ranks moved " << total << " bytes, the formula (8 ring allreduces of "
+           << kN * kTok * kW << " floats) says " << formula;
+        return os.str();
+      }
+    }
+    if (step < steps) {
+      opt_ref.step();
+      opt_s.step();
+    }
+  }
+  if (steps > 0)
+    for (auto& pp : ps)
+      if (auto e = compare_shard("value after AdamW steps", pp.ref->name, pp.ref->value, pp.shard->value, pp.split, r, 1e-4); !e.empty())
+        return std::string(mode) + ": " + e;
+  return "";
+}
+
+// The sequence-parallel dropout mask is the rank's slice of nn::Dropout's
+// mask over the full tensor for the same seed, call after call; and it drops
+// something (p = 0.3).
+template <class Comm>
+std::string dropout_mask_slices(Comm& c) {
+  const int r = c.rank(), p = c.size();
+  nn::Dropout full(0.3f, 77);
+  tp::ShardDropout shard(0.3f, 77);
+  Tensor<float> ones(Shape{kN, kTok, kW}), ones_r(Shape{kN, kTok / p, kW});
+  ones.fill(1.0f);
+  ones_r.fill(1.0f);
+  for (int call = 0; call < 3; ++call) {
+    Tensor<float> want(ones.shape()), got(ones_r.shape());
+    want.view() = full(ones);
+    got.view() = shard(ones_r, 1, r * (kTok / p), kTok);
+    Tensor<float> slice = sequence_shard(want, r, p);
+    index_t dropped = 0;
+    for (index_t i = 0; i < got.numel(); ++i) {
+      dropped += got.data()[i] == 0.0f;
+      if (got.data()[i] != slice.data()[i]) {
+        std::ostringstream os;
+        os << "dropout call " << call << " on rank " << r << " of " << p << ": element " << i << " of the shard is " << got.data()[i]
+           << ", the unsharded mask's " << slice.data()[i];
+        return os.str();
+      }
+    }
+    if (dropped == 0 || dropped == got.numel()) return "dropout mask on rank " + std::to_string(r) + " dropped " + std::to_string(dropped) + " elements";
+  }
   return "";
 }
 

@@ -129,3 +129,56 @@ TEST_CASE("let: a matmul over the shared value passes its gradient on") {
   weft::backward(sum(let(tanh(matmul(x, w1)), [&](auto v) { return matmul(v, w2) * 1.0f; })), ws);
   for (index_t i = 0; i < 9; ++i) CHECK(w1.grad.data()[i] == doctest::Approx(want[static_cast<std::size_t>(i)]).epsilon(1e-6));
 }
+
+// ---- transformer blocks (tensor_parallel/transformer.hpp) ----------------------------
+
+TEST_CASE("transformer blocks, tensor parallel, t = 1, 2, 4: loss, gradients, 20 AdamW steps and bytes equal nn::TransformerBlock's") {
+  for (int p : {1, 2, 4}) {
+    CAPTURE(p);
+    on_ranks(p, [](ThreadTransport& t) { return block_stack<false>(t, 0.0f, 20); });
+  }
+}
+
+TEST_CASE("transformer blocks, sequence parallel, t = 1, 2, 4: loss, gradients, 20 AdamW steps and bytes equal nn::TransformerBlock's") {
+  for (int p : {1, 2, 4}) {
+    CAPTURE(p);
+    on_ranks(p, [](ThreadTransport& t) { return block_stack<true>(t, 0.0f, 20); });
+  }
+}
+
+TEST_CASE("transformer blocks with residual dropout: the masks, the loss and the gradients are the unsharded model's") {
+  for (int p : {1, 2, 4}) {
+    CAPTURE(p);
+    on_ranks(p, [](ThreadTransport& t) {
+      RingComm<ThreadTransport> c(t);
+      return dropout_mask_slices(c);
+    });
+    on_ranks(p, [](ThreadTransport& t) { return block_stack<true>(t, 0.2f, 2); });
+    on_ranks(p, [](ThreadTransport& t) { return block_stack<false>(t, 0.2f, 0); });
+  }
+}
+
+TEST_CASE("transformer blocks, bad configuration: a sentence naming the layer and the sizes") {
+  std::vector<std::string> msgs(4 * 4);
+  comm::run_local(4, [&](ThreadTransport& t) {
+    const auto r = static_cast<std::size_t>(t.rank());
+    using C = RingComm<ThreadTransport>;
+    C c(t.split(0, t.rank())), half(t.split(t.rank() / 2, t.rank()));
+    msgs[r * 4] = thrown([&] { tp::ParallelMultiHeadAttention<C> a(c, {.dim = 12, .heads = 6}, 1, "attn"); });
+    msgs[r * 4 + 1] = thrown([&] {
+      tp::ParallelTransformerBlock<C, C> b(c, half, {.dim = 8, .heads = 4, .mlp = 16}, 1, 0.0f, "block3");
+    });
+    msgs[r * 4 + 2] = thrown([&] { tp::ParallelTransformerBlock<C, C> b(c, c, {.dim = 8, .heads = 4, .mlp = 18}, 1, 0.0f, "block4"); });
+    msgs[r * 4 + 3] = thrown([&] { tp::ParallelMultiHeadAttention<C> a(c, {.dim = 8, .heads = 4, .dropout = 0.1f}, 1, "attn2"); });
+  });
+  for (std::size_t r = 0; r < 4; ++r) {
+    CAPTURE(r);
+    CHECK_MESSAGE(has(msgs[r * 4], "attn(width 12, heads 6): 6 heads are not divisible by the tensor-parallel degree 4"), msgs[r * 4]);
+    CHECK_MESSAGE(has(msgs[r * 4 + 1], "block3(width 8, heads 4, mlp 16): the attention's communicator has 4 ranks but the MLP's has 2"),
+                  msgs[r * 4 + 1]);
+    CHECK_MESSAGE(has(msgs[r * 4 + 2], "block4.mlp(8, 18, 8): hidden size 18 is not divisible by the tensor-parallel degree 4"),
+                  msgs[r * 4 + 2]);
+    CHECK_MESSAGE(has(msgs[r * 4 + 3], "attn2(width 8, heads 4): dropout 0.1 on the attention probabilities is not supported"),
+                  msgs[r * 4 + 3]);
+  }
+}

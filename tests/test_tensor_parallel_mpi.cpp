@@ -36,6 +36,24 @@ TEST_CASE("mpi: sequence parallelism: two pre-norm MLP blocks equal the unsharde
   agree(sequence_parallel(t));
 }
 
+TEST_CASE("mpi: transformer blocks, tensor parallel: loss, gradients, 20 AdamW steps and bytes equal nn::TransformerBlock's") {
+  MpiTransport t{MPI_COMM_WORLD};
+  agree(block_stack<false>(t, 0.0f, 20));
+}
+
+TEST_CASE("mpi: transformer blocks, sequence parallel: loss, gradients, 20 AdamW steps and bytes equal nn::TransformerBlock's") {
+  MpiTransport t{MPI_COMM_WORLD};
+  agree(block_stack<true>(t, 0.0f, 20));
+}
+
+TEST_CASE("mpi: transformer blocks with residual dropout: the masks, the loss and the gradients are the unsharded model's") {
+  MpiTransport t{MPI_COMM_WORLD};
+  RingComm<MpiTransport> c(t);
+  agree(dropout_mask_slices(c));
+  agree(block_stack<true>(t, 0.2f, 2));
+  agree(block_stack<false>(t, 0.2f, 0));
+}
+
 int main(int argc, char** argv) {
   openblas_set_num_threads(1);  // the ranks already fill the cores
   return weft::comm::testing::run_doctest_under_mpi(argc, argv);
