@@ -1,17 +1,22 @@
-// Tensor-parallel training throughput of a stack of two residual MLP blocks
-// (x + ParallelMLP(x), hidden 4C), one thread per rank. Thread ranks:
+// Tensor-parallel training throughput, one thread per rank, of
+//   WEFT_TP_MODEL=mlp (default)  a stack of two residual MLP blocks (x + ParallelMLP(x), hidden 4C)
+//                                on (TOKENS, C)
+//   WEFT_TP_MODEL=block          a stack of two ParallelTransformerBlocks (tensor_parallel/transformer.hpp,
+//                                C / 64 heads, MLP 4C, causal) on (TOKENS / 128, 128, C)
+//   WEFT_TP_MODEL=block_sp       the same blocks sequence parallel (each rank 128 / T of the tokens)
+// Thread ranks:
 //   bench_tensor_parallel T SECONDS [TOKENS C]
 // under mpirun (bench_tensor_parallel_mpi, T = the number of processes):
 //   mpirun -np T bench_tensor_parallel_mpi SECONDS [TOKENS C]
-// Environment: WEFT_TP_NO_OVERLAP=1 waits for each input-gradient allreduce
-// before the weight's gradient (the control for the overlap in
-// column_matmul.hpp); WEFT_TP_LINK_GBPS (default 100) is the link the t = 8
-// projection assumes.
+// Environment: WEFT_TP_NO_OVERLAP=1 waits for each input-gradient collective
+// (allreduce, or reduce-scatter under sequence parallelism) before the
+// weight's gradient (the control for the overlap in column_matmul.hpp);
+// WEFT_TP_LINK_GBPS (default 100) is the link the t = 8 projection assumes.
 // Prints (rank 0): tokens_per_s, step_ms, collective_ms (time inside blocking
 // collectives and waits, per step), bytes_per_step (this rank's transport
 // counter over one step, fingerprints included), and at t = 1 the cost model's projection for t = 8:
-// projected_t8_tokens_per_s (compute / 8 + 2 ring allreduces of TOKENS x C
-// floats per block forward and backward, from comm/tuning/cost_model.hpp).
+// projected_t8_tokens_per_s (compute / 8 + the ring allreduces of TOKENS x C
+// floats the model runs per step, from comm/tuning/cost_model.hpp).
 #ifdef WEFT_TP_MPI
 #include "../examples/run_under_mpi.hpp"
 
@@ -29,6 +34,7 @@
 #include <weft/comm/tuning/cost_model.hpp>
 #include <weft/nn/nn.hpp>
 #include <weft/parallel/tensor_parallel/layers.hpp>
+#include <weft/parallel/tensor_parallel/transformer.hpp>
 #include <weft/weft.hpp>
 
 using namespace weft;
@@ -86,26 +92,62 @@ struct Timed {
   }
 };
 
-template <class Transport>
-void run(Transport& t, double seconds, index_t tokens, index_t c) {
+// The model's training step: mlp, or the transformer block stack (SP: sequence parallel).
+template <class Timed>
+struct MlpModel {
+  using M = tp::ParallelMLP<Timed, Timed>;
+  M b1, b2;
+  Tensor<float> x;
+  static constexpr int allreduces_per_step = 3;  // 2 blocks x (fc2 forward + fc1 backward), less block 1's backward (its input is data)
+  MlpModel(Timed& c, index_t tokens, index_t ch, bool overlap) : b1(c, c, ch, 4 * ch, ch, 1, "block1"), b2(c, c, ch, 4 * ch, ch, 3, "block2"), x(Shape{tokens, ch}) {
+    for (M* b : {&b1, &b2}) b->fc1.overlap = overlap;
+    nn::Rng rng(7);
+    for (index_t i = 0; i < x.numel(); ++i) x.data()[i] = rng.normal();
+  }
+  void add_to(nn::Registry<float>& reg) { reg.add("b1", b1).add("b2", b2); }
+  void step(Workspace<cpu>& ws) {
+    auto h = let(x + b1(x), [&](auto v) { return v + b2(v); });
+    weft::backward(mean(square(h)), ws);
+  }
+};
+
+constexpr index_t kSeqLen = 128;  // tokens per sequence of the block stack
+template <class Timed, bool SP>
+struct BlockModel {
+  tp::ParallelTransformerStack<Timed, Timed, 2, float, SP> stack;
+  Tensor<float> x;  // (N, T, C), or this rank's (N, T/t, C)
+  static constexpr int allreduces_per_step = 7;  // 2 blocks x 4, less block 1's backward qkv one (its input is data)
+  static nn::BlockConfig config(index_t ch) {
+    return {.dim = ch, .heads = ch >= 64 ? ch / 64 : 1, .mlp = 4 * ch, .causal = true, .attn_dropout = 0};
+  }
+  BlockModel(Timed& c, index_t tokens, index_t ch, bool overlap)
+      : stack(c, c, config(ch), 1), x(Shape{tokens / kSeqLen, SP ? kSeqLen / c.size() : kSeqLen, ch}) {
+    if (tokens % kSeqLen != 0) throw_error<ValueError>("bench_tensor_parallel: TOKENS ", tokens, " is not a multiple of ", kSeqLen);
+    stack.set_overlap(overlap);
+    nn::Rng rng(7 + static_cast<std::uint64_t>(SP ? c.rank() : 0));
+    for (index_t i = 0; i < x.numel(); ++i) x.data()[i] = rng.normal();
+  }
+  void add_to(nn::Registry<float>& reg) { reg.add("stack", stack); }
+  void step(Workspace<cpu>& ws) {
+    weft::backward(mean(square(stack(x))), ws);
+    stack.reduce_replicated_grads();
+  }
+};
+
+template <class Model, class Transport>
+void run_model(Transport& t, double seconds, index_t tokens, index_t c, const char* name) {
   using Ring = comm::Communicator<comm::Ring, Transport>;
   Ring ring{t.split(0, t.rank())};
   Timed<Ring> timed{&ring};
-  using M = tp::ParallelMLP<Timed<Ring>, Timed<Ring>>;
-  M b1(timed, timed, c, 4 * c, c, 1, "block1"), b2(timed, timed, c, 4 * c, c, 3, "block2");
   const bool overlap = std::getenv("WEFT_TP_NO_OVERLAP") == nullptr;
-  for (M* b : {&b1, &b2}) b->fc1.overlap = overlap;
+  Model model(timed, tokens, c, overlap);
   nn::Registry<float> reg;
-  reg.add("b1", b1).add("b2", b2);
+  model.add_to(reg);
   nn::SGD<float> opt(reg, {.lr = 1e-4f});
-  Tensor<float> x(Shape{tokens, c});
-  nn::Rng rng(7);
-  for (index_t i = 0; i < x.numel(); ++i) x.data()[i] = rng.normal();
   Workspace<cpu> ws;
   auto step = [&] {
     opt.zero_grad();
-    auto h = let(x + b1(x), [&](auto v) { return v + b2(v); });
-    weft::backward(mean(square(h)), ws);
+    model.step(ws);
     opt.step();
   };
   step();  // warm the workspace
@@ -129,8 +171,8 @@ void run(Transport& t, double seconds, index_t tokens, index_t c) {
   const double coll = (timed.secs - coll0) / steps;
   if (t.rank() != 0) return;
   const double step_s = elapsed / steps;
-  std::printf("t %d  tokens %lld  C %lld  overlap %d  steps %d\n", t.size(), static_cast<long long>(tokens), static_cast<long long>(c),
-              overlap ? 1 : 0, steps);
+  std::printf("model %s  t %d  tokens %lld  C %lld  overlap %d  steps %d\n", name, t.size(), static_cast<long long>(tokens),
+              static_cast<long long>(c), overlap ? 1 : 0, steps);
   std::printf("tokens_per_s %.1f\nstep_ms %.3f\ncollective_ms %.3f\nbytes_per_step %llu\n", static_cast<double>(tokens) / step_s,
               1e3 * step_s, 1e3 * coll, static_cast<unsigned long long>(bytes));
   if (t.size() == 1) {
@@ -140,13 +182,28 @@ void run(Transport& t, double seconds, index_t tokens, index_t c) {
     m.alpha = 5e-6;
     m.beta = 8.0 / (gbps * 1e9);
     const std::size_t msg = static_cast<std::size_t>(tokens * c) * sizeof(float);
-    // Per step: 2 blocks x (forward fc2 + backward fc1) allreduces, less the
-    // first block's backward one (its input is data): 3 allreduces.
-    const double comm_s = 3 * comm::Ring::cost(comm::Collective::allreduce, msg, 8, m);
+    // Sequence parallelism moves the same bytes as all-gather + reduce-scatter
+    // pairs; the ring model prices them as the allreduces they replace.
+    const double comm_s = Model::allreduces_per_step * comm::Ring::cost(comm::Collective::allreduce, msg, 8, m);
     const double proj = (step_s - coll) / 8 + comm_s;
     std::printf("projected_t8_link_gbps %.1f\nprojected_t8_comm_ms %.3f\nprojected_t8_tokens_per_s %.1f\n", gbps, 1e3 * comm_s,
                 static_cast<double>(tokens) / proj);
   }
+}
+
+template <class Transport>
+void run(Transport& t, double seconds, index_t tokens, index_t c) {
+  using T = Timed<comm::Communicator<comm::Ring, Transport>>;
+  const char* m = std::getenv("WEFT_TP_MODEL");
+  const std::string model = m ? m : "mlp";
+  if (model == "mlp")
+    run_model<MlpModel<T>>(t, seconds, tokens, c, "mlp");
+  else if (model == "block")
+    run_model<BlockModel<T, false>>(t, seconds, tokens, c, "block");
+  else if (model == "block_sp")
+    run_model<BlockModel<T, true>>(t, seconds, tokens, c, "block_sp");
+  else
+    throw_error<ValueError>("bench_tensor_parallel: WEFT_TP_MODEL=", model, " is not one of mlp, block, block_sp");
 }
 
 int main(int argc, char** argv) {
