@@ -118,6 +118,18 @@ std::string gradcheck_every_node(Comm& c) {
     keep(gradcheck_tp(c, f, filled<double>(shard, 9 + static_cast<std::uint64_t>(r)), false, true,
                       axis == 0 ? "all_gather/reduce_scatter axis 0" : "all_gather/reduce_scatter axis 1"));
   }
+  // The fused column products on rank-3 inputs: column_matmul (copy_to's
+  // allreduce under dW) and gathered_matmul (all_gather along the tokens, its
+  // reduce-scatter under dW), each rank its own weight columns.
+  {
+    Parameter<double> w("w", Shape{3, 2});
+    Tensor<double> wv = filled<double>(Shape{3, 2}, 400 + static_cast<std::uint64_t>(r));
+    std::copy(wv.data(), wv.data() + 6, w.value.data());
+    auto f = [&](auto x) { return tp::reduce_from(sum(square(tanh(tp::column_matmul(x, w, c)))), c); };
+    keep(gradcheck_tp(c, f, filled<double>(Shape{2, 2, 3}, 12), true, false, "column_matmul (rank 3)"));
+    auto g = [&](auto x) { return tp::reduce_from(sum(sin(tp::gathered_matmul(x, w, c, 1)) * 0.7), c); };
+    keep(gradcheck_tp(c, g, filled<double>(Shape{2, 2, 3}, 13 + static_cast<std::uint64_t>(r)), false, false, "gathered_matmul"));
+  }
   // Vocab-parallel cross-entropy: each rank its classes (its own variable), one replicated loss.
   {
     Tensor<std::int32_t> labels(Shape{3});
