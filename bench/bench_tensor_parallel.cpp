@@ -116,7 +116,9 @@ template <class Timed, bool SP>
 struct BlockModel {
   tp::ParallelTransformerStack<Timed, Timed, 2, float, SP> stack;
   Tensor<float> x;  // (N, T, C), or this rank's (N, T/t, C)
-  static constexpr int allreduces_per_step = 7;  // 2 blocks x 4, less block 1's backward qkv one (its input is data)
+  // 2 blocks x 4: block 1's qkv input gradient is reduced too although x is
+  // data, since ln1's gamma and beta need it.
+  static constexpr int allreduces_per_step = 8;
   static nn::BlockConfig config(index_t ch) {
     return {.dim = ch, .heads = ch >= 64 ? ch / 64 : 1, .mlp = 4 * ch, .causal = true, .attn_dropout = 0};
   }
