@@ -881,6 +881,7 @@ class Zero {
     u.gathering = false;
     event(ZeroEvent::gather_wait, ui);
     if (!bf16()) {
+      u.wire_bytes = 0;  // the gather target is the values themselves, measured below
       const T* all = u.members[0].p->value.data();
       for (std::size_t k = 1; k < u.members.size(); ++k) {
         const Member& m = u.members[k];
