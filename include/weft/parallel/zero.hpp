@@ -628,7 +628,6 @@ class Zero {
     bool started = false, finished = false, gathered = false;
     typename Comm::Request req{};
     // stage 3 per layer (ZeroLayers)
-    int layer = -1;                                  // the layer whose parameters it holds
     bool gathering = false, present = false;          // gather in flight / values unpacked
     std::vector<bfloat16> gwire, gsend;              // bf16: all-gather destination and the sent shard
     std::vector<T> rwire;                            // f32: the full gradient, reduce-scattered
@@ -1208,6 +1207,7 @@ class ZeroLayers {
     seed_.data()[0] = T(1);
     units_.resize(NL);
     covered_.assign(z.units_.size(), 0);
+    owner_.assign(z.units_.size(), -1);
     map_layers(std::make_index_sequence<NL>{});
     for (std::size_t i = 0; i < NL; ++i)
       if (!units_[i].empty()) last_ = i;
@@ -1258,13 +1258,14 @@ class ZeroLayers {
         if (!m)
           throw_error<ValueError>("zero_layers on rank ", z_->rank(), ": layer ", I, "'s parameter '", local, "' ('", p.name,
                                   "') is not in the registry the Zero shards");
-        auto& u = z_->units_[m->unit];
-        if (u.layer >= 0 && u.layer != static_cast<int>(I))
-          throw_error<ValueError>("zero_layers on rank ", z_->rank(), ": unit '", u.name, "' holds parameters of layers ", u.layer,
+        const auto& u = z_->units_[m->unit];
+        int& owner = owner_[m->unit];
+        if (owner >= 0 && owner != static_cast<int>(I))
+          throw_error<ValueError>("zero_layers on rank ", z_->rank(), ": unit '", u.name, "' holds parameters of layers ", owner,
                                   " and ", I, "; gathering per layer needs each unit in one layer (register each layer ",
                                   "under its own name)");
-        if (u.layer < 0) {
-          u.layer = static_cast<int>(I);
+        if (owner < 0) {
+          owner = static_cast<int>(I);
           units_[I].push_back(m->unit);
           covered_[m->unit] = 1;
         }
@@ -1312,6 +1313,7 @@ class ZeroLayers {
   std::unique_ptr<Splits> splits_;
   std::vector<std::vector<std::size_t>> units_;
   std::vector<char> covered_;
+  std::vector<int> owner_;  // the layer each unit belongs to (-1: none)
   std::vector<std::size_t> next_, prev_;
   std::size_t last_ = none;
   std::vector<Tensor<T>> dgrad_;  // dgrad_[i]: the gradient of layer i's input (= of layer i-1's output)
