@@ -179,6 +179,30 @@ TEST_CASE("ZeRO-3 per layer: hybrid sharding on a replicate2 x shard2 mesh train
   comm::run_local(4, [&](ThreadTransport& t) { check_close(train_hybrid_layers(t, data, 2), one, "HSDP ZeRO-3 per layer"); });
 }
 
+TEST_CASE("ZeRO-3 per layer from an nn::Sequential: bit for bit DataParallel in deterministic mode (2 thread ranks)") {
+  const Data data;
+  comm::run_local(2, [&](ThreadTransport& t) {
+    using C = Communicator<Ring, ThreadTransport>;
+    C c{t, options(true)};
+    // the suite's Model as a Sequential (same seeds, same registry order)
+    nn::Sequential seq(nn::Linear<float>(kIn, kHidden, 1), nn::Tanh{}, nn::Linear<float>(kHidden, kHidden, 2), nn::Tanh{},
+                       nn::Linear<float>(kHidden, kClasses, 3));
+    nn::Registry<float> reg;
+    reg.add("mlp", seq);
+    parallel::Zero<float, parallel::Zero3, C> z(reg, c, kAdam);
+    CHECK(z.units() == 3);  // "mlp.0", "mlp.2", "mlp.4"
+    auto fsdp = parallel::zero_layers<std::int32_t>(z, seq, xent());
+    CHECK(fsdp.layers() == 5);
+    CHECK(fsdp.units_of(1).empty());
+    for (int s = 0; s < kSteps; ++s) {
+      auto [lo, hi] = rows(s, c.rank(), c.size());
+      fsdp.backward(data.x.slice(lo, hi), data.y.slice(lo, hi));
+      z.step();
+    }
+    CHECK(z.full_values() == train_dp(t, data, true));
+  });
+}
+
 namespace {
 
 // Layers of unequal sizes (the largest, l2, between smaller ones), so that
