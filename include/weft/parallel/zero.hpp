@@ -37,7 +37,7 @@
 // in f32 and rounds once per hop, comm/codec/cast.hpp), then widened into the
 // f32 gradient shard. The rounding is weft::bfloat16's (core/dtype.hpp), the
 // conversion comm::BF16 uses. Half the bytes on the wire of f32.
-
+//
 // Hybrid sharding (HSDP; ZeRO++'s hpZ, MiCS): Zero<T, Stage, Comm, Replica>
 // built with a second communicator shards over `Comm` (a mesh's inner,
 // "shard" axis) and keeps one replica of the shards per rank of `Replica`
@@ -56,9 +56,12 @@
 // arbitrary expression runs the all-at-once path. Mixed precision is stage 3
 // per layer only (stages 1 and 2 keep the model's own f32 value tensors), the
 // compute is f32 on bf16-rounded parameters (not bf16 activations), and the
-// hybrid replica-axis allreduce of a gradient shard stays f32. No
-// activation checkpointing: each layer's saved forward state lives until its
-// backward (not in the ledger).
+// hybrid replica-axis allreduce of a gradient shard stays f32. A layer
+// without for_each_parameter counts as parameter-free: parameters it reads
+// anyway are not gathered. No activation checkpointing: each layer's saved
+// forward state lives until its backward (not in the ledger). The value and
+// gradient tensors of the per-layer path are allocated and freed each step
+// (no pool: freeing is the point, but the page faults are paid each step).
 //
 // Memory accounting (memory()): bytes this rank holds, by category, now and
 // at the peak: parameters (the model's value tensors, or the value shards),
