@@ -2,7 +2,11 @@
 // parallelism (DataParallel + nn::Adam) and of parallel::Zero stages 1, 2, 3,
 // on the MLP of bench/mlp.hpp (784-256-256-10, ReLU, cross-entropy, Adam lr
 // 1e-3, global batch 128 split over the ranks, one BLAS thread per rank).
-//   usage: bench_zero dp|zero1|zero2|zero3 [ranks = 2] [seconds = 3]
+// zero3 gathers every unit before the one-expression forward; zero3l runs
+// stage 3 layer by layer (parallel::zero_layers: per-layer gathers with the
+// next one prefetched, per-layer reduce-scatters); zero3bf16 is zero3l with
+// bf16 parameters and gradients on the wire (f32 master and Adam).
+//   usage: bench_zero dp|zero1|zero2|zero3|zero3l|zero3bf16 [ranks = 2] [seconds = 3]
 // Prints one line of key: value pairs:
 //   samples_per_s       global samples/s on rank 0's clock between barriers
 //   bytes_rest          rank 0's bytes between steps: DP: its parameter,
@@ -10,9 +14,11 @@
 //                       bucket buffers, printed apart as dp_bucket_bytes);
 //                       Zero: memory().total()
 //   bytes_peak          Zero: peak_total() over the timed steps (DP: = rest)
+//   gathered_peak       Zero: memory_peak().gathered (the gathered parameters)
 //   formula             parallel::zero_formula(stage, P, N) (f32 Adam)
 #include <chrono>
 #include <cstdio>
+#include <algorithm>
 #include <cstdlib>
 #include <string>
 #include <weft/comm/algorithm/ring.hpp>
@@ -29,7 +35,7 @@ using namespace weft;
 using C = comm::Communicator<comm::Ring, comm::ThreadTransport>;
 
 struct Result {
-  double sps = 0, rest = 0, peak = 0, buckets = 0, P = 0;
+  double sps = 0, rest = 0, peak = 0, buckets = 0, P = 0, gathered = 0;
 };
 
 // Runs step() for a probe-sized number of steps on every rank; samples/s.
@@ -68,6 +74,31 @@ Result zero(comm::ThreadTransport& t, double seconds) {
   });
   r.rest = static_cast<double>(z.memory().total());
   r.peak = static_cast<double>(z.peak_total());
+  r.gathered = static_cast<double>(z.memory_peak().gathered);
+  return r;
+}
+
+// Stage 3 layer by layer, f32 or bf16 on the wire.
+Result zero3_layers(comm::ThreadTransport& t, double seconds, parallel::ZeroPrecision prec) {
+  C c{t};
+  const index_t batch = 128 / c.size();
+  const benchmlp::RandomData data(4096, nn::Rng(100 + static_cast<std::uint64_t>(c.rank())));
+  benchmlp::Mlp m;
+  Result r;
+  r.P = static_cast<double>(m.params.numel());
+  parallel::Zero<float, parallel::Zero3, C> z(m.params, c, nn::AdamOptions{.lr = 1e-3f}, {.precision = prec});
+  nn::ReLU act;
+  auto fsdp = parallel::zero_layers<std::int32_t>(z, std::tie(m.l1, act, m.l2, act, m.l3),
+                                                  [](auto out, TensorView<std::int32_t> y) { return cross_entropy(out, y); });
+  benchmlp::Batches b(data, batch);
+  r.sps = timed(c, seconds, batch, [&] {
+    b.next();
+    fsdp.backward(b.x, b.y);
+    z.step();
+  });
+  r.rest = static_cast<double>(z.memory().total());
+  r.peak = static_cast<double>(z.peak_total());
+  r.gathered = static_cast<double>(z.memory_peak().gathered);
   return r;
 }
 
@@ -113,8 +144,10 @@ int main(int argc, char** argv) {
   if (mode == "zero1") stage = 1;
   if (mode == "zero2") stage = 2;
   if (mode == "zero3") stage = 3;
+  if (mode == "zero3l") stage = 4;
+  if (mode == "zero3bf16") stage = 5;
   if (stage < 0 || ranks < 1) {
-    std::fprintf(stderr, "usage: bench_zero dp|zero1|zero2|zero3 [ranks] [seconds]\n");
+    std::fprintf(stderr, "usage: bench_zero dp|zero1|zero2|zero3|zero3l|zero3bf16 [ranks] [seconds]\n");
     return 2;
   }
   Result out;
@@ -124,12 +157,16 @@ int main(int argc, char** argv) {
       case 0: r = dp(t, seconds); break;
       case 1: r = zero<parallel::Zero1>(t, seconds); break;
       case 2: r = zero<parallel::Zero2>(t, seconds); break;
-      default: r = zero<parallel::Zero3>(t, seconds); break;
+      case 3: r = zero<parallel::Zero3>(t, seconds); break;
+      case 4: r = zero3_layers(t, seconds, parallel::ZeroPrecision::f32); break;
+      default: r = zero3_layers(t, seconds, parallel::ZeroPrecision::bf16); break;
     }
     if (t.rank() == 0) out = r;
   });
-  std::printf("mode %s ranks %d params %.0f samples_per_s %.0f bytes_rest %.0f bytes_peak %.0f formula %.0f dp_bucket_bytes %.0f\n",
-              mode.c_str(), ranks, out.P, out.sps, out.rest, out.peak, parallel::zero_formula(stage, out.P, ranks),
-              out.buckets);
+  std::printf(
+      "mode %s ranks %d params %.0f samples_per_s %.0f bytes_rest %.0f bytes_peak %.0f gathered_peak %.0f formula %.0f "
+      "dp_bucket_bytes %.0f\n",
+      mode.c_str(), ranks, out.P, out.sps, out.rest, out.peak, out.gathered, parallel::zero_formula(std::min(stage, 3), out.P, ranks),
+      out.buckets);
   return 0;
 }

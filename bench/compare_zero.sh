@@ -6,6 +6,10 @@
 #      ledger, parallel::Zero::memory()) against the formula (f32 Adam:
 #      parallel::zero_formula, derived in include/weft/parallel/zero.hpp), and
 #      the peak during a step;
+#      zero3 gathers every unit at once (peak gathered 4P); zero3l runs stage 3
+#      layer by layer (parallel::zero_layers: about two layers gathered) and
+#      zero3bf16 is zero3l with bf16 on the wire (f32 master, Adam); the
+#      gathered_peak column is memory_peak().gathered;
 #   2. samples/s at 2 ranks per stage relative to DP (median of REPEATS runs);
 #   3. PyTorch DDP and FSDP (FULL_SHARD = ZeRO-3, SHARD_GRAD_OP = ZeRO-2) on
 #      the CPU with gloo, from the venv ${XDG_CACHE_HOME:-$HOME/.cache}/weft-peers
@@ -13,6 +17,7 @@
 # Ends with:
 #   zero3_memory_vs_formula: M        (stage 3 bytes at rest / 16P/N at N = 2; target 0.95-1.05)
 #   zero3_vs_dp_throughput_2ranks: R  (stage 3 samples/s / DP samples/s; target >= 0.8)
+#   zero3_layers_vs_dp_throughput_2ranks, zero3_bf16_vs_dp_throughput_2ranks: the same for zero3l, zero3bf16
 #   SECONDS_PER=3 REPEATS=3 bench/compare_zero.sh
 set -euo pipefail
 source "$(dirname "$0")/../scripts/common.sh"
@@ -22,18 +27,19 @@ S=${SECONDS_PER:-3}
 N=${REPEATS:-3}
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 Z="$WEFT_BUILD/bench/bench_zero"
-MODES=(dp zero1 zero2 zero3)
+MODES=(dp zero1 zero2 zero3 zero3l zero3bf16)
 field() { awk -v k="$1" '{for (i = 1; i < NF; i++) if ($i == k) print $(i + 1)}'; }
 
 echo "== bytes per rank (f32 Adam; measured by weft's ledger; uptime: $(cut -d' ' -f1-3 /proc/loadavg))"
-printf '%-6s %5s %14s %14s %14s %8s\n' mode ranks measured_rest formula rest/formula peak
+printf '%-9s %5s %14s %14s %14s %14s %14s\n' mode ranks measured_rest formula rest/formula peak gathered_peak
 declare -A REST
 for n in 2 4; do
   for m in "${MODES[@]}"; do
     line=$("$Z" "$m" "$n" 0.2)
     rest=$(echo "$line" | field bytes_rest); formula=$(echo "$line" | field formula); peak=$(echo "$line" | field bytes_peak)
+    gathered=$(echo "$line" | field gathered_peak)
     REST[$m.$n]=$rest
-    printf '%-6s %5d %14.0f %14.0f %14.3f %14.0f\n' "$m" "$n" "$rest" "$formula" "$(awk -v a="$rest" -v b="$formula" 'BEGIN{print a/b}')" "$peak"
+    printf '%-9s %5d %14.0f %14.0f %14.3f %14.0f %14.0f\n' "$m" "$n" "$rest" "$formula" "$(awk -v a="$rest" -v b="$formula" 'BEGIN{print a/b}')" "$peak" "$gathered"
     [ "$m" = dp ] && echo "       (DataParallel's bucket buffers, not in the row: $(echo "$line" | field dp_bucket_bytes) bytes)"
   done
 done
@@ -51,7 +57,7 @@ declare -A MED
 echo "== samples/s at 2 thread ranks, median of $N runs of ${S} s (uptime: $(cut -d' ' -f1-3 /proc/loadavg))"
 for m in "${MODES[@]}"; do
   MED[$m]=$(echo "${RUNS[$m]}" | median)
-  printf '%-6s %8.0f   vs DP %.2f   (runs:%s)\n' "$m" "${MED[$m]}" "$(awk -v a="${MED[$m]}" -v b="${MED[dp]}" 'BEGIN{print a/b}')" "${RUNS[$m]}"
+  printf '%-9s %8.0f   vs DP %.2f   (runs:%s)\n' "$m" "${MED[$m]}" "$(awk -v a="${MED[$m]}" -v b="${MED[dp]}" 'BEGIN{print a/b}')" "${RUNS[$m]}"
 done
 
 echo "== PyTorch on the CPU with gloo, 2 processes"
@@ -73,4 +79,6 @@ else
 fi
 
 awk -v a="${REST[zero3.2]}" -v p="$("$Z" zero3 2 0.1 | field params)" 'BEGIN { printf "zero3_memory_vs_formula: %.3f\n", a / (16 * p / 2) }'
+awk -v a="${MED[zero3l]}" -v b="${MED[dp]}" 'BEGIN { printf "zero3_layers_vs_dp_throughput_2ranks: %.2f\n", a / b }'
+awk -v a="${MED[zero3bf16]}" -v b="${MED[dp]}" 'BEGIN { printf "zero3_bf16_vs_dp_throughput_2ranks: %.2f\n", a / b }'
 awk -v a="${MED[zero3]}" -v b="${MED[dp]}" 'BEGIN { printf "zero3_vs_dp_throughput_2ranks: %.2f\n", a / b }'

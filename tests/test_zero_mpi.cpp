@@ -1,6 +1,7 @@
 // Mesh and ZeRO-1/2/3 on the MPI transport, run by Meson under mpirun with 1,
-// 2 and 4 ranks: the checks of zero_suite.hpp, each process computing the
-// one-rank reference itself.
+// 2 and 4 ranks: the checks of zero_suite.hpp (stage 3 all at once and layer
+// by layer, bf16 mixed precision), each process computing the one-rank and
+// mixed-precision references itself.
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 #define OMPI_SKIP_MPICXX 1
@@ -27,6 +28,19 @@ TEST_CASE("mpi: hybrid sharding (replicate x shard mesh) trains like one rank") 
   const auto one = single_rank(data);
   check_close(train_hybrid<weft::parallel::Zero2>(t, data, 2), one, "HSDP ZeRO-2");
   check_close(train_hybrid<weft::parallel::Zero3>(t, data, 2), one, "HSDP ZeRO-3");
+}
+
+TEST_CASE("mpi: ZeRO-3 per layer, bf16 mixed precision: like the bf16 reference, away from f32") {
+  const Data data;
+  weft::comm::MpiTransport t{MPI_COMM_WORLD};
+  check_mixed(t, data, mixed_reference(data, t.size(), kAdamMixed, true), mixed_reference(data, 1, kAdamMixed, false));
+}
+
+TEST_CASE("mpi: ZeRO-3 per layer, hybrid sharding trains like one rank") {
+  const Data data;
+  weft::comm::MpiTransport t{MPI_COMM_WORLD};
+  if (t.size() % 2 != 0) return;
+  check_close(train_hybrid_layers(t, data, 2), single_rank(data), "HSDP ZeRO-3 per layer");
 }
 
 TEST_CASE("mpi: mesh coordinates and axis communicators") {

@@ -5,7 +5,12 @@
 // "replicate" axis. Each axis gets its own communicator and policy from the
 // mesh. Prints one line per axis, the loss and test accuracy per epoch, and
 // rank 0's bytes against the ZeRO formula for its shard group.
-//   build/examples/08_mesh_zero [epochs = 2] [stage = 3] [replicas = 2] [ranks = 4]
+// Stage 3 runs all at once (every layer gathered before the one-expression
+// forward) by default, or layer by layer (path "layers": parallel::zero_layers,
+// each layer gathered just before its forward and backward, the next one
+// prefetched) or layer by layer in bf16 (path "bf16": bf16 parameters and
+// gradients on the wire, f32 master weights and Adam state).
+//   build/examples/08_mesh_zero [epochs = 2] [stage = 3] [replicas = 2] [ranks = 4] [path = all|layers|bf16]
 // Not here yet: the tensor- and pipeline-parallel axes of a 3-D mesh (pp x dp x tp).
 #include <cmath>
 #include <cstdio>
@@ -24,8 +29,10 @@
 using namespace weft;
 using T = comm::ThreadTransport;
 
+enum class Path { all, layers, bf16 };
+
 template <class Stage>
-double train(T& t, const io::Dataset& train, const io::Dataset& test, int epochs, int replicas) {
+double train(T& t, const io::Dataset& train, const io::Dataset& test, int epochs, int replicas, Path path) {
   parallel::Mesh<T> mesh(t, {{"replicate", replicas}, {"shard", t.size() / replicas}});
   // The shard axis carries every layer's reduce-scatter and allgather: the ring.
   // The replicate axis carries 1/N of a DP allreduce: a tree, latency-bound sizes.
@@ -33,7 +40,8 @@ double train(T& t, const io::Dataset& train, const io::Dataset& test, int epochs
   auto& replicate = mesh.comm<comm::Tree>("replicate");
   if (t.rank() == 0) {
     std::printf("mesh %s on %d thread ranks\n", mesh.describe().c_str(), t.size());
-    std::printf("  axis shard     (%d ranks): ZeRO-%d, reduce-scatter / allgather by ring\n", shard.size(), Stage::stage);
+    std::printf("  axis shard     (%d ranks): ZeRO-%d%s, reduce-scatter / allgather by ring\n", shard.size(), Stage::stage,
+                path == Path::all ? "" : path == Path::layers ? " layer by layer" : " layer by layer, bf16 on the wire");
     std::printf("  axis replicate (%d ranks): gradient shards averaged by tree allreduce\n", replicate.size());
   }
   nn::Linear<float> l1(784, 256, 1), l2(256, 256, 2), l3(256, 10, 3);
@@ -42,7 +50,17 @@ double train(T& t, const io::Dataset& train, const io::Dataset& test, int epochs
   auto model = [&](const auto& x) { return l3(relu(l2(relu(l1(x))))); };
   const double P = static_cast<double>(params.numel());  // before stage 3 frees the values
   parallel::Zero<float, Stage, std::decay_t<decltype(shard)>, std::decay_t<decltype(replicate)>> z(
-      params, shard, replicate, nn::AdamOptions{.lr = 1e-3f});
+      params, shard, replicate, nn::AdamOptions{.lr = 1e-3f},
+      {.precision = path == Path::bf16 ? parallel::ZeroPrecision::bf16 : parallel::ZeroPrecision::f32});
+  // The same model as a layer sequence, for the per-layer path.
+  nn::ReLU act;
+  auto layered = [&] {
+    if constexpr (Stage::stage == 3)
+      return parallel::zero_layers<std::int32_t>(z, std::tie(l1, act, l2, act, l3),
+                                                 [](auto out, TensorView<std::int32_t> y) { return cross_entropy(out, y); });
+    else
+      return 0;
+  }();
 
   const index_t batch = 128 / t.size(), n = train.images.size(0);
   io::DistributedSampler sampler(n, t.rank(), t.size(), 1, io::Remainder::drop);
@@ -56,6 +74,12 @@ double train(T& t, const io::Dataset& train, const io::Dataset& test, int epochs
     double loss = 0;
     for (index_t s = 0; s < steps; ++s) {
       io::gather_batch(train, idx, s * batch, xb, yb);
+      if constexpr (Stage::stage == 3)
+        if (path != Path::all) {
+          loss += layered.backward(xb.view(), yb.view());
+          z.step();
+          continue;
+        }
       loss += z.backward([&] { return cross_entropy(model(xb), yb); }, ws);
       z.step();
     }
@@ -76,6 +100,8 @@ double train(T& t, const io::Dataset& train, const io::Dataset& test, int epochs
   }
   if (t.rank() == 0) {
     const double N = shard.size();
+    std::printf("rank 0's peak during a step: %.0f bytes, %.0f of them gathered parameters\n",
+                static_cast<double>(z.peak_total()), static_cast<double>(z.memory_peak().gathered));
     std::printf("rank 0 holds %.0f bytes between steps (ZeRO-%d formula for P = %.0f on N = %.0f: %.0f; plain DP: %.0f)\n",
                 static_cast<double>(z.memory().total()), Stage::stage, P, N, parallel::zero_formula(Stage::stage, P, N),
                 parallel::zero_formula(0, P, N));
@@ -88,8 +114,13 @@ int main(int argc, char** argv) {
   const int stage = argc > 2 ? std::atoi(argv[2]) : 3;
   const int replicas = argc > 3 ? std::atoi(argv[3]) : 2;
   const int ranks = argc > 4 ? std::atoi(argv[4]) : 4;
-  if (epochs < 1 || stage < 1 || stage > 3 || replicas < 1 || ranks < 1 || ranks % replicas != 0 || 128 % ranks != 0) {
-    std::fprintf(stderr, "usage: 08_mesh_zero [epochs >= 1] [stage 1..3] [replicas dividing ranks] [ranks dividing 128]\n");
+  const std::string p = argc > 5 ? argv[5] : "all";
+  const Path path = p == "layers" ? Path::layers : p == "bf16" ? Path::bf16 : Path::all;
+  if (epochs < 1 || stage < 1 || stage > 3 || replicas < 1 || ranks < 1 || ranks % replicas != 0 || 128 % ranks != 0 ||
+      (p != "all" && p != "layers" && p != "bf16") || (path != Path::all && stage != 3)) {
+    std::fprintf(stderr,
+                 "usage: 08_mesh_zero [epochs >= 1] [stage 1..3] [replicas dividing ranks] [ranks dividing 128] "
+                 "[all | layers | bf16 (stage 3)]\n");
     return 2;
   }
   openblas_set_num_threads(1);
@@ -100,9 +131,9 @@ int main(int argc, char** argv) {
   train_set.images = (train_set.images - mu) / sd;
   test_set.images = (test_set.images - mu) / sd;
   comm::run_local(ranks, [&](T& t) {
-    if (stage == 1) train<parallel::Zero1>(t, train_set, test_set, epochs, replicas);
-    if (stage == 2) train<parallel::Zero2>(t, train_set, test_set, epochs, replicas);
-    if (stage == 3) train<parallel::Zero3>(t, train_set, test_set, epochs, replicas);
+    if (stage == 1) train<parallel::Zero1>(t, train_set, test_set, epochs, replicas, path);
+    if (stage == 2) train<parallel::Zero2>(t, train_set, test_set, epochs, replicas, path);
+    if (stage == 3) train<parallel::Zero3>(t, train_set, test_set, epochs, replicas, path);
   });
   return 0;
 }

@@ -10,11 +10,33 @@
 //           a unit's full gradient is released (its pages handed back to the
 //           kernel) once its reduce-scatter is done.
 //   Zero3   + parameters live sharded between steps (the model's value
-//           tensors are freed). backward(make_loss, ws) all-gathers every
-//           unit (started together, waited in forward order) before the
-//           forward is built, and frees each unit's values during backward
-//           as soon as its backward is over (the first gradient of the next
-//           unit down arrives); gradients as in Zero2.
+//           tensors are freed). Two ways to run a step:
+//           - per layer (FSDP; parallel::zero_layers, ZeroLayers below): the
+//             model given as a sequence of layers, each run as its own split
+//             forward / backward (autodiff/split.hpp, as pipeline stages
+//             are). A layer's units are all-gathered just before its
+//             forward and again before its backward, the next layer's gather
+//             issued (non-blocking) before the current layer computes, its
+//             values emptied after use; its gradients reduce-scattered as
+//             soon as its backward is done, overlapping the next layer's.
+//             About two layers' parameters are gathered at a time
+//             (zero3_layered_formula).
+//           - all at once: backward(make_loss, ws) for a model that is one
+//             expression with no hook between layers: every unit is gathered
+//             (started together, waited in forward order) before the forward
+//             is built (4P gathered at the peak), and each unit's values are
+//             freed during backward as soon as its backward is over.
+//
+// Mixed precision (ZeroOptions{.precision = ZeroPrecision::bf16}, stage 3
+// per layer): the master weights, the gradient shards and the optimizer
+// state stay f32 in the shard; the all-gather sends the shard rounded to
+// bf16 and the layers compute with those bf16 values (held in f32 tensors:
+// weft's kernels compute in f32, so the arithmetic and the activations are
+// f32, as a bf16 GEMM accumulating in f32 reads bf16 inputs); each layer's
+// gradient is rounded to bf16 and reduce-scattered in bf16 (the ring sums
+// in f32 and rounds once per hop, comm/codec/cast.hpp), then widened into the
+// f32 gradient shard. The rounding is weft::bfloat16's (core/dtype.hpp), the
+// conversion comm::BF16 uses. Half the bytes on the wire of f32.
 //
 // Hybrid sharding (HSDP; ZeRO++'s hpZ, MiCS): Zero<T, Stage, Comm, Replica>
 // built with a second communicator shards over `Comm` (a mesh's inner,
@@ -28,18 +50,29 @@
 // "l1.bias" form unit "l1"), flattened in registry order and padded to a
 // multiple of N elements; rank r owns elements [r s, (r + 1) s) of each unit.
 //
-// What is NOT done (see docs/architecture.md): weft's forward is one
-// expression evaluated in one call, with no hook between layers, so Zero3
-// cannot free a layer after its forward and gather it again before its
-// backward: during a step every unit is gathered at once (the "gathered"
-// bytes below are 4P at the peak). Mixed precision (bf16 on the wire, f32
-// master) is not implemented.
+// What is NOT done (see docs/architecture.md): the per-layer path needs the
+// model as a sequence of layers (an nn::Sequential or std::tie of
+// callables), each unit's parameters read by one layer; a model that is one
+// arbitrary expression runs the all-at-once path. Mixed precision is stage 3
+// per layer only (stages 1 and 2 keep the model's own f32 value tensors), the
+// compute is f32 on bf16-rounded parameters (not bf16 activations), and the
+// hybrid replica-axis allreduce of a gradient shard stays f32. A layer
+// without for_each_parameter counts as parameter-free: parameters it reads
+// anyway are not gathered. No activation checkpointing: each layer's saved
+// forward state lives until its backward (not in the ledger). The value and
+// gradient tensors of the per-layer path are allocated and freed each step
+// (no pool: freeing is the point, but the page faults are paid each step).
 //
 // Memory accounting (memory()): bytes this rank holds, by category, now and
 // at the peak: parameters (the model's value tensors, or the value shards),
 // gradients (gradient shards plus the pages of the unit gradient buffer that
-// are resident, measured with mincore(2)), optimizer state, gathered buffers.
-// The formulas they are checked against are formula(P, N) below.
+// are resident, measured with mincore(2); per layer: the layer's gradient
+// tensors and the reduce-scatter buffers), optimizer state, gathered buffers
+// (per layer: the all-gather buffers in flight plus the bytes of the gathered
+// value tensors in resident pages, mincore(2): between a layer's forward and
+// its backward its values are emptied in place with MADV_DONTNEED, because
+// the saved forward state points at them). The formulas they are checked
+// against are zero_formula and zero3_layered_formula below.
 //
 // The optimizer runs inside the strategy (its state lives in the shards):
 // build Zero with nn::SGDOptions, nn::AdamOptions or nn::AdamWOptions;
@@ -54,6 +87,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
@@ -67,12 +101,15 @@
 #include <unistd.h>
 #endif
 
+#include "../autodiff/split.hpp"
 #include "../autodiff/value_and_grad.hpp"
 #include "../comm/communicator.hpp"
 #include "../core/denormals.hpp"
+#include "../core/dtype.hpp"
 #include "../core/error.hpp"
 #include "../nn/optim.hpp"
 #include "../nn/registry.hpp"
+#include "../nn/sequential.hpp"
 #include "../nn/state.hpp"
 
 namespace weft::parallel {
@@ -92,6 +129,34 @@ struct MemoryBytes {
   std::size_t total() const { return params + grads + optimizer + gathered; }
 };
 
+// Precision of stage 3's per-layer path (ZeroLayers): f32 everywhere, or
+// bf16 parameters and gradients on the wire and in the layers' parameter
+// values (f32 master weights, gradient shards and optimizer state).
+enum class ZeroPrecision { f32, bf16 };
+
+struct ZeroOptions {
+  ZeroPrecision precision = ZeroPrecision::f32;
+  bool trace = false;  // record ZeroEvents (trace()): what was issued and waited, in order
+};
+
+// One entry of Zero::trace(): `index` is a unit for the gather / release /
+// reduce kinds and a layer for the forward / backward kinds.
+struct ZeroEvent {
+  enum Kind : std::uint8_t {
+    gather_start,    // a unit's all-gather issued (non-blocking)
+    gather_wait,     // ... waited for, its values unpacked
+    forward_begin,   // a layer's forward starts (its units gathered, the next layer's gather issued)
+    forward_end,     // ... done
+    backward_begin,  // a layer's backward starts
+    backward_end,    // ... done (input and weight gradients)
+    release,         // a unit's gathered values freed
+    reduce_start,    // a unit's gradient reduce-scatter issued
+    reduce_wait      // ... waited for
+  } kind;
+  int index;
+  bool operator==(const ZeroEvent&) const = default;
+};
+
 // The ZeRO formulas for P parameters on N ranks with k bytes of optimizer
 // state per parameter (Adam f32: 8; SGD with momentum: 4), f32 everywhere
 // (4 bytes per parameter and per gradient), derived from what each stage keeps:
@@ -102,10 +167,15 @@ struct MemoryBytes {
 // between steps ("at rest"). During a step ("peak") add the transient
 // buffers: stages 2 and 3 a unit's full gradient while it is being reduced
 // (at most two units live: `unit_grad`), stage 1 and 2 the gather buffer of
-// one unit, stage 3 every unit's values (4P: the forward is one expression).
-// Mixed precision (not implemented here) would be, with bf16 parameters and
-// gradients and f32 master weights + Adam state (12 bytes): DP 2P + 2P + 12P,
-// stage 1 2P + 2P + 12P/N, stage 2 2P + 14P/N, stage 3 16P/N.
+// one unit, stage 3 every unit's values (4P, the all-at-once path; per layer
+// see zero3_layered_formula).
+// Mixed precision (bf16 parameters and gradients, f32 master weights + Adam
+// state: 12 bytes) would be DP 2P + 2P + 12P, stage 1 2P + 2P + 12P/N,
+// stage 2 2P + 14P/N (weft implements neither: its layers compute on f32
+// tensors), and stage 3 4P/N (master) + 4P/N (f32 gradient shard, as FSDP
+// keeps it for the optimizer) + 8P/N (Adam) = 16P/N at rest, the f32 stage-3
+// figure: mixed precision changes stage 3's transients (the bf16 wire
+// buffers), not its resting bytes; see zero3_layered_formula.
 inline double zero_formula(int stage, double P, double N, double k = 8.0) {
   switch (stage) {
     case 0: return 4 * P + 4 * P + k * P;
@@ -113,6 +183,45 @@ inline double zero_formula(int stage, double P, double N, double k = 8.0) {
     case 2: return 4 * P + (4 * P + k * P) / N;
     default: return (8 * P + k * P) / N;
   }
+}
+
+// Stage 3 per layer (ZeroLayers), one unit per layer, u[i] the padded
+// elements of layer i's unit in layer order (layers without parameters left
+// out), N ranks. The transient bytes on top of the shards, derived from the
+// schedule (at most two units' buffers at a time, each phase below):
+//   gathered, f32: a unit's values are all-gathered straight into its value
+//     tensors (the gather target is the values); layer i computes with its
+//     values while layer i+1's (forward) or i-1's (backward) gather lands:
+//       4 max_i (u[i] + u[i+1])                     <= 4 (U1 + U2)
+//   gathered, bf16: the wire buffer (2 u + 2 u/N for the sent shard) is
+//     decoded into f32 values (4 u); unpacking holds both for one unit, then
+//     the current values and the next unit's wire buffer:
+//       max_i max(6 u[i] + 2 u[i]/N, 4 u[i] + (2 + 2/N) max(u[i-1], u[i+1]))
+//   gradients (beyond the 4P/N shards): layer i's full gradient (4 u[i]:
+//     the layers compute in f32) while layer i+1's reduce-scatter is in
+//     flight, then its own wire buffer once that one landed:
+//       f32  4 u[i] + 4 max(u[i], u[i+1])           <= 8 U1
+//       bf16 4 u[i] + (2 + 2/N) max(u[i], u[i+1])   <= (6 + 2/N) U1
+// where U1 >= U2 are the two largest units. At rest both are 0, and the
+// bytes are zero_formula(3, P, N) in either precision: the f32 master
+// shard, the f32 gradient shard and Adam's two f32 moments, 16P/N. The peak
+// total is at most zero_formula(3) + gathered + gradients (the two peaks
+// fall in neighbouring phases, not always the same one). Activations (each
+// layer's saved forward state) are not counted in either.
+struct Zero3Transients {
+  double gathered = 0, grads = 0;
+};
+inline Zero3Transients zero3_layered_formula(const std::vector<double>& u, double N, bool bf16) {
+  Zero3Transients t;
+  const std::size_t L = u.size();
+  const double w = bf16 ? 2 + 2 / N : 4;  // wire bytes per element
+  for (std::size_t i = 0; i < L; ++i) {
+    const double next = i + 1 < L ? u[i + 1] : 0, prev = i > 0 ? u[i - 1] : 0;
+    const double g = bf16 ? std::max(6 * u[i] + 2 * u[i] / N, 4 * u[i] + w * std::max(prev, next)) : 4 * (u[i] + next);
+    t.gathered = std::max(t.gathered, g);
+    t.grads = std::max(t.grads, 4 * u[i] + w * std::max(u[i], next));
+  }
+  return t;
 }
 
 namespace detail {
@@ -205,7 +314,52 @@ class PageBuffer {
   mutable std::vector<unsigned char> resident_map_;
 };
 
+// Hand back the whole pages inside [p, p + bytes) (their contents are lost;
+// the range stays mapped at the same address and reads as zeros until
+// written). Used on a layer's gathered values between its forward and its
+// backward: the saved forward state keeps pointers to them, so they are
+// emptied in place rather than freed.
+inline void release_pages(void* p, std::size_t bytes) {
+#if defined(__linux__)
+  if (!p || bytes == 0) return;
+  const std::uintptr_t pg = static_cast<std::uintptr_t>(sysconf(_SC_PAGESIZE));
+  const std::uintptr_t lo = (reinterpret_cast<std::uintptr_t>(p) + pg - 1) / pg * pg;
+  const std::uintptr_t hi = (reinterpret_cast<std::uintptr_t>(p) + bytes) / pg * pg;
+  if (lo < hi) (void)madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
+
+// Bytes of [p, p + bytes) that lie in resident pages (mincore); all of them
+// where that cannot be asked.
+inline std::size_t resident_bytes(const void* p, std::size_t bytes) {
+#if defined(__linux__)
+  if (!p || bytes == 0) return 0;
+  const std::uintptr_t pg = static_cast<std::uintptr_t>(sysconf(_SC_PAGESIZE));
+  const std::uintptr_t a = reinterpret_cast<std::uintptr_t>(p), b = a + bytes;
+  const std::uintptr_t lo = a / pg * pg, hi = (b + pg - 1) / pg * pg;
+  thread_local std::vector<unsigned char> map;
+  map.resize((hi - lo) / pg);
+  if (mincore(reinterpret_cast<void*>(lo), hi - lo, map.data()) != 0) return bytes;
+  std::size_t n = 0;
+  for (std::size_t k = 0; k < map.size(); ++k) {
+    if (!(map[k] & 1u)) continue;
+    const std::uintptr_t s = std::max(a, lo + k * pg), e = std::min(b, lo + (k + 1) * pg);
+    n += e - s;
+  }
+  return n;
+#else
+  (void)p;
+  return bytes;
+#endif
+}
+
 }  // namespace detail
+
+template <class ZeroT, class L, class Loss, class... Layers>
+class ZeroLayers;
 
 // No replica axis: Zero shards over one communicator.
 struct NoReplica {};
@@ -220,18 +374,28 @@ class Zero {
   using value_type = T;
   using Optimizer = std::variant<nn::SGDOptions, nn::AdamOptions, nn::AdamWOptions>;
 
-  Zero(nn::Registry<T>& params, Comm& dp, Optimizer opt)
+  Zero(nn::Registry<T>& params, Comm& dp, Optimizer opt, ZeroOptions zo = {})
     requires std::is_same_v<Replica, NoReplica>
-      : Zero(params, dp, nullptr, opt) {}
+      : Zero(params, dp, nullptr, opt, zo) {}
   // Hybrid: shards over `shard`, replicated (gradient shards averaged) over `replica`.
-  Zero(nn::Registry<T>& params, Comm& shard, Replica& replica, Optimizer opt)
+  Zero(nn::Registry<T>& params, Comm& shard, Replica& replica, Optimizer opt, ZeroOptions zo = {})
     requires(!std::is_same_v<Replica, NoReplica>)
-      : Zero(params, shard, &replica, opt) {}
+      : Zero(params, shard, &replica, opt, zo) {}
 
  private:
-  Zero(nn::Registry<T>& params, Comm& dp, Replica* replica, Optimizer opt)
-      : params_(&params), comm_(&dp), replica_(replica), opt_(opt) {
+  template <class, class, class, class...>
+  friend class ZeroLayers;
+
+  Zero(nn::Registry<T>& params, Comm& dp, Replica* replica, Optimizer opt, ZeroOptions zo)
+      : params_(&params), comm_(&dp), replica_(replica), opt_(opt), zo_(zo) {
     if (params.size() == 0) throw_error<ValueError>("Zero on rank ", dp.rank(), ": the registry holds no parameters");
+    if (zo.precision == ZeroPrecision::bf16) {
+      if (S != 3)
+        throw_error<ValueError>("Zero on rank ", dp.rank(), ": mixed precision (bf16) is implemented for stage 3's per-layer path ",
+                                "(parallel::zero_layers), not for stage ", S);
+      if (!std::is_same_v<T, float>)
+        throw_error<ValueError>("Zero on rank ", dp.rank(), ": mixed precision (bf16) keeps f32 master weights: T must be float");
+    }
     n_ = static_cast<std::size_t>(dp.size());
     r_ = static_cast<std::size_t>(dp.rank());
     check_options();
@@ -297,6 +461,12 @@ class Zero {
     ledger_peak_ = ledger_now_;
     peak_total_ = ledger_now_.total();
   }
+  // Unit u's elements, padded to a multiple of the rank count.
+  std::size_t unit_padded(std::size_t u) const { return units_.at(u).padded; }
+  ZeroPrecision precision() const { return zo_.precision; }
+  // What the per-layer path issued and waited, in order (ZeroOptions::trace;
+  // cleared at the start of each step's backward).
+  const std::vector<ZeroEvent>& trace() const { return trace_; }
   // Largest unit's padded elements (the transient terms of the formulas).
   std::size_t largest_unit() const {
     std::size_t m = 0;
@@ -309,6 +479,9 @@ class Zero {
   // reduce-scattered into the shards; returns this rank's loss.
   template <class MakeLoss>
   T backward(MakeLoss&& make_loss, Workspace<>& ws) {
+    if (zo_.precision == ZeroPrecision::bf16)
+      throw_error<ValueError>("Zero on rank ", r_, ": mixed precision runs the model layer by layer: ",
+                              "use parallel::zero_layers(zero, layers, loss).backward(x, labels), not backward(make_loss)");
     if constexpr (S == 3) gather_all();
     begin_backward();
     auto hook = [this](Parameter<T>& p) { on_grad_ready(p); };
@@ -457,6 +630,14 @@ class Zero {
     std::size_t ready = 0;         // members whose gradient is final this pass
     bool started = false, finished = false, gathered = false;
     typename Comm::Request req{};
+    // stage 3 per layer (ZeroLayers)
+    bool gathering = false, present = false;          // gather in flight / values unpacked
+    std::vector<bfloat16> gwire, gsend;              // bf16: all-gather destination and the sent shard
+    std::vector<T> rwire;                            // f32: the full gradient, reduce-scattered
+    std::vector<bfloat16> rwire16, rshard16;         // bf16: the full gradient and its reduced shard
+    typename Comm::Request greq{}, rreq{};
+    std::size_t wire_bytes = 0, vbytes = 0;          // gathered: buffers in flight, values resident
+    std::size_t rbytes = 0, pgrad_bytes = 0;         // gradients: reduce wire, layer gradients
     std::size_t mine_lo(std::size_t r) const { return r * shard; }
     std::size_t mine_hi(std::size_t r) const { return (r + 1) * shard; }
   };
@@ -629,6 +810,215 @@ class Zero {
     }
   }
 
+  // ---- stage 3 per layer (driven by ZeroLayers) ------------------------------------
+  bool bf16() const { return zo_.precision == ZeroPrecision::bf16; }
+  void event(ZeroEvent::Kind k, std::size_t i) {
+    if (zo_.trace) trace_.push_back(ZeroEvent{k, static_cast<int>(i)});
+  }
+  // Gathered = wire buffers + resident value bytes; gradients = shards +
+  // layer gradients + reduce wire buffers.
+  void lay_sample() {
+    std::size_t g = 0, d = 0;
+    for (const Unit& u : units_) {
+      g += u.wire_bytes + u.vbytes;
+      d += u.rbytes + u.pgrad_bytes;
+    }
+    ledger_now_.gathered = g;
+    ledger_now_.grads = shard_total_ * sizeof(T) + d;
+    note_peak();
+  }
+  // The first member's tensor holds the whole padded unit (the all-gather
+  // lands in it); the others are copies of their ranges.
+  std::size_t measure_values(const Unit& u) const {
+    std::size_t n = 0;
+    for (std::size_t k = 0; k < u.members.size(); ++k) {
+      const Member& m = u.members[k];
+      n += detail::resident_bytes(m.p->value.data(), (k == 0 ? u.padded : m.elems) * sizeof(T));
+    }
+    return n;
+  }
+  void allocate_values(Unit& u) {
+    Member& m0 = u.members[0];
+    m0.p->value = Tensor<T>(Shape{static_cast<index_t>(u.padded)});
+    m0.p->value.resize(m0.shape);  // keeps the padded storage
+    for (std::size_t k = 1; k < u.members.size(); ++k) u.members[k].p->value = Tensor<T>(u.members[k].shape);
+  }
+
+  void lay_begin() {
+    if (zo_.trace) trace_.clear();
+    for (Unit& u : units_)
+      if (u.present || u.gathering)
+        throw_error<Error>("Zero on rank ", r_, ": a per-layer backward started while unit '", u.name, "' is still in use");
+  }
+
+  // Issue unit ui's all-gather (the value tensors' storage is kept from this
+  // step's forward when the backward gathers it again: the saved forward
+  // state points into it).
+  void lay_gather_start(std::size_t ui) {
+    Unit& u = units_[ui];
+    if (u.present || u.gathering) return;
+    event(ZeroEvent::gather_start, ui);
+    const comm::CallOptions named{.name = u.name};
+    if (!bf16()) {
+      if (u.members[0].p->value.empty()) allocate_values(u);
+      u.vbytes = 0;
+      u.wire_bytes = u.padded * sizeof(T);  // the destination, being written
+      u.greq = comm_->iallgather(std::span<const T>(u.vshard), std::span<T>(u.members[0].p->value.data(), u.padded), named);
+    } else {
+      u.gsend.resize(u.shard);
+      for (std::size_t i = 0; i < u.shard; ++i) u.gsend[i] = bfloat16(static_cast<float>(u.vshard[i]));
+      u.gwire.resize(u.padded);
+      u.wire_bytes = (u.shard + u.padded) * sizeof(bfloat16);
+      u.greq = comm_->iallgather(std::span<const bfloat16>(u.gsend), std::span<bfloat16>(u.gwire), named);
+    }
+    u.gathering = true;
+    lay_sample();
+  }
+
+  void lay_gather_finish(std::size_t ui) {
+    Unit& u = units_[ui];
+    if (u.present) return;
+    if (!u.gathering) lay_gather_start(ui);
+    u.greq.wait();
+    u.gathering = false;
+    event(ZeroEvent::gather_wait, ui);
+    if (!bf16()) {
+      u.wire_bytes = 0;  // the gather target is the values themselves, measured below
+      const T* all = u.members[0].p->value.data();
+      for (std::size_t k = 1; k < u.members.size(); ++k) {
+        const Member& m = u.members[k];
+        std::memcpy(m.p->value.data(), all + m.offset, m.elems * sizeof(T));
+      }
+    } else {
+      if (u.members[0].p->value.empty()) allocate_values(u);
+      for (const Member& m : u.members) {
+        T* v = m.p->value.data();
+        const bfloat16* w = u.gwire.data() + m.offset;
+        for (std::size_t i = 0; i < m.elems; ++i) v[i] = static_cast<T>(static_cast<float>(w[i]));
+      }
+    }
+    u.vbytes = measure_values(u);
+    lay_sample();  // wire and values together: the unpacking peak
+    std::vector<bfloat16>().swap(u.gwire);
+    std::vector<bfloat16>().swap(u.gsend);
+    u.wire_bytes = 0;
+    u.present = true;
+    lay_sample();
+  }
+
+  // keep_storage: between forward and backward (pages handed back, the
+  // address kept); otherwise the tensors are freed.
+  void lay_release(std::size_t ui, bool keep_storage) {
+    Unit& u = units_[ui];
+    if (!u.present) return;
+    event(ZeroEvent::release, ui);
+    for (std::size_t k = 0; k < u.members.size(); ++k) {
+      Member& m = u.members[k];
+      if (keep_storage)
+        detail::release_pages(m.p->value.data(), (k == 0 ? u.padded : m.elems) * sizeof(T));
+      else
+        m.p->value = Tensor<T>();
+    }
+    u.present = false;
+    u.vbytes = keep_storage ? measure_values(u) : 0;
+    lay_sample();
+  }
+
+  void lay_grads_begin(std::size_t ui) {
+    Unit& u = units_[ui];
+    for (const Member& m : u.members) m.p->grad = Tensor<T>(m.shape, T(0));
+    u.pgrad_bytes = u.elems * sizeof(T);
+    lay_sample();
+  }
+
+  // Unit ui's layer gradients are final: wait for the reduce-scatters in
+  // flight (the previous layer's, overlapped with this layer's backward),
+  // pack this one (bf16: encode), free the layer gradients, issue.
+  void lay_grads_done(std::size_t ui) {
+    lay_finish_reduces();
+    Unit& u = units_[ui];
+    const comm::CallOptions named{.name = u.name};
+    if (!bf16()) {
+      u.rwire.assign(u.padded, T(0));
+      for (const Member& m : u.members) std::memcpy(u.rwire.data() + m.offset, m.p->grad.data(), m.elems * sizeof(T));
+      u.rbytes = u.padded * sizeof(T);
+    } else {
+      u.rwire16.assign(u.padded, bfloat16(0.0f));
+      for (const Member& m : u.members) {
+        const T* g = m.p->grad.data();
+        for (std::size_t i = 0; i < m.elems; ++i) u.rwire16[m.offset + i] = bfloat16(static_cast<float>(g[i]));
+      }
+      u.rshard16.resize(u.shard);
+      u.rbytes = (u.padded + u.shard) * sizeof(bfloat16);
+    }
+    lay_sample();
+    for (const Member& m : u.members) m.p->grad = Tensor<T>();
+    u.pgrad_bytes = 0;
+    event(ZeroEvent::reduce_start, ui);
+    if (!bf16())
+      u.rreq = comm_->ireduce_scatter(std::span<const T>(u.rwire), std::span<T>(u.gshard), comm::ReduceOp::avg, named);
+    else
+      u.rreq = comm_->ireduce_scatter(std::span<const bfloat16>(u.rwire16), std::span<bfloat16>(u.rshard16), comm::ReduceOp::avg,
+                                      named);
+    u.started = true;
+    inflight_.push_back(ui);
+    lay_sample();
+  }
+
+  void lay_finish_reduces() {
+    for (std::size_t ui : inflight_) {
+      Unit& u = units_[ui];
+      u.rreq.wait();
+      event(ZeroEvent::reduce_wait, ui);
+      if (bf16())
+        for (std::size_t i = 0; i < u.shard; ++i) u.gshard[i] = static_cast<T>(static_cast<float>(u.rshard16[i]));
+      std::vector<T>().swap(u.rwire);
+      std::vector<bfloat16>().swap(u.rwire16);
+      std::vector<bfloat16>().swap(u.rshard16);
+      u.rbytes = 0;
+      u.started = false;
+      landed(u);  // hybrid: the f32 shard averaged over the replicas
+    }
+    inflight_.clear();
+    lay_sample();
+  }
+
+  // After the last layer's backward: every reduce-scatter waited; units no
+  // layer reads get a zero gradient (their average over the ranks).
+  void lay_end(const std::vector<char>& covered) {
+    lay_finish_reduces();
+    for (std::size_t ui = 0; ui < units_.size(); ++ui)
+      if (!covered[ui]) std::fill(units_[ui].gshard.begin(), units_[ui].gshard.end(), T(0));
+    reduced_ = true;
+    lay_sample();
+  }
+
+  // A layer threw: wait for what this rank issued, then free it all.
+  void lay_abort() noexcept {
+    for (std::size_t ui = 0; ui < units_.size(); ++ui) {
+      Unit& u = units_[ui];
+      try {
+        if (u.gathering) u.greq.wait();
+      } catch (...) {
+      }
+      u.gathering = false;
+      u.present = true;
+      lay_release(ui, false);
+      for (const Member& m : u.members) m.p->grad = Tensor<T>();
+      u.pgrad_bytes = 0;
+    }
+    for (std::size_t ui : inflight_) {
+      try {
+        units_[ui].rreq.wait();
+      } catch (...) {
+      }
+      units_[ui].started = false;
+      units_[ui].rbytes = 0;
+    }
+    inflight_.clear();
+    lay_sample();
+  }
+
   // ---- stages 1, 2: gather updated values ---------------------------------------
   void gather_values() {
     std::vector<T>& buf = gather_bufs_.empty() ? gather_bufs_.emplace_back() : gather_bufs_[0];
@@ -744,6 +1134,9 @@ class Zero {
   Comm* comm_;
   Replica* replica_;
   Optimizer opt_;
+  ZeroOptions zo_;
+  std::vector<ZeroEvent> trace_;
+  std::vector<std::size_t> inflight_;  // per-layer path: units whose reduce-scatter is in flight, in issue order
   std::size_t n_ = 1, r_ = 0;
   std::vector<Unit> units_;
   std::vector<Member*> by_param_;  // sorted by address
@@ -757,5 +1150,191 @@ class Zero {
   MemoryBytes ledger_now_, ledger_peak_;
   std::size_t peak_total_ = 0;
 };
+
+// Stage 3 layer by layer (FSDP): the model as a sequence of layers (an
+// nn::Sequential, or std::tie(layer, ...) of callables expression ->
+// expression) and a loss(output, labels). Each layer runs as its own split
+// forward / backward (autodiff/split.hpp, as a pipeline stage does), which
+// gives the hooks one expression lacks:
+//   forward, layer i:  wait for its units' all-gather (issued while layer
+//                      i-1 computed), issue layer i+1's, compute, empty
+//                      layer i's values (pages handed back in place: the
+//                      saved state points at them) unless it is the last
+//   backward, layer i: wait for its units' gather (issued during layer
+//                      i+1's backward), issue layer i-1's, compute the input
+//                      and weight gradients, free the values, wait for
+//                      layer i+1's reduce-scatter, issue layer i's
+// so at most two layers' parameters are gathered at a time, each gather
+// overlaps the previous layer's compute and each reduce-scatter the next
+// layer's backward. A layer's parameters are those its for_each_parameter
+// names (nn layers; a callable without one has none); each unit must belong
+// to one layer. Build with parallel::zero_layers<L>(zero, layers, loss).
+template <class ZeroT, class L, class Loss, class... Layers>
+class ZeroLayers {
+  using T = typename ZeroT::value_type;
+  static constexpr std::size_t NL = sizeof...(Layers);
+  static_assert(NL >= 1, "zero_layers: give at least one layer");
+  static_assert(ZeroT::stage() == 3, "zero_layers runs stage 3 (parameters sharded) layer by layer: build Zero with Zero3");
+  static constexpr std::size_t none = static_cast<std::size_t>(-1);
+
+  template <std::size_t I>
+  static constexpr std::size_t K = I == 0 ? 0 : 1;
+
+  // Layer I's expression from its input leaf; the last one's through the loss.
+  template <std::size_t I>
+  struct Build {
+    std::tuple<Layers&...>* layers;
+    Loss* loss;
+    TensorView<L>* labels;
+    template <class In>
+    auto operator()(In in) const {
+      if constexpr (I + 1 == NL)
+        return (*loss)(std::get<I>(*layers)(in), *labels);
+      else
+        return std::get<I>(*layers)(in);
+    }
+  };
+  template <std::size_t I>
+  using Split = SplitBackward<split_expr_t<Build<I>, T, K<I>>, K<I>>;
+  template <class Seq>
+  struct splits_of;
+  template <std::size_t... I>
+  struct splits_of<std::index_sequence<I...>> {
+    using type = std::tuple<Split<I>...>;
+  };
+  using Splits = typename splits_of<std::make_index_sequence<NL>>::type;
+
+ public:
+  ZeroLayers(ZeroT& z, std::tuple<Layers&...> layers, Loss loss)
+      : z_(&z), layers_(layers), loss_(std::move(loss)), splits_(std::make_unique<Splits>()) {
+    seed_.data()[0] = T(1);
+    units_.resize(NL);
+    covered_.assign(z.units_.size(), 0);
+    owner_.assign(z.units_.size(), -1);
+    map_layers(std::make_index_sequence<NL>{});
+    for (std::size_t i = 0; i < NL; ++i)
+      if (!units_[i].empty()) last_ = i;
+    next_.assign(NL, none);
+    prev_.assign(NL, none);
+    for (std::size_t i = 0; i < NL; ++i) {
+      for (std::size_t j = i + 1; j < NL && next_[i] == none; ++j)
+        if (!units_[j].empty()) next_[i] = j;
+      for (std::size_t j = i; j-- > 0 && prev_[i] == none;)
+        if (!units_[j].empty()) prev_[i] = j;
+    }
+    dgrad_.resize(NL);
+  }
+
+  // One step's forward and backward on this rank's batch: gradients
+  // reduce-scattered into the shards, ready for zero.step(). Returns the loss.
+  T backward(TensorView<T> x, TensorView<L> labels) {
+    labels_ = labels;
+    z_->lay_begin();
+    try {
+      TensorView<T> in = x;
+      [&]<std::size_t... I>(std::index_sequence<I...>) { (forward<I>(in), ...); }(std::make_index_sequence<NL>{});
+      [&]<std::size_t... I>(std::index_sequence<I...>) { (backward<NL - 1 - I>(), ...); }(std::make_index_sequence<NL>{});
+    } catch (...) {
+      [&]<std::size_t... I>(std::index_sequence<I...>) { (std::get<I>(*splits_).clear(), ...); }(std::make_index_sequence<NL>{});
+      z_->lay_abort();
+      throw;
+    }
+    z_->lay_end(covered_);
+    return loss_value_;
+  }
+
+  // The units (indices into the Zero) layer i gathers, in registry order.
+  const std::vector<std::size_t>& units_of(std::size_t layer) const { return units_.at(layer); }
+  std::size_t layers() const { return NL; }
+
+ private:
+  template <std::size_t... I>
+  void map_layers(std::index_sequence<I...>) {
+    (map_layer<I>(), ...);
+  }
+  template <std::size_t I>
+  void map_layer() {
+    auto& layer = std::get<I>(layers_);
+    if constexpr (requires { layer.for_each_parameter([](const std::string&, Parameter<T>&) {}); }) {
+      layer.for_each_parameter([&](const std::string& local, Parameter<T>& p) {
+        auto* m = z_->member_of(p);
+        if (!m)
+          throw_error<ValueError>("zero_layers on rank ", z_->rank(), ": layer ", I, "'s parameter '", local, "' ('", p.name,
+                                  "') is not in the registry the Zero shards");
+        const auto& u = z_->units_[m->unit];
+        int& owner = owner_[m->unit];
+        if (owner >= 0 && owner != static_cast<int>(I))
+          throw_error<ValueError>("zero_layers on rank ", z_->rank(), ": unit '", u.name, "' holds parameters of layers ", owner,
+                                  " and ", I, "; gathering per layer needs each unit in one layer (register each layer ",
+                                  "under its own name)");
+        if (owner < 0) {
+          owner = static_cast<int>(I);
+          units_[I].push_back(m->unit);
+          covered_[m->unit] = 1;
+        }
+      });
+    }
+  }
+
+  template <std::size_t I>
+  void forward(TensorView<T>& in) {
+    for (std::size_t u : units_[I]) z_->lay_gather_finish(u);
+    if (next_[I] != none)
+      for (std::size_t u : units_[next_[I]]) z_->lay_gather_start(u);  // the prefetch, overlapping this layer
+    z_->event(ZeroEvent::forward_begin, I);
+    if constexpr (I > 0)
+      if (dgrad_[I].shape() != in.shape || dgrad_[I].empty()) dgrad_[I] = Tensor<T>(in.shape);
+    in = std::get<I>(*splits_).forward(Build<I>{&layers_, &loss_, &labels_}, in);
+    z_->event(ZeroEvent::forward_end, I);
+    if (I != last_)
+      for (std::size_t u : units_[I]) z_->lay_release(u, true);
+  }
+
+  template <std::size_t I>
+  void backward() {
+    auto& sp = std::get<I>(*splits_);
+    for (std::size_t u : units_[I]) z_->lay_gather_finish(u);
+    if (prev_[I] != none)
+      for (std::size_t u : units_[prev_[I]]) z_->lay_gather_start(u);
+    for (std::size_t u : units_[I]) z_->lay_grads_begin(u);
+    z_->event(ZeroEvent::backward_begin, I);
+    TensorView<T> dy = I + 1 == NL ? seed_.view() : dgrad_[I + 1].view();
+    TensorView<T> dx = I == 0 ? TensorView<T>() : dgrad_[I].view();
+    TensorView<T> v = sp.backward_input(dy, dx);
+    if constexpr (I + 1 == NL) loss_value_ = v.item();
+    sp.backward_weights();
+    z_->event(ZeroEvent::backward_end, I);
+    for (std::size_t u : units_[I]) z_->lay_release(u, false);
+    for (std::size_t u : units_[I]) z_->lay_grads_done(u);
+    sp.clear();
+  }
+
+  ZeroT* z_;
+  std::tuple<Layers&...> layers_;
+  Loss loss_;
+  TensorView<L> labels_;
+  std::unique_ptr<Splits> splits_;
+  std::vector<std::vector<std::size_t>> units_;
+  std::vector<char> covered_;
+  std::vector<int> owner_;  // the layer each unit belongs to (-1: none)
+  std::vector<std::size_t> next_, prev_;
+  std::size_t last_ = none;
+  std::vector<Tensor<T>> dgrad_;  // dgrad_[i]: the gradient of layer i's input (= of layer i-1's output)
+  Tensor<T> seed_{Shape{}};
+  T loss_value_{};
+};
+
+// zero_layers<L>(zero, std::tie(layer0, layer1, ...), loss) or
+// zero_layers<L>(zero, sequential, loss): L is the labels' element type,
+// loss(output expression, TensorView<L> labels) a scalar expression.
+template <class L, class ZeroT, class... Layers, class Loss>
+ZeroLayers<ZeroT, L, Loss, Layers...> zero_layers(ZeroT& z, std::tuple<Layers&...> layers, Loss loss) {
+  return ZeroLayers<ZeroT, L, Loss, Layers...>(z, layers, std::move(loss));
+}
+template <class L, class ZeroT, class... Layers, class Loss>
+ZeroLayers<ZeroT, L, Loss, Layers...> zero_layers(ZeroT& z, nn::Sequential<Layers...>& seq, Loss loss) {
+  return ZeroLayers<ZeroT, L, Loss, Layers...>(
+      z, std::apply([](auto&... l) { return std::tuple<Layers&...>(l...); }, seq.layers), std::move(loss));
+}
 
 }  // namespace weft::parallel
