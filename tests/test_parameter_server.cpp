@@ -8,6 +8,7 @@
 #include <mutex>
 #include <string>
 #include <weft/comm/run_local.hpp>
+#include <weft/parallel/mesh.hpp>
 
 #include "parameter_server_suite.hpp"
 
@@ -85,6 +86,48 @@ TEST_CASE("BSP on 1 server x 2 workers and 2 servers x 4 workers equals DataPara
     got = per_rank(servers + workers, [&](ThreadTransport& t) { return bsp_train(t, data, servers, false); });
     for (int r = servers; r < servers + workers; ++r) dp_suite::check_close(got[static_cast<std::size_t>(r)], sgd_ref);
   }
+}
+
+TEST_CASE("instances on one transport: in sequence, and two live at once, each serving only its own requests") {
+  for (auto [servers, workers] : {std::pair{1, 2}, std::pair{2, 4}}) {
+    CAPTURE(servers);
+    std::atomic<long> wrong{0};
+    comm::run_local(servers + workers, [&, s = servers](ThreadTransport& t) {
+      wrong += in_sequence(t, s);
+      wrong += two_at_once(t, s);
+      wrong += in_sequence(t, s);  // the tag ranges the live pair held are free again
+    });
+    CHECK(wrong.load() == 0);
+  }
+}
+
+TEST_CASE("roles from a mesh axis: each node's first rank serves the workers beside it") {
+  std::atomic<long> wrong{0};
+  comm::run_local(6, [&](ThreadTransport& t) {
+    parallel::Mesh<ThreadTransport> mesh(t, {{"node", 2}, {"local", 3}});
+    const ps::Roles by_local = ps::Roles::from_mesh(mesh, "local");
+    CHECK(by_local.servers == std::vector<int>{0, 3});
+    CHECK(by_local.workers == std::vector<int>{1, 2, 4, 5});
+    const ps::Roles by_node = ps::Roles::from_mesh(mesh, "node");
+    CHECK(by_node.servers == std::vector<int>{0, 1, 2});
+    CHECK(ps::Roles::from_mesh(mesh, "local", 2).servers == std::vector<int>{0, 1, 3, 4});
+    CHECK_THROWS_WITH_AS(ps::Roles::from_mesh(mesh, "dp"), doctest::Contains("no axis 'dp' (axes: node, local)"),
+                         ValueError);
+    CHECK_THROWS_WITH_AS(ps::Roles::from_mesh(mesh, "local", 3), doctest::Contains("one that works"), ValueError);
+    wrong += aggregate_sums(t, by_local);  // servers at ranks 0 and 3, not the first two
+  });
+  CHECK(wrong.load() == 0);
+}
+
+TEST_CASE("an idle server sleeps: CPU while 4 workers send nothing for 1.5 s") {
+  std::atomic<double> frac{-1};
+  comm::run_local(5, [&](ThreadTransport& t) {
+    const double f = idle_cpu(t, 1500);
+    if (f >= 0) frac = f;
+  });
+  MESSAGE("process CPU while the server idled: ", frac.load() * 100, "% of a core");
+  CHECK(frac.load() >= 0);
+  CHECK(frac.load() < 0.25);  // a polling loop would take a whole core
 }
 
 TEST_CASE("BSP with Aggregate: servers return the exact sum of the step's gradients") {
