@@ -395,6 +395,50 @@ TEST_CASE("a worker that hangs past the deadline is dropped under ASP") {
   CHECK(contains(outcome[2], "server rank 0"));  // it came back too late: dropped, or the server already gone
 }
 
+TEST_CASE("a worker parked on one server for longer than worker_timeout is not dropped by the other (heartbeats)") {
+  // keys a and b land on servers 0 and 1. Worker rank 3 keeps requesting from
+  // both for 3 s before it clocks; worker rank 2 clocks at once, then waits
+  // in a synced pull of a (server 0 only) until rank 3 clocks: server 1 hears
+  // no request from rank 2 for 3 s, three times its worker_timeout.
+  std::vector<std::vector<ps::DropRecord>> drops(2);
+  std::vector<std::string> outcome(4);
+  comm::run_local(4, [&](ThreadTransport& t) {
+    ps::Options o;
+    o.worker_timeout = std::chrono::milliseconds(1000);
+    o.timeout = std::chrono::milliseconds(20000);
+    o.log_to_stderr = false;
+    parallel::ParameterServer<parallel::ASP, ThreadTransport> s(t, ps::Roles::count(2, 4),
+                                                                {{"a", 8, 1, false}, {"b", 8, 1, false}}, {}, o);
+    if (s.is_server()) {
+      REQUIRE(s.placement().pieces_of(0).size() == 1u);
+      s.serve();
+      drops[static_cast<std::size_t>(t.rank())] = s.drops();
+      return;
+    }
+    auto err = s.run_worker([&](auto& ps) {
+      std::vector<float> a(8), b(8);
+      if (t.rank() == 3) {
+        const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+        while (std::chrono::steady_clock::now() < until) {
+          ps.pull(0, a).wait();
+          ps.pull(1, b).wait();
+          std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        }
+        ps.clock();
+      } else {
+        ps.clock();
+        ps.pull(0, a, true).wait();  // parked on server 0 until rank 3 clocks
+        ps.pull(1, b).wait();
+      }
+    });
+    outcome[static_cast<std::size_t>(t.rank())] = err ? *err : "ok";
+  });
+  CHECK(drops[0].empty());
+  CHECK(drops[1].empty());
+  CHECK(outcome[2] == "ok");
+  CHECK(outcome[3] == "ok");
+}
+
 TEST_CASE("a server that stops answering is an error naming it and the keys it held") {
   std::vector<std::string> outcome(4);
   comm::run_local(4, [&](ThreadTransport& t) {

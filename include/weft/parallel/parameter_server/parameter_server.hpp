@@ -31,7 +31,8 @@
 //
 // Faults: a worker that reports a failure (run_worker catches its exception),
 // or that sends nothing for Options::worker_timeout while it is not waiting on
-// this server, is dead. Under SSP and ASP it is dropped (logged with its rank;
+// this server, is dead (a worker waiting on another server sends a heartbeat
+// every worker_timeout / 4, so its wait is not taken for death). Under SSP and ASP it is dropped (logged with its rank;
 // the others go on); under BSP the step cannot complete, and every later
 // request on every rank fails naming it. A server that fails or stops
 // answering is an error on the workers naming the server and the keys it held.
@@ -849,13 +850,16 @@ class ParameterServer {
       }
     } free{w, sl};
     const auto dl = comm::deadline_after(o_.timeout);
-    const char* what = ps::detail::kind_name(sl.kind);
+    // "pull of key 'w'"; a clock or a leave concerns no key
+    const std::string what = std::string(ps::detail::kind_name(sl.kind)) +
+                             (sl.kind == Kind::clock || sl.kind == Kind::leave
+                                  ? std::string()
+                                  : " of key '" + placement_.keys()[sl.key].name + "'");
     auto fail = [&](comm::WaitStatus st, const char* stage) {
       std::string why = st == comm::WaitStatus::timed_out ? "no answer within " + ps::detail::seconds(o_.timeout)
                                                            : ps::detail::status_text(st) + ": " + t_.failure();
-      throw_error<PsError>("ParameterServer: worker rank ", rank(), ": ", what, " of key '",
-                           placement_.keys()[sl.key].name, "' at clock ", sl.h.clock, " (", stage, ") failed: ",
-                           server_name(sl.server), ": ", why);
+      throw_error<PsError>("ParameterServer: worker rank ", rank(), ": ", what, " at clock ", sl.h.clock, " (", stage,
+                           ") failed: ", server_name(sl.server), ": ", why);
     };
     // a transport that reports the failure itself (MPI, once the server's process died) still names the server
     auto await = [&](typename Transport::Request& r, const char* stage) {
@@ -871,9 +875,8 @@ class ParameterServer {
           heartbeat(sl.server);
         }
       } catch (const std::exception& e) {
-        throw_error<PsError>("ParameterServer: worker rank ", rank(), ": ", what, " of key '",
-                             placement_.keys()[sl.key].name, "' at clock ", sl.h.clock, " (", stage, ") failed: ",
-                             server_name(sl.server), ": ", e.what());
+        throw_error<PsError>("ParameterServer: worker rank ", rank(), ": ", what, " at clock ", sl.h.clock, " (", stage,
+                             ") failed: ", server_name(sl.server), ": ", e.what());
       }
       if (st != comm::WaitStatus::done) fail(st, stage);
     };
@@ -884,8 +887,7 @@ class ParameterServer {
     std::memcpy(&rp, sl.in.data(), sizeof rp);
     const std::byte* body = sl.in.data() + sizeof(Reply);
     if (rp.status != 0) {
-      throw_error<PsError>("ParameterServer: worker rank ", rank(), ": ", what, " of key '", placement_.keys()[sl.key].name,
-                           "' refused by server rank ", roles_.servers[static_cast<std::size_t>(sl.server)], ": ",
+      throw_error<PsError>("ParameterServer: worker rank ", rank(), ": ", what, " refused by server rank ", roles_.servers[static_cast<std::size_t>(sl.server)], ": ",
                            std::string(reinterpret_cast<const char*>(body), rp.bytes));
     }
     if (sl.kind == Kind::pull) {
