@@ -99,6 +99,29 @@ TEST_CASE("instances on one transport: in sequence, and two live at once, each s
     });
     CHECK(wrong.load() == 0);
   }
+  // instances built with different tag_base values still take disjoint ranges;
+  // a tag_base inside a live instance's range is refused on every rank
+  comm::run_local(2, [&](ThreadTransport& t) {
+    using P = parallel::ParameterServer<parallel::ASP, ThreadTransport>;
+    P a(t, ps::Roles::count(1, 2), {{"x", 4, 1, false}}, {}, {});
+    // b's base is not a multiple of the span away from a's: the slot after the one given out last (a's)
+    // overlaps a's range, and must be passed over
+    const comm::Tag span = ps::detail::tag_span;
+    const comm::Tag bb = a.tag_base() >= 0x6000 + 3 * span ? a.tag_base() - 2 * span - 512 : a.tag_base() - 512;
+    P b(t, ps::Roles::count(1, 2), {{"x", 4, 1, false}}, {}, {.tag_base = bb});
+    CHECK(std::max(a.tag_base(), b.tag_base()) - std::min(a.tag_base(), b.tag_base()) >= ps::detail::tag_span);
+    CHECK_THROWS_WITH_AS(P(t, ps::Roles::count(1, 2), {{"x", 4, 1, false}}, {}, {.tag_base = a.tag_base() + 100}),
+                         doctest::Contains("that a live instance uses"), ValueError);
+    if (a.is_server()) {
+      a.start();
+      b.start();
+      a.finish();
+      b.finish();
+    } else {
+      a.leave();
+      b.leave();
+    }
+  });
 }
 
 TEST_CASE("roles from a mesh axis: each node's first rank serves the workers beside it") {

@@ -144,19 +144,35 @@ struct Reply {
 inline constexpr std::uint32_t reply_ids = 1024;
 inline constexpr comm::Tag tag_span = 16 + reply_ids;  // one instance's tags
 
-// The tag ranges (slots above Options::tag_base) that this process's live
-// instances hold, counted per slot (on thread ranks every rank of an instance
-// holds the same slot), and the slot given out last (the next instance takes
-// the next free one, so a late message of a dropped worker meets no new server).
+// The tag ranges that this process's live instances hold, by their first tag
+// (once per rank: on thread ranks every rank of an instance holds the same
+// range), and the range given out last (the next instance takes the next free
+// one, so a late message of a dropped worker meets no new server). Kept as
+// absolute tags, so instances built with different Options::tag_base values
+// still see each other's ranges.
 struct SlotBook {
   std::mutex mu;
-  std::vector<int> held;
-  std::int64_t last = -1;
-  std::uint64_t live_mask() const {
+  std::vector<comm::Tag> held;
+  std::int64_t last = -1;  // first tag of the range given out last
+  // Bit k: slot k above `base` overlaps a held range.
+  std::uint64_t live_mask(comm::Tag base, std::size_t n_slots) const {
     std::uint64_t m = 0;
-    for (std::size_t i = 0; i < held.size(); ++i)
-      if (held[i]) m |= std::uint64_t{1} << i;
+    for (std::size_t k = 0; k < n_slots; ++k) {
+      const comm::Tag lo = base + static_cast<comm::Tag>(k) * tag_span;
+      for (comm::Tag h : held)
+        if (h < lo + tag_span && lo < h + tag_span) m |= std::uint64_t{1} << k;
+    }
     return m;
+  }
+  // The slot above `base` given out last (-1: none there).
+  std::int64_t last_slot(comm::Tag base, std::size_t n_slots) const {
+    if (last < static_cast<std::int64_t>(base)) return -1;
+    const auto k = static_cast<std::size_t>(last - static_cast<std::int64_t>(base)) / tag_span;
+    return k < n_slots ? static_cast<std::int64_t>(k) : -1;
+  }
+  void release(comm::Tag base) {
+    auto it = std::find(held.begin(), held.end(), base);
+    if (it != held.end()) held.erase(it);
   }
 };
 inline SlotBook& slot_book() {
@@ -366,7 +382,7 @@ class ParameterServer {
     }
     ps::detail::SlotBook& book = ps::detail::slot_book();
     std::lock_guard lock(book.mu);
-    --book.held[slot_];
+    book.release(base_);
   }
 
   bool is_server() const { return server_.has_value(); }
@@ -915,7 +931,17 @@ class ParameterServer {
     ps::detail::SlotVote mine;
     {
       std::lock_guard lock(book.mu);
-      mine = {book.live_mask(), book.last};
+      // the agreement's own tags must not be tags a live instance uses (its base + 0, + 1, + 16 on; + 2
+      // and + 3 of a range are free for this). A tag_base a multiple of 1040 away from every live
+      // instance's never clashes; another one is refused here, before anything is sent
+      for (comm::Tag h : book.held)
+        for (comm::Tag v : {o_.tag_base + 2, o_.tag_base + 3})
+          if (v == h || v == h + 1 || (v >= h + 16 && v < h + ps::detail::tag_span))
+            throw_error<ValueError>("ParameterServer on rank ", rank(), ": Options::tag_base ", o_.tag_base,
+                                    " puts the construction's tags on tags [", h, ", ", h + ps::detail::tag_span,
+                                    ") that a live instance uses; choose a tag_base outside every live instance's "
+                                    "range, or the same one");
+      mine = {book.live_mask(o_.tag_base, n_slots), book.last_slot(o_.tag_base, n_slots)};
     }
     const comm::Tag vote_tag = o_.tag_base + 2, answer_tag = o_.tag_base + 3;
     const auto dl = comm::deadline_after(o_.timeout);
@@ -962,12 +988,10 @@ class ParameterServer {
                            " tag ranges above Options::tag_base ", o_.tag_base, " are held by live instances on this "
                            "transport; destroy one first or lower tag_base (each instance takes ", ps::detail::tag_span,
                            " tags)");
-    slot_ = static_cast<std::size_t>(slot);
-    base_ = o_.tag_base + static_cast<comm::Tag>(slot_) * ps::detail::tag_span;
+    base_ = o_.tag_base + static_cast<comm::Tag>(slot) * ps::detail::tag_span;
     std::lock_guard lock(book.mu);
-    if (book.held.size() < n_slots) book.held.resize(std::max<std::size_t>(book.held.size(), 64), 0);
-    ++book.held[slot_];
-    book.last = slot;
+    book.held.push_back(base_);
+    book.last = base_;
   }
 
   // Tells every server but `waiting_on` that this worker is alive (no reply).
@@ -1463,7 +1487,6 @@ class ParameterServer {
   std::thread thread_;
   std::atomic<bool> stop_{false};
   comm::Tag base_ = 0;
-  std::size_t slot_ = 0;
 };
 
 }  // namespace weft::parallel
