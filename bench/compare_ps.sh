@@ -42,12 +42,16 @@ for straggler in transient persistent; do
     done
   done
   if [ "${MPI:-1}" = 1 ] && [ -x "$EXM" ]; then
-    for c in bsp ssp1 ssp4 asp; do
-      run "mpi_1x3_${straggler}_${c}" mpirun --oversubscribe -np 4 "$EXM" --consistency $c --servers 1 --epochs "$E" \
+    for layout in "1 3" "2 4"; do
+      set -- $layout
+      S=$1 W=$2
+      for c in bsp ssp1 ssp4 asp; do
+        run "mpi_${S}x${W}_${straggler}_${c}" mpirun --oversubscribe -np $((S + W)) "$EXM" --consistency $c --servers $S \
+          --epochs "$E" --straggler $straggler --target "$T"
+      done
+      run "mpi_${S}x${W}_${straggler}_dp" mpirun --oversubscribe -np $W "$EXM" --consistency dp --epochs "$E" \
         --straggler $straggler --target "$T"
     done
-    run "mpi_1x3_${straggler}_dp" mpirun --oversubscribe -np 3 "$EXM" --consistency dp --epochs "$E" \
-      --straggler $straggler --target "$T"
   fi
 done
 

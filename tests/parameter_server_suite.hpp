@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <string>
 #include <thread>
+#include <sys/resource.h>
 #include <vector>
 #include <weft/parallel/parameter_server/parameter_server.hpp>
 
@@ -61,11 +62,10 @@ std::vector<float> bsp_train(Transport& t, const Data& data, int n_servers, bool
 // BSP with Aggregate: the servers only sum; every worker pushes (w + 1) * (i + 1)
 // and must read back sum_w (w + 1) * (i + 1) each step. Returns the number of wrong elements.
 template <class Transport>
-long aggregate_sums(Transport& t, int n_servers) {
+long aggregate_sums(Transport& t, const ps::Roles& roles) {
   const std::size_t n = 1000;
   std::vector<ps::Key> keys{{"a", n, 1, false}, {"b", 7, 1, false}};
-  parallel::ParameterServer<parallel::BSP, Transport> server(t, ps::Roles::count(n_servers, t.size()), keys, {},
-                                                             {.update = ps::Aggregate{}});
+  parallel::ParameterServer<parallel::BSP, Transport> server(t, roles, keys, {}, {.update = ps::Aggregate{}});
   if (server.is_server()) {
     server.serve();
     return 0;
@@ -91,6 +91,11 @@ long aggregate_sums(Transport& t, int n_servers) {
   }
   server.leave();
   return wrong;
+}
+
+template <class Transport>
+long aggregate_sums(Transport& t, int n_servers) {
+  return aggregate_sums(t, ps::Roles::count(n_servers, t.size()));
 }
 
 // SSP<S> (or ASP) with `slow` worker rank slow each step (sleeping `slow_ms`, or
@@ -196,6 +201,95 @@ inline std::vector<float> sparse_reference(int W) {
   std::vector<float> t(R * D);
   for (std::size_t i = 0; i < t.size(); ++i) t[i] = static_cast<float>(static_cast<double>(i) * 0.25 - sum[i] / W);
   return t;
+}
+
+// Several instances on ONE transport, one after another: each one's first
+// request must reach its own server (under MPI the first instance's server
+// once left an any-source receive posted that swallowed the next instance's
+// first request), and each must compute what it computes alone. Returns the
+// number of wrong values on this rank.
+template <class Transport>
+long in_sequence(Transport& t, int n_servers) {
+  const int W = t.size() - n_servers;
+  long wrong = aggregate_sums(t, n_servers);
+  wrong += aggregate_sums(t, n_servers);
+  const auto tab = sparse_rows(t, n_servers, nullptr);
+  if (t.rank() >= n_servers) {
+    const auto ref = sparse_reference(W);
+    for (std::size_t i = 0; i < ref.size(); ++i) wrong += std::abs(tab[i] - ref[i]) > 1e-5f * (1 + std::abs(ref[i]));
+  }
+  wrong += aggregate_sums(t, n_servers);
+  return wrong;
+}
+
+// Two instances live at once on ONE transport: A (BSP, Aggregate) and B (ASP,
+// SGD lr 1), each server rank serving both (two progress threads), each
+// worker interleaving requests to A and B. A's pulls must read the exact sums
+// of A's pushes; B's final synced pull must read -steps (each worker pushes
+// a gradient of 1 per step, averaged over the W workers). Returns the number
+// of wrong values on this rank (and counts equal tag ranges as wrong).
+template <class Transport>
+long two_at_once(Transport& t, int n_servers) {
+  const std::size_t na = 100, nb = 60;
+  const int steps = 3;
+  const ps::Roles roles = ps::Roles::count(n_servers, t.size());
+  parallel::ParameterServer<parallel::BSP, Transport> A(t, roles, {{"a", na, 1, false}}, {}, {.update = ps::Aggregate{}});
+  parallel::ParameterServer<parallel::ASP, Transport> B(t, roles, {{"b", nb, 1, false}}, {},
+                                                        {.update = nn::SGDOptions{.lr = 1.0f}});
+  long wrong = A.tag_base() == B.tag_base();
+  if (A.is_server()) {
+    A.start();
+    B.start();
+    A.finish();
+    B.finish();
+    return wrong;
+  }
+  const int w = roles.worker_index(t.rank()), W = static_cast<int>(roles.workers.size());
+  std::vector<float> ga(na), gb(nb, 1.0f), got(na), gotb(nb);
+  for (int s = 0; s < steps; ++s) {
+    for (std::size_t i = 0; i < na; ++i) ga[i] = static_cast<float>((w + 1) * (static_cast<int>(i % 5) + 1 + s));
+    auto pa = A.push(0, ga);
+    auto pb = B.push(0, gb);
+    pa.wait();
+    pb.wait();
+    B.clock();
+    A.clock();
+    A.pull(0, got).wait();
+    const float sw = static_cast<float>(W * (W + 1) / 2);
+    for (std::size_t i = 0; i < na; ++i) wrong += got[i] != sw * static_cast<float>(static_cast<int>(i % 5) + 1 + s);
+  }
+  B.pull(0, gotb, true).wait();
+  for (float v : gotb) wrong += std::abs(v + static_cast<float>(steps)) > 1e-5f;
+  A.leave();
+  B.leave();
+  return wrong;
+}
+
+// An idle server: after one pull each worker sleeps idle_ms sending nothing,
+// then leaves. Returns, on the server rank, the CPU time this process used
+// while serving divided by the wall time (a loop that polled without
+// sleeping would show about 1 core); -1 on the other ranks.
+template <class Transport>
+double idle_cpu(Transport& t, int idle_ms) {
+  parallel::ParameterServer<parallel::ASP, Transport> s(t, ps::Roles::count(1, t.size()), {{"x", 16, 1, false}}, {}, {});
+  auto cpu = [] {
+    rusage u{};
+    getrusage(RUSAGE_SELF, &u);
+    return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+           1e-6 * static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+  };
+  if (s.is_server()) {
+    const double c0 = cpu();
+    const auto w0 = std::chrono::steady_clock::now();
+    s.serve();
+    const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count();
+    return (cpu() - c0) / wall;
+  }
+  std::vector<float> v(16);
+  s.pull(0, v).wait();
+  std::this_thread::sleep_for(std::chrono::milliseconds(idle_ms));
+  s.leave();
+  return -1;
 }
 
 }  // namespace ps_suite

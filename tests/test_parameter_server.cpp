@@ -8,6 +8,7 @@
 #include <mutex>
 #include <string>
 #include <weft/comm/run_local.hpp>
+#include <weft/parallel/mesh.hpp>
 
 #include "parameter_server_suite.hpp"
 
@@ -85,6 +86,71 @@ TEST_CASE("BSP on 1 server x 2 workers and 2 servers x 4 workers equals DataPara
     got = per_rank(servers + workers, [&](ThreadTransport& t) { return bsp_train(t, data, servers, false); });
     for (int r = servers; r < servers + workers; ++r) dp_suite::check_close(got[static_cast<std::size_t>(r)], sgd_ref);
   }
+}
+
+TEST_CASE("instances on one transport: in sequence, and two live at once, each serving only its own requests") {
+  for (auto [servers, workers] : {std::pair{1, 2}, std::pair{2, 4}}) {
+    CAPTURE(servers);
+    std::atomic<long> wrong{0};
+    comm::run_local(servers + workers, [&, s = servers](ThreadTransport& t) {
+      wrong += in_sequence(t, s);
+      wrong += two_at_once(t, s);
+      wrong += in_sequence(t, s);  // the tag ranges the live pair held are free again
+    });
+    CHECK(wrong.load() == 0);
+  }
+  // instances built with different tag_base values still take disjoint ranges;
+  // a tag_base inside a live instance's range is refused on every rank
+  comm::run_local(2, [&](ThreadTransport& t) {
+    using P = parallel::ParameterServer<parallel::ASP, ThreadTransport>;
+    P a(t, ps::Roles::count(1, 2), {{"x", 4, 1, false}}, {}, {});
+    // b's base is not a multiple of the span away from a's: the slot after the one given out last (a's)
+    // overlaps a's range, and must be passed over
+    const comm::Tag span = ps::detail::tag_span;
+    const comm::Tag bb = a.tag_base() >= 0x6000 + 3 * span ? a.tag_base() - 2 * span - 512 : a.tag_base() - 512;
+    P b(t, ps::Roles::count(1, 2), {{"x", 4, 1, false}}, {}, {.tag_base = bb});
+    CHECK(std::max(a.tag_base(), b.tag_base()) - std::min(a.tag_base(), b.tag_base()) >= ps::detail::tag_span);
+    CHECK_THROWS_WITH_AS(P(t, ps::Roles::count(1, 2), {{"x", 4, 1, false}}, {}, {.tag_base = a.tag_base() + 100}),
+                         doctest::Contains("that a live instance uses"), ValueError);
+    if (a.is_server()) {
+      a.start();
+      b.start();
+      a.finish();
+      b.finish();
+    } else {
+      a.leave();
+      b.leave();
+    }
+  });
+}
+
+TEST_CASE("roles from a mesh axis: each node's first rank serves the workers beside it") {
+  std::atomic<long> wrong{0};
+  comm::run_local(6, [&](ThreadTransport& t) {
+    parallel::Mesh<ThreadTransport> mesh(t, {{"node", 2}, {"local", 3}});
+    const ps::Roles by_local = ps::Roles::from_mesh(mesh, "local");
+    CHECK(by_local.servers == std::vector<int>{0, 3});
+    CHECK(by_local.workers == std::vector<int>{1, 2, 4, 5});
+    const ps::Roles by_node = ps::Roles::from_mesh(mesh, "node");
+    CHECK(by_node.servers == std::vector<int>{0, 1, 2});
+    CHECK(ps::Roles::from_mesh(mesh, "local", 2).servers == std::vector<int>{0, 1, 3, 4});
+    CHECK_THROWS_WITH_AS(ps::Roles::from_mesh(mesh, "dp"), doctest::Contains("no axis 'dp' (axes: node, local)"),
+                         ValueError);
+    CHECK_THROWS_WITH_AS(ps::Roles::from_mesh(mesh, "local", 3), doctest::Contains("one that works"), ValueError);
+    wrong += aggregate_sums(t, by_local);  // servers at ranks 0 and 3, not the first two
+  });
+  CHECK(wrong.load() == 0);
+}
+
+TEST_CASE("an idle server sleeps: CPU while 4 workers send nothing for 1.5 s") {
+  std::atomic<double> frac{-1};
+  comm::run_local(5, [&](ThreadTransport& t) {
+    const double f = idle_cpu(t, 1500);
+    if (f >= 0) frac = f;
+  });
+  MESSAGE("process CPU while the server idled: ", frac.load() * 100, "% of a core");
+  CHECK(frac.load() >= 0);
+  CHECK(frac.load() < 0.25);  // a polling loop would take a whole core
 }
 
 TEST_CASE("BSP with Aggregate: servers return the exact sum of the step's gradients") {
@@ -350,6 +416,50 @@ TEST_CASE("a worker that hangs past the deadline is dropped under ASP") {
   CHECK(contains(drops[0].reason, "sent nothing for 0.3 s"));
   CHECK(outcome[1] == "ok");
   CHECK(contains(outcome[2], "server rank 0"));  // it came back too late: dropped, or the server already gone
+}
+
+TEST_CASE("a worker parked on one server for longer than worker_timeout is not dropped by the other (heartbeats)") {
+  // keys a and b land on servers 0 and 1. Worker rank 3 keeps requesting from
+  // both for 3 s before it clocks; worker rank 2 clocks at once, then waits
+  // in a synced pull of a (server 0 only) until rank 3 clocks: server 1 hears
+  // no request from rank 2 for 3 s, three times its worker_timeout.
+  std::vector<std::vector<ps::DropRecord>> drops(2);
+  std::vector<std::string> outcome(4);
+  comm::run_local(4, [&](ThreadTransport& t) {
+    ps::Options o;
+    o.worker_timeout = std::chrono::milliseconds(1000);
+    o.timeout = std::chrono::milliseconds(20000);
+    o.log_to_stderr = false;
+    parallel::ParameterServer<parallel::ASP, ThreadTransport> s(t, ps::Roles::count(2, 4),
+                                                                {{"a", 8, 1, false}, {"b", 8, 1, false}}, {}, o);
+    if (s.is_server()) {
+      REQUIRE(s.placement().pieces_of(0).size() == 1u);
+      s.serve();
+      drops[static_cast<std::size_t>(t.rank())] = s.drops();
+      return;
+    }
+    auto err = s.run_worker([&](auto& ps) {
+      std::vector<float> a(8), b(8);
+      if (t.rank() == 3) {
+        const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+        while (std::chrono::steady_clock::now() < until) {
+          ps.pull(0, a).wait();
+          ps.pull(1, b).wait();
+          std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        }
+        ps.clock();
+      } else {
+        ps.clock();
+        ps.pull(0, a, true).wait();  // parked on server 0 until rank 3 clocks
+        ps.pull(1, b).wait();
+      }
+    });
+    outcome[static_cast<std::size_t>(t.rank())] = err ? *err : "ok";
+  });
+  CHECK(drops[0].empty());
+  CHECK(drops[1].empty());
+  CHECK(outcome[2] == "ok");
+  CHECK(outcome[3] == "ok");
 }
 
 TEST_CASE("a server that stops answering is an error naming it and the keys it held") {

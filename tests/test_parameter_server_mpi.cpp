@@ -2,7 +2,8 @@
 // processes: 1 server x 2 workers, 2 servers x 4 workers): BSP equals one rank
 // with the global batch (what DataParallel equals, test_data_parallel_mpi.cpp),
 // Aggregate returns exact sums, SSP's read log respects the bound, sparse
-// pushes change only the pushed rows. The SIGKILL case is
+// pushes change only the pushed rows, several instances share one transport
+// (in sequence and at once), roles come from a mesh axis. The SIGKILL case is
 // parameter_server_kill.cpp, run by parameter_server_kill.sh.
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
@@ -11,6 +12,7 @@
 #include <mpi.h>
 
 #include <weft/comm/transport/mpi.hpp>
+#include <weft/parallel/mesh.hpp>
 
 #include "comm/mpi_doctest.hpp"
 #include "parameter_server_suite.hpp"
@@ -28,12 +30,31 @@ TEST_CASE("mpi: BSP equals one rank with the global batch (Adam, and SGD with mo
   const int S = servers_for(t.size()), W = t.size() - S;
   auto got = bsp_train(t, data, S, true);
   if (t.rank() >= S) dp_suite::check_close(got, dp_suite::single_rank_adam(data));
-  // A second server on the same communicator could lose its first request to
-  // the first server's still-posted request receive (a matched MPI receive
-  // cannot be cancelled): each instance gets a transport of its own (a dup).
-  MpiTransport t2{MPI_COMM_WORLD};
-  got = bsp_train(t2, data, S, false);
-  if (t2.rank() >= S) dp_suite::check_close(got, dp_suite::shards_in_rank_order_sgd(data, W));
+  // a second instance on the same transport (its server's loop leaves no receive posted)
+  got = bsp_train(t, data, S, false);
+  if (t.rank() >= S) dp_suite::check_close(got, dp_suite::shards_in_rank_order_sgd(data, W));
+}
+
+TEST_CASE("mpi: instances on one transport: in sequence, and two live at once") {
+  MpiTransport t{MPI_COMM_WORLD};
+  const int S = servers_for(t.size());
+  long wrong = in_sequence(t, S);
+  wrong += two_at_once(t, S);
+  wrong += in_sequence(t, S);
+  CHECK(wrong == 0);
+}
+
+TEST_CASE("mpi: roles from a mesh axis") {
+  MpiTransport t{MPI_COMM_WORLD};
+  const int p = t.size();
+  // 6 ranks: {node 2, local 3}, servers 0 and 3; 3 ranks: {local 3}, server 0
+  std::vector<weft::parallel::MeshAxis> axes{{"local", 3}};
+  if (p == 6) axes.insert(axes.begin(), {"node", 2});
+  REQUIRE(p % 3 == 0);
+  weft::parallel::Mesh<MpiTransport> mesh(t, axes);
+  const auto roles = weft::parallel::ps::Roles::from_mesh(mesh, "local");
+  CHECK(roles.servers == (p == 6 ? std::vector<int>{0, 3} : std::vector<int>{0}));
+  CHECK(aggregate_sums(t, roles) == 0);
 }
 
 TEST_CASE("mpi: Aggregate returns the exact sum of the step's gradients") {
@@ -71,6 +92,15 @@ TEST_CASE("mpi: sparse pushes change only the pushed rows") {
     }
     CHECK(changed_wrongly == 0);
     CHECK(off == 0);
+  }
+}
+
+TEST_CASE("mpi: an idle server sleeps (probe, then nap; no receive left posted)") {
+  MpiTransport t{MPI_COMM_WORLD};
+  const double f = idle_cpu(t, 1500);
+  if (f >= 0) {
+    MESSAGE("server process CPU while idle: ", f * 100, "% of a core");
+    CHECK(f < 0.25);  // a polling loop would take a whole core
   }
 }
 

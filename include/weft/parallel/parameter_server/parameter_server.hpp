@@ -6,19 +6,33 @@
 // (consistency.hpp). Worker ranks push gradients and pull weights, both
 // non-blocking, dense or as rows of an embedding table.
 //
-// Wire protocol (all on the transport, tags from Options::tag_base):
+// Wire protocol (all on the transport; `base` is this instance's tag range):
 //   worker -> server  tag base+0: Header (kind, key, range, clock, id, payload bytes)
 //                     tag base+1: the payload, when the header announces one
 //   server -> worker  tag base+16+id: Reply header, then its payload in the same message
-// A server runs one progress thread: it waits on an any-source receive of the
-// next header (the thread transport sleeps on its doorbell; MPI polls with a
-// growing sleep, so an idle server burns no core), serves it, and parks reads
-// that the consistency model says must wait, answering them when the clocks
-// allow. Every wait has a deadline; every error names the server or the worker.
+// Several instances may live on one transport, in sequence or at once: the
+// constructor is collective (rank 0 of the transport gathers every rank's
+// view of the tag ranges its live instances hold, on Options::tag_base + 2
+// and + 3) and every rank takes the same free range of
+// [Options::tag_base, max_tag), so one instance never receives another's
+// requests. A count kept per rank could not do this: on thread ranks rank 0
+// runs on the caller's thread, and counters of different ranks disagree.
+// A server runs one progress thread: it waits for the next header and serves
+// it, and parks reads that the consistency model says must wait, answering
+// them when the clocks allow. It never leaves a receive posted: on MPI a
+// posted any-source receive outlives the loop (a matched receive cannot be
+// cancelled) and would swallow a later instance's first request, so the loop
+// probes (MPI_Iprobe) and then receives from the sender it found, napping
+// between probes (up to 1 ms while requests flow, 10 ms after a second of
+// silence), so an idle server burns no core. The thread transport's receives
+// only take a message when tested, so there the loop sleeps on its doorbell
+// in an any-source wait. Every wait has a deadline; every error names the
+// server or the worker.
 //
 // Faults: a worker that reports a failure (run_worker catches its exception),
 // or that sends nothing for Options::worker_timeout while it is not waiting on
-// this server, is dead. Under SSP and ASP it is dropped (logged with its rank;
+// this server, is dead (a worker waiting on another server sends a heartbeat
+// every worker_timeout / 4, so its wait is not taken for death). Under SSP and ASP it is dropped (logged with its rank;
 // the others go on); under BSP the step cannot complete, and every later
 // request on every rank fails naming it. A server that fails or stops
 // answering is an error on the workers naming the server and the keys it held.
@@ -84,6 +98,9 @@ struct Options {
   // A worker that sends a server nothing for this long while no request of it
   // is parked there is dead (hung, killed).
   std::chrono::milliseconds worker_timeout{30'000};
+  // Instances take disjoint ranges of 16 + 1024 tags from here up to
+  // comm::max_tag (7 live at once from 0x6000); + 2 and + 3 carry the
+  // construction's agreement on the range.
   comm::Tag tag_base = 0x6000;
   bool log_to_stderr = true;  // servers print drops as they happen
   bool record_reads = false;  // servers keep a ReadRecord of every pull (tests)
@@ -105,7 +122,7 @@ struct DropRecord {
 
 namespace detail {
 
-enum class Kind : std::uint32_t { push = 1, pull, push_rows, pull_rows, clock, leave, fail };
+enum class Kind : std::uint32_t { push = 1, pull, push_rows, pull_rows, clock, leave, fail, alive };
 
 struct Header {
   Kind kind{};
@@ -125,6 +142,47 @@ struct Reply {
 };
 
 inline constexpr std::uint32_t reply_ids = 1024;
+inline constexpr comm::Tag tag_span = 16 + reply_ids;  // one instance's tags
+
+// The tag ranges that this process's live instances hold, by their first tag
+// (once per rank: on thread ranks every rank of an instance holds the same
+// range), and the range given out last (the next instance takes the next free
+// one, so a late message of a dropped worker meets no new server). Kept as
+// absolute tags, so instances built with different Options::tag_base values
+// still see each other's ranges.
+struct SlotBook {
+  std::mutex mu;
+  std::vector<comm::Tag> held;
+  std::int64_t last = -1;  // first tag of the range given out last
+  // Bit k: slot k above `base` overlaps a held range.
+  std::uint64_t live_mask(comm::Tag base, std::size_t n_slots) const {
+    std::uint64_t m = 0;
+    for (std::size_t k = 0; k < n_slots; ++k) {
+      const comm::Tag lo = base + static_cast<comm::Tag>(k) * tag_span;
+      for (comm::Tag h : held)
+        if (h < lo + tag_span && lo < h + tag_span) m |= std::uint64_t{1} << k;
+    }
+    return m;
+  }
+  // The slot above `base` given out last (-1: none there).
+  std::int64_t last_slot(comm::Tag base, std::size_t n_slots) const {
+    if (last < static_cast<std::int64_t>(base)) return -1;
+    const auto k = static_cast<std::size_t>(last - static_cast<std::int64_t>(base)) / tag_span;
+    return k < n_slots ? static_cast<std::int64_t>(k) : -1;
+  }
+  void release(comm::Tag base) {
+    auto it = std::find(held.begin(), held.end(), base);
+    if (it != held.end()) held.erase(it);
+  }
+};
+inline SlotBook& slot_book() {
+  static SlotBook b;
+  return b;
+}
+struct SlotVote {
+  std::uint64_t live = 0;  // slots held on the voter
+  std::int64_t last = -1;
+};
 inline constexpr std::size_t max_error_text = 4000;
 
 inline const char* kind_name(Kind k) {
@@ -136,6 +194,7 @@ inline const char* kind_name(Kind k) {
     case Kind::clock: return "clock";
     case Kind::leave: return "leave";
     case Kind::fail: return "fail";
+    case Kind::alive: return "alive";
   }
   return "?";
 }
@@ -254,9 +313,9 @@ class ParameterServer {
       throw_error<ValueError>("ParameterServer<", C::name,
                               ">: Aggregate (servers return the sum of the step's gradients) is defined per step, "
                               "so it needs BSP");
-    if (o_.tag_base + 16 + ps::detail::reply_ids - 1 > comm::max_tag)
-      throw_error<ValueError>("ParameterServer: tag_base ", o_.tag_base, " leaves no room for ", ps::detail::reply_ids,
-                              " reply tags below ", comm::max_tag);
+    if (o_.tag_base + ps::detail::tag_span > comm::max_tag)
+      throw_error<ValueError>("ParameterServer: tag_base ", o_.tag_base, " leaves no room for one instance's ",
+                              ps::detail::tag_span, " tags below ", comm::max_tag);
     if (static_cast<int>(roles_.servers.size() + roles_.workers.size()) != t_.size())
       throw_error<ValueError>("ParameterServer: roles cover ", roles_.servers.size() + roles_.workers.size(),
                               " ranks but the transport has ", t_.size());
@@ -301,6 +360,7 @@ class ParameterServer {
       worker_.emplace();
       worker_->index = roles_.worker_index(t_.rank());
     }
+    agree_on_tags();
   }
 
   // Keys and initial values from a registry (every parameter dense, named as registered).
@@ -320,6 +380,9 @@ class ParameterServer {
       stop_.store(true);
       thread_.join();
     }
+    ps::detail::SlotBook& book = ps::detail::slot_book();
+    std::lock_guard lock(book.mu);
+    book.release(base_);
   }
 
   bool is_server() const { return server_.has_value(); }
@@ -331,6 +394,8 @@ class ParameterServer {
   std::string describe() const { return placement_.describe(roles_.servers); }
   static constexpr const char* consistency() { return C::name; }
   static constexpr std::int64_t staleness() { return C::staleness; }
+  // The first tag of the range this instance took (Options::tag_base + k * (16 + 1024)).
+  comm::Tag tag_base() const { return base_; }
 
   // =========================== server side ===========================
 
@@ -595,8 +660,8 @@ class ParameterServer {
     for (int s = 0; s < placement_.servers(); ++s) {
       Header h{Kind::fail, 0, 0, 0, worker_->clock, 0, 0, text.size()};
       const int peer = roles_.servers[static_cast<std::size_t>(s)];
-      auto a = t_.isend(&h, sizeof h, peer, o_.tag_base);
-      auto b = t_.isend(text.data(), text.size(), peer, o_.tag_base + 1);
+      auto a = t_.isend(&h, sizeof h, peer, base_);
+      auto b = t_.isend(text.data(), text.size(), peer, base_ + 1);
       const auto dl = comm::deadline_after(std::chrono::milliseconds(std::min<long long>(o_.timeout.count(), 5000)));
       ps::detail::wait_idle(t_, a, dl);
       ps::detail::wait_idle(t_, b, dl);
@@ -653,7 +718,12 @@ class ParameterServer {
     std::size_t cols = 1;
     typename Transport::Request hreq, dreq, rreq;
   };
+  struct Beat {
+    Header h;
+    typename Transport::Request req;
+  };
   struct Worker {
+    std::deque<Beat> beats;  // heartbeats in flight (their headers must outlive the sends)
     int index = 0;
     std::int64_t clock = 0;
     bool left = false;
@@ -774,12 +844,12 @@ class ParameterServer {
     const std::size_t reply_payload = std::max(dst_n * sizeof(float), ps::detail::max_error_text);
     sl.in.resize(sizeof(Reply) + reply_payload);
     sl.rreq = t_.irecv(sl.in.data(), sl.in.size(), peer, reply_tag(sl.id));
-    sl.hreq = t_.isend(&sl.h, sizeof(Header), peer, o_.tag_base);
-    sl.dreq = payload_bytes ? t_.isend(payload, payload_bytes, peer, o_.tag_base + 1) : typename Transport::Request{};
+    sl.hreq = t_.isend(&sl.h, sizeof(Header), peer, base_);
+    sl.dreq = payload_bytes ? t_.isend(payload, payload_bytes, peer, base_ + 1) : typename Transport::Request{};
     ++w.outstanding[static_cast<std::size_t>(s)];
     return i;
   }
-  comm::Tag reply_tag(std::uint32_t id) const { return o_.tag_base + 16 + id; }
+  comm::Tag reply_tag(std::uint32_t id) const { return base_ + 16 + id; }
   std::pair<std::size_t, std::uint64_t> tagged(std::size_t i) const { return {i, worker_->slots[i].gen}; }
 
   // Waits for slot i's reply; copies a pull's values out; throws on an error reply.
@@ -796,23 +866,44 @@ class ParameterServer {
       }
     } free{w, sl};
     const auto dl = comm::deadline_after(o_.timeout);
-    const char* what = ps::detail::kind_name(sl.kind);
+    // "pull of key 'w'"; a clock or a leave concerns no key
+    const std::string what = std::string(ps::detail::kind_name(sl.kind)) +
+                             (sl.kind == Kind::clock || sl.kind == Kind::leave
+                                  ? std::string()
+                                  : " of key '" + placement_.keys()[sl.key].name + "'");
     auto fail = [&](comm::WaitStatus st, const char* stage) {
       std::string why = st == comm::WaitStatus::timed_out ? "no answer within " + ps::detail::seconds(o_.timeout)
                                                            : ps::detail::status_text(st) + ": " + t_.failure();
-      throw_error<PsError>("ParameterServer: worker rank ", rank(), ": ", what, " of key '",
-                           placement_.keys()[sl.key].name, "' at clock ", sl.h.clock, " (", stage, ") failed: ",
-                           server_name(sl.server), ": ", why);
+      throw_error<PsError>("ParameterServer: worker rank ", rank(), ": ", what, " at clock ", sl.h.clock, " (", stage,
+                           ") failed: ", server_name(sl.server), ": ", why);
     };
-    if (auto st = ps::detail::wait_idle(t_, sl.hreq, dl); st != comm::WaitStatus::done) fail(st, "sending the request");
-    if (auto st = ps::detail::wait_idle(t_, sl.dreq, dl); st != comm::WaitStatus::done) fail(st, "sending the payload");
-    if (auto st = ps::detail::wait_idle(t_, sl.rreq, dl); st != comm::WaitStatus::done) fail(st, "waiting for the reply");
+    // a transport that reports the failure itself (MPI, once the server's process died) still names the server
+    auto await = [&](typename Transport::Request& r, const char* stage) {
+      comm::WaitStatus st;
+      try {
+        // in slices of worker_timeout / 4: a worker waiting here (a parked read, a slow server) tells the
+        // other servers it is alive, or they would take its silence for death
+        for (;;) {
+          const auto slice = comm::deadline_after(std::max<std::chrono::milliseconds>(
+              std::chrono::milliseconds(1), o_.worker_timeout / 4));
+          st = ps::detail::wait_idle(t_, r, std::min(dl, slice));
+          if (st != comm::WaitStatus::timed_out || comm::Clock::now() >= dl) break;
+          heartbeat(sl.server);
+        }
+      } catch (const std::exception& e) {
+        throw_error<PsError>("ParameterServer: worker rank ", rank(), ": ", what, " at clock ", sl.h.clock, " (", stage,
+                             ") failed: ", server_name(sl.server), ": ", e.what());
+      }
+      if (st != comm::WaitStatus::done) fail(st, stage);
+    };
+    await(sl.hreq, "sending the request");
+    await(sl.dreq, "sending the payload");
+    await(sl.rreq, "waiting for the reply");
     Reply rp;
     std::memcpy(&rp, sl.in.data(), sizeof rp);
     const std::byte* body = sl.in.data() + sizeof(Reply);
     if (rp.status != 0) {
-      throw_error<PsError>("ParameterServer: worker rank ", rank(), ": ", what, " of key '", placement_.keys()[sl.key].name,
-                           "' refused by server rank ", roles_.servers[static_cast<std::size_t>(sl.server)], ": ",
+      throw_error<PsError>("ParameterServer: worker rank ", rank(), ": ", what, " refused by server rank ", roles_.servers[static_cast<std::size_t>(sl.server)], ": ",
                            std::string(reinterpret_cast<const char*>(body), rp.bytes));
     }
     if (sl.kind == Kind::pull) {
@@ -828,12 +919,141 @@ class ParameterServer {
     }
   }
 
+  // ---- construction: every rank takes the same free tag range ----
+  // Rank 0 gathers each rank's live slots and last slot (Options::tag_base + 2),
+  // picks the first slot after the last one given out that no rank holds, and
+  // sends it back (+ 3); every rank then holds it until its instance is destroyed.
+  // Also a barrier: no worker sends a request before every server rank has
+  // built this instance (so, used in sequence, the previous one has finished).
+  void agree_on_tags() {
+    const std::size_t n_slots = std::min<std::size_t>(64, (comm::max_tag - o_.tag_base) / ps::detail::tag_span);
+    ps::detail::SlotBook& book = ps::detail::slot_book();
+    ps::detail::SlotVote mine;
+    {
+      std::lock_guard lock(book.mu);
+      // the agreement's own tags must not be tags a live instance uses (its base + 0, + 1, + 16 on; + 2
+      // and + 3 of a range are free for this). A tag_base a multiple of 1040 away from every live
+      // instance's never clashes; another one is refused here, before anything is sent
+      for (comm::Tag h : book.held)
+        for (comm::Tag v : {o_.tag_base + 2, o_.tag_base + 3})
+          if (v == h || v == h + 1 || (v >= h + 16 && v < h + ps::detail::tag_span))
+            throw_error<ValueError>("ParameterServer on rank ", rank(), ": Options::tag_base ", o_.tag_base,
+                                    " puts the construction's tags on tags [", h, ", ", h + ps::detail::tag_span,
+                                    ") that a live instance uses; choose a tag_base outside every live instance's "
+                                    "range, or the same one");
+      mine = {book.live_mask(o_.tag_base, n_slots), book.last_slot(o_.tag_base, n_slots)};
+    }
+    const comm::Tag vote_tag = o_.tag_base + 2, answer_tag = o_.tag_base + 3;
+    const auto dl = comm::deadline_after(o_.timeout);
+    const int p = t_.size();
+    std::int64_t slot = -1;
+    auto fail = [&](int peer, comm::WaitStatus st, const char* what) {
+      throw_error<PsError>("ParameterServer<", C::name, "> construction on rank ", rank(), ": ", what, " rank ", peer,
+                           " ", st == comm::WaitStatus::timed_out ? "within " + ps::detail::seconds(o_.timeout)
+                                                                   : "(" + ps::detail::status_text(st) + ": " + t_.failure() + ")",
+                           " (every rank of the transport builds each ParameterServer, in the same order)");
+    };
+    if (rank() == 0) {
+      std::vector<ps::detail::SlotVote> votes(static_cast<std::size_t>(p));
+      std::vector<typename Transport::Request> rq(static_cast<std::size_t>(p));
+      for (int q = 1; q < p; ++q)
+        rq[static_cast<std::size_t>(q)] = t_.irecv(&votes[static_cast<std::size_t>(q)], sizeof(ps::detail::SlotVote), q, vote_tag);
+      votes[0] = mine;
+      for (int q = 1; q < p; ++q)
+        if (auto st = ps::detail::wait_idle(t_, rq[static_cast<std::size_t>(q)], dl); st != comm::WaitStatus::done)
+          fail(q, st, "no word from");
+      std::uint64_t live = 0;
+      std::int64_t last = -1;
+      for (const auto& v : votes) {
+        live |= v.live;
+        last = std::max(last, v.last);
+      }
+      for (std::size_t k = 1; k <= n_slots && slot < 0; ++k) {
+        const std::size_t c = static_cast<std::size_t>(last + static_cast<std::int64_t>(k)) % n_slots;
+        if (!(live >> c & 1)) slot = static_cast<std::int64_t>(c);
+      }
+      std::vector<typename Transport::Request> sq;
+      for (int q = 1; q < p; ++q) sq.push_back(t_.isend(&slot, sizeof slot, q, answer_tag));
+      for (std::size_t i = 0; i < sq.size(); ++i)
+        if (auto st = ps::detail::wait_idle(t_, sq[i], dl); st != comm::WaitStatus::done)
+          fail(static_cast<int>(i) + 1, st, "could not answer");
+    } else {
+      auto sr = t_.isend(&mine, sizeof mine, 0, vote_tag);
+      auto rr = t_.irecv(&slot, sizeof slot, 0, answer_tag);
+      if (auto st = ps::detail::wait_idle(t_, sr, dl); st != comm::WaitStatus::done) fail(0, st, "no answer from");
+      if (auto st = ps::detail::wait_idle(t_, rr, dl); st != comm::WaitStatus::done) fail(0, st, "no answer from");
+    }
+    if (slot < 0)
+      throw_error<PsError>("ParameterServer<", C::name, "> on rank ", rank(), ": all ", n_slots,
+                           " tag ranges above Options::tag_base ", o_.tag_base, " are held by live instances on this "
+                           "transport; destroy one first or lower tag_base (each instance takes ", ps::detail::tag_span,
+                           " tags)");
+    base_ = o_.tag_base + static_cast<comm::Tag>(slot) * ps::detail::tag_span;
+    std::lock_guard lock(book.mu);
+    book.held.push_back(base_);
+    book.last = base_;
+  }
+
+  // Tells every server but `waiting_on` that this worker is alive (no reply).
+  // Never after leave() or a failure report: one sender's messages on one tag
+  // arrive in order, so every beat reaches a server before the leave, and no
+  // beat is left for a later instance on the same tags.
+  void heartbeat(int waiting_on) {
+    Worker& w = *worker_;
+    if (w.left) return;
+    while (!w.beats.empty() && t_.test(w.beats.front().req)) w.beats.pop_front();
+    if (w.beats.size() > 8 * static_cast<std::size_t>(placement_.servers())) return;  // a server takes none: it will not miss more
+    for (int s = 0; s < placement_.servers(); ++s) {
+      if (s == waiting_on) continue;
+      Beat& b = w.beats.emplace_back();
+      b.h = Header{Kind::alive, 0, 0, 0, w.clock, 0, 0, 0};
+      b.req = t_.isend(&b.h, sizeof(Header), roles_.servers[static_cast<std::size_t>(s)], base_);
+    }
+  }
+
   // ---- the server's progress loop ----
+  // The next request header (a header, its sender), without leaving a receive
+  // posted when it returns (see the top of this file): thread ranks sleep on
+  // their doorbell in an any-source wait (a thread receive only takes a
+  // message when tested); others probe, nap, and receive from the sender found.
+  comm::WaitStatus next_header(Header& h, int& peer, comm::Deadline dl, comm::Clock::time_point& last_request) {
+    if constexpr (comm::TracksArrival<Transport>) {
+      auto req = t_.irecv_any(&h, sizeof h, base_);
+      const auto st = t_.wait(req, dl);
+      if (st == comm::WaitStatus::done) peer = req.peer();
+      return st;
+    } else {
+      std::chrono::microseconds nap{0};
+      for (int i = 0;; ++i) {
+        if (auto pr = t_.iprobe(base_)) {
+          if (pr->bytes != sizeof h)
+            throw_error<PsError>("a ", pr->bytes, "-byte message from rank ", pr->peer, " on the request tag ", base_,
+                                 " (a request header has ", sizeof h, " bytes): another user of tags [", base_, ", ",
+                                 base_ + ps::detail::tag_span, ") on this transport?");
+          peer = pr->peer;
+          auto req = t_.irecv(&h, sizeof h, peer, base_);
+          const auto st = ps::detail::wait_idle(t_, req, comm::deadline_after(o_.worker_timeout));
+          last_request = comm::Clock::now();
+          return st;
+        }
+        const auto now = comm::Clock::now();
+        if (now >= dl) return comm::WaitStatus::timed_out;
+        if (i < 64) {
+          std::this_thread::yield();
+          continue;
+        }
+        const auto cap = now - last_request > std::chrono::seconds(1) ? std::chrono::microseconds(10'000)
+                                                                       : std::chrono::microseconds(1'000);
+        nap = std::min<std::chrono::microseconds>(cap, nap + std::chrono::microseconds(20));
+        std::this_thread::sleep_for(std::min<comm::Duration>(nap, dl - now));
+      }
+    }
+  }
+
   void serve_loop() {
     Server& S = *server_;
-    const std::size_t W = roles_.workers.size();
     Header h;
-    auto req = t_.irecv_any(&h, sizeof h, o_.tag_base);
+    auto last_request = comm::Clock::now();
     const auto slice = std::chrono::milliseconds(50);
     for (;;) {
       progress_outgoing();
@@ -846,7 +1066,8 @@ class ParameterServer {
         break;
       }
       if (stop_.load()) break;
-      const auto st = ps::detail::wait_idle(t_, req, comm::Clock::now() + slice);
+      int peer = -1;
+      const auto st = next_header(h, peer, comm::Clock::now() + slice, last_request);
       if (st == comm::WaitStatus::timed_out) {
         check_deadlines();
         continue;
@@ -861,14 +1082,13 @@ class ParameterServer {
         // thread transport: a rank failed outside the protocol, every wait now ends at once
         throw_error<PsError>("receiving requests: ", ps::detail::status_text(st), ": ", t_.failure());
       }
-      const int peer = req.peer();
-      Header got = h;
-      req = t_.irecv_any(&h, sizeof h, o_.tag_base);  // the next one, while this one is served
+      const Header got = h;
       const int w = roles_.worker_index(peer);
+      if (w < 0 && got.kind == Kind::alive) continue;  // a stray heartbeat of an earlier instance: harmless
       if (w < 0) throw_error<PsError>("a request from rank ", peer, ", which is not a worker (workers: ", list(roles_.workers), ")");
       std::vector<std::byte> payload(got.bytes);
       if (got.bytes) {
-        auto d = t_.irecv(payload.data(), payload.size(), peer, o_.tag_base + 1);
+        auto d = t_.irecv(payload.data(), payload.size(), peer, base_ + 1);
         if (auto s2 = ps::detail::wait_idle(t_, d, comm::deadline_after(o_.worker_timeout)); s2 != comm::WaitStatus::done) {
           drop_worker(w, "its " + std::string(ps::detail::kind_name(got.kind)) + " payload did not arrive (" +
                              ps::detail::status_text(s2) + ")");
@@ -879,7 +1099,6 @@ class ParameterServer {
       handle(w, peer, got, std::move(payload));
       S.served.fetch_add(1, std::memory_order_relaxed);
       check_deadlines();
-      (void)W;
     }
   }
 
@@ -1024,6 +1243,7 @@ class ParameterServer {
     Server& S = *server_;
     const auto wi = static_cast<std::size_t>(w);
     const std::string who = "worker rank " + std::to_string(peer);
+    if (h.kind == Kind::alive) return;  // last_heard is updated: nothing else to do, no reply
     if (h.kind == Kind::fail) {
       drop_worker(w, "it failed: " + std::string(reinterpret_cast<const char*>(payload.data()), payload.size()));
       return;
@@ -1266,6 +1486,7 @@ class ParameterServer {
   std::optional<Worker> worker_;
   std::thread thread_;
   std::atomic<bool> stop_{false};
+  comm::Tag base_ = 0;
 };
 
 }  // namespace weft::parallel

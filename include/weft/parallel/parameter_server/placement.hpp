@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "../../core/error.hpp"
@@ -17,7 +18,8 @@
 namespace weft::parallel::ps {
 
 // Ranks' roles. `count(s, p)`: ranks 0..s-1 serve, the others work;
-// `of(servers, p)`: the listed ranks serve (any split the user chose).
+// `of(servers, p)`: the listed ranks serve (any split the user chose);
+// `from_mesh(mesh, axis, k)`: the ranks at coordinates 0..k-1 of a mesh axis serve.
 struct Roles {
   std::vector<int> servers, workers;
 
@@ -44,6 +46,33 @@ struct Roles {
     std::vector<int> s(static_cast<std::size_t>(n_servers));
     for (int i = 0; i < n_servers; ++i) s[static_cast<std::size_t>(i)] = i;
     return of(std::move(s), size);
+  }
+  // From a mesh axis (parallel::Mesh, or anything with axes() of {name, size}
+  // and size()): the ranks whose coordinate along `axis` is below `serving`
+  // serve, the rest work. With {{"node", 2}, {"local", 4}} and axis "local",
+  // each node's first rank serves the three workers beside it (ranks 0 and 4),
+  // the co-located placement of BytePS; with axis "node", node 0 serves.
+  template <class M>
+  static Roles from_mesh(const M& mesh, std::string_view axis, int serving = 1) {
+    const auto& axes = mesh.axes();
+    std::size_t a = axes.size();
+    std::string names;
+    for (std::size_t i = 0; i < axes.size(); ++i) {
+      names += (i ? ", " : "") + axes[i].name;
+      if (axes[i].name == axis) a = i;
+    }
+    if (a == axes.size())
+      throw_error<ValueError>("ps::Roles::from_mesh: the mesh has no axis '", std::string(axis), "' (axes: ", names, ")");
+    const int n = axes[a].size;
+    if (serving < 1 || serving >= n)
+      throw_error<ValueError>("ps::Roles::from_mesh: ", serving, " serving coordinates of axis '", std::string(axis),
+                              "' (size ", n, "): need at least one coordinate that serves and one that works");
+    int stride = 1;  // row-major, the last axis innermost (mesh.hpp)
+    for (std::size_t i = a + 1; i < axes.size(); ++i) stride *= axes[i].size;
+    std::vector<int> s;
+    for (int q = 0; q < mesh.size(); ++q)
+      if ((q / stride) % n < serving) s.push_back(q);
+    return of(std::move(s), mesh.size());
   }
   int server_index(int rank) const { return index_in(servers, rank); }
   int worker_index(int rank) const { return index_in(workers, rank); }
