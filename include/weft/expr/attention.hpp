@@ -105,6 +105,10 @@ struct Attention : ExprTag {
     } else if constexpr (std::is_same_v<typename detail::leaf_storage<E>::type, T>) {
       const int r = e.v.shape.rank;
       if (e.v.strides[r - 1] == 1 || e.v.shape[r - 1] == 1) return e.v;
+    } else if constexpr (detail::is_view_node<E>::value) {
+      // A view node (heads of a let() projection) after its forward: its value in place.
+      const int r = st.val.shape.rank;
+      if (st.val.strides[r - 1] == 1 || st.val.shape[r - 1] == 1) return st.val;
     }
     return materialise(e, st, ex);
   }

@@ -170,6 +170,14 @@ struct MatMul : ExprTag {
 
   template <class X>
   State forward(const X& ex) const {
+    return forward_onto(ex, View{});
+  }
+  // The product added onto `init` broadcast to the output's shape (a bias
+  // (N,): expr/affine.hpp): init is written first and the gemm accumulates
+  // onto it (beta 1), which costs what beta 0 does (the gemm's own pass over
+  // its output). No init (data null): the plain product.
+  template <class X>
+  State forward_onto(const X& ex, const View& init) const {
     State st{a.forward(ex), b.forward(ex), {}, {}, {}, {}, false};
     st.av = operand(a, st.a, ex);
     st.bv = operand(b, st.b, ex);
@@ -179,7 +187,13 @@ struct MatMul : ExprTag {
       st.folded = true;
       st.av = af;
     }
-    product(ex, st, st.av, st.bv, rows(st, st.val), value_type(0));
+    value_type beta(0);
+    if (init.data) {
+      kernels::evaluate(ex, BoundTensor<value_type>{init.data, aligned_strides(init.shape, init.strides, out), init.shape, init.strides},
+                        st.val);
+      beta = value_type(1);
+    }
+    product(ex, st, st.av, st.bv, rows(st, st.val), beta);
     return st;
   }
   // A buffer of the output's (or A's) shape as gemm sees it: folded into rows when the product is.

@@ -236,6 +236,7 @@ struct View : ExprTag {
     typename A::State a;
     Buf val;  // the view itself: out's shape, strided into the child's value (or a copy)
     Buf adj;  // compact, out's shape
+    bool direct = false;  // adjoint added straight into a let() value's buffer (see bind)
   };
 
   // The child's value where it already lies, or evaluated once (contiguous).
@@ -273,6 +274,18 @@ struct View : ExprTag {
   auto bind(State& st, const Shape& o, G& g) const {
     const Strides rs = aligned_strides(out, st.val.strides, o);
     if constexpr (G::active) {
+      if constexpr (detail::is_shared<A>::value) {
+        // A view of a let() value read in place (q, k, v sliced from one
+        // projection): its adjoint goes through the same strides straight
+        // into the let's buffer, which every occurrence adds into and which
+        // is zeroed before any of them runs. No buffer of the view's own, no
+        // pass undoing the steps. Only where the region reads the view
+        // unbroadcast: a broadcast adjoint is summed through scratch, into a
+        // compact target.
+        const index_t off = st.val.data - a.val;
+        st.direct = a.adj != nullptr && off >= 0 && off < a.s.numel() && o == out;
+        if (st.direct) return BoundBuffer<T, true>{st.val.data, a.adj + off, rs, out, st.val.strides, nullptr, rs};
+      }
       if constexpr (needs_grad<A, G>()) {
         st.adj = kernels::zeros<T>(g.exec(), out);
         return BoundBuffer<T, true>{st.val.data, st.adj.data, rs, out, st.val.strides, nullptr,
@@ -291,6 +304,7 @@ struct View : ExprTag {
   template <class G>
   void backward_children(State& st, G& g) const {
     if constexpr (needs_grad<A, G>()) {
+      if (st.direct) return;  // already in the let's buffer (bind)
       const auto& ex = g.exec();
       Buf d = st.adj;
       for (int i = chain.n - 1; i >= 0; --i) {

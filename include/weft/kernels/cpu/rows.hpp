@@ -98,6 +98,8 @@ void layer_norm_rows(const T* xs, const T* gamma, const T* beta, T eps, T* ys, T
     const T mu = row_sum<T>(d, [&](index_t j) { return x[j]; }) / static_cast<T>(d);
     const T var = row_sum<T>(d, [&](index_t j) { return (x[j] - mu) * (x[j] - mu); });
     T rs = T(1) / math::sqrt(var / static_cast<T>(d) + eps);
+    // y never overlaps x, gamma or beta (the node's own buffer): vectorise without alias checks.
+    WEFT_IVDEP
     for (index_t j = 0; j < d; ++j) y[j] = (x[j] - mu) * rs * gamma[j] + beta[j];
     mean[r] = mu;
     rstd[r] = rs;
@@ -141,6 +143,9 @@ void layer_norm_rows_backward(const T* xs, const T* dys, const T* gamma, const T
       const T mu = mean[r], rs = rstd[r];
       const T mg = row_sum<T>(d, [&](index_t j) { return dy[j] * gamma[j]; }) / static_cast<T>(d);
       const T mgx = row_sum<T>(d, [&](index_t j) { return dy[j] * gamma[j] * ((x[j] - mu) * rs); }) / static_cast<T>(d);
+      // dx, the partials and the inputs are distinct buffers: without the
+      // pragma the stores through cur and out keep this loop scalar.
+      WEFT_IVDEP
       for (index_t j = 0; j < d; ++j) {
         const T xhat = (x[j] - mu) * rs;
         cur[j] += dy[j] * xhat;
