@@ -29,6 +29,8 @@ struct Affine : ExprTag {
   static constexpr int static_rank = M::static_rank;
   static constexpr int param_occurrences = M::param_occurrences + 1;  // the product's and the bias
 
+  static constexpr bool value_in_state = true;  // M::State's val and adj (see MatMul)
+
   M m;
   P* bias;  // (N,)
 
@@ -55,20 +57,9 @@ struct Affine : ExprTag {
   // The bias first (final at once, like the weight's gradient), then the product's operands.
   template <class G>
   void backward_children(State& st, G& g) const {
-    const auto& ex = g.exec();
     const Shape s = m.shape();
     const index_t n = s.back(), r = n ? s.numel() / n : 0;
-    const Shape rs{r, n};  // (R, N)
-    const Strides c = contiguous_strides(rs);
-    auto colsum = kernels::alloc<T>(ex, Shape{n});
-    kernels::reduce_into<kernels::SumOp>(ex, BoundTensor<T>{st.adj.data, aligned_strides(rs, c, rs), rs, c}, rs, colsum.data,
-                                         aligned_strides(Shape{n}, Strides{{1}}, rs), n);
-    auto db = g.grad_of(*bias);  // (N,) += colsum
-    const Strides c1 = aligned_strides(Shape{n}, Strides{{1}}, Shape{n});
-    kernels::evaluate(ex,
-                      BoundBinary<op::Add, BoundTensor<T>, BoundTensor<T>>{{db.data, c1, Shape{n}, Strides{{1}}},
-                                                                           {colsum.data, c1, Shape{n}, Strides{{1}}}},
-                      db);
+    kernels::sum_rows(g.exec(), static_cast<const T*>(st.adj.data), r, n, g.grad_of(*bias).data);  // (R, N) -> (N,)
     g.param_done(*bias);
     m.backward_children(st, g);
   }

@@ -249,6 +249,8 @@ struct View : ExprTag {
     } else if constexpr (detail::is_const_leaf<A>::value || detail::is_arg<A>::value) {
       if constexpr (std::is_same_v<typename decltype(a.v)::value_type, T>) return a.v;
       else return materialise(a, sa, ex);
+    } else if constexpr (requires { requires A::value_in_state; }) {
+      return sa.val;  // a matmul's or attention's value where it lies (expr/matmul.hpp)
     } else {
       return materialise(a, sa, ex);
     }
@@ -362,6 +364,22 @@ static_assert(Expression<View<Leaf<float, cpu>>>);
 
 namespace detail {
 
+// Backward into child e given its adjoint `d` (contiguous, e's shape, in
+// workspace memory): a node whose value and adjoint live in its state takes d
+// as its adjoint (no zeroed buffer, no pass copying d into it); anything else
+// runs its region seeded with d.
+template <class G, class E, class V>
+void backward_into(G& g, const E& e, typename E::State& st, const V& d) {
+  if constexpr (requires { requires E::value_in_state; }) {
+    st.adj = d;
+    e.backward_children(st, g);
+  } else {
+    const Shape s = e.shape();
+    g.run_region(e, st, s, kernels::BufferSeed<typename E::value_type>{d.data, aligned_strides(s, contiguous_strides(s), s),
+                                                                       typename E::value_type(1)});
+  }
+}
+
 // Node e's value where it already lies in memory (a tensor, an input, a
 // parameter, a let() value, a view: after forward), for materialising nodes
 // that can read their operand in place; a view with data == nullptr when it
@@ -377,6 +395,8 @@ TensorView<typename E::value_type, typename E::device_type> value_in_place(const
     if constexpr (std::is_same_v<typename decltype(e.v)::value_type, typename E::value_type>) return e.v;
     else return V();
   } else if constexpr (is_view_node<E>::value) {
+    return st.val;
+  } else if constexpr (requires { requires E::value_in_state; }) {
     return st.val;
   } else {
     return V();
