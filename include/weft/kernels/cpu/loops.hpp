@@ -55,14 +55,14 @@ WEFT_LOOP_FN void evaluate(const B& bound, TensorView<T, weft::cpu> dst) {
   }
   if (dst.is_contiguous()) {
     // Row by row (a broadcast operand, such as a bias written into every row
-    // of a product's output): the loop over the last axis vectorises, under
-    // the same no-alias argument as above.
+    // of a product's output): the loop over the last axis vectorises (no
+    // ivdep: GCC turns some of these loops into memset/memcpy and then warns
+    // that it ignored the annotation).
     const Shape p = padded(dst.shape);
     for (index_t i0 = 0; i0 < p[0]; ++i0)
       for (index_t i1 = 0; i1 < p[1]; ++i1)
         for (index_t i2 = 0; i2 < p[2]; ++i2) {
           T* row = dst.data + ((i0 * p[1] + i1) * p[2] + i2) * p[3];
-          WEFT_IVDEP
           for (index_t i3 = 0; i3 < p[3]; ++i3) row[i3] = from_compute<T>(value_at(b, Index4{{i0, i1, i2, i3}}));
         }
     return;
