@@ -547,7 +547,7 @@ TEST_CASE("affine equals matmul + bias: values, gradients of x, W and b, shape e
     CHECK(std::abs(b.grad(j) - (up - down) / (2 * h)) < 1e-6);
   }
   Parameter<double> bad("bad", {N + 1});
-  CHECK(error_of([&] { (void)affine(x, W, bad); }).find("affine: bias (8) is not (7,)") != std::string::npos);
+  CHECK(error_of([&] { (void)affine(x, W, bad); }).find("affine: bias (8,) is not (7,)") != std::string::npos);
 }
 
 // The column sums of the bias gradient (kernels/cpu/rows.hpp) against the
