@@ -1,6 +1,6 @@
 // affine(x, W, b) = matmul(x, W) + b, with the bias inside the matmul node:
 //   forward   C = b (broadcast over the output's rows), then C += x W (one gemm, beta 1)
-//   backward  db += column sums of dC (one cascade per column),
+//   backward  db += column sums of dC (kernels::sum_rows: 16-row blocks as a cascade),
 //             dW, dx as matmul's (expr/matmul.hpp)
 // Why a node: written as `matmul(x, W) + b` the bias is a leaf broadcast over
 // every row of the elementwise region above the product, so backward cannot
@@ -12,7 +12,6 @@
 // Dimension legend: R rows (all leading axes of the output), K inner, N out.
 #pragma once
 
-#include "elementwise.hpp"
 #include "matmul.hpp"
 #include "node.hpp"
 #include "parameter.hpp"
