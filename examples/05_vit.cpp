@@ -2,13 +2,14 @@
 // learned positions, pre-LN transformer blocks with fused attention, mean
 // pooling, a linear head; AdamW with warm-up and cosine decay.
 //
-//   build/examples/05_vit [epochs = 6] [batch = 128] [seed = 1] [--quick]
+//   build/examples/05_vit [epochs = 6] [batch = 128] [seed = 1] [--quick] [--no-augment]
 //
 // Model: 28 x 28 images cut into 4 x 4 patches (49 tokens of 16 pixels),
 // width C = 64, 4 heads, 3 blocks (MLP 128, exact GELU), final LayerNorm, mean
 // over tokens, linear head to 10 classes. Augmentation: random shifts by up
 // to 2 pixels and horizontal flips. Deterministic for a seed (one BLAS thread).
-// --quick: 2000 training images, 1 epoch (CI smoke run).
+// --quick: 2000 training images, 1 epoch (CI smoke run). --no-augment: train
+// on the images as they are (the small model underfits in a few epochs: see README).
 // Dimension legend: B batch, P = 49 patches, K = 16 pixels per patch, C width.
 #include <algorithm>
 #include <chrono>
@@ -76,9 +77,16 @@ void make_batch(const ViT& m, const Tensor<float>& images, const std::vector<ind
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false;
+  bool quick = false, augment = true;
   std::vector<const char*> pos_args;
-  for (int i = 1; i < argc; ++i) (std::strcmp(argv[i], "--quick") == 0 ? (void)(quick = true) : pos_args.push_back(argv[i]));
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--quick") == 0)
+      quick = true;
+    else if (std::strcmp(argv[i], "--no-augment") == 0)
+      augment = false;
+    else
+      pos_args.push_back(argv[i]);
+  }
   const int epochs = quick ? 1 : (pos_args.size() > 0 ? std::atoi(pos_args[0]) : 6);
   const index_t batch = pos_args.size() > 1 ? std::atoll(pos_args[1]) : 128;
   const std::uint64_t seed = pos_args.size() > 2 ? std::strtoull(pos_args[2], nullptr, 10) : 1;
@@ -129,7 +137,7 @@ int main(int argc, char** argv) {
     double total = 0;
     index_t steps = 0;
     for (index_t b = 0; b + batch <= n; b += batch, ++steps) {
-      make_batch(model, train.images, order, b, batch, &aug_rng, img, xb);
+      make_batch(model, train.images, order, b, batch, augment ? &aug_rng : nullptr, img, xb);
       for (index_t i = 0; i < batch; ++i) yb.data()[i] = train.labels.data()[order[static_cast<std::size_t>(b + i)]];
       opt.set_lr(lr_at(opt.steps()));
       opt.zero_grad();

@@ -10,6 +10,8 @@
 #include <random>
 #include <string>
 #include <vector>
+#include <weft/expr/affine.hpp>
+#include <weft/expr/attention.hpp>
 #include <weft/expr/concat.hpp>
 #include <weft/expr/layer_norm.hpp>
 #include <weft/expr/let.hpp>
@@ -501,4 +503,104 @@ TEST_CASE("causal multi-head attention from one projection, through views, again
   // materialising node (matmul, a view) whose operand is let's leaf decides
   // with needs_grad() that nothing below it needs a gradient, so the shared
   // value gets none through it (a gap in let's protocol, open).
+}
+
+// ---------------------------------------------------------------- affine, in-place values and adjoints
+
+// affine(x, W, b) puts the bias inside the product (expr/affine.hpp): its
+// values and all three gradients against matmul(x, W) + b written out, and
+// by finite differences; also under an elementwise region (the GELU of an MLP).
+TEST_CASE("affine equals matmul + bias: values, gradients of x, W and b, shape errors") {
+  const index_t K = 5, N = 7;
+  Parameter<double> W("W", {K, N}), b("b", {N}), W2("W2", {K, N}), b2("b2", {N});
+  Tensor<double> wv = randn({K, N}, 90), bv = randn({N}, 91);
+  std::copy(wv.data(), wv.data() + K * N, W.value.data());
+  std::copy(wv.data(), wv.data() + K * N, W2.value.data());
+  std::copy(bv.data(), bv.data() + N, b.value.data());
+  std::copy(bv.data(), bv.data() + N, b2.value.data());
+  for (const Shape& xs : {Shape{6, K}, Shape{2, 3, K}, Shape{2, 2, 3, K}}) {
+    CAPTURE(xs);
+    Tensor<double> x = randn(xs, 92), c = randn(eval(matmul(x, W)).shape(), 93);
+    Tensor<double> got = eval(affine(x, W, b)), want = eval(matmul(x, W) + b);
+    for (index_t i = 0; i < got.numel(); ++i) CHECK(std::abs(got.data()[i] - want.data()[i]) < 1e-12);
+    for (auto* p : {&W, &b, &W2, &b2}) p->zero_grad();
+    Workspace<> ws;
+    backward(sum(gelu(affine(x, W, b)) * c), ws);
+    backward(sum(gelu(matmul(x, W2) + b2) * c), ws);
+    for (index_t i = 0; i < K * N; ++i) CHECK(std::abs(W.grad.data()[i] - W2.grad.data()[i]) < 1e-10);
+    for (index_t i = 0; i < N; ++i) CHECK(std::abs(b.grad.data()[i] - b2.grad.data()[i]) < 1e-10);
+    CHECK_GRAD([&](auto a) { return gelu(affine(a, W, b)) * c; }, x);
+  }
+  // The bias gradient by central differences.
+  Tensor<double> x = randn({4, 3, K}, 94), c = randn({4, 3, N}, 95);
+  auto loss = [&] { return eval(sum(affine(x, W, b) * c)).item(); };
+  b.zero_grad();
+  Workspace<> ws;
+  backward(sum(affine(x, W, b) * c), ws);
+  for (index_t j = 0; j < N; ++j) {
+    const double h = 1e-6, v0 = b.value(j);
+    b.value(j) = v0 + h;
+    const double up = loss();
+    b.value(j) = v0 - h;
+    const double down = loss();
+    b.value(j) = v0;
+    CHECK(std::abs(b.grad(j) - (up - down) / (2 * h)) < 1e-6);
+  }
+  Parameter<double> bad("bad", {N + 1});
+  CHECK(error_of([&] { (void)affine(x, W, bad); }).find("affine: bias (8,) is not (7,)") != std::string::npos);
+}
+
+// The column sums of the bias gradient (kernels/cpu/rows.hpp) against the
+// plain loop in double, over row counts that end in partial blocks of 16.
+TEST_CASE("sum_rows: cascaded column sums against the plain reference") {
+  for (index_t rows : {1, 15, 16, 17, 300, 1037}) {
+    CAPTURE(rows);
+    const index_t d = 37;
+    Tensor<double> xd = randn({rows, d}, 96);
+    Tensor<float> x = eval(cast<float>(xd));
+    std::vector<float> got(static_cast<std::size_t>(d), 1.0f), want(static_cast<std::size_t>(d), 1.0f);
+    std::vector<float> scratch(static_cast<std::size_t>(kernels::cpu::sum_rows_scratch(rows, d)));
+    kernels::cpu::sum_rows(x.data(), rows, d, got.data(), scratch.data());
+    kernels::cpu::sum_rows_reference(x.data(), rows, d, want.data());
+    for (index_t j = 0; j < d; ++j) CHECK(std::abs(got[j] - want[j]) < 1e-5f * (1.0f + static_cast<float>(rows) * 0.01f));
+  }
+}
+
+// Nodes whose value lies in their state (matmul, affine, attention, layer
+// norm) are read in place by let(), views, matmul and attention, and take the
+// adjoint their consumer computed as their own: gradients through each pairing.
+TEST_CASE("values and adjoints handed over in place: let, views, matmul and attention of materialised nodes") {
+  const index_t d = 4;
+  Parameter<double> gamma("gamma", {d}), beta("beta", {d}), W("W", {d, 3 * d}), b("b", {3 * d});
+  Tensor<double> gv = randn({d}, 100), wv = randn({d, 3 * d}, 101, 0.5), bv = randn({3 * d}, 102);
+  std::copy(gv.data(), gv.data() + d, gamma.value.data());
+  std::copy(wv.data(), wv.data() + 3 * d * d, W.value.data());
+  std::copy(bv.data(), bv.data() + 3 * d, b.value.data());
+  Tensor<double> x = randn({2, 3, d}, 103), c = randn({2, 3, 3 * d}, 104);
+  // let of an affine node, the shared value used twice.
+  CHECK_GRAD([&](auto a) { return let(affine(a, W, b), [](auto h) { return h * h + h; }) * c; }, x);
+  // matmul of a layer norm, layer norm of a matmul.
+  CHECK_GRAD([&](auto a) { return matmul(layer_norm(a, gamma, beta, 1e-5), W) * c; }, x);
+  Parameter<double> g3("g3", {3 * d}), b3("b3", {3 * d});
+  std::copy(bv.data(), bv.data() + 3 * d, g3.value.data());
+  CHECK_GRAD([&](auto a) { return layer_norm(matmul(a, W), g3, b3, 1e-5) * c; }, x);
+  // attention over heads sliced from one let() projection, its output merged
+  // by a view of the attention node itself, then projected (MultiHeadAttention's shape).
+  auto mha = [&](auto a) {
+    return let(affine(a, W, b), [&](auto p) {
+      auto heads = [](auto part) { return permute(reshape(part, Shape{2, 3, 2, 2}), 0, 2, 1, 3); };
+      auto [q, k, v] = chunk<3>(p, -1);
+      auto o = scaled_dot_product_attention(heads(q), heads(k), heads(v), {.causal = true});  // (2, 2, 3, 2)
+      return matmul(reshape(permute(o, 0, 2, 1, 3), Shape{2, 3, d}), W);
+    });
+  };
+  CHECK_GRAD([&](auto a) { return mha(a) * c; }, x);
+  // attention of matmul outputs (nodes with their value in their state).
+  Tensor<double> c3 = randn({2, 1, 3, 3 * d}, 105);
+  CHECK_GRAD(
+      [&](auto a) {
+        auto m = [&] { return matmul(reshape(a, Shape{2, 1, 3, d}), W); };  // (2, 1, 3, 3d)
+        return scaled_dot_product_attention(m(), m(), m()) * c3;
+      },
+      x);
 }

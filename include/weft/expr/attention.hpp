@@ -54,6 +54,11 @@ struct Attention : ExprTag {
                 "scaled_dot_product_attention computes in float or double");
   static constexpr int param_occurrences = param_occurrences_of<A>() + param_occurrences_of<B>() + param_occurrences_of<C>();
 
+  // Its value is State::val (contiguous, its shape) and, in backward, its
+  // adjoint State::adj, bound by bind_materialised: let() and views read the
+  // value where it lies and hand the let's adjoint buffer over as State::adj.
+  static constexpr bool value_in_state = true;
+
   A q;
   B k;
   C v;
@@ -105,6 +110,10 @@ struct Attention : ExprTag {
     } else if constexpr (std::is_same_v<typename detail::leaf_storage<E>::type, T>) {
       const int r = e.v.shape.rank;
       if (e.v.strides[r - 1] == 1 || e.v.shape[r - 1] == 1) return e.v;
+    } else if constexpr (detail::is_view_node<E>::value || requires { requires E::value_in_state; }) {
+      // A view node (heads of a let() projection) after its forward: its value in place.
+      const int r = st.val.shape.rank;
+      if (st.val.strides[r - 1] == 1 || st.val.shape[r - 1] == 1) return st.val;
     }
     return materialise(e, st, ex);
   }
@@ -144,12 +153,9 @@ struct Attention : ExprTag {
       kernels::attention_backward(ex, prm, rows(st.qv), rows(st.kv), rows(st.vv), st.val.data, st.adj.data, st.lse.data,
                                   dq.data, dk.data, dv.data);
       // v, k, q: the reverse of their order in the expression, as elsewhere.
-      if constexpr (needs_grad<C, G>())
-        g.run_region(v, st.c, sv, BufferSeed<T>{dv.data, aligned_strides(sv, contiguous_strides(sv), sv), T(1)});
-      if constexpr (needs_grad<B, G>())
-        g.run_region(k, st.b, sk, BufferSeed<T>{dk.data, aligned_strides(sk, contiguous_strides(sk), sk), T(1)});
-      if constexpr (needs_grad<A, G>())
-        g.run_region(q, st.a, sq, BufferSeed<T>{dq.data, aligned_strides(sq, contiguous_strides(sq), sq), T(1)});
+      if constexpr (needs_grad<C, G>()) detail::backward_into(g, v, st.c, dv);
+      if constexpr (needs_grad<B, G>()) detail::backward_into(g, k, st.b, dk);
+      if constexpr (needs_grad<A, G>()) detail::backward_into(g, q, st.a, dq);
     }
   }
 

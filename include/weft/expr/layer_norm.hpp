@@ -31,6 +31,11 @@ struct LayerNormNode : OneChildNode<LayerNormNode<A>, A> {
   static constexpr int param_occurrences = param_occurrences_of<A>() + 2;  // the child's, gamma, beta
   static_assert(std::is_floating_point_v<T>, "layer_norm needs a float or double operand");
 
+  // Its value is State::val (contiguous, its shape) and, in backward, its
+  // adjoint State::adj, bound by bind_materialised: let() and views read the
+  // value where it lies and hand the let's adjoint buffer over as State::adj.
+  static constexpr bool value_in_state = true;
+
   A a;
   P* gamma;
   P* beta;
@@ -54,7 +59,7 @@ struct LayerNormNode : OneChildNode<LayerNormNode<A>, A> {
     Shape s = a.shape();
     const index_t d = s.back(), rows = d ? s.numel() / d : 0;
     // An operand already in memory, contiguous, is read in place (no copy).
-    st.x = detail::value_in_place(a, st.a);
+    st.x = detail::value_in_place(a, st.a);  // (value_in_state nodes included)
     if (!st.x.data || !st.x.is_contiguous()) st.x = materialise(a, st.a, ex);
     st.val = kernels::alloc<T>(ex, s);
     st.rstd = kernels::alloc<T>(ex, Shape{rows});
@@ -80,7 +85,7 @@ struct LayerNormNode : OneChildNode<LayerNormNode<A>, A> {
                                       g.grad_of(*beta).data, rows, d);
     g.param_done(*gamma);
     g.param_done(*beta);
-    g.run_region(a, st.a, s, kernels::BufferSeed<T>{dx.data, aligned_strides(s, contiguous_strides(s), s), T(1)});
+    detail::backward_into(g, a, st.a, dx);
   }
 
   template <class F>

@@ -91,7 +91,13 @@ struct Let : ExprTag {
   template <class X>
   State forward(const X& ex) const {
     auto sa = a.forward(ex);
-    auto val = materialise(a, sa, ex);
+    // A node whose value already lies in its state (a matmul, attention,
+    // layer norm) is shared where it lies, not copied.
+    TensorView<T, device_type> val;
+    if constexpr (requires { requires A::value_in_state; })
+      val = sa.val;
+    else
+      val = materialise(a, sa, ex);
     auto adj = kernels::alloc<T>(ex, a.shape());  // zeroed when a backward pass binds the body
     Body body = make(val.data, adj.data);
     auto sb = body.forward(ex);
@@ -112,8 +118,15 @@ struct Let : ExprTag {
   void backward_children(State& st, G& g) const {
     st.body.backward_children(st.b, g);
     if constexpr (needs_grad<A, G>()) {
-      const Shape s = a.shape();
-      g.run_region(a, st.a, s, kernels::BufferSeed<T>{st.adj.data, aligned_strides(s, contiguous_strides(s), s), T(1)});
+      if constexpr (requires { requires A::value_in_state; }) {
+        // The region of such a node is its value alone: its adjoint is the
+        // let's buffer, as is (what run_region would zero a buffer for and copy into).
+        st.a.adj = st.adj;
+        a.backward_children(st.a, g);
+      } else {
+        const Shape s = a.shape();
+        g.run_region(a, st.a, s, kernels::BufferSeed<T>{st.adj.data, aligned_strides(s, contiguous_strides(s), s), T(1)});
+      }
     }
   }
 

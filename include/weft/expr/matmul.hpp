@@ -106,6 +106,11 @@ struct MatMul : ExprTag {
   using P = ParamLeaf<value_type, device_type>;
   using View = TensorView<value_type, device_type>;
 
+  // Its value is State::val (contiguous, its shape) and, in backward, its
+  // adjoint State::adj, bound by bind_materialised: let() and views read the
+  // value where it lies and hand the let's adjoint buffer over as State::adj.
+  static constexpr bool value_in_state = true;
+
   A a;
   B b;
   Shape out;
@@ -147,7 +152,7 @@ struct MatMul : ExprTag {
       return e.p->value.view();
     } else if constexpr (std::is_same_v<typename detail::leaf_storage<E>::type, value_type>) {
       if (kernels::gemm_reads_in_place(detail::matrix_of(e.v))) return e.v;
-    } else if constexpr (detail::is_view_node<E>::value) {
+    } else if constexpr (detail::is_view_node<E>::value || requires { requires E::value_in_state; }) {
       if (kernels::gemm_reads_in_place(detail::matrix_of(st.val))) return st.val;
     }
     return materialise(e, st, ex);
@@ -170,6 +175,14 @@ struct MatMul : ExprTag {
 
   template <class X>
   State forward(const X& ex) const {
+    return forward_onto(ex, View{});
+  }
+  // The product added onto `init` broadcast to the output's shape (a bias
+  // (N,): expr/affine.hpp): init is written first and the gemm accumulates
+  // onto it (beta 1), which costs what beta 0 does (the gemm's own pass over
+  // its output). No init (data null): the plain product.
+  template <class X>
+  State forward_onto(const X& ex, const View& init) const {
     State st{a.forward(ex), b.forward(ex), {}, {}, {}, {}, false};
     st.av = operand(a, st.a, ex);
     st.bv = operand(b, st.b, ex);
@@ -179,7 +192,13 @@ struct MatMul : ExprTag {
       st.folded = true;
       st.av = af;
     }
-    product(ex, st, st.av, st.bv, rows(st, st.val), value_type(0));
+    value_type beta(0);
+    if (init.data) {
+      kernels::evaluate(ex, BoundTensor<value_type>{init.data, aligned_strides(init.shape, init.strides, out), init.shape, init.strides},
+                        st.val);
+      beta = value_type(1);
+    }
+    product(ex, st, st.av, st.bv, rows(st, st.val), beta);
     return st;
   }
   // A buffer of the output's (or A's) shape as gemm sees it: folded into rows when the product is.
@@ -217,7 +236,7 @@ struct MatMul : ExprTag {
     } else if constexpr (weft::needs_grad<B, G>()) {  // (no gemm for an operand with nothing to differentiate)
       auto db = kernels::alloc<value_type>(ex, sb);
       product(ex, st, st.av.transposed(), dc, db, value_type(0));
-      g.run_region(b, st.b, sb, BufferSeed<value_type>{db.data, aligned_strides(sb, contiguous_strides(sb), sb), value_type(1)});
+      detail::backward_into(g, b, st.b, db);
     }
     if constexpr (std::is_same_v<A, P>) {
       // A parameter operand: accumulate dA straight into its gradient.
@@ -231,7 +250,7 @@ struct MatMul : ExprTag {
     } else if constexpr (weft::needs_grad<A, G>()) {
       auto da = kernels::alloc<value_type>(ex, sa);
       product(ex, st, dc, st.bv.transposed(), rows(st, da), value_type(0));
-      g.run_region(a, st.a, sa, BufferSeed<value_type>{da.data, aligned_strides(sa, contiguous_strides(sa), sa), value_type(1)});
+      detail::backward_into(g, a, st.a, da);
     }
   }
 

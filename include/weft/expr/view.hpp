@@ -236,6 +236,7 @@ struct View : ExprTag {
     typename A::State a;
     Buf val;  // the view itself: out's shape, strided into the child's value (or a copy)
     Buf adj;  // compact, out's shape
+    bool direct = false;  // adjoint added straight into a let() value's buffer (see bind)
   };
 
   // The child's value where it already lies, or evaluated once (contiguous).
@@ -248,6 +249,8 @@ struct View : ExprTag {
     } else if constexpr (detail::is_const_leaf<A>::value || detail::is_arg<A>::value) {
       if constexpr (std::is_same_v<typename decltype(a.v)::value_type, T>) return a.v;
       else return materialise(a, sa, ex);
+    } else if constexpr (requires { requires A::value_in_state; }) {
+      return sa.val;  // a matmul's or attention's value where it lies (expr/matmul.hpp)
     } else {
       return materialise(a, sa, ex);
     }
@@ -273,6 +276,18 @@ struct View : ExprTag {
   auto bind(State& st, const Shape& o, G& g) const {
     const Strides rs = aligned_strides(out, st.val.strides, o);
     if constexpr (G::active) {
+      if constexpr (detail::is_shared<A>::value) {
+        // A view of a let() value read in place (q, k, v sliced from one
+        // projection): its adjoint goes through the same strides straight
+        // into the let's buffer, which every occurrence adds into and which
+        // is zeroed before any of them runs. No buffer of the view's own, no
+        // pass undoing the steps. Only where the region reads the view
+        // unbroadcast: a broadcast adjoint is summed through scratch, into a
+        // compact target.
+        const index_t off = st.val.data - a.val;
+        st.direct = a.adj != nullptr && off >= 0 && off < a.s.numel() && o == out;
+        if (st.direct) return BoundBuffer<T, true>{st.val.data, a.adj + off, rs, out, st.val.strides, nullptr, rs};
+      }
       if constexpr (needs_grad<A, G>()) {
         st.adj = kernels::zeros<T>(g.exec(), out);
         return BoundBuffer<T, true>{st.val.data, st.adj.data, rs, out, st.val.strides, nullptr,
@@ -291,6 +306,7 @@ struct View : ExprTag {
   template <class G>
   void backward_children(State& st, G& g) const {
     if constexpr (needs_grad<A, G>()) {
+      if (st.direct) return;  // already in the let's buffer (bind)
       const auto& ex = g.exec();
       Buf d = st.adj;
       for (int i = chain.n - 1; i >= 0; --i) {
@@ -348,6 +364,22 @@ static_assert(Expression<View<Leaf<float, cpu>>>);
 
 namespace detail {
 
+// Backward into child e given its adjoint `d` (contiguous, e's shape, in
+// workspace memory): a node whose value and adjoint live in its state takes d
+// as its adjoint (no zeroed buffer, no pass copying d into it); anything else
+// runs its region seeded with d.
+template <class G, class E, class V>
+void backward_into(G& g, const E& e, typename E::State& st, const V& d) {
+  if constexpr (requires { requires E::value_in_state; }) {
+    st.adj = d;
+    e.backward_children(st, g);
+  } else {
+    const Shape s = e.shape();
+    g.run_region(e, st, s, kernels::BufferSeed<typename E::value_type>{d.data, aligned_strides(s, contiguous_strides(s), s),
+                                                                       typename E::value_type(1)});
+  }
+}
+
 // Node e's value where it already lies in memory (a tensor, an input, a
 // parameter, a let() value, a view: after forward), for materialising nodes
 // that can read their operand in place; a view with data == nullptr when it
@@ -363,6 +395,8 @@ TensorView<typename E::value_type, typename E::device_type> value_in_place(const
     if constexpr (std::is_same_v<typename decltype(e.v)::value_type, typename E::value_type>) return e.v;
     else return V();
   } else if constexpr (is_view_node<E>::value) {
+    return st.val;
+  } else if constexpr (requires { requires E::value_in_state; }) {
     return st.val;
   } else {
     return V();

@@ -212,6 +212,16 @@ void layer_norm_rows_backward(const X& ex, const T* x, const T* dy, const T* gam
     WEFT_KERNEL_MISSING("layer_norm_rows_backward");
 }
 
+// out (D) += the column sums of x (R, D), contiguous (a bias gradient).
+template <Executor X, class T>
+void sum_rows(const X& ex, const T* x, index_t rows, index_t d, T* out) {
+  using K = device_kernels<device_of<X>>;
+  if constexpr (requires { K::sum_rows(ex, x, rows, d, out); })
+    K::sum_rows(ex, x, rows, d, out);
+  else
+    WEFT_KERNEL_MISSING("sum_rows");
+}
+
 template <Executor X, class T, class I>
 void gather_rows(const X& ex, const T* table, index_t table_rows, const I* idx, index_t n, index_t d, T* out, const char* what) {
   using K = device_kernels<device_of<X>>;

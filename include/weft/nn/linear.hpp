@@ -1,13 +1,16 @@
 // Linear: y = x @ W + b with W (in, out) and b (out,), parameters named
 // "weight" and "bias" (Bias = false: y = x @ W). Calling the layer on an
-// expression returns an expression: matmul (CBLAS), then the bias add fused
-// into whatever elementwise work follows; differentiated like any other node.
+// expression returns an expression: one affine node (expr/affine.hpp: the
+// bias written into the product's output, its gradient a column sum of the
+// output's adjoint), then whatever elementwise work follows fused over one
+// contiguous buffer; differentiated like any other node.
 // Dimension legend: B batch, I in_features, O out_features.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 
+#include "../expr/affine.hpp"
 #include "../expr/elementwise.hpp"
 #include "../expr/matmul.hpp"
 #include "../expr/parameter.hpp"
@@ -40,7 +43,7 @@ struct Linear {
   template <Operand X>
   auto operator()(X&& x) {
     if constexpr (Bias)
-      return matmul(std::forward<X>(x), weight) + bias;
+      return affine(std::forward<X>(x), weight, bias);
     else
       return matmul(std::forward<X>(x), weight);
   }

@@ -63,13 +63,17 @@ struct MultiHeadAttention {
     const index_t n = s[0], t = s[1], h = cfg.heads, dh = cfg.dim / cfg.heads;
     const AttentionOptions o{.causal = cfg.causal, .scale = {}, .dropout = training ? cfg.dropout : 0.0f,
                              .seed = training && cfg.dropout > 0 ? dropout_seed++ : 0};
-    // One projection for q, k and v, evaluated once and read by the three views.
+    // One projection for q, k and v, evaluated once and read in place by the
+    // three views (their adjoints go straight into the let's buffer); the
+    // output projection sits inside the let, so the merge of the heads is a
+    // view of the attention node's own value.
     auto heads_of = [=](auto part) { return permute(reshape(part, Shape{n, t, h, dh}), 0, 2, 1, 3); };  // (N, H, T, Dh)
-    auto attended = let(qkv(std::forward<X>(x)), [=](auto p) {
+    const index_t c = cfg.dim;
+    return let(qkv(std::forward<X>(x)), [this, heads_of, o, n, t, c](auto p) {
       auto [q, k, v] = chunk<3>(p, -1);
-      return scaled_dot_product_attention(heads_of(q), heads_of(k), heads_of(v), o);
+      auto attended = scaled_dot_product_attention(heads_of(q), heads_of(k), heads_of(v), o);  // (N, H, T, Dh)
+      return proj(reshape(permute(attended, 0, 2, 1, 3), Shape{n, t, c}));
     });
-    return proj(reshape(permute(attended, 0, 2, 1, 3), Shape{n, t, cfg.dim}));
   }
 
   template <class F>

@@ -71,6 +71,11 @@ struct device_kernels<weft::cpu> {
     T* scratch = ex.workspace().template alloc<T>(Shape{cpu::layer_norm_backward_scratch(rows, d)}).data;
     cpu::layer_norm_rows_backward(x, dy, gamma, mean, rstd, dx, dgamma, dbeta, rows, d, scratch);
   }
+  template <class Ex, class T>
+  static void sum_rows(const Ex& ex, const T* x, index_t rows, index_t d, T* out) {
+    T* scratch = ex.workspace().template alloc<T>(Shape{cpu::sum_rows_scratch(rows, d)}).data;
+    cpu::sum_rows(x, rows, d, out, scratch);
+  }
   template <class Ex, class T, class I>
   static void gather_rows(const Ex&, const T* table, index_t table_rows, const I* idx, index_t n, index_t d, T* out,
                           const char* what) {

@@ -53,6 +53,20 @@ WEFT_LOOP_FN void evaluate(const B& bound, TensorView<T, weft::cpu> dst) {
     for (index_t i = 0; i < n; ++i) out[i] = from_compute<T>(value_at(b, i));
     return;
   }
+  if (dst.is_contiguous()) {
+    // Row by row (a broadcast operand, such as a bias written into every row
+    // of a product's output): the loop over the last axis vectorises (no
+    // ivdep: GCC turns some of these loops into memset/memcpy and then warns
+    // that it ignored the annotation).
+    const Shape p = padded(dst.shape);
+    for (index_t i0 = 0; i0 < p[0]; ++i0)
+      for (index_t i1 = 0; i1 < p[1]; ++i1)
+        for (index_t i2 = 0; i2 < p[2]; ++i2) {
+          T* row = dst.data + ((i0 * p[1] + i1) * p[2] + i2) * p[3];
+          for (index_t i3 = 0; i3 < p[3]; ++i3) row[i3] = from_compute<T>(value_at(b, Index4{{i0, i1, i2, i3}}));
+        }
+    return;
+  }
   Strides ds = aligned_strides(dst.shape, dst.strides, dst.shape);
   for_each_index(dst.shape, [&](const Index4& ix) { dst.data[offset(ix, ds)] = from_compute<T>(value_at(b, ix)); });
 }
@@ -93,27 +107,42 @@ void reduce_axis(const B& b, const Shape& p, int r, typename B::value_type* out,
               reduce_linear<R, T>(p[3], [&](index_t i) __attribute__((always_inline)) { return value_at(b, Index4{{a, c, d, i}}); });
     return;
   }
+  // Along an outer axis: up to `group` neighbouring lane blocks of outputs at
+  // once, so each row block is read as rows of group * W values (a bias
+  // gradient over (R, N) walks memory in rows rather than a column of 64-byte
+  // pieces, one page apart). Each output's order of additions is the same as
+  // one block at a time: 16 rows per block, blocks as a cascade.
+  constexpr int group = 8;
   for (index_t a = 0; a < q[0]; ++a)
     for (index_t c = 0; c < q[1]; ++c)
       for (index_t d = 0; d < q[2]; ++d)
-        for (index_t e0 = 0; e0 < p[3]; e0 += W) {
-          const int w = static_cast<int>(p[3] - e0 < W ? p[3] - e0 : W);
-          Cascade<R, T, W> cas;
+        for (index_t g0 = 0; g0 < p[3]; g0 += group * W) {
+          const index_t g1 = p[3] - g0 < group * W ? p[3] : g0 + group * W;
+          const int nb = static_cast<int>((g1 - g0 + W - 1) / W);
+          Cascade<R, T, W> cas[group];
           for (index_t k0 = 0; k0 < p[r]; k0 += rows_per_block) {
             const index_t k1 = k0 + rows_per_block < p[r] ? k0 + rows_per_block : p[r];
-            T acc[W];
-            for (int j = 0; j < W; ++j) acc[j] = R::template identity<T>();
-            for (index_t k = k0; k < k1; ++k) {
-              Index4 ix{{a, c, d, e0}};
-              ix.i[r] = k;
-              for (int j = 0; j < w; ++j, ++ix.i[3]) acc[j] = R::combine(acc[j], value_at(b, ix));
+            for (int bi = 0; bi < nb; ++bi) {
+              const index_t e0 = g0 + bi * W;
+              const int w = static_cast<int>(p[3] - e0 < W ? p[3] - e0 : W);
+              T acc[W];
+              for (int j = 0; j < W; ++j) acc[j] = R::template identity<T>();
+              for (index_t k = k0; k < k1; ++k) {
+                Index4 ix{{a, c, d, e0}};
+                ix.i[r] = k;
+                for (int j = 0; j < w; ++j, ++ix.i[3]) acc[j] = R::combine(acc[j], value_at(b, ix));
+              }
+              cas[bi].push(acc);
             }
-            cas.push(acc);
           }
-          T res[W];
-          cas.lanes(res);
-          Index4 ix{{a, c, d, e0}};
-          for (int j = 0; j < w; ++j, ++ix.i[3]) out[offset(ix, out_st)] = res[j];
+          for (int bi = 0; bi < nb; ++bi) {
+            const index_t e0 = g0 + bi * W;
+            const int w = static_cast<int>(p[3] - e0 < W ? p[3] - e0 : W);
+            T res[W];
+            cas[bi].lanes(res);
+            Index4 ix{{a, c, d, e0}};
+            for (int j = 0; j < w; ++j, ++ix.i[3]) out[offset(ix, out_st)] = res[j];
+          }
         }
 }
 

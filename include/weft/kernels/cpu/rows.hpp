@@ -98,6 +98,8 @@ void layer_norm_rows(const T* xs, const T* gamma, const T* beta, T eps, T* ys, T
     const T mu = row_sum<T>(d, [&](index_t j) { return x[j]; }) / static_cast<T>(d);
     const T var = row_sum<T>(d, [&](index_t j) { return (x[j] - mu) * (x[j] - mu); });
     T rs = T(1) / math::sqrt(var / static_cast<T>(d) + eps);
+    // y never overlaps x, gamma or beta (the node's own buffer): vectorise without alias checks.
+    WEFT_IVDEP
     for (index_t j = 0; j < d; ++j) y[j] = (x[j] - mu) * rs * gamma[j] + beta[j];
     mean[r] = mu;
     rstd[r] = rs;
@@ -117,6 +119,24 @@ inline index_t layer_norm_backward_scratch(index_t rows, index_t d) {
   return (cascade_levels((rows + rows_per_block - 1) / rows_per_block) + 1) * 2 * d;
 }
 
+// One row of layer_norm_rows_backward: dx and the row's share of the dgamma
+// and dbeta partials. A function of its own so that its pointers are
+// restrict parameters (the partials, dx and the inputs never overlap): the
+// loop vectorises, which it did not inline, with or without ivdep.
+template <class T>
+[[gnu::noinline]] void layer_norm_backward_row(const T* WEFT_RESTRICT x, const T* WEFT_RESTRICT dy,
+                                               const T* WEFT_RESTRICT gamma, T* WEFT_RESTRICT out, T* WEFT_RESTRICT dg,
+                                               T* WEFT_RESTRICT db, T mu, T rs, index_t d) {
+  const T mg = row_sum<T>(d, [&](index_t j) { return dy[j] * gamma[j]; }) / static_cast<T>(d);
+  const T mgx = row_sum<T>(d, [&](index_t j) { return dy[j] * gamma[j] * ((x[j] - mu) * rs); }) / static_cast<T>(d);
+  for (index_t j = 0; j < d; ++j) {
+    const T xhat = (x[j] - mu) * rs;
+    dg[j] += dy[j] * xhat;
+    db[j] += dy[j];
+    out[j] = rs * (dy[j] * gamma[j] - mg - xhat * mgx);
+  }
+}
+
 //   xhat = (x - mean) * rstd,  g = dy * gamma
 //   dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
 //   dgamma += sum over rows of dy * xhat,  dbeta += sum over rows of dy
@@ -134,20 +154,8 @@ void layer_norm_rows_backward(const T* xs, const T* dys, const T* gamma, const T
   for (index_t r0 = 0; r0 < rows; r0 += rows_per_block) {
     for (index_t j = 0; j < w; ++j) cur[j] = T(0);
     const index_t r1 = r0 + rows_per_block < rows ? r0 + rows_per_block : rows;
-    for (index_t r = r0; r < r1; ++r) {
-      const T* x = xs + r * d;
-      const T* dy = dys + r * d;
-      T* out = dxs + r * d;
-      const T mu = mean[r], rs = rstd[r];
-      const T mg = row_sum<T>(d, [&](index_t j) { return dy[j] * gamma[j]; }) / static_cast<T>(d);
-      const T mgx = row_sum<T>(d, [&](index_t j) { return dy[j] * gamma[j] * ((x[j] - mu) * rs); }) / static_cast<T>(d);
-      for (index_t j = 0; j < d; ++j) {
-        const T xhat = (x[j] - mu) * rs;
-        cur[j] += dy[j] * xhat;
-        cur[d + j] += dy[j];
-        out[j] = rs * (dy[j] * gamma[j] - mg - xhat * mgx);
-      }
-    }
+    for (index_t r = r0; r < r1; ++r)
+      layer_norm_backward_row(xs + r * d, dys + r * d, gamma, dxs + r * d, cur, cur + d, mean[r], rstd[r], d);
     int l = 0;
     for (index_t k = blocks; k & 1; k >>= 1, ++l)
       for (index_t j = 0; j < w; ++j) cur[j] += level[l * w + j];
@@ -162,6 +170,58 @@ void layer_norm_rows_backward(const T* xs, const T* dys, const T* gamma, const T
   for (index_t j = 0; j < d; ++j) {
     dgamma[j] += cur[j];
     dbeta[j] += cur[d + j];
+  }
+}
+
+// Scratch (elements) sum_rows needs.
+inline index_t sum_rows_scratch(index_t rows, index_t d) {
+  constexpr index_t rows_per_block = 16;
+  return (cascade_levels((rows + rows_per_block - 1) / rows_per_block) + 1) * d;
+}
+
+// acc (D) = the sum of n rows of x (n, D), in order.
+template <class T>
+[[gnu::noinline]] void sum_row_block(const T* WEFT_RESTRICT x, index_t n, index_t d, T* WEFT_RESTRICT acc) {
+  for (index_t j = 0; j < d; ++j) acc[j] = x[j];
+  for (index_t r = 1; r < n; ++r)
+    for (index_t j = 0; j < d; ++j) acc[j] += x[r * d + j];
+}
+
+// out (D) += the column sums of x (R, D) (expr/affine.hpp's bias gradient):
+// blocks of 16 rows summed in order, the blocks combined as a cascade
+// (cascade.hpp's order, a row of D partials per level), in `scratch` of
+// sum_rows_scratch(rows, d) elements. Rows are read as rows, so the pass runs
+// at memory speed; sum_rows_reference is the plain loop the tests compare with.
+template <class T>
+void sum_rows(const T* xs, index_t rows, index_t d, T* out, T* scratch) {
+  constexpr index_t rows_per_block = 16;
+  T* cur = scratch;
+  T* level = scratch + d;  // level l at level + l * d
+  index_t blocks = 0;
+  for (index_t r0 = 0; r0 < rows; r0 += rows_per_block) {
+    const index_t r1 = r0 + rows_per_block < rows ? r0 + rows_per_block : rows;
+    sum_row_block(xs + r0 * d, r1 - r0, d, cur);
+    int l = 0;
+    for (index_t k = blocks; k & 1; k >>= 1, ++l)
+      for (index_t j = 0; j < d; ++j) cur[j] = level[l * d + j] + cur[j];
+    for (index_t j = 0; j < d; ++j) level[l * d + j] = cur[j];
+    ++blocks;
+  }
+  for (index_t j = 0; j < d; ++j) cur[j] = T(0);
+  int l = 0;
+  for (index_t k = blocks; k; k >>= 1, ++l)
+    if (k & 1)
+      for (index_t j = 0; j < d; ++j) cur[j] = level[l * d + j] + cur[j];
+  for (index_t j = 0; j < d; ++j) out[j] += cur[j];
+}
+
+// The plain reference of sum_rows: one running sum per column, in double.
+template <class T>
+void sum_rows_reference(const T* xs, index_t rows, index_t d, T* out) {
+  for (index_t j = 0; j < d; ++j) {
+    double acc = 0;
+    for (index_t r = 0; r < rows; ++r) acc += static_cast<double>(xs[r * d + j]);
+    out[j] += static_cast<T>(acc);
   }
 }
 

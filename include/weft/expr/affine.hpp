@@ -1,0 +1,89 @@
+// affine(x, W, b) = matmul(x, W) + b, with the bias inside the matmul node:
+//   forward   C = b (broadcast over the output's rows), then C += x W (one gemm, beta 1)
+//   backward  db += column sums of dC (kernels::sum_rows: 16-row blocks as a cascade),
+//             dW, dx as matmul's (expr/matmul.hpp)
+// Why a node: written as `matmul(x, W) + b` the bias is a leaf broadcast over
+// every row of the elementwise region above the product, so backward cannot
+// take the contiguous fast path there, and the bias adjoint goes through
+// scratch memory of the whole region's shape (zeroed, written, then reduced
+// over rows). Here the region above sees one contiguous buffer (the product's
+// value and adjoint) and the bias gradient is one reduction of the adjoint the
+// product needs anyway. nn::Linear is built on it. Opt-in header (CBLAS).
+// Dimension legend: R rows (all leading axes of the output), K inner, N out.
+#pragma once
+
+#include "matmul.hpp"
+#include "node.hpp"
+#include "parameter.hpp"
+
+namespace weft {
+
+template <class A, class B>
+struct Affine : ExprTag {
+  using M = MatMul<A, B>;
+  using value_type = typename M::value_type;
+  using device_type = typename M::device_type;
+  using T = value_type;
+  using P = Parameter<T, device_type>;
+  static constexpr int static_rank = M::static_rank;
+  static constexpr int param_occurrences = M::param_occurrences + 1;  // the product's and the bias
+
+  static constexpr bool value_in_state = true;  // M::State's val and adj (see MatMul)
+
+  M m;
+  P* bias;  // (N,)
+
+  Affine(A x, B w, P& b) : m(x, w), bias(&b) {
+    const Shape s = m.shape();
+    if (b.value.shape().rank != 1 || b.value.shape()[0] != s.back())
+      throw_error<ShapeError>("affine: bias ", b.value.shape(), " is not (", s.back(), ",) for the product ", x.shape(), " @ ",
+                              w.shape(), " -> ", s);
+  }
+  Shape shape() const { return m.shape(); }
+
+  using State = typename M::State;
+
+  template <class X>
+  State forward(const X& ex) const {
+    return m.forward_onto(ex, bias->value.view());
+  }
+
+  template <class G>
+  auto bind(State& st, const Shape& o, G& g) const {
+    return m.bind(st, o, g);
+  }
+
+  // The bias first (final at once, like the weight's gradient), then the product's operands.
+  template <class G>
+  void backward_children(State& st, G& g) const {
+    const Shape s = m.shape();
+    const index_t n = s.back(), r = n ? s.numel() / n : 0;
+    kernels::sum_rows(g.exec(), static_cast<const T*>(st.adj.data), r, n, g.grad_of(*bias).data);  // (R, N) -> (N,)
+    g.param_done(*bias);
+    m.backward_children(st, g);
+  }
+
+  template <class F>
+  void for_each_param(F&& f) const {
+    m.for_each_param(f);
+    f(*bias);
+  }
+  template <std::size_t I>
+  static constexpr int slots_in_region() {
+    return 0;
+  }
+  template <std::size_t I>
+  static constexpr int slots_total() {
+    return M::template slots_total<I>();
+  }
+};
+
+static_assert(Expression<Affine<Leaf<float, cpu>, Leaf<float, cpu>>>);
+
+// affine(x, W, b): matmul(x, W) + b for a bias b of W's column count (see the top of this file).
+template <Operand X, Operand W, class T, class D>
+auto affine(X&& x, W&& w, Parameter<T, D>& b) {
+  return Affine<expr_t<X>, expr_t<W>>(as_expr(std::forward<X>(x)), as_expr(std::forward<W>(w)), b);
+}
+
+}  // namespace weft
