@@ -18,6 +18,8 @@
 // K = 1: the input is differentiated (an Arg<0> leaf); K = 0: it is a constant
 // (the first pipeline stage: a Leaf, and its gemm is skipped altogether).
 // Neither the input nor the parameters may change until backward_weights().
+// Gradients go to each parameter's .grad unless route_grads() names other
+// buffers (a GradRoute: a ZeRO strategy's unit buffer under a pipeline).
 #pragma once
 
 #include <array>
@@ -37,6 +39,17 @@ using split_input_t = std::conditional_t<K == 1, Arg<0, T, cpu>, Leaf<T, cpu>>;
 // The expression type `build(input leaf)` returns.
 template <class Build, class T, std::size_t K>
 using split_expr_t = std::remove_cvref_t<std::invoke_result_t<Build&, split_input_t<T, K>>>;
+
+// Where a split backward writes parameter gradients: p.grad, or the buffer a
+// callback names (set at run time, so the SplitBackward's type, and the
+// pipeline's, do not depend on who owns the gradients). One indirect call per
+// parameter per backward, when the route is set.
+template <class T>
+struct GradRoute {
+  void* ctx = nullptr;
+  TensorView<T, cpu> (*fn)(void*, Parameter<T, cpu>&) = nullptr;
+  TensorView<T, cpu> operator()(Parameter<T, cpu>& p) const { return fn ? fn(ctx, p) : p.grad.view(); }
+};
 
 namespace detail {
 // What the forward keeps: a full sum or mean at the root keeps its child's
@@ -140,6 +153,10 @@ class SplitBackward {
     done_w_ = true;
   }
 
+  // The gradient buffers of the next backward_input() (and its W); the
+  // default route is each parameter's .grad.
+  void route_grads(GradRoute<T> r) { sink_ = r; }
+
   // Weight gemms B deferred to W (0 once W ran).
   int deferred() const { return g_ ? g_->n_deferred : 0; }
   // Bytes this forward keeps alive (materialised values, adjoints of B).
@@ -156,7 +173,7 @@ class SplitBackward {
   }
 
  private:
-  using G = GradContext<Exec<cpu>, T, K, NoHook, NP, OwnGrad>;
+  using G = GradContext<Exec<cpu>, T, K, NoHook, NP, GradRoute<T>>;
   using State = typename detail::split_state<E>::type;
 
   Workspace<cpu> ws_;
@@ -169,7 +186,7 @@ class SplitBackward {
   View value_;
   Shape in_shape_;
   NoHook hook_;
-  OwnGrad sink_;
+  GradRoute<T> sink_;
   bool done_b_ = false, done_w_ = false;
 };
 

@@ -19,6 +19,7 @@
 // virtual: the strategy is a template parameter, the hook a lambda.
 #pragma once
 
+#include <concepts>
 #include <type_traits>
 
 #include "../autodiff/value_and_grad.hpp"
@@ -37,6 +38,25 @@ concept Strategy = requires(S& s, Parameter<typename S::value_type>& p, nn::SGD<
   s.finish_backward();
   s.step(opt);
   s.visit_state(v);
+};
+
+// The part of the seam a pipeline drives (pipeline/pipeline.hpp's
+// step(x, labels, s)): begin before the step's first backward, finish after
+// its last W. DataParallel and Zero (stages 1, 2) model it; Zero has no
+// step(opt) (its optimizer runs on its shards), so it is not a Strategy.
+template <class S>
+concept BackwardSeam = requires(S& s) {
+  typename S::value_type;
+  s.begin_backward();
+  s.finish_backward();
+};
+
+// Optional capability: the strategy owns the gradient buffers (Zero's
+// page-aligned unit buffer), and grad_sink(p) names where p's gradient goes;
+// a pass accumulates into that view instead of p.grad.
+template <class S>
+concept GradSink = BackwardSeam<S> && requires(S& s, Parameter<typename S::value_type>& p) {
+  { s.grad_sink(p) } -> std::same_as<TensorView<typename S::value_type>>;
 };
 
 // Forward, backward and the strategy's communication; returns this rank's loss.

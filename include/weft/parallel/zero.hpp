@@ -545,6 +545,12 @@ class Zero {
     if constexpr (S < 3) gather_values();
   }
 
+  // Where parameter p's gradient goes during backward: its place in the
+  // unit buffer (zeroed between steps), accumulated into until
+  // finish_backward reduce-scatters it. A pipeline routes its stages'
+  // gradients here (parallel::GradSink; pipeline.hpp's step(x, labels, zero)).
+  TensorView<T> grad_sink(Parameter<T>& p) { return grad_view(p); }
+
   void set_lr(float lr) {
     if (!(lr >= 0.0f) || !std::isfinite(lr)) throw_error<ValueError>("Zero: invalid learning rate ", lr);
     std::visit([&](auto& o) { o.lr = lr; }, opt_);

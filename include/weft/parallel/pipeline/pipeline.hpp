@@ -164,12 +164,30 @@ class Pipeline {
 
   // The same, then the gradients of this rank's stages averaged over the
   // ranks holding the same stages (a DataParallel over the data-parallel
-  // group), after the last W.
-  template <Strategy D>
+  // group, or a Zero of stage 1 or 2), after the last W. A strategy that
+  // owns the gradient buffers (GradSink: Zero) receives the stages'
+  // gradients there, accumulated over the micro-batches, and reduce-scatters
+  // them in finish_backward (the full gradient exists for the step, as the
+  // micro-batches accumulate into it; the shards alone between steps).
+  template <BackwardSeam D>
   T step(TensorView<T> x, TensorView<L> labels, D& dp) {
+    if constexpr (requires { D::stage(); })
+      static_assert(D::stage() < 3,
+                    "Pipeline::step: ZeRO-3 keeps the parameters sharded between steps, and a pipeline stage reads its whole "
+                    "parameters in every micro-batch's forward and backward; shard the data-parallel axis with Zero1 or Zero2");
+    static_assert(std::is_same_v<typename D::value_type, T>, "Pipeline::step: the strategy's parameter type is not the pipeline's");
     start_step(x, labels);
     dp.begin_backward();
-    const T loss = guarded_run();
+    if constexpr (GradSink<D>)
+      route_ = GradRoute<T>{&dp, [](void* c, Parameter<T>& p) -> TensorView<T> { return static_cast<D*>(c)->grad_sink(p); }};
+    T loss{};
+    try {
+      loss = guarded_run();
+    } catch (...) {
+      route_ = {};
+      throw;
+    }
+    route_ = {};
     dp.finish_backward();
     return loss;
   }
@@ -416,6 +434,7 @@ class Pipeline {
             TensorView<T> dy = last ? seed_.view() : payload(sl.gin, out_shape_[I]);
             TensorView<T> dx = first ? TensorView<T>() : payload(sl.gout, in_shape_[I]);
             const std::size_t before = stash_bytes(sl);
+            sl.saved.route_grads(route_);
             TensorView<T> v = sl.saved.backward_input(dy, dx);
             if constexpr (last) loss += v.item() * scale;
             live_bytes_ += stash_bytes(sl) - before;  // B's adjoints live until W
@@ -468,6 +487,7 @@ class Pipeline {
   bool shapes_known_ = false;
   std::uint32_t step_ = 0;
   Tensor<T> seed_{Shape{}};
+  GradRoute<T> route_;  // where B and W write gradients (a GradSink strategy's buffers, or .grad)
   Workspace<cpu> copy_ws_;
   std::vector<typename Tr::Request> sends_;
   std::vector<Event> events_;
