@@ -11,7 +11,7 @@
 // prefetched) or layer by layer in bf16 (path "bf16": bf16 parameters and
 // gradients on the wire, f32 master weights and Adam state).
 //   build/examples/08_mesh_zero [epochs = 2] [stage = 3] [replicas = 2] [ranks = 4] [path = all|layers|bf16]
-// Not here yet: the tensor- and pipeline-parallel axes of a 3-D mesh (pp x dp x tp).
+// The tensor- and pipeline-parallel axes of a 3-D mesh (pp x dp x tp): examples/08_3d_parallel.
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
