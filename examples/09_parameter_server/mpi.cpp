@@ -2,10 +2,8 @@
 // rest work (dp: all of them train with DataParallel).
 //   mpirun -np 4 build/examples/09_parameter_server_mpi --consistency ssp4 --servers 1 --straggler transient
 // The worker count is the process count minus --servers (dp: the process count).
-#include <mpi.h>
-
 #include <cstdio>
-#include <weft/comm/transport/mpi.hpp>
+#include <weft/comm/transport/mpi.hpp>  // <mpi.h>, without Open MPI's C++ bindings
 
 #include "train.hpp"
 

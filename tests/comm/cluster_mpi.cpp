@@ -152,7 +152,10 @@ int link_down(MpiTransport& t, const std::string& dir) {
   for (int r = 0; r < p; ++r)
     if (rph > 0 && r / rph != me / rph) others.push_back(r);
   want += others.size() == 1 ? " " : "s ";
-  for (std::size_t i = 0; i < others.size(); ++i) want += (i ? "," : "") + std::to_string(others[i]);
+  for (std::size_t i = 0; i < others.size(); ++i) {
+    if (i) want += ',';
+    want += std::to_string(others[i]);
+  }
   want += " (";
   const bool named = !report.empty() && report.find(want) != std::string::npos;
   std::ofstream(dir + "/rank" + std::to_string(me))

@@ -113,10 +113,14 @@ inline bool broadcasts_to(const Shape& from, const Shape& to) {
 inline Strides aligned_strides(const Shape& from, const Strides& st, const Shape& to) {
   Strides out;
   for (int i = 0; i < max_rank; ++i) out[i] = 0;
-  int off = max_rank - to.rank;
+  // Checked (once per bound operand, not per element), which also tells GCC's
+  // -Warray-bounds that j stays inside the array.
+  if (from.rank < 0 || from.rank > to.rank || to.rank > max_rank)
+    throw_error<ShapeError>("aligned_strides: shape ", from, " cannot be read as shape ", to);
+  const int lead = to.rank - from.rank;
   for (int i = 0; i < from.rank; ++i) {
-    int j = off + (to.rank - from.rank) + i;
-    out[j] = (from[i] == 1 && to[to.rank - from.rank + i] != 1) ? 0 : st[i];
+    const int j = max_rank - from.rank + i;
+    out[j] = (from[i] == 1 && to[lead + i] != 1) ? 0 : st[i];
   }
   return out;
 }

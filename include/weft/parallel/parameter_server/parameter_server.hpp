@@ -745,7 +745,10 @@ class ParameterServer {
   }
   static std::string list(const std::vector<int>& v) {
     std::string s;
-    for (int x : v) s += (s.empty() ? "" : ",") + std::to_string(x);
+    for (int x : v) {  // appended piecewise: "" + to_string(x) trips GCC 12's -Wrestrict (a false positive)
+      if (!s.empty()) s += ',';
+      s += std::to_string(x);
+    }
     return s;
   }
   const ps::Key& dense_key(std::size_t k, std::size_t n, const char* what) const {
