@@ -388,7 +388,12 @@ TEST_CASE_TEMPLATE("optimizer state never holds subnormals", T, float, double) {
     CHECK(subnormals(adam.state("l1.weight", "exp_avg")) == 0);
     CHECK(subnormals(adam.state("l1.bias", "exp_avg_sq")) == 0);
     CHECK(subnormals(sgd.state("l1.weight", "momentum_buffer")) == 0);
-    reached_zero = adam.state("l1.weight", "exp_avg").data()[3] == T(0);
+    // Zero where m + (1 - beta1)(g - m) is contracted into one FMA (-O2 and
+    // up with -march=native); computed in two roundings, the flushed product
+    // leaves m at its last normal value below min() / (1 - beta1), which never
+    // becomes subnormal either.
+    const T m3 = adam.state("l1.weight", "exp_avg").data()[3];
+    reached_zero = m3 == T(0) || std::fabs(m3) < std::numeric_limits<T>::min() / T(0.1);
   }
   CHECK(reached_zero);
   CHECK(sgd.state("l1.bias", "momentum_buffer").data()[0] == T(0));
