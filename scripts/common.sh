@@ -28,7 +28,9 @@ weft_build() {
   if [ ! -f "$WEFT_BUILD/build.ninja" ]; then
     meson setup "$WEFT_BUILD" "$WEFT_ROOT" "$@"
   elif [ $# -gt 0 ]; then
-    meson configure "$WEFT_BUILD" "$@"
+    # --reconfigure, not `meson configure`: an option added since this
+    # directory was set up is unknown to the latter.
+    meson setup --reconfigure "$WEFT_BUILD" "$WEFT_ROOT" "$@" >/dev/null
   fi
   ninja -C "$WEFT_BUILD"
 }
