@@ -32,8 +32,10 @@ run() {  # run KEY COMMAND...
 
 echo "== time to ${T}% test accuracy (2,000 test images, evaluation excluded; -1: not reached in $E epochs)"
 echo "   and final accuracy (10,000 test images); uptime: $(cut -d' ' -f1-3 /proc/loadavg)"
+# LAYOUTS="1 3" (servers workers, comma-separated): fewer runs; the two ratios below read the 1 x 3 runs.
+IFS=, read -ra LAYOUT_LIST <<<"${LAYOUTS:-1 3,2 4}"
 for straggler in transient persistent; do
-  for layout in "1 3" "2 4"; do
+  for layout in "${LAYOUT_LIST[@]}"; do
     set -- $layout
     S=$1 W=$2
     for c in bsp ssp1 ssp4 asp dp; do
@@ -42,7 +44,7 @@ for straggler in transient persistent; do
     done
   done
   if [ "${MPI:-1}" = 1 ] && [ -x "$EXM" ]; then
-    for layout in "1 3" "2 4"; do
+    for layout in "${LAYOUT_LIST[@]}"; do
       set -- $layout
       S=$1 W=$2
       for c in bsp ssp1 ssp4 asp; do

@@ -17,7 +17,7 @@
 set -euo pipefail
 source "$(dirname "$0")/../scripts/common.sh"
 weft_install "${WEFT_BASE_PKGS[@]}"
-[ -n "${WEFT_SKIP_BUILD:-}" ] || weft_build  # WEFT_SKIP_BUILD=1: the bench targets are built already
+weft_build  # WEFT_SKIP_BUILD=1: the bench targets are built already
 S=${SECONDS_PER:-3}
 N=${REPEATS:-3}
 TOK=${TOKENS:-512}

@@ -24,7 +24,10 @@ weft_install() {
 }
 
 # weft_build [meson setup options...]: configure once (reconfigure if options change), then build.
+# WEFT_SKIP_BUILD=1 (benchmark scripts): use the build as it is, when the
+# targets a script runs are built already and a full rebuild would be long.
 weft_build() {
+  if [ -n "${WEFT_SKIP_BUILD:-}" ] && [ -f "$WEFT_BUILD/build.ninja" ]; then return 0; fi
   if [ ! -f "$WEFT_BUILD/build.ninja" ]; then
     meson setup "$WEFT_BUILD" "$WEFT_ROOT" "$@"
   elif [ $# -gt 0 ]; then
