@@ -13,7 +13,7 @@ DIR=${DIR:-$WEFT_ROOT/build-bench/checkpoint}
 mkdir -p "$DIR"
 trap 'rm -rf "$DIR/ck" "$DIR/dd.bin" "$DIR/peer"' EXIT
 echo "== weft: save and load of $SIZE_MIB MiB in $DIR"
-w=$("$WEFT_BUILD/bench/bench_checkpoint" "$SIZE_MIB" "$DIR/ck" | tee /dev/stderr)
+w=$("$WEFT_BUILD/bench/bench_checkpoint" "$SIZE_MIB" "$DIR/ck" | tee -a /dev/stderr)
 bytes=$(echo "$w" | awk '/^bytes:/ {print $2}')
 echo "== dd: the same bytes (weft's rank file), conv=fsync"
 sync

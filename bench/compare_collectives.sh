@@ -36,7 +36,7 @@ MPIRUN=(mpirun -np "$NP")
 [ "$NP" -gt "$(nproc)" ] && MPIRUN+=(--oversubscribe)
 
 echo "== memcpy"
-memcpy=$("$BENCH" memcpy -e 64M | tee /dev/stderr | awk '/^memcpy_GBps:/ {print $2}')
+memcpy=$("$BENCH" memcpy -e 64M | tee -a /dev/stderr | awk '/^memcpy_GBps:/ {print $2}')
 
 echo "== calibrate (threads, then MPI): constants, and Auto's table over the sizes run below"
 rm -f "$MODEL"

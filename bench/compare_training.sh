@@ -7,9 +7,9 @@ source "$(dirname "$0")/../scripts/common.sh"
 weft_build_with_torch_peer
 SECONDS_PER=${SECONDS_PER:-3}
 echo "== weft"
-w=$(OPENBLAS_NUM_THREADS=1 "$WEFT_BUILD/bench/bench_training" "$SECONDS_PER" | tee /dev/stderr)
+w=$(OPENBLAS_NUM_THREADS=1 "$WEFT_BUILD/bench/bench_training" "$SECONDS_PER" | tee -a /dev/stderr)
 echo "== torch"
-t=$(OMP_NUM_THREADS=1 /usr/bin/python3 "$WEFT_ROOT/bench/training_torch.py" "$SECONDS_PER" | tee /dev/stderr)
+t=$(OMP_NUM_THREADS=1 /usr/bin/python3 "$WEFT_ROOT/bench/training_torch.py" "$SECONDS_PER" | tee -a /dev/stderr)
 w128=$(echo "$w" | awk '/^weft_samples_per_s_batch128:/ {print $2}')
 t128=$(echo "$t" | awk '/^torch_samples_per_s_batch128:/ {print $2}')
 w512=$(echo "$w" | awk '/^weft_samples_per_s_batch512:/ {print $2}')
