@@ -61,6 +61,7 @@
 
 #include "../../comm/deadline.hpp"
 #include "../../comm/error.hpp"
+#include "../../comm/fingerprint.hpp"  // detail::rank_list
 #include "../../comm/transport.hpp"
 #include "../../nn/optim.hpp"
 #include "../../nn/registry.hpp"
@@ -736,20 +737,12 @@ class ParameterServer {
   void require_server(const char* what) const {
     if (!server_)
       throw_error<ValueError>("ParameterServer::", what, " called on rank ", t_.rank(), ", a worker (servers: ",
-                              list(roles_.servers), ")");
+                              comm::detail::rank_list(roles_.servers), ")");
   }
   void require_worker(const char* what) const {
     if (!worker_)
       throw_error<ValueError>("ParameterServer::", what, " called on rank ", t_.rank(), ", a server (workers: ",
-                              list(roles_.workers), ")");
-  }
-  static std::string list(const std::vector<int>& v) {
-    std::string s;
-    for (int x : v) {  // appended piecewise: "" + to_string(x) trips GCC 12's -Wrestrict (a false positive)
-      if (!s.empty()) s += ',';
-      s += std::to_string(x);
-    }
-    return s;
+                              comm::detail::rank_list(roles_.workers), ")");
   }
   const ps::Key& dense_key(std::size_t k, std::size_t n, const char* what) const {
     require_worker(what);
@@ -1088,7 +1081,9 @@ class ParameterServer {
       const Header got = h;
       const int w = roles_.worker_index(peer);
       if (w < 0 && got.kind == Kind::alive) continue;  // a stray heartbeat of an earlier instance: harmless
-      if (w < 0) throw_error<PsError>("a request from rank ", peer, ", which is not a worker (workers: ", list(roles_.workers), ")");
+      if (w < 0)
+        throw_error<PsError>("a request from rank ", peer, ", which is not a worker (workers: ",
+                             comm::detail::rank_list(roles_.workers), ")");
       std::vector<std::byte> payload(got.bytes);
       if (got.bytes) {
         auto d = t_.irecv(payload.data(), payload.size(), peer, base_ + 1);
