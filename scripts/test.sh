@@ -3,8 +3,9 @@
 # Ends with "N passed, N failed"; exits non-zero on any failure.
 set -euo pipefail
 # The tests check results, not speed: they build in their own directory at
-# -O1, which compiles about 2.4x faster than the -O3 build/ that demo.sh and
-# the benchmarks use (the whole suite must fit 30 minutes on 2 cores).
+# -O1, which compiles about 1.6x faster (1.1-2.2x per file) than the -O3
+# build/ that demo.sh and the benchmarks use (the whole suite must fit 30
+# minutes on 2 cores).
 # WEFT_BUILD=... and WEFT_TEST_OPT=3 choose otherwise.
 export WEFT_BUILD=${WEFT_BUILD:-$(cd "$(dirname "$0")/.." && pwd)/build-test}
 source "$(dirname "$0")/common.sh"
