@@ -15,7 +15,9 @@
 // leader) asks the coordinator for a trial, broadcasts it to its group, and
 // after each epoch sends the group's metric and receives the scheduler's
 // decision, which it broadcasts; a group whose trial ends asks for the next,
-// until none is left. Every message is point-to-point on a private split of
+// until none is left. The first W/g trials are set aside one per group, so
+// every group trains even if its leader asks late; the rest go to whichever
+// group asks first. Every message is point-to-point on a private split of
 // the world, every wait has the search's deadline (SearchOptions::timeout).
 //
 // World rank 0 also trains in group 0, so it answers the other leaders at its
@@ -214,11 +216,29 @@ class Coordinator {
 
   std::size_t resumed() const { return resumed_; }
 
+  // Sets the first trials aside, one per group in order, so that every group
+  // gets work even when one group's leader asks for its first trial after
+  // another group has finished several (short trials, a leader scheduled late).
+  void reserve_first(int groups) {
+    for (int l = 0; l < groups; ++l) {
+      while (next_ < sampler_.size() && records_.count(next_)) ++next_;
+      if (next_ >= sampler_.size()) return;
+      reserved_[l] = next_++;
+    }
+  }
+
   std::optional<std::pair<std::size_t, Config>> assign(int group) {
-    while (next_ < sampler_.size() && records_.count(next_)) ++next_;
-    if (next_ >= sampler_.size()) return std::nullopt;
-    TrialRecord& t = records_[next_];
-    t.id = next_++;
+    std::size_t id = 0;
+    if (auto r = reserved_.find(group); r != reserved_.end()) {
+      id = r->second;
+      reserved_.erase(r);
+    } else {
+      while (next_ < sampler_.size() && records_.count(next_)) ++next_;
+      if (next_ >= sampler_.size()) return std::nullopt;
+      id = next_++;
+    }
+    TrialRecord& t = records_[id];
+    t.id = id;
     t.config = sampler_.at(t.id);
     t.status = Status::running;
     t.group = group;
@@ -283,6 +303,7 @@ class Coordinator {
   std::map<std::size_t, TrialRecord> records_;
   std::map<std::size_t, bool> stopped_;
   std::map<std::size_t, std::vector<std::uint8_t>> weights_;
+  std::map<int, std::size_t> reserved_;  // group -> its first trial, until it asks
   std::size_t next_ = 0, resumed_ = 0;
 };
 
@@ -331,6 +352,7 @@ class Runner {
     if (rank_ == 0) {
       try {
         coord_.emplace(sampler_, sched_, o_, t0_);
+        coord_->reserve_first(groups_);
         coord_->save();  // a results path that cannot be written fails now, on every rank
       } catch (const std::exception& e) {
         setup_error = e.what();
