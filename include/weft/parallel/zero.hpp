@@ -226,6 +226,25 @@ inline Zero3Transients zero3_layered_formula(const std::vector<double>& u, doubl
 
 namespace detail {
 
+// Map the pages that [p, p + bytes) touches writable now, keeping their
+// contents (PageBuffer::populate says why), so the partly covered first and
+// last pages are safe to include.
+inline void populate_pages(void* p, std::size_t bytes) {
+#if defined(__linux__)
+  if (!p || bytes == 0) return;
+  const std::uintptr_t pg = static_cast<std::uintptr_t>(sysconf(_SC_PAGESIZE));
+  const std::uintptr_t lo = reinterpret_cast<std::uintptr_t>(p) / pg * pg;
+  const std::uintptr_t hi = (reinterpret_cast<std::uintptr_t>(p) + bytes + pg - 1) / pg * pg;
+#if defined(MADV_POPULATE_WRITE)
+  if (madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_POPULATE_WRITE) == 0) return;
+#endif
+  for (std::uintptr_t a = lo; a < hi; a += pg) __atomic_fetch_or(reinterpret_cast<unsigned char*>(a), 0, __ATOMIC_RELAXED);
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
+
 // An anonymous mapping whose pages can be handed back to the kernel
 // (MADV_DONTNEED: the range reads as zeros afterwards, without a memset) at
 // a fixed address: the gradient views a backward pass binds stay valid.
@@ -280,6 +299,20 @@ class PageBuffer {
     }
 #endif
     std::memset(lo, 0, static_cast<std::size_t>(hi - lo));
+  }
+
+  // Map the whole pages of elements [at, at + n) writable now, keeping their
+  // contents, before a backward pass writes into them. A released page that
+  // is first read (a GEMM accumulating into its output reads it) is mapped to
+  // the kernel's shared zero page, and the write that follows copies it and
+  // flushes that address from the TLB of every core running this process:
+  // an inter-processor interrupt per page while the other ranks' threads
+  // compute (measured: a quarter of ZeRO-2's step on 2 thread ranks).
+  // MADV_POPULATE_WRITE (Linux 5.14) maps them in one call; elsewhere a
+  // locked no-op write per page (a write access: a fresh page, no copy).
+  void populate(std::size_t at, std::size_t n) {
+    if (n == 0 || !data_) return;
+    populate_pages(data_ + at, n * sizeof(T));
   }
 
   // Bytes of the mapping in memory now (mincore); the whole mapping where
@@ -504,6 +537,7 @@ class Zero {
     for (Member* m : by_param_) m->ready = false;
     next_ = units_.size();
     started_ = 0;
+    if constexpr (S >= 2) prefault(units_.size() - 1);  // backward writes the last unit first
     sample();
   }
 
@@ -736,7 +770,15 @@ class Zero {
       for (std::size_t k = units_.size(); k-- > ui + 1;)
         if (units_[k].started && !units_[k].finished) finish_unit(k);
       u.req = comm_->ireduce_scatter(std::span<const T>(in), out, comm::ReduceOp::avg, named);
+      if (ui > 0) prefault(ui - 1);  // the unit backward computes next
     }
+  }
+
+  // Unit ui's gradient pages, mapped writable before backward writes them
+  // (PageBuffer::populate): one of the two units the bound above allows.
+  void prefault(std::size_t ui) {
+    Unit& u = units_[ui];
+    if (!u.started) gbuf_.populate(u.goff, u.gspan);
   }
 
   void finish_unit(std::size_t ui) {
@@ -778,28 +820,34 @@ class Zero {
 
   // ---- stage 3: values ------------------------------------------------------------
   void gather_all() {
-    std::vector<std::vector<T>>& bufs = gather_bufs_;
-    bufs.resize(units_.size());
-    // Start every unit's allgather, then unpack in forward order as each lands.
+    // Start every unit's allgather straight into its first member's value
+    // tensor (which holds the padded unit, as on the per-layer path), then
+    // unpack in forward order as each lands: the other members copy their
+    // ranges out and the rest of that storage is handed back.
+    // Local: if a wait throws, the other requests wait for their calls while
+    // the value tensors they write are still alive.
     std::vector<typename Comm::Request> reqs(units_.size());
     for (std::size_t ui = 0; ui < units_.size(); ++ui) {
       Unit& u = units_[ui];
-      bufs[ui].resize(u.padded);
+      allocate_values(u);
       account(ledger_now_.gathered, u.padded * sizeof(T));
-      reqs[ui] = comm_->iallgather(std::span<const T>(u.vshard), std::span<T>(bufs[ui]));
+      reqs[ui] =
+          comm_->iallgather(std::span<const T>(u.vshard), std::span<T>(u.members[0].p->value.data(), u.padded));
     }
     note_peak();
     for (std::size_t ui = 0; ui < units_.size(); ++ui) {
       Unit& u = units_[ui];
       reqs[ui].wait();
-      for (const Member& m : u.members) {
-        m.p->value = Tensor<T>(m.shape);
-        std::memcpy(m.p->value.data(), bufs[ui].data() + m.offset, m.elems * sizeof(T));
+      T* all = u.members[0].p->value.data();
+      const std::size_t first = u.members[0].elems;
+      for (std::size_t k = 1; k < u.members.size(); ++k) {
+        const Member& m = u.members[k];
+        std::memcpy(m.p->value.data(), all + m.offset, m.elems * sizeof(T));
       }
-      account(ledger_now_.gathered, u.elems * sizeof(T));
+      account(ledger_now_.gathered, (u.elems - first) * sizeof(T));
       note_peak();
-      unaccount(ledger_now_.gathered, u.padded * sizeof(T));
-      std::vector<T>().swap(bufs[ui]);
+      detail::release_pages(all + first, (u.padded - first) * sizeof(T));
+      unaccount(ledger_now_.gathered, (u.padded - first) * sizeof(T));
       u.gathered = true;
     }
   }
@@ -867,6 +915,10 @@ class Zero {
     const comm::CallOptions named{.name = u.name};
     if (!bf16()) {
       if (u.members[0].p->value.empty()) allocate_values(u);
+      // Storage kept from this step's forward had its pages handed back: map
+      // them in one call rather than a fault per page during the gather.
+      for (std::size_t k = 0; k < u.members.size(); ++k)
+        detail::populate_pages(u.members[k].p->value.data(), (k == 0 ? u.padded : u.members[k].elems) * sizeof(T));
       u.vbytes = 0;
       u.wire_bytes = u.padded * sizeof(T);  // the destination, being written
       u.greq = comm_->iallgather(std::span<const T>(u.vshard), std::span<T>(u.members[0].p->value.data(), u.padded), named);
