@@ -57,14 +57,14 @@ double timed(C& c, double seconds, index_t batch, Step&& step) {
 }
 
 template <class Stage>
-Result zero(comm::ThreadTransport& t, double seconds) {
+Result zero(comm::ThreadTransport& t, double seconds, bool overlap) {
   C c{t};
   const index_t batch = 128 / c.size();
   const benchmlp::RandomData data(4096, nn::Rng(100 + static_cast<std::uint64_t>(c.rank())));
   benchmlp::Mlp m;
   Result r;
   r.P = static_cast<double>(m.params.numel());
-  parallel::Zero<float, Stage, C> z(m.params, c, nn::AdamOptions{.lr = 1e-3f});
+  parallel::Zero<float, Stage, C> z(m.params, c, nn::AdamOptions{.lr = 1e-3f}, {.overlap = overlap});
   benchmlp::Batches b(data, batch);
   Workspace<> ws;
   r.sps = timed(c, seconds, batch, [&] {
@@ -102,7 +102,7 @@ Result zero3_layers(comm::ThreadTransport& t, double seconds, parallel::ZeroPrec
   return r;
 }
 
-Result dp(comm::ThreadTransport& t, double seconds) {
+Result dp(comm::ThreadTransport& t, double seconds, bool overlap) {
   C c{t};
   const index_t batch = 128 / c.size();
   const benchmlp::RandomData data(4096, nn::Rng(100 + static_cast<std::uint64_t>(c.rank())));
@@ -110,6 +110,7 @@ Result dp(comm::ThreadTransport& t, double seconds) {
   Result r;
   r.P = static_cast<double>(m.params.numel());
   parallel::DataParallel d(m.params, c);
+  d.set_overlap(overlap);
   nn::Adam<float> opt(m.params, {.lr = 1e-3f});
   benchmlp::Batches b(data, batch);
   Workspace<> ws;
@@ -139,25 +140,34 @@ int main(int argc, char** argv) {
   const int ranks = argc > 2 ? std::atoi(argv[2]) : 2;
   const double seconds = argc > 3 ? std::atof(argv[3]) : 3.0;
   openblas_set_num_threads(1);
+  // A trailing "s" (dps, zero2s, zero3s): overlap off (collectives on the
+  // calling thread; DataParallelOptions::overlap, ZeroOptions::overlap).
+  std::string base = mode;
   int stage = -1;
-  if (mode == "dp") stage = 0;
-  if (mode == "zero1") stage = 1;
-  if (mode == "zero2") stage = 2;
-  if (mode == "zero3") stage = 3;
-  if (mode == "zero3l") stage = 4;
-  if (mode == "zero3bf16") stage = 5;
+  bool sync = false;
+  if (base == "dps" || base == "zero2s" || base == "zero3s") {
+    sync = true;
+    base.pop_back();
+  }
+  if (base == "dp") stage = 0;
+  if (base == "zero1") stage = 1;
+  if (base == "zero2") stage = 2;
+  if (base == "zero3") stage = 3;
+  if (base == "zero3l" && !sync) stage = 4;
+  if (base == "zero3bf16" && !sync) stage = 5;
   if (stage < 0 || ranks < 1) {
-    std::fprintf(stderr, "usage: bench_zero dp|zero1|zero2|zero3|zero3l|zero3bf16 [ranks] [seconds]\n");
+    std::fprintf(stderr, "usage: bench_zero dp|zero1|zero2|zero3|zero3l|zero3bf16|dps|zero2s|zero3s [ranks] [seconds]\n"
+                         "  (a trailing s: overlap off)\n");
     return 2;
   }
   Result out;
   weft::comm::run_local(ranks, [&](weft::comm::ThreadTransport& t) {
     Result r;
     switch (stage) {
-      case 0: r = dp(t, seconds); break;
-      case 1: r = zero<parallel::Zero1>(t, seconds); break;
-      case 2: r = zero<parallel::Zero2>(t, seconds); break;
-      case 3: r = zero<parallel::Zero3>(t, seconds); break;
+      case 0: r = dp(t, seconds, !sync); break;
+      case 1: r = zero<parallel::Zero1>(t, seconds, !sync); break;
+      case 2: r = zero<parallel::Zero2>(t, seconds, !sync); break;
+      case 3: r = zero<parallel::Zero3>(t, seconds, !sync); break;
       case 4: r = zero3_layers(t, seconds, parallel::ZeroPrecision::f32); break;
       default: r = zero3_layers(t, seconds, parallel::ZeroPrecision::bf16); break;
     }

@@ -16,7 +16,10 @@
 #      (created with PyPI's torch if missing; WEFT_NO_PEERS=1 skips), or why not.
 # Ends with:
 #   zero3_memory_vs_formula: M        (stage 3 bytes at rest / 16P/N at N = 2; target 0.95-1.05)
-#   zero3_vs_dp_throughput_2ranks: R  (stage 3 samples/s / DP samples/s; target >= 0.8)
+#   zero3_vs_dp_throughput_2ranks: R  (stage 3 samples/s / DP samples/s, each with
+#                                      overlap at its faster setting, named; target >= 0.8)
+#   zero3_vs_dp_throughput_2ranks_overlap_on, _overlap_off: both with overlap on (the
+#     defaults), both off (2 thread ranks fill 2 cores: the progress threads compete)
 #   zero3_layers_vs_dp_throughput_2ranks, zero3_bf16_vs_dp_throughput_2ranks: the same for zero3l, zero3bf16
 #   SECONDS_PER=3 REPEATS=3 bench/compare_zero.sh
 set -euo pipefail
@@ -27,14 +30,16 @@ S=${SECONDS_PER:-3}
 N=${REPEATS:-3}
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 Z="$WEFT_BUILD/bench/bench_zero"
-MODES=(dp zero1 zero2 zero3 zero3l zero3bf16)
+MEM_MODES=(dp zero1 zero2 zero3 zero3l zero3bf16)
+# A trailing s: overlap off (DataParallelOptions::overlap, ZeroOptions::overlap).
+MODES=(dp dps zero1 zero2 zero2s zero3 zero3s zero3l zero3bf16)
 field() { awk -v k="$1" '{for (i = 1; i < NF; i++) if ($i == k) print $(i + 1)}'; }
 
 echo "== bytes per rank (f32 Adam; measured by weft's ledger; uptime: $(cut -d' ' -f1-3 /proc/loadavg))"
 printf '%-9s %5s %14s %14s %14s %14s %14s\n' mode ranks measured_rest formula rest/formula peak gathered_peak
 declare -A REST
 for n in 2 4; do
-  for m in "${MODES[@]}"; do
+  for m in "${MEM_MODES[@]}"; do
     line=$("$Z" "$m" "$n" 0.2)
     rest=$(echo "$line" | field bytes_rest); formula=$(echo "$line" | field formula); peak=$(echo "$line" | field bytes_peak)
     gathered=$(echo "$line" | field gathered_peak)
@@ -81,4 +86,10 @@ fi
 awk -v a="${REST[zero3.2]}" -v p="$("$Z" zero3 2 0.1 | field params)" 'BEGIN { printf "zero3_memory_vs_formula: %.3f\n", a / (16 * p / 2) }'
 awk -v a="${MED[zero3l]}" -v b="${MED[dp]}" 'BEGIN { printf "zero3_layers_vs_dp_throughput_2ranks: %.2f\n", a / b }'
 awk -v a="${MED[zero3bf16]}" -v b="${MED[dp]}" 'BEGIN { printf "zero3_bf16_vs_dp_throughput_2ranks: %.2f\n", a / b }'
-awk -v a="${MED[zero3]}" -v b="${MED[dp]}" 'BEGIN { printf "zero3_vs_dp_throughput_2ranks: %.2f\n", a / b }'
+awk -v a="${MED[zero3]}" -v b="${MED[dp]}" 'BEGIN { printf "zero3_vs_dp_throughput_2ranks_overlap_on: %.2f\n", a / b }'
+awk -v a="${MED[zero3s]}" -v b="${MED[dps]}" 'BEGIN { printf "zero3_vs_dp_throughput_2ranks_overlap_off: %.2f\n", a / b }'
+# Each in its faster setting on this machine (overlap on or off), said which.
+awk -v z="${MED[zero3]}" -v zs="${MED[zero3s]}" -v d="${MED[dp]}" -v ds="${MED[dps]}" 'BEGIN {
+  zb = z > zs ? z : zs; db = d > ds ? d : ds
+  printf "zero3_vs_dp_throughput_2ranks: %.2f   (ZeRO-3 overlap %s, DP overlap %s: each at its faster setting)\n",
+         zb / db, z > zs ? "on" : "off", d > ds ? "on" : "off" }'

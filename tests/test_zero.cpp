@@ -85,13 +85,13 @@ struct BigMlp {
 };
 
 template <class Stage>
-void check_memory(int n) {
+void check_memory(int n, bool overlap = true) {
   comm::run_local(n, [&](ThreadTransport& t) {
     using C = Communicator<Ring, ThreadTransport>;
     C c{t};
     BigMlp m;
     const double P = static_cast<double>(m.reg.numel());
-    parallel::Zero<float, Stage, C> z(m.reg, c, nn::AdamOptions{.lr = 1e-3f});
+    parallel::Zero<float, Stage, C> z(m.reg, c, nn::AdamOptions{.lr = 1e-3f}, {.overlap = overlap});
     Tensor<float> x(Shape{8, 784}, 0.5f);
     Tensor<std::int32_t> y(Shape{8}, 3);
     Workspace<> ws;
@@ -134,6 +134,8 @@ TEST_CASE("memory: each stage holds what the ZeRO formulas say (f32 Adam, within
     check_memory<parallel::Zero1>(n);
     check_memory<parallel::Zero2>(n);
     check_memory<parallel::Zero3>(n);
+    check_memory<parallel::Zero2>(n, false);  // overlap off: the same bounds
+    check_memory<parallel::Zero3>(n, false);
   }
 }
 

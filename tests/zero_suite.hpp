@@ -101,12 +101,12 @@ std::vector<float> train_dp(Transport& t, const Data& data, bool deterministic) 
 
 // This rank's view of every parameter after kSteps under ZeRO stage Stage.
 template <class Stage, class Transport>
-std::vector<float> train_zero(Transport& t, const Data& data, bool deterministic) {
+std::vector<float> train_zero(Transport& t, const Data& data, bool deterministic, bool overlap = true) {
   using namespace weft::comm;
   Model m;
   using C = Communicator<Ring, Transport>;
   C c{t, options(deterministic)};
-  parallel::Zero<float, Stage, C> z(m.reg, c, kAdam);
+  parallel::Zero<float, Stage, C> z(m.reg, c, kAdam, {.overlap = overlap});
   Workspace<> ws;
   for (int s = 0; s < kSteps; ++s) {
     auto [lo, hi] = rows(s, c.rank(), c.size());
@@ -265,6 +265,10 @@ void check_stages(Transport& t, const Data& data, const std::vector<float>& one_
   CHECK(train_zero<parallel::Zero1>(t, data, true) == dpd);
   CHECK(train_zero<parallel::Zero2>(t, data, true) == dpd);
   CHECK(train_zero<parallel::Zero3>(t, data, true) == dpd);
+  // collectives on the calling thread (ZeroOptions::overlap = false): the same bits
+  CHECK(train_zero<parallel::Zero2>(t, data, true, false) == dpd);
+  CHECK(train_zero<parallel::Zero3>(t, data, true, false) == dpd);
+  check_close(train_zero<parallel::Zero3>(t, data, false, false), one_rank, "ZeRO-3, overlap off");
   // stage 3 layer by layer (prefetched gathers, per-layer reduce-scatters)
   check_close(train_layers(t, data, false), one_rank, "ZeRO-3 per layer");
   CHECK(train_layers(t, data, true) == dpd);

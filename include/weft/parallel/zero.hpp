@@ -137,6 +137,16 @@ enum class ZeroPrecision { f32, bf16 };
 struct ZeroOptions {
   ZeroPrecision precision = ZeroPrecision::f32;
   bool trace = false;  // record ZeroEvents (trace()): what was issued and waited, in order
+  // backward(make_loss) (stages 2 and 3, all at once): true runs each unit's
+  // reduce-scatter, and stage 3's gathers, non-blocking on the
+  // communicator's progress thread, overlapping the backward that goes on;
+  // false runs them on the calling thread the moment they can start (a
+  // unit's reduce-scatter still as soon as its gradients are final, so the
+  // memory is the same). Overlap pays when a core or a network is idle
+  // during compute; when every core already runs a rank (thread ranks
+  // filling the machine) the progress thread competes with them, and off is
+  // faster (bench/compare_zero.sh prints both). As DataParallelOptions::overlap.
+  bool overlap = true;
 };
 
 // One entry of Zero::trace(): `index` is a unit for the gather / release /
@@ -769,7 +779,13 @@ class Zero {
       // collectives the same way, limit_all_gathers).
       for (std::size_t k = units_.size(); k-- > ui + 1;)
         if (units_[k].started && !units_[k].finished) finish_unit(k);
-      u.req = comm_->ireduce_scatter(std::span<const T>(in), out, comm::ReduceOp::avg, named);
+      if (zo_.overlap) {
+        u.req = comm_->ireduce_scatter(std::span<const T>(in), out, comm::ReduceOp::avg, named);
+      } else {
+        comm_->reduce_scatter(std::span<const T>(in), out, comm::ReduceOp::avg, named);
+        gbuf_.release(u.goff, u.gspan);
+        landed(u);
+      }
       if (ui > 0) prefault(ui - 1);  // the unit backward computes next
     }
   }
@@ -831,13 +847,16 @@ class Zero {
       Unit& u = units_[ui];
       allocate_values(u);
       account(ledger_now_.gathered, u.padded * sizeof(T));
-      reqs[ui] =
-          comm_->iallgather(std::span<const T>(u.vshard), std::span<T>(u.members[0].p->value.data(), u.padded));
+      const std::span<T> dst(u.members[0].p->value.data(), u.padded);
+      if (zo_.overlap) reqs[ui] = comm_->iallgather(std::span<const T>(u.vshard), dst);
     }
     note_peak();
     for (std::size_t ui = 0; ui < units_.size(); ++ui) {
       Unit& u = units_[ui];
-      reqs[ui].wait();
+      if (zo_.overlap)
+        reqs[ui].wait();
+      else
+        comm_->allgather(std::span<const T>(u.vshard), std::span<T>(u.members[0].p->value.data(), u.padded));
       T* all = u.members[0].p->value.data();
       const std::size_t first = u.members[0].elems;
       for (std::size_t k = 1; k < u.members.size(); ++k) {
