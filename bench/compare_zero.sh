@@ -92,4 +92,4 @@ awk -v a="${MED[zero3s]}" -v b="${MED[dps]}" 'BEGIN { printf "zero3_vs_dp_throug
 awk -v z="${MED[zero3]}" -v zs="${MED[zero3s]}" -v d="${MED[dp]}" -v ds="${MED[dps]}" 'BEGIN {
   zb = z > zs ? z : zs; db = d > ds ? d : ds
   printf "zero3_vs_dp_throughput_2ranks: %.2f   (ZeRO-3 overlap %s, DP overlap %s: each at its faster setting)\n",
-         zb / db, z > zs ? "on" : "off", d > ds ? "on" : "off" }'
+         zb / db, (z > zs ? "on" : "off"), (d > ds ? "on" : "off") }'
