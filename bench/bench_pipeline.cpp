@@ -152,6 +152,10 @@ int main(int argc, char** argv) {
               "samples_per_s=%.0f f_us=%.1f b_us=%.1f w_us=%.1f\n",
               sched.name.c_str(), p, m, r.bubble, r.sim_bubble, pp::formula_bubble(p, m, v), r.peak_stashes, r.peak_mib,
               r.samples_per_s, 1e6 * f / S, 1e6 * b / S, 1e6 * w / S);
+  if (std::getenv("WEFT_PIPE_STAGES"))
+    for (int s = 0; s < S; ++s)
+      std::printf("stage %d: F %.1f us  B %.1f us  W %.1f us\n", s, 1e6 * r.f[static_cast<std::size_t>(s)],
+                  1e6 * r.b[static_cast<std::size_t>(s)], 1e6 * r.w[static_cast<std::size_t>(s)]);
   if (std::getenv("WEFT_PIPE_TIMELINE")) std::printf("%s", r.timeline.c_str());
   return 0;
 }

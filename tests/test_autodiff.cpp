@@ -11,6 +11,7 @@
 #include <weft/expr/layer_norm.hpp>
 #include <weft/expr/let.hpp>
 #include <weft/expr/matmul.hpp>
+#include <weft/nn/rng.hpp>
 #include <weft/weft.hpp>
 
 using namespace weft;
@@ -102,6 +103,33 @@ TEST_CASE("matmul with all four transpose combinations") {
   CHECK_GRAD([](auto x) { return matmul(x, x); }, sq);
   // transpose of a computed expression
   CHECK_GRAD([](auto x) { return transpose(exp(x)) * 2.0; }, a);
+}
+
+TEST_CASE("cross_entropy's gradient is (softmax - onehot) / N at every row and column, against a double reference") {
+  // Shapes whose element index crosses many rows: the backward finds an
+  // element's row without an integer division (expr/cross_entropy.hpp).
+  for (auto rc : {std::pair<index_t, index_t>{1, 1}, {7, 3}, {64, 256}, {33, 10}, {5, 1000}}) {
+    const index_t R = rc.first, C = rc.second;
+    CAPTURE(R);
+    CAPTURE(C);
+    Tensor<float> x({R, C});
+    nn::Rng rng(static_cast<std::uint64_t>(R * 131 + C));
+    for (index_t i = 0; i < x.numel(); ++i) x.data()[i] = 3.0f * rng.normal();
+    Tensor<std::int32_t> y({R});
+    for (index_t r = 0; r < R; ++r) y.data()[r] = static_cast<std::int32_t>(rng.below(static_cast<std::uint64_t>(C)));
+    auto [v, g] = value_and_grad([&](auto a) { return cross_entropy(a, y); }, x);
+    double worst = 0;
+    for (index_t r = 0; r < R; ++r) {
+      double m = -1e300, z = 0;
+      for (index_t c = 0; c < C; ++c) m = std::max(m, static_cast<double>(x(r, c)));
+      for (index_t c = 0; c < C; ++c) z += std::exp(static_cast<double>(x(r, c)) - m);
+      for (index_t c = 0; c < C; ++c) {
+        const double want = (std::exp(static_cast<double>(x(r, c)) - m) / z - (c == y.data()[r] ? 1.0 : 0.0)) / R;
+        worst = std::max(worst, std::abs(static_cast<double>(g(r, c)) - want));
+      }
+    }
+    CHECK(worst < 1e-6 / static_cast<double>(R) + 1e-8);
+  }
 }
 
 TEST_CASE("softmax, log_softmax, cross_entropy and a small MLP") {
