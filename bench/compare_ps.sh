@@ -8,7 +8,7 @@
 # accuracy on the whole test set. Then push/pull throughput (bench_ps). Ends with
 #   ssp_vs_bsp_time_to_accuracy_straggler: R     (transient; BSP time / best SSP time, threads, 1 server x 3 workers)
 #   asp_vs_bsp_time_to_accuracy_slow_worker: R2  (persistent; BSP time / ASP time, same layout)
-#   EPOCHS=2 TARGET=85 MPI=1 bench/compare_ps.sh
+#   EPOCHS=2 TARGET=85 MPI=1 REPEATS=1 bench/compare_ps.sh  (REPEATS=5: medians of 5 interleaved runs)
 set -euo pipefail
 source "$(dirname "$0")/../scripts/common.sh"
 weft_install "${WEFT_BASE_PKGS[@]}"
@@ -19,21 +19,32 @@ T=${TARGET:-85}
 EX="$WEFT_BUILD/examples/09_parameter_server"
 EXM="$WEFT_BUILD/examples/09_parameter_server_mpi"
 
-declare -A TTT ACC
+declare -A TTT ACC RUNS
+# REPEATS=R runs every configuration R times, interleaved (each round runs all
+# of them once); a configuration's time is the median of its runs (-1, not
+# reached, counts as the slowest). One run reaches 85% in a few seconds, so
+# one scheduling hiccup moves a single run's ratio by tenths.
+R=${REPEATS:-1}
+median() { tr ' ' '\n' | grep -v '^$' | awk '{ v = ($1 < 0) ? 1e9 : $1; print v }' | sort -g |
+           awk '{a[NR] = $1} END { m = (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2; print (m >= 1e8) ? -1 : m }'; }
 run() {  # run KEY COMMAND...
   local key=$1
   shift
-  local line
+  local line t
   line=$("$@" 2>/dev/null | grep '^result ' | tail -1) || true
-  TTT[$key]=$(echo "$line" | sed -n 's/.*time_to_target_s=\([-0-9.]*\).*/\1/p')
+  t=$(echo "$line" | sed -n 's/.*time_to_target_s=\([-0-9.]*\).*/\1/p')
+  RUNS[$key]="${RUNS[$key]:-} ${t:--1}"
+  TTT[$key]=$(echo "${RUNS[$key]}" | median)
   ACC[$key]=$(echo "$line" | sed -n 's/.*final_accuracy=\([0-9.]*\).*/\1/p')
-  printf '%-44s time_to_%s%%: %8s s   final accuracy: %6s%%\n' "$key" "$T" "${TTT[$key]:-fail}" "${ACC[$key]:-fail}"
+  printf '%-44s time_to_%s%%: %8s s   final accuracy: %6s%%\n' "$key" "$T" "${t:-fail}" "${ACC[$key]:-fail}"
 }
 
 echo "== time to ${T}% test accuracy (2,000 test images, evaluation excluded; -1: not reached in $E epochs)"
 echo "   and final accuracy (10,000 test images); uptime: $(cut -d' ' -f1-3 /proc/loadavg)"
 # LAYOUTS="1 3" (servers workers, comma-separated): fewer runs; the two ratios below read the 1 x 3 runs.
 IFS=, read -ra LAYOUT_LIST <<<"${LAYOUTS:-1 3,2 4}"
+for ((round = 1; round <= R; round++)); do
+[ "$R" -gt 1 ] && echo "-- round $round of $R"
 for straggler in transient persistent; do
   for layout in "${LAYOUT_LIST[@]}"; do
     set -- $layout
@@ -56,6 +67,14 @@ for straggler in transient persistent; do
     done
   fi
 done
+
+done
+if [ "$R" -gt 1 ]; then
+  echo "== medians of $R runs (seconds to ${T}%; -1: not reached)"
+  for key in $(printf '%s\n' "${!RUNS[@]}" | sort); do
+    printf '%-44s %8s s   (runs:%s)\n' "$key" "${TTT[$key]}" "${RUNS[$key]}"
+  done
+fi
 
 echo "== push/pull throughput (thread ranks, 1 server, 1 worker)"
 "$WEFT_BUILD/bench/bench_ps" "${SECONDS_PER:-1}"
