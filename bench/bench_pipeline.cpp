@@ -9,6 +9,10 @@
 //   build/bench/bench_pipeline p m schedule [steps = 30] [hidden = 256] [rows = 64]
 //   schedule: gpipe | 1f1b | interleaved (v = 2) | zb
 // One line of key=value pairs (bench/compare_pipeline.sh reads it).
+// WEFT_PIPE_STAGES=1: per-stage F, B, W times; WEFT_PIPE_TIMELINE=1: the last
+// step's ASCII timeline; WEFT_PIPE_EVENTS=1: the last step's actions, one per
+// line (rank, op, micro-batch, start and end in us from the step's start):
+// a receive's end minus its send's start is the delivery latency.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -97,6 +101,12 @@ Result run(const pp::Schedule& sched, int steps, index_t hidden, index_t rows) {
           ++cnt[k][static_cast<std::size_t>(st)];
         }
       if (s + 1 == warm + steps) res.timeline = pp::ascii_timeline(tr, 96);
+      if (s + 1 == warm + steps && std::getenv("WEFT_PIPE_EVENTS")) {
+        const double t0 = tr.begin();
+        for (int r = 0; r < p; ++r)
+          for (const pp::Event& e : tr.ranks[static_cast<std::size_t>(r)])
+            std::printf("r%d %-9s mb%d %8.0f %8.0f\n", r, pp::op_name(e.action.op), e.action.mb, 1e6 * (e.start - t0), 1e6 * (e.end - t0));
+      }
     }
     peak_bytes[static_cast<std::size_t>(t.rank())] = pipe.peak_activation_bytes();
     peak_stash[static_cast<std::size_t>(t.rank())] = pipe.peak_activations();
