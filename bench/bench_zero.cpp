@@ -79,14 +79,14 @@ Result zero(comm::ThreadTransport& t, double seconds, bool overlap) {
 }
 
 // Stage 3 layer by layer, f32 or bf16 on the wire.
-Result zero3_layers(comm::ThreadTransport& t, double seconds, parallel::ZeroPrecision prec) {
+Result zero3_layers(comm::ThreadTransport& t, double seconds, parallel::ZeroPrecision prec, bool overlap) {
   C c{t};
   const index_t batch = 128 / c.size();
   const benchmlp::RandomData data(4096, nn::Rng(100 + static_cast<std::uint64_t>(c.rank())));
   benchmlp::Mlp m;
   Result r;
   r.P = static_cast<double>(m.params.numel());
-  parallel::Zero<float, parallel::Zero3, C> z(m.params, c, nn::AdamOptions{.lr = 1e-3f}, {.precision = prec});
+  parallel::Zero<float, parallel::Zero3, C> z(m.params, c, nn::AdamOptions{.lr = 1e-3f}, {.precision = prec, .overlap = overlap});
   nn::ReLU act;
   auto fsdp = parallel::zero_layers<std::int32_t>(z, std::tie(m.l1, act, m.l2, act, m.l3),
                                                   [](auto out, TensorView<std::int32_t> y) { return cross_entropy(out, y); });
@@ -140,12 +140,12 @@ int main(int argc, char** argv) {
   const int ranks = argc > 2 ? std::atoi(argv[2]) : 2;
   const double seconds = argc > 3 ? std::atof(argv[3]) : 3.0;
   openblas_set_num_threads(1);
-  // A trailing "s" (dps, zero2s, zero3s): overlap off (collectives on the
+  // A trailing "s" (dps, zero2s, zero3s, zero3ls, zero3bf16s): overlap off (collectives on the
   // calling thread; DataParallelOptions::overlap, ZeroOptions::overlap).
   std::string base = mode;
   int stage = -1;
   bool sync = false;
-  if (base == "dps" || base == "zero2s" || base == "zero3s") {
+  if (base == "dps" || base == "zero2s" || base == "zero3s" || base == "zero3ls" || base == "zero3bf16s") {
     sync = true;
     base.pop_back();
   }
@@ -153,10 +153,10 @@ int main(int argc, char** argv) {
   if (base == "zero1") stage = 1;
   if (base == "zero2") stage = 2;
   if (base == "zero3") stage = 3;
-  if (base == "zero3l" && !sync) stage = 4;
-  if (base == "zero3bf16" && !sync) stage = 5;
+  if (base == "zero3l") stage = 4;
+  if (base == "zero3bf16") stage = 5;
   if (stage < 0 || ranks < 1) {
-    std::fprintf(stderr, "usage: bench_zero dp|zero1|zero2|zero3|zero3l|zero3bf16|dps|zero2s|zero3s [ranks] [seconds]\n"
+    std::fprintf(stderr, "usage: bench_zero dp|zero1|zero2|zero3|zero3l|zero3bf16|dps|zero2s|zero3s|zero3ls|zero3bf16s [ranks] [seconds]\n"
                          "  (a trailing s: overlap off)\n");
     return 2;
   }
@@ -168,8 +168,8 @@ int main(int argc, char** argv) {
       case 1: r = zero<parallel::Zero1>(t, seconds, !sync); break;
       case 2: r = zero<parallel::Zero2>(t, seconds, !sync); break;
       case 3: r = zero<parallel::Zero3>(t, seconds, !sync); break;
-      case 4: r = zero3_layers(t, seconds, parallel::ZeroPrecision::f32); break;
-      default: r = zero3_layers(t, seconds, parallel::ZeroPrecision::bf16); break;
+      case 4: r = zero3_layers(t, seconds, parallel::ZeroPrecision::f32, !sync); break;
+      default: r = zero3_layers(t, seconds, parallel::ZeroPrecision::bf16, !sync); break;
     }
     if (t.rank() == 0) out = r;
   });

@@ -32,7 +32,7 @@ export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 Z="$WEFT_BUILD/bench/bench_zero"
 MEM_MODES=(dp zero1 zero2 zero3 zero3l zero3bf16)
 # A trailing s: overlap off (DataParallelOptions::overlap, ZeroOptions::overlap).
-MODES=(dp dps zero1 zero2 zero2s zero3 zero3s zero3l zero3bf16)
+MODES=(dp dps zero1 zero2 zero2s zero3 zero3s zero3l zero3ls zero3bf16 zero3bf16s)
 field() { awk -v k="$1" '{for (i = 1; i < NF; i++) if ($i == k) print $(i + 1)}'; }
 
 echo "== bytes per rank (f32 Adam; measured by weft's ledger; uptime: $(cut -d' ' -f1-3 /proc/loadavg))"
@@ -84,8 +84,10 @@ else
 fi
 
 awk -v a="${REST[zero3.2]}" -v p="$("$Z" zero3 2 0.1 | field params)" 'BEGIN { printf "zero3_memory_vs_formula: %.3f\n", a / (16 * p / 2) }'
-awk -v a="${MED[zero3l]}" -v b="${MED[dp]}" 'BEGIN { printf "zero3_layers_vs_dp_throughput_2ranks: %.2f\n", a / b }'
-awk -v a="${MED[zero3bf16]}" -v b="${MED[dp]}" 'BEGIN { printf "zero3_bf16_vs_dp_throughput_2ranks: %.2f\n", a / b }'
+awk -v a="${MED[zero3l]}" -v b="${MED[dp]}" -v c="${MED[zero3ls]}" -v d="${MED[dps]}" \
+  'BEGIN { printf "zero3_layers_vs_dp_throughput_2ranks: %.2f   (overlap off, both: %.2f)\n", a / b, c / d }'
+awk -v a="${MED[zero3bf16]}" -v b="${MED[dp]}" -v c="${MED[zero3bf16s]}" -v d="${MED[dps]}" \
+  'BEGIN { printf "zero3_bf16_vs_dp_throughput_2ranks: %.2f   (overlap off, both: %.2f)\n", a / b, c / d }'
 awk -v a="${MED[zero3]}" -v b="${MED[dp]}" 'BEGIN { printf "zero3_vs_dp_throughput_2ranks_overlap_on: %.2f\n", a / b }'
 awk -v a="${MED[zero3s]}" -v b="${MED[dps]}" 'BEGIN { printf "zero3_vs_dp_throughput_2ranks_overlap_off: %.2f\n", a / b }'
 # Each in its faster setting on this machine (overlap on or off), said which.

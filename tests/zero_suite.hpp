@@ -146,13 +146,13 @@ inline auto xent() {
 template <class Stage = parallel::Zero3, class Transport>
 std::vector<float> train_layers(Transport& t, const Data& data, bool deterministic,
                                 parallel::ZeroPrecision prec = parallel::ZeroPrecision::f32,
-                                nn::AdamOptions adam = kAdam) {
+                                nn::AdamOptions adam = kAdam, bool overlap = true) {
   using namespace weft::comm;
   Model m;
   nn::Tanh act;
   using C = Communicator<Ring, Transport>;
   C c{t, options(deterministic)};
-  parallel::Zero<float, Stage, C> z(m.reg, c, adam, {.precision = prec});
+  parallel::Zero<float, Stage, C> z(m.reg, c, adam, {.precision = prec, .overlap = overlap});
   auto fsdp = parallel::zero_layers<std::int32_t>(z, std::tie(m.l1, act, m.l2, act, m.l3), xent());
   for (int s = 0; s < kSteps; ++s) {
     auto [lo, hi] = rows(s, c.rank(), c.size());
@@ -272,6 +272,10 @@ void check_stages(Transport& t, const Data& data, const std::vector<float>& one_
   // stage 3 layer by layer (prefetched gathers, per-layer reduce-scatters)
   check_close(train_layers(t, data, false), one_rank, "ZeRO-3 per layer");
   CHECK(train_layers(t, data, true) == dpd);
+  // per layer with overlap off (no prefetch; gathers and reduce-scatters on the calling thread)
+  CHECK(train_layers(t, data, true, parallel::ZeroPrecision::f32, kAdam, false) == dpd);
+  CHECK(train_layers(t, data, true, parallel::ZeroPrecision::bf16, kAdam, false) ==
+        train_layers(t, data, true, parallel::ZeroPrecision::bf16, kAdam, true));
 }
 
 // Mixed precision (bf16 on the wire and in the layers' parameters, f32

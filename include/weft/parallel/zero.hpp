@@ -137,12 +137,12 @@ enum class ZeroPrecision { f32, bf16 };
 struct ZeroOptions {
   ZeroPrecision precision = ZeroPrecision::f32;
   bool trace = false;  // record ZeroEvents (trace()): what was issued and waited, in order
-  // backward(make_loss) (stages 2 and 3, all at once): true runs each unit's
+  // Stages 2 and 3 (all at once and per layer): true runs each unit's
   // reduce-scatter, and stage 3's gathers, non-blocking on the
-  // communicator's progress thread, overlapping the backward that goes on;
-  // false runs them on the calling thread the moment they can start (a
-  // unit's reduce-scatter still as soon as its gradients are final, so the
-  // memory is the same). Overlap pays when a core or a network is idle
+  // communicator's progress thread, overlapping the compute that goes on
+  // (per layer: the next layer's gather prefetched); false runs them on the
+  // calling thread the moment they are needed (a unit's reduce-scatter still
+  // as soon as its gradients are final, so the memory is no higher). Overlap pays when a core or a network is idle
   // during compute; when every core already runs a rank (thread ranks
   // filling the machine) the progress thread competes with them, and off is
   // faster (bench/compare_zero.sh prints both). As DataParallelOptions::overlap.
@@ -686,6 +686,7 @@ class Zero {
     std::vector<T> rwire;                            // f32: the full gradient, reduce-scattered
     std::vector<bfloat16> rwire16, rshard16;         // bf16: the full gradient and its reduced shard
     typename Comm::Request greq{}, rreq{};
+    bool gsync = false, rsync = false;               // overlap off: the call already ran, no request to wait
     std::size_t wire_bytes = 0, vbytes = 0;          // gathered: buffers in flight, values resident
     std::size_t rbytes = 0, pgrad_bytes = 0;         // gradients: reduce wire, layer gradients
     std::size_t mine_lo(std::size_t r) const { return r * shard; }
@@ -927,9 +928,12 @@ class Zero {
   // Issue unit ui's all-gather (the value tensors' storage is kept from this
   // step's forward when the backward gathers it again: the saved forward
   // state points into it).
-  void lay_gather_start(std::size_t ui) {
+  // With overlap off there is no prefetch: the gather runs on the calling
+  // thread when the layer needs it (now = true, from lay_gather_finish).
+  void lay_gather_start(std::size_t ui, bool now = false) {
     Unit& u = units_[ui];
     if (u.present || u.gathering) return;
+    if (!zo_.overlap && !now) return;
     event(ZeroEvent::gather_start, ui);
     const comm::CallOptions named{.name = u.name};
     if (!bf16()) {
@@ -940,14 +944,22 @@ class Zero {
         detail::populate_pages(u.members[k].p->value.data(), (k == 0 ? u.padded : u.members[k].elems) * sizeof(T));
       u.vbytes = 0;
       u.wire_bytes = u.padded * sizeof(T);  // the destination, being written
-      u.greq = comm_->iallgather(std::span<const T>(u.vshard), std::span<T>(u.members[0].p->value.data(), u.padded), named);
+      const std::span<T> dst(u.members[0].p->value.data(), u.padded);
+      if (zo_.overlap)
+        u.greq = comm_->iallgather(std::span<const T>(u.vshard), dst, named);
+      else
+        comm_->allgather(std::span<const T>(u.vshard), dst, named);
     } else {
       u.gsend.resize(u.shard);
       for (std::size_t i = 0; i < u.shard; ++i) u.gsend[i] = bfloat16(static_cast<float>(u.vshard[i]));
       u.gwire.resize(u.padded);
       u.wire_bytes = (u.shard + u.padded) * sizeof(bfloat16);
-      u.greq = comm_->iallgather(std::span<const bfloat16>(u.gsend), std::span<bfloat16>(u.gwire), named);
+      if (zo_.overlap)
+        u.greq = comm_->iallgather(std::span<const bfloat16>(u.gsend), std::span<bfloat16>(u.gwire), named);
+      else
+        comm_->allgather(std::span<const bfloat16>(u.gsend), std::span<bfloat16>(u.gwire), named);
     }
+    u.gsync = !zo_.overlap;
     u.gathering = true;
     lay_sample();
   }
@@ -955,8 +967,9 @@ class Zero {
   void lay_gather_finish(std::size_t ui) {
     Unit& u = units_[ui];
     if (u.present) return;
-    if (!u.gathering) lay_gather_start(ui);
-    u.greq.wait();
+    if (!u.gathering) lay_gather_start(ui, true);
+    if (!u.gsync) u.greq.wait();
+    u.gsync = false;
     u.gathering = false;
     event(ZeroEvent::gather_wait, ui);
     if (!bf16()) {
@@ -1032,11 +1045,19 @@ class Zero {
     for (const Member& m : u.members) m.p->grad = Tensor<T>();
     u.pgrad_bytes = 0;
     event(ZeroEvent::reduce_start, ui);
-    if (!bf16())
-      u.rreq = comm_->ireduce_scatter(std::span<const T>(u.rwire), std::span<T>(u.gshard), comm::ReduceOp::avg, named);
-    else
-      u.rreq = comm_->ireduce_scatter(std::span<const bfloat16>(u.rwire16), std::span<bfloat16>(u.rshard16), comm::ReduceOp::avg,
-                                      named);
+    if (zo_.overlap) {
+      if (!bf16())
+        u.rreq = comm_->ireduce_scatter(std::span<const T>(u.rwire), std::span<T>(u.gshard), comm::ReduceOp::avg, named);
+      else
+        u.rreq = comm_->ireduce_scatter(std::span<const bfloat16>(u.rwire16), std::span<bfloat16>(u.rshard16),
+                                        comm::ReduceOp::avg, named);
+    } else {
+      if (!bf16())
+        comm_->reduce_scatter(std::span<const T>(u.rwire), std::span<T>(u.gshard), comm::ReduceOp::avg, named);
+      else
+        comm_->reduce_scatter(std::span<const bfloat16>(u.rwire16), std::span<bfloat16>(u.rshard16), comm::ReduceOp::avg, named);
+    }
+    u.rsync = !zo_.overlap;
     u.started = true;
     inflight_.push_back(ui);
     lay_sample();
@@ -1045,7 +1066,8 @@ class Zero {
   void lay_finish_reduces() {
     for (std::size_t ui : inflight_) {
       Unit& u = units_[ui];
-      u.rreq.wait();
+      if (!u.rsync) u.rreq.wait();
+      u.rsync = false;
       event(ZeroEvent::reduce_wait, ui);
       if (bf16())
         for (std::size_t i = 0; i < u.shard; ++i) u.gshard[i] = static_cast<T>(static_cast<float>(u.rshard16[i]));
@@ -1075,10 +1097,11 @@ class Zero {
     for (std::size_t ui = 0; ui < units_.size(); ++ui) {
       Unit& u = units_[ui];
       try {
-        if (u.gathering) u.greq.wait();
+        if (u.gathering && !u.gsync) u.greq.wait();
       } catch (...) {
       }
       u.gathering = false;
+      u.gsync = false;
       u.present = true;
       lay_release(ui, false);
       for (const Member& m : u.members) m.p->grad = Tensor<T>();
@@ -1086,10 +1109,11 @@ class Zero {
     }
     for (std::size_t ui : inflight_) {
       try {
-        units_[ui].rreq.wait();
+        if (!units_[ui].rsync) units_[ui].rreq.wait();
       } catch (...) {
       }
       units_[ui].started = false;
+      units_[ui].rsync = false;
       units_[ui].rbytes = 0;
     }
     inflight_.clear();
