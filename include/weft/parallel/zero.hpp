@@ -686,7 +686,6 @@ class Zero {
     std::vector<T> rwire;                            // f32: the full gradient, reduce-scattered
     std::vector<bfloat16> rwire16, rshard16;         // bf16: the full gradient and its reduced shard
     typename Comm::Request greq{}, rreq{};
-    bool gsync = false, rsync = false;               // overlap off: the call already ran, no request to wait
     std::size_t wire_bytes = 0, vbytes = 0;          // gathered: buffers in flight, values resident
     std::size_t rbytes = 0, pgrad_bytes = 0;         // gradients: reduce wire, layer gradients
     std::size_t mine_lo(std::size_t r) const { return r * shard; }
@@ -780,15 +779,26 @@ class Zero {
       // collectives the same way, limit_all_gathers).
       for (std::size_t k = units_.size(); k-- > ui + 1;)
         if (units_[k].started && !units_[k].finished) finish_unit(k);
-      if (zo_.overlap) {
-        u.req = comm_->ireduce_scatter(std::span<const T>(in), out, comm::ReduceOp::avg, named);
-      } else {
-        comm_->reduce_scatter(std::span<const T>(in), out, comm::ReduceOp::avg, named);
-        gbuf_.release(u.goff, u.gspan);
-        landed(u);
-      }
+      u.req = reduce_scatter_avg(std::span<const T>(in), out, named);
+      if (!zo_.overlap) finish_unit(ui);  // already reduced: release its pages now
       if (ui > 0) prefault(ui - 1);  // the unit backward computes next
     }
+  }
+
+  // The collectives of stages 2 and 3: non-blocking on the communicator's
+  // progress thread with overlap on; with it off they run here and the
+  // request returned is already complete (its wait() returns at once).
+  template <class In, class Out>
+  typename Comm::Request gather(const In& in, Out&& out, comm::CallOptions o = {}) {
+    if (zo_.overlap) return comm_->iallgather(in, std::forward<Out>(out), o);
+    comm_->allgather(in, std::forward<Out>(out), o);
+    return {};
+  }
+  template <class In, class Out>
+  typename Comm::Request reduce_scatter_avg(const In& in, Out&& out, comm::CallOptions o) {
+    if (zo_.overlap) return comm_->ireduce_scatter(in, std::forward<Out>(out), comm::ReduceOp::avg, o);
+    comm_->reduce_scatter(in, std::forward<Out>(out), comm::ReduceOp::avg, o);
+    return {};
   }
 
   // Unit ui's gradient pages, mapped writable before backward writes them
@@ -848,16 +858,12 @@ class Zero {
       Unit& u = units_[ui];
       allocate_values(u);
       account(ledger_now_.gathered, u.padded * sizeof(T));
-      const std::span<T> dst(u.members[0].p->value.data(), u.padded);
-      if (zo_.overlap) reqs[ui] = comm_->iallgather(std::span<const T>(u.vshard), dst);
+      reqs[ui] = gather(std::span<const T>(u.vshard), std::span<T>(u.members[0].p->value.data(), u.padded));
     }
     note_peak();
     for (std::size_t ui = 0; ui < units_.size(); ++ui) {
       Unit& u = units_[ui];
-      if (zo_.overlap)
-        reqs[ui].wait();
-      else
-        comm_->allgather(std::span<const T>(u.vshard), std::span<T>(u.members[0].p->value.data(), u.padded));
+      reqs[ui].wait();
       T* all = u.members[0].p->value.data();
       const std::size_t first = u.members[0].elems;
       for (std::size_t k = 1; k < u.members.size(); ++k) {
@@ -944,22 +950,14 @@ class Zero {
         detail::populate_pages(u.members[k].p->value.data(), (k == 0 ? u.padded : u.members[k].elems) * sizeof(T));
       u.vbytes = 0;
       u.wire_bytes = u.padded * sizeof(T);  // the destination, being written
-      const std::span<T> dst(u.members[0].p->value.data(), u.padded);
-      if (zo_.overlap)
-        u.greq = comm_->iallgather(std::span<const T>(u.vshard), dst, named);
-      else
-        comm_->allgather(std::span<const T>(u.vshard), dst, named);
+      u.greq = gather(std::span<const T>(u.vshard), std::span<T>(u.members[0].p->value.data(), u.padded), named);
     } else {
       u.gsend.resize(u.shard);
       for (std::size_t i = 0; i < u.shard; ++i) u.gsend[i] = bfloat16(static_cast<float>(u.vshard[i]));
       u.gwire.resize(u.padded);
       u.wire_bytes = (u.shard + u.padded) * sizeof(bfloat16);
-      if (zo_.overlap)
-        u.greq = comm_->iallgather(std::span<const bfloat16>(u.gsend), std::span<bfloat16>(u.gwire), named);
-      else
-        comm_->allgather(std::span<const bfloat16>(u.gsend), std::span<bfloat16>(u.gwire), named);
+      u.greq = gather(std::span<const bfloat16>(u.gsend), std::span<bfloat16>(u.gwire), named);
     }
-    u.gsync = !zo_.overlap;
     u.gathering = true;
     lay_sample();
   }
@@ -968,8 +966,7 @@ class Zero {
     Unit& u = units_[ui];
     if (u.present) return;
     if (!u.gathering) lay_gather_start(ui, true);
-    if (!u.gsync) u.greq.wait();
-    u.gsync = false;
+    u.greq.wait();
     u.gathering = false;
     event(ZeroEvent::gather_wait, ui);
     if (!bf16()) {
@@ -1045,19 +1042,10 @@ class Zero {
     for (const Member& m : u.members) m.p->grad = Tensor<T>();
     u.pgrad_bytes = 0;
     event(ZeroEvent::reduce_start, ui);
-    if (zo_.overlap) {
-      if (!bf16())
-        u.rreq = comm_->ireduce_scatter(std::span<const T>(u.rwire), std::span<T>(u.gshard), comm::ReduceOp::avg, named);
-      else
-        u.rreq = comm_->ireduce_scatter(std::span<const bfloat16>(u.rwire16), std::span<bfloat16>(u.rshard16),
-                                        comm::ReduceOp::avg, named);
-    } else {
-      if (!bf16())
-        comm_->reduce_scatter(std::span<const T>(u.rwire), std::span<T>(u.gshard), comm::ReduceOp::avg, named);
-      else
-        comm_->reduce_scatter(std::span<const bfloat16>(u.rwire16), std::span<bfloat16>(u.rshard16), comm::ReduceOp::avg, named);
-    }
-    u.rsync = !zo_.overlap;
+    if (!bf16())
+      u.rreq = reduce_scatter_avg(std::span<const T>(u.rwire), std::span<T>(u.gshard), named);
+    else
+      u.rreq = reduce_scatter_avg(std::span<const bfloat16>(u.rwire16), std::span<bfloat16>(u.rshard16), named);
     u.started = true;
     inflight_.push_back(ui);
     lay_sample();
@@ -1066,8 +1054,7 @@ class Zero {
   void lay_finish_reduces() {
     for (std::size_t ui : inflight_) {
       Unit& u = units_[ui];
-      if (!u.rsync) u.rreq.wait();
-      u.rsync = false;
+      u.rreq.wait();
       event(ZeroEvent::reduce_wait, ui);
       if (bf16())
         for (std::size_t i = 0; i < u.shard; ++i) u.gshard[i] = static_cast<T>(static_cast<float>(u.rshard16[i]));
@@ -1097,11 +1084,10 @@ class Zero {
     for (std::size_t ui = 0; ui < units_.size(); ++ui) {
       Unit& u = units_[ui];
       try {
-        if (u.gathering && !u.gsync) u.greq.wait();
+        if (u.gathering) u.greq.wait();
       } catch (...) {
       }
       u.gathering = false;
-      u.gsync = false;
       u.present = true;
       lay_release(ui, false);
       for (const Member& m : u.members) m.p->grad = Tensor<T>();
@@ -1109,11 +1095,10 @@ class Zero {
     }
     for (std::size_t ui : inflight_) {
       try {
-        if (!units_[ui].rsync) units_[ui].rreq.wait();
+        units_[ui].rreq.wait();
       } catch (...) {
       }
       units_[ui].started = false;
-      units_[ui].rsync = false;
       units_[ui].rbytes = 0;
     }
     inflight_.clear();
