@@ -221,9 +221,9 @@ class Coordinator {
   // another group has finished several (short trials, a leader scheduled late).
   void reserve_first(int groups) {
     for (int l = 0; l < groups; ++l) {
-      while (next_ < sampler_.size() && records_.count(next_)) ++next_;
-      if (next_ >= sampler_.size()) return;
-      reserved_[l] = next_++;
+      auto id = take_next();
+      if (!id) return;
+      reserved_[l] = *id;
     }
   }
 
@@ -232,10 +232,10 @@ class Coordinator {
     if (auto r = reserved_.find(group); r != reserved_.end()) {
       id = r->second;
       reserved_.erase(r);
+    } else if (auto n = take_next()) {
+      id = *n;
     } else {
-      while (next_ < sampler_.size() && records_.count(next_)) ++next_;
-      if (next_ >= sampler_.size()) return std::nullopt;
-      id = next_++;
+      return std::nullopt;
     }
     TrialRecord& t = records_[id];
     t.id = id;
@@ -294,6 +294,13 @@ class Coordinator {
 
  private:
   double now() const { return std::chrono::duration<double>(comm::Clock::now() - t0_).count(); }
+
+  // The next trial neither resumed from the results file nor handed out yet.
+  std::optional<std::size_t> take_next() {
+    while (next_ < sampler_.size() && records_.count(next_)) ++next_;
+    if (next_ >= sampler_.size()) return std::nullopt;
+    return next_++;
+  }
 
   const Smp& sampler_;
   Sch& sched_;
