@@ -532,3 +532,36 @@ TEST_CASE("ASP: a synced pull waits for every worker's last step, so the final w
   CHECK(final_value[1] == -10.0f);
   CHECK(final_value[2] == -10.0f);
 }
+
+TEST_CASE("SSP and ASP: pushes held to be applied together are in every later read (pipelined requests)") {
+  // Non-blocking pushes and pulls sent back to back reach the server together,
+  // so it holds several pushes and applies their sum as one step; with plain
+  // SGD (linear) every grouping gives the same value, so a read that missed a
+  // held push, or a push applied twice, shows.
+  auto run = [](auto consistency) {
+    using C = decltype(consistency);
+    std::vector<float> seen;
+    comm::run_local(2, [&](ThreadTransport& t) {
+      parallel::ParameterServer<C, ThreadTransport> s(t, ps::Roles::count(1, 2), {{"x", 1000, 1, false}}, {},
+                                                      {.update = nn::SGDOptions{.lr = 1.0f}});
+      if (s.is_server()) return s.serve();
+      std::vector<float> g(1000, 1.0f), v(1000, 7.0f);
+      for (int round = 1; round <= 20; ++round) {
+        std::vector<decltype(s.push(0, g))> hs;
+        for (int k = 0; k < 3; ++k) hs.push_back(s.push(0, g));  // not waited: queued together
+        auto r = s.pull(0, v);
+        for (auto& h : hs) h.wait();
+        r.wait();
+        seen.push_back(v[0]);
+        CHECK(v[999] == v[0]);
+      }
+      s.clock();
+      s.leave();
+    });
+    return seen;
+  };
+  for (const auto& seen : {run(parallel::ASP{}), run(parallel::SSP<2>{})}) {
+    REQUIRE(seen.size() == 20);
+    for (std::size_t i = 0; i < seen.size(); ++i) CHECK(seen[i] == -3.0f * static_cast<float>(i + 1));
+  }
+}

@@ -249,6 +249,11 @@ struct PieceState {
   std::vector<std::uint32_t> touched_rows;
   std::vector<std::int64_t> steps;    // dense: [0]; sparse: per row (lazy state, as torch's SparseAdam)
   bool pushed = false;                // dense BSP: accum holds something this step
+  // Dense SSP/ASP: pushes received and not yet applied (their sum, in the
+  // first one's payload buffer), applied as one step before the piece is read
+  // or when no request is waiting (ParameterServer::flush).
+  std::vector<std::byte> pending;
+  int pending_pushes = 0;
   std::size_t elements() const { return (end - begin) * (sparse ? cols : 1); }
 };
 
@@ -350,8 +355,10 @@ class ParameterServer {
         }
         server_->piece_of_key.resize(placement_.keys().size(), -1);
         server_->piece_of_key[p.key] = static_cast<int>(server_->pieces.size());
+        server_->spare_limit += 2 * n * sizeof(float);
         server_->pieces.push_back(std::move(st));
       }
+      server_->spare_limit += std::size_t{1} << 20;
       const std::size_t w = roles_.workers.size();
       server_->clocks.assign(w, 0);
       server_->state.assign(w, WorkerState::live);
@@ -697,6 +704,11 @@ class ParameterServer {
     std::int64_t bsp_step = 0;  // BSP: the step whose gradients accumulate
     std::string broken;         // BSP after a worker died: every request fails with this
     std::vector<float> scratch;
+    // Buffers of finished requests and sent replies, reused by size: in steady
+    // state a request or a reply allocates and zeroes nothing (a fresh 1 MiB
+    // vector costs a zeroing pass, and page faults, per push and per pull).
+    std::vector<std::vector<std::byte>> spare;
+    std::size_t spare_bytes = 0, spare_limit = 0;
     std::atomic<std::uint64_t> served{0};
     mutable std::mutex mu;  // guards what other threads read: error, reads, drops
     std::string error;
@@ -1063,7 +1075,15 @@ class ParameterServer {
       }
       if (stop_.load()) break;
       int peer = -1;
-      const auto st = next_header(h, peer, comm::Clock::now() + slice, last_request);
+      if (holds_pushes()) {  // nothing waiting: apply the held pushes now, not at the next read
+        const auto now = next_header(h, peer, comm::Clock::now(), last_request);
+        if (now == comm::WaitStatus::timed_out) {
+          flush_all();
+          continue;
+        }
+        if (now != comm::WaitStatus::done) flush_all();
+      }
+      const auto st = peer >= 0 ? comm::WaitStatus::done : next_header(h, peer, comm::Clock::now() + slice, last_request);
       if (st == comm::WaitStatus::timed_out) {
         check_deadlines();
         continue;
@@ -1084,7 +1104,7 @@ class ParameterServer {
       if (w < 0)
         throw_error<PsError>("a request from rank ", peer, ", which is not a worker (workers: ",
                              comm::detail::rank_list(roles_.workers), ")");
-      std::vector<std::byte> payload(got.bytes);
+      std::vector<std::byte> payload = take_buffer(got.bytes);
       if (got.bytes) {
         auto d = t_.irecv(payload.data(), payload.size(), peer, base_ + 1);
         if (auto s2 = ps::detail::wait_idle(t_, d, comm::deadline_after(o_.worker_timeout)); s2 != comm::WaitStatus::done) {
@@ -1094,10 +1114,12 @@ class ParameterServer {
         }
       }
       S.last_heard[static_cast<std::size_t>(w)] = comm::Clock::now();
-      handle(w, peer, got, std::move(payload));
+      handle(w, peer, got, payload);
+      give_back(std::move(payload));  // unless a parked read or held push kept it
       S.served.fetch_add(1, std::memory_order_relaxed);
       check_deadlines();
     }
+    flush_all();  // the final values (server_values) include every accepted push
   }
 
   bool done_serving() const {
@@ -1125,11 +1147,18 @@ class ParameterServer {
   }
 
   void reply(int w, int peer, std::uint32_t id, int status, const void* body, std::size_t bytes) {
+    reply_with(w, peer, id, status, bytes, [&](std::byte* d) {
+      if (bytes) std::memcpy(d, body, bytes);
+    });
+  }
+  // A reply whose `bytes` of body fill(d) writes in place.
+  template <class Fill>
+  void reply_with(int w, int peer, std::uint32_t id, int status, std::size_t bytes, Fill&& fill) {
     Outgoing o;
-    o.buf.resize(sizeof(Reply) + bytes);
+    o.buf = take_buffer(sizeof(Reply) + bytes);
     Reply rp{id, status, min_clock(), bytes};
     std::memcpy(o.buf.data(), &rp, sizeof rp);
-    if (bytes) std::memcpy(o.buf.data() + sizeof rp, body, bytes);
+    fill(o.buf.data() + sizeof rp);
     o.worker = w;
     o.deadline = comm::deadline_after(o_.worker_timeout);
     o.req = t_.isend(o.buf.data(), o.buf.size(), peer, reply_tag(id));
@@ -1157,6 +1186,7 @@ class ParameterServer {
         done = true;
       }
       if (done) {
+        give_back(std::move(out[i].buf));
         out[i] = std::move(out.back());
         out.pop_back();
       } else {
@@ -1237,7 +1267,8 @@ class ParameterServer {
     return &p;
   }
 
-  void handle(int w, int peer, const Header& h, std::vector<std::byte> payload) {
+  // payload: moved from when a read is parked; else the caller reuses it.
+  void handle(int w, int peer, const Header& h, std::vector<std::byte>& payload) {
     Server& S = *server_;
     const auto wi = static_cast<std::size_t>(w);
     const std::string who = "worker rank " + std::to_string(peer);
@@ -1288,9 +1319,26 @@ class ParameterServer {
             return;
           }
         }
-        accumulate(*p, h, payload);
-        if constexpr (!C::aggregate_steps)
-          apply(*p, 1.0f / static_cast<float>(roles_.workers.size()));
+        if constexpr (!C::aggregate_steps) {
+          const float scale = 1.0f / static_cast<float>(roles_.workers.size());
+          if (!p->sparse) {
+            // Held, not applied: pushes that arrive together (the server was
+            // busy, or several workers finished at once) become one step of
+            // their sum; a read of the piece, or an empty queue, applies them.
+            if (p->pending_pushes++ == 0) {
+              p->pending = std::move(payload);
+            } else {
+              auto* acc = reinterpret_cast<float*>(p->pending.data());
+              const auto* g = reinterpret_cast<const float*>(payload.data());
+              for (std::size_t i = 0, n = p->value.size(); i < n; ++i) acc[i] += g[i];
+            }
+          } else {
+            accumulate(*p, h, payload);
+            apply(*p, scale);
+          }
+        } else {
+          accumulate(*p, h, payload);
+        }
         reply(w, peer, h.id, 0, nullptr, 0);
         return;
       }
@@ -1390,6 +1438,26 @@ class ParameterServer {
     }
   }
 
+  // Dense SSP/ASP: applies the held pushes of p as one step (their sum / workers).
+  void flush(ps::detail::PieceState& p) {
+    if (p.pending_pushes == 0) return;
+    Server& S = *server_;
+    ps::detail::apply_update(o_.update, p.value.data(), reinterpret_cast<const float*>(p.pending.data()),
+                             1.0f / static_cast<float>(roles_.workers.size()), p.s0.data(),
+                             p.s1.empty() ? nullptr : p.s1.data(), p.value.size(), p.steps[0], S.scratch);
+    p.pending_pushes = 0;
+    give_back(std::move(p.pending));
+    p.pending.clear();
+  }
+  bool holds_pushes() const {
+    for (const ps::detail::PieceState& p : server_->pieces)
+      if (p.pending_pushes) return true;
+    return false;
+  }
+  void flush_all() {
+    for (ps::detail::PieceState& p : server_->pieces) flush(p);
+  }
+
   // Applies the accumulated gradient (times scale) and clears it; sparse: touched rows only.
   void apply(ps::detail::PieceState& p, float scale) {
     Server& S = *server_;
@@ -1446,6 +1514,7 @@ class ParameterServer {
         --S.parked_count[static_cast<std::size_t>(p.worker)];
         S.last_heard[static_cast<std::size_t>(p.worker)] = comm::Clock::now();  // it was waiting on us until now
         answer_pull(p.worker, p.peer, p.h, p.payload);
+        give_back(std::move(p.payload));
       } else {
         ++i;
       }
@@ -1463,17 +1532,41 @@ class ParameterServer {
                                        std::max(max_clock(), h.clock)});
     }
     if (!p.sparse) {
+      flush(p);
       reply(w, peer, h.id, 0, p.value.data(), p.value.size() * sizeof(float));
       return;
     }
     const std::size_t n = h.end, c = p.cols;
-    std::vector<float> rows(n * c);
-    for (std::size_t i = 0; i < n; ++i) {
-      std::int64_t r;
-      std::memcpy(&r, payload.data() + i * sizeof r, sizeof r);
-      std::memcpy(rows.data() + i * c, p.value.data() + (static_cast<std::size_t>(r) - p.begin) * c, c * sizeof(float));
+    reply_with(w, peer, h.id, 0, n * c * sizeof(float), [&](std::byte* d) {
+      for (std::size_t i = 0; i < n; ++i) {
+        std::int64_t r;
+        std::memcpy(&r, payload.data() + i * sizeof r, sizeof r);
+        std::memcpy(d + i * c * sizeof(float), p.value.data() + (static_cast<std::size_t>(r) - p.begin) * c,
+                    c * sizeof(float));
+      }
+    });
+  }
+
+  // A buffer of n bytes, contents unspecified: a spare one of that size when there is one.
+  std::vector<std::byte> take_buffer(std::size_t n) {
+    auto& sp = server_->spare;
+    for (std::size_t i = sp.size(); i-- > 0;) {
+      if (sp[i].size() != n) continue;
+      std::vector<std::byte> b = std::move(sp[i]);
+      sp[i] = std::move(sp.back());
+      sp.pop_back();
+      server_->spare_bytes -= b.capacity();
+      return b;
     }
-    reply(w, peer, h.id, 0, rows.data(), rows.size() * sizeof(float));
+    return std::vector<std::byte>(n);
+  }
+  // Keeps b for reuse while the spares stay within twice the bytes this server holds (+ 1 MiB).
+  void give_back(std::vector<std::byte>&& b) {
+    Server& S = *server_;
+    const std::size_t c = b.capacity();
+    if (c == 0 || S.spare_bytes + c > S.spare_limit) return;
+    S.spare_bytes += c;
+    S.spare.push_back(std::move(b));
   }
 
   Transport t_;
