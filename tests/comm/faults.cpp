@@ -10,7 +10,9 @@
 #include <doctest/doctest.h>
 
 #include <weft/comm/algorithm/auto.hpp>
+#include <weft/comm/algorithm/halving_doubling.hpp>
 #include <weft/comm/algorithm/native.hpp>
+#include <weft/comm/algorithm/ordered.hpp>
 #include <weft/comm/algorithm/recursive_doubling.hpp>
 #include <weft/comm/algorithm/ring.hpp>
 #include <weft/comm/algorithm/tree.hpp>
@@ -83,8 +85,8 @@ TEST_CASE("fingerprints are on by default in every build") {
 #endif
 }
 
-TEST_CASE_TEMPLATE("default options: a reduce-op, same-size dtype or root mismatch is named on every rank", A, Ring,
-                   Tree, RecursiveDoubling, Native, Auto) {
+TEST_CASE_TEMPLATE("default options: a reduce-op, same-size dtype, root or count mismatch is named on every rank", A,
+                   Ring, Tree, RecursiveDoubling, HalvingDoubling, Ordered<>, Native, Auto) {
   struct Case {
     const char* what;
     std::string want;
@@ -93,6 +95,8 @@ TEST_CASE_TEMPLATE("default options: a reduce-op, same-size dtype or root mismat
       {"reduce op", "rank 1 called allreduce(f32 x 64, max), ranks 0,2 called allreduce(f32 x 64, sum)"},
       {"dtype", "rank 1 called allreduce(i32 x 64), ranks 0,2 called allreduce(f32 x 64)"},
       {"root", "rank 1 called broadcast(f32 x 64, root 1), ranks 0,2 called broadcast(f32 x 64, root 0)"},
+      {"count", "rank 1 called allreduce(f32 x 65), ranks 0,2 called allreduce(f32 x 64)"},
+      {"op", "rank 1 called allgather(f32 x 64), ranks 0,2 called allreduce(f32 x 64)"},
   };
   for (const Case& k : cases) {
     CAPTURE(k.what);
@@ -102,12 +106,15 @@ TEST_CASE_TEMPLATE("default options: a reduce-op, same-size dtype or root mismat
       CommOptions o;  // the defaults, but a bounded wait if the mismatch went unnoticed
       o.timeout = 5s;
       Communicator<A, ThreadTransport> c(t, A{}, o);
-      std::vector<float> f(64, float(t.rank() + 1));
+      std::vector<float> f(64, float(t.rank() + 1)), f65(65, 1.0f), big(3 * 64);
       std::vector<std::int32_t> i(64, t.rank() + 1);
       try {
         if (std::string(k.what) == "reduce op") c.allreduce(f, t.rank() == 1 ? ReduceOp::max : ReduceOp::sum);
         else if (std::string(k.what) == "dtype" && t.rank() == 1) c.allreduce(i);
         else if (std::string(k.what) == "dtype") c.allreduce(f);
+        else if (std::string(k.what) == "count") c.allreduce(std::span<float>(f65.data(), t.rank() == 1 ? 65 : 64));
+        else if (std::string(k.what) == "op" && t.rank() == 1) c.allgather(f, big);
+        else if (std::string(k.what) == "op") c.allreduce(f);
         else c.broadcast(f, t.rank() == 1 ? 1 : 0);
       } catch (const MismatchError& e) {
         msgs[static_cast<std::size_t>(t.rank())] = e.what();

@@ -8,6 +8,7 @@
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 
+#include <weft/comm/algorithm/halving_doubling.hpp>
 #include <weft/comm/algorithm/native.hpp>
 #include <weft/comm/algorithm/ring.hpp>
 #include <weft/comm/communicator.hpp>
@@ -15,6 +16,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -45,16 +47,17 @@ std::string check_has(const std::string& got, const std::string& want) {
 
 }  // namespace
 
-TEST_CASE_TEMPLATE("mpi, default options: reduce-op, same-size dtype and root mismatches are named", A, Ring, Native) {
+TEST_CASE_TEMPLATE("mpi, default options: reduce-op, same-size dtype, root and count mismatches are named", A, Ring,
+                   HalvingDoubling, Native) {
   MpiTransport t;
   const int p = t.size(), odd = p - 1;
-  const std::string kinds[] = {"reduce op", "dtype", "root"};
+  const std::string kinds[] = {"reduce op", "dtype", "root", "count"};
   for (const std::string& k : kinds) {
     CAPTURE(k);
     CommOptions o;  // the defaults, with a bounded wait if the mismatch went unnoticed
     o.timeout = 5s;
     Communicator<A, MpiTransport> c(t, A{}, o);
-    std::vector<float> f(64, 1.0f);
+    std::vector<float> f(64, 1.0f), f65(65, 1.0f);
     std::vector<std::int32_t> i(64, 1);
     std::string msg = "no error";
     const auto t0 = Clock::now();
@@ -62,6 +65,7 @@ TEST_CASE_TEMPLATE("mpi, default options: reduce-op, same-size dtype and root mi
       if (k == "reduce op") c.allreduce(f, t.rank() == odd ? ReduceOp::max : ReduceOp::sum);
       else if (k == "dtype" && t.rank() == odd) c.allreduce(i);
       else if (k == "dtype") c.allreduce(f);
+      else if (k == "count") c.allreduce(std::span<float>(f65.data(), t.rank() == odd ? 65 : 64));
       else c.broadcast(f, t.rank() == odd ? odd : 0);
     } catch (const MismatchError& e) {
       msg = e.what();
@@ -70,6 +74,7 @@ TEST_CASE_TEMPLATE("mpi, default options: reduce-op, same-size dtype and root mi
     }
     std::string want = k == "reduce op" ? want_mismatch(p, "allreduce(f32 x 64, sum)", "allreduce(f32 x 64, max)")
                        : k == "dtype"   ? want_mismatch(p, "allreduce(f32 x 64)", "allreduce(i32 x 64)")
+                       : k == "count"   ? want_mismatch(p, "allreduce(f32 x 64)", "allreduce(f32 x 65)")
                                         : want_mismatch(p, "broadcast(f32 x 64, root 0)",
                                                         "broadcast(f32 x 64, root " + std::to_string(odd) + ")");
     agree(check_has(msg, want) + (Clock::now() - t0 < 3s ? "" : " (slow)"));
