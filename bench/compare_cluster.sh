@@ -11,7 +11,8 @@
 #  - f32 sum allreduce busbw, 8 B .. 256 MiB: ring, hierarchical,
 #    halving_doubling, MPI_Allreduce (--algo mpi), and Auto with in-run
 #    selection over ring, tree, recursive_doubling, halving_doubling,
-#    hierarchical and native (it decides during the warmup);
+#    hierarchical and native (it decides during the warmup), all in one
+#    weft-bench run, interleaved;
 #  - the alpha-beta model's prediction for ring, hierarchical and
 #    halving-doubling (bytes through each host's link, which the ranks of a
 #    host share) against the measured time, >= 1 MiB;
@@ -24,7 +25,7 @@
 #   auto_worst_ratio_to_best: R3                    (per rate, and the worst)
 #   model_worst_error_ge_1MiB: E                    (|predicted/measured - 1|)
 # Knobs (environment): RATES ("1gbit 10gbit"), DP_RATES ("1gbit"; empty: no training), MINBYTES (8), MAXBYTES
-# (256M), FACTOR (2), ITERS (8), WARMUP (4), AUTO_ITERS (14), BUDGET (512M), EPOCHS (6), OUT (build/cluster),
+# (256M), FACTOR (2), ITERS (8), WARMUP (4; at least 7 for Auto), BUDGET (512M), EPOCHS (6), OUT (build/cluster),
 # WEFT_BUILD (build), SUMMARY_ONLY (set: print the tables from the files already in OUT). Needs root (network namespaces); exits 77 without.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -40,7 +41,6 @@ MINBYTES=${MINBYTES:-8}
 FACTOR=${FACTOR:-2}
 ITERS=${ITERS:-8}
 WARMUP=${WARMUP:-4}
-AUTO_ITERS=${AUTO_ITERS:-14}
 BUDGET=${BUDGET:-512M}
 EPOCHS=${EPOCHS:-6}
 OUT=${OUT:-$WEFT_BUILD/cluster}
@@ -69,16 +69,18 @@ for rate in $RATES; do
   echo "-- the links alone: one rank per host, ring allreduce 1..64 MiB"
   "$CLUSTER" run --name "$NAME" --ranks-per-host 1 -- "$BENCH" --transport mpi -b 1M -e 64M -f 2 -n 5 -w 2 \
     --algo ring -c 0 --csv "$OUT/links_$rate.csv" >/dev/null
-  echo "-- allreduce busbw (f32 sum), $MINBYTES B .. $MAXBYTES: ring, hierarchical, halving_doubling, MPI_Allreduce"
-  "$CLUSTER" run --name "$NAME" -- "$BENCH" --transport mpi -b "$MINBYTES" -e "$MAXBYTES" -f "$FACTOR" -n "$ITERS" -w "$WARMUP" \
-    --bytes-budget "$BUDGET" -c 1 --algo ring,hierarchical,halving_doubling,mpi \
+  # Auto in the same run as the policies it is compared with, interleaved with
+  # them round by round (weft-bench's rounds): a separate run differed from
+  # this one by more than Auto's choices do. Its warmup calls (at least 7)
+  # let in-run selection time its 6 candidates once each first; the others
+  # get the same warmup.
+  echo "-- allreduce busbw (f32 sum), $MINBYTES B .. $MAXBYTES: ring, hierarchical, halving_doubling, MPI_Allreduce,"
+  echo "   and Auto with in-run selection over ring, tree, recursive_doubling, halving_doubling, hierarchical, native"
+  W=$((WARMUP > 7 ? WARMUP : 7))
+  "$CLUSTER" run --name "$NAME" -- "$BENCH" --transport mpi -b "$MINBYTES" -e "$MAXBYTES" -f "$FACTOR" -n "$ITERS" -w "$W" \
+    --bytes-budget "$BUDGET" -c 1 --algo ring,hierarchical,halving_doubling,mpi,auto --in-run 1 --auto-candidates wide \
     --csv "$OUT/allreduce_$rate.csv" >"$OUT/allreduce_$rate.txt"
-  # Auto on its own run, with every size at AUTO_ITERS iterations (weft-bench warms up
-  # iters/2 calls: enough for in-run selection to time its 6 candidates once each first).
-  echo "-- Auto, in-run selection over ring, tree, recursive_doubling, halving_doubling, hierarchical, native"
-  "$CLUSTER" run --name "$NAME" -- "$BENCH" --transport mpi -b "$MINBYTES" -e "$MAXBYTES" -f "$FACTOR" -n "$AUTO_ITERS" \
-    -w "$AUTO_ITERS" --bytes-budget 1T -c 1 --algo auto --in-run 1 --auto-candidates wide \
-    --csv "$OUT/auto_$rate.csv" >"$OUT/auto_$rate.txt"
+  rm -f "$OUT/auto_$rate.csv"  # an older layout's separate Auto run
   "$CLUSTER" down --name "$NAME"
 done
 
