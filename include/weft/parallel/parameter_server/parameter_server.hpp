@@ -1075,17 +1075,14 @@ class ParameterServer {
       }
       if (stop_.load()) break;
       int peer = -1;
-      if (holds_pushes()) {  // nothing waiting: apply the held pushes now, not at the next read
-        const auto now = next_header(h, peer, comm::Clock::now(), last_request);
-        if (now == comm::WaitStatus::timed_out) {
-          flush_all();
-          continue;
-        }
-        if (now != comm::WaitStatus::done) flush_all();
-      }
-      const auto st = peer >= 0 ? comm::WaitStatus::done : next_header(h, peer, comm::Clock::now() + slice, last_request);
+      // While pushes are held, only look for a waiting request: with none,
+      // apply them now rather than at the next read.
+      const bool held = holds_pushes();
+      const auto st = next_header(h, peer, comm::Clock::now() + (held ? comm::Duration{} : comm::Duration{slice}),
+                                  last_request);
+      if (held && st != comm::WaitStatus::done) flush_all();
       if (st == comm::WaitStatus::timed_out) {
-        check_deadlines();
+        if (!held) check_deadlines();
         continue;
       }
       if (st == comm::WaitStatus::peer_gone) {
@@ -1320,21 +1317,17 @@ class ParameterServer {
           }
         }
         if constexpr (!C::aggregate_steps) {
-          const float scale = 1.0f / static_cast<float>(roles_.workers.size());
           if (!p->sparse) {
             // Held, not applied: pushes that arrive together (the server was
             // busy, or several workers finished at once) become one step of
             // their sum; a read of the piece, or an empty queue, applies them.
-            if (p->pending_pushes++ == 0) {
+            if (p->pending_pushes++ == 0)
               p->pending = std::move(payload);
-            } else {
-              auto* acc = reinterpret_cast<float*>(p->pending.data());
-              const auto* g = reinterpret_cast<const float*>(payload.data());
-              for (std::size_t i = 0, n = p->value.size(); i < n; ++i) acc[i] += g[i];
-            }
+            else
+              add_floats(reinterpret_cast<float*>(p->pending.data()), payload.data(), p->value.size());
           } else {
             accumulate(*p, h, payload);
-            apply(*p, scale);
+            apply(*p, per_push_scale());
           }
         } else {
           accumulate(*p, h, payload);
@@ -1418,8 +1411,7 @@ class ParameterServer {
 
   void accumulate(ps::detail::PieceState& p, const Header& h, const std::vector<std::byte>& payload) {
     if (!p.sparse) {
-      const auto* g = reinterpret_cast<const float*>(payload.data());
-      for (std::size_t i = 0; i < p.accum.size(); ++i) p.accum[i] += g[i];
+      add_floats(p.accum.data(), payload.data(), p.accum.size());
       p.pushed = true;
       return;
     }
@@ -1443,11 +1435,18 @@ class ParameterServer {
     if (p.pending_pushes == 0) return;
     Server& S = *server_;
     ps::detail::apply_update(o_.update, p.value.data(), reinterpret_cast<const float*>(p.pending.data()),
-                             1.0f / static_cast<float>(roles_.workers.size()), p.s0.data(),
-                             p.s1.empty() ? nullptr : p.s1.data(), p.value.size(), p.steps[0], S.scratch);
+                             per_push_scale(), p.s0.data(), p.s1.empty() ? nullptr : p.s1.data(), p.value.size(),
+                             p.steps[0], S.scratch);
     p.pending_pushes = 0;
     give_back(std::move(p.pending));
     p.pending.clear();
+  }
+  // SSP/ASP: each worker's gradient counts 1/W (W = the worker count at start).
+  float per_push_scale() const { return 1.0f / static_cast<float>(roles_.workers.size()); }
+  // acc[i] += the i-th float of a payload, i < n.
+  static void add_floats(float* acc, const std::byte* payload, std::size_t n) {
+    const auto* g = reinterpret_cast<const float*>(payload);
+    for (std::size_t i = 0; i < n; ++i) acc[i] += g[i];
   }
   bool holds_pushes() const {
     for (const ps::detail::PieceState& p : server_->pieces)
