@@ -523,4 +523,58 @@ TEST_CASE("run_local bind_cores: each rank on one CPU, ranks spread over the all
   REQUIRE(pthread_getaffinity_np(pthread_self(), sizeof after, &after) == 0);
   CHECK(CPU_EQUAL(&before, &after));
 }
+
+TEST_CASE("a waiter queued behind another task marks the run contended; contended waiters sleep at once") {
+  detail::Contention c;
+  detail::Bell bell;
+  const detail::SpinPolicy sp;
+  // Contended: wait_until neither spins nor yields, it only re-checks around its sleeps.
+  c.until_ns.store(detail::Contention::now_ns() + 10'000'000'000, std::memory_order_relaxed);
+  long checks = 0;
+  WaitStatus s = detail::wait_until(bell, sp, c, Deadline(Clock::now() + 5ms), [&] { return ++checks < 0; },
+                                    [] { return WaitStatus::done; });
+  CHECK(s == WaitStatus::timed_out);
+  CHECK(checks < 20);
+  // Not contended: it spins first (sp.spins checks at least).
+  detail::Contention quiet;
+  checks = 0;
+  s = detail::wait_until(bell, sp, quiet, Deadline(Clock::now() + 5ms), [&] { return ++checks < 0; },
+                         [] { return WaitStatus::done; });
+  CHECK(s == WaitStatus::timed_out);
+  if (std::thread::hardware_concurrency() > 1) CHECK(checks >= sp.spins);
+
+  // A thread sharing its only CPU with a busy thread is queued about half the
+  // time: it must mark the run contended within a few windows.
+  if (detail::Contention::run_delay_ns() < 0) {
+    MESSAGE("no /proc/thread-self/schedstat here: contention detection is off, part skipped");
+    return;
+  }
+  cpu_set_t before;
+  REQUIRE(pthread_getaffinity_np(pthread_self(), sizeof before, &before) == 0);
+  int cpu = 0;
+  while (!CPU_ISSET(cpu, &before)) ++cpu;
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  CPU_SET(cpu, &one);
+  detail::Contention shared;
+  bool seen = false;
+  {
+    std::atomic<bool> stop{false};
+    std::thread busy([&] {
+      pthread_setaffinity_np(pthread_self(), sizeof one, &one);
+      while (!stop.load(std::memory_order_relaxed)) detail::cpu_relax();
+    });
+    REQUIRE(pthread_setaffinity_np(pthread_self(), sizeof one, &one) == 0);
+    const auto until = Clock::now() + 3s;
+    while (!seen && Clock::now() < until) {
+      const auto t = Clock::now();
+      while (Clock::now() - t < 1ms) detail::cpu_relax();
+      seen = shared.contended();
+    }
+    stop.store(true);
+    busy.join();
+  }
+  REQUIRE(pthread_setaffinity_np(pthread_self(), sizeof before, &before) == 0);
+  CHECK(seen);
+}
 #endif

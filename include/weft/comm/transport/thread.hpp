@@ -39,6 +39,7 @@ struct World {
   int size = 0;
   int ranks_per_node = 0;
   SpinPolicy spin;
+  Contention contention;
   std::unique_ptr<Bell[]> bells;
   std::unique_ptr<std::atomic<bool>[]> exited;
   std::unique_ptr<std::atomic<std::uint64_t>[]> sent;  // bytes each world rank moved to or from a peer
@@ -342,7 +343,7 @@ class ThreadTransport {
       return true;
     };
     return detail::wait_until(
-        bell(rank_), w.spin, deadline, [&] { return progress(r); },
+        bell(rank_), w.spin, w.contention, deadline, [&] { return progress(r); },
         [&] {
           if (w.failed_rank.load(std::memory_order_acquire) >= 0) return WaitStatus::aborted;
           if (gone() && !progress(r)) return WaitStatus::peer_gone;
@@ -543,7 +544,7 @@ class ThreadTransport {
         if (board(k).epoch.load(std::memory_order_acquire) < target) return false;
       return true;
     };
-    WaitStatus s = detail::wait_until(bell(rank_), w.spin, dl, all_here, [&] {
+    WaitStatus s = detail::wait_until(bell(rank_), w.spin, w.contention, dl, all_here, [&] {
       if (w.failed_rank.load(std::memory_order_acquire) >= 0) return WaitStatus::aborted;
       for (int wr : group_->world_ranks)
         if (w.exited[wr].load(std::memory_order_acquire)) return WaitStatus::peer_gone;
@@ -620,7 +621,7 @@ class ThreadTransport {
     }
     detail::World& w = *g.world;
     WaitStatus st = detail::wait_until(
-        bell(rank_), w.spin, deadline,
+        bell(rank_), w.spin, w.contention, deadline,
         [&] { return g.split_generation.load(std::memory_order_acquire) != gen; },
         [&] {
           if (w.failed_rank.load(std::memory_order_acquire) >= 0) return WaitStatus::aborted;
