@@ -1,16 +1,16 @@
 // Spin-then-block waiting for the in-process transport: a waiter spins briefly
 // (microsecond latency when every rank has a core), then yields, then sleeps on
 // its rank's doorbell (a futex on Linux) until a peer rings it or a short
-// timeout passes, so deadlines and failures are always re-checked. While any
-// rank of the run has lately spent a share of its time queued behind other
-// tasks (the machine is shared with other work), waiters skip the spinning and
-// yielding and sleep at once.
+// timeout passes, so deadlines and failures are always re-checked. While the
+// machine has lately had more runnable threads than CPUs (it is shared with
+// other work), waiters skip the spinning and yielding and sleep at once.
 #pragma once
 
 #include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <thread>
 
 #include "../deadline.hpp"
@@ -18,6 +18,7 @@
 #if defined(__linux__)
 #include <linux/futex.h>
 #include <fcntl.h>
+#include <sys/sysinfo.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -73,55 +74,58 @@ struct SpinPolicy {
   int contended_yield_us = 50;  // a yield longer than this means another task ran: sleep at once
 };
 
-// Whether the machine is shared right now, learnt from the ranks' own threads:
-// a thread that spent more than `delayed_share` of the last window runnable
-// but not running (queued behind another task: Linux's run_delay in
-// /proc/thread-self/schedstat) marks the whole run contended for `hold_ns`.
-// While it is, a waiter neither spins nor yields: a rank that keeps its core
-// busy while the peer it waits for sits queued behind another job on the
-// other core keeps that peer from moving to its core (measured on 2 cores
-// with a busy process on one: DataParallel on 2 thread ranks 17k samples/s
-// spinning, 27-34k sleeping at once; on a quiet machine spinning is the
-// faster). A quiet machine's own housekeeping delays a thread by ~0.1% of its
-// time, a competing busy process by 10-50%.
+// Whether the machine is shared right now: more threads runnable than it has
+// CPUs (Linux's count of runnable tasks in /proc/loadavg, read by a waiting
+// thread at most once per window) in two windows running marks the whole run
+// contended for `hold_ns`. While it is, a waiter neither spins nor yields: a
+// rank that keeps its core busy while the peer it waits for sits queued
+// behind another job on the other core keeps that peer from moving to its
+// core (measured on 2 cores with a busy process on one: DataParallel on 2
+// thread ranks 15-20k samples/s spinning, 24-35k sleeping at once; on a quiet
+// machine spinning is the faster). A count, not a delay: a thread's own time
+// queued would include the wake-up latency of its sleeps, so sleeping would
+// keep the run marked contended on a quiet machine.
 struct Contention {
-  static constexpr std::int64_t window_ns = 10'000'000;  // a thread reads its own delay at most this often
-  static constexpr double delayed_share = 0.05;
+  static constexpr std::int64_t window_ns = 10'000'000;  // a thread reads the count at most this often
   static constexpr std::int64_t hold_ns = 100'000'000;
   std::atomic<std::int64_t> until_ns{0};
 
   static std::int64_t now_ns() {
     return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
   }
-  // This thread's total time spent runnable but not running, in ns; -1 where unknown.
-  static std::int64_t run_delay_ns() {
+  // Runnable threads on the machine minus its CPUs (> 0: some wait for a core); 0 where unknown.
+  static int oversubscription() {
 #if defined(__linux__)
-    const int fd = ::open("/proc/thread-self/schedstat", O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return -1;
-    char buf[96];
+    static const int cpus = get_nprocs();
+    const int fd = ::open("/proc/loadavg", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    char buf[128];
     const ssize_t n = ::read(fd, buf, sizeof buf - 1);
     ::close(fd);
-    if (n <= 0) return -1;
+    if (n <= 0) return 0;
     buf[n] = '\0';
-    char* end = nullptr;
-    std::strtoll(buf, &end, 10);  // time on the CPU; the delay is the second field
-    return end == buf ? -1 : std::strtoll(end, nullptr, 10);
+    // "0.52 0.58 0.59 3/467 12345": the fourth field is runnable/total
+    const char* p = buf;
+    for (int field = 0; field < 3 && p; ++field) {
+      p = std::strchr(p, ' ');
+      if (p) ++p;
+    }
+    return p ? static_cast<int>(std::strtol(p, nullptr, 10)) - cpus : 0;
 #else
-    return -1;
+    return 0;
 #endif
   }
-  // Called by a waiter that found nothing ready: once per window, records how
-  // much of it this thread spent queued, and says whether the run is contended.
+  // Called by a waiter that found nothing ready: once per window, samples the
+  // machine, and says whether the run is contended.
   bool contended() {
     const std::int64_t now = now_ns();
-    thread_local std::int64_t window_start = 0, delay_at_start = -1;
+    thread_local std::int64_t window_start = 0;
+    thread_local bool was_over = false;
     if (now - window_start >= window_ns) {
-      const std::int64_t d = run_delay_ns();
-      if (delay_at_start >= 0 && d >= 0 &&
-          static_cast<double>(d - delay_at_start) > delayed_share * static_cast<double>(now - window_start))
-        until_ns.store(now + hold_ns, std::memory_order_relaxed);
+      const bool over = oversubscription() > 0;
+      if (over && was_over) until_ns.store(now + hold_ns, std::memory_order_relaxed);
+      was_over = over;
       window_start = now;
-      delay_at_start = d;
     }
     return now < until_ns.load(std::memory_order_relaxed);
   }
