@@ -529,6 +529,12 @@ TEST_CASE("more runnable threads than CPUs mark the run contended; contended wai
   detail::Contention c;
   detail::Bell bell;
   const detail::SpinPolicy sp;
+  cpu_set_t before;
+  REQUIRE(pthread_getaffinity_np(pthread_self(), sizeof before, &before) == 0);
+  if (CPU_COUNT(&before) < 2) {
+    MESSAGE("this thread may run on one CPU only: a pinned waiter always spins, test skipped");
+    return;
+  }
   // Contended: wait_until neither spins nor yields, it only re-checks around its sleeps.
   c.until_ns.store(detail::Contention::now_ns() + 10'000'000'000, std::memory_order_relaxed);
   long checks = 0;
@@ -543,6 +549,24 @@ TEST_CASE("more runnable threads than CPUs mark the run contended; contended wai
                          [] { return WaitStatus::done; });
   CHECK(s == WaitStatus::timed_out);
   if (quiet.until_ns.load() == 0) CHECK(checks >= sp.spins);  // (unless this machine is busy right now)
+  // Contended but pinned to one CPU: it spins (no peer can take its core).
+  {
+    int cpu = 0;
+    while (!CPU_ISSET(cpu, &before)) ++cpu;
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    REQUIRE(pthread_setaffinity_np(pthread_self(), sizeof one, &one) == 0);
+    std::this_thread::sleep_for(20ms);  // a new window: the waiter reads its affinity again
+    checks = 0;
+    s = detail::wait_until(bell, sp, c, Deadline(Clock::now() + 5ms), [&] { return ++checks < 0; },
+                           [] { return WaitStatus::done; });
+    REQUIRE(pthread_setaffinity_np(pthread_self(), sizeof before, &before) == 0);
+    CHECK(s == WaitStatus::timed_out);
+    CHECK(checks >= sp.spins);
+    std::this_thread::sleep_for(20ms);  // and back: movable again at the next window
+    CHECK(c.contended());
+  }
 
   // More busy threads than CPUs: the run is marked contended within a few windows.
   const int cpus = static_cast<int>(std::thread::hardware_concurrency());

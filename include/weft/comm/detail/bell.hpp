@@ -18,6 +18,7 @@
 #if defined(__linux__)
 #include <linux/futex.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <sys/sysinfo.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -77,14 +78,18 @@ struct SpinPolicy {
 // Whether the machine is shared right now: more threads runnable than it has
 // CPUs (Linux's count of runnable tasks in /proc/loadavg, read by a waiting
 // thread at most once per window) in two windows running marks the whole run
-// contended for `hold_ns`. While it is, a waiter neither spins nor yields: a
-// rank that keeps its core busy while the peer it waits for sits queued
-// behind another job on the other core keeps that peer from moving to its
-// core (measured on 2 cores with a busy process on one: DataParallel on 2
-// thread ranks 15-20k samples/s spinning, 24-35k sleeping at once; on a quiet
-// machine spinning is the faster). A count, not a delay: a thread's own time
-// queued would include the wake-up latency of its sleeps, so sleeping would
-// keep the run marked contended on a quiet machine.
+// contended for `hold_ns`. While it is, a waiter that may run on more than
+// one CPU neither spins nor yields: a rank that keeps its core busy while the
+// peer it waits for sits queued behind another job on the other core keeps
+// that peer from moving to its core (measured on 2 cores with a busy process
+// on one: DataParallel on 2 unpinned thread ranks 15-19k samples/s spinning,
+// 24-35k sleeping at once; on a quiet machine spinning is the faster). A
+// thread pinned to one CPU spins as on a quiet machine: no peer can move to
+// its core, and sleeping would only add a wake-up to every message
+// (weft-bench, pinned, contended, 32 KiB: 11-52 us spinning, 49-97 us
+// sleeping). A count, not a delay: a thread's own time queued would include
+// the wake-up latency of its own sleeps, so sleeping would keep the run marked
+// contended on a quiet machine.
 struct Contention {
   static constexpr std::int64_t window_ns = 10'000'000;  // a thread reads the count at most this often
   static constexpr std::int64_t hold_ns = 100'000'000;
@@ -116,7 +121,8 @@ struct Contention {
 #endif
   }
   // Called by a waiter that found nothing ready: once per window, samples the
-  // machine, and says whether the run is contended.
+  // machine (and this thread's affinity), and says whether this waiter should
+  // sleep at once: the run is contended and the thread is not pinned to one CPU.
   bool contended() {
     const std::int64_t now = now_ns();
     thread_local std::int64_t window_start = 0;
@@ -127,7 +133,14 @@ struct Contention {
       was_over = over;
       window_start = now;
     }
-    return now < until_ns.load(std::memory_order_relaxed);
+    thread_local bool movable = true;
+    thread_local std::int64_t aff_checked = -1;
+    if (aff_checked != window_start) {
+      aff_checked = window_start;
+      cpu_set_t set;
+      movable = sched_getaffinity(0, sizeof set, &set) != 0 || CPU_COUNT(&set) > 1;
+    }
+    return movable && now < until_ns.load(std::memory_order_relaxed);
   }
 };
 
