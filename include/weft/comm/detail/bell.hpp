@@ -134,12 +134,14 @@ struct Contention {
       window_start = now;
     }
     thread_local bool movable = true;
+#if defined(__linux__)
     thread_local std::int64_t aff_checked = -1;
     if (aff_checked != window_start) {
       aff_checked = window_start;
       cpu_set_t set;
       movable = sched_getaffinity(0, sizeof set, &set) != 0 || CPU_COUNT(&set) > 1;
     }
+#endif
     return movable && now < until_ns.load(std::memory_order_relaxed);
   }
 };
