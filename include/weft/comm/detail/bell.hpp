@@ -126,22 +126,17 @@ struct Contention {
   bool contended() {
     const std::int64_t now = now_ns();
     thread_local std::int64_t window_start = 0;
-    thread_local bool was_over = false;
+    thread_local bool was_over = false, movable = true;
     if (now - window_start >= window_ns) {
       const bool over = oversubscription() > 0;
       if (over && was_over) until_ns.store(now + hold_ns, std::memory_order_relaxed);
       was_over = over;
       window_start = now;
-    }
-    thread_local bool movable = true;
 #if defined(__linux__)
-    thread_local std::int64_t aff_checked = -1;
-    if (aff_checked != window_start) {
-      aff_checked = window_start;
       cpu_set_t set;
       movable = sched_getaffinity(0, sizeof set, &set) != 0 || CPU_COUNT(&set) > 1;
-    }
 #endif
+    }
     return movable && now < until_ns.load(std::memory_order_relaxed);
   }
 };
