@@ -132,6 +132,44 @@ TEST_CASE("cross_entropy's gradient is (softmax - onehot) / N at every row and c
   }
 }
 
+TEST_CASE("cross_entropy with label smoothing: value and gradient against a double reference, and gradcheck") {
+  // PyTorch's CrossEntropyLoss(label_smoothing=eps): target (1 - eps) onehot + eps / C.
+  for (double eps : {0.0, 0.1, 0.5, 1.0}) {
+    CAPTURE(eps);
+    const index_t R = 9, C = 7;
+    Tensor<float> x({R, C});
+    nn::Rng rng(static_cast<std::uint64_t>(1000 * eps) + 5);
+    for (index_t i = 0; i < x.numel(); ++i) x.data()[i] = 3.0f * rng.normal() + 40.0f;  // an offset: the row max matters
+    Tensor<std::int32_t> y({R});
+    for (index_t r = 0; r < R; ++r) y.data()[r] = static_cast<std::int32_t>(rng.below(static_cast<std::uint64_t>(C)));
+    auto [v, g] = value_and_grad([&](auto a) { return cross_entropy(a, y, {.label_smoothing = eps}); }, x);
+    double loss = 0, worst = 0;
+    for (index_t r = 0; r < R; ++r) {
+      double m = -1e300, z = 0;
+      for (index_t c = 0; c < C; ++c) m = std::max(m, static_cast<double>(x(r, c)));
+      for (index_t c = 0; c < C; ++c) z += std::exp(static_cast<double>(x(r, c)) - m);
+      for (index_t c = 0; c < C; ++c) {
+        const double logp = static_cast<double>(x(r, c)) - m - std::log(z);
+        const double target = (1 - eps) * (c == y.data()[r] ? 1.0 : 0.0) + eps / C;
+        loss -= target * logp / R;
+        const double want = (std::exp(logp) - target) / R;
+        worst = std::max(worst, std::abs(static_cast<double>(g(r, c)) - want));
+      }
+    }
+    CHECK(std::abs(static_cast<double>(v.item()) - loss) < 2e-5 * (1 + loss));
+    CHECK(worst < 1e-6);
+  }
+  Tensor<double> xd = randn({4, 6}, 31);
+  Tensor<std::int64_t> yd({4}, {5, 0, 3, 3});
+  CHECK_GRAD([&](auto a) { return cross_entropy(a * 2.0, yd, {.label_smoothing = 0.2}); }, xd);
+  // equal to (1 - eps) cross_entropy - eps mean(log_softmax), composed from other nodes
+  auto smooth = eval(cross_entropy(xd, yd, {.label_smoothing = 0.2})).item();
+  auto composed = eval(0.8 * cross_entropy(xd, yd) - 0.2 * mean(log_softmax(xd))).item();
+  CHECK(std::abs(smooth - composed) < 1e-12);
+  CHECK_THROWS_WITH_AS(cross_entropy(xd, yd, {.label_smoothing = 1.5}), doctest::Contains("label_smoothing must lie in [0, 1]"),
+                       weft::ValueError);
+}
+
 TEST_CASE("softmax, log_softmax, cross_entropy and a small MLP") {
   Tensor<double> x = randn({3, 5}, 14);
   Tensor<std::int64_t> y({3}, {4, 0, 2});

@@ -4,6 +4,10 @@
 // nothing rounds at the magnitude of the largest logit; backward seeds the
 // logits' region with (softmax - onehot) / N, softmax = exp((x - m) - log z)
 // computed on the fly from the recomputed logits.
+//
+// cross_entropy(logits, labels, {.label_smoothing = eps}): PyTorch's
+// CrossEntropyLoss(label_smoothing=eps): the target is (1 - eps) one-hot +
+// eps / C, the gradient (softmax - (1 - eps) onehot - eps / C) / N.
 #pragma once
 
 #include <type_traits>
@@ -12,6 +16,10 @@
 #include "node.hpp"
 
 namespace weft {
+
+struct CrossEntropyOptions {
+  double label_smoothing = 0;  // in [0, 1]
+};
 
 template <class A, class L>
 struct CrossEntropy : OneChildNode<CrossEntropy<A, L>, A> {
@@ -28,8 +36,11 @@ struct CrossEntropy : OneChildNode<CrossEntropy<A, L>, A> {
 
   A a;
   L labels;  // a Leaf: labels are data, never differentiated
+  value_type eps = 0;  // label smoothing
 
-  CrossEntropy(A logits, L lab) : a(logits), labels(lab) {
+  CrossEntropy(A logits, L lab, CrossEntropyOptions o = {}) : a(logits), labels(lab), eps(static_cast<value_type>(o.label_smoothing)) {
+    if (!(o.label_smoothing >= 0 && o.label_smoothing <= 1))
+      throw_error<ValueError>("cross_entropy: label_smoothing must lie in [0, 1], got ", o.label_smoothing);
     Shape s = a.shape(), ls = labels.shape();
     if (s.rank != 2) throw_error<ShapeError>("cross_entropy: logits must be (batch, classes), got shape ", s);
     if (ls.rank != 1 || ls[0] != s[0])
@@ -55,7 +66,7 @@ struct CrossEntropy : OneChildNode<CrossEntropy<A, L>, A> {
     st.log_z = kernels::alloc<value_type>(ex, Shape{rows});
     st.val = kernels::alloc<value_type>(ex, Shape{});
     kernels::cross_entropy_rows(ex, logits.data, labels.v.data, labels.v.shape.rank ? labels.v.strides[0] : index_t(0), rows,
-                                cols, st.row_max.data, st.log_z.data, st.val.data);
+                                cols, eps, st.row_max.data, st.log_z.data, st.val.data);
     return st;
   }
 
@@ -64,7 +75,7 @@ struct CrossEntropy : OneChildNode<CrossEntropy<A, L>, A> {
     return bind_materialised(st.val.data, st.adj, Shape{}, o, g);
   }
 
-  // d loss / d logits[r, c] = adj / N * (softmax[r, c] - [c == label r])
+  // d loss / d logits[r, c] = adj / N * (softmax[r, c] - (1 - eps) [c == label r] - eps / C)
   struct Seed {
     const value_type* row_max;
     const value_type* log_z;
@@ -73,9 +84,11 @@ struct CrossEntropy : OneChildNode<CrossEntropy<A, L>, A> {
     index_t cols;
     value_type scale;
     double inv_cols;  // 1 / cols
+    value_type hit;   // 1 - eps
+    value_type flat;  // eps / C
     WEFT_HD WEFT_INLINE value_type at(index_t r, index_t c, value_type v) const {
       value_type p = math::exp((v - row_max[r]) - log_z[r]);
-      return scale * (p - (static_cast<index_t>(lab[r * lab_stride]) == c ? value_type(1) : value_type(0)));
+      return scale * ((p - (static_cast<index_t>(lab[r * lab_stride]) == c ? hit : value_type(0))) - flat);
     }
     // The row of element i without an integer division (none in SIMD
     // registers: with i / cols and i % cols the whole region's loop ran
@@ -98,7 +111,8 @@ struct CrossEntropy : OneChildNode<CrossEntropy<A, L>, A> {
       throw_error<ShapeError>("cross_entropy: logits ", s, " hold 2^50 elements or more; the backward's row arithmetic is exact below that");
     g.run_region(a, st.a, s,
                  Seed{st.row_max.data, st.log_z.data, labels.v.data, labels.v.strides[0], s[1], scale,
-                      s[1] > 0 ? 1.0 / static_cast<double>(s[1]) : 0.0});
+                      s[1] > 0 ? 1.0 / static_cast<double>(s[1]) : 0.0, value_type(1) - eps,
+                      s[1] > 0 ? eps / static_cast<value_type>(s[1]) : value_type(0)});
   }
 
 };
@@ -106,9 +120,9 @@ struct CrossEntropy : OneChildNode<CrossEntropy<A, L>, A> {
 static_assert(Expression<CrossEntropy<Leaf<float, cpu>, Leaf<std::int32_t, cpu>>>);
 
 template <Operand X, TensorLike Y>
-auto cross_entropy(X&& logits, Y&& labels) {
+auto cross_entropy(X&& logits, Y&& labels, CrossEntropyOptions o = {}) {
   using Lab = expr_t<Y>;
-  return CrossEntropy<expr_t<X>, Lab>(as_expr(std::forward<X>(logits)), as_expr(std::forward<Y>(labels)));
+  return CrossEntropy<expr_t<X>, Lab>(as_expr(std::forward<X>(logits)), as_expr(std::forward<Y>(labels)), o);
 }
 
 }  // namespace weft

@@ -61,7 +61,7 @@ concept DeviceKernels = ElementwiseKernels<D> && requires(const Exec<D>& ex, con
   device_kernels<D>::template reduce_into<MaxOp>(ex, b, s, p, st, n);
   device_kernels<D>::template softmax_rows<true>(ex, p, n, n);
   device_kernels<D>::template softmax_rows_backward<true>(ex, p, p, p, n, n);
-  device_kernels<D>::cross_entropy_rows(ex, p, ip, n, n, n, p, p, p);
+  device_kernels<D>::cross_entropy_rows(ex, p, ip, n, n, n, 0.0f, p, p, p);
   device_kernels<D>::layer_norm_rows(ex, p, p, p, 1.0f, p, p, p, n, n);
   device_kernels<D>::layer_norm_rows_backward(ex, p, p, p, p, p, p, p, p, n, n);
   device_kernels<D>::gather_rows(ex, p, n, ip, n, n, p, "probe");
@@ -181,13 +181,13 @@ void softmax_rows_backward(const X& ex, const T* y, const T* dy, T* dx, index_t 
 
 // Per row of logits (rows, cols): its maximum and log sum exp(x - max) apart
 // (folded together they would round at the largest logit's magnitude), and
-// the mean loss in *loss.
+// the mean loss in *loss, against labels smoothed by eps (0: one-hot).
 template <Executor X, class T, class L>
-void cross_entropy_rows(const X& ex, const T* logits, const L* labels, index_t lab_st, index_t rows, index_t cols, T* row_max,
-                        T* log_z, T* loss) {
+void cross_entropy_rows(const X& ex, const T* logits, const L* labels, index_t lab_st, index_t rows, index_t cols, T eps,
+                        T* row_max, T* log_z, T* loss) {
   using K = device_kernels<device_of<X>>;
-  if constexpr (requires { K::cross_entropy_rows(ex, logits, labels, lab_st, rows, cols, row_max, log_z, loss); })
-    K::cross_entropy_rows(ex, logits, labels, lab_st, rows, cols, row_max, log_z, loss);
+  if constexpr (requires { K::cross_entropy_rows(ex, logits, labels, lab_st, rows, cols, eps, row_max, log_z, loss); })
+    K::cross_entropy_rows(ex, logits, labels, lab_st, rows, cols, eps, row_max, log_z, loss);
   else
     WEFT_KERNEL_MISSING("cross_entropy_rows");
 }

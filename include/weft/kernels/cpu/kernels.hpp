@@ -57,8 +57,8 @@ struct device_kernels<weft::cpu> {
   }
   template <class Ex, class T, class L>
   static void cross_entropy_rows(const Ex&, const T* logits, const L* labels, index_t lab_st, index_t rows, index_t cols,
-                                 T* row_max, T* log_z, T* loss) {
-    cpu::cross_entropy_rows(logits, labels, lab_st, rows, cols, row_max, log_z, loss);
+                                 T eps, T* row_max, T* log_z, T* loss) {
+    cpu::cross_entropy_rows(logits, labels, lab_st, rows, cols, eps, row_max, log_z, loss);
   }
   template <class Ex, class T>
   static void layer_norm_rows(const Ex&, const T* x, const T* gamma, const T* beta, T eps, T* y, T* mean, T* rstd,

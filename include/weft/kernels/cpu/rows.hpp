@@ -68,10 +68,12 @@ void softmax_rows_backward(const T* ys, const T* dys, T* dxs, index_t rows, inde
 // log z = log sum exp(x - m) are kept apart in row_max and log_z (R,), and the
 // row's loss is (m - x[label]) + log z: folding m + log z into one number would
 // round at the magnitude of the largest logit. The loss is written to *loss.
-// Labels are read with stride lab_st.
+// Labels are read with stride lab_st. With label smoothing eps the target is
+// (1 - eps) one-hot + eps / cols everywhere, and the row's loss
+// ((1 - eps)(m - x[label]) + eps (m - mean(x))) + log z.
 template <class T, class L>
-void cross_entropy_rows(const T* logits, const L* labels, index_t lab_st, index_t rows, index_t cols, T* row_max, T* log_z,
-                        T* loss) {
+void cross_entropy_rows(const T* logits, const L* labels, index_t lab_st, index_t rows, index_t cols, T eps, T* row_max,
+                        T* log_z, T* loss) {
   for (index_t r = 0; r < rows; ++r) {
     index_t y = static_cast<index_t>(labels[r * lab_st]);
     if (y < 0 || y >= cols)
@@ -83,7 +85,11 @@ void cross_entropy_rows(const T* logits, const L* labels, index_t lab_st, index_
     log_z[r] = math::log(row_sum<T>(cols, [&](index_t c) { return math::exp(x[c] - m); }));
   }
   const T total = row_sum<T>(rows, [&](index_t r) {
-    return (row_max[r] - logits[r * cols + static_cast<index_t>(labels[r * lab_st])]) + log_z[r];
+    const T* x = logits + r * cols;
+    const T hard = row_max[r] - x[static_cast<index_t>(labels[r * lab_st])];
+    if (eps == T(0)) return hard + log_z[r];
+    const T mean = row_sum<T>(cols, [&](index_t c) { return x[c]; }) / static_cast<T>(cols);
+    return ((T(1) - eps) * hard + eps * (row_max[r] - mean)) + log_z[r];
   });
   *loss = rows ? total / static_cast<T>(rows) : T(0);
 }
