@@ -8,11 +8,12 @@
 #  - alpha and beta between hosts from a 2-rank ring allreduce with one rank
 #    per host, T(n) = 2 alpha + n beta fitted by least squares over 1..64 MiB
 #    (within a host: the same on 2 ranks of one host, 1..16 MiB);
-#  - f32 sum allreduce busbw, 8 B .. 256 MiB: ring, hierarchical,
-#    halving_doubling, MPI_Allreduce (--algo mpi), and Auto with in-run
-#    selection over ring, tree, recursive_doubling, halving_doubling,
-#    hierarchical and native (it decides during the warmup), all in one
-#    weft-bench run, interleaved;
+#  - f32 sum allreduce busbw, 8 B .. 256 MiB: ring, hierarchical (rails
+#    schedule), hierarchical_leaders (the host leaders carry the buffer,
+#    pipelined), halving_doubling, MPI_Allreduce (--algo mpi), and Auto with
+#    in-run selection over ring, tree, recursive_doubling, halving_doubling,
+#    both hierarchical schedules and native (it decides during the warmup),
+#    all in one weft-bench run, interleaved;
 #  - the alpha-beta model's prediction for ring, hierarchical and
 #    halving-doubling (bytes through each host's link, which the ranks of a
 #    host share) against the measured time, >= 1 MiB;
@@ -20,12 +21,12 @@
 # uncompressed and with bf16, top-k 1% and PowerSGD rank 4: samples/s and
 # training time to 87% test accuracy.
 # Ends with:
-#   hierarchical_vs_flat_ring_1gbit_64MiB: R1       (bound 1.5 at 2 x 2, 1.75 at 2 x 4)
+#   hierarchical_vs_flat_ring_1gbit_64MiB: R1       (ring / hierarchical_leaders; bound 1.5 at 2 x 2, 1.75 at 2 x 4)
 #   compressed_vs_uncompressed_time_to_87pct_1gbit: R2
 #   auto_worst_ratio_to_best: R3                    (per rate, and the worst)
 #   model_worst_error_ge_1MiB: E                    (|predicted/measured - 1|)
 # Knobs (environment): RATES ("1gbit 10gbit"), DP_RATES ("1gbit"; empty: no training), MINBYTES (8), MAXBYTES
-# (256M), FACTOR (2), ITERS (8), WARMUP (4; at least 7 for Auto), BUDGET (512M), EPOCHS (6), OUT (build/cluster),
+# (256M), FACTOR (2), ITERS (8), WARMUP (4; at least 8 for Auto), BUDGET (512M), EPOCHS (6), OUT (build/cluster),
 # WEFT_BUILD (build), SUMMARY_ONLY (set: print the tables from the files already in OUT). Needs root (network namespaces); exits 77 without.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -71,14 +72,15 @@ for rate in $RATES; do
     --algo ring -c 0 --csv "$OUT/links_$rate.csv" >/dev/null
   # Auto in the same run as the policies it is compared with, interleaved with
   # them round by round (weft-bench's rounds): a separate run differed from
-  # this one by more than Auto's choices do. Its warmup calls (at least 7)
-  # let in-run selection time its 6 candidates once each first; the others
+  # this one by more than Auto's choices do. Its warmup calls (at least 8)
+  # let in-run selection time its 7 candidates once each first; the others
   # get the same warmup.
-  echo "-- allreduce busbw (f32 sum), $MINBYTES B .. $MAXBYTES: ring, hierarchical, halving_doubling, MPI_Allreduce,"
-  echo "   and Auto with in-run selection over ring, tree, recursive_doubling, halving_doubling, hierarchical, native"
-  W=$((WARMUP > 7 ? WARMUP : 7))
+  echo "-- allreduce busbw (f32 sum), $MINBYTES B .. $MAXBYTES: ring, hierarchical, hierarchical_leaders, halving_doubling,"
+  echo "   MPI_Allreduce, and Auto with in-run selection over ring, tree, recursive_doubling, halving_doubling,"
+  echo "   hierarchical, hierarchical_leaders, native"
+  W=$((WARMUP > 8 ? WARMUP : 8))
   "$CLUSTER" run --name "$NAME" -- "$BENCH" --transport mpi -b "$MINBYTES" -e "$MAXBYTES" -f "$FACTOR" -n "$ITERS" -w "$W" \
-    --bytes-budget "$BUDGET" -c 1 --algo ring,hierarchical,halving_doubling,mpi,auto --in-run 1 --auto-candidates wide \
+    --bytes-budget "$BUDGET" -c 1 --algo ring,hierarchical,hierarchical_leaders,halving_doubling,mpi,auto --in-run 1 --auto-candidates wide \
     --csv "$OUT/allreduce_$rate.csv" >"$OUT/allreduce_$rate.txt"
   rm -f "$OUT/auto_$rate.csv"  # an older layout's separate Auto run
   "$CLUSTER" down --name "$NAME"
@@ -123,7 +125,7 @@ for rate in rates:
             for r in csv.DictReader(open(f"{out}/{f}_{rate}.csv")) if r["placement"] == "oop"]
     wrong = sum(int(r["wrong"] or 0) for r in rows)
     sizes = sorted({int(r["size"]) for r in rows})
-    algos = ["ring", "hierarchical", "halving_doubling", "mpi", "auto"]
+    algos = ["ring", "hierarchical", "hierarchical_leaders", "halving_doubling", "mpi", "auto"]
     t = {(r["algo"], int(r["size"])): float(r["p50_us"]) for r in rows}
     bw = {(r["algo"], int(r["size"])): float(r["busbw_GBps"]) for r in rows}
     choice = {int(r["size"]): r["auto_choice"] for r in rows if r["algo"] == "auto"}
@@ -143,11 +145,14 @@ for rate in rates:
     # carrying n/p: 2(p-1)(alpha + n/p beta), 1.5 n per link. hierarchical:
     # node reduce-scatter and allgather in shared memory (not modelled), then the
     # two rails' 2-rank rings on n/2 share each link: 2 (alpha + n/2 beta), n per link.
+    # hierarchical_leaders: the leaders' 2-rank ring on n, chunk by chunk, the
+    # node's shared-memory traffic overlapped with it: 2 (alpha + n/2 beta), n per link.
     # halving-doubling: its distance-2 steps (n/2 each way, both pairs across) cross,
     # the distance-1 steps stay in the host: 2 (alpha + n beta), 2 n per link.
     pred = {
         "ring": lambda S: 6 * (alpha + S / 4 * beta),
         "hierarchical": lambda S: 2 * (alpha + S / 2 * beta),
+        "hierarchical_leaders": lambda S: 2 * (alpha + S / 2 * beta),
         "halving_doubling": lambda S: 2 * (alpha + S * beta),
     }
     print(f"# model vs measured, >= 1 MiB (us): alpha-beta on the fitted link constants")
@@ -169,7 +174,8 @@ for rate in rates:
         f.write("alpha %g\nbeta %g\ngamma %g\nalpha_inter %g\nbeta_inter %g\nranks_per_node 2\n"
                 % (ia, ib, ib, alpha, beta))
     if rate == "1gbit" and ("ring", 64 * MiB) in t:
-        summary["R1"] = t[("ring", 64 * MiB)] / t[("hierarchical", 64 * MiB)]
+        summary["R1"] = t[("ring", 64 * MiB)] / t[("hierarchical_leaders", 64 * MiB)]
+        summary["R1_rails"] = t[("ring", 64 * MiB)] / t[("hierarchical", 64 * MiB)]
 for rate in dp_rates:
     res = {}
     for codec in ["none", "bf16", "topk", "powersgd"]:
@@ -191,11 +197,13 @@ for rate in dp_rates:
             summary["R2"] = 0.0  # no compressed run reached the target within the epochs given
 final = []
 final.append("# hierarchical vs flat ring at 2 hosts x 2 ranks: a flat ring moves 2(p-1)/p n = 1.5 n bytes")
-final.append("# through each host's link, the hierarchical schedule 2(pg-1)/pg n = n (pl = 2 rails of n/2")
-final.append("# each, sharing the link): bound 1.5 / 1 = 1.5. At 2 hosts x 4 ranks: 2(7/8) n = 1.75 n")
-final.append("# against n, bound 1.75; in general (1 - 1/p) / (1 - 1/pg).")
+final.append("# through each host's link, the hierarchical schedules 2(pg-1)/pg n = n (leaders: one 2-rank")
+final.append("# ring on n; rails: pl = 2 rings of n/2 each, sharing the link): bound 1.5 / 1 = 1.5. At 2 hosts")
+final.append("# x 4 ranks: 2(7/8) n = 1.75 n against n, bound 1.75; in general (1 - 1/p) / (1 - 1/pg).")
 r1 = summary.get("R1")
-final.append("hierarchical_vs_flat_ring_1gbit_64MiB: " + ("%.2f" % r1 if r1 else "n/a"))
+final.append("hierarchical_vs_flat_ring_1gbit_64MiB: " + ("%.2f" % r1 if r1 else "n/a") + "   (hierarchical_leaders)")
+r1r = summary.get("R1_rails")
+final.append("hierarchical_rails_vs_flat_ring_1gbit_64MiB: " + ("%.2f" % r1r if r1r else "n/a"))
 r2 = summary.get("R2")
 final.append("compressed_vs_uncompressed_time_to_87pct_1gbit: " + ("%.2f" % r2 if r2 else
              "0 (no compressed run reached 87%)" if r2 == 0.0 else "n/a"))

@@ -125,13 +125,13 @@ Collective parse_op(const std::string& v) {
 }
 
 Algo parse_algo(const std::string& v) {
-  for (int i = 0; i < 8; ++i)
+  for (int i = 0; i < 9; ++i)
     if (v == algo_names[i]) return static_cast<Algo>(i);
   if (v == "rd") return Algo::recursive_doubling;
   if (v == "hd") return Algo::halving_doubling;
   throw UsageError("--algo: unknown algorithm '" + v +
-                   "' (accepted: ring, tree, recursive_doubling, halving_doubling, hierarchical, native, auto, "
-                   "mpi (MPI's blocking collectives, --transport mpi only), all)");
+                   "' (accepted: ring, tree, recursive_doubling, halving_doubling, hierarchical, "
+                   "hierarchical_leaders, native, auto, mpi (MPI's blocking collectives, --transport mpi only), all)");
 }
 
 // --codec SPEC as weft_bench/codec.hpp reads it, checked here so that a bad
@@ -213,7 +213,8 @@ const char* usage_text =
     "      --op LIST           collectives: allreduce, reduce_scatter, allgather, broadcast, reduce,\n"
     "                          gather, scatter, alltoall, barrier, all (default allreduce)\n"
     "      --algo LIST         ring, tree, recursive_doubling, halving_doubling, hierarchical, native,\n"
-    "                          auto, mpi, all (default ring)\n"
+    "                          auto, mpi, all (default ring); hierarchical_leaders: hierarchical whose\n"
+    "                          node leaders carry the whole buffer between nodes, pipelined in --chunk pieces\n"
     "      --transport T       thread | mpi (default thread; mpi: run under mpirun)\n"
     "      --np N              ranks for the thread transport (default 2)\n"
     "      --model FILE        cost model from `weft-bench calibrate` (predictions and Auto)\n"
@@ -370,7 +371,7 @@ Options parse(int argc, char** argv) {
       throw UsageError("--algo mpi calls MPI's own collectives: it needs --transport mpi");
   if (!o.codecs.empty())
     for (Algo a : o.algos)
-      if (a == Algo::hierarchical || a == Algo::mpi)
+      if (a == Algo::hierarchical || a == Algo::hierarchical_leaders || a == Algo::mpi)
         throw UsageError(std::string("--codec: algorithm '") + name_of(a) +
                          "' is not offered with codecs (accepted: ring, tree, recursive_doubling, halving_doubling, "
                          "native, auto)");

@@ -26,9 +26,11 @@ struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-enum class Algo { ring, tree, recursive_doubling, halving_doubling, hierarchical, native, automatic, mpi };
+// hierarchical_leaders: Hierarchical with Schedule::leaders (one connection
+// per node pair carries the buffer, pipelined in chunks).
+enum class Algo { ring, tree, recursive_doubling, halving_doubling, hierarchical, native, automatic, mpi, hierarchical_leaders };
 inline constexpr const char* algo_names[] = {"ring", "tree", "recursive_doubling", "halving_doubling",
-                                      "hierarchical", "native", "auto", "mpi"};
+                                      "hierarchical", "native", "auto", "mpi", "hierarchical_leaders"};
 inline const char* name_of(Algo a) { return algo_names[static_cast<int>(a)]; }
 
 struct Options {

@@ -51,6 +51,7 @@ double predicted(Algo a, Collective op, std::size_t bytes, int p, const wc::Cost
     case Algo::recursive_doubling: return wc::RecursiveDoubling::cost(op, bytes, p, m);
     case Algo::halving_doubling: return wc::HalvingDoubling::cost(op, bytes, p, m);
     case Algo::hierarchical: return wc::Hierarchical<>::cost(op, bytes, p, m);
+    case Algo::hierarchical_leaders: return wc::HierarchicalLeaders<>::cost(op, bytes, p, m);
     case Algo::native:
     case Algo::mpi: return wc::Native::cost(op, bytes, p, m);
     case Algo::automatic: return wc::Auto::cost(op, bytes, p, m);
@@ -163,7 +164,12 @@ void measure(std::vector<Runner>& runners, Ctl& ctl, const char* tname, const Op
           const int share = (iters - done) / (rounds - round);
           for (std::size_t v = 0; v < na; ++v) {
             const std::size_t a = (v + static_cast<std::size_t>(round)) % na;
-            for (int k = 0; k < (round == 0 ? warm : 1); ++k) runners[a].call(op, L, n, root);
+            // Auto with in-run selection gets the whole --warmup, uncapped: its
+            // trials (every candidate, --in-run calls each) must end before the
+            // timed calls, or they are timed as Auto's (at large sizes the cap
+            // below left 1-2 warmup calls for 7 candidates).
+            const int w = runners[a].algo == Algo::automatic && o.in_run > 0 ? std::max(warm, o.warmup) : warm;
+            for (int k = 0; k < (round == 0 ? w : 1); ++k) runners[a].call(op, L, n, root);
             ctl.barrier();
             for (int k = done; k < done + share; ++k) {
               auto t0 = Clock::now();
@@ -342,6 +348,13 @@ void with_policy(Algo a, const wc::CostModel& model, std::size_t chunk, const Op
       f(h);
       return;
     }
+    case Algo::hierarchical_leaders: {
+      wc::HierarchicalLeaders<> h;
+      h.intra = h.inter = ring;
+      if (chunk) h.leader_chunk_bytes = chunk;
+      f(h);
+      return;
+    }
     case Algo::native: f(wc::Native{}); return;
     case Algo::automatic: {
       wc::Auto au;
@@ -352,13 +365,17 @@ void with_policy(Algo a, const wc::CostModel& model, std::size_t chunk, const Op
       au.in_run = {.calls_per_candidate = o.in_run, .recheck_every = o.recheck};
       if (o.auto_wide) {
         // For clusters: the two-level schedule and the transport's own are candidates too.
-        wc::AutoOf<wc::Ring, wc::Tree, wc::RecursiveDoubling, wc::HalvingDoubling, wc::Hierarchical<>, wc::Native> w;
+        wc::AutoOf<wc::Ring, wc::Tree, wc::RecursiveDoubling, wc::HalvingDoubling, wc::Hierarchical<>,
+                   wc::HierarchicalLeaders<>, wc::Native>
+            w;
         w.model = model;
         w.in_run = au.in_run;
         std::get<wc::Ring>(w.candidates) = ring;
         std::get<wc::Tree>(w.candidates) = tree;
         std::get<wc::HalvingDoubling>(w.candidates) = hd;
         std::get<wc::Hierarchical<>>(w.candidates).intra = std::get<wc::Hierarchical<>>(w.candidates).inter = ring;
+        std::get<wc::HierarchicalLeaders<>>(w.candidates).intra = ring;
+        std::get<wc::HierarchicalLeaders<>>(w.candidates).inter = ring;
         f(w);
         return;
       }

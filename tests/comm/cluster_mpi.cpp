@@ -110,14 +110,19 @@ int exact(MpiTransport& t) {
   check_policy<HalvingDoubling>(t, "halving_doubling");
   check_policy<Hierarchical<>>(t, "hierarchical");
   check_policy<Hierarchical<Ring, HalvingDoubling>>(t, "hierarchical<ring, halving_doubling>");
+  {
+    HierarchicalLeaders<> leaders;  // the host leaders carry every chunk between the hosts
+    leaders.leader_chunk_bytes = 64 << 10;
+    check_policy(t, "hierarchical_leaders", leaders);
+  }
   check_policy<Native>(t, "native");
   check_policy<Auto>(t, "auto");
   check_policy<Ordered<Ring>>(t, "ordered<ring>");
   check_policy<Ring>(t, "ring, deterministic mode", Ring{}, true);
   {
-    AutoOf<Ring, HalvingDoubling, Hierarchical<>, Native> a;
+    AutoOf<Ring, HalvingDoubling, Hierarchical<>, HierarchicalLeaders<>, Native> a;
     a.in_run = {.calls_per_candidate = 1, .recheck_every = 5};
-    check_policy(t, "auto in-run (ring, halving_doubling, hierarchical, native)", a);
+    check_policy(t, "auto in-run (ring, halving_doubling, hierarchical, hierarchical_leaders, native)", a);
   }
   if (me == 0) std::printf("%s: %d ranks on %d hosts: every policy exact\n", failures ? "FAIL" : "ok", p,
                            rph > 0 ? p / rph : 0);

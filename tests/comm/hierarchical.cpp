@@ -95,3 +95,100 @@ TEST_CASE("policies that wrap Hierarchical forward its preparation") {
       }))
     CHECK(e == "");
 }
+
+namespace {
+// Rank r's element i, small integers (every summation order is exact in
+// float) but different per rank and element.
+float leaders_input(int r, std::size_t i) { return static_cast<float>((r + 1) * 7 + static_cast<int>(i % 31)); }
+
+// Allreduce through Schedule::leaders on `ranks` thread ranks, `per_node` per
+// emulated node, against the naive sum; chunks of `chunk` bytes so a few
+// kilobytes already run the pipeline for many chunks. "" = fine.
+std::string leaders_case(int ranks, int per_node, std::size_t chunk) {
+  std::mutex m;
+  std::string errors;
+  run_local(
+      ranks,
+      [&](ThreadTransport& t) {
+        Hierarchical<> h;
+        h.schedule = Hierarchical<>::Schedule::leaders;
+        h.leader_chunk_bytes = chunk;
+        Communicator<Hierarchical<>, ThreadTransport> c{t, h, checked()};
+        std::string e;
+        const int p = c.size(), me = c.rank();
+        for (std::size_t n : {std::size_t{1}, std::size_t{5}, std::size_t{64}, std::size_t{1000}, std::size_t{4099}}) {
+          for (const bool in_place : {false, true}) {
+            std::vector<float> in(n), out(n, -1.0f);
+            for (std::size_t i = 0; i < n; ++i) in[i] = leaders_input(me, i);
+            if (in_place) {
+              c.allreduce(in);
+              out = in;
+            } else {
+              c.allreduce(in.data(), out.data(), n);
+            }
+            for (std::size_t i = 0; i < n; ++i) {
+              float want = 0;
+              for (int r = 0; r < p; ++r) want += leaders_input(r, i);
+              if (out[i] != want) {
+                e += "rank " + std::to_string(me) + ", n " + std::to_string(n) + (in_place ? " in place" : "") +
+                     ": element " + std::to_string(i) + " is " + std::to_string(out[i]) + ", expected " +
+                     std::to_string(want) + "; ";
+                break;
+              }
+            }
+          }
+        }
+        // avg and max go through the same schedule (avg divides once, at the end)
+        std::vector<double> a(777);
+        for (std::size_t i = 0; i < a.size(); ++i) a[i] = me + 0.5 * static_cast<double>(i);
+        c.allreduce(a, ReduceOp::avg);
+        for (std::size_t i = 0; i < a.size(); ++i)
+          if (a[i] != (p - 1) / 2.0 + 0.5 * static_cast<double>(i)) {
+            e += "rank " + std::to_string(me) + ": avg wrong at " + std::to_string(i) + "; ";
+            break;
+          }
+        std::vector<int> mx(300, me);
+        c.allreduce(mx, ReduceOp::max);
+        for (int v : mx)
+          if (v != p - 1) {
+            e += "rank " + std::to_string(me) + ": max wrong; ";
+            break;
+          }
+        std::lock_guard lock(m);
+        errors += e;
+      },
+      LocalOptions{per_node});
+  return errors;
+}
+}  // namespace
+
+TEST_CASE("Hierarchical's leaders schedule: exact sums on 2 and 3 nodes of 2 and 3 ranks, many chunks") {
+  CHECK(leaders_case(4, 2, 256) == "");      // two nodes of two
+  CHECK(leaders_case(6, 3, 512) == "");      // three ranks per node reduce to the leader
+  CHECK(leaders_case(6, 2, 256) == "");      // three leaders: a ring per chunk
+  CHECK(leaders_case(4, 2, 1 << 20) == "");  // one chunk
+}
+
+TEST_CASE("Hierarchical's leaders schedule gives every rank the same bits for float sums") {
+  std::mutex m;
+  std::vector<std::vector<float>> got(4);
+  run_local(
+      4,
+      [&](ThreadTransport& t) {
+        HierarchicalLeaders<> h;  // the same schedule as a policy type of its own
+        h.leader_chunk_bytes = 1024;
+        Communicator<HierarchicalLeaders<>, ThreadTransport> c{t, h, checked()};
+        if (std::string(c.algorithm().name) != "hierarchical_leaders") {
+          std::lock_guard lock(m);
+          got[static_cast<std::size_t>(c.rank())] = {-1.0f};
+          return;
+        }
+        std::vector<float> x(3000);
+        for (std::size_t i = 0; i < x.size(); ++i) x[i] = 1.0f / static_cast<float>(1 + c.rank() + 3 * static_cast<int>(i));
+        c.allreduce(x);
+        std::lock_guard lock(m);
+        got[static_cast<std::size_t>(c.rank())] = x;
+      },
+      LocalOptions{2});
+  for (int r = 1; r < 4; ++r) CHECK(got[static_cast<std::size_t>(r)] == got[0]);
+}

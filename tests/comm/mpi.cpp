@@ -32,7 +32,8 @@ using testing::small_chunks;
 using Clock = std::chrono::steady_clock;
 
 TEST_CASE_TEMPLATE("mpi: every collective x dtype x reduce op matches the reference", A, Ring, Tree,
-                   RecursiveDoubling, HalvingDoubling, Hierarchical<>, Native, Auto, Ordered<Ring>) {
+                   RecursiveDoubling, HalvingDoubling, Hierarchical<>, testing::HierarchicalLeaders, Native, Auto,
+                   Ordered<Ring>) {
   MpiTransport t;
   Communicator<A, MpiTransport> c(t, small_chunks<A>(), checked());
   agree(testing::erased(c, [](auto& e) { return testing::check_matrix(e, {0, 1, 7, 1031}); }));

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <weft/comm/collective.hpp>
+#include <weft/comm/algorithm/hierarchical.hpp>
 #include <weft/comm/communicator.hpp>
 #include <weft/comm/reduce_op.hpp>
 #include <weft/core/dtype.hpp>
@@ -45,6 +46,12 @@ A small_chunks() {
   if constexpr (requires { a.chunk_bytes; }) a.chunk_bytes = 256;
   return a;
 }
+
+// HierarchicalLeaders in 256-byte chunks: many pipeline steps even for the
+// small checks.
+struct HierarchicalLeaders : comm::HierarchicalLeaders<> {
+  HierarchicalLeaders() { leader_chunk_bytes = 256; }
+};
 
 // The checks below run against this type-erased view of a communicator, so
 // they are compiled once per dtype rather than once per (algorithm, dtype):

@@ -48,7 +48,8 @@ namespace {
 #define WEFT_COMM_MATRIX_POLICIES WEFT_COMM_POLICIES
 #else
 #define WEFT_COMM_POLICIES Ring, Tree, RecursiveDoubling, HalvingDoubling, Hierarchical<>, Native, Auto
-#define WEFT_COMM_MATRIX_POLICIES WEFT_COMM_POLICIES, Hierarchical<Tree, RecursiveDoubling>, Ordered<Ring>
+#define WEFT_COMM_MATRIX_POLICIES \
+  WEFT_COMM_POLICIES, Hierarchical<Tree, RecursiveDoubling>, testing::HierarchicalLeaders, Ordered<Ring>
 #endif
 
 #if defined(WEFT_COMM_TEST_QUICK)

@@ -111,6 +111,18 @@ struct Hierarchical {
   static constexpr const char* name = "hierarchical";
   Intra intra{};
   Inter inter{};
+  // allreduce's schedule between nodes (uniform nodes; see allreduce below):
+  //   rails    every node-local rank carries its 1/L shard across nodes (L
+  //            connections per node at once: the fastest when each local rank
+  //            has its own link, as with one NIC per GPU)
+  //   leaders  the node's first rank carries the whole buffer on one
+  //            connection, chunk by chunk, while the node reduces the next
+  //            chunks to it and it sends the finished ones back (Open MPI
+  //            HAN's segmented pipeline): for nodes that share one link,
+  //            where L flows through it fill it less than one does
+  enum class Schedule { rails, leaders };
+  Schedule schedule = Schedule::rails;
+  std::size_t leader_chunk_bytes = std::size_t{256} << 10;
   // Set by prepare(): the NodeGroups<T> of the communicator it was prepared
   // for (type-erased: a policy is not tied to one transport type).
   std::shared_ptr<void> groups;
@@ -144,7 +156,9 @@ struct Hierarchical {
     const std::size_t es = dtype_size(ctx.call.type);
     ReduceOp op = ctx.call.reduce;
     ctx.call.reduce = op == ReduceOp::avg ? ReduceOp::sum : op;  // divide once, at the end
-    if (lv.uniform && n % static_cast<std::size_t>(L) == 0) {
+    if (lv.uniform && L > 1 && lv.rail->size() > 1 && schedule == Schedule::leaders) {
+      leaders_allreduce(ctx, node, rail, in, out, n);
+    } else if (lv.uniform && n % static_cast<std::size_t>(L) == 0) {
       const std::size_t shard = n / static_cast<std::size_t>(L);
       void* mine = detail::at(out, static_cast<std::size_t>(node.rank()) * shard, es);
       run_collective<collectives::ReduceScatter>(intra, ctx.with_call(node, shard), {in, mine, shard});
@@ -226,7 +240,84 @@ struct Hierarchical {
     }
   }
 
+  // The leaders schedule's allreduce (other collectives as cost()): the leader
+  // takes in (pl-1) n bytes and sends them back inside the node while n goes
+  // between the leaders (Inter's allreduce over pg nodes); pipelined, the
+  // slower of the two sets the time. Intra's combine cost is the gamma term.
+  static double leaders_cost(Collective op, std::size_t bytes, int p, const CostModel& m) {
+    if (op != Collective::allreduce) return cost(op, bytes, p, m);
+    const int pl = m.ranks_per_node > 0 && m.ranks_per_node < p ? m.ranks_per_node : p;
+    const int pg = (p + pl - 1) / pl;
+    const double S = static_cast<double>(bytes);
+    CostModel global = m;
+    global.alpha = m.alpha_inter;
+    global.beta = m.beta_inter;
+    const double node = (pl - 1) * (2 * m.alpha + S * (2 * m.beta + m.gamma));
+    return std::max(node, Inter::cost(Collective::allreduce, bytes, pg, global));
+  }
+
  private:
+  // The leaders schedule. Chunk k (c elements) goes: every non-leader sends
+  // its chunk k of `in` to the leader (node rank 0), which adds them to its
+  // own in node-rank order; the leaders allreduce it with Inter (every leader
+  // gets the same bits); the leader sends the result back. Pipelined: the
+  // non-leaders post every chunk at once and the leader receives W chunks
+  // ahead and sends results without waiting, so the node's traffic moves
+  // (shared memory) while the leaders' allreduce of chunk k holds the link.
+  // (Leaders exchanging whole chunks with non-blocking sends, two in flight,
+  // was measured slower on the emulated cluster: 0.96-0.99 s against 0.58 s
+  // for 64 MiB at 1 Gbit/s.)
+  template <class Ctx, class Sub>
+  void leaders_allreduce(Ctx& ctx, Sub& node, Sub& rail, const void* in, void* out, std::size_t n) const {
+    const std::size_t es = dtype_size(ctx.call.type);
+    const std::size_t c = std::max<std::size_t>(1, leader_chunk_bytes / es);
+    const std::size_t K = (n + c - 1) / c;
+    auto len = [&](std::size_t k) { return std::min(c, n - k * c); };
+    auto src = [&](std::size_t k) { return detail::at(in, k * c, es); };
+    auto dst = [&](std::size_t k) { return detail::at(out, k * c, es); };
+    Sub& nd = ctx.with_call(node, n);
+    Sub& rl = ctx.with_call(rail, n);
+    const int L = nd.size();
+    using Request = typename Sub::Request;
+    if (nd.rank() != 0) {
+      // Sends first; a chunk's result is received into `out` only after its
+      // send finished (in and out may be the same buffer).
+      std::vector<Request> sends(K), recvs(K);
+      for (std::size_t k = 0; k < K; ++k) sends[k] = nd.isend(src(k), len(k) * es, 0);
+      for (std::size_t k = 0; k < K; ++k) {
+        nd.wait(sends[k]);
+        recvs[k] = nd.irecv(dst(k), len(k) * es, 0);
+      }
+      for (auto& q : recvs) nd.wait(q);
+      return;
+    }
+    constexpr std::size_t W = 2;  // chunks whose node inputs are in flight ahead
+    const auto locals = static_cast<std::size_t>(L - 1);
+    std::byte* stage = ctx.workspace(locals * W * c * es, 1);
+    auto slot = [&](std::size_t k, std::size_t j) { return stage + ((k % W) * locals + j) * c * es; };
+    std::vector<Request> from(locals * W), back;
+    back.reserve(locals * K);
+    auto post_inputs = [&](std::size_t k) {
+      if (k >= K) return;
+      for (std::size_t j = 0; j < locals; ++j)
+        from[(k % W) * locals + j] = nd.irecv(slot(k, j), len(k) * es, static_cast<int>(j + 1));
+    };
+    for (std::size_t k = 0; k < W; ++k) post_inputs(k);
+    for (std::size_t k = 0; k < K; ++k) {
+      // The node's chunk k, added in node-rank order.
+      const void* acc = src(k);
+      for (std::size_t j = 0; j < locals; ++j) {
+        nd.wait(from[(k % W) * locals + j]);
+        nd.combine(acc, slot(k, j), dst(k), len(k));
+        acc = dst(k);
+      }
+      post_inputs(k + W);
+      run_collective<collectives::Allreduce>(inter, rl, {dst(k), dst(k), len(k)});
+      for (int j = 1; j < L; ++j) back.push_back(nd.isend(dst(k), len(k) * es, j));
+    }
+    for (auto& q : back) nd.wait(q);
+  }
+
   template <class Levels>
   static int rail_rank(const Levels& lv, int x) {
     int lr = lv.local_index[static_cast<std::size_t>(x)], k = 0;
@@ -236,5 +327,22 @@ struct Hierarchical {
 };
 
 static_assert(Algorithm<Hierarchical<>>);
+
+// Hierarchical with Schedule::leaders, as a policy of its own: its own name
+// in labels and fingerprints, its own cost formula, and a candidate Auto can
+// weigh against the rails schedule (AutoOf<..., Hierarchical<>,
+// HierarchicalLeaders<>>). Measured on the emulated cluster (2 hosts x 2
+// ranks, 1 Gbit/s links, 64 MiB): 0.57-0.58 s against 0.81 s for rails and
+// 0.88-0.91 s for the flat ring (docs/architecture.md, "Clusters").
+template <Algorithm Intra = Ring, Algorithm Inter = Ring>
+struct HierarchicalLeaders : Hierarchical<Intra, Inter> {
+  static constexpr const char* name = "hierarchical_leaders";
+  HierarchicalLeaders() { this->schedule = Hierarchical<Intra, Inter>::Schedule::leaders; }
+  static double cost(Collective op, std::size_t bytes, int p, const CostModel& m) {
+    return Hierarchical<Intra, Inter>::leaders_cost(op, bytes, p, m);
+  }
+};
+
+static_assert(Algorithm<HierarchicalLeaders<>>);
 
 }  // namespace weft::comm
