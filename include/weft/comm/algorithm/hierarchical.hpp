@@ -332,8 +332,8 @@ static_assert(Algorithm<Hierarchical<>>);
 // in labels and fingerprints, its own cost formula, and a candidate Auto can
 // weigh against the rails schedule (AutoOf<..., Hierarchical<>,
 // HierarchicalLeaders<>>). Measured on the emulated cluster (2 hosts x 2
-// ranks, 1 Gbit/s links, 64 MiB): 0.57-0.58 s against 0.81 s for rails and
-// 0.88-0.91 s for the flat ring (docs/architecture.md, "Clusters").
+// ranks, 1 Gbit/s links, 64 MiB, two runs): 0.57 s against 0.77-0.78 s for
+// rails and 0.86-0.87 s for the flat ring (README, "Clusters").
 template <Algorithm Intra = Ring, Algorithm Inter = Ring>
 struct HierarchicalLeaders : Hierarchical<Intra, Inter> {
   static constexpr const char* name = "hierarchical_leaders";
