@@ -60,43 +60,40 @@ struct ViT {
   }
 };
 
-// Images (n, 784) rows `idx` -> patches (B, P, K), shifted by (dy, dx) and
-// flipped where asked (augmentation), zero outside the image.
+// One image's augmentation: a shift by up to max_shift pixels each way and a
+// horizontal flip, drawn from `aug` (the only place that draws, so every rank
+// advances the stream alike).
+struct Augmentation {
+  int dy = 0, dx = 0;
+  bool flip = false;
+};
+Augmentation draw_augmentation(nn::Rng& aug, int max_shift) {
+  Augmentation a;
+  if (max_shift > 0) {
+    const auto span = static_cast<std::uint64_t>(2 * max_shift + 1);
+    a.dy = static_cast<int>(aug.below(span)) - max_shift;
+    a.dx = static_cast<int>(aug.below(span)) - max_shift;
+  }
+  a.flip = aug.below(2) == 1;
+  return a;
+}
+
+// Images (n, 784) rows `idx` -> patches (B, P, K), shifted and flipped where
+// asked (augmentation), zero outside the image.
 void make_batch(const ViT& m, const Tensor<float>& images, const std::vector<index_t>& idx, index_t at, index_t b,
                 nn::Rng* aug, int max_shift, std::vector<float>& img, Tensor<float>& patches) {
   img.assign(static_cast<std::size_t>(b * kSide * kSide), 0.0f);
   for (index_t i = 0; i < b; ++i) {
     const float* src = images.data() + idx[static_cast<std::size_t>(at + i)] * kSide * kSide;
     float* dst = img.data() + i * kSide * kSide;
-    int dy = 0, dx = 0;
-    bool flip = false;
-    if (aug) {
-      if (max_shift > 0) {
-        const auto span = static_cast<std::uint64_t>(2 * max_shift + 1);
-        dy = static_cast<int>(aug->below(span)) - max_shift;
-        dx = static_cast<int>(aug->below(span)) - max_shift;
-      }
-      flip = aug->below(2) == 1;
-    }
+    const Augmentation a = aug ? draw_augmentation(*aug, max_shift) : Augmentation{};
     for (index_t y = 0; y < kSide; ++y)
       for (index_t x = 0; x < kSide; ++x) {
-        const index_t sy = y - dy, sx0 = x - dx, sx = flip ? kSide - 1 - sx0 : sx0;
+        const index_t sy = y - a.dy, sx0 = x - a.dx, sx = a.flip ? kSide - 1 - sx0 : sx0;
         if (sy >= 0 && sy < kSide && sx >= 0 && sx < kSide) dst[y * kSide + x] = src[sy * kSide + sx];
       }
   }
   m.embed.patchify(img.data(), b, kSide, kSide, patches.data());
-}
-
-// Advances `aug` past the draws make_batch makes for b images (another rank's rows).
-void skip_augmentation(nn::Rng& aug, index_t b, int max_shift) {
-  for (index_t i = 0; i < b; ++i) {
-    if (max_shift > 0) {
-      const auto span = static_cast<std::uint64_t>(2 * max_shift + 1);
-      (void)aug.below(span);
-      (void)aug.below(span);
-    }
-    (void)aug.below(2);
-  }
 }
 
 }  // namespace
@@ -147,7 +144,7 @@ int main(int argc, char** argv) {
   const index_t n = quick ? 2000 : train.images.size(0), n_test = test.images.size(0);
   const index_t P = (kSide / kPatch) * (kSide / kPatch), K = kPatch * kPatch;
 
-  // One thread rank per core by default: each computes its half of every
+  // One thread rank per core by default: each computes its slice of every
   // global batch (the same images and augmentation on every rank count, so a
   // run with R ranks trains on the same batches as one rank) and DataParallel
   // averages the gradients.
@@ -207,7 +204,7 @@ int main(int argc, char** argv) {
           if (r == rank)
             make_batch(model, train.images, order, b + r * local, local, augment ? &aug_rng : nullptr, max_shift, img, xb);
           else if (augment)
-            skip_augmentation(aug_rng, local, max_shift);
+            for (index_t i = 0; i < local; ++i) (void)draw_augmentation(aug_rng, max_shift);
         }
         for (index_t i = 0; i < local; ++i) yb.data()[i] = train.labels.data()[order[static_cast<std::size_t>(b + rank * local + i)]];
         opt.set_lr(lr_at(opt.steps()));

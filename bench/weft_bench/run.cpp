@@ -374,8 +374,8 @@ void with_policy(Algo a, const wc::CostModel& model, std::size_t chunk, const Op
         std::get<wc::Tree>(w.candidates) = tree;
         std::get<wc::HalvingDoubling>(w.candidates) = hd;
         std::get<wc::Hierarchical<>>(w.candidates).intra = std::get<wc::Hierarchical<>>(w.candidates).inter = ring;
-        std::get<wc::HierarchicalLeaders<>>(w.candidates).intra = ring;
-        std::get<wc::HierarchicalLeaders<>>(w.candidates).inter = ring;
+        std::get<wc::HierarchicalLeaders<>>(w.candidates).intra =
+            std::get<wc::HierarchicalLeaders<>>(w.candidates).inter = ring;
         f(w);
         return;
       }
