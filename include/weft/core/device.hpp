@@ -39,6 +39,9 @@ struct device_memory<cpu> {
     if (p) ::operator delete(p, std::align_val_t(alignment));
   }
   static void copy(void* dst, const void* src, std::size_t bytes) { std::memcpy(dst, src, bytes); }
+  // Between this device's memory and the host's (the same memory here).
+  static void copy_from_host(void* dst, const void* src, std::size_t bytes) { std::memcpy(dst, src, bytes); }
+  static void copy_to_host(void* dst, const void* src, std::size_t bytes) { std::memcpy(dst, src, bytes); }
 };
 
 }  // namespace weft

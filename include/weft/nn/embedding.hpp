@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "../expr/embedding.hpp"
+#include "init.hpp"
 #include "rng.hpp"
 
 namespace weft::nn {
@@ -13,13 +14,15 @@ namespace weft::nn {
 // The node, under its old name here.
 using weft::EmbeddingNode;
 
-template <class T = float>
+template <class T = float, class Device = cpu>
 struct Embedding {
-  Parameter<T> weight;  // (E, D): N(0, 1) as PyTorch
+  Parameter<T, Device> weight;  // (E, D): N(0, 1) as PyTorch
 
   Embedding(index_t num_embeddings, index_t dim, std::uint64_t seed = 0) : weight("weight", Shape{num_embeddings, dim}) {
     Rng rng(seed);
-    for (index_t i = 0; i < weight.numel(); ++i) weight.value.data()[i] = static_cast<T>(rng.normal_double());
+    init_on_host(weight, [&](Parameter<T>& w) {
+      for (index_t i = 0; i < w.numel(); ++i) w.value.data()[i] = static_cast<T>(rng.normal_double());
+    });
   }
 
   template <class X>

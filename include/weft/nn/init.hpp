@@ -195,4 +195,22 @@ void zeros(Parameter<T>& p) {
   p.value.fill(T(0));
 }
 
+// ---- Parameters on a device: drawn on the host, copied once -------------------
+// A layer on a device (nn::Linear<float, true, weft::cuda>) draws its initial
+// values on the host with the generator and order of its host twin, so both
+// start from the same bits, as a PyTorch module does before .to(device); the
+// gradient starts at zero. init(Parameter<T>&) fills the host values.
+template <class T, class Device, class Init>
+void init_on_host(Parameter<T, Device>& p, Init&& init) {
+  if constexpr (std::is_same_v<Device, cpu>) {
+    init(p);
+  } else {
+    Parameter<T> h(p.name, p.shape());
+    init(h);
+    if (h.numel() == 0) return;
+    device_memory<Device>::copy_from_host(p.value.data(), h.value.data(), h.value.bytes());
+    device_memory<Device>::copy_from_host(p.grad.data(), h.grad.data(), h.grad.bytes());
+  }
+}
+
 }  // namespace weft::nn

@@ -4,21 +4,23 @@
 #pragma once
 
 #include "../expr/layer_norm.hpp"
+#include "init.hpp"
 
 namespace weft::nn {
 
 // The node, under its old name here.
 using weft::LayerNormNode;
 
-template <class T = float>
+template <class T = float, class Device = cpu>
 struct LayerNorm {
-  Parameter<T> gamma;  // (D,), ones
-  Parameter<T> beta;   // (D,), zeros
+  Parameter<T, Device> gamma;  // (D,), ones
+  Parameter<T, Device> beta;   // (D,), zeros
   T eps;
 
   explicit LayerNorm(index_t features, T epsilon = T(1e-5))
       : gamma("weight", Shape{features}), beta("bias", Shape{features}), eps(epsilon) {
-    gamma.value.fill(T(1));
+    init_on_host(gamma, [](Parameter<T>& g) { g.value.fill(T(1)); });
+    init_on_host(beta, [](Parameter<T>&) {});
   }
 
   template <Operand X>

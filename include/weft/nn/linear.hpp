@@ -4,6 +4,8 @@
 // bias written into the product's output, its gradient a column sum of the
 // output's adjoint), then whatever elementwise work follows fused over one
 // contiguous buffer; differentiated like any other node.
+// Device: where the parameters live (weft::cuda with <weft/kernels/cuda/...>);
+// they are drawn on the host either way (nn/init.hpp init_on_host).
 // Dimension legend: B batch, I in_features, O out_features.
 #pragma once
 
@@ -18,22 +20,24 @@
 
 namespace weft::nn {
 
-template <class T = float, bool Bias = true>
+template <class T = float, bool Bias = true, class Device = cpu>
 struct Linear {
   // PyTorch's default initialisation, deterministic for the seed: weight
   // Kaiming-uniform with a = sqrt(5), i.e. U(-1/sqrt(I), 1/sqrt(I)), and the
   // bias U(-1/sqrt(I), 1/sqrt(I)).
-  Parameter<T> weight;  // (I, O)
-  Parameter<T> bias;    // (O,); empty when Bias is false
+  Parameter<T, Device> weight;  // (I, O)
+  Parameter<T, Device> bias;    // (O,); empty when Bias is false
 
   Linear(index_t in_features, index_t out_features, std::uint64_t seed = 0)
       : weight("weight", Shape{in_features, out_features}), bias("bias", Bias ? Shape{out_features} : Shape{0}) {
     if (in_features <= 0 || out_features <= 0)
       throw_error<ValueError>("Linear: features must be positive, got (", in_features, ", ", out_features, ")");
     Rng rng(seed);
-    kaiming_uniform(weight, rng, KaimingOptions{.gain = std::sqrt(1.0 / 3.0)});
+    init_on_host(weight, [&](Parameter<T>& w) { kaiming_uniform(w, rng, KaimingOptions{.gain = std::sqrt(1.0 / 3.0)}); });
     const double bound = 1.0 / std::sqrt(static_cast<double>(in_features));
-    for (index_t i = 0; i < bias.numel(); ++i) bias.value.data()[i] = static_cast<T>(rng.uniform(-bound, bound));
+    init_on_host(bias, [&](Parameter<T>& b) {
+      for (index_t i = 0; i < b.numel(); ++i) b.value.data()[i] = static_cast<T>(rng.uniform(-bound, bound));
+    });
   }
 
   index_t in_features() const { return weight.shape()[0]; }

@@ -7,7 +7,8 @@
 // mean_pool(x) pools tokens (N, T, C) -> (N, C) (ViT without a class token).
 // Dimension legend: N batch, T tokens, C model width, H heads, Dh = C / H
 // head width, F MLP width.
-// Opt-in header like nn/linear.hpp: matmuls and attention use CBLAS.
+// Opt-in header like nn/linear.hpp: matmuls and attention use CBLAS on the
+// host. Every layer takes a Device (default cpu) for its parameters.
 #pragma once
 
 #include <cmath>
@@ -40,10 +41,10 @@ struct AttentionConfig {
   float dropout = 0;      // on the attention probabilities (training only)
 };
 
-template <class T = float>
+template <class T = float, class Device = cpu>
 struct MultiHeadAttention {
-  Linear<T> qkv;   // (C, 3C): columns [q | k | v], head h at [h Dh, (h + 1) Dh) within each
-  Linear<T> proj;  // (C, C)
+  Linear<T, true, Device> qkv;   // (C, 3C): columns [q | k | v], head h at [h Dh, (h + 1) Dh) within each
+  Linear<T, true, Device> proj;  // (C, C)
   AttentionConfig cfg;
   bool training = true;
   std::uint64_t dropout_seed = 0;  // advanced by one per call when dropout is on
@@ -91,11 +92,11 @@ struct BlockConfig {
   float attn_dropout = 0;
 };
 
-template <class T = float>
+template <class T = float, class Device = cpu>
 struct TransformerBlock {
-  LayerNorm<T> ln1, ln2;
-  MultiHeadAttention<T> attn;
-  Linear<T> fc1, fc2;
+  LayerNorm<T, Device> ln1, ln2;
+  MultiHeadAttention<T, Device> attn;
+  Linear<T, true, Device> fc1, fc2;
 
   TransformerBlock(const BlockConfig& c, std::uint64_t seed = 0)
       : ln1(c.dim),
@@ -129,10 +130,10 @@ struct TransformerBlock {
 // flattened as (Ci, p, p) (the order of a stride-p convolution's kernel); the
 // layer projects them, (N, P, Ci p p) -> (N, P, C). Images are data, so the
 // cut is a copy on the host, not a node.
-template <class T = float>
+template <class T = float, class Device = cpu>
 struct PatchEmbedding {
   index_t channels, patch;
-  Linear<T> proj;
+  Linear<T, true, Device> proj;
 
   PatchEmbedding(index_t in_channels, index_t patch_size, index_t dim, std::uint64_t seed = 0)
       : channels(in_channels), patch(patch_size), proj(in_channels * patch_size * patch_size, dim, seed) {
@@ -170,13 +171,15 @@ struct PatchEmbedding {
 };
 
 // Learned positional embedding (P, C), N(0, 0.02^2) as ViT's, added to x (N, P, C).
-template <class T = float>
+template <class T = float, class Device = cpu>
 struct PositionalEmbedding {
-  Parameter<T> weight;
+  Parameter<T, Device> weight;
 
   PositionalEmbedding(index_t positions, index_t dim, std::uint64_t seed = 0) : weight("weight", Shape{positions, dim}) {
     Rng rng(seed);
-    for (index_t i = 0; i < weight.numel(); ++i) weight.value.data()[i] = static_cast<T>(0.02 * rng.normal_double());
+    init_on_host(weight, [&](Parameter<T>& w) {
+      for (index_t i = 0; i < w.numel(); ++i) w.value.data()[i] = static_cast<T>(0.02 * rng.normal_double());
+    });
   }
 
   template <Operand X>

@@ -30,6 +30,13 @@ struct device_memory<cuda> {
   static void copy(void* dst, const void* src, std::size_t bytes) {
     cuda_check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice), "device-to-device copy");
   }
+  // Synchronous: layers copy their host-drawn initial values once (nn/init.hpp).
+  static void copy_from_host(void* dst, const void* src, std::size_t bytes) {
+    if (bytes > 0) cuda_check(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "host-to-device copy");
+  }
+  static void copy_to_host(void* dst, const void* src, std::size_t bytes) {
+    if (bytes > 0) cuda_check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "device-to-host copy");
+  }
 };
 
 namespace cuda_copy {
