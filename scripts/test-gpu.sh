@@ -3,7 +3,8 @@
 # CUDA translation unit (tests/cuda/*.cu, bench/gpu_*.cu) with nvcc for the
 # GPU it finds, runs the CUDA tests (each compares its kernels with weft's CPU
 # evaluation of the same expressions), then the GPU benchmarks and, where
-# python3 has a CUDA PyTorch, the PyTorch peers; everything it prints is also
+# python3 has a CUDA PyTorch, the PyTorch peers (bench/gpu_*_torch.py, given
+# the build directory); everything it prints is also
 # saved in $WEFT_GPU_OUT/test-gpu.log (default build-gpu/). Ends with
 # "N passed, N failed, N skipped" and exits non-zero on a failure.
 #
@@ -152,7 +153,7 @@ if [ "${WEFT_GPU_BENCH:-1}" != 0 ] && [ $have_gpu = 1 ]; then
     for p in "$root"/bench/gpu_*_torch.py; do
       [ -f "$p" ] || continue
       say "--- $(basename "$p") (PyTorch $(python3 -c 'import torch; print(torch.__version__)'))"
-      timeout 300 python3 "$p" 2>&1 | tee -a "$log"
+      timeout 900 python3 "$p" "$out" 2>&1 | tee -a "$log"
     done
   else
     say "(no CUDA PyTorch in python3: the PyTorch peers are not run)"
