@@ -16,6 +16,8 @@
 //
 // Every call enqueues on the stream given at construction (the state is
 // allocated there, from the device's pool, and zeroed there); nothing waits.
+// The stream must outlive the optimizer (its memory is freed on it). The
+// gradients must be written by work ordered before step() on that stream.
 // Parameters' storage must stay where it was when the optimizer was built
 // (a resize that reallocates is refused at the next step, with a sentence).
 // Not supported on the device (host optimizers only): masks (set_mask) and

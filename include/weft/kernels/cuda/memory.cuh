@@ -79,9 +79,16 @@ inline cudaMemPool_t cuda_pool(int device) {
   return pool;
 }
 
+// The device a stream belongs to; the special handles (0, cudaStreamLegacy,
+// cudaStreamPerThread) are the current device's. Asked only of real streams,
+// so that no call here fails and leaves an error for cudaGetLastError to
+// report at the next kernel launch's check.
 inline int cuda_device_of(cudaStream_t stream) {
   int device = 0;
-  cuda_check(cudaStreamGetDevice(stream, &device), "cudaStreamGetDevice");
+  if (stream == nullptr || stream == cudaStreamLegacy || stream == cudaStreamPerThread)
+    cuda_check(cudaGetDevice(&device), "cudaGetDevice");
+  else
+    cuda_check(cudaStreamGetDevice(stream, &device), "cudaStreamGetDevice");
   return device;
 }
 
