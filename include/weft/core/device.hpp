@@ -18,7 +18,22 @@ struct cuda {
   static constexpr const char* name = "cuda";
 };
 
-// Allocation per device. Storage is 64-byte aligned (a cache line; AVX-512 width).
+// The host's queue is the calling thread: work runs synchronously, in program
+// order (core/exec.hpp names it device_queue<cpu>).
+struct HostQueue {};
+
+// Allocation per device. Each model provides
+//   queue_type                   what stream-ordered work is ordered on
+//   allocate(bytes) / deallocate(p) / copy(dst, src, bytes)
+//                                synchronous: usable from every queue on return
+//   allocate(bytes, q) / deallocate(p, q) / copy(dst, src, bytes, q)
+//                                stream-ordered: the memory is valid for work
+//                                ordered after the call on q; the free happens
+//                                after the work already on q
+//   copy_from_host(dst, src, bytes) / copy_to_host(dst, src, bytes)
+//                                synchronous, between the host and this device
+//                                (layers copy their host-drawn initial values)
+// Storage is 64-byte aligned on the host (a cache line; AVX-512 width).
 template <class Device>
 struct device_memory {
   static_assert(dependent_false<Device>,
@@ -42,6 +57,12 @@ struct device_memory<cpu> {
   // Between this device's memory and the host's (the same memory here).
   static void copy_from_host(void* dst, const void* src, std::size_t bytes) { std::memcpy(dst, src, bytes); }
   static void copy_to_host(void* dst, const void* src, std::size_t bytes) { std::memcpy(dst, src, bytes); }
+
+  // The host's queue is the calling thread: the ordered forms are the plain ones.
+  using queue_type = HostQueue;
+  static void* allocate(std::size_t bytes, HostQueue) { return allocate(bytes); }
+  static void deallocate(void* p, HostQueue) noexcept { deallocate(p); }
+  static void copy(void* dst, const void* src, std::size_t bytes, HostQueue) { copy(dst, src, bytes); }
 };
 
 }  // namespace weft

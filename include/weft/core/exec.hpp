@@ -18,9 +18,7 @@ namespace weft {
 template <class Device>
 class Workspace;  // tensor/workspace.hpp
 
-// The queue type of a device. The host's queue is the calling thread: work
-// runs synchronously, in program order.
-struct HostQueue {};
+// The queue type of a device (HostQueue, the calling thread, is in core/device.hpp).
 
 template <class Device>
 struct device_queue {

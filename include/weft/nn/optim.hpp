@@ -244,10 +244,53 @@ namespace detail {
 // lr * 1.2e-38 / eps, under one ulp of any normal parameter; torch keeps the
 // subnormals (and the slowdown).
 template <class T>
-inline T flush_subnormal(T x) {
+WEFT_HD inline T flush_subnormal(T x) {
   // A multiply by 0 or 1, not a branch or select: GCC if-converts neither here,
   // and the loop must stay vectorised. NaN stays NaN (NaN * 0 = NaN).
+#if WEFT_IN_DEVICE_CODE
+  return x * static_cast<T>(::fabs(x) >= std::numeric_limits<T>::min());
+#else
   return x * static_cast<T>(std::fabs(x) >= std::numeric_limits<T>::min());
+#endif
+}
+
+// One element of each update, shared by the CPU passes below and the CUDA
+// multi-tensor kernel (nn/optim_cuda.cuh), so the CPU tests check the device's
+// arithmetic too. g is the gradient (already masked); p and the state are
+// read and written in place; masking of the new value is the caller's.
+template <class T>
+WEFT_HD inline void sgd_update(T& p, T g, T lr, T wd) {
+  const T gi = g + wd * p;
+  p = p - lr * gi;
+}
+
+// SGD with momentum: b = cb * b + cg * g, p -= lr * (kg * g + kb * b) (see SGD).
+template <class T>
+struct SGDMomentumCoeffs {
+  T lr, wd, cb, cg, kg, kb;
+};
+template <class T>
+WEFT_HD inline void sgd_momentum_update(T& p, T g, T& b, const SGDMomentumCoeffs<T>& c) {
+  const T gi = g + c.wd * p;
+  const T bi = flush_subnormal(c.cb * b + c.cg * gi);
+  b = bi;
+  p = p - c.lr * (c.kg * gi + c.kb * bi);
+}
+
+// Adam's per-step scalars (see AdamBase::adam_step), formed on the host.
+template <class T>
+struct AdamCoeffs {
+  T decay, wd, beta2, one_minus_beta1, one_minus_beta2, step_size, bc2_sqrt, eps;
+};
+template <class T>
+WEFT_HD inline void adam_update(T& p, T g, T& m, T& v, const AdamCoeffs<T>& c) {
+  const T pi = p * c.decay;
+  const T gi = g + c.wd * pi;
+  const T mi = flush_subnormal(m + c.one_minus_beta1 * (gi - m));
+  const T vi = flush_subnormal(c.beta2 * v + c.one_minus_beta2 * gi * gi);
+  m = mi;
+  v = vi;
+  p = pi - c.step_size * mi / (math::sqrt(vi) / c.bc2_sqrt + c.eps);
 }
 
 // restrict on the parameters (value, grad and state never overlap: distinct
@@ -257,21 +300,38 @@ inline T flush_subnormal(T x) {
 template <class T, bool Masked = false>
 void sgd_pass(T* WEFT_RESTRICT p, const T* WEFT_RESTRICT gr, index_t n, T lr, T wd, const T* WEFT_RESTRICT mk = nullptr) {
   for (index_t i = 0; i < n; ++i) {
-    const T g = (Masked ? gr[i] * mk[i] : gr[i]) + wd * p[i];
-    p[i] = Masked ? (p[i] - lr * g) * mk[i] : p[i] - lr * g;
+    T pi = p[i];
+    sgd_update(pi, Masked ? gr[i] * mk[i] : gr[i], lr, wd);
+    p[i] = Masked ? pi * mk[i] : pi;
   }
 }
 
 template <class T, bool Masked = false>
 void sgd_momentum_pass(T* WEFT_RESTRICT p, const T* WEFT_RESTRICT gr, T* WEFT_RESTRICT b, index_t n, T lr, T wd, T cb, T cg,
                        T kg, T kb, const T* WEFT_RESTRICT mk = nullptr) {
+  const SGDMomentumCoeffs<T> c{lr, wd, cb, cg, kg, kb};
   for (index_t i = 0; i < n; ++i) {
-    const T g = (Masked ? gr[i] * mk[i] : gr[i]) + wd * p[i];
-    const T bi = flush_subnormal(cb * b[i] + cg * g);
+    T pi = p[i], bi = b[i];
+    sgd_momentum_update(pi, Masked ? gr[i] * mk[i] : gr[i], bi, c);
     b[i] = bi;
-    const T pi = p[i] - lr * (kg * g + kb * bi);
     p[i] = Masked ? pi * mk[i] : pi;
   }
+}
+
+// Step t's scalars for SGD (see SGD below); without momentum only lr and wd are read.
+template <class T>
+SGDMomentumCoeffs<T> sgd_coeffs(std::int64_t t, float lr, const SGDOptions& o) {
+  const T mu = static_cast<T>(o.momentum);
+  SGDMomentumCoeffs<T> c;
+  c.lr = static_cast<T>(lr);
+  c.wd = static_cast<T>(o.weight_decay);
+  // b = cb * b + cg * g
+  c.cb = t == 1 ? T(0) : mu;
+  c.cg = t == 1 ? T(1) : static_cast<T>(1.0 - static_cast<double>(o.dampening));
+  // direction = kg * g + kb * b
+  c.kg = o.nesterov ? T(1) : T(0);
+  c.kb = o.nesterov ? mu : T(1);
+  return c;
 }
 
 }  // namespace detail
@@ -309,16 +369,8 @@ class SGD : public detail::OptimizerBase<T> {
 
  private:
   void update(const std::vector<ParamRange>* parts) {
-    const std::int64_t t = ++this->steps_;
-    const T lr = static_cast<T>(this->lr_);
-    const T wd = static_cast<T>(o_.weight_decay);
-    const T mu = static_cast<T>(o_.momentum);
-    // b = cb * b + cg * g
-    const T cb = t == 1 ? T(0) : mu;
-    const T cg = t == 1 ? T(1) : static_cast<T>(1.0 - static_cast<double>(o_.dampening));
-    // direction = kg * g + kb * b
-    const T kg = o_.nesterov ? T(1) : T(0);
-    const T kb = o_.nesterov ? mu : T(1);
+    const detail::SGDMomentumCoeffs<T> c = detail::sgd_coeffs<T>(++this->steps_, this->lr_, o_);
+    const T lr = c.lr, wd = c.wd, cb = c.cb, cg = c.cg, kg = c.kg, kb = c.kb;
     this->for_each_part(parts, [&](auto& s, index_t at, index_t n) {
       T* p = s.param->value.data() + at;
       const T* g = s.param->grad.data() + at;
@@ -351,16 +403,34 @@ template <class T, bool Masked = false>
 void adam_pass(T* WEFT_RESTRICT p, const T* WEFT_RESTRICT gr, T* WEFT_RESTRICT m, T* WEFT_RESTRICT v, index_t n, T decay,
                T wd, T beta2, T one_minus_beta1, T one_minus_beta2, T step_size, T bc2_sqrt, T eps,
                const T* WEFT_RESTRICT mk = nullptr) {
+  const AdamCoeffs<T> c{decay, wd, beta2, one_minus_beta1, one_minus_beta2, step_size, bc2_sqrt, eps};
   for (index_t i = 0; i < n; ++i) {
-    const T pi = p[i] * decay;
-    const T g = (Masked ? gr[i] * mk[i] : gr[i]) + wd * pi;
-    const T mi = flush_subnormal(m[i] + one_minus_beta1 * (g - m[i]));
-    const T vi = flush_subnormal(beta2 * v[i] + one_minus_beta2 * g * g);
+    T pi = p[i], mi = m[i], vi = v[i];
+    adam_update(pi, Masked ? gr[i] * mk[i] : gr[i], mi, vi, c);
     m[i] = mi;
     v[i] = vi;
-    const T pn = pi - step_size * mi / (math::sqrt(vi) / bc2_sqrt + eps);
-    p[i] = Masked ? pn * mk[i] : pn;
+    p[i] = Masked ? pi * mk[i] : pi;
   }
+}
+
+// Step t's scalars, formed in double and rounded to T once (the CPU passes
+// and the CUDA kernel take the same values).
+template <class T>
+AdamCoeffs<T> adam_coeffs(std::int64_t t, float lr_f, float beta1, float beta2, float eps, float coupled_wd,
+                          float decoupled_wd) {
+  const double lr = lr_f;
+  const double bc1 = 1.0 - std::pow(static_cast<double>(beta1), static_cast<double>(t));
+  const double bc2 = 1.0 - std::pow(static_cast<double>(beta2), static_cast<double>(t));
+  AdamCoeffs<T> c;
+  c.decay = static_cast<T>(1.0 - lr * static_cast<double>(decoupled_wd));
+  c.wd = static_cast<T>(coupled_wd);
+  c.beta2 = static_cast<T>(beta2);
+  c.one_minus_beta1 = static_cast<T>(1.0 - static_cast<double>(beta1));
+  c.one_minus_beta2 = static_cast<T>(1.0 - static_cast<double>(beta2));
+  c.step_size = static_cast<T>(lr / bc1);
+  c.bc2_sqrt = static_cast<T>(std::sqrt(bc2));
+  c.eps = static_cast<T>(eps);
+  return c;
 }
 
 template <class T>
@@ -378,24 +448,15 @@ class AdamBase : public OptimizerBase<T> {
 
   void adam_step(const std::vector<ParamRange>* parts, float beta1, float beta2, float eps, float coupled_wd,
                  float decoupled_wd) {
-    const std::int64_t t = ++this->steps_;
-    const double lr = this->lr_;
-    const double bc1 = 1.0 - std::pow(static_cast<double>(beta1), static_cast<double>(t));
-    const double bc2 = 1.0 - std::pow(static_cast<double>(beta2), static_cast<double>(t));
-    const T step_size = static_cast<T>(lr / bc1);
-    const T bc2_sqrt = static_cast<T>(std::sqrt(bc2));
-    const T decay = static_cast<T>(1.0 - lr * static_cast<double>(decoupled_wd));
-    const T one_minus_beta1 = static_cast<T>(1.0 - static_cast<double>(beta1));
-    const T one_minus_beta2 = static_cast<T>(1.0 - static_cast<double>(beta2));
+    const AdamCoeffs<T> c = adam_coeffs<T>(++this->steps_, this->lr_, beta1, beta2, eps, coupled_wd, decoupled_wd);
     this->for_each_part(parts, [&](auto& s, index_t at, index_t n) {
       if (s.mask)
         adam_pass<T, true>(s.param->value.data() + at, s.param->grad.data() + at, s.state[0].data() + at,
-                           s.state[1].data() + at, n, decay, static_cast<T>(coupled_wd), static_cast<T>(beta2),
-                           one_minus_beta1, one_minus_beta2, step_size, bc2_sqrt, static_cast<T>(eps), s.mask + at);
+                           s.state[1].data() + at, n, c.decay, c.wd, c.beta2, c.one_minus_beta1, c.one_minus_beta2,
+                           c.step_size, c.bc2_sqrt, c.eps, s.mask + at);
       else
         adam_pass<T>(s.param->value.data() + at, s.param->grad.data() + at, s.state[0].data() + at, s.state[1].data() + at, n,
-                     decay, static_cast<T>(coupled_wd), static_cast<T>(beta2), one_minus_beta1, one_minus_beta2, step_size,
-                     bc2_sqrt, static_cast<T>(eps));
+                     c.decay, c.wd, c.beta2, c.one_minus_beta1, c.one_minus_beta2, c.step_size, c.bc2_sqrt, c.eps);
     });
   }
 };

@@ -139,13 +139,16 @@ namespace detail {
 class DeferredFrees {
  public:
   static constexpr int capacity = 64;
+  // Room for the queue a stream-ordered tensor is freed on (a cudaStream_t).
+  static constexpr std::size_t context_bytes = 2 * sizeof(void*);
+  using Release = void (*)(void* p, const unsigned char* context) noexcept;
 
   DeferredFrees() : prev_(current()) { current() = this; }
   DeferredFrees(const DeferredFrees&) = delete;
   DeferredFrees& operator=(const DeferredFrees&) = delete;
   ~DeferredFrees() {
     stop();
-    for (int i = 0; i < n_; ++i) free_[i](ptr_[i]);
+    for (int i = 0; i < n_; ++i) free_[i](ptr_[i], ctx_[i]);
   }
 
   // Tensors dying from now on are freed at once again; those kept stay kept.
@@ -157,13 +160,15 @@ class DeferredFrees {
   bool overflowed() const { return overflowed_; }
   int kept() const { return n_; }
 
-  // Keep p (freed later by release(p)); false when full.
-  bool take(void* p, void (*release)(void*) noexcept) noexcept {
+  // Keep p (freed later by release(p, context), context a copy of the
+  // `bytes` <= context_bytes at `context`); false when full.
+  bool take(void* p, Release release, const void* context = nullptr, std::size_t bytes = 0) noexcept {
     if (n_ == capacity) {
       overflowed_ = true;
       return false;
     }
     ptr_[n_] = p;
+    if (bytes > 0) std::memcpy(ctx_[n_], context, bytes);
     free_[n_++] = release;
     return true;
   }
@@ -180,18 +185,48 @@ class DeferredFrees {
   bool overflowed_ = false;
   int n_ = 0;
   void* ptr_[capacity];
-  void (*free_[capacity])(void*) noexcept;
+  Release free_[capacity];
+  alignas(void*) unsigned char ctx_[capacity][context_bytes];
 };
 
 }  // namespace detail
 
 template <class T, class Device>
 class Tensor {
+ public:
+  // What this device's stream-ordered work is ordered on (HostQueue for the
+  // host; a cudaStream_t with <weft/kernels/cuda/memory.cuh>).
+  using queue_type = typename device_memory<Device>::queue_type;
+
+ private:
+  // Frees storage as it was allocated: synchronously, or stream-ordered on
+  // the queue it was allocated on (the free runs after the work already there).
   struct Deleter {
-    static void free_storage(void* p) noexcept { device_memory<Device>::deallocate(p); }
+    static_assert(std::is_trivially_copyable_v<queue_type> && sizeof(queue_type) <= detail::DeferredFrees::context_bytes,
+                  "a device's queue_type must be a small trivially copyable handle");
+    queue_type queue{};
+    bool ordered = false;
+
+    static void free_sync(void* p, const unsigned char*) noexcept { device_memory<Device>::deallocate(p); }
+    static void free_ordered(void* p, const unsigned char* context) noexcept {
+      queue_type q;
+      std::memcpy(static_cast<void*>(&q), context, sizeof q);
+      device_memory<Device>::deallocate(p, q);
+    }
+    T* allocate(std::size_t bytes) const {
+      return static_cast<T*>(ordered ? device_memory<Device>::allocate(bytes, queue) : device_memory<Device>::allocate(bytes));
+    }
+    void copy(void* dst, const void* src, std::size_t bytes) const {
+      if (ordered) device_memory<Device>::copy(dst, src, bytes, queue);
+      else device_memory<Device>::copy(dst, src, bytes);
+    }
     void operator()(T* p) const noexcept {
-      if (detail::DeferredFrees* keep = detail::DeferredFrees::current(); keep && p && keep->take(p, &free_storage)) return;
-      device_memory<Device>::deallocate(p);
+      if (!p) return;
+      if (detail::DeferredFrees* keep = detail::DeferredFrees::current()) {
+        if (ordered ? keep->take(p, &free_ordered, &queue, sizeof queue) : keep->take(p, &free_sync)) return;
+      }
+      if (ordered) device_memory<Device>::deallocate(p, queue);
+      else device_memory<Device>::deallocate(p);
     }
   };
 
@@ -201,6 +236,11 @@ class Tensor {
 
   Tensor() = default;
   explicit Tensor(const Shape& s) { resize(s); }
+  // Stream-ordered storage: allocated on queue q (for CUDA from the device's
+  // memory pool, kernels/cuda/memory.cuh), usable by work ordered after this
+  // on q, freed on q when the tensor dies or reallocates. Work on another
+  // queue must be ordered after q's (an event) to use it, and before the free.
+  Tensor(const Shape& s, queue_type q) : storage_(nullptr, Deleter{q, true}) { resize(s); }
   Tensor(const Shape& s, T fill_value) : Tensor(s) { fill(fill_value); }
 
   // Host tensor from values in row-major order: Tensor<float>({2, 2}, {1, 2, 3, 4}).
@@ -213,7 +253,11 @@ class Tensor {
 
   static Tensor zeros(const Shape& s) { return Tensor(s, T(0.0f)); }
 
-  Tensor(const Tensor& o) : Tensor(o.shape_) { copy_from(o.view()); }
+  // A copy is allocated as the original was (on its queue, if stream-ordered).
+  Tensor(const Tensor& o) : storage_(nullptr, o.storage_.get_deleter()) {
+    resize(o.shape_);
+    copy_from(o.view());
+  }
   Tensor(Tensor&& o) noexcept = default;
   Tensor& operator=(const Tensor& o) {
     if (this != &o) {
@@ -232,7 +276,7 @@ class Tensor {
     Shape s = e.shape();
     if (s != shape_) {
       // Resizing would free storage the expression may read; evaluate first.
-      Tensor tmp(s);
+      Tensor tmp = alike(s);
       assign(tmp.view(), e);
       *this = std::move(tmp);
     } else {
@@ -242,7 +286,7 @@ class Tensor {
   }
   Tensor& operator=(const TensorView<T, Device>& v) {
     if (v.data >= data() && v.data < data() + capacity_) {
-      Tensor tmp(v.shape);
+      Tensor tmp = alike(v.shape);
       tmp.copy_from(v);
       *this = std::move(tmp);
     } else {
@@ -256,7 +300,7 @@ class Tensor {
   void resize(const Shape& s) {
     index_t n = s.numel();
     if (n > capacity_ || !storage_) {
-      storage_.reset(static_cast<T*>(device_memory<Device>::allocate(static_cast<std::size_t>(n > 0 ? n : 1) * sizeof(T))));
+      storage_.reset(storage_.get_deleter().allocate(static_cast<std::size_t>(n > 0 ? n : 1) * sizeof(T)));
       capacity_ = n > 0 ? n : 1;
     }
     shape_ = s;
@@ -275,6 +319,9 @@ class Tensor {
   index_t size(int axis) const { return shape_[normalize_axis("size", axis, shape_.rank)]; }
   std::size_t bytes() const { return static_cast<std::size_t>(numel()) * sizeof(T); }
   bool empty() const { return !storage_; }
+  // Whether storage is stream-ordered, and on which queue (see Tensor(shape, q)).
+  bool stream_ordered() const { return storage_.get_deleter().ordered; }
+  queue_type queue() const { return storage_.get_deleter().queue; }
 
   TensorView<T, Device> view() { return TensorView<T, Device>(data(), shape_); }
   // A const tensor still yields a mutable-pointer view for expression leaves;
@@ -299,9 +346,17 @@ class Tensor {
   }
 
  private:
+  // An empty tensor of shape s allocated as this one is.
+  Tensor alike(const Shape& s) const {
+    Tensor t;
+    t.storage_ = std::unique_ptr<T, Deleter>(nullptr, storage_.get_deleter());
+    t.resize(s);
+    return t;
+  }
+
   void copy_from(const TensorView<T, Device>& src) {
     if (src.is_contiguous()) {
-      if (numel() > 0) device_memory<Device>::copy(data(), src.data, bytes());
+      if (numel() > 0) storage_.get_deleter().copy(data(), src.data, bytes());
       return;
     }
     if constexpr (!std::is_same_v<Device, cpu>)

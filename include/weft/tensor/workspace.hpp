@@ -2,6 +2,9 @@
 // (reductions, matmuls, softmax) and for the adjoints of backward. A bump
 // arena over a list of blocks: reset() at the start of each evaluation; once
 // one step has run, repeating it allocates nothing.
+// Blocks are allocated synchronously, or (Workspace(queue)) stream-ordered on
+// the queue the evaluations run on: for CUDA from the device's memory pool,
+// freed on that stream when the workspace dies (kernels/cuda/memory.cuh).
 #pragma once
 
 #include <cstddef>
@@ -15,7 +18,12 @@ namespace weft {
 template <class Device = cpu>
 class Workspace {
  public:
+  using queue_type = typename device_memory<Device>::queue_type;
+
   Workspace() = default;
+  // Stream-ordered blocks on q: pass the executor's queue (Exec(ws, q)), so
+  // that a block is allocated before, and freed after, the work that uses it.
+  explicit Workspace(queue_type q) : queue_(q), ordered_(true) {}
   Workspace(const Workspace&) = delete;
   Workspace& operator=(const Workspace&) = delete;
   ~Workspace() { release(); }
@@ -65,6 +73,8 @@ class Workspace {
   }
   // Number of blocks ever allocated (tests use it to show the steady state allocates nothing).
   std::size_t allocations() const { return allocations_; }
+  bool stream_ordered() const { return ordered_; }
+  queue_type queue() const { return queue_; }
 
  private:
   struct Block {
@@ -95,15 +105,21 @@ class Workspace {
     return b.base;
   }
   void add_block(std::size_t size) {
-    blocks_.push_back(Block{static_cast<char*>(device_memory<Device>::allocate(size)), size, 0});
+    void* p = ordered_ ? device_memory<Device>::allocate(size, queue_) : device_memory<Device>::allocate(size);
+    blocks_.push_back(Block{static_cast<char*>(p), size, 0});
     ++allocations_;
   }
   void release() {
-    for (auto& b : blocks_) device_memory<Device>::deallocate(b.base);
+    for (auto& b : blocks_) {
+      if (ordered_) device_memory<Device>::deallocate(b.base, queue_);
+      else device_memory<Device>::deallocate(b.base);
+    }
     blocks_.clear();
   }
 
   std::vector<Block> blocks_;
+  queue_type queue_{};
+  bool ordered_ = false;
   std::size_t current_ = 0;
   std::size_t allocations_ = 0;
 };
