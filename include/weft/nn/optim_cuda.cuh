@@ -272,6 +272,9 @@ class MultiTensorSGD : public detail::MultiTensorBase<T> {
       throw_error<ValueError>("SGD: Nesterov momentum requires momentum > 0 and dampening = 0 (got momentum ", o.momentum,
                               ", dampening ", o.dampening, ")");
   }
+  // Every parameter of a registry, in its order.
+  MultiTensorSGD(const Registry<T, cuda>& reg, cudaStream_t stream, const SGDOptions& o = {})
+      : MultiTensorSGD(std::vector<Parameter<T, cuda>*>(reg.begin(), reg.end()), stream, o) {}
   const SGDOptions& options() const { return o_; }
 
   void step() {
@@ -295,6 +298,9 @@ class MultiTensorAdam : public detail::MultiTensorBase<T> {
       : Base("Adam", std::move(params), stream, o.lr, {"exp_avg", "exp_avg_sq"}), o_(o) {
     detail::check_adam_options("Adam", o.beta1, o.beta2, o.eps, o.weight_decay);
   }
+  // Every parameter of a registry, in its order.
+  MultiTensorAdam(const Registry<T, cuda>& reg, cudaStream_t stream, const AdamOptions& o = {})
+      : MultiTensorAdam(std::vector<Parameter<T, cuda>*>(reg.begin(), reg.end()), stream, o) {}
   const AdamOptions& options() const { return o_; }
 
   void step() {
@@ -318,6 +324,9 @@ class MultiTensorAdamW : public detail::MultiTensorBase<T> {
       : Base("AdamW", std::move(params), stream, o.lr, {"exp_avg", "exp_avg_sq"}), o_(o) {
     detail::check_adam_options("AdamW", o.beta1, o.beta2, o.eps, o.weight_decay);
   }
+  // Every parameter of a registry, in its order.
+  MultiTensorAdamW(const Registry<T, cuda>& reg, cudaStream_t stream, const AdamWOptions& o = {})
+      : MultiTensorAdamW(std::vector<Parameter<T, cuda>*>(reg.begin(), reg.end()), stream, o) {}
   const AdamWOptions& options() const { return o_; }
 
   void step() {
