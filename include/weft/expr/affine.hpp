@@ -1,6 +1,9 @@
 // affine(x, W, b) = matmul(x, W) + b, with the bias inside the matmul node:
 //   forward   C = b (broadcast over the output's rows), then C += x W (one gemm, beta 1)
-//   backward  db += column sums of dC (kernels::sum_rows: 16-row blocks as a cascade),
+//             (a device that fuses the bias into the gemm's epilogue, CUDA's
+//             cuBLASLt, does both in one call: kernels::gemm_bias)
+//   backward  db += column sums of dC (kernels::bias_grad: on the host sum_rows,
+//             16-row blocks as a cascade; on CUDA one gemm by a ones vector),
 //             dW, dx as matmul's (expr/matmul.hpp)
 // Why a node: written as `matmul(x, W) + b` the bias is a leaf broadcast over
 // every row of the elementwise region above the product, so backward cannot
@@ -45,7 +48,34 @@ struct Affine : ExprTag {
 
   template <class X>
   State forward(const X& ex) const {
-    return m.forward_onto(ex, bias->value.view());
+    if constexpr (kernels::has_gemm_bias<device_of<X>, T>)
+      return forward_fused(ex);
+    else
+      return m.forward_onto(ex, bias->value.view());
+  }
+
+  // MatMul::forward_onto's steps, with the bias write and the product as one
+  // call where the product is one 2-D gemm (plain, or its rows folded).
+  template <class X>
+  State forward_fused(const X& ex) const {
+    State st{m.a.forward(ex), m.b.forward(ex), {}, {}, {}, {}, false};
+    st.av = M::operand(m.a, st.a, ex);
+    st.bv = M::operand(m.b, st.b, ex);
+    st.val = kernels::alloc<T>(ex, m.out);
+    typename M::View af;
+    if (!m.plain() && m.b.shape().rank == 2 && detail::fold_rows(st.av, af)) {
+      st.folded = true;
+      st.av = af;
+    }
+    const auto bv = bias->value.view();
+    if (st.av.shape.rank == 2 && st.bv.shape.rank == 2) {
+      kernels::gemm_bias(ex, st.av, st.bv, static_cast<const T*>(bv.data), M::rows(st, st.val));  // (R, N)
+    } else {
+      kernels::evaluate(ex, BoundTensor<T>{bv.data, aligned_strides(bv.shape, bv.strides, m.out), bv.shape, bv.strides},
+                        st.val);
+      m.product(ex, st, st.av, st.bv, M::rows(st, st.val), T(1));
+    }
+    return st;
   }
 
   template <class G>
@@ -58,7 +88,7 @@ struct Affine : ExprTag {
   void backward_children(State& st, G& g) const {
     const Shape s = m.shape();
     const index_t n = s.back(), r = n ? s.numel() / n : 0;
-    kernels::sum_rows(g.exec(), static_cast<const T*>(st.adj.data), r, n, g.grad_of(*bias).data);  // (R, N) -> (N,)
+    kernels::bias_grad(g.exec(), static_cast<const T*>(st.adj.data), r, n, g.grad_of(*bias).data);  // (R, N) -> (N,)
     g.param_done(*bias);
     m.backward_children(st, g);
   }

@@ -3,15 +3,18 @@
 // keyed by the executor's device. Nodes never name kernels::cpu or
 // kernels::cuda; they call kernels::evaluate(ex, ...), and the executor's
 // device picks device_kernels<Device> (kernels/cpu/kernels.hpp,
-// kernels/cuda/kernels.cuh) or device_gemm<Device> (kernels/cpu/blas.hpp).
+// kernels/cuda/kernels.cuh) or device_gemm<Device> (kernels/cpu/blas.hpp,
+// kernels/cuda/gemm.cuh).
 //
 // The primitive set, as concepts (a device may provide a part):
 //   ElementwiseKernels  evaluate a region, reduce it whole, fill, copy, fused
 //                       backward of a region
 //   DeviceKernels       the above, plus reduce along axes, softmax rows,
 //                       cross-entropy rows, layer-norm rows, gather/scatter rows
-//   DeviceGemm          gemm on strided matrix views (BLAS, cuBLAS); optionally
-//                       gemm_batched over rank-4 views with broadcast batch axes
+//   DeviceGemm          gemm on strided matrix views (BLAS, cuBLASLt); optionally
+//                       gemm_batched over rank-4 views with broadcast batch axes,
+//                       gemm_bias (the bias fused into the gemm's epilogue) and
+//                       bias_grad (column sums), each with a fallback here
 // Calling a primitive a device lacks stops compilation with a sentence.
 #pragma once
 
@@ -253,7 +256,8 @@ void gemm(const X& ex, const TensorView<T, device_of<X>>& a, const TensorView<T,
   else
     static_assert(dependent_false<X>,
                   "weft::kernels::gemm: no gemm for the executor's device: matmul on the host needs "
-                  "<weft/expr/matmul.hpp> (CBLAS, kernels/cpu/blas.hpp); on weft::cuda it is not written yet");
+                  "<weft/expr/matmul.hpp> (CBLAS, kernels/cpu/blas.hpp); on weft::cuda include <weft/kernels/cuda/gemm.cuh> "
+                  "(cuBLASLt)");
 }
 
 // Batched gemm: for every index (i0, i1) of the batch shape (c.shape[0], c.shape[1]),
@@ -274,7 +278,46 @@ void gemm_batched(const X& ex, const TensorView<T, device_of<X>>& a, const Tenso
   else
     static_assert(dependent_false<X>,
                   "weft::kernels::gemm_batched: no batched gemm for the executor's device: batched matmul on the host "
-                  "needs <weft/expr/matmul.hpp> (CBLAS, kernels/cpu/blas.hpp); on weft::cuda it is not written yet");
+                  "needs <weft/expr/matmul.hpp> (CBLAS, kernels/cpu/blas.hpp); on weft::cuda include "
+                  "<weft/kernels/cuda/gemm.cuh> (cuBLASLt)");
+}
+
+// Does the device fuse a bias into its gemm (device_gemm<D>::gemm_bias)? The
+// affine node (expr/affine.hpp) takes the fused path only then, so a device
+// without it (the CPU) keeps its own two steps unchanged.
+template <class Device, class T>
+inline constexpr bool has_gemm_bias =
+    requires(const Exec<Device>& ex, const TensorView<T, Device>& m, const T* bias) {
+      device_gemm<Device>::gemm_bias(ex, m, m, bias, m);
+    };
+
+// c (M, N, rows contiguous) = a (M, K) b (K, N) + bias (N,) on every row: one
+// gemm with the bias in its epilogue where the device has one (cuBLASLt's
+// CUBLASLT_EPILOGUE_BIAS), else the bias written into c and the gemm
+// accumulated onto it (beta 1).
+template <Executor X, class T>
+void gemm_bias(const X& ex, const TensorView<T, device_of<X>>& a, const TensorView<T, device_of<X>>& b, const T* bias,
+               const TensorView<T, device_of<X>>& c) {
+  using G = device_gemm<device_of<X>>;
+  if constexpr (requires { G::gemm_bias(ex, a, b, bias, c); }) {
+    G::gemm_bias(ex, a, b, bias, c);
+  } else {
+    const TensorView<T, device_of<X>> bv(const_cast<T*>(bias), Shape{c.shape[1]});
+    evaluate(ex, BoundTensor<T>{bv.data, aligned_strides(bv.shape, bv.strides, c.shape), bv.shape, bv.strides}, c);
+    gemm(ex, a, b, c, T(1), T(1));
+  }
+}
+
+// out (D) += the column sums of x (R, D), contiguous: a bias gradient. The
+// device's gemm provides it where that is the better tool (CUDA: one gemm by
+// a ones vector), else the device's sum_rows.
+template <Executor X, class T>
+void bias_grad(const X& ex, const T* x, index_t rows, index_t d, T* out) {
+  using G = device_gemm<device_of<X>>;
+  if constexpr (requires { G::bias_grad(ex, x, rows, d, out); })
+    G::bias_grad(ex, x, rows, d, out);
+  else
+    sum_rows(ex, x, rows, d, out);
 }
 
 // Can gemm read matrix view m where it lies (a layout with a leading dimension)?
@@ -290,7 +333,7 @@ bool gemm_reads_in_place(const TensorView<T, Device>& m) {
 // ---------------------------------------------------------------- attention
 // Fused scaled dot-product attention (expr/attention.hpp), keyed by device
 // like gemm: device_attention<cpu> is in kernels/cpu/attention.hpp (opt-in,
-// CBLAS); a GPU adds device_attention<cuda>.
+// CBLAS), device_attention<cuda> in kernels/cuda/attention.cuh (opt-in, nvcc).
 
 // Sizes and options of one attention call: batch axes (N0, N1), Tq queries,
 // Tk keys, widths D (q, k) and Dv (v).
@@ -309,7 +352,7 @@ template <class T>
 struct AttnOperand {
   T* p;
   index_t s0, s1, st;
-  T* at(index_t b0, index_t b1) const { return p + b0 * s0 + b1 * s1; }
+  WEFT_HD T* at(index_t b0, index_t b1) const { return p + b0 * s0 + b1 * s1; }  // (WEFT_HD: read in CUDA kernels)
 };
 
 template <class Device>
@@ -331,7 +374,8 @@ void attention_forward(const X& ex, const AttentionParams& p, AttnOperand<const 
   else
     static_assert(dependent_false<X>,
                   "weft::kernels::attention_forward: no attention for the executor's device: on the host include "
-                  "<weft/expr/attention.hpp> (CBLAS, kernels/cpu/attention.hpp); on weft::cuda it is not written yet");
+                  "<weft/expr/attention.hpp> (CBLAS, kernels/cpu/attention.hpp); on weft::cuda include "
+                  "<weft/kernels/cuda/attention.cuh>");
 }
 
 // dq, dk, dv (contiguous, overwritten) from dout, recomputing the
@@ -345,7 +389,8 @@ void attention_backward(const X& ex, const AttentionParams& p, AttnOperand<const
   else
     static_assert(dependent_false<X>,
                   "weft::kernels::attention_backward: no attention for the executor's device: on the host include "
-                  "<weft/expr/attention.hpp> (CBLAS, kernels/cpu/attention.hpp); on weft::cuda it is not written yet");
+                  "<weft/expr/attention.hpp> (CBLAS, kernels/cpu/attention.hpp); on weft::cuda include "
+                  "<weft/kernels/cuda/attention.cuh>");
 }
 
 }  // namespace weft::kernels
