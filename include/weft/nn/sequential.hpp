@@ -28,15 +28,20 @@ struct Sequential {
 
   template <class F>
   void for_each_parameter(F&& f) {
-    [&]<std::size_t... I>(std::index_sequence<I...>) {
-      (std::get<I>(layers).for_each_parameter([&](const std::string& local, auto& p) {
-         f(std::to_string(I) + "." + local, p);
-       }),
-       ...);
-    }(std::index_sequence_for<Layers...>{});
+    visit_layers<0>(f);
   }
 
  private:
+  // Layer by layer (recursion, not a pack expanded inside a lambda, which
+  // nvcc's front end rejects).
+  template <std::size_t I, class F>
+  void visit_layers(F& f) {
+    if constexpr (I < sizeof...(Layers)) {
+      std::get<I>(layers).for_each_parameter([&](const std::string& local, auto& p) { f(std::to_string(I) + "." + local, p); });
+      visit_layers<I + 1>(f);
+    }
+  }
+
   template <std::size_t I, class X>
   auto apply(X&& x) {
     if constexpr (I == sizeof...(Layers))
