@@ -82,13 +82,16 @@ struct CrossEntropy : OneChildNode<CrossEntropy<A, L>, A> {
     const label_type* lab;
     index_t lab_stride;
     index_t cols;
-    value_type scale;
+    value_type scale;         // adj / N on the host; 1 / N on a device, where
+    const value_type* adj;    // the adjoint stays in device memory: read per element there
     double inv_cols;  // 1 / cols
     value_type hit;   // 1 - eps
     value_type flat;  // eps / C
     WEFT_HD WEFT_INLINE value_type at(index_t r, index_t c, value_type v) const {
       value_type p = math::exp((v - row_max[r]) - log_z[r]);
-      return scale * ((p - (static_cast<index_t>(lab[r * lab_stride]) == c ? hit : value_type(0))) - flat);
+      value_type s = scale;
+      if constexpr (!std::is_same_v<device_type, cpu>) s *= adj[0];
+      return s * ((p - (static_cast<index_t>(lab[r * lab_stride]) == c ? hit : value_type(0))) - flat);
     }
     // The row of element i without an integer division (none in SIMD
     // registers: with i / cols and i % cols the whole region's loop ran
@@ -106,11 +109,13 @@ struct CrossEntropy : OneChildNode<CrossEntropy<A, L>, A> {
   template <class G>
   void backward_children(State& st, G& g) const {
     Shape s = a.shape();
-    value_type scale = s[0] ? st.adj.data[0] / static_cast<value_type>(s[0]) : value_type(0);
+    // (On a device the adjoint is not read here: it lies in device memory.)
+    value_type scale = s[0] ? value_type(1) / static_cast<value_type>(s[0]) : value_type(0);
+    if constexpr (std::is_same_v<device_type, cpu>) scale = s[0] ? st.adj.data[0] / static_cast<value_type>(s[0]) : value_type(0);
     if (s.numel() >= (index_t(1) << 50))
       throw_error<ShapeError>("cross_entropy: logits ", s, " hold 2^50 elements or more; the backward's row arithmetic is exact below that");
     g.run_region(a, st.a, s,
-                 Seed{st.row_max.data, st.log_z.data, labels.v.data, labels.v.strides[0], s[1], scale,
+                 Seed{st.row_max.data, st.log_z.data, labels.v.data, labels.v.strides[0], s[1], scale, st.adj.data,
                       s[1] > 0 ? 1.0 / static_cast<double>(s[1]) : 0.0, value_type(1) - eps,
                       s[1] > 0 ? eps / static_cast<value_type>(s[1]) : value_type(0)});
   }
