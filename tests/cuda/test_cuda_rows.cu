@@ -306,6 +306,16 @@ static void check_broadcast_backward(std::mt19937& rng) {
   auto [dv2, dgx2, dgb2, dgc2] = value_and_grad(f, dx, db, dc);
   EXPECT(same_bits(to_host(dgb2), to_host(dgb)) && same_bits(to_host(dgc2), to_host(dgc)),
          "broadcast operands' gradients: not the same bits twice");
+  // Broadcast along two axes (scratch reduced over several axes at once), and
+  // the tie count of a whole max (every axis reduced).
+  Tensor<T> a3 = randn<T>(Shape{3, 5, 700}, rng), u = randn<T>(Shape{700}, rng), v3 = randn<T>(Shape{3, 1, 1}, rng);
+  auto da3 = to_device(a3), du = to_device(u), dv3 = to_device(v3);
+  auto f2 = [](auto a, auto uu, auto vv) { return sum(tanh(a + uu) * vv) + max(sin(a)) * T(3); };
+  auto [w2, ga2, gu2, gv2] = value_and_grad(f2, a3, u, v3);
+  auto [dw2, dga2, dgu2, dgv2] = value_and_grad(f2, da3, du, dv3);
+  e = excess(to_host(dw2), w2, 10500) + excess(to_host(dga2), ga2) + excess(to_host(dgu2), gu2, 15) +
+      excess(to_host(dgv2), gv2, 3500);
+  EXPECT(e == 0, "gradients of operands broadcast along two axes: beyond tolerance by %g", e);
   Tensor<T> y = randn<T>(Shape{3, 5, 70}, rng);
   auto dy = to_device(y);
   for (int axis = 0; axis < 3; ++axis) {
@@ -367,7 +377,7 @@ int main() {
   std::mt19937 rng(11);
   Gpu gpu;
   try {
-    for (const Shape& s : {Shape{5, 300}, Shape{1000, 3}, Shape{3, 7, 1100}, Shape{2, 3, 5, 67}, Shape{4099}})
+    for (const Shape& s : {Shape{5, 300}, Shape{1000, 3}, Shape{3, 7, 1100}, Shape{2, 3, 5, 67}, Shape{4099}, Shape{3, 5000}})
       check_reductions<float>(gpu, s, rng);
     check_reductions<double>(gpu, Shape{3, 70, 9}, rng);
     for (const Shape& s : {Shape{4, 10}, Shape{3, 5, 300}, Shape{2, 1500}, Shape{2, 2, 3, 33}}) check_softmax<float>(gpu, s, rng);

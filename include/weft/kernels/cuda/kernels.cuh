@@ -6,8 +6,9 @@
 //   evaluate          dst = region (broadcasting through strides)
 //   reduce_all        whole sum/max: fixed per-block partials, then combined
 //                     pairwise in a fixed order
-//   reduce_into       sum/max along any axes: a warp per output when the last
-//                     axis is reduced, else 32 outputs per block with the
+//   reduce_into       sum/max along any axes: a warp (or, for few long
+//                     outputs, a block) per output when the last axis is
+//                     reduced, else 32 outputs per block with the
 //                     reduced elements split in fixed row chunks, the chunks'
 //                     partials combined in order by a second kernel
 //   fill, copy
@@ -257,6 +258,11 @@ struct AddTo {
   __device__ __forceinline__ void operator()(index_t o, T v) const { out[o] += v; }
 };
 
+// Reductions along the last axis with at most this many outputs of at least
+// this many elements take a block per output, others a warp per output.
+inline constexpr index_t block_outputs_max = 4096;
+inline constexpr index_t block_elements_min = 2048;
+
 // A warp per output (the reduced elements lie along rows): lanes stride over
 // the M elements, then a warp tree.
 template <class R, class T, class F, class Out>
@@ -268,6 +274,20 @@ __global__ void warp_per_output_kernel(F f, index_t outs, index_t m, Out out) {
     for (index_t k = lane; k < m; k += 32) acc = R::combine(acc, f(k, o));
     acc = warp_reduce<R>(acc);
     if (lane == 0) out(o, acc);
+  }
+}
+
+// A block per output, for few outputs of many elements each (a warp alone
+// would walk them all): threads stride over the M elements, then
+// block_allreduce.
+template <class R, class T, class F, class Out>
+__global__ void block_per_output_kernel(F f, index_t outs, index_t m, Out out) {
+  __shared__ T sh[33];
+  for (index_t o = blockIdx.x; o < outs; o += gridDim.x) {
+    T acc = R::template identity<T>();
+    for (index_t k = threadIdx.x; k < m; k += blockDim.x) acc = R::combine(acc, f(k, o));
+    acc = block_allreduce<R>(acc, sh);
+    if (threadIdx.x == 0) out(o, acc);
   }
 }
 
@@ -596,7 +616,10 @@ struct device_kernels<weft::cuda> {
     }
     const cuda::ReducedAt<B> f{b, q, qr};
     const cuda::StoreReduced<T> store{out, out_st, q};
-    if (inner)
+    // (A choice made from the shapes alone, so the order stays fixed.)
+    if (inner && out_n <= cuda::block_outputs_max && m >= cuda::block_elements_min)
+      cuda::block_per_output_kernel<R, T><<<cuda::row_grid(out_n), cuda::block, 0, ex.queue()>>>(f, out_n, m, store);
+    else if (inner)
       cuda::warp_per_output_kernel<R, T><<<cuda::grid_for(out_n * 32, cuda::block), cuda::block, 0, ex.queue()>>>(f, out_n, m,
                                                                                                                   store);
     else
