@@ -222,6 +222,86 @@ TEST_CASE_TEMPLATE("softmax, log_softmax and cross_entropy match plain loops", T
   for (index_t i = 0; i < p.numel(); ++i) CHECK(std::isfinite(static_cast<double>(p.data()[i])));
 }
 
+// The per-element row formulas of kernels/cpu/rows.hpp are the ones the CUDA
+// row kernels call (WEFT_HD): checked here in double against their
+// definitions (explicit Jacobians, the smoothed target's cross-entropy, and
+// central differences of a layer-norm row), so the GPU's arithmetic is
+// covered by a test that runs without a GPU.
+TEST_CASE("the row formulas shared with the CUDA kernels match their definitions") {
+  const int c = 7;
+  std::mt19937 rng(5);
+  std::normal_distribution<double> nd;
+  double x[c], dy[c], g[c], b[c];
+  for (int j = 0; j < c; ++j) {
+    x[j] = 2 * nd(rng);
+    dy[j] = nd(rng);
+    g[j] = 1 + 0.5 * nd(rng);
+    b[j] = nd(rng);
+  }
+  double m = x[0], z = 0;
+  for (int j = 1; j < c; ++j) m = std::max(m, x[j]);
+  for (int j = 0; j < c; ++j) z += std::exp(x[j] - m);
+  double p[c], lp[c];
+  for (int j = 0; j < c; ++j) {
+    lp[j] = kernels::log_softmax_at(x[j], m, std::log(z));
+    p[j] = std::exp(x[j] - m) / z;
+    CHECK(lp[j] == doctest::Approx(std::log(p[j])).epsilon(1e-12));
+  }
+  // softmax: dx_i = sum_j dy_j y_j (delta_ij - y_i); log_softmax: dx_i = dy_i - p_i sum_j dy_j
+  double acc_s = 0, acc_l = 0;
+  for (int j = 0; j < c; ++j) {
+    acc_s += dy[j] * p[j];
+    acc_l += dy[j];
+  }
+  for (int i = 0; i < c; ++i) {
+    double js = 0;
+    for (int j = 0; j < c; ++j) js += dy[j] * p[j] * ((i == j ? 1.0 : 0.0) - p[i]);
+    CHECK(kernels::softmax_grad_at<false>(p[i], dy[i], acc_s) == doctest::Approx(js).epsilon(1e-12));
+    CHECK(kernels::softmax_grad_at<true>(lp[i], dy[i], acc_l) == doctest::Approx(dy[i] - p[i] * acc_l).epsilon(1e-12));
+  }
+  // cross-entropy against the target (1 - eps) onehot + eps / C
+  double total = 0;
+  for (int j = 0; j < c; ++j) total += x[j];
+  for (double eps : {0.0, 0.1, 1.0}) {
+    const int label = 3;
+    double want = 0;
+    for (int j = 0; j < c; ++j) want -= ((j == label ? 1 - eps : 0.0) + eps / c) * std::log(p[j]);
+    CHECK(kernels::cross_entropy_row_loss(m, x[label], std::log(z), eps, total, index_t(c)) ==
+          doctest::Approx(want).epsilon(1e-12));
+  }
+  // layer norm: y from its definition; dx = J^T dy by central differences
+  auto row = [&](const double* xs, double* ys) {
+    double mu = 0, var = 0;
+    for (int j = 0; j < c; ++j) mu += xs[j] / c;
+    for (int j = 0; j < c; ++j) var += (xs[j] - mu) * (xs[j] - mu);
+    const double rs = kernels::layer_norm_rstd(var, index_t(c), 1e-5);
+    CHECK(rs == doctest::Approx(1 / std::sqrt(var / c + 1e-5)).epsilon(1e-12));
+    for (int j = 0; j < c; ++j) ys[j] = kernels::layer_norm_at(xs[j], mu, rs, g[j], b[j]);
+    return std::pair{mu, rs};
+  };
+  double y[c];
+  const auto [mu, rs] = row(x, y);
+  double mg = 0, mgx = 0;
+  for (int j = 0; j < c; ++j) {
+    CHECK(y[j] == doctest::Approx((x[j] - mu) / std::sqrt(1 / (rs * rs)) * g[j] + b[j]).epsilon(1e-12));
+    mg += dy[j] * g[j] / c;
+    mgx += dy[j] * g[j] * ((x[j] - mu) * rs) / c;
+  }
+  for (int i = 0; i < c; ++i) {
+    const double h = 1e-6;
+    double xp[c], xm[c], yp[c], ym[c];
+    std::copy(x, x + c, xp);
+    std::copy(x, x + c, xm);
+    xp[i] += h;
+    xm[i] -= h;
+    row(xp, yp);
+    row(xm, ym);
+    double fd = 0;
+    for (int j = 0; j < c; ++j) fd += dy[j] * (yp[j] - ym[j]) / (2 * h);
+    CHECK(kernels::layer_norm_dx_at(dy[i], g[i], (x[i] - mu) * rs, rs, mg, mgx) == doctest::Approx(fd).epsilon(1e-6));
+  }
+}
+
 TEST_CASE("aliasing is handled, never silently wrong") {
   Tensor<float> x({3, 3});
   for (int i = 0; i < 9; ++i) x.data()[i] = static_cast<float>(i);

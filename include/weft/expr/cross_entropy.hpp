@@ -21,6 +21,41 @@ struct CrossEntropyOptions {
   double label_smoothing = 0;  // in [0, 1]
 };
 
+// The seed of cross-entropy's backward region, outside the node so a
+// kernel's argument types never name the expression (whose type may hold a
+// host lambda, which nvcc refuses in a kernel's template arguments).
+// d loss / d logits[r, c] = adj / N * (softmax[r, c] - (1 - eps) [c == label r] - eps / C)
+template <class value_type, class label_type, bool OnDevice>
+struct CrossEntropySeed {
+  const value_type* row_max;
+  const value_type* log_z;
+  const label_type* lab;
+  index_t lab_stride;
+  index_t cols;
+  value_type scale;         // adj / N on the host; 1 / N on a device, where
+  const value_type* adj;    // the adjoint stays in device memory: read per element there
+  double inv_cols;  // 1 / cols
+  value_type hit;   // 1 - eps
+  value_type flat;  // eps / C
+  WEFT_HD WEFT_INLINE value_type at(index_t r, index_t c, value_type v) const {
+    value_type p = math::exp((v - row_max[r]) - log_z[r]);
+    value_type s = scale;
+    if constexpr (OnDevice) s *= adj[0];
+    return s * ((p - (static_cast<index_t>(lab[r * lab_stride]) == c ? hit : value_type(0))) - flat);
+  }
+  // The row of element i without an integer division (none in SIMD
+  // registers: with i / cols and i % cols the whole region's loop ran
+  // scalar, ~1 ms for 64 x 256 logits). (i + 1/2) / cols lies at least
+  // 1/(2 cols) from an integer, more than the product's rounding error
+  // while i < 2^50, which any tensor that fits in memory is.
+  WEFT_HD WEFT_INLINE value_type operator()(index_t i, value_type v) const {
+    const index_t r = static_cast<index_t>((static_cast<double>(i) + 0.5) * inv_cols);
+    return at(r, i - r * cols, v);
+  }
+  WEFT_HD WEFT_INLINE value_type operator()(const Index4& ix, value_type v) const { return at(ix.i[2], ix.i[3], v); }
+  bool linear(const Shape&) const { return true; }
+};
+
 template <class A, class L>
 struct CrossEntropy : OneChildNode<CrossEntropy<A, L>, A> {
   using value_type = typename A::value_type;
@@ -75,42 +110,18 @@ struct CrossEntropy : OneChildNode<CrossEntropy<A, L>, A> {
     return bind_materialised(st.val.data, st.adj, Shape{}, o, g);
   }
 
-  // d loss / d logits[r, c] = adj / N * (softmax[r, c] - (1 - eps) [c == label r] - eps / C)
-  struct Seed {
-    const value_type* row_max;
-    const value_type* log_z;
-    const label_type* lab;
-    index_t lab_stride;
-    index_t cols;
-    value_type scale;
-    double inv_cols;  // 1 / cols
-    value_type hit;   // 1 - eps
-    value_type flat;  // eps / C
-    WEFT_HD WEFT_INLINE value_type at(index_t r, index_t c, value_type v) const {
-      value_type p = math::exp((v - row_max[r]) - log_z[r]);
-      return scale * ((p - (static_cast<index_t>(lab[r * lab_stride]) == c ? hit : value_type(0))) - flat);
-    }
-    // The row of element i without an integer division (none in SIMD
-    // registers: with i / cols and i % cols the whole region's loop ran
-    // scalar, ~1 ms for 64 x 256 logits). (i + 1/2) / cols lies at least
-    // 1/(2 cols) from an integer, more than the product's rounding error
-    // while i < 2^50, which any tensor that fits in memory is.
-    WEFT_HD WEFT_INLINE value_type operator()(index_t i, value_type v) const {
-      const index_t r = static_cast<index_t>((static_cast<double>(i) + 0.5) * inv_cols);
-      return at(r, i - r * cols, v);
-    }
-    WEFT_HD WEFT_INLINE value_type operator()(const Index4& ix, value_type v) const { return at(ix.i[2], ix.i[3], v); }
-    bool linear(const Shape&) const { return true; }
-  };
+  using Seed = CrossEntropySeed<value_type, label_type, !std::is_same_v<device_type, cpu>>;
 
   template <class G>
   void backward_children(State& st, G& g) const {
     Shape s = a.shape();
-    value_type scale = s[0] ? st.adj.data[0] / static_cast<value_type>(s[0]) : value_type(0);
+    // (On a device the adjoint is not read here: it lies in device memory.)
+    value_type scale = s[0] ? value_type(1) / static_cast<value_type>(s[0]) : value_type(0);
+    if constexpr (std::is_same_v<device_type, cpu>) scale = s[0] ? st.adj.data[0] / static_cast<value_type>(s[0]) : value_type(0);
     if (s.numel() >= (index_t(1) << 50))
       throw_error<ShapeError>("cross_entropy: logits ", s, " hold 2^50 elements or more; the backward's row arithmetic is exact below that");
     g.run_region(a, st.a, s,
-                 Seed{st.row_max.data, st.log_z.data, labels.v.data, labels.v.strides[0], s[1], scale,
+                 Seed{st.row_max.data, st.log_z.data, labels.v.data, labels.v.strides[0], s[1], scale, st.adj.data,
                       s[1] > 0 ? 1.0 / static_cast<double>(s[1]) : 0.0, value_type(1) - eps,
                       s[1] > 0 ? eps / static_cast<value_type>(s[1]) : value_type(0)});
   }

@@ -15,6 +15,22 @@ namespace weft {
 
 enum class ReduceKind { sum, mean, max };
 
+
+// The adjoint of max reaches the elements equal to the maximum (outside the
+// node: see CrossEntropySeed in expr/cross_entropy.hpp).
+template <class value_type>
+struct ReduceMaxSeed {
+  const value_type* adj;
+  const value_type* mx;
+  Strides st;
+  template <class Ix>
+  WEFT_HD WEFT_INLINE value_type operator()(const Ix& ix, value_type v) const {
+    index_t o = offset(ix, st);
+    return v == mx[o] ? adj[o] : value_type(0);
+  }
+  bool linear(const Shape& sh) const { return kernels::strides_linear(st, sh); }
+};
+
 template <ReduceKind Kind, class A, bool All>
 struct Reduce : OneChildNode<Reduce<Kind, A, All>, A> {
   using value_type = typename A::value_type;
@@ -102,7 +118,7 @@ struct Reduce : OneChildNode<Reduce<Kind, A, All>, A> {
                                            ties.data, s, keep.numel());
       TensorView<value_type, device_type> adj(st.adj.data, keep);
       kernels::evaluate(ex, BoundBinary<op::Div, BoundBuffer<value_type, false>, BoundBuffer<value_type, false>>{buffer(adj.data), buffer(ties.data)}, adj);
-      g.run_region(a, st.a, in, MaxSeed{st.adj.data, st.val.data, s});
+      g.run_region(a, st.a, in, ReduceMaxSeed<value_type>{st.adj.data, st.val.data, s});
     } else {
       value_type scale = Kind == ReduceKind::mean ? value_type(1) / static_cast<value_type>(count()) : value_type(1);
       g.run_region(a, st.a, in, kernels::BufferSeed<value_type>{st.adj.data, s, scale});
@@ -133,18 +149,6 @@ struct Reduce : OneChildNode<Reduce<Kind, A, All>, A> {
     void adjoints(F&&) {}  // (forward only)
   };
 
-  // The adjoint of max reaches the elements equal to the maximum.
-  struct MaxSeed {
-    const value_type* adj;
-    const value_type* mx;
-    Strides st;
-    template <class Ix>
-    WEFT_HD WEFT_INLINE value_type operator()(const Ix& ix, value_type v) const {
-      index_t o = offset(ix, st);
-      return v == mx[o] ? adj[o] : value_type(0);
-    }
-    bool linear(const Shape& sh) const { return kernels::strides_linear(st, sh); }
-  };
 
 };
 

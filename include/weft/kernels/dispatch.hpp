@@ -10,7 +10,9 @@
 //   ElementwiseKernels  evaluate a region, reduce it whole, fill, copy, fused
 //                       backward of a region
 //   DeviceKernels       the above, plus reduce along axes, softmax rows,
-//                       cross-entropy rows, layer-norm rows, gather/scatter rows
+//                       cross-entropy rows, layer-norm rows, column sums of rows,
+//                       gather/scatter rows (CPU: kernels/cpu/kernels.hpp; CUDA:
+//                       kernels/cuda/kernels.cuh)
 //   DeviceGemm          gemm on strided matrix views (BLAS, cuBLASLt); optionally
 //                       gemm_batched over rank-4 views with broadcast batch axes,
 //                       gemm_bias (the bias fused into the gemm's epilogue) and
@@ -67,6 +69,7 @@ concept DeviceKernels = ElementwiseKernels<D> && requires(const Exec<D>& ex, con
   device_kernels<D>::cross_entropy_rows(ex, p, ip, n, n, n, 0.0f, p, p, p);
   device_kernels<D>::layer_norm_rows(ex, p, p, p, 1.0f, p, p, p, n, n);
   device_kernels<D>::layer_norm_rows_backward(ex, p, p, p, p, p, p, p, p, n, n);
+  device_kernels<D>::sum_rows(ex, p, n, n, p);
   device_kernels<D>::gather_rows(ex, p, n, ip, n, n, p, "probe");
   device_kernels<D>::scatter_add_rows(ex, p, ip, n, n, p);
 };
@@ -90,8 +93,8 @@ TensorView<T, device_of<X>> alloc(const X& ex, const Shape& s) {
 #define WEFT_KERNEL_MISSING(prim)                                                                                        \
   static_assert(dependent_false<X>, "weft::kernels::" prim                                                              \
                                     ": the executor's device provides no such primitive (device_kernels<Device> in "   \
-                                    "kernels/<device>/; for weft::cuda include <weft/kernels/cuda/kernels.cuh>, whose " \
-                                    "GPU path so far covers elementwise regions, whole sums and their backward)")
+                                    "kernels/<device>/; for weft::cuda include <weft/kernels/cuda/kernels.cuh>, which " \
+                                    "provides the whole DeviceKernels set)")
 
 // dst = the bound region (dst has the region's shape).
 template <Executor X, class B, class T>

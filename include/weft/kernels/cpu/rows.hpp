@@ -3,6 +3,10 @@
 // whole rows (embedding). The nodes in expr/ hold the structure and the
 // adjoint rules' shape; these hold the arithmetic. Reached through
 // kernels/dispatch.hpp.
+// The per-element and per-row formulas are WEFT_HD functions at the top
+// (namespace weft::kernels), called by these loops and by the CUDA row
+// kernels (kernels/cuda/kernels.cuh) alike, so the CPU tests check the
+// arithmetic the GPU runs; only the order of the row sums differs.
 // Dimension legend: R rows (all leading axes), C columns (classes/features),
 // E table rows (embeddings), N gathered indices.
 #pragma once
@@ -14,6 +18,65 @@
 #include "../../core/math.hpp"
 #include "../../core/shape.hpp"
 #include "cascade.hpp"
+
+namespace weft::kernels {
+
+// ---------------------------------------------------------------- row arithmetic (host and device)
+
+// One element of log_softmax from its row's maximum m and log z = log sum
+// exp(x - m): (x - m) - log z, never x - (m + log z), which rounds at the
+// magnitude of the largest logit.
+template <class T>
+WEFT_HD WEFT_INLINE T log_softmax_at(T x, T m, T lz) {
+  return (x - m) - lz;
+}
+
+// One element of the row-wise softmax Jacobian applied to dy, given the row's
+// acc = sum(dy) (log_softmax) or sum(dy * y) (softmax):
+//   softmax:      dx = y * (dy - acc)
+//   log_softmax:  dx = dy - exp(y) * acc
+template <bool Log, class T>
+WEFT_HD WEFT_INLINE T softmax_grad_at(T y, T dy, T acc) {
+  if constexpr (Log)
+    return dy - math::exp(y) * acc;
+  else
+    return y * (dy - acc);
+}
+
+// One row's cross-entropy against labels smoothed by eps, from the row's
+// maximum m, the logit at the label, log z and (used only when eps != 0) the
+// row's sum of logits over its `cols` classes:
+//   eps = 0:  (m - x[label]) + log z
+//   else:     ((1 - eps)(m - x[label]) + eps (m - mean(x))) + log z
+template <class T>
+WEFT_HD WEFT_INLINE T cross_entropy_row_loss(T m, T x_label, T lz, T eps, T row_total, index_t cols) {
+  const T hard = m - x_label;
+  if (eps == T(0)) return hard + lz;
+  const T mean = row_total / static_cast<T>(cols);
+  return ((T(1) - eps) * hard + eps * (m - mean)) + lz;
+}
+
+// Layer norm's 1 / sqrt(var + eps) from the row's sum of squared deviations
+// over d features (biased variance, as PyTorch).
+template <class T>
+WEFT_HD WEFT_INLINE T layer_norm_rstd(T sq_dev_sum, index_t d, T eps) {
+  return T(1) / math::sqrt(sq_dev_sum / static_cast<T>(d) + eps);
+}
+
+// y = (x - mean) * rstd * gamma + beta.
+template <class T>
+WEFT_HD WEFT_INLINE T layer_norm_at(T x, T mu, T rs, T gamma, T beta) {
+  return (x - mu) * rs * gamma + beta;
+}
+
+// dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * gamma, from the
+// row's means mg = mean(g) and mgx = mean(g * xhat).
+template <class T>
+WEFT_HD WEFT_INLINE T layer_norm_dx_at(T dy, T gamma, T xhat, T rs, T mg, T mgx) {
+  return rs * (dy * gamma - mg - xhat * mgx);
+}
+
+}  // namespace weft::kernels
 
 namespace weft::kernels::cpu {
 
@@ -36,7 +99,7 @@ void softmax_rows(T* xs, index_t rows, index_t cols) {
     for (index_t c = 1; c < cols; ++c) m = x[c] > m ? x[c] : m;
     if constexpr (Log) {
       const T lz = math::log(row_sum<T>(cols, [&](index_t c) { return math::exp(x[c] - m); }));
-      for (index_t c = 0; c < cols; ++c) x[c] = (x[c] - m) - lz;
+      for (index_t c = 0; c < cols; ++c) x[c] = log_softmax_at(x[c], m, lz);
     } else {
       for (index_t c = 0; c < cols; ++c) x[c] = math::exp(x[c] - m);
       const T inv = T(1) / row_sum<T>(cols, [&](index_t c) { return x[c]; });
@@ -56,10 +119,10 @@ void softmax_rows_backward(const T* ys, const T* dys, T* dxs, index_t rows, inde
     T* d = dxs + r * cols;
     if constexpr (Log) {
       const T acc = row_sum<T>(cols, [&](index_t c) { return dy[c]; });
-      for (index_t c = 0; c < cols; ++c) d[c] = dy[c] - math::exp(y[c]) * acc;
+      for (index_t c = 0; c < cols; ++c) d[c] = softmax_grad_at<true>(y[c], dy[c], acc);
     } else {
       const T acc = row_sum<T>(cols, [&](index_t c) { return dy[c] * y[c]; });
-      for (index_t c = 0; c < cols; ++c) d[c] = y[c] * (dy[c] - acc);
+      for (index_t c = 0; c < cols; ++c) d[c] = softmax_grad_at<false>(y[c], dy[c], acc);
     }
   }
 }
@@ -86,10 +149,8 @@ void cross_entropy_rows(const T* logits, const L* labels, index_t lab_st, index_
   }
   const T total = row_sum<T>(rows, [&](index_t r) {
     const T* x = logits + r * cols;
-    const T hard = row_max[r] - x[static_cast<index_t>(labels[r * lab_st])];
-    if (eps == T(0)) return hard + log_z[r];
-    const T mean = row_sum<T>(cols, [&](index_t c) { return x[c]; }) / static_cast<T>(cols);
-    return ((T(1) - eps) * hard + eps * (row_max[r] - mean)) + log_z[r];
+    const T total_x = eps == T(0) ? T(0) : row_sum<T>(cols, [&](index_t c) { return x[c]; });
+    return cross_entropy_row_loss(row_max[r], x[static_cast<index_t>(labels[r * lab_st])], log_z[r], eps, total_x, cols);
   });
   *loss = rows ? total / static_cast<T>(rows) : T(0);
 }
@@ -103,10 +164,10 @@ void layer_norm_rows(const T* xs, const T* gamma, const T* beta, T eps, T* ys, T
     T* y = ys + r * d;
     const T mu = row_sum<T>(d, [&](index_t j) { return x[j]; }) / static_cast<T>(d);
     const T var = row_sum<T>(d, [&](index_t j) { return (x[j] - mu) * (x[j] - mu); });
-    T rs = T(1) / math::sqrt(var / static_cast<T>(d) + eps);
+    T rs = layer_norm_rstd(var, d, eps);
     // y never overlaps x, gamma or beta (the node's own buffer): vectorise without alias checks.
     WEFT_IVDEP
-    for (index_t j = 0; j < d; ++j) y[j] = (x[j] - mu) * rs * gamma[j] + beta[j];
+    for (index_t j = 0; j < d; ++j) y[j] = layer_norm_at(x[j], mu, rs, gamma[j], beta[j]);
     mean[r] = mu;
     rstd[r] = rs;
   }
@@ -139,7 +200,7 @@ template <class T>
     const T xhat = (x[j] - mu) * rs;
     dg[j] += dy[j] * xhat;
     db[j] += dy[j];
-    out[j] = rs * (dy[j] * gamma[j] - mg - xhat * mgx);
+    out[j] = layer_norm_dx_at(dy[j], gamma[j], xhat, rs, mg, mgx);
   }
 }
 
