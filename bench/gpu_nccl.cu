@@ -81,6 +81,7 @@ int main(int argc, char** argv) {
     float* buf = nullptr;
     check(cudaMalloc(&buf, sizes.back()), "cudaMalloc");
     check(cudaMemset(buf, 0, sizes.back()), "cudaMemset");
+    check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");  // the transport's stream does not wait for the legacy one
     // Every rank finishes the previous loop before the next starts.
     auto barrier = [&] {
       check(cudaStreamSynchronize(t.stream()), "cudaStreamSynchronize");

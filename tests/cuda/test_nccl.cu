@@ -124,7 +124,12 @@ struct DeviceBuffer {
   ~DeviceBuffer() { cudaFree(p); }
   DeviceBuffer(const DeviceBuffer&) = delete;
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  void put(const std::vector<E>& h) { cuda_expect(cudaMemcpy(p, h.data(), n * sizeof(E), cudaMemcpyHostToDevice), "H2D"); }
+  // A pageable cudaMemcpy may return before the data reached the device, and
+  // the transport's stream does not wait for the legacy stream: sync first.
+  void put(const std::vector<E>& h) {
+    cuda_expect(cudaMemcpy(p, h.data(), n * sizeof(E), cudaMemcpyHostToDevice), "H2D");
+    cuda_expect(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+  }
   std::vector<E> get() const {
     std::vector<E> h(n);
     cuda_expect(cudaMemcpy(h.data(), p, n * sizeof(E), cudaMemcpyDeviceToHost), "D2H");
@@ -182,7 +187,7 @@ static void check_gather_family(NT& t, std::size_t n) {
     DeviceBuffer<float> in(n), out(n * up);
     in.put(h);
     comm.allgather(in.p, out.p, n);
-    cuda_expect(cudaStreamSynchronize(t.stream()), "cudaStreamSynchronize");
+    EXPECT(t.synchronize(deadline_after(std::chrono::seconds(60))) == WaitStatus::done, "synchronize on rank %d", r);
     std::vector<double> want(n * up);
     for (int q = 0; q < p; ++q)
       for (std::size_t i = 0; i < n; ++i) want[static_cast<std::size_t>(q) * n + i] = value(q, i);
@@ -264,6 +269,7 @@ static void check_deadline(ThreadTransport& boot, int device) {
     Communicator<Algo, NT> comm{t, o};
     DeviceBuffer<float> buf(1 << 16);
     cuda_expect(cudaMemset(buf.p, 0, buf.n * sizeof(float)), "cudaMemset");
+    cuda_expect(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
     std::string what;
     const auto start = Clock::now();
     try {

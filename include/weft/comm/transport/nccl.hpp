@@ -26,8 +26,8 @@
 //     go over Boot.
 //
 // Waits poll the event and ncclCommGetAsyncError: busy for 50 us, then
-// yielding, then sleeping 20 us doubling to 500 us, so a rank waiting on a
-// slow peer does not hold a core. When a deadline passes (or NCCL reports an
+// yielding up to 2 ms, then sleeping 20 us doubling to 500 us, so a rank
+// waiting on a slow peer does not hold a core. When a deadline passes (or NCCL reports an
 // asynchronous error) the NCCL communicator is aborted (ncclCommAbort: a
 // kernel waiting on a peer that never comes would otherwise run forever),
 // the wait reports timed_out (aborted), the Communicator names the op and
@@ -40,11 +40,18 @@
 // stream sees the result; to read it on the host, synchronize(deadline) or
 // cudaStreamSynchronize(stream()) first. Native collectives return complete.
 //
+// The NCCL communicator is nonblocking (ncclConfig_t::blocking = 0): no NCCL
+// call holds the host, not even the connection setup NCCL does with a peer
+// on first use (which, on a blocking communicator, waits inside
+// ncclGroupEnd for a peer that may never come). A launch that returns
+// ncclInProgress is settled by polling ncclCommGetAsyncError before the
+// next NCCL call and before its event is recorded, all under the deadline.
+//
 // Construction (collective over Boot, bounded by a deadline): Boot is split
 // into a private channel (every rank must arrive by the deadline), rank 0's
-// ncclUniqueId goes to every rank over it, then ncclCommInitRank on the
-// rank's device. ncclCommInitRank and ncclCommSplit block; they start only
-// once every rank has arrived, which is as far as weft can bound them.
+// ncclUniqueId goes to every rank over it, then ncclCommInitRankConfig on
+// the rank's device, awaited under the same deadline (on expiry the
+// communicator is aborted and a TimeoutError thrown); split likewise.
 //
 //   auto t = weft::comm::NcclTransport(boot, /*device=*/rank, stream);
 //   weft::comm::Communicator<weft::comm::Ring, decltype(t)> comm{t};
@@ -57,6 +64,7 @@
 #include <cuda_runtime.h>
 #include <nccl.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -66,6 +74,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -160,7 +169,7 @@ struct NcclStream {
 struct NcclGroup {
   cudaEvent_t done = nullptr;
   int device = 0;
-  bool issued = false;  // guarded by NcclState::m
+  std::atomic<bool> issued{false};  // the event is recorded after the group's work
   explicit NcclGroup(int dev) : device(dev) {
     NcclDevice on(device);
     cuda_rt_ok(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "cudaEventCreateWithFlags");
@@ -183,6 +192,39 @@ struct NcclOp {
   int peer = -1;
 };
 
+// Backoff of a host thread waiting on the GPU or on NCCL's host side: busy
+// for 50 us (most small messages end there), yielding up to 2 ms, then naps
+// of 20 us doubling to 500 us, so a rank waiting on a slow peer frees its core.
+struct NcclBackoff {
+  Clock::time_point start = Clock::now();
+  std::chrono::microseconds nap{20};
+  bool busy() const { return Clock::now() - start < std::chrono::microseconds(50); }
+  void pause() {
+    const auto waited = Clock::now() - start;
+    if (waited < std::chrono::microseconds(50)) return;
+    if (waited < std::chrono::milliseconds(2)) {
+      std::this_thread::yield();
+      return;
+    }
+    std::this_thread::sleep_for(nap);
+    nap = std::min(nap * 2, std::chrono::microseconds(500));
+  }
+};
+
+// Waits until a nonblocking NCCL communicator's host-side operation (init,
+// split, finalize) is no longer in progress: its result, or ncclInProgress
+// when the deadline passed first.
+inline ncclResult_t nccl_settle(ncclComm_t comm, Deadline deadline) {
+  NcclBackoff b;
+  for (;;) {
+    ncclResult_t st = ncclInProgress;
+    if (ncclResult_t rc = ncclCommGetAsyncError(comm, &st); rc != ncclSuccess) return rc;
+    if (st != ncclInProgress) return st;
+    if (Clock::now() >= deadline) return ncclInProgress;
+    b.pause();
+  }
+}
+
 struct NcclState {
   ncclComm_t comm = nullptr;
   bool owns_comm = true;
@@ -192,7 +234,8 @@ struct NcclState {
 
   std::mutex m;  // the queue, the NCCL calls that issue work, and the failure text
   std::vector<NcclOp> pending;
-  std::shared_ptr<NcclGroup> open;  // the group `pending` will be issued in
+  std::shared_ptr<NcclGroup> open;       // the group `pending` will be issued in
+  std::shared_ptr<NcclGroup> unsettled;  // launched, but NCCL still enqueuing it (ncclInProgress)
   std::atomic<bool> aborted{false};
   std::string why;
 
@@ -203,7 +246,14 @@ struct NcclState {
     int prev = -1;
     const bool sw = cudaGetDevice(&prev) == cudaSuccess && prev != device && cudaSetDevice(device) == cudaSuccess;
     // An aborted communicator is already freed; a borrowed one is its owner's.
-    if (comm && owns_comm && !aborted.load()) ncclCommDestroy(comm);
+    // Nonblocking: finalize, wait for it (bounded: a peer that vanished
+    // must not hang a destructor), then destroy; else abort.
+    if (comm && owns_comm && !aborted.load()) {
+      ncclResult_t rc = ncclCommFinalize(comm);
+      if (rc == ncclSuccess || rc == ncclInProgress) rc = nccl_settle(comm, Clock::now() + std::chrono::seconds(30));
+      if (rc == ncclSuccess) ncclCommDestroy(comm);
+      else ncclCommAbort(comm);
+    }
     if (barrier_word) cudaFree(barrier_word);
     if (sw) cudaSetDevice(prev);
   }
@@ -252,14 +302,26 @@ class NcclTransport {
         throw_error<TimeoutError>("NcclTransport on rank ", s_->rank, " of ", s_->size,
                                   ": construction did not complete by its deadline: rank 0's ncclUniqueId was not "
                                   "exchanged (", boot_.failure(), ")");
-    detail::NcclDevice on(device);
-    detail::nccl_ok(ncclCommInitRank(&s_->comm, s_->size, id, s_->rank), "ncclCommInitRank", nullptr);
+    {
+      // Nonblocking, so that no NCCL call can hold this thread past a
+      // deadline: init, and the connections NCCL sets up on first use of a
+      // peer or algorithm, progress while weft polls.
+      detail::NcclDevice on(device);
+      ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+      config.blocking = 0;
+      ncclResult_t rc = ncclCommInitRankConfig(&s_->comm, s_->size, id, s_->rank, &config);
+      if (rc != ncclSuccess && rc != ncclInProgress) detail::nccl_ok(rc, "ncclCommInitRankConfig", s_->comm);
+      await_comm(*s_, deadline, "ncclCommInitRankConfig (construction)");
+    }
     finish_setup();
   }
 
   // Adopts an existing NCCL communicator (not destroyed here: its owner
   // destroys it after the last copy of this transport is gone). `boot` must
-  // hold the same ranks in the same order; `stream` as above.
+  // hold the same ranks in the same order; `stream` as above. Create it
+  // nonblocking (ncclConfig_t::blocking = 0) for the deadlines to hold: a
+  // blocking one can hold a call inside NCCL while it connects to a peer
+  // that never comes. Nothing else may issue work on it concurrently.
   NcclTransport(const Boot& boot, ncclComm_t comm, cudaStream_t stream = nullptr,
                 Deadline deadline = deadline_after(std::chrono::minutes(5)))
       : boot_(private_channel(boot, deadline)), s_(std::make_shared<detail::NcclState>()) {
@@ -295,16 +357,25 @@ class NcclTransport {
 
   bool test(Request& r) {
     if (!r.group_) return boot_.test(r.host_);
-    if (!issue(*r.group_)) throw_error<TransportError>(failure());
-    const cudaError_t q = cudaEventQuery(r.group_->done);
-    if (q == cudaSuccess) return true;
-    if (q != cudaErrorNotReady || async_failed()) throw_error<TransportError>(failure());
+    detail::NcclGroup& g = *r.group_;
+    if (!g.issued.load(std::memory_order_acquire)) {
+      std::lock_guard lock(s_->m);
+      advance_locked(g);
+    }
+    if (g.issued.load(std::memory_order_acquire)) {
+      const cudaError_t q = cudaEventQuery(g.done);
+      if (q == cudaSuccess) return true;
+      if (q != cudaErrorNotReady) {
+        cudaGetLastError();
+        abort(std::string("CUDA error while testing a device message: ") + cudaGetErrorString(q));
+      }
+    }
+    if (async_failed()) throw_error<TransportError>(failure());
     return false;
   }
 
   WaitStatus wait(Request& r, Deadline deadline) {
     if (!r.group_) return boot_.wait(r.host_, deadline);
-    if (!issue(*r.group_)) return WaitStatus::aborted;
     return poll(*r.group_, deadline);
   }
 
@@ -314,10 +385,7 @@ class NcclTransport {
   void cancel(Request& r) {
     if (!r.group_) return boot_.cancel(r.host_);
     if (aborted()) return;
-    {
-      std::lock_guard lock(s_->m);
-      if (r.group_->issued && cudaEventQuery(r.group_->done) == cudaSuccess) return;
-    }
+    if (r.group_->issued.load(std::memory_order_acquire) && cudaEventQuery(r.group_->done) == cudaSuccess) return;
     abort("a device message to or from rank " + std::to_string(r.peer_) +
           " was cancelled before it completed (NCCL cannot withdraw one)");
   }
@@ -341,8 +409,7 @@ class NcclTransport {
   // Waits until everything queued on the stream so far (messages, combines,
   // copies) has completed.
   WaitStatus synchronize(Deadline deadline) {
-    auto g = record(nullptr);
-    return g ? poll(*g, deadline) : WaitStatus::aborted;
+    return collective(deadline, "cudaEventRecord", nullptr);
   }
 
   // Collective over this transport: ranks with equal color (>= 0) form a new
@@ -354,11 +421,18 @@ class NcclTransport {
     if (aborted()) throw_error<TransportError>("NcclTransport::split on rank ", rank(), ": ", failure());
     Boot sub_boot = boot_.split(color, key, deadline);
     NcclTransport sub(std::move(sub_boot), s_->stream, s_->device);
+    // After the queued messages, once NCCL has nothing in progress (the new
+    // communicator inherits the nonblocking configuration).
+    auto& self = const_cast<NcclTransport&>(*this);
+    const WaitStatus st = self.collective(deadline, "ncclCommSplit", [&](ncclComm_t c, cudaStream_t) {
+      return ncclCommSplit(c, color, key, &sub.s_->comm, nullptr);
+    });
+    if (st != WaitStatus::done)
+      throw_error<TimeoutError>("NcclTransport::split on rank ", rank(), ": ", failure());
+    if (!sub.s_->comm) throw_error<TransportError>("NcclTransport::split on rank ", rank(), ": ncclCommSplit returned no communicator");
     {
-      std::lock_guard lock(s_->m);
-      const_cast<NcclTransport&>(*this).flush_locked();  // queued messages go before the split, as issued
       detail::NcclDevice on(s_->device);
-      detail::nccl_ok(ncclCommSplit(s_->comm, color, key, &sub.s_->comm, nullptr), "ncclCommSplit", s_->comm);
+      await_comm(*sub.s_, deadline, "ncclCommSplit");
     }
     sub.finish_setup();
     return sub;
@@ -546,68 +620,114 @@ class NcclTransport {
     return r;
   }
 
-  // Issues the queued device messages as one group and records its event
-  // (caller holds m). On an aborted transport the queue is dropped.
-  void flush_locked() {
-    if (s_->pending.empty()) return;
+  // ---- issuing work (all *_locked: the caller holds s_->m) ----
+  // The communicator is nonblocking: a launch may return ncclInProgress
+  // before its work is on the stream (NCCL is still connecting to a peer,
+  // say), and NCCL must not be called again on it until
+  // ncclCommGetAsyncError stops saying so. Such a launch is `unsettled`;
+  // its event is recorded once it settles. Nothing here blocks.
+
+  // Records g's event after the work just launched.
+  void record_locked(detail::NcclGroup& g) {
+    detail::NcclDevice on(s_->device);
+    if (cudaError_t e = cudaEventRecord(g.done, stream()); e != cudaSuccess) {
+      cudaGetLastError();
+      fail_locked(std::string("cudaEventRecord failed: ") + cudaGetErrorString(e));
+    }
+    g.issued.store(true, std::memory_order_release);
+  }
+
+  // A launch's result: recorded now, left unsettled, or a failure (aborts, throws).
+  void launched_locked(ncclResult_t rc, const std::shared_ptr<detail::NcclGroup>& g, const char* what) {
+    if (rc == ncclInProgress) {
+      s_->unsettled = g;
+      return;
+    }
+    if (rc != ncclSuccess) fail_locked(std::string(what) + " failed: " + detail::nccl_error_text(rc, s_->comm));
+    record_locked(*g);
+  }
+
+  // One look at the unsettled launch; true when nothing is in progress.
+  bool settle_locked() {
+    if (!s_->unsettled) return true;
+    if (s_->aborted.load()) {
+      s_->unsettled.reset();
+      return true;
+    }
+    ncclResult_t st = ncclInProgress;
+    if (ncclResult_t rc = ncclCommGetAsyncError(s_->comm, &st); rc != ncclSuccess) st = rc;
+    if (st == ncclInProgress) return false;
+    std::shared_ptr<detail::NcclGroup> g = std::move(s_->unsettled);
+    s_->unsettled.reset();
+    if (st != ncclSuccess)
+      fail_locked("NCCL failed while enqueuing work on rank " + std::to_string(rank()) + ": " +
+                  detail::nccl_error_text(st, s_->comm));
+    record_locked(*g);
+    return true;
+  }
+
+  // Issues the queued device messages as one group, once nothing is in
+  // progress; false when an earlier launch still is (nothing issued). On an
+  // aborted transport the queue is dropped.
+  bool flush_locked() {
+    if (s_->pending.empty()) return true;
+    if (!settle_locked()) return false;
     std::shared_ptr<detail::NcclGroup> g = std::move(s_->open);
     s_->open.reset();
     std::vector<detail::NcclOp> ops;
     ops.swap(s_->pending);
-    if (s_->aborted.load()) return;
+    if (s_->aborted.load()) return true;
     detail::NcclDevice on(s_->device);
-    detail::nccl_ok(ncclGroupStart(), "ncclGroupStart", s_->comm);
-    ncclResult_t first = ncclSuccess;
-    for (const auto& op : ops) {
-      ncclResult_t rc = op.send ? ncclSend(op.buf, op.bytes, ncclUint8, op.peer, s_->comm, stream())
-                                : ncclRecv(op.buf, op.bytes, ncclUint8, op.peer, s_->comm, stream());
-      if (rc != ncclSuccess && first == ncclSuccess) first = rc;
+    ncclResult_t first = ncclGroupStart();
+    if (first == ncclSuccess) {
+      for (const auto& op : ops) {
+        ncclResult_t rc = op.send ? ncclSend(op.buf, op.bytes, ncclUint8, op.peer, s_->comm, stream())
+                                  : ncclRecv(op.buf, op.bytes, ncclUint8, op.peer, s_->comm, stream());
+        if (rc != ncclSuccess && first == ncclSuccess) first = rc;
+      }
+      ncclResult_t end = ncclGroupEnd();
+      if (first == ncclSuccess) first = end;
     }
-    ncclResult_t end = ncclGroupEnd();
-    if (first == ncclSuccess) first = end;
-    cudaError_t rec = first == ncclSuccess ? cudaEventRecord(g->done, stream()) : cudaSuccess;
-    if (first != ncclSuccess || rec != cudaSuccess) {
-      // Some of the group may be in flight and the rest not: the pairs are out of step for good.
-      std::string why = "issuing " + std::to_string(ops.size()) + " device messages on rank " + std::to_string(rank()) +
-                        " failed: " + (first != ncclSuccess ? detail::nccl_error_text(first, s_->comm)
-                                                            : std::string(cudaGetErrorString(rec))) +
-                        "; the NCCL communicator was aborted";
-      abort_locked(why);
-      throw_error<TransportError>("NcclTransport: ", why);
-    }
-    g->issued = true;
+    launched_locked(first, g, "issuing a group of ncclSend/ncclRecv");
+    return true;
   }
 
-  // Makes sure g's messages are issued; false when they never will be (aborted).
-  bool issue(detail::NcclGroup& g) {
-    std::lock_guard lock(s_->m);
-    if (!g.issued) flush_locked();
-    return g.issued;
+  // Moves g towards issued (settles, flushes); true once its event is recorded.
+  bool advance_locked(detail::NcclGroup& g) {
+    if (g.issued.load() || s_->aborted.load()) return g.issued.load();
+    if (!settle_locked() || g.issued.load()) return g.issued.load();
+    if (!flush_locked()) return false;
+    settle_locked();  // small launches usually settle at once
+    return g.issued.load();
   }
 
-  // Issues the queue, then `launch` (a collective, or nothing), and records
-  // an event after them; null when aborted.
-  template <class F>
-  std::shared_ptr<detail::NcclGroup> record(F* launch, const char* what = "") {
-    std::lock_guard lock(s_->m);
-    if (s_->aborted.load()) return nullptr;
-    flush_locked();
-    auto g = std::make_shared<detail::NcclGroup>(s_->device);
-    detail::NcclDevice on(s_->device);
-    if (launch) detail::nccl_ok((*launch)(s_->comm, stream()), what, s_->comm);
-    detail::cuda_rt_ok(cudaEventRecord(g->done, stream()), "cudaEventRecord");
-    g->issued = true;
-    return g;
-  }
-  std::shared_ptr<detail::NcclGroup> record(std::nullptr_t) {
-    using None = ncclResult_t (*)(ncclComm_t, cudaStream_t);
-    return record(static_cast<None*>(nullptr));
-  }
-
+  // Launches `launch` (a collective, a split; nullptr: nothing) after every
+  // earlier launch settled and the queue is issued, records an event after
+  // it, and waits for that event under the deadline.
   template <class F>
   WaitStatus collective(Deadline dl, const char* what, F&& launch) {
-    auto g = record(&launch, what);
-    return g ? poll(*g, dl) : WaitStatus::aborted;
+    std::shared_ptr<detail::NcclGroup> g;
+    detail::NcclBackoff b;
+    for (;;) {
+      {
+        std::lock_guard lock(s_->m);
+        if (s_->aborted.load()) return WaitStatus::aborted;
+        if (flush_locked() && settle_locked()) {
+          g = std::make_shared<detail::NcclGroup>(s_->device);
+          detail::NcclDevice on(s_->device);
+          if constexpr (std::is_null_pointer_v<std::remove_cvref_t<F>>) {
+            (void)what;
+            record_locked(*g);
+          } else {
+            launched_locked(launch(s_->comm, stream()), g, what);
+          }
+          break;
+        }
+      }
+      if (Clock::now() >= dl) return expire(b);
+      b.pause();
+    }
+    return poll(*g, dl);
   }
 
   template <class F>
@@ -631,51 +751,66 @@ class NcclTransport {
                                   "transport (", boot_.name(), ") for host buffers");
   }
 
+  // Waits for a nonblocking communicator's init or split under the deadline;
+  // on expiry or error aborts it and throws.
+  static void await_comm(detail::NcclState& st, Deadline deadline, const char* what) {
+    const ncclResult_t rc = detail::nccl_settle(st.comm, deadline);
+    if (rc == ncclSuccess) return;
+    std::string text = rc == ncclInProgress ? std::string("did not complete by its deadline (a rank did not take part)")
+                                            : "failed: " + detail::nccl_error_text(rc, st.comm);
+    ncclCommAbort(st.comm);
+    st.aborted.store(true);
+    st.why = std::string(what) + " " + text;
+    if (rc == ncclInProgress)
+      throw_error<TimeoutError>("NcclTransport on rank ", st.rank, " of ", st.size, ": ", st.why);
+    throw_error<TransportError>("NcclTransport on rank ", st.rank, " of ", st.size, ": ", st.why);
+  }
+
   // NCCL's asynchronous error (a peer's connection failed, ...): aborts and records why.
   bool async_failed() {
-    if (aborted()) return true;
+    std::lock_guard lock(s_->m);
+    if (s_->aborted.load()) return true;
     ncclResult_t e = ncclSuccess;
     if (ncclCommGetAsyncError(s_->comm, &e) != ncclSuccess) return false;
     if (e == ncclSuccess || e == ncclInProgress) return false;
-    std::lock_guard lock(s_->m);
     abort_locked("NCCL reported an asynchronous error on rank " + std::to_string(rank()) + ": " +
                  detail::nccl_error_text(e, s_->comm) + "; the NCCL communicator was aborted");
     return true;
   }
 
-  // Polls the event until it completes, NCCL fails, or the deadline passes
+  // A deadline passed with NCCL work in flight (or still being enqueued).
+  WaitStatus expire(const detail::NcclBackoff& b) {
+    abort("a wait on rank " + std::to_string(rank()) + " passed its deadline after " +
+          std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - b.start).count()) +
+          " ms with NCCL work in flight (a peer that never issued its side); the NCCL communicator was aborted "
+          "(ncclCommAbort) and this transport is unusable");
+    return WaitStatus::timed_out;
+  }
+
+  // Polls until g's work completed, NCCL failed, or the deadline passed
   // (then aborts the communicator).
   WaitStatus poll(detail::NcclGroup& g, Deadline deadline) {
-    using namespace std::chrono;
-    const auto start = Clock::now();
-    microseconds nap{20};
+    detail::NcclBackoff b;
     for (unsigned i = 0;; ++i) {
-      const cudaError_t q = cudaEventQuery(g.done);
-      if (q == cudaSuccess) return WaitStatus::done;
-      if (q != cudaErrorNotReady) {
-        cudaGetLastError();
-        abort("CUDA error while waiting on rank " + std::to_string(rank()) + ": " + cudaGetErrorName(q) + " (" +
-              cudaGetErrorString(q) + "); the NCCL communicator was aborted");
-        return WaitStatus::aborted;
+      if (!g.issued.load(std::memory_order_acquire)) {
+        std::lock_guard lock(s_->m);
+        advance_locked(g);
       }
-      const auto now = Clock::now();
-      if ((i & 15) == 15 || now - start > microseconds(50)) {
-        if (async_failed()) return WaitStatus::aborted;
-        if (now >= deadline) {
-          abort("a wait on rank " + std::to_string(rank()) + " passed its deadline after " +
-                std::to_string(duration_cast<milliseconds>(now - start).count()) +
-                " ms with NCCL work in flight (a peer that never issued its side); the NCCL communicator was "
-                "aborted (ncclCommAbort) and this transport is unusable");
-          return WaitStatus::timed_out;
+      if (g.issued.load(std::memory_order_acquire)) {
+        const cudaError_t q = cudaEventQuery(g.done);
+        if (q == cudaSuccess) return WaitStatus::done;
+        if (q != cudaErrorNotReady) {
+          cudaGetLastError();
+          abort("CUDA error while waiting on rank " + std::to_string(rank()) + ": " + cudaGetErrorName(q) + " (" +
+                cudaGetErrorString(q) + "); the NCCL communicator was aborted");
+          return WaitStatus::aborted;
         }
       }
-      if (now - start < microseconds(50)) continue;  // most small messages end here
-      if (now - start < milliseconds(2)) {
-        std::this_thread::yield();
-      } else {
-        std::this_thread::sleep_for(nap);
-        nap = std::min(nap * 2, microseconds(500));
+      if ((i & 15) == 15 || !b.busy()) {
+        if (async_failed()) return WaitStatus::aborted;
+        if (Clock::now() >= deadline) return expire(b);
       }
+      b.pause();
     }
   }
 
@@ -684,11 +819,20 @@ class NcclTransport {
     s_->why = std::move(why);
     s_->pending.clear();
     s_->open.reset();
+    s_->unsettled.reset();
     s_->aborted.store(true, std::memory_order_release);
     if (s_->comm) {
       detail::NcclDevice on(s_->device);
       ncclCommAbort(s_->comm);
     }
+  }
+
+  // A failure while issuing: the pairs are out of step for good.
+  [[noreturn]] void fail_locked(std::string why) {
+    const std::string text = "NcclTransport on rank " + std::to_string(rank()) + ": " + why +
+                             "; the NCCL communicator was aborted";
+    abort_locked(text);
+    throw_error<TransportError>(text);
   }
 
   Boot boot_;
