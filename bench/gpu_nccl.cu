@@ -93,8 +93,16 @@ int main(int argc, char** argv) {
       const double direct = time_calls(
           iters,
           [&] {
-            if (ncclAllReduce(buf, buf, n, ncclFloat32, ncclSum, t.comm(), t.stream()) != ncclSuccess) {
-              std::fprintf(stderr, "gpu_nccl: ncclAllReduce failed\n");
+            // The transport's communicator is nonblocking: a call may return
+            // ncclInProgress until NCCL has enqueued it.
+            ncclResult_t rc = ncclAllReduce(buf, buf, n, ncclFloat32, ncclSum, t.comm(), t.stream());
+            while (rc == ncclInProgress) {
+              ncclResult_t st = ncclSuccess;
+              rc = ncclCommGetAsyncError(t.comm(), &st);
+              if (rc == ncclSuccess) rc = st;
+            }
+            if (rc != ncclSuccess) {
+              std::fprintf(stderr, "gpu_nccl: ncclAllReduce failed: %s\n", ncclGetErrorString(rc));
               std::exit(1);
             }
           },
