@@ -175,7 +175,7 @@ class Communicator {
   };
 
   explicit Communicator(T transport, Algo algo = {}, CommOptions opts = {})
-      : ctx_(std::move(transport)), algo_(algo), opts_(opts) {
+      : ctx_(make_context(std::move(transport))), algo_(algo), opts_(opts), a2a_(ctx_.executor()) {
     check_timeout("Communicator", opts.timeout);
     check_deterministic(opts.deterministic);
     // A policy that runs on sub-groups (Hierarchical) splits them now, once, not inside a collective.
@@ -730,14 +730,22 @@ class Communicator {
     worker_.reset();
   }
 
-  Context<T> ctx_;
+  // Local work (scratch, copies, combines) on the transport's executor:
+  // host loops for host transports, the device for NcclTransport.
+  using Exec = executor_of_t<T>;
+  static Context<T, Exec> make_context(T t) {
+    Exec e = executor_of<T>::make(t);
+    return Context<T, Exec>(std::move(t), std::move(e));
+  }
+
+  Context<T, Exec> ctx_;
   Algo algo_;
   CommOptions opts_;
   std::uint64_t next_seq_ = 1;
   std::atomic<bool> broken_{false};
   std::atomic<bool> breaking_{false};  // claimed by the first mark_broken
   std::string reason_;
-  detail::Buffer a2a_;  // staged input of in-place alltoall
+  detail::BasicBuffer<Exec> a2a_;  // staged input of in-place alltoall
   std::unique_ptr<Worker> worker_;
 };
 

@@ -87,6 +87,25 @@ struct HostExecutor {
 };
 static_assert(Executor<HostExecutor>);
 
+// The executor a communicator over transport T runs its local work on. Host
+// transports have none of their own and get HostExecutor; a transport whose
+// buffers live elsewhere names its executor (`using executor_type = ...;`)
+// and hands out one bound to its queue (`executor_type executor() const`:
+// NcclTransport's CudaExecutor on its stream).
+template <class T>
+struct executor_of {
+  using type = HostExecutor;
+  static HostExecutor make(const T&) { return {}; }
+};
+template <class T>
+  requires requires { typename T::executor_type; }
+struct executor_of<T> {
+  using type = typename T::executor_type;
+  static type make(const T& t) { return t.executor(); }
+};
+template <class T>
+using executor_of_t = typename executor_of<T>::type;
+
 namespace detail {
 // A grow-only, 64-byte aligned buffer from an executor's memory.
 template <Executor Exec>
