@@ -1,8 +1,10 @@
 // weft umbrella: everything that needs no optional dependency.
 // Opt-in headers (each needs its library at link time):
 //   <weft/expr/matmul.hpp>          matmul through CBLAS (OpenBLAS)
-//   <weft/kernels/cuda/...>         CUDA kernels (nvcc)
+//   <weft/kernels/cuda/...>         CUDA kernels, cuBLASLt gemm, attention, device memory (nvcc)
+//   <weft/nn/optim_cuda.cuh>        multi-tensor optimizers on the GPU (nvcc)
 //   <weft/comm/transport/mpi.hpp>   MPI transport
+//   <weft/comm/transport/nccl.hpp>  NCCL transport (NCCL, CUDA)
 #pragma once
 
 #include "core/config.hpp"
