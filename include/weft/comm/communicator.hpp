@@ -107,6 +107,13 @@ class Communicator {
   };
 
  public:
+  // The executor of its local work (scratch, copies, combines): HostExecutor
+  // for host transports, the transport's own (NcclTransport: CudaExecutor on
+  // its stream). Its device_type says where the buffers given to the
+  // collectives must live, its queue() what their work is ordered on.
+  using executor_type = executor_of_t<T>;
+  executor_type executor() const { return ctx_.executor(); }
+
   using transport_type = T;
   using algorithm_type = Algo;
 

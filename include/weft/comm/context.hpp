@@ -25,6 +25,7 @@
 #include <utility>
 #include <vector>
 
+#include "../core/device.hpp"
 #include "../core/dtype.hpp"
 #include "collective.hpp"
 #include "deadline.hpp"
@@ -72,6 +73,9 @@ concept Executor = std::copyable<E> && requires(const E& e, std::byte* p, void* 
 
 // Host memory and the host loops of reduce_op.hpp.
 struct HostExecutor {
+  using device_type = weft::cpu;  // where the buffers it is given live
+  HostQueue queue() const { return {}; }
+
   std::byte* allocate(std::size_t bytes) const {
     auto* p = static_cast<std::byte*>(std::aligned_alloc(64, bytes));
     if (!p) throw std::bad_alloc();
@@ -202,6 +206,7 @@ class Context {
   // the combine loops): copy (disjoint) and move (may overlap) bytes, combine
   // and divide elements of this call's type with its reduce op.
   Exec& executor() { return exec_; }
+  const Exec& executor() const { return exec_; }
   void copy(void* dst, const void* src, std::size_t bytes) { exec_.copy(dst, src, bytes); }
   void move(void* dst, const void* src, std::size_t bytes) { exec_.move(dst, src, bytes); }
   void combine(const void* a, const void* b, void* out, std::size_t n) {

@@ -119,8 +119,10 @@ inline unsigned executor_grid(std::size_t n) {
 // thread's current device, left as it is). Every operation is queued on the
 // stream and returns at once; work after it on the same stream sees its result.
 struct CudaExecutor {
+  using device_type = weft::cuda;  // where the buffers it is given live
   cudaStream_t stream = nullptr;
   int device = -1;
+  cudaStream_t queue() const { return stream; }
 
   // Stream-ordered: the memory is usable by work queued after this on the
   // stream, and returned to the pool once the stream passes deallocate.

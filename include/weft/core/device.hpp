@@ -30,6 +30,7 @@ struct HostQueue {};
 //                                stream-ordered: the memory is valid for work
 //                                ordered after the call on q; the free happens
 //                                after the work already on q
+//   synchronize(q)               wait for the work ordered on q
 //   copy_from_host(dst, src, bytes) / copy_to_host(dst, src, bytes)
 //                                synchronous, between the host and this device
 //                                (layers copy their host-drawn initial values)
@@ -63,6 +64,8 @@ struct device_memory<cpu> {
   static void* allocate(std::size_t bytes, HostQueue) { return allocate(bytes); }
   static void deallocate(void* p, HostQueue) noexcept { deallocate(p); }
   static void copy(void* dst, const void* src, std::size_t bytes, HostQueue) { copy(dst, src, bytes); }
+  // Wait for the work ordered on the queue (the host's has none pending).
+  static void synchronize(HostQueue) {}
 };
 
 }  // namespace weft

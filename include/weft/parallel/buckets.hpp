@@ -21,6 +21,11 @@
 //     (packed flags, counts, the next bucket to start) lives here, not on
 //     the Parameter.
 //   - No allocation after build().
+//   - Device: where the parameters live (nn::Registry<T, Device>). Buffers
+//     are that device's memory and the packing copies are ordered on the
+//     queue given to build() (a CUDA stream: the stream the gradients are
+//     computed and reduced on), so a hook that fires when a gradient's kernel
+//     is queued, not when it has run, still packs the final values.
 #pragma once
 
 #include <cstddef>
@@ -31,7 +36,9 @@
 #include <vector>
 
 #include "../core/error.hpp"
+#include "../core/device.hpp"
 #include "../expr/parameter.hpp"
+#include "../tensor/tensor.hpp"
 #include "../nn/registry.hpp"
 
 namespace weft::parallel {
@@ -81,11 +88,13 @@ class AddressIndex {
 
 }  // namespace detail
 
-template <class T>
+template <class T, class Device = cpu>
 class Buckets {
  public:
+  using Param = Parameter<T, Device>;
+  using queue_type = typename device_memory<Device>::queue_type;
   struct Slot {  // a parameter's place in its bucket
-    Parameter<T>* p;
+    Param* p;
     std::size_t bucket;
     std::size_t offset;  // first element in the bucket's buffer
     std::size_t index;   // in the registry (and in an optimizer built from it)
@@ -97,18 +106,20 @@ class Buckets {
     std::size_t elems = 0;         // gradient elements, unpadded
     std::size_t padded = 0;        // elems rounded up to a multiple of pad
     bool in_place = false;         // one parameter, no padding: no staging buffer
-    std::vector<T> buffer;         // the packed gradients (empty when in place)
+    Tensor<T, Device> buffer;      // (padded,) the packed gradients (empty when in place)
     std::size_t ready = 0;         // gradients packed so far this pass
   };
 
   // channel_of(name) -> the channel of the parameter named `name`.
   template <class ChannelOf>
-  void build(const nn::Registry<T>& params, std::size_t bucket_bytes, std::size_t pad, ChannelOf&& channel_of) {
+  void build(const nn::Registry<T, Device>& params, std::size_t bucket_bytes, std::size_t pad, ChannelOf&& channel_of,
+             queue_type queue = {}) {
     if (pad == 0) throw_error<ValueError>("Buckets: padding to a multiple of 0 elements");
+    queue_ = queue;
     buckets_.clear();
     slots_.clear();
     for (std::size_t k = params.size(); k-- > 0;) {
-      Parameter<T>& q = params[k];
+      Param& q = params[k];
       const std::size_t c = channel_of(q.name);
       const std::size_t numel = static_cast<std::size_t>(q.numel());
       if (buckets_.empty() || buckets_.back().channel != c ||
@@ -124,7 +135,11 @@ class Buckets {
     for (Bucket& b : buckets_) {
       b.padded = (b.elems + pad - 1) / pad * pad;
       b.in_place = b.slots.size() == 1 && b.padded == b.elems;
-      if (!b.in_place) b.buffer.assign(b.padded, T(0));
+      if (!b.in_place) {  // zero padding: a padded tail is reduced too
+        b.buffer = Tensor<T, Device>(Shape{static_cast<index_t>(b.padded)});
+        const std::vector<T> zeros(b.padded, T(0));
+        device_memory<Device>::copy_from_host(b.buffer.data(), zeros.data(), b.padded * sizeof(T));
+      }
     }
     std::vector<const void*> keys;
     keys.reserve(slots_.size());
@@ -155,7 +170,7 @@ class Buckets {
   // p's gradient is final: pack it, then start(i) each bucket i that may start
   // now, in index order. A parameter outside the registry is not ours: ignored.
   template <class Start>
-  void ready(Parameter<T>& p, Start&& start) {
+  void ready(Param& p, Start&& start) {
     const std::size_t s = index_.find(&p);
     if (s == detail::AddressIndex::none || packed_[s]) return;
     pack(s);
@@ -174,35 +189,36 @@ class Buckets {
 
   // ---- data --------------------------------------------------------------------
   // Bucket i's gradients: the parameter's own when in place, else the padded buffer.
-  std::span<T> grads(std::size_t i) { return data(i, &Parameter<T>::grad); }
+  std::span<T> grads(std::size_t i) { return data(i, &Param::grad); }
   // Bucket i's values, for a gather of updated values: the parameter's own when
   // in place, else the buffer (the caller stages what it owns into it).
-  std::span<T> values(std::size_t i) { return data(i, &Parameter<T>::value); }
+  std::span<T> values(std::size_t i) { return data(i, &Param::value); }
   // Buffer -> every parameter's gradient (after an allreduce).
-  void unpack_grads(std::size_t i) { unpack(i, &Parameter<T>::grad); }
+  void unpack_grads(std::size_t i) { unpack(i, &Param::grad); }
   // Buffer -> every parameter's value (after an allgather of values).
-  void unpack_values(std::size_t i) { unpack(i, &Parameter<T>::value); }
+  void unpack_values(std::size_t i) { unpack(i, &Param::value); }
 
  private:
-  std::span<T> data(std::size_t i, Tensor<T> Parameter<T>::*which) {
+  std::span<T> data(std::size_t i, Tensor<T, Device> Param::*which) {
     Bucket& b = buckets_[i];
-    if (!b.in_place) return std::span<T>(b.buffer);
+    if (!b.in_place) return std::span<T>(b.buffer.data(), b.padded);
     const Slot& only = slots_[b.slots[0]];
     return std::span<T>((only.p->*which).data(), only.elems());
   }
-  void unpack(std::size_t i, Tensor<T> Parameter<T>::*which) {
+  void unpack(std::size_t i, Tensor<T, Device> Param::*which) {
     Bucket& b = buckets_[i];
     if (b.in_place) return;
     for (std::size_t s : b.slots) {
       const Slot& sl = slots_[s];
-      std::memcpy((sl.p->*which).data(), b.buffer.data() + sl.offset, sl.elems() * sizeof(T));
+      device_memory<Device>::copy((sl.p->*which).data(), b.buffer.data() + sl.offset, sl.elems() * sizeof(T), queue_);
     }
   }
 
   void pack(std::size_t s) {
     const Slot& sl = slots_[s];
     Bucket& b = buckets_[sl.bucket];
-    if (!b.in_place) std::memcpy(b.buffer.data() + sl.offset, sl.p->grad.data(), sl.elems() * sizeof(T));
+    if (!b.in_place)
+      device_memory<Device>::copy(b.buffer.data() + sl.offset, sl.p->grad.data(), sl.elems() * sizeof(T), queue_);
     ++b.ready;
     packed_[s] = 1;
   }
@@ -217,6 +233,7 @@ class Buckets {
   detail::AddressIndex index_;
   std::vector<unsigned char> packed_;  // per slot, this pass
   std::size_t next_ = 0;               // the lowest-indexed bucket not started this pass
+  queue_type queue_{};                 // what the packing copies are ordered on
 };
 
 }  // namespace weft::parallel

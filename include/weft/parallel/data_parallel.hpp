@@ -31,6 +31,14 @@
 //     own shard.
 //   - visit_state(v) (nn/state.hpp): the configuration and, when sharded, this
 //     rank's shard layout; restoring checks that they match.
+//   - On a GPU: the device is the communicators' (their executor's
+//     device_type: NcclTransport's CudaExecutor is weft::cuda), the registry
+//     holds that device's parameters (nn::Registry<T, weft::cuda>), and
+//     backward(loss, exec) runs the pass on the executor's stream, which must
+//     be the communicators' stream (the one NcclTransport was built on): the
+//     buckets are packed and reduced in the order the gradients' kernels were
+//     queued, with no host wait. One process (or thread) per GPU. The sharded
+//     update is host-only so far.
 #pragma once
 
 #include <cstdint>
@@ -58,6 +66,20 @@
 
 namespace weft::parallel {
 
+namespace detail {
+// The device a communicator's collectives take buffers on: its executor's
+// device_type (host communicators: weft::cpu).
+template <class C>
+struct comm_device {
+  using type = cpu;
+};
+template <class C>
+  requires requires { typename C::executor_type::device_type; }
+struct comm_device<C> {
+  using type = typename C::executor_type::device_type;
+};
+}  // namespace detail
+
 struct DataParallelOptions {
   std::size_t bucket_bytes = std::size_t(25) << 20;
   // Start each bucket's allreduce during backward (non-blocking, on the
@@ -74,15 +96,22 @@ template <class T, class... Comms>
 class DataParallel {
   static_assert(sizeof...(Comms) >= 1, "DataParallel needs at least one communicator");
   using Request = std::variant<std::monostate, typename Comms::Request...>;
+  using Comm0 = std::tuple_element_t<0, std::tuple<Comms...>>;
 
  public:
   using value_type = T;
+  using device_type = typename detail::comm_device<Comm0>::type;
+  using Param = Parameter<T, device_type>;
+  using queue_type = typename device_memory<device_type>::queue_type;
+  static_assert((std::is_same_v<typename detail::comm_device<Comms>::type, device_type> && ...),
+                "DataParallel: every communicator must take buffers on one device (all host, or all NCCL)");
 
-  DataParallel(nn::Registry<T>& params, Comms&... comms, DataParallelOptions o = {})
+  DataParallel(nn::Registry<T, device_type>& params, Comms&... comms, DataParallelOptions o = {})
       : params_(&params), comms_(comms...), opts_(o) {
     auto& c0 = std::get<0>(comms_);
+    if constexpr (!std::is_same_v<device_type, cpu>) queue_ = c0.executor().queue();
     check_same_parameter_lists(c0);
-    for (Parameter<T>* p : params) c0.broadcast(std::span<T>(p->value.data(), static_cast<std::size_t>(p->numel())), 0);
+    for (Param* p : params) c0.broadcast(std::span<T>(p->value.data(), static_cast<std::size_t>(p->numel())), 0);
     check_equal_values(c0);
   }
 
@@ -121,9 +150,27 @@ class DataParallel {
   // Forward, backward and the averaged gradient of every parameter (added to
   // whatever accumulate() left there). Returns this rank's loss.
   template <Expression E>
-  T backward(const E& loss, Workspace<>& ws) {
+  T backward(const E& loss, Workspace<>& ws)
+    requires std::is_same_v<device_type, cpu>
+  {
     if (size() == 1) return weft::backward(loss, ws).item();  // nothing to average
     return parallel::backward(*this, loss, ws);
+  }
+
+  // The same with an executor (on a GPU: Exec<weft::cuda>{workspace, stream}
+  // with the communicators' stream). The loss comes back to the host, so this
+  // waits for the stream once, at the end.
+  template <Expression E, Executor X>
+  T backward(const E& loss, const X& ex) {
+    static_assert(std::is_same_v<device_of<X>, device_type>,
+                  "DataParallel::backward: the executor's device is not the communicators' (a GPU pass needs NCCL communicators)");
+    check_queue(ex.queue());
+    if (size() == 1) return loss_to_host(weft::backward(loss, ex), ex.queue());
+    begin_backward();
+    auto hook = [this](Param& p) { on_grad_ready(p); };
+    auto v = weft::backward(loss, ex, hook);
+    finish_backward();
+    return loss_to_host(v, ex.queue());
   }
 
   // The optimizer step after backward(). Unsharded: opt.step(). Sharded: opt
@@ -138,16 +185,25 @@ class DataParallel {
     }
     if (!averaged_)
       throw_error<ValueError>("DataParallel::step on rank ", rank(), ": no backward() yet, so no gradient to step with");
-    check_optimizer(opt);
-    sharded_.step(opt);
-    for (std::size_t bi = 0; bi < buckets_.size(); ++bi) start_gather(bi);
-    for (std::size_t bi = 0; bi < buckets_.size(); ++bi) finish_gather(bi);
+    if constexpr (std::is_same_v<device_type, cpu>) {  // (a device's buckets refuse shard_update when built)
+      check_optimizer(opt);
+      sharded_.step(opt);
+      for (std::size_t bi = 0; bi < buckets_.size(); ++bi) start_gather(bi);
+      for (std::size_t bi = 0; bi < buckets_.size(); ++bi) finish_gather(bi);
+    }
   }
 
   // Backward without communication: gradients accumulate locally.
   template <Expression E>
-  T accumulate(const E& loss, Workspace<>& ws) {
+  T accumulate(const E& loss, Workspace<>& ws)
+    requires std::is_same_v<device_type, cpu>
+  {
     return weft::backward(loss, ws).item();
+  }
+  template <Expression E, Executor X>
+  T accumulate(const E& loss, const X& ex) {
+    check_queue(ex.queue());
+    return loss_to_host(weft::backward(loss, ex), ex.queue());
   }
 
   // ---- the Strategy seam: parallel::backward calls these around weft::backward
@@ -158,7 +214,7 @@ class DataParallel {
   }
   // From the backward hook: p's gradient is final. O(1): the buckets find p's
   // slot by address; each bucket that may start now starts, in index order.
-  void on_grad_ready(Parameter<T>& p) {
+  void on_grad_ready(Param& p) {
     buckets_.ready(p, [this](std::size_t bi) { start(bi); });
   }
   // Parameters the loss did not use never reported: pack them, start the
@@ -181,8 +237,10 @@ class DataParallel {
     nn::visit_fixed(v, "shard_update", opts_.shard_update, who);
     if (!opts_.shard_update || size() == 1) return;
     if (!built_) build();
-    auto shards = nn::prefixed("shards", v);
-    sharded_.visit_state(shards);
+    if constexpr (std::is_same_v<device_type, cpu>) {
+      auto shards = nn::prefixed("shards", v);
+      sharded_.visit_state(shards);
+    }
   }
 
   std::size_t buckets() const { return buckets_.size(); }
@@ -205,7 +263,7 @@ class DataParallel {
     if (built_)
       throw_error<ValueError>("DataParallel::layer(\"", prefix, "\").use(): choose communicators before the first backward");
     bool any = false;
-    for (Parameter<T>* p : *params_) any = any || matches(p->name, prefix);
+    for (Param* p : *params_) any = any || matches(p->name, prefix);
     if (!any) throw_error<ValueError>("DataParallel::layer(\"", prefix, "\"): no parameter has that name or prefix");
     choices_.emplace_back(prefix, comm);
   }
@@ -228,9 +286,14 @@ class DataParallel {
   // Buckets cut wherever the communicator changes; sharded, padded to p equal shards.
   void build() {
     const std::size_t p = static_cast<std::size_t>(size());
+    if constexpr (!std::is_same_v<device_type, cpu>)
+      if (opts_.shard_update)
+        throw_error<ValueError>("DataParallel on rank ", rank(), ": the sharded update runs its optimizer on the host; on ",
+                                device_type::name, " it is not written yet (use shard_update = false, or parallel::Zero on the host)");
     buckets_.build(*params_, opts_.bucket_bytes, opts_.shard_update ? p : 1,
-                   [this](const std::string& name) { return comm_for(name); });
-    if (opts_.shard_update) sharded_.layout(buckets_, rank(), size());
+                   [this](const std::string& name) { return comm_for(name); }, queue_);
+    if constexpr (std::is_same_v<device_type, cpu>)
+      if (opts_.shard_update) sharded_.layout(buckets_, rank(), size());
     requests_ = std::vector<Request>(buckets_.size());  // requests move, never copy
     built_ = true;
   }
@@ -250,7 +313,8 @@ class DataParallel {
           req.template emplace<I + 1>(comm.iallreduce(data, comm::ReduceOp::avg, named));
         return;
       }
-      std::span<T> out = sharded_.mine(data, bi);
+      std::span<T> out = data;
+      if constexpr (std::is_same_v<device_type, cpu>) out = sharded_.mine(data, bi);
       if (blocking)
         comm.reduce_scatter(std::span<const T>(data), out, comm::ReduceOp::avg, named);
       else
@@ -273,14 +337,18 @@ class DataParallel {
   void finish(std::size_t bi) {
     if (!opts_.overlap) reduce(bi, true);
     wait(bi);
-    if (opts_.shard_update)
-      sharded_.unpack_grads(buckets_, *params_, bi);  // only this rank's shard is averaged
-    else
-      buckets_.unpack_grads(bi);
+    if constexpr (std::is_same_v<device_type, cpu>)
+      if (opts_.shard_update) {
+        sharded_.unpack_grads(buckets_, *params_, bi);  // only this rank's shard is averaged
+        return;
+      }
+    buckets_.unpack_grads(bi);
   }
 
   // Sharded step: every rank's updated shard of the bucket's values to every rank.
-  void start_gather(std::size_t bi) {
+  void start_gather(std::size_t bi)
+    requires std::is_same_v<device_type, cpu>
+  {
     sharded_.stage_values(buckets_, *params_, bi);
     std::span<T> data = buckets_.values(bi);
     std::span<const T> in = sharded_.mine(data, bi);
@@ -293,7 +361,9 @@ class DataParallel {
     });
   }
 
-  void finish_gather(std::size_t bi) {
+  void finish_gather(std::size_t bi)
+    requires std::is_same_v<device_type, cpu>
+  {
     wait(bi);
     buckets_.unpack_values(bi);
   }
@@ -324,7 +394,7 @@ class DataParallel {
       const unsigned char* b = static_cast<const unsigned char*>(data);
       for (std::size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;
     };
-    for (Parameter<T>* p : *params_) {
+    for (Param* p : *params_) {
       mix(p->name.data(), p->name.size());
       for (int d = 0; d < p->shape().rank; ++d) mix(&p->shape().dims[d], sizeof(index_t));
     }
@@ -334,8 +404,15 @@ class DataParallel {
   template <class C>
   void check_equal_values(C& c) {
     std::uint64_t h = 1469598103934665603ull;
-    for (Parameter<T>* p : *params_) {
+    std::vector<unsigned char> host;  // a device's values, copied once at construction
+    device_memory<device_type>::synchronize(queue_);
+    for (Param* p : *params_) {
       const unsigned char* b = reinterpret_cast<const unsigned char*>(p->value.data());
+      if constexpr (!std::is_same_v<device_type, cpu>) {
+        host.resize(p->value.bytes());
+        device_memory<device_type>::copy_to_host(host.data(), p->value.data(), host.size());
+        b = host.data();
+      }
       for (std::size_t i = 0; i < p->value.bytes(); ++i) h = (h ^ b[i]) * 1099511628211ull;
     }
     agree(c, static_cast<std::int64_t>(h >> 1), "parameter values after the broadcast from rank 0");
@@ -349,7 +426,15 @@ class DataParallel {
   template <class C>
   void agree(C& c, std::int64_t mine, const char* what) {
     std::vector<std::int64_t> all(static_cast<std::size_t>(c.size()));
-    c.allgather(std::span<const std::int64_t>(&mine, 1), std::span<std::int64_t>(all));
+    if constexpr (std::is_same_v<device_type, cpu>) {
+      c.allgather(std::span<const std::int64_t>(&mine, 1), std::span<std::int64_t>(all));
+    } else {  // the communicator takes device buffers: stage through them
+      Tensor<std::int64_t, device_type> in(Shape{1}), out(Shape{static_cast<index_t>(all.size())});
+      device_memory<device_type>::copy_from_host(in.data(), &mine, sizeof mine);
+      c.allgather(std::span<const std::int64_t>(in.data(), 1), std::span<std::int64_t>(out.data(), all.size()));
+      device_memory<device_type>::synchronize(queue_);
+      device_memory<device_type>::copy_to_host(all.data(), out.data(), all.size() * sizeof(std::int64_t));
+    }
     std::map<std::int64_t, std::size_t> count;
     for (std::int64_t v : all) ++count[v];
     if (count.size() == 1) return;
@@ -369,19 +454,41 @@ class DataParallel {
                             majority ? "" : " (no value is held by most ranks: build the same model on every rank)");
   }
 
-  nn::Registry<T>* params_;
+  // A GPU pass must run on the communicators' stream (see the file comment).
+  void check_queue(queue_type q) const {
+    if constexpr (!std::is_same_v<device_type, cpu>)
+      if (q != queue_)
+        throw_error<ValueError>("DataParallel::backward on rank ", rank(), ": the executor's stream is not the communicators' (",
+                                "build the NcclTransport on the stream the pass runs on): the buckets would be reduced "
+                                "before their gradients are computed");
+  }
+  // The rank-0 loss to the host, after the stream's work.
+  T loss_to_host(TensorView<T, device_type> v, queue_type q) const {
+    if constexpr (std::is_same_v<device_type, cpu>) {
+      (void)q;
+      return v.data[0];
+    } else {
+      T host{};
+      device_memory<device_type>::synchronize(q);
+      device_memory<device_type>::copy_to_host(&host, v.data, sizeof(T));
+      return host;
+    }
+  }
+
+  nn::Registry<T, device_type>* params_;
   std::tuple<Comms&...> comms_;
   DataParallelOptions opts_;
   std::vector<std::pair<std::string, std::size_t>> choices_;
-  Buckets<T> buckets_;             // channel = index into comms_
+  Buckets<T, device_type> buckets_;  // channel = index into comms_
   ShardedUpdate<T> sharded_;       // shard_update only
   std::vector<Request> requests_;  // per bucket, in flight
   bool built_ = false;             // buckets fixed (by the first backward or visit_state)
   bool averaged_ = false;          // a backward() has averaged gradients
+  queue_type queue_{};             // the communicators' stream (a GPU's), what bucket copies are ordered on
 };
 
-template <class T, class... Comms>
-DataParallel(nn::Registry<T>&, Comms&...) -> DataParallel<T, Comms...>;
+template <class T, class D, class... Comms>
+DataParallel(nn::Registry<T, D>&, Comms&...) -> DataParallel<T, Comms...>;
 
 static_assert(Strategy<DataParallel<float, comm::Communicator<comm::Ring, comm::ThreadTransport>>>);
 

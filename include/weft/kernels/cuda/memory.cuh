@@ -169,6 +169,7 @@ struct device_memory<cuda> {
   static void copy(void* dst, const void* src, std::size_t bytes, cudaStream_t stream) {
     cuda_check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream), "device-to-device copy (stream-ordered)");
   }
+  static void synchronize(cudaStream_t stream) { cuda_check(cudaStreamSynchronize(stream), "cudaStreamSynchronize"); }
 
   static DeviceMemoryStats stats() {
     auto& c = detail::cuda_alloc_counters();
