@@ -20,35 +20,10 @@
 #include <weft/kernels/cuda/kernels.cuh>
 #include <weft/weft.hpp>
 
+#include "gpu_timing.hpp"
+
 using namespace weft;
 
-namespace {
-
-// Median over `repeats` timings (events on the stream) of `iters` calls of fn.
-template <class F>
-double median_ms(cudaStream_t s, int repeats, int iters, F&& fn) {
-  cudaEvent_t a, b;
-  cuda_check(cudaEventCreate(&a), "cudaEventCreate");
-  cuda_check(cudaEventCreate(&b), "cudaEventCreate");
-  for (int i = 0; i < 3; ++i) fn();  // warm-up: workspace grown, kernels loaded
-  cuda_check(cudaStreamSynchronize(s), "warm-up");
-  std::vector<double> t;
-  for (int r = 0; r < repeats; ++r) {
-    cuda_check(cudaEventRecord(a, s), "cudaEventRecord");
-    for (int i = 0; i < iters; ++i) fn();
-    cuda_check(cudaEventRecord(b, s), "cudaEventRecord");
-    cuda_check(cudaEventSynchronize(b), "cudaEventSynchronize");
-    float ms = 0;
-    cuda_check(cudaEventElapsedTime(&ms, a, b), "cudaEventElapsedTime");
-    t.push_back(ms / iters);
-  }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   int devices = 0;
@@ -86,12 +61,12 @@ int main(int argc, char** argv) {
   // Interleaved: copy, value, value+grad, three rounds; the median round reported.
   std::vector<double> c, v, g;
   for (int round = 0; round < 3; ++round) {
-    c.push_back(median_ms(stream, repeats, iters, [&] {
+    c.push_back(gpubench::median_ms(stream, repeats, iters, [&] {
       cuda_check(cudaMemcpyAsync(copy_dst.data(), copy_src.data(), 2 * n * sizeof(float), cudaMemcpyDeviceToDevice, stream),
                  "copy");
     }));
-    v.push_back(median_ms(stream, repeats, iters, [&] { assign(out.view(), f(dx.view(), dy.view()), ex); }));
-    g.push_back(median_ms(stream, repeats, iters, [&] { value_and_grad_into(loss, ex, grads, hook, dx, dy); }));
+    v.push_back(gpubench::median_ms(stream, repeats, iters, [&] { assign(out.view(), f(dx.view(), dy.view()), ex); }));
+    g.push_back(gpubench::median_ms(stream, repeats, iters, [&] { value_and_grad_into(loss, ex, grads, hook, dx, dy); }));
   }
   std::sort(c.begin(), c.end());
   std::sort(v.begin(), v.end());

@@ -21,33 +21,11 @@
 #include <weft/kernels/cuda/kernels.cuh>
 #include <weft/weft.hpp>
 
+#include "gpu_timing.hpp"
+
 using namespace weft;
 
 namespace {
-
-template <class F>
-double median_ms(cudaStream_t s, F&& fn) {
-  cudaEvent_t a, b;
-  cuda_check(cudaEventCreate(&a), "cudaEventCreate");
-  cuda_check(cudaEventCreate(&b), "cudaEventCreate");
-  for (int i = 0; i < 5; ++i) fn();
-  cuda_check(cudaStreamSynchronize(s), "warm-up");
-  std::vector<double> t;
-  const int iters = 20;
-  for (int r = 0; r < 15; ++r) {
-    cuda_check(cudaEventRecord(a, s), "cudaEventRecord");
-    for (int i = 0; i < iters; ++i) fn();
-    cuda_check(cudaEventRecord(b, s), "cudaEventRecord");
-    cuda_check(cudaEventSynchronize(b), "cudaEventSynchronize");
-    float ms = 0;
-    cuda_check(cudaEventElapsedTime(&ms, a, b), "cudaEventElapsedTime");
-    t.push_back(ms / iters);
-  }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
 
 __global__ void bias_gelu_kernel(float* c, const float* bias, index_t m, index_t n) {
   for (index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i < m * n;
@@ -90,16 +68,16 @@ int main() {
     Tensor<float, weft::cuda> c(Shape{m, n}, stream), pre(Shape{m, n}, stream);
     const float one = 1, zero = 0;
     // Row-major C = A B is column-major C^T = B^T A^T.
-    const double t_blas = median_ms(stream, [&] {
+    const double t_blas = gpubench::median_ms(stream, 15, 20, [&] {
       cublasSgemm(blas, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &one,
                   b.data(), static_cast<int>(n), a.data(), static_cast<int>(k), &zero, c.data(), static_cast<int>(n));
     });
-    const double t_weft = median_ms(stream, [&] { kernels::gemm(ex, a.view(), b.view(), c.view(), 1.0f, 0.0f); });
+    const double t_weft = gpubench::median_ms(stream, 15, 20, [&] { kernels::gemm(ex, a.view(), b.view(), c.view(), 1.0f, 0.0f); });
     const double t_fused =
-        median_ms(stream, [&] { kernels::cuda::gemm_bias_gelu(ex, a.view(), b.view(), bias.data(), c.view()); });
+        gpubench::median_ms(stream, 15, 20, [&] { kernels::cuda::gemm_bias_gelu(ex, a.view(), b.view(), bias.data(), c.view()); });
     const double t_aux =
-        median_ms(stream, [&] { kernels::cuda::gemm_bias_gelu(ex, a.view(), b.view(), bias.data(), c.view(), pre.data()); });
-    const double t_unfused = median_ms(stream, [&] {
+        gpubench::median_ms(stream, 15, 20, [&] { kernels::cuda::gemm_bias_gelu(ex, a.view(), b.view(), bias.data(), c.view(), pre.data()); });
+    const double t_unfused = gpubench::median_ms(stream, 15, 20, [&] {
       kernels::gemm(ex, a.view(), b.view(), c.view(), 1.0f, 0.0f);
       bias_gelu_kernel<<<1024, 256, 0, stream>>>(c.data(), bias.data(), m, n);
     });

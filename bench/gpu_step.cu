@@ -20,6 +20,7 @@
 #include <weft/kernels/cuda/kernels.cuh>
 #include <weft/nn/optim_cuda.cuh>
 
+#include "gpu_timing.hpp"
 #include "step_models.hpp"
 
 using namespace weft;
@@ -65,26 +66,10 @@ int run(index_t batch, const std::string& dump_path, int repeats) {
               static_cast<unsigned long long>(device_memory<weft::cuda>::stats().allocations - before),
               static_cast<unsigned long long>(ws.allocations() - blocks_before));
 
-  cudaEvent_t a, b;
-  cuda_check(cudaEventCreate(&a), "cudaEventCreate");
-  cuda_check(cudaEventCreate(&b), "cudaEventCreate");
-  const int iters = 10;
-  std::vector<double> t;
-  for (int r = 0; r < repeats; ++r) {
-    cuda_check(cudaEventRecord(a, stream), "cudaEventRecord");
-    for (int i = 0; i < iters; ++i) step(false);
-    cuda_check(cudaEventRecord(b, stream), "cudaEventRecord");
-    cuda_check(cudaEventSynchronize(b), "cudaEventSynchronize");
-    float ms = 0;
-    cuda_check(cudaEventElapsedTime(&ms, a, b), "cudaEventElapsedTime");
-    t.push_back(ms / iters);
-  }
-  std::sort(t.begin(), t.end());
+  const double ms = gpubench::median_ms(stream, repeats, 10, [&] { step(false); });
   std::printf("%s batch %lld: %zu parameters tensors, %lld values\n", M::name, static_cast<long long>(batch), m.params.size(),
               static_cast<long long>(m.params.numel()));
-  std::printf("step_ms_median: %.4f\n", t[t.size() / 2]);
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
+  std::printf("step_ms_median: %.4f\n", ms);
   cudaStreamDestroy(stream);
   return 0;
 }

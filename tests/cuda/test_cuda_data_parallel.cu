@@ -7,6 +7,7 @@
 // device), which still checks the device training step against the CPU.
 // Also: a pass on a stream other than the communicators' is refused with a
 // sentence. Without a GPU: exit 77.
+#include "check.hpp"
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -31,16 +32,8 @@
 using namespace weft;
 using NT = comm::NcclTransport<comm::ThreadTransport>;
 
-static std::atomic<int> failures{0};
-#define EXPECT(cond, ...)                                                   \
-  do {                                                                      \
-    if (!(cond)) {                                                          \
-      ++failures;                                                           \
-      std::printf("FAILED %s:%d: %s: ", __FILE__, __LINE__, #cond);         \
-      std::printf(__VA_ARGS__);                                             \
-      std::printf("\n");                                                    \
-    }                                                                       \
-  } while (0)
+using cudatest::checks;
+using cudatest::failures;
 
 constexpr index_t kIn = 20, kHidden = 32, kClasses = 4, kPerRank = 8;
 constexpr int kSteps = 3;

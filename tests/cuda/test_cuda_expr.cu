@@ -1,6 +1,7 @@
 // The CUDA kernels nvcc generates from weft's expression types, compared with
 // the CPU evaluation of the same expressions: assign and value_and_grad are
 // the host's functions given a CUDA executor. Without a GPU: exit 77 (skipped).
+#include "check.hpp"
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -9,16 +10,8 @@
 
 using namespace weft;
 
-static int failures = 0;
-#define EXPECT(cond, ...)                                                   \
-  do {                                                                      \
-    if (!(cond)) {                                                          \
-      ++failures;                                                           \
-      std::printf("FAILED %s:%d: %s: ", __FILE__, __LINE__, #cond);         \
-      std::printf(__VA_ARGS__);                                             \
-      std::printf("\n");                                                    \
-    }                                                                       \
-  } while (0)
+using cudatest::checks;
+using cudatest::failures;
 
 template <class T>
 static double max_diff(const Tensor<T>& a, const Tensor<T>& b) {
@@ -110,6 +103,6 @@ int main() {
   EXPECT(hooks == 1, "parameter hook fired %d times, not once", hooks);
   cudaStreamDestroy(stream);
 
-  std::printf("%s (%d failures)\n", failures ? "FAILED" : "passed", failures);
+  std::printf("%s (%d failures)\n", failures ? "FAILED" : "passed", failures.load());
   return failures ? 1 : 0;
 }

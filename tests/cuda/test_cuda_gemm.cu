@@ -4,6 +4,7 @@
 // Tolerances (float): |gpu - cpu| <= tol * (1 + max |cpu|) per tensor, tol
 // 1e-4 for products and attention values, 1e-3 for gradients (sums of
 // longer products in another order).
+#include "check.hpp"
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -22,16 +23,8 @@ using namespace weft;
 static_assert(kernels::has_gemm_bias<weft::cuda, float>);
 static_assert(!kernels::has_gemm_bias<weft::cpu, float>);
 
-static int failures = 0;
-#define EXPECT(cond, ...)                                           \
-  do {                                                              \
-    if (!(cond)) {                                                  \
-      ++failures;                                                   \
-      std::printf("FAILED %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-      std::printf(__VA_ARGS__);                                     \
-      std::printf("\n");                                            \
-    }                                                               \
-  } while (0)
+using cudatest::checks;
+using cudatest::failures;
 
 static Tensor<float> randn(const Shape& s, unsigned seed, float scale = 1.0f) {
   std::mt19937 rng(seed);
@@ -350,6 +343,6 @@ int main() {
     std::printf("FAILED: exception: %s\n", e.what());
   }
   cudaStreamDestroy(stream);
-  std::printf("%s (%d failures)\n", failures ? "FAILED" : "passed", failures);
+  std::printf("%s (%d failures)\n", failures ? "FAILED" : "passed", failures.load());
   return failures ? 1 : 0;
 }

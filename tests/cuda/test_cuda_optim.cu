@@ -6,6 +6,7 @@
 // Tolerances: float 1e-5 * (1 + |cpu|) per element after 5 steps (nvcc
 // contracts a * b + c into FMAs, the host compiler may not: a few ulp per step);
 // double 1e-12 * (1 + |cpu|).
+#include "check.hpp"
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -18,16 +19,8 @@
 
 using namespace weft;
 
-static int failures = 0;
-#define EXPECT(cond, ...)                                                   \
-  do {                                                                      \
-    if (!(cond)) {                                                          \
-      ++failures;                                                           \
-      std::printf("FAILED %s:%d: %s: ", __FILE__, __LINE__, #cond);         \
-      std::printf(__VA_ARGS__);                                             \
-      std::printf("\n");                                                    \
-    }                                                                       \
-  } while (0)
+using cudatest::checks;
+using cudatest::failures;
 
 // max |a - b| / (1 + |b|)
 template <class T>
@@ -272,6 +265,6 @@ int main() {
   }
   cuda_check(cudaStreamSynchronize(stream), "end");
   cudaStreamDestroy(stream);
-  std::printf("%s (%d failures)\n", failures ? "FAILED" : "passed", failures);
+  std::printf("%s (%d failures)\n", failures ? "FAILED" : "passed", failures.load());
   return failures ? 1 : 0;
 }

@@ -12,6 +12,7 @@
 // another order than the CPU's cascades and uses CUDA's expf/logf;
 // double: 1e-12 k + 1e-10 |cpu|.
 // Without a GPU: exit 77 (skipped).
+#include "check.hpp"
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -25,18 +26,8 @@
 
 using namespace weft;
 
-static int failures = 0;
-static int checks = 0;
-#define EXPECT(cond, ...)                                           \
-  do {                                                              \
-    ++checks;                                                       \
-    if (!(cond)) {                                                  \
-      ++failures;                                                   \
-      std::printf("FAILED %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-      std::printf(__VA_ARGS__);                                     \
-      std::printf("\n");                                            \
-    }                                                               \
-  } while (0)
+using cudatest::checks;
+using cudatest::failures;
 
 template <class T>
 struct Tol;
@@ -400,6 +391,6 @@ int main() {
     std::printf("FAILED: exception: %s\n", err.what());
     ++failures;
   }
-  std::printf("%s (%d checks, %d failures)\n", failures ? "FAILED" : "passed", checks, failures);
+  std::printf("%s (%ld checks, %d failures)\n", failures ? "FAILED" : "passed", checks.load(), failures.load());
   return failures ? 1 : 0;
 }

@@ -7,6 +7,7 @@
 // Before looking for a GPU, the element arithmetic the device kernels use
 // (combine_element, divide_element) is checked against the host loops of
 // reduce_op.hpp, so that part runs everywhere. Without a GPU: exit 77.
+#include "check.hpp"
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -31,16 +32,8 @@ using weft::dtype_v;
 using weft::throw_error;
 using NT = NcclTransport<ThreadTransport>;
 
-static std::atomic<int> failures{0};
-#define EXPECT(cond, ...)                                                   \
-  do {                                                                      \
-    if (!(cond)) {                                                          \
-      ++failures;                                                           \
-      std::printf("FAILED %s:%d: %s: ", __FILE__, __LINE__, #cond);         \
-      std::printf(__VA_ARGS__);                                             \
-      std::printf("\n");                                                    \
-    }                                                                       \
-  } while (0)
+using cudatest::checks;
+using cudatest::failures;
 
 // ---- host checks of the device element functions ---------------------------
 template <class T, ReduceOp Op>

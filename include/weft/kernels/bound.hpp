@@ -58,6 +58,35 @@ struct LeafInfo {
   int slot = -1;          // the value_and_grad input it is, if any
 };
 
+// How a region reads each of its K input slots (value_and_grad's inputs): the
+// adjoint strides and element count of the slot's first occurrence, how many
+// occurrences there are, and whether all of them store alike. A backward
+// region on the general path gives a slot read alike and broadcast scratch
+// memory of the region's shape (kernels/cpu/loops.hpp, kernels/cuda/kernels.cuh).
+template <std::size_t K>
+struct SlotLayouts {
+  Strides st[K > 0 ? K : 1];
+  index_t n[K > 0 ? K : 1] = {};
+  int count[K > 0 ? K : 1] = {};
+  bool alike[K > 0 ? K : 1] = {};
+};
+template <std::size_t K, class B>
+SlotLayouts<K> slot_layouts(const B& b) {
+  SlotLayouts<K> s;
+  if constexpr (K > 0)
+    b.visit([&](const LeafInfo& l) {
+      if (l.slot < 0) return;
+      const auto k = static_cast<std::size_t>(l.slot);
+      if (s.count[k]++ == 0) {
+        s.st[k] = l.adj_strides;
+        s.n[k] = l.shape.numel();
+        s.alike[k] = true;
+      }
+      for (int d = 0; d < max_rank; ++d) s.alike[k] = s.alike[k] && s.st[k][d] == l.adj_strides[d];
+    });
+  return s;
+}
+
 // True when strides aligned to `shape` are those of a contiguous tensor of that
 // shape (extent-1 dimensions are ignored): the leaf can be read with index i.
 inline bool strides_linear(const Strides& st, const Shape& shape) {

@@ -333,24 +333,10 @@ WEFT_LOOP_FN T backward_region(Workspace<weft::cpu>& ws, const B& bound, const S
     }
   });
   // Inputs' slots likewise, when all their occurrences here are broadcast alike.
-  Strides slot_st[K > 0 ? K : 1];
-  index_t slot_n[K > 0 ? K : 1] = {};
-  if constexpr (K > 0) {
-    int count[K] = {};
-    bool alike[K] = {};
-    b.visit([&](const LeafInfo& l) {
-      if (l.slot < 0) return;
-      const auto k = static_cast<std::size_t>(l.slot);
-      if (count[k]++ == 0) {
-        slot_st[k] = l.adj_strides;
-        slot_n[k] = l.shape.numel();
-        alike[k] = true;
-      }
-      for (int d = 0; d < max_rank; ++d) alike[k] = alike[k] && slot_st[k][d] == l.adj_strides[d];
-    });
+  const SlotLayouts<K> slots = slot_layouts<K>(b);
+  if constexpr (K > 0)
     for (std::size_t k = 0; k < K; ++k)
-      if (count[k] > 0 && alike[k] && broadcast(slot_st[k])) mem.scratch[k] = ws.template zeros<T>(p).data;
-  }
+      if (slots.count[k] > 0 && slots.alike[k] && broadcast(slots.st[k])) mem.scratch[k] = ws.template zeros<T>(p).data;
   // Along the last axis every adjoint store goes to a distinct address unless
   // some leaf is broadcast along it: then the inner loop must stay in order.
   bool inner_independent = !Sum;
@@ -369,7 +355,7 @@ WEFT_LOOP_FN T backward_region(Workspace<weft::cpu>& ws, const B& bound, const S
   for (int m = 0; m < n_moved; ++m) add_reduced(ws, moved[m].scratch, p, moved[m].adj, moved[m].ast, moved[m].n);
   if constexpr (K > 0)
     for (std::size_t k = 0; k < K; ++k)
-      if (mem.scratch[k]) add_reduced(ws, mem.scratch[k], p, sinks.g[k], slot_st[k], slot_n[k]);
+      if (mem.scratch[k]) add_reduced(ws, mem.scratch[k], p, sinks.g[k], slots.st[k], slots.n[k]);
   if constexpr (Sum)
     return total.total();
   else

@@ -810,27 +810,13 @@ struct device_kernels<weft::cuda> {
       });
     }
     // Inputs' slots: all occurrences alike; scratch when they are broadcast.
-    Strides slot_st[K > 0 ? K : 1];
-    index_t slot_n[K > 0 ? K : 1] = {};
-    if constexpr (K > 0) {
-      int count[K] = {};
-      bool alike[K] = {};
-      b.visit([&](const LeafInfo& l) {
-        if (l.slot < 0) return;
-        const auto k = static_cast<std::size_t>(l.slot);
-        if (count[k]++ == 0) {
-          slot_st[k] = l.adj_strides;
-          slot_n[k] = l.shape.numel();
-          alike[k] = true;
-        }
-        for (int d = 0; d < max_rank; ++d) alike[k] = alike[k] && slot_st[k][d] == l.adj_strides[d];
-      });
+    const SlotLayouts<K> slots = slot_layouts<K>(b);
+    if constexpr (K > 0)
       for (std::size_t k = 0; k < K; ++k) {
-        if (count[k] == 0) continue;
-        if (!alike[k]) clash = true;
-        else if (broadcast(slot_st[k])) mem.scratch[k] = scratch();
+        if (slots.count[k] == 0) continue;
+        if (!slots.alike[k]) clash = true;
+        else if (broadcast(slots.st[k])) mem.scratch[k] = scratch();
       }
-    }
     if (clash)
       throw_error<ValueError>("cuda backward: a differentiated region of shape ", shape,
                               " reads one tensor through two layouts (such as x + transpose(x)); on the GPU their adjoints "
@@ -840,7 +826,7 @@ struct device_kernels<weft::cuda> {
     for (int i = 0; i < n_moved; ++i) add_reduced(ex, moved[i].scratch, p, moved[i].adj, moved[i].ast, moved[i].n);
     if constexpr (K > 0)
       for (std::size_t k = 0; k < K; ++k)
-        if (mem.scratch[k]) add_reduced(ex, mem.scratch[k], p, sinks.g[k], slot_st[k], slot_n[k]);
+        if (mem.scratch[k]) add_reduced(ex, mem.scratch[k], p, sinks.g[k], slots.st[k], slots.n[k]);
   }
 
   // target (n elements) += scratch (the region's padded shape p, contiguous)
