@@ -26,7 +26,8 @@
 #   auto_worst_ratio_to_best: R3                    (per rate, and the worst)
 #   model_worst_error_ge_1MiB: E                    (|predicted/measured - 1|)
 # Knobs (environment): RATES ("1gbit 10gbit"), DP_RATES ("1gbit"; empty: no training), MINBYTES (8), MAXBYTES
-# (256M), FACTOR (2), ITERS (8), WARMUP (4; at least 8 for Auto), BUDGET (512M), EPOCHS (6), OUT (build/cluster),
+# (256M), FACTOR (2), ITERS (8), WARMUP (4; Auto gets at least 7 x IN_RUN + 1), IN_RUN (3: timed calls per Auto
+# candidate), BUDGET (512M), EPOCHS (6), OUT (build/cluster),
 # WEFT_BUILD (build), SUMMARY_ONLY (set: print the tables from the files already in OUT). Needs root (network namespaces); exits 77 without.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -42,6 +43,7 @@ MINBYTES=${MINBYTES:-8}
 FACTOR=${FACTOR:-2}
 ITERS=${ITERS:-8}
 WARMUP=${WARMUP:-4}
+IN_RUN=${IN_RUN:-3}
 BUDGET=${BUDGET:-512M}
 EPOCHS=${EPOCHS:-6}
 OUT=${OUT:-$WEFT_BUILD/cluster}
@@ -72,15 +74,17 @@ for rate in $RATES; do
     --algo ring -c 0 --csv "$OUT/links_$rate.csv" >/dev/null
   # Auto in the same run as the policies it is compared with, interleaved with
   # them round by round (weft-bench's rounds): a separate run differed from
-  # this one by more than Auto's choices do. Its warmup calls (at least 8)
-  # let in-run selection time its 7 candidates once each first; the others
-  # get the same warmup.
+  # this one by more than Auto's choices do. Its warmup calls (at least
+  # 7 x IN_RUN + 1) let in-run selection time its 7 candidates IN_RUN times
+  # each first (the fastest call of each counts: one call each picked a
+  # 1.8x slower policy at some sizes below 512 KiB, where a call takes 1-5 ms
+  # and one trial is noise); the others get the same warmup.
   echo "-- allreduce busbw (f32 sum), $MINBYTES B .. $MAXBYTES: ring, hierarchical, hierarchical_leaders, halving_doubling,"
   echo "   MPI_Allreduce, and Auto with in-run selection over ring, tree, recursive_doubling, halving_doubling,"
   echo "   hierarchical, hierarchical_leaders, native"
-  W=$((WARMUP > 8 ? WARMUP : 8))
+  W=$((WARMUP > 7 * IN_RUN + 1 ? WARMUP : 7 * IN_RUN + 1))
   "$CLUSTER" run --name "$NAME" -- "$BENCH" --transport mpi -b "$MINBYTES" -e "$MAXBYTES" -f "$FACTOR" -n "$ITERS" -w "$W" \
-    --bytes-budget "$BUDGET" -c 1 --algo ring,hierarchical,hierarchical_leaders,halving_doubling,mpi,auto --in-run 1 --auto-candidates wide \
+    --bytes-budget "$BUDGET" -c 1 --algo ring,hierarchical,hierarchical_leaders,halving_doubling,mpi,auto --in-run "$IN_RUN" --auto-candidates wide \
     --csv "$OUT/allreduce_$rate.csv" >"$OUT/allreduce_$rate.txt"
   rm -f "$OUT/auto_$rate.csv"  # an older layout's separate Auto run
   "$CLUSTER" down --name "$NAME"
