@@ -417,6 +417,14 @@ void run_all(T& t, const Options& o, const wc::CostModel& model, const char* tna
           const P& au = c->algorithm();
           const std::size_t guess = au.choose(op, bytes, size, name);
           s = au.tuning() ? P::candidate_name(au.tuning()->next(op, bytes, guess)) : au.choice(op, bytes, size, name);
+          // WEFT_BENCH_TRIALS=1: the slowest-rank times the ranks agreed on, per candidate (stderr).
+          if (au.tuning() && std::getenv("WEFT_BENCH_TRIALS") && c->rank() == 0)
+            if (const auto* e = au.tuning()->find(op, bytes); e && e->decided) {
+              std::fprintf(stderr, "trials %zu B:", bytes);
+              for (std::size_t i = 0; i < e->agreed.size(); ++i)
+                std::fprintf(stderr, " %s %.0f", P::candidate_name(i), e->agreed[i] * 1e6);
+              std::fprintf(stderr, " (us) -> %s\n", s.c_str());
+            }
         }
         return s;
       };

@@ -410,8 +410,13 @@ class MpiTransport {
   // Polls until done or the deadline: busy at first (MPI progresses inside
   // MPI_Test), then yielding so oversubscribed ranks let each other run. A
   // yield that comes back late means another task wanted this core (a shared
-  // machine): from then on the poller sleeps between tests (50 us, doubling
-  // to 400 us) instead of staying runnable beside the rank it waits for.
+  // machine): from then on the poller sleeps between tests (50 us, then
+  // 100 us) instead of staying runnable beside the rank it waits for. The
+  // cap was 400 us (50, 100, 200, 400): on the emulated cluster (4 ranks on 2
+  // cores) every small collective then took ~340 us or ~680 us whatever its
+  // algorithm, one or two waits' worth of naps (50 + 100 + 200), which no
+  // choice between algorithms could beat; at 100 us a waiting rank wakes
+  // 10^4 times a second, a few percent of a core.
   static WaitStatus poll(MPI_Request* r, Deadline deadline, MPI_Status* status = MPI_STATUS_IGNORE) {
     int done = 0;
     std::chrono::microseconds nap{0};
@@ -422,7 +427,7 @@ class MpiTransport {
         if ((i & 15) == 0 && Clock::now() >= deadline) return WaitStatus::timed_out;
         if (nap.count() != 0) {
           std::this_thread::sleep_for(nap);
-          nap = std::min(nap * 2, std::chrono::microseconds(400));
+          nap = std::min(nap * 2, std::chrono::microseconds(100));
         } else {
           const auto before = Clock::now();
           std::this_thread::yield();

@@ -6,13 +6,18 @@
 //                count): calls within a factor of two share a decision
 //   trial phase  the starting guess (the cost file's measured decision, else
 //                the cheapest formula) runs first, then every other candidate
-//                in order, each for `calls_per_candidate` calls; each rank
-//                keeps the fastest call of each candidate (its own clock)
-//   agreement    after the last trial call every rank sends its k times to
+//                in order, each for `calls_per_candidate` calls; each timed
+//                call starts together on every rank (sync(): a byte to every
+//                other rank) and each rank records its time (its own clock)
+//   agreement    after the last trial call every rank sends its times to
 //                every other rank (a small allreduce of the timings, max over
-//                ranks, on tuning_tag) under the call's deadline; the winner
-//                is the least slowest-rank time, ties to the lower index, so
-//                every rank picks the same from the same numbers
+//                ranks, on tuning_tag) under the call's deadline; a candidate's
+//                time is its fastest call as its slowest rank saw it (a
+//                rank's own fastest call alone flatters: the last rank out of
+//                a sync finds its peers' data already there, 11 us for a
+//                call that takes 340), and the winner is the least, ties to
+//                the lower index, so every rank picks the same from the same
+//                numbers
 //   re-check     with `recheck_every = N`, after N decided calls the key goes
 //                back to a trial phase whose guess is the current winner
 //
@@ -58,7 +63,7 @@ class InRunTuner {
     std::size_t guess = 0;   // the candidate the table or formulas pick
     std::size_t step = 0;    // trial phase: position in the trial order
     int calls = 0;           // trial phase: timed calls of the current candidate
-    std::vector<double> best;  // trial phase: this rank's fastest call of each candidate (s)
+    std::vector<double> times;  // trial phase: this rank's time of each call (s), (candidates, calls_per_candidate)
     std::size_t winner = 0;
     std::uint64_t since = 0;  // decided calls since the decision
     std::uint64_t decisions = 0;
@@ -89,17 +94,62 @@ class InRunTuner {
       if (opts_.recheck_every && ++e.since >= opts_.recheck_every) start(e, e.winner);
       return;
     }
-    e.best[ran] = std::min(e.best[ran], seconds);
+    const auto calls = static_cast<std::size_t>(opts_.calls_per_candidate);
+    e.times[ran * calls + static_cast<std::size_t>(e.calls)] = seconds;
     if (++e.calls < opts_.calls_per_candidate) return;
     e.calls = 0;
     if (++e.step < k_) return;
-    e.agreed = agree(ctx, e.best);
+    // Each call's slowest rank, then each candidate's fastest such call.
+    const std::vector<double> slowest = agree(ctx, e.times);
+    e.agreed.assign(k_, std::numeric_limits<double>::infinity());
+    for (std::size_t i = 0; i < k_; ++i)
+      for (std::size_t c = 0; c < calls; ++c) e.agreed[i] = std::min(e.agreed[i], slowest[i * calls + c]);
     e.winner = 0;
     for (std::size_t i = 1; i < k_; ++i)
       if (e.agreed[i] < e.agreed[e.winner]) e.winner = i;
     e.decided = true;
     e.since = 0;
     ++e.decisions;
+  }
+
+  // Is the next call of (op, bytes) a timed trial (a first call, or a key not
+  // decided yet or being re-checked)? The same answer on every rank.
+  bool trialing(Collective op, std::size_t bytes) const {
+    auto it = entries_.find({static_cast<int>(op), size_class(bytes)});
+    return it == entries_.end() || !it->second.decided;
+  }
+
+  // Before a timed trial: every rank of ctx sends one byte to every other and
+  // waits for theirs, so the trial starts together on every rank and times
+  // the call's latency, as a call between two computations sees it. Timed
+  // back to back without it, calls overlap across ranks and a trial measures
+  // the period of a stream of calls instead: on the emulated cluster (2 hosts
+  // x 2 ranks, 1 Gbit/s) halving-doubling's two rounds timed 323-335 us in
+  // its trials, like the one-round schedules, against 675 us per call when
+  // the benchmark starts every call together, so Auto picked it at 8 B and
+  // 16 B and ran 1.97x the best policy there.
+  template <class Ctx>
+  static void sync(Ctx& ctx) {
+    const int p = ctx.size(), me = ctx.rank();
+    if (p == 1) return;
+    auto& t = ctx.transport();
+    using Request = typename std::remove_reference_t<decltype(t)>::Request;
+    std::vector<Request> rq(static_cast<std::size_t>(2 * p));
+    std::vector<unsigned char> got(static_cast<std::size_t>(p));
+    const unsigned char one = 1;
+    for (int r = 0; r < p; ++r) {
+      if (r == me) continue;
+      rq[static_cast<std::size_t>(r)] = t.irecv(&got[static_cast<std::size_t>(r)], 1, r, tuning_tag);
+      rq[static_cast<std::size_t>(p + r)] = t.isend(&one, 1, r, tuning_tag);
+    }
+    for (int i = 0; i < 2 * p; ++i) {
+      if (i % p == me) continue;
+      auto& q = rq[static_cast<std::size_t>(i)];
+      if (WaitStatus s = t.wait(q, ctx.call.deadline); s != WaitStatus::done) {
+        for (auto& x : rq) t.cancel(x);
+        ctx.fail(s, i % p);
+      }
+    }
   }
 
   // The state of (op, size class of bytes), or nullptr before its first call.
@@ -121,11 +171,11 @@ class InRunTuner {
     e.step = 0;
     e.calls = 0;
     e.since = 0;
-    e.best.assign(k_, std::numeric_limits<double>::infinity());
+    e.times.assign(k_ * static_cast<std::size_t>(std::max(opts_.calls_per_candidate, 1)), std::numeric_limits<double>::infinity());
   }
 
-  // Max over the ranks of ctx of each candidate's time: every rank sends its
-  // vector to every other one. Bounded by the current call's deadline;
+  // Max over the ranks of ctx of each element (a call's time): every rank
+  // sends its vector to every other one. Bounded by the current call's deadline;
   // failures are named like the call's own (Context::fail).
   template <class Ctx>
   static std::vector<double> agree(Ctx& ctx, const std::vector<double>& mine) {
