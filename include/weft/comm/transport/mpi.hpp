@@ -411,12 +411,12 @@ class MpiTransport {
   // MPI_Test), then yielding so oversubscribed ranks let each other run. A
   // yield that comes back late means another task wanted this core (a shared
   // machine): from then on the poller sleeps between tests (50 us, then
-  // 100 us) instead of staying runnable beside the rank it waits for. The
-  // cap was 400 us (50, 100, 200, 400): on the emulated cluster (4 ranks on 2
-  // cores) every small collective then took ~340 us or ~680 us whatever its
-  // algorithm, one or two waits' worth of naps (50 + 100 + 200), which no
-  // choice between algorithms could beat; at 100 us a waiting rank wakes
-  // 10^4 times a second, a few percent of a core.
+  // 100 us) instead of staying runnable beside the rank it waits for. A
+  // message that lands during a nap waits for its end, so the cap bounds
+  // what a wait adds: 100 us (it was 400); a waiting rank then wakes 10^4
+  // times a second, a few percent of a core. (On the emulated cluster small
+  // collectives take ~340 us or ~680 us with either cap: that step comes
+  // from the shaped links, not from these naps.)
   static WaitStatus poll(MPI_Request* r, Deadline deadline, MPI_Status* status = MPI_STATUS_IGNORE) {
     int done = 0;
     std::chrono::microseconds nap{0};
