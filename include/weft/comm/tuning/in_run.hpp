@@ -130,26 +130,9 @@ class InRunTuner {
   // 16 B and ran 1.97x the best policy there.
   template <class Ctx>
   static void sync(Ctx& ctx) {
-    const int p = ctx.size(), me = ctx.rank();
-    if (p == 1) return;
-    auto& t = ctx.transport();
-    using Request = typename std::remove_reference_t<decltype(t)>::Request;
-    std::vector<Request> rq(static_cast<std::size_t>(2 * p));
-    std::vector<unsigned char> got(static_cast<std::size_t>(p));
     const unsigned char one = 1;
-    for (int r = 0; r < p; ++r) {
-      if (r == me) continue;
-      rq[static_cast<std::size_t>(r)] = t.irecv(&got[static_cast<std::size_t>(r)], 1, r, tuning_tag);
-      rq[static_cast<std::size_t>(p + r)] = t.isend(&one, 1, r, tuning_tag);
-    }
-    for (int i = 0; i < 2 * p; ++i) {
-      if (i % p == me) continue;
-      auto& q = rq[static_cast<std::size_t>(i)];
-      if (WaitStatus s = t.wait(q, ctx.call.deadline); s != WaitStatus::done) {
-        for (auto& x : rq) t.cancel(x);
-        ctx.fail(s, i % p);
-      }
-    }
+    std::vector<unsigned char> got(static_cast<std::size_t>(ctx.size()));
+    exchange(ctx, &one, 1, got.data());
   }
 
   // The state of (op, size class of bytes), or nullptr before its first call.
@@ -174,21 +157,20 @@ class InRunTuner {
     e.times.assign(k_ * static_cast<std::size_t>(std::max(opts_.calls_per_candidate, 1)), std::numeric_limits<double>::infinity());
   }
 
-  // Max over the ranks of ctx of each element (a call's time): every rank
-  // sends its vector to every other one. Bounded by the current call's deadline;
-  // failures are named like the call's own (Context::fail).
+  // Every rank sends `bytes` at `mine` to every other rank of ctx and
+  // receives each peer r's into all + r * bytes (its own slot untouched), on
+  // tuning_tag, bounded by the current call's deadline; failures are named
+  // like the call's own (Context::fail). sync() and agree() are built on it.
   template <class Ctx>
-  static std::vector<double> agree(Ctx& ctx, const std::vector<double>& mine) {
+  static void exchange(Ctx& ctx, const void* mine, std::size_t bytes, void* all) {
     const int p = ctx.size(), me = ctx.rank();
-    const std::size_t k = mine.size();
-    std::vector<double> all(k * static_cast<std::size_t>(p));
     auto& t = ctx.transport();
     using Request = typename std::remove_reference_t<decltype(t)>::Request;
     std::vector<Request> rq(static_cast<std::size_t>(2 * p));
     for (int r = 0; r < p; ++r) {
       if (r == me) continue;
-      rq[static_cast<std::size_t>(r)] = t.irecv(all.data() + static_cast<std::size_t>(r) * k, k * sizeof(double), r, tuning_tag);
-      rq[static_cast<std::size_t>(p + r)] = t.isend(mine.data(), k * sizeof(double), r, tuning_tag);
+      rq[static_cast<std::size_t>(r)] = t.irecv(static_cast<unsigned char*>(all) + static_cast<std::size_t>(r) * bytes, bytes, r, tuning_tag);
+      rq[static_cast<std::size_t>(p + r)] = t.isend(mine, bytes, r, tuning_tag);
     }
     for (int i = 0; i < 2 * p; ++i) {
       if (i % p == me) continue;
@@ -198,6 +180,17 @@ class InRunTuner {
         ctx.fail(s, i % p);
       }
     }
+  }
+
+  // Max over the ranks of ctx of each element (a call's time): every rank
+  // sends its vector to every other one. Bounded by the current call's deadline;
+  // failures are named like the call's own (Context::fail).
+  template <class Ctx>
+  static std::vector<double> agree(Ctx& ctx, const std::vector<double>& mine) {
+    const int p = ctx.size(), me = ctx.rank();
+    const std::size_t k = mine.size();
+    std::vector<double> all(k * static_cast<std::size_t>(p));
+    exchange(ctx, mine.data(), k * sizeof(double), all.data());
     std::vector<double> out = mine;
     for (int r = 0; r < p; ++r)
       if (r != me)
