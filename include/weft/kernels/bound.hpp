@@ -58,6 +58,14 @@ struct LeafInfo {
   int slot = -1;          // the value_and_grad input it is, if any
 };
 
+// Do strides aligned to the padded region shape p repeat an element along
+// some axis of extent > 1 (a broadcast read, whose adjoint stores collide)?
+inline bool broadcast_along(const Strides& st, const Shape& p) {
+  for (int d = 0; d < max_rank; ++d)
+    if (st[d] == 0 && p[d] > 1) return true;
+  return false;
+}
+
 // How a region reads each of its K input slots (value_and_grad's inputs): the
 // adjoint strides and element count of the slot's first occurrence, how many
 // occurrences there are, and whether all of them store alike. A backward

@@ -305,11 +305,7 @@ WEFT_LOOP_FN T backward_region(Workspace<weft::cpu>& ws, const B& bound, const S
   if (n == 0) return T(0);
   const Shape p = padded(shape);
   const Strides rst = contiguous_strides(p);
-  auto broadcast = [&](const Strides& st) {
-    for (int d = 0; d < max_rank; ++d)
-      if (st[d] == 0 && p[d] > 1) return true;
-    return false;
-  };
+  auto broadcast = [&](const Strides& st) { return broadcast_along(st, p); };
   B b = bound;
   SlotMem<T, K> mem = sinks;
   mem.rst = rst;

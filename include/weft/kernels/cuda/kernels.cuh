@@ -754,11 +754,7 @@ struct device_kernels<weft::cuda> {
     const index_t n = shape.numel();
     const Shape p = padded(shape);
     const Strides rst = contiguous_strides(p);
-    auto broadcast = [&](const Strides& st) {
-      for (int d = 0; d < max_rank; ++d)
-        if (st[d] == 0 && p[d] > 1) return true;
-      return false;
-    };
+    auto broadcast = [&](const Strides& st) { return broadcast_along(st, p); };
     auto scratch = [&]() {
       auto v = ex.workspace().template alloc<T>(p);
       fill(ex, v, T(0));
