@@ -115,7 +115,7 @@ srcs=("$root"/tests/cuda/*.cu)
 [ "${WEFT_GPU_BENCH:-1}" = 0 ] || srcs+=("$root"/bench/gpu_*.cu)
 say "== building ${#srcs[@]} CUDA programs"
 results=$(for s in "${srcs[@]}"; do echo "$s"; done |
-  FLAGS="${flags[*]}" xargs -P "${WEFT_GPU_JOBS:-$(nproc)}" -I{} bash -c "$(declare -p flags libs nccl_libs rpath); build_one {}")
+  xargs -P "${WEFT_GPU_JOBS:-$(nproc)}" -I{} bash -c "$(declare -p flags libs nccl_libs rpath); build_one {}")
 echo "$results" | sort | tee -a "$log"
 for f in $(echo "$results" | awk '/FAILED-BUILD|built-with-warnings/ {print $2}'); do
   say "--- $f build log:"; tail -40 "$out/$f.build.log" | tee -a "$log"
