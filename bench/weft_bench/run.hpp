@@ -23,10 +23,11 @@ struct Sample {  // one placement (out-of-place or in-place) of one row
   double skew_us = 0;
   int last_rank = -1;
   bool run = false;
+  std::string chosen;  // what Auto picked for this placement ("" for the other policies)
 };
 
 struct Row {
-  std::string transport, algo, chosen;  // chosen: what Auto picked
+  std::string transport, algo;
   Collective op = Collective::allreduce;
   dtype type = dtype::f32;
   ReduceOp redop = ReduceOp::sum;

@@ -354,7 +354,7 @@ TEST_CASE("in-run Auto: ranks agree on each size class's winner, and every call 
       const std::size_t bytes = n * sizeof(float);
       // The first call runs the model's pick (the starting guess).
       const char* guess = c.algorithm().choice(Collective::allreduce, bytes, P, t.name());
-      CHECK(std::string(c.algorithm().chosen(Collective::allreduce, weft::dtype::f32, n, P, t.name())) == guess);
+      CHECK(std::string(c.algorithm().chosen(Collective::allreduce, weft::dtype::f32, n, P, t.name(), true)) == guess);
       for (int k = 0; k < per * static_cast<int>(Auto::candidate_count()) + 3; ++k) {
         std::vector<float> v(n);
         for (std::size_t i = 0; i < n; ++i) v[i] = in_run_input(t.rank(), i);
@@ -369,18 +369,18 @@ TEST_CASE("in-run Auto: ranks agree on each size class's winner, and every call 
           }
         }
       }
-      const InRunTuner::Entry* e = c.algorithm().tuning()->find(Collective::allreduce, bytes);
+      const InRunTuner::Entry* e = c.algorithm().tuning()->find(Collective::allreduce, bytes, true);
       REQUIRE(e != nullptr);
       CHECK(e->decided);
       CHECK(e->decisions == 1);
       winners[me].push_back(e->winner);
       agreed[me].push_back(e->agreed);
       // Later calls run the winner (it is what the fingerprint names).
-      CHECK(std::string(c.algorithm().chosen(Collective::allreduce, weft::dtype::f32, n, P, t.name())) ==
+      CHECK(std::string(c.algorithm().chosen(Collective::allreduce, weft::dtype::f32, n, P, t.name(), true)) ==
             Auto::candidate_name(e->winner));
     }
     // The state is the communicator's: another communicator built from the same policy starts fresh.
-    CHECK(other.algorithm().tuning()->find(Collective::allreduce, 400) == nullptr);
+    CHECK(other.algorithm().tuning()->find(Collective::allreduce, 400, true) == nullptr);
   });
   for (int r = 0; r < P; ++r) {
     CAPTURE(r);
@@ -403,7 +403,7 @@ TEST_CASE("in-run Auto: the table's pick is timed first, then the others in orde
     a.in_run = {.calls_per_candidate = 1, .recheck_every = 3};
     Communicator<Auto, ThreadTransport> c(t, a, CommOptions{.timeout = std::chrono::seconds(30)});
     std::vector<float> v(100, 1.0f);  // 400 B
-    auto next = [&] { return std::string(c.algorithm().chosen(Collective::allreduce, weft::dtype::f32, 100, 2, t.name())); };
+    auto next = [&] { return std::string(c.algorithm().chosen(Collective::allreduce, weft::dtype::f32, 100, 2, t.name(), true)); };
     // Trial order: tree (the table's), then ring, recursive_doubling, halving_doubling.
     for (const char* want : {"tree", "ring", "recursive_doubling", "halving_doubling"}) {
       CHECK(next() == want);
@@ -411,7 +411,7 @@ TEST_CASE("in-run Auto: the table's pick is timed first, then the others in orde
       c.allreduce(v);
       CHECK(v[99] == 2.0f);
     }
-    const InRunTuner::Entry* e = c.algorithm().tuning()->find(Collective::allreduce, 400);
+    const InRunTuner::Entry* e = c.algorithm().tuning()->find(Collective::allreduce, 400, true);
     REQUIRE(e != nullptr);
     CHECK(e->decided);
     const std::string first = Auto::candidate_name(e->winner);
@@ -426,8 +426,41 @@ TEST_CASE("in-run Auto: the table's pick is timed first, then the others in orde
     CHECK(e->decided);
     CHECK(e->decisions == 2);
     // A size in another class has its own state.
-    CHECK(c.algorithm().tuning()->find(Collective::allreduce, 4000) == nullptr);
+    CHECK(c.algorithm().tuning()->find(Collective::allreduce, 4000, true) == nullptr);
+    // So does the same size out of place: its trials start from the table's pick again.
+    CHECK(c.algorithm().tuning()->find(Collective::allreduce, 400, false) == nullptr);
+    std::vector<float> in(100, 1.0f), out(100, 0.0f);
+    auto next_oop = [&] {
+      return std::string(c.algorithm().chosen(Collective::allreduce, weft::dtype::f32, 100, 2, t.name(), false));
+    };
+    for (const char* want : {"tree", "ring", "recursive_doubling", "halving_doubling"}) {
+      CHECK(next_oop() == want);
+      c.allreduce(in.data(), out.data(), in.size());
+      CHECK(out[99] == 2.0f);
+    }
+    const InRunTuner::Entry* o = c.algorithm().tuning()->find(Collective::allreduce, 400, false);
+    REQUIRE(o != nullptr);
+    CHECK(o->decided);
+    CHECK(e->decisions == 2);  // the in-place state is untouched
   });
+}
+
+TEST_CASE("collectives::is_in_place: every rank of an in-place call says so; two buffers, rooted ops and alltoall do not") {
+  namespace cl = weft::comm::collectives;
+  std::vector<float> buf(4 * 10), other(4 * 10);
+  for (int r = 0; r < 4; ++r) {
+    CAPTURE(r);
+    float* b = buf.data();
+    const auto at = [&](std::size_t e) { return static_cast<void*>(b + e); };
+    CHECK(cl::is_in_place<cl::Allreduce>(b, b, 10, 4, r));
+    CHECK(!cl::is_in_place<cl::Allreduce>(b, other.data(), 10, 4, r));
+    CHECK(cl::is_in_place<cl::ReduceScatter>(b, at(10 * static_cast<std::size_t>(r)), 10, 4, r));
+    CHECK(!cl::is_in_place<cl::ReduceScatter>(b, other.data(), 10, 4, r));
+    CHECK(cl::is_in_place<cl::Allgather>(at(10 * static_cast<std::size_t>(r)), b, 10, 4, r));
+    CHECK(cl::is_in_place<cl::Allgather>(b, b, 10, 4, r) == (r == 0));  // rank r's block is at r * n
+    CHECK(!cl::is_in_place<cl::Reduce>(b, b, 10, 4, r));
+    CHECK(!cl::is_in_place<cl::Alltoall>(b, b, 10, 4, r));
+  }
 }
 
 TEST_CASE("in-run Auto in deterministic mode: bitwise Ordered's result, fingerprints agree") {

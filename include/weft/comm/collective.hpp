@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <tuple>
 #include <type_traits>
 
@@ -420,6 +421,26 @@ decltype(auto) visit(Collective c, F&& f) {
     case Collective::recv: break;
   }
   throw_error<ValueError>("comm: ", static_cast<int>(c), " is not a collective (send and recv are point-to-point)");
+}
+
+// Is (in, out) rank r's in-place placement of a call of count n (the
+// Placement D::in_place gives for one buffer)? Every rank answers alike when
+// every rank calls in place. Rooted ops answer false: only the root's
+// buffers may coincide there, so ranks would disagree. Alltoall too: the
+// Communicator stages an in-place input, so the schedules see two buffers.
+// In-run Auto keeps its decisions per placement by this (tuning/in_run.hpp).
+template <class D>
+bool is_in_place(const void* in, const void* out, std::size_t n, std::size_t es, int r) {
+  if constexpr (D::rooted || D::op == Collective::alltoall || D::op == Collective::barrier) {
+    return false;
+  } else {
+    if (in == nullptr || out == nullptr) return false;
+    for (const void* base : {in, out}) {
+      const Placement q = D::in_place(const_cast<void*>(base), n, es, r, -1);
+      if (q.in == in && q.out == out) return true;
+    }
+    return false;
+  }
 }
 
 // The size nccl-tests reports for a call of count n: the larger of one rank's buffers.

@@ -542,7 +542,11 @@ class Communicator {
       const bool empty = j.count == 0 && j.op != Collective::barrier;
       if ((opts_.fingerprints || empty) && size() > 1) {
         Fingerprint f{j.seq, j.count, j.root, j.op, j.type, j.reduce, static_cast<std::uint8_t>(deterministic())};
-        f.set_algorithm(detail::algorithm_of_call(algo_, j.op, j.type, j.count, size(), ctx_.transport().name()));
+        const bool in_place = j.op != Collective::barrier && collectives::visit(j.op, [&](auto d) {
+          return collectives::is_in_place<decltype(d)>(j.in, j.out, j.count, dtype_size(j.type), rank());
+        });
+        f.set_algorithm(
+            detail::algorithm_of_call(algo_, j.op, j.type, j.count, size(), ctx_.transport().name(), in_place));
         ctx_.check_fingerprints(f);
       }
       dispatch(j);

@@ -105,9 +105,9 @@ inline std::string mismatch_message(const Fingerprint* all, int n) {
 // picks, else the policy's name.
 template <class A>
 const char* algorithm_of_call(const A& a, Collective op, dtype type, std::uint64_t count, int p,
-                              const char* transport) {
-  if constexpr (requires { a.chosen(op, type, std::size_t{}, p, transport); })
-    return a.chosen(op, type, static_cast<std::size_t>(count), p, transport);
+                              const char* transport, bool in_place) {
+  if constexpr (requires { a.chosen(op, type, std::size_t{}, p, transport, in_place); })
+    return a.chosen(op, type, static_cast<std::size_t>(count), p, transport, in_place);
   else
     return A::name;
 }

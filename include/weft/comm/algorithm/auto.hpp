@@ -121,14 +121,18 @@ struct AutoOf {
   const char* choice(Collective op, std::size_t bytes, int p, std::string_view transport = {}) const {
     return names[choose(op, bytes, p, transport)];
   }
-  // The candidate a call of `count` elements of `type` runs: what the
-  // Communicator puts in the call's fingerprint.
-  const char* chosen(Collective op, dtype type, std::size_t count, int p, std::string_view transport) const {
+  // The candidate a call of `count` elements of `type` runs (in place or
+  // not: collectives::is_in_place): what the Communicator puts in the call's
+  // fingerprint.
+  const char* chosen(Collective op, dtype type, std::size_t count, int p, std::string_view transport,
+                     bool in_place) const {
     const std::size_t bytes = bytes_of(op, type, count, p);
+    if (tuner && in_run.enabled())
+      if (const std::ptrdiff_t w = tuner->settled(op, bytes, in_place); w >= 0) return names[w];
     const std::size_t guess = choose(op, bytes, p, transport);
-    return names[tuner && in_run.enabled() ? tuner->next(op, bytes, guess) : guess];
+    return names[tuner && in_run.enabled() ? tuner->next(op, bytes, in_place, guess) : guess];
   }
-  // In-run selection's state (nullptr when off or not prepared): tuning()->find(op, bytes).
+  // In-run selection's state (nullptr when off or not prepared): tuning()->find(op, bytes, in_place).
   const InRunTuner* tuning() const { return tuner.get(); }
   static constexpr std::size_t candidate_count() { return sizeof...(Candidates); }
   static const char* candidate_name(std::size_t i) { return names[i]; }
@@ -136,7 +140,8 @@ struct AutoOf {
   // Every collective: the candidate chosen for its size (bytes_of, as the fingerprint's choice).
   template <class D, class Ctx>
   void run(D, Ctx& ctx, const Args& x) const {
-    with(ctx, D::op, x.count, [&](auto& a) { run_collective<D>(a, ctx, x); });
+    const bool in_place = collectives::is_in_place<D>(x.in, x.out, x.count, dtype_size(ctx.call.type), ctx.rank());
+    with(ctx, D::op, x.count, in_place, [&](auto& a) { run_collective<D>(a, ctx, x); });
   }
 
   // The chosen candidate's formula: the measured pick's where the model has
@@ -179,8 +184,13 @@ struct AutoOf {
     return n * dtype_size(type) * (times_p ? static_cast<std::size_t>(p) : 1);
   }
   template <class Ctx, class F>
-  void with(Ctx& ctx, Collective op, std::size_t n, F&& f) const {
+  void with(Ctx& ctx, Collective op, std::size_t n, bool in_place, F&& f) const {
     const std::size_t bytes = bytes_of(op, ctx.call.type, n, ctx.size());
+    if (in_run.enabled() && tuner && prepared_for == static_cast<const void*>(&ctx))
+      if (const std::ptrdiff_t w = tuner->settled(op, bytes, in_place); w >= 0) {
+        run_index(ctx, static_cast<std::size_t>(w), f, std::index_sequence_for<Candidates...>{});
+        return;
+      }
     const std::size_t guess = choose(op, bytes, ctx.size(), ctx.transport().name());
     if (!in_run.enabled()) {
       run_index(ctx, guess, f, std::index_sequence_for<Candidates...>{});
@@ -190,12 +200,12 @@ struct AutoOf {
       throw_error<ValueError>(ctx.call.label(), " on rank ", ctx.name_of(ctx.rank()),
                               ": Auto's in-run selection was not prepared for this communicator (a Communicator "
                               "prepares its policy when it is built; a policy that wraps Auto must forward prepare())");
-    const std::size_t k = tuner->next(op, bytes, guess);
-    if (tuner->trialing(op, bytes)) InRunTuner::sync(ctx);  // a trial times one call's latency
+    const std::size_t k = tuner->next(op, bytes, in_place, guess);
+    if (tuner->trialing(op, bytes, in_place)) InRunTuner::sync(ctx);  // a trial times one call's latency
     const auto t0 = std::chrono::steady_clock::now();
     run_index(ctx, k, f, std::index_sequence_for<Candidates...>{});
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    tuner->record(ctx, op, bytes, guess, k, s);
+    tuner->record(ctx, op, bytes, in_place, guess, k, s);
   }
   template <class Ctx, class F, std::size_t... I>
   void run_index(Ctx& ctx, std::size_t k, F& f, std::index_sequence<I...>) const {
