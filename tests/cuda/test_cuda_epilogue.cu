@@ -8,7 +8,8 @@
 // Shapes: a plain (R, K) x, rank-3 and rank-4 x (rows folded into one gemm),
 // N a multiple of 8 (GELU_AUX_BIAS) and not (gemm.cuh's fallback: gemm_bias
 // and a GELU kernel), and a permuted x whose rows do not fold (the batched
-// product, then the elementwise GELU).
+// product, then the elementwise GELU). Then a nn::TransformerBlock with the
+// tanh GELU (GPT-2's MLP) on both devices.
 // Tolerances (float): |gpu - cpu| <= tol * (1 + max |cpu|) per tensor, tol
 // 1e-4 for values (FP32 compute, no TF32; cuBLASLt's GELU is the tanh form
 // with op::GeluTanh's constants, to float rounding), 1e-3 for gradients (sums
@@ -21,8 +22,10 @@
 #include <weft/expr/affine.hpp>
 #include <weft/expr/matmul.hpp>
 #include <weft/expr/view.hpp>
+#include <weft/kernels/cuda/attention.cuh>
 #include <weft/kernels/cuda/gemm.cuh>
 #include <weft/kernels/cuda/kernels.cuh>
+#include <weft/nn/transformer.hpp>
 #include <weft/weft.hpp>
 
 using namespace weft;
@@ -149,6 +152,38 @@ static void test_gemm_bias_grad(Exec<weft::cuda>& ex, cudaStream_t s) {
   }
 }
 
+// A GPT-2-style block (nn::GeluForm::tanh): its MLP's fc1 reaches the fused
+// bias + GELU epilogue (N = 4C = 64, a multiple of 8) and affine's fused
+// backward; the same seed gives the host block the same parameters.
+static void test_block(Exec<weft::cuda>& ex, cudaStream_t s) {
+  using nn::GeluForm;
+  const nn::BlockConfig cfg{.dim = 16, .heads = 2, .mlp = 0, .causal = true};
+  nn::TransformerBlock<float, cpu, GeluForm::tanh> hb(cfg, 3);
+  nn::TransformerBlock<float, weft::cuda, GeluForm::tanh> db(cfg, 3);
+  Tensor<float> x = randn({2, 9, 16}, 9), w = randn({2, 9, 16}, 10);
+  auto dx = to_device(x), dw = to_device(w);
+  Workspace<> hws;
+  hb.fc1.weight.zero_grad();
+  hb.fc1.bias.zero_grad();
+  backward(sum(hb(x.view()) * w.view()), hws);
+  kernels::fill(ex, db.fc1.weight.grad.view(), 0.0f);
+  kernels::fill(ex, db.fc1.bias.grad.view(), 0.0f);
+  backward(sum(db(dx.view()) * dw.view()), ex);
+  cudaStreamSynchronize(s);
+  double d = rel(db.fc1.weight.grad, hb.fc1.weight.grad);
+  EXPECT(d < 1e-3, "tanh-GELU block: fc1 d/dW rel %g", d);
+  d = rel(db.fc1.bias.grad, hb.fc1.bias.grad);
+  EXPECT(d < 1e-3, "tanh-GELU block: fc1 d/db rel %g", d);
+  auto [v_cpu, gx_cpu] = value_and_grad([&](auto a) { return sum(hb(a) * w.view()); }, x);
+  auto [v_gpu, gx_gpu] = value_and_grad([&](auto a) { return sum(db(a) * dw.view()); }, dx);
+  cudaDeviceSynchronize();
+  const float hv = to_host(v_gpu).item();
+  EXPECT(std::fabs(hv - v_cpu.item()) <= 1e-4 * (1 + std::fabs(v_cpu.item())), "tanh-GELU block: loss gpu %g, cpu %g", hv,
+         v_cpu.item());
+  d = rel(gx_gpu, gx_cpu);
+  EXPECT(d < 1e-3, "tanh-GELU block: d/dx rel %g", d);
+}
+
 int main() {
   int devices = 0;
   if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
@@ -166,6 +201,7 @@ int main() {
     test_case<false>({"x (2, 3, 7, 16), N 29 (rows folded, aux fallback)", Shape{2, 3, 7, 16}, 29}, ex, stream);
     test_case<false>({"x (45, 32), N 29 (aux fallback)", Shape{45, 32}, 29}, ex, stream);
     test_case<true>({"permuted x (5, 4, 24), N 16 (batched)", Shape{5, 4, 24}, 16}, ex, stream);
+    test_block(ex, stream);
   } catch (const std::exception& e) {
     ++failures;
     std::printf("FAILED: exception: %s\n", e.what());
