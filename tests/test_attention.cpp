@@ -6,6 +6,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <numbers>
 #include <random>
 #include <string>
 #include <vector>
@@ -211,7 +212,8 @@ Vec linear_ref(const Vec& x, index_t rows, const nn::Linear<double>& l) {
   return y;
 }
 
-Vec block_ref(nn::TransformerBlock<double>& blk, const Tensor<double>& xt, index_t h, bool causal) {
+template <nn::GeluForm G = nn::GeluForm::erf>
+Vec block_ref(nn::TransformerBlock<double, cpu, G>& blk, const Tensor<double>& xt, index_t h, bool causal) {
   const index_t n = xt.shape()[0], t = xt.shape()[1], c = xt.shape()[2], rows = n * t, dh = c / h;
   Vec x(xt.data(), xt.data() + xt.numel());
   Vec qkv = linear_ref(layer_norm_ref(x, rows, c, blk.ln1.gamma, blk.ln1.beta), rows, blk.attn.qkv);  // (N, T, 3C)
@@ -226,7 +228,9 @@ Vec block_ref(nn::TransformerBlock<double>& blk, const Tensor<double>& xt, index
   Vec a = linear_ref(ot, rows, blk.attn.proj);
   for (std::size_t i = 0; i < x.size(); ++i) x[i] += a[i];
   Vec f = linear_ref(layer_norm_ref(x, rows, c, blk.ln2.gamma, blk.ln2.beta), rows, blk.fc1);
-  for (double& v : f) v = 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0)));
+  for (double& v : f)
+    v = G == nn::GeluForm::erf ? 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0)))
+                               : 0.5 * v * (1.0 + std::tanh(std::sqrt(2.0 / std::numbers::pi) * (v + 0.044715 * v * v * v)));
   Vec m = linear_ref(f, rows, blk.fc2);
   for (std::size_t i = 0; i < x.size(); ++i) x[i] += m[i];
   return x;
@@ -279,6 +283,42 @@ TEST_CASE("TransformerBlock equals the plain composition; its gradients match fi
       }
     }
   }
+}
+
+// GeluForm::tanh (GPT-2's MLP): gelu_tanh over fc1's affine node, the fused
+// node of expr/affine_gelu.hpp, against the plain composition with the tanh
+// GELU; gradients by gradcheck and, for the MLP's parameters, central differences.
+TEST_CASE("TransformerBlock with the tanh GELU equals the plain composition; its gradients match finite differences") {
+  const index_t n = 2, t = 5, c = 8, h = 2;
+  nn::TransformerBlock<double, cpu, nn::GeluForm::tanh> blk({.dim = c, .heads = h, .mlp = 12, .causal = true}, 7);
+  static_assert(std::is_same_v<decltype(blk.activation(blk.fc1(std::declval<Tensor<double>&>()))),
+                               AffineGeluTanh<Leaf<double, cpu>, ParamLeaf<double, cpu>>>,
+                "the tanh form builds the fused affine + GELU node");
+  auto x = randn({n, t, c}, 43);
+  Tensor<double> y({n, t, c});
+  y = blk(x);
+  Vec ref = block_ref(blk, x, h, true);
+  CHECK(max_rel_diff(y.data(), ref.data(), y.numel()) < 1e-12);
+  auto r = gradcheck([&](auto a) { return sum(tanh(blk(a))); }, x);
+  INFO(r.message);
+  CHECK(r.ok);
+  Workspace<> ws;
+  auto w = randn({n, t, c}, 44);
+  auto loss = [&] { return eval(sum(blk(x) * w), ws).item(); };
+  for (auto* p : {&blk.fc1.weight, &blk.fc1.bias, &blk.fc2.weight, &blk.ln2.gamma}) p->zero_grad();
+  backward(sum(blk(x) * w), ws);
+  for (auto* p : {&blk.fc1.weight, &blk.fc1.bias, &blk.fc2.weight, &blk.ln2.gamma})
+    for (index_t e : {index_t(0), p->numel() / 2, p->numel() - 1}) {
+      CAPTURE(p->name);
+      CAPTURE(e);
+      const double keep = p->value.data()[e], eps = 1e-6;
+      p->value.data()[e] = keep + eps;
+      const double up = loss();
+      p->value.data()[e] = keep - eps;
+      const double down = loss();
+      p->value.data()[e] = keep;
+      CHECK(p->grad.data()[e] == doctest::Approx((up - down) / (2 * eps)).epsilon(1e-5).scale(1.0));
+    }
 }
 
 TEST_CASE("PatchEmbedding cuts patches like a stride-p convolution's input; mean_pool and positions") {

@@ -7,6 +7,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -548,6 +549,123 @@ TEST_CASE("affine equals matmul + bias: values, gradients of x, W and b, shape e
   }
   Parameter<double> bad("bad", {N + 1});
   CHECK(error_of([&] { (void)affine(x, W, bad); }).find("affine: bias (8,) is not (7,)") != std::string::npos);
+}
+
+// gelu_tanh(affine(x, W, b)) builds the fused node (expr/affine_gelu.hpp); on
+// the host it must compute what the unfused expression does, to the bit:
+// values, dx, dW and db, also when gradients accumulate (the bias used twice,
+// backward run twice). The unfused form is the elementwise node written out
+// (make_unary bypasses the overload). Then central differences in double.
+namespace {
+template <class T>
+bool same_bits(const T* a, const T* b, index_t n) {
+  return std::memcmp(a, b, static_cast<std::size_t>(n) * sizeof(T)) == 0;
+}
+}  // namespace
+
+TEST_CASE("gelu_tanh(affine(x, W, b)) is the fused node, with the unfused expression's bits on the host") {
+  const index_t K = 9, N = 13;  // N not a multiple of 8: CUDA's aux fallback shape, here for symmetry
+  Parameter<float> W("W", {K, N}), b("b", {N}), W2("W2", {K, N}), b2("b2", {N});
+  Tensor<float> wv = randn<float>({K, N}, 110, 0.4), bv = randn<float>({N}, 111);
+  for (auto* p : {&W, &W2}) std::copy(wv.data(), wv.data() + K * N, p->value.data());
+  for (auto* p : {&b, &b2}) std::copy(bv.data(), bv.data() + N, p->value.data());
+  {
+    Tensor<float> x = randn<float>({4, K}, 112);
+    static_assert(std::is_same_v<decltype(gelu_tanh(affine(x, W, b))),
+                                 AffineGeluTanh<Leaf<float, cpu>, ParamLeaf<float, cpu>>>);
+    static_assert(!std::is_same_v<decltype(gelu(affine(x, W, b))), AffineGeluTanh<Leaf<float, cpu>, ParamLeaf<float, cpu>>>,
+                  "only the tanh form is fused: gelu() is the erf form");
+    auto h = affine(x, W, b);  // an lvalue affine node is matched too
+    static_assert(std::is_same_v<decltype(gelu_tanh(h)), AffineGeluTanh<Leaf<float, cpu>, ParamLeaf<float, cpu>>>);
+  }
+  static_assert(!kernels::has_gemm_bias_gelu<cpu, float> && !kernels::has_gemm_bias_grad<cpu, float>,
+                "the host keeps its unfused steps");
+  for (const Shape& xs : {Shape{6, K}, Shape{2, 3, K}, Shape{2, 2, 3, K}}) {
+    CAPTURE(xs);
+    Tensor<float> x = randn<float>(xs, 113), c = randn<float>(eval(matmul(x, W)).shape(), 114);
+    Tensor<float> got = eval(gelu_tanh(affine(x, W, b)));
+    Tensor<float> want = eval(make_unary<op::GeluTanh>(affine(x, W2, b2)));
+    CHECK(same_bits(got.data(), want.data(), got.numel()));
+    check_close(eval(cast<double>(got)), eval(cast<double>(gelu_tanh(matmul(x, W2) + b2))), 1e-5);
+    for (auto* p : {&W, &b, &W2, &b2}) p->zero_grad();
+    // The node under a region, twice in one loss (the bias and weight used
+    // twice: their adjoints accumulate), and a second backward on top.
+    auto [v1, dx1] = value_and_grad([&](auto a) { return sum(gelu_tanh(affine(a, W, b)) * c) + sum(gelu_tanh(affine(a, W, b))); }, x);
+    auto [v2, dx2] = value_and_grad(
+        [&](auto a) { return sum(make_unary<op::GeluTanh>(affine(a, W2, b2)) * c) + sum(make_unary<op::GeluTanh>(affine(a, W2, b2))); },
+        x);
+    CHECK(v1.item() == v2.item());
+    CHECK(same_bits(dx1.data(), dx2.data(), dx1.numel()));
+    CHECK(same_bits(W.grad.data(), W2.grad.data(), K * N));
+    CHECK(same_bits(b.grad.data(), b2.grad.data(), N));
+    Workspace<> ws;
+    backward(sum(gelu_tanh(affine(x, W, b)) * c), ws);
+    backward(sum(make_unary<op::GeluTanh>(affine(x, W2, b2)) * c), ws);
+    CHECK(same_bits(W.grad.data(), W2.grad.data(), K * N));
+    CHECK(same_bits(b.grad.data(), b2.grad.data(), N));
+    // Read in place by a second product (the MLP's shape) and by let().
+    Parameter<float> V("V", {N, K}), V2("V2", {N, K});
+    Tensor<float> vv = randn<float>({N, K}, 115, 0.3);
+    for (auto* p : {&V, &V2}) std::copy(vv.data(), vv.data() + N * K, p->value.data());
+    for (auto* p : {&W, &b, &W2, &b2}) p->zero_grad();
+    auto [v3, dx3] = value_and_grad([&](auto a) { return sum(matmul(gelu_tanh(affine(a, W, b)), V) * x); }, x);
+    auto [v4, dx4] = value_and_grad([&](auto a) { return sum(matmul(make_unary<op::GeluTanh>(affine(a, W2, b2)), V2) * x); }, x);
+    CHECK(v3.item() == v4.item());
+    CHECK(same_bits(dx3.data(), dx4.data(), dx3.numel()));
+    CHECK(same_bits(V.grad.data(), V2.grad.data(), N * K));
+    CHECK(same_bits(W.grad.data(), W2.grad.data(), K * N));
+    CHECK(same_bits(b.grad.data(), b2.grad.data(), N));
+  }
+  // Central differences in double: x through gradcheck, W and b one element at a time.
+  Parameter<double> Wd("Wd", {K, N}), bd("bd", {N});
+  Tensor<double> wdv = randn({K, N}, 116, 0.4), bdv = randn({N}, 117);
+  std::copy(wdv.data(), wdv.data() + K * N, Wd.value.data());
+  std::copy(bdv.data(), bdv.data() + N, bd.value.data());
+  Tensor<double> x = randn({2, 3, K}, 118), c = randn({2, 3, N}, 119);
+  CHECK_GRAD([&](auto a) { return gelu_tanh(affine(a, Wd, bd)) * c; }, x);
+  CHECK_GRAD([&](auto a) { return let(gelu_tanh(affine(a, Wd, bd)), [](auto h) { return h * h + h; }) * c; }, x);
+  auto loss = [&] { return eval(sum(gelu_tanh(affine(x, Wd, bd)) * c)).item(); };
+  Wd.zero_grad();
+  bd.zero_grad();
+  Workspace<> ws;
+  backward(sum(gelu_tanh(affine(x, Wd, bd)) * c), ws);
+  for (auto* p : {&Wd, &bd})
+    for (index_t i = 0; i < p->numel(); ++i) {
+      CAPTURE(p->name);
+      CAPTURE(i);
+      double& w = p->value.data()[i];
+      const double h = 1e-6, w0 = w;
+      w = w0 + h;
+      const double up = loss();
+      w = w0 - h;
+      const double down = loss();
+      w = w0;
+      CHECK(std::abs(p->grad.data()[i] - (up - down) / (2 * h)) < 1e-6);
+    }
+}
+
+// The gemm_bias_grad hook (kernels/dispatch.hpp) on the host: its fallback,
+// bias_grad then gemm, against plain loops; the bias gradient accumulates.
+TEST_CASE("kernels::gemm_bias_grad: dW = alpha x^T dy + beta dW and db += column sums of dy") {
+  const index_t R = 37, C = 5, O = 11;
+  Tensor<double> x = randn({R, C}, 120), dy = randn({R, O}, 121), dw = randn({C, O}, 122), db = randn({O}, 123);
+  Tensor<double> dw_want = dw, db_want = db;
+  for (index_t i = 0; i < C; ++i)
+    for (index_t j = 0; j < O; ++j) {
+      double acc = 0;
+      for (index_t r = 0; r < R; ++r) acc += x.data()[r * C + i] * dy.data()[r * O + j];
+      dw_want.data()[i * O + j] = 0.5 * acc - 2.0 * dw.data()[i * O + j];
+    }
+  for (index_t j = 0; j < O; ++j)
+    for (index_t r = 0; r < R; ++r) db_want.data()[j] += dy.data()[r * O + j];
+  Workspace<> ws;
+  Exec<cpu> ex(ws);
+  kernels::gemm_bias_grad(ex, x.view().transposed(), dy.view(), dw.view(), 0.5, -2.0, db.data());
+  check_close(dw, dw_want, 1e-12);
+  check_close(db, db_want, 1e-12);
+  TensorView<double> strided(dy.data(), Shape{R / 2, O}, Strides{{2 * O, 1}});
+  CHECK(error_of([&] { kernels::gemm_bias_grad(ex, x.view().transposed(), strided, dw.view(), 1.0, 1.0, db.data()); })
+            .find("gemm_bias_grad: b (18, 11) must be a contiguous matrix") != std::string::npos);
 }
 
 // The column sums of the bias gradient (kernels/cpu/rows.hpp) against the

@@ -5,6 +5,12 @@
 //   backward  db += column sums of dC (kernels::bias_grad: on the host sum_rows,
 //             16-row blocks as a cascade; on CUDA one gemm by a ones vector),
 //             dW, dx as matmul's (expr/matmul.hpp)
+//             (a device that computes a weight gradient and its bias gradient
+//             in one gemm, CUDA's cuBLASLt BGRADA epilogue, does dW and db in
+//             one call where W is a parameter and the product is one 2-D gemm:
+//             kernels::gemm_bias_grad)
+// gelu_tanh(affine(x, W, b)) is its own node, with the GELU in the gemm's
+// epilogue on CUDA: expr/affine_gelu.hpp, included at the end of this file.
 // Why a node: written as `matmul(x, W) + b` the bias is a leaf broadcast over
 // every row of the elementwise region above the product, so backward cannot
 // take the contiguous fast path there, and the bias adjoint goes through
@@ -58,6 +64,19 @@ struct Affine : ExprTag {
   // call where the product is one 2-D gemm (plain, or its rows folded).
   template <class X>
   State forward_fused(const X& ex) const {
+    State st = operands(ex);
+    if (one_gemm(st))
+      kernels::gemm_bias(ex, st.av, st.bv, static_cast<const T*>(bias->value.data()), M::rows(st, st.val));  // (R, N)
+    else
+      bias_then_product(ex, st);
+    return st;
+  }
+
+  // The forward's first steps (shared with expr/affine_gelu.hpp): the
+  // operands as gemm reads them, the value's buffer (unwritten), the rows
+  // folded where x (..., K) @ W (K, N) allows.
+  template <class X>
+  State operands(const X& ex) const {
     State st{m.a.forward(ex), m.b.forward(ex), {}, {}, {}, {}, false};
     st.av = M::operand(m.a, st.a, ex);
     st.bv = M::operand(m.b, st.b, ex);
@@ -67,15 +86,16 @@ struct Affine : ExprTag {
       st.folded = true;
       st.av = af;
     }
-    const auto bv = bias->value.view();
-    if (st.av.shape.rank == 2 && st.bv.shape.rank == 2) {
-      kernels::gemm_bias(ex, st.av, st.bv, static_cast<const T*>(bv.data), M::rows(st, st.val));  // (R, N)
-    } else {
-      kernels::evaluate(ex, BoundTensor<T>{bv.data, aligned_strides(bv.shape, bv.strides, m.out), bv.shape, bv.strides},
-                        st.val);
-      m.product(ex, st, st.av, st.bv, M::rows(st, st.val), T(1));
-    }
     return st;
+  }
+  // Is the product one 2-D gemm (R, K) @ (K, N), the only shape the fused epilogues take?
+  static bool one_gemm(const State& st) { return st.av.shape.rank == 2 && st.bv.shape.rank == 2; }
+  // A batched product: the bias written into the value, the product accumulated onto it.
+  template <class X>
+  void bias_then_product(const X& ex, State& st) const {
+    const auto bv = bias->value.view();
+    kernels::evaluate(ex, BoundTensor<T>{bv.data, aligned_strides(bv.shape, bv.strides, m.out), bv.shape, bv.strides}, st.val);
+    m.product(ex, st, st.av, st.bv, M::rows(st, st.val), T(1));
   }
 
   template <class G>
@@ -86,11 +106,54 @@ struct Affine : ExprTag {
   // The bias first (final at once, like the weight's gradient), then the product's operands.
   template <class G>
   void backward_children(State& st, G& g) const {
+    if constexpr (kernels::has_gemm_bias_grad<device_type, T> && std::is_same_v<B, typename M::P>) {
+      if (fuses_bias_grad(st, g)) {
+        backward_fused(st, g);
+        return;
+      }
+    }
     const Shape s = m.shape();
     const index_t n = s.back(), r = n ? s.numel() / n : 0;
     kernels::bias_grad(g.exec(), static_cast<const T*>(st.adj.data), r, n, g.grad_of(*bias).data);  // (R, N) -> (N,)
     g.param_done(*bias);
     m.backward_children(st, g);
+  }
+
+  // The weight's and the bias's gradients in one gemm: W a parameter (so dW
+  // accumulates into its gradient, beta 1), the product one 2-D gemm, and the
+  // weight gemm not deferred by a split backward (autodiff/split.hpp: its W
+  // half runs the recorded gemm later, and db is due now).
+  template <class G>
+  static bool fuses_bias_grad(const State& st, const G& g) {
+    if constexpr (requires { g.deferred; })
+      if (g.deferred) return false;
+    return one_gemm(st) && st.adj.is_contiguous();
+  }
+
+  // dW += x^T dC and db += column sums of dC in one call (kernels::gemm_bias_grad
+  // adds the epilogue's overwritten bias output to db: see dispatch.hpp), then
+  // x's adjoint as MatMul::backward_children's second half. Hooks fire in the
+  // unfused order: the bias, the weight, then whatever x holds.
+  template <class G>
+  void backward_fused(State& st, G& g) const {
+    const auto& ex = g.exec();
+    const typename M::View dc = M::rows(st, st.adj);  // (R, N)
+    kernels::gemm_bias_grad(ex, st.av.transposed(), dc, g.grad_of(*m.b.p), T(1), T(1), g.grad_of(*bias).data);
+    g.param_done(*bias);
+    g.param_done(*m.b.p);
+    const typename M::View wt = st.bv.transposed();  // (N, K)
+    if constexpr (std::is_same_v<A, typename M::P>) {
+      if (!st.folded) {
+        g.param_gemm(*m.a.p, dc, wt);
+      } else {
+        m.product(ex, st, dc, wt, M::rows(st, g.grad_of(*m.a.p)), T(1));
+        g.param_done(*m.a.p);
+      }
+    } else if constexpr (weft::needs_grad<A, G>()) {
+      auto da = kernels::alloc<T>(ex, m.a.shape());
+      m.product(ex, st, dc, wt, M::rows(st, da), T(0));
+      detail::backward_into(g, m.a, st.a, da);
+    }
   }
 
   template <class F>
@@ -117,3 +180,8 @@ auto affine(X&& x, W&& w, Parameter<T, D>& b) {
 }
 
 }  // namespace weft
+
+// The fused gelu_tanh(affine(...)) node and the gelu_tanh overload that builds
+// it: included here so every expression that writes gelu_tanh over an affine
+// node gets it (expr/affine_gelu.hpp includes this file first).
+#include "affine_gelu.hpp"

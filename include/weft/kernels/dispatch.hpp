@@ -15,8 +15,10 @@
 //                       kernels/cuda/kernels.cuh)
 //   DeviceGemm          gemm on strided matrix views (BLAS, cuBLASLt); optionally
 //                       gemm_batched over rank-4 views with broadcast batch axes,
-//                       gemm_bias (the bias fused into the gemm's epilogue) and
-//                       bias_grad (column sums), each with a fallback here
+//                       gemm_bias (the bias fused into the gemm's epilogue),
+//                       bias_grad (column sums) and gemm_bias_grad (a weight
+//                       gradient with its bias gradient), each with a fallback
+//                       here; gemm_bias_gelu (bias + GELU epilogue), none
 // Calling a primitive a device lacks stops compilation with a sentence.
 #pragma once
 
@@ -321,6 +323,68 @@ void bias_grad(const X& ex, const T* x, index_t rows, index_t d, T* out) {
     G::bias_grad(ex, x, rows, d, out);
   else
     sum_rows(ex, x, rows, d, out);
+}
+
+// Does the device compute a weight gradient and its bias gradient in one gemm
+// (device_gemm<D>::gemm_bias_grad; CUDA: cuBLASLt's BGRADA epilogue)? The
+// affine node's backward takes the fused path only then, so the CPU keeps
+// its two steps (bias_grad, then the weight's gemm) and its bits.
+template <class Device, class T>
+inline constexpr bool has_gemm_bias_grad =
+    requires(const Exec<Device>& ex, const TensorView<T, Device>& m, T* db) {
+      device_gemm<Device>::gemm_bias_grad(ex, m, m, m, T(1), T(1), db);
+    };
+
+// c (M, N, rows contiguous) = alpha a (M, K) b (K, N) + beta c, and
+// db (N) += the column sums of b over its K rows: with a = x^T and b = dy
+// (K = R rows, contiguous) a linear layer's weight and bias gradients.
+// The device's fused call overwrites its bias output (the epilogue cannot
+// accumulate), while a bias gradient must accumulate (a bias used twice,
+// gradients summed over micro-batches: the slot is never known to be fresh),
+// so the fused call writes a workspace vector (N,) that is then added to db.
+// Fallback (the CPU): today's two steps, bias_grad then gemm.
+template <Executor X, class T>
+void gemm_bias_grad(const X& ex, const TensorView<T, device_of<X>>& a, const TensorView<T, device_of<X>>& b,
+                    const TensorView<T, device_of<X>>& c, T alpha, T beta, T* db) {
+  using G = device_gemm<device_of<X>>;
+  if (b.rank() != 2 || (b.shape[1] > 1 && b.strides[1] != 1) || (b.shape[0] > 1 && b.strides[0] != b.shape[1]))
+    throw_error<ShapeError>("gemm_bias_grad: b ", b.shape,
+                            " must be a contiguous matrix (the adjoint the bias gradient sums; internal error)");
+  const index_t k = b.shape[0], n = b.shape[1];
+  if constexpr (has_gemm_bias_grad<device_of<X>, T>) {
+    auto fresh = alloc<T>(ex, Shape{n});  // (N,)
+    G::gemm_bias_grad(ex, a, b, c, alpha, beta, fresh.data);
+    sum_rows(ex, static_cast<const T*>(fresh.data), index_t(1), n, db);  // db += fresh (one row's column sums)
+  } else {
+    bias_grad(ex, static_cast<const T*>(b.data), k, n, db);
+    gemm(ex, a, b, c, alpha, beta);
+  }
+}
+
+// Does the device fuse bias + GELU (tanh form) into its gemm's epilogue,
+// saving the pre-activation (device_gemm<D>::gemm_bias_gelu; CUDA: cuBLASLt's
+// GELU_AUX_BIAS)? The fused affine + gelu_tanh node (expr/affine_gelu.hpp)
+// takes that path only then; elsewhere it runs affine then the elementwise
+// GELU, the unfused expression's arithmetic.
+template <class Device, class T>
+inline constexpr bool has_gemm_bias_gelu =
+    requires(const Exec<Device>& ex, const TensorView<T, Device>& m, const T* bias, T* pre) {
+      device_gemm<Device>::gemm_bias_gelu(ex, m, m, bias, m, pre);
+    };
+
+// c (M, N, contiguous) = gelu_tanh(a (M, K) b (K, N) + bias (N)), and pre
+// (M, N, contiguous) = a b + bias, what GELU's backward reads. No fallback
+// here: the kernels layer does not know GELU; callers test has_gemm_bias_gelu.
+template <Executor X, class T>
+void gemm_bias_gelu(const X& ex, const TensorView<T, device_of<X>>& a, const TensorView<T, device_of<X>>& b, const T* bias,
+                    const TensorView<T, device_of<X>>& c, T* pre) {
+  using G = device_gemm<device_of<X>>;
+  if constexpr (has_gemm_bias_gelu<device_of<X>, T>)
+    G::gemm_bias_gelu(ex, a, b, bias, c, pre);
+  else
+    static_assert(dependent_false<X>,
+                  "weft::kernels::gemm_bias_gelu: the executor's device fuses no GELU into its gemm (test "
+                  "kernels::has_gemm_bias_gelu first; on weft::cuda include <weft/kernels/cuda/gemm.cuh>)");
 }
 
 // Can gemm read matrix view m where it lies (a layout with a leading dimension)?

@@ -2,6 +2,8 @@
 //   MultiHeadAttention   fused qkv projection, heads, fused attention
 //                        (expr/attention.hpp), output projection, causal option
 //   TransformerBlock     pre-LN: x + attn(ln1 x), then + mlp(ln2 x), GELU MLP
+//                        (erf form by default; GeluForm::tanh, GPT-2's, is fused
+//                        into fc1's gemm epilogue on CUDA: expr/affine_gelu.hpp)
 //   PatchEmbedding       image (N, Ci, Hi, Wi) -> patch tokens (N, P, Ci p p) -> (N, P, C)
 //   PositionalEmbedding  learned (P, C) added to every sequence
 // mean_pool(x) pools tokens (N, T, C) -> (N, C) (ViT without a class token).
@@ -92,7 +94,14 @@ struct BlockConfig {
   float attn_dropout = 0;
 };
 
-template <class T = float, class Device = cpu>
+// The MLP's GELU: the exact erf form (PyTorch's default, weft's gelu()) or the
+// tanh form (GPT-2's, gelu_tanh()). A type parameter, not a config field: the
+// two build different expression types. With tanh, gelu_tanh(fc1(...)) is the
+// fused affine + GELU node, one cuBLASLt call on CUDA (its epilogue computes
+// only the tanh form); the host computes what the unfused expression does.
+enum class GeluForm { erf, tanh };
+
+template <class T = float, class Device = cpu, GeluForm Gelu = GeluForm::erf>
 struct TransformerBlock {
   LayerNorm<T, Device> ln1, ln2;
   MultiHeadAttention<T, Device> attn;
@@ -109,8 +118,17 @@ struct TransformerBlock {
   template <Operand X>
   auto operator()(X&& x) {
     return let(std::forward<X>(x), [this](auto x0) {
-      return let(x0 + attn(ln1(x0)), [this](auto y) { return y + fc2(gelu(fc1(ln2(y)))); });
+      return let(x0 + attn(ln1(x0)), [this](auto y) { return y + fc2(activation(fc1(ln2(y)))); });
     });
+  }
+
+  // The MLP's GELU of fc1's output (an affine node: gelu_tanh fuses with it).
+  template <class H>
+  static auto activation(H&& h) {
+    if constexpr (Gelu == GeluForm::tanh)
+      return gelu_tanh(std::forward<H>(h));
+    else
+      return gelu(std::forward<H>(h));
   }
 
   void set_training(bool on) { attn.training = on; }

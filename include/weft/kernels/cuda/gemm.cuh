@@ -1,6 +1,7 @@
 // GPU gemm through cuBLASLt: device_gemm<weft::cuda> for kernels/dispatch.hpp
-// (matmul, batched matmul, and the affine node's fused bias), plus the fused
-// epilogues a linear layer wants (llm.c's use of cuBLASLt):
+// (matmul, batched matmul, the affine node's fused bias and fused dW + db,
+// gelu_tanh(affine)'s fused bias + GELU: expr/affine.hpp, expr/affine_gelu.hpp),
+// with the fused epilogues a linear layer wants (llm.c's use of cuBLASLt):
 //   gemm            C = alpha A B + beta C on strided row-major views
 //   gemm_batched    rank-4 views, batch axes broadcast with stride 0; where C's
 //                   batch stride is 0 the products are summed into it in batch
@@ -562,6 +563,17 @@ struct device_gemm<weft::cuda> {
   template <class Ex, class T>
   static void bias_grad(const Ex& ex, const T* dy, index_t rows, index_t n, T* db) {
     cuda::bias_grad(ex, dy, rows, n, db);
+  }
+  // db overwritten (kernels::gemm_bias_grad in dispatch.hpp adds it where a gradient accumulates).
+  template <class Ex, class T>
+  static void gemm_bias_grad(const Ex& ex, const TensorView<T, weft::cuda>& a, const TensorView<T, weft::cuda>& b,
+                             const TensorView<T, weft::cuda>& c, T alpha, T beta, T* db) {
+    cuda::gemm_bias_grad(ex, a, b, c, alpha, beta, db);
+  }
+  template <class Ex, class T>
+  static void gemm_bias_gelu(const Ex& ex, const TensorView<T, weft::cuda>& a, const TensorView<T, weft::cuda>& b,
+                             const T* bias, const TensorView<T, weft::cuda>& c, T* pre) {
+    cuda::gemm_bias_gelu(ex, a, b, bias, c, pre);
   }
   template <class T>
   static bool reads_in_place(const TensorView<T, weft::cuda>& m) {
