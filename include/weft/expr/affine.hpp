@@ -132,7 +132,7 @@ struct Affine : ExprTag {
 
   // dW += x^T dC and db += column sums of dC in one call (kernels::gemm_bias_grad
   // adds the epilogue's overwritten bias output to db: see dispatch.hpp), then
-  // x's adjoint as MatMul::backward_children's second half. Hooks fire in the
+  // x's adjoint by MatMul::backward_a. Hooks fire in the
   // unfused order: the bias, the weight, then whatever x holds.
   template <class G>
   void backward_fused(State& st, G& g) const {
@@ -141,19 +141,7 @@ struct Affine : ExprTag {
     kernels::gemm_bias_grad(ex, st.av.transposed(), dc, g.grad_of(*m.b.p), T(1), T(1), g.grad_of(*bias).data);
     g.param_done(*bias);
     g.param_done(*m.b.p);
-    const typename M::View wt = st.bv.transposed();  // (N, K)
-    if constexpr (std::is_same_v<A, typename M::P>) {
-      if (!st.folded) {
-        g.param_gemm(*m.a.p, dc, wt);
-      } else {
-        m.product(ex, st, dc, wt, M::rows(st, g.grad_of(*m.a.p)), T(1));
-        g.param_done(*m.a.p);
-      }
-    } else if constexpr (weft::needs_grad<A, G>()) {
-      auto da = kernels::alloc<T>(ex, m.a.shape());
-      m.product(ex, st, dc, wt, M::rows(st, da), T(0));
-      detail::backward_into(g, m.a, st.a, da);
-    }
+    m.backward_a(st, g);
   }
 
   template <class F>

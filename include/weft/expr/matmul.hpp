@@ -217,12 +217,17 @@ struct MatMul : ExprTag {
 
   template <class G>
   void backward_children(State& st, G& g) const {
-    using kernels::BufferSeed;
-    const auto& ex = g.exec();
-    Shape sa = a.shape(), sb = b.shape();
-    const View dc = rows(st, st.adj);
     // B first: in x @ W the weight's gradient is final at once, while A's
     // backward may go deep (hooks fire last layer first, as DDP's buckets expect).
+    backward_b(st, g);
+    backward_a(st, g);
+  }
+  // dB from the adjoint (accumulated straight into B's gradient where B is a parameter).
+  template <class G>
+  void backward_b(State& st, G& g) const {
+    const auto& ex = g.exec();
+    const Shape sb = b.shape();
+    const View dc = rows(st, st.adj);
     if constexpr (std::is_same_v<B, P>) {
       // A plain (K, M) @ (M, N) product may be deferred to W by a split
       // backward (autodiff/split.hpp); a batched one runs here.
@@ -238,6 +243,14 @@ struct MatMul : ExprTag {
       product(ex, st, st.av.transposed(), dc, db, value_type(0));
       detail::backward_into(g, b, st.b, db);
     }
+  }
+  // dA from the adjoint, then A's own backward (affine's fused dW + db path
+  // calls this half alone: expr/affine.hpp).
+  template <class G>
+  void backward_a(State& st, G& g) const {
+    const auto& ex = g.exec();
+    const Shape sa = a.shape();
+    const View dc = rows(st, st.adj);
     if constexpr (std::is_same_v<A, P>) {
       // A parameter operand: accumulate dA straight into its gradient.
       const View y = st.bv.transposed();
