@@ -25,6 +25,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -499,4 +500,70 @@ TEST_CASE("in-run Auto refuses a trial count past 1000 with a sentence") {
                                    Communicator<Auto, ThreadTransport> c(t, a);
                                  }),
                        doctest::Contains("in_run.calls_per_candidate is 5000; give 1..1000"), weft::ValueError);
+}
+
+namespace {
+// The least a context must offer InRunTuner::record on one rank (its
+// exchanges with other ranks are empty loops there).
+struct OneRankTransport {
+  struct Request {};
+  Request irecv(void*, std::size_t, int, int) { return {}; }
+  Request isend(const void*, std::size_t, int, int) { return {}; }
+  weft::comm::WaitStatus wait(Request&, weft::comm::Deadline) { return weft::comm::WaitStatus::done; }
+  void cancel(Request&) {}
+};
+struct OneRankContext {
+  OneRankTransport t;
+  struct {
+    weft::comm::Deadline deadline{};
+  } call;
+  int size() const { return 1; }
+  int rank() const { return 0; }
+  OneRankTransport& transport() { return t; }
+  [[noreturn]] void fail(weft::comm::WaitStatus, int) { throw std::runtime_error("OneRankContext: no peer to fail on"); }
+};
+// Candidate times (s) for candidates 0, 1, 2 with candidate 1 the guess: the key's winner.
+std::size_t winner_of(InRunOptions o, double t0, double t1, double t2) {
+  InRunTuner tuner(o, 3);
+  OneRankContext ctx;
+  const std::size_t guess = 1;
+  // Trial order: the guess, then 0, then 2 (one call each).
+  for (std::size_t ran : {std::size_t{1}, std::size_t{0}, std::size_t{2}})
+    tuner.record(ctx, Collective::allreduce, 4096, false, guess, ran, ran == 0 ? t0 : ran == 1 ? t1 : t2);
+  const InRunTuner::Entry* e = tuner.find(Collective::allreduce, 4096, false);
+  REQUIRE(e != nullptr);
+  REQUIRE(e->decided);
+  return e->winner;
+}
+}  // namespace
+
+TEST_CASE("in-run Auto: the starting guess keeps a key unless a candidate beats it by more than keep_guess_within") {
+  const InRunOptions o{.calls_per_candidate = 1};  // keep_guess_within 5% by default
+  CHECK(winner_of(o, 0.97, 1.00, 1.50) == 1);      // 3% faster: noise, the guess stays
+  CHECK(winner_of(o, 0.90, 1.00, 1.50) == 0);      // 10% faster: it wins
+  CHECK(winner_of(o, 1.20, 1.00, 0.96) == 1);
+  CHECK(winner_of(o, 1.20, 1.00, 0.94) == 2);
+  InRunOptions strict = o;
+  strict.keep_guess_within = 0;
+  CHECK(winner_of(strict, 0.97, 1.00, 1.50) == 0);  // the fastest trial always wins
+  CHECK(winner_of(strict, 1.00, 1.00, 1.50) == 1);  // a tie: the guess
+}
+
+TEST_CASE("in-run Auto: a candidate's trial time is the lower median of its calls, not its luckiest call") {
+  // Candidate 0 (the guess) takes one or two rounds at random, candidate 1 always one and a half.
+  InRunTuner tuner(InRunOptions{.calls_per_candidate = 3, .keep_guess_within = 0}, 2);
+  OneRankContext ctx;
+  for (double t : {2.0, 1.0, 2.0}) tuner.record(ctx, Collective::allreduce, 64, false, 0, 0, t);
+  for (double t : {1.5, 1.6, 1.4}) tuner.record(ctx, Collective::allreduce, 64, false, 0, 1, t);
+  const InRunTuner::Entry* e = tuner.find(Collective::allreduce, 64, false);
+  REQUIRE(e != nullptr);
+  REQUIRE(e->decided);
+  CHECK(e->agreed[0] == 2.0);
+  CHECK(e->agreed[1] == 1.5);
+  CHECK(e->winner == 1);
+  // Two calls: the faster (a cold first call does not count against a candidate).
+  InRunTuner two(InRunOptions{.calls_per_candidate = 2, .keep_guess_within = 0}, 2);
+  for (double t : {9.0, 1.0}) two.record(ctx, Collective::allreduce, 64, false, 0, 0, t);
+  for (double t : {1.2, 1.3}) two.record(ctx, Collective::allreduce, 64, false, 0, 1, t);
+  CHECK(two.find(Collective::allreduce, 64, false)->winner == 0);
 }

@@ -20,12 +20,20 @@
 //   agreement    after the last trial call every rank sends its times to
 //                every other rank (a small allreduce of the timings, max over
 //                ranks, on tuning_tag) under the call's deadline; a candidate's
-//                time is its fastest call as its slowest rank saw it (a
-//                rank's own fastest call alone flatters: the last rank out of
-//                a sync finds its peers' data already there, 11 us for a
-//                call that takes 340), and the winner is the least, ties to
+//                time is the lower median of its calls as their slowest rank
+//                saw them (a rank's own time alone flatters: the last rank out
+//                of a sync finds its peers' data already there, 11 us for a
+//                call that takes 340; and the fastest call flatters a
+//                candidate whose calls take one or two rounds at random: on
+//                the emulated cluster recursive doubling's small calls took
+//                340 or 680 us, won its trials on a 340, and ran at 450-690
+//                where the leaders' schedule took 350-385; the lower median
+//                of 2 calls is the faster, which drops a cold first call),
+//                and the winner is the least, ties to
 //                the lower index, so every rank picks the same from the same
-//                numbers
+//                numbers; the starting guess keeps the key unless the winner
+//                beats it by more than keep_guess_within (5%): a near-tie
+//                in a few trial calls is noise, the table is many calls
 //   re-check     with `recheck_every = N`, after N decided calls the key goes
 //                back to a trial phase whose guess is the current winner
 //
@@ -60,6 +68,12 @@ struct InRunOptions {
   // Decided calls of one (op, size class) before its candidates are timed
   // again (conditions drift: other jobs on the links); 0: never.
   std::uint64_t recheck_every = 0;
+  // The starting guess (the calibrated table's pick, or on a re-check the
+  // current winner) keeps the key unless the fastest candidate beats it by
+  // more than this fraction: trials of a few calls each cannot tell apart
+  // candidates a few percent apart, and the table was measured over many
+  // calls (0: the fastest trial always wins).
+  double keep_guess_within = 0.05;
   bool enabled() const { return calls_per_candidate > 0; }
 };
 
@@ -109,14 +123,20 @@ class InRunTuner {
     if (++e.calls < opts_.calls_per_candidate) return;
     e.calls = 0;
     if (++e.step < k_) return;
-    // Each call's slowest rank, then each candidate's fastest such call.
+    // Each call's slowest rank, then each candidate's lower median of those.
     const std::vector<double> slowest = agree(ctx, e.times);
     e.agreed.assign(k_, std::numeric_limits<double>::infinity());
-    for (std::size_t i = 0; i < k_; ++i)
-      for (std::size_t c = 0; c < calls; ++c) e.agreed[i] = std::min(e.agreed[i], slowest[i * calls + c]);
+    for (std::size_t i = 0; i < k_; ++i) {
+      std::vector<double> mine(slowest.begin() + static_cast<std::ptrdiff_t>(i * calls),
+                               slowest.begin() + static_cast<std::ptrdiff_t>((i + 1) * calls));
+      const auto mid = mine.begin() + static_cast<std::ptrdiff_t>((calls - 1) / 2);
+      std::nth_element(mine.begin(), mid, mine.end());
+      e.agreed[i] = *mid;
+    }
     e.winner = 0;
     for (std::size_t i = 1; i < k_; ++i)
       if (e.agreed[i] < e.agreed[e.winner]) e.winner = i;
+    if (e.agreed[e.guess] <= e.agreed[e.winner] * (1 + opts_.keep_guess_within)) e.winner = e.guess;
     e.decided = true;
     e.since = 0;
     ++e.decisions;
