@@ -191,6 +191,11 @@ shift
 NAME="" HOSTS=2 RPH=2 RATE=1gbit RPH_GIVEN=""
 MPIRUN_ARGS=()
 while [ $# -gt 0 ]; do
+  # An option given last with no value: `shift 2` would fail without
+  # shifting and this loop would spin forever.
+  case $1 in
+    --name|--hosts|--ranks-per-host|--rate|--mpirun-arg) [ $# -ge 2 ] || die "$1 needs a value" ;;
+  esac
   case $1 in
     --name) NAME=${2:-}; shift 2 ;;
     --hosts) HOSTS=${2:-}; shift 2 ;;

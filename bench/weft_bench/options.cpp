@@ -233,6 +233,8 @@ const char* usage_text =
     "      --in-run N          auto: time every candidate N calls inside the run (warmup included) and\n"
     "                          keep the winner the ranks agree on (comm/tuning/in_run.hpp); 0: off\n"
     "      --recheck N         auto --in-run: time the candidates again after N decided calls\n"
+    "      --in-run-sync on|off  auto --in-run: start every trial call together on every rank (default\n"
+    "                          on), or time trial calls back to back as a loop runs them\n"
     "      --auto-candidates C auto's candidates: default (ring, tree, recursive_doubling, halving_doubling)\n"
     "                          or wide (those, hierarchical and native: for clusters)\n"
     "      --table-only        calibrate: only Auto's table (keep the file's alpha, beta, gamma)\n"
@@ -294,6 +296,11 @@ Options parse(int argc, char** argv) {
       o.auto_wide = v == "wide";
     }
     else if (a == "--recheck") o.recheck = static_cast<std::size_t>(parse_int(a, val(), 0, 1000000000));
+    else if (a == "--in-run-sync") {
+      const std::string v = val();
+      if (v != "on" && v != "off") throw UsageError("--in-run-sync takes on or off, got '" + v + "'");
+      o.in_run_sync = v == "on";
+    }
     else if (a == "-c" || a == "--check") o.check = static_cast<int>(parse_int(a, val(), 0, 1));
     else if (a == "-o" || a == "--redop") o.redop = parse_redop(val());
     else if (a == "-d" || a == "--dtype") o.type = parse_dtype(val());

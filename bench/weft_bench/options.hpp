@@ -62,6 +62,7 @@ struct Options {
   std::vector<std::string> codecs;  // --codec: compressed allreduce instead (weft_bench/codec.hpp)
   int in_run = 0;             // --in-run N: Auto times each candidate N calls in the run (0: table/formulas)
   std::size_t recheck = 0;    // --recheck N: in-run Auto re-times after N decided calls (0: never)
+  bool in_run_sync = true;    // --in-run-sync on|off: start each trial call together on every rank
   bool auto_wide = false;     // --auto-candidates wide: Auto also chooses hierarchical and native
 };
 

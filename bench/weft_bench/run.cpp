@@ -369,7 +369,7 @@ void with_policy(Algo a, const wc::CostModel& model, std::size_t chunk, const Op
       std::get<wc::Ring>(au.candidates) = ring;
       std::get<wc::Tree>(au.candidates) = tree;
       std::get<wc::HalvingDoubling>(au.candidates) = hd;
-      au.in_run = {.calls_per_candidate = o.in_run, .recheck_every = o.recheck};
+      au.in_run = {.calls_per_candidate = o.in_run, .recheck_every = o.recheck, .sync_trials = o.in_run_sync};
       if (o.auto_wide) {
         // For clusters: the two-level schedule and the transport's own are candidates too.
         wc::AutoOf<wc::Ring, wc::Tree, wc::RecursiveDoubling, wc::HalvingDoubling, wc::Hierarchical<>,

@@ -201,7 +201,7 @@ struct AutoOf {
                               ": Auto's in-run selection was not prepared for this communicator (a Communicator "
                               "prepares its policy when it is built; a policy that wraps Auto must forward prepare())");
     const std::size_t k = tuner->next(op, bytes, in_place, guess);
-    if (tuner->trialing(op, bytes, in_place)) InRunTuner::sync(ctx);  // a trial times one call's latency
+    if (in_run.sync_trials && tuner->trialing(op, bytes, in_place)) InRunTuner::sync(ctx);  // a trial times one call's latency
     const auto t0 = std::chrono::steady_clock::now();
     run_index(ctx, k, f, std::index_sequence_for<Candidates...>{});
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

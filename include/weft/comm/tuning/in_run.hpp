@@ -74,6 +74,11 @@ struct InRunOptions {
   // candidates a few percent apart, and the table was measured over many
   // calls (0: the fastest trial always wins).
   double keep_guess_within = 0.05;
+  // Start every trial call together on every rank (sync(): a byte to every
+  // other rank first), so a trial times one call's latency; false: trial
+  // calls run back to back, as the calls of a loop do, and a trial times
+  // that loop's period.
+  bool sync_trials = true;
   bool enabled() const { return calls_per_candidate > 0; }
 };
 
