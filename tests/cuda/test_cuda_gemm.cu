@@ -5,6 +5,7 @@
 // 1e-4 for products and attention values, 1e-3 for gradients (sums of
 // longer products in another order).
 #include "check.hpp"
+#include "host_oracle.hpp"
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -26,28 +27,8 @@ static_assert(!kernels::has_gemm_bias<weft::cpu, float>);
 using cudatest::checks;
 using cudatest::failures;
 
-static Tensor<float> randn(const Shape& s, unsigned seed, float scale = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> nd(0.0f, scale);
-  Tensor<float> t(s);
-  for (index_t i = 0; i < t.numel(); ++i) t.data()[i] = nd(rng);
-  return t;
-}
-
-// max |a - b| / (1 + max |b|) over host buffers of n elements.
-static double rel(const float* a, const float* b, index_t n) {
-  double m = 0, s = 0;
-  for (index_t i = 0; i < n; ++i) {
-    m = std::fmax(m, std::fabs(double(a[i]) - double(b[i])));
-    s = std::fmax(s, std::fabs(double(b[i])));
-    if (std::isnan(a[i]) != std::isnan(b[i])) return INFINITY;
-  }
-  return m / (1 + s);
-}
-static double rel(const Tensor<float, weft::cuda>& gpu, const Tensor<float>& cpu) {
-  if (gpu.shape() != cpu.shape()) return INFINITY;
-  return rel(to_host(gpu).data(), cpu.data(), cpu.numel());
-}
+using cudatest::randn;
+using cudatest::rel;
 
 // ------------------------------------------------------------------ gemm
 
