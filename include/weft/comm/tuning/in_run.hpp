@@ -29,11 +29,11 @@
 //                340 or 680 us, won its trials on a 340, and ran at 450-690
 //                where the leaders' schedule took 350-385; the lower median
 //                of 2 calls is the faster, which drops a cold first call),
-//                and the winner is the least, ties to
-//                the lower index, so every rank picks the same from the same
-//                numbers; the starting guess keeps the key unless the winner
-//                beats it by more than keep_guess_within (5%): a near-tie
-//                in a few trial calls is noise, the table is many calls
+//                and the winner is the least, ties to the lower index, so
+//                every rank picks the same from the same numbers; the
+//                starting guess keeps the key unless the winner beats it by
+//                more than keep_guess_within (5%): a near-tie in a few trial
+//                calls is noise, the table is many calls
 //   re-check     with `recheck_every = N`, after N decided calls the key goes
 //                back to a trial phase whose guess is the current winner
 //
@@ -130,7 +130,7 @@ class InRunTuner {
     if (++e.step < k_) return;
     // Each call's slowest rank, then each candidate's lower median of those.
     const std::vector<double> slowest = agree(ctx, e.times);
-    e.agreed.assign(k_, std::numeric_limits<double>::infinity());
+    e.agreed.resize(k_);  // every element set below
     for (std::size_t i = 0; i < k_; ++i) {
       std::vector<double> mine(slowest.begin() + static_cast<std::ptrdiff_t>(i * calls),
                                slowest.begin() + static_cast<std::ptrdiff_t>((i + 1) * calls));
