@@ -43,17 +43,22 @@ struct CrossEntropySeed {
     if constexpr (OnDevice) s *= adj[0];
     return s * ((p - (static_cast<index_t>(lab[r * lab_stride]) == c ? hit : value_type(0))) - flat);
   }
-  // The row of element i without an integer division (none in SIMD
-  // registers: with i / cols and i % cols the whole region's loop ran
-  // scalar, ~1 ms for 64 x 256 logits). (i + 1/2) / cols lies at least
-  // 1/(2 cols) from an integer, more than the product's rounding error
-  // while i < 2^50, which any tensor that fits in memory is.
+  // The row of element i without an integer division, for the device's
+  // linear kernel: (i + 1/2) / cols lies at least 1/(2 cols) from an
+  // integer, more than the product's rounding error while i < 2^50, which
+  // any tensor that fits in memory is.
   WEFT_HD WEFT_INLINE value_type operator()(index_t i, value_type v) const {
     const index_t r = static_cast<index_t>((static_cast<double>(i) + 0.5) * inv_cols);
     return at(r, i - r * cols, v);
   }
   WEFT_HD WEFT_INLINE value_type operator()(const Index4& ix, value_type v) const { return at(ix.i[2], ix.i[3], v); }
-  bool linear(const Shape&) const { return true; }
+  // On the CPU the region runs row by row (the general path), where the
+  // row's maximum, log z and label stay in registers across the inner loop
+  // and it vectorises. Per linear index the row came from a double per
+  // element, a gather of row_max, log_z and the label, and GCC left the
+  // loop scalar: 64 x 256 logits under a tanh took ~540 us per backward,
+  // row by row ~45 us.
+  bool linear(const Shape&) const { return OnDevice; }
 };
 
 template <class A, class L>
