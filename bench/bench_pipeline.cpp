@@ -1,12 +1,14 @@
 // Pipeline bubbles, measured: an MLP of 8 equal layers (Linear H-H + tanh;
-// the last also feeds a cross-entropy loss) cut into p v equal stages on p
-// thread ranks, micro-batches of R rows. Each step is traced; the bubble is
+// the first adds a learned input embedding, the last ends in a 10-class
+// head and cross-entropy, so that every stage does the same work per
+// micro-batch, as the formulas assume) cut into p v equal stages on p thread
+// ranks, micro-batches of R rows. Each step is traced; the bubble is
 // 1 - sum(busy) / (p x makespan) of the step's actions, averaged over the
 // steps. The per-stage F, B and W times measured in those traces drive
 // simulate(), which gives the bubble the same schedule would have with one
 // core per rank (p = 4 oversubscribes a 2-core machine).
 //
-//   build/bench/bench_pipeline p m schedule [steps = 30] [hidden = 256] [rows = 64]
+//   build/bench/bench_pipeline p m schedule [steps = 30] [hidden = 256] [rows = 256]
 //   schedule: gpipe | 1f1b | interleaved (v = 2) | zb
 // One line of key=value pairs (bench/compare_pipeline.sh reads it).
 // WEFT_PIPE_STAGES=1: per-stage F, B, W times; WEFT_PIPE_TIMELINE=1: the last
@@ -21,6 +23,7 @@
 #include <vector>
 #include <weft/comm/run_local.hpp>
 #include <weft/nn/nn.hpp>
+#include <weft/nn/transformer.hpp>
 #include <weft/parallel/pipeline/pipeline.hpp>
 #include <weft/weft.hpp>
 
@@ -41,7 +44,50 @@ struct Block {
     lin.for_each_parameter(f);
   }
 };
-using Model = nn::Sequential<Block, Block, Block, Block, Block, Block, Block, Block>;
+
+// The first block adds a learned input embedding (a ViT's positional
+// embedding, a language model's token embedding), so the first stage's
+// backward computes its first layer's input gradient as every other layer
+// does; without it stage 0 skipped one of its four input-gradient gemms and
+// the stages differed by ~15% per micro-batch, which is a bubble no
+// schedule's formula counts.
+struct EntryBlock {
+  Parameter<float> embed;
+  Block block;
+  EntryBlock(index_t h, std::uint64_t seed) : embed("embed", Shape{h}), block(h, seed) {
+    nn::Rng rng(seed + 100);
+    for (index_t i = 0; i < h; ++i) embed.value.data()[i] = static_cast<float>(0.02 * rng.normal_double());
+  }
+  template <class X>
+  auto operator()(X&& x) {
+    return block(std::forward<X>(x) + embed);
+  }
+  template <class F>
+  void for_each_parameter(F&& f) {
+    f("embed", embed);
+    nn::for_each_parameter_in(block, "block", f);
+  }
+};
+
+// The last block ends in a 10-class head (Fashion-MNIST's classes): the loss
+// adds ~1% to the last stage, where cross-entropy over all H outputs added
+// ~8%.
+constexpr index_t classes = 10;
+struct HeadBlock {
+  Block block;
+  nn::Linear<float> head;
+  HeadBlock(index_t h, std::uint64_t seed) : block(h, seed), head(h, classes, seed + 100) {}
+  template <class X>
+  auto operator()(X&& x) {
+    return head(block(std::forward<X>(x)));
+  }
+  template <class F>
+  void for_each_parameter(F&& f) {
+    nn::for_each_parameter_in(block, "block", f);
+    nn::for_each_parameter_in(head, "head", f);
+  }
+};
+using Model = nn::Sequential<EntryBlock, Block, Block, Block, Block, Block, Block, HeadBlock>;
 
 template <int S>
 auto cut_model(Model& m) {
@@ -67,14 +113,14 @@ Result run(const pp::Schedule& sched, int steps, index_t hidden, index_t rows) {
   Tensor<std::int32_t> y(Shape{rows * m});
   nn::Rng rng(7);
   for (index_t i = 0; i < x.numel(); ++i) x.data()[i] = rng.normal();
-  for (index_t i = 0; i < y.numel(); ++i) y.data()[i] = static_cast<std::int32_t>(rng.below(static_cast<std::uint64_t>(hidden)));
+  for (index_t i = 0; i < y.numel(); ++i) y.data()[i] = static_cast<std::int32_t>(rng.below(static_cast<std::uint64_t>(classes)));
   Result res;
   res.f.assign(S, 0), res.b.assign(S, 0), res.w.assign(S, 0);
   std::vector<std::size_t> peak_bytes(static_cast<std::size_t>(p));
   std::vector<int> peak_stash(static_cast<std::size_t>(p));
   comm::run_local(p, [&](comm::ThreadTransport t) {
-    Model model(Block(hidden, 1), Block(hidden, 2), Block(hidden, 3), Block(hidden, 4), Block(hidden, 5), Block(hidden, 6),
-                Block(hidden, 7), Block(hidden, 8));
+    Model model(EntryBlock(hidden, 1), Block(hidden, 2), Block(hidden, 3), Block(hidden, 4), Block(hidden, 5), Block(hidden, 6),
+                Block(hidden, 7), HeadBlock(hidden, 8));
     auto loss = [](auto out, TensorView<std::int32_t> labels) { return cross_entropy(out, labels); };
     auto pipe = pp::make_pipeline<float, std::int32_t>(t, sched, cut_model<S>(model), loss, {.trace = true});
     nn::Registry<float> reg;
@@ -129,13 +175,13 @@ Result run(const pp::Schedule& sched, int steps, index_t hidden, index_t rows) {
 
 int main(int argc, char** argv) {
   if (argc < 4) {
-    std::fprintf(stderr, "usage: bench_pipeline p m gpipe|1f1b|interleaved|zb [steps] [hidden] [rows]\n");
+    std::fprintf(stderr, "usage: bench_pipeline p m gpipe|1f1b|interleaved|zb [steps = 30] [hidden = 256] [rows = 256]\n");
     return 2;
   }
   const int p = std::atoi(argv[1]), m = std::atoi(argv[2]);
   const std::string which = argv[3];
   const int steps = argc > 4 ? std::atoi(argv[4]) : 30;
-  const index_t hidden = argc > 5 ? std::atoll(argv[5]) : 256, rows = argc > 6 ? std::atoll(argv[6]) : 64;
+  const index_t hidden = argc > 5 ? std::atoll(argv[5]) : 256, rows = argc > 6 ? std::atoll(argv[6]) : 256;
   openblas_set_num_threads(1);
   pp::Schedule sched;
   int v = 1;
