@@ -5,15 +5,19 @@
 //   backward_input(dy)  B: the vjp with respect to the input x (written to dx)
 //                       and everything on the way to it; the weight gradients
 //                       of matmul parameter operands (the weight gemms,
-//                       grad(W) += x^T dy) are recorded, not run
-//   backward_weights()  W: runs the recorded gemms into the parameters'
-//                       gradients, from the adjoints B left in the workspace
+//                       grad(W) += x^T dy) and of affine's biases (column
+//                       sums of dy) are recorded, not run
+//   backward_weights()  W: runs the recorded gemms and sums into the
+//                       parameters' gradients, from the adjoints B left in
+//                       the workspace
 // B then W computes exactly the operations of one weft::backward (the same
 // kernels on the same values), so the parameters' gradients are bitwise those
-// of the full backward. Parameters read inside fused elementwise regions (a
-// bias) and the row-kernel parameters of layer norm and embeddings get their
-// gradient in B: the fused pass that yields the input's adjoint yields theirs
-// at no extra pass; only the gemms, the weight gradient's real cost, move to W.
+// of the full backward. Parameters read inside fused elementwise regions
+// (`x + b` written out, a positional embedding) and the row-kernel
+// parameters of layer norm and embeddings get their gradient in B: the fused
+// pass that yields the input's adjoint yields theirs at no extra pass. An
+// affine node's bias (nn::Linear's) is a separate pass over dy, so it moves
+// to W with the gemm (on bench_pipeline's 256-wide layers, ~4% of B).
 //
 // K = 1: the input is differentiated (an Arg<0> leaf); K = 0: it is a constant
 // (the first pipeline stage: a Leaf, and its gemm is skipped altogether).

@@ -80,6 +80,7 @@ struct GradContext {
   struct DeferredGemm {
     View a, b;
     Param* p = nullptr;
+    bool bias = false;  // grad(p) += column sums of a (a bias's gradient); b unused
   };
   DeferredGemm* deferred = nullptr;
   int n_deferred = 0;
@@ -163,14 +164,37 @@ struct GradContext {
     param_done(p);
   }
 
-  // The W half of a split backward: the recorded gemms, in the order recorded.
+  // grad(p) += the column sums of dc (any rank, contiguous; its last axis is
+  // p's): a bias's gradient (expr/affine.hpp). Recorded like param_gemm's
+  // gemm when this pass defers weight gradients: a bias's gradient is a
+  // weight gradient, and nothing in B needs it.
+  void param_bias_grad(Param& p, const View& dc) {
+    if (deferred) {
+      if (n_deferred >= NP) throw_error<Error>("backward: more deferred weight gradients than parameter occurrences (internal error)");
+      deferred[n_deferred++] = DeferredGemm{dc, {}, &p, true};
+      return;
+    }
+    bias_grad(p, dc);
+    param_done(p);
+  }
+
+  // The W half of a split backward: the recorded gemms and bias sums, in the
+  // order recorded (the order the full backward runs them in).
   void run_deferred() {
     for (int i = 0; i < n_deferred; ++i) {
       DeferredGemm& d = deferred[i];
-      kernels::gemm(exec(), d.a, d.b, grad_of(*d.p), T(1), T(1));
+      if (d.bias)
+        bias_grad(*d.p, d.a);
+      else
+        kernels::gemm(exec(), d.a, d.b, grad_of(*d.p), T(1), T(1));
       param_done(*d.p);
     }
     n_deferred = 0;
+  }
+
+  void bias_grad(Param& p, const View& dc) {
+    const index_t n = dc.shape.rank ? dc.shape.back() : 0, r = n ? dc.numel() / n : 0;
+    kernels::bias_grad(exec(), static_cast<const T*>(dc.data), r, n, grad_of(p).data);  // (R, N) -> (N,)
   }
 
   // One occurrence of parameter p has delivered its adjoint; the last one makes it final.

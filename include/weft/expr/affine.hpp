@@ -112,10 +112,7 @@ struct Affine : ExprTag {
         return;
       }
     }
-    const Shape s = m.shape();
-    const index_t n = s.back(), r = n ? s.numel() / n : 0;
-    kernels::bias_grad(g.exec(), static_cast<const T*>(st.adj.data), r, n, g.grad_of(*bias).data);  // (R, N) -> (N,)
-    g.param_done(*bias);
+    g.param_bias_grad(*bias, st.adj);  // (R, N) -> (N,); a split backward's W half runs it
     m.backward_children(st, g);
   }
 

@@ -460,8 +460,9 @@ class Pipeline {
 
   template <std::size_t I>
   void release(Slot<I>& sl) {
+    const std::size_t held = stash_bytes(sl);  // (W's bias sums take scratch from the same workspace)
     sl.saved.backward_weights();
-    live_bytes_ -= stash_bytes(sl);
+    live_bytes_ -= held;
     sl.saved.clear();
     --alive_;
   }
