@@ -1,8 +1,10 @@
 // DataParallel on GPUs: one thread rank per GPU, each with an NcclTransport
 // (bootstrapped over a ThreadTransport) and its shard of the global batch;
 // after three steps (backward on the device, buckets reduced through NCCL's
-// own allreduce or weft's Ring over ncclSend/ncclRecv, MultiTensorSGD) every
-// rank's parameters must equal one CPU model trained on the whole batch.
+// own allreduce or weft's Ring over ncclSend/ncclRecv, MultiTensorSGD; then
+// again with the sharded update: reduce-scatter, MultiTensorSGD::step(parts)
+// on this rank's pieces, allgather) every rank's parameters must equal one
+// CPU model trained on the whole batch.
 // With one GPU only the 1-rank job runs (NCCL refuses two ranks on one
 // device), which still checks the device training step against the CPU.
 // Also: a pass on a stream other than the communicators' is refused with a
@@ -81,12 +83,13 @@ static std::vector<std::vector<float>> reference(int k) {
 }
 
 template <class Algo>
-static void train_and_compare(comm::ThreadTransport& boot, int k, const std::vector<std::vector<float>>& want) {
+static void train_and_compare(comm::ThreadTransport& boot, int k, const std::vector<std::vector<float>>& want, bool sharded) {
   const int r = boot.rank();
   NT t(boot, /*device=*/r, nullptr, comm::deadline_after(std::chrono::seconds(120)));
   comm::Communicator<Algo, NT> c{t};
   Mlp<weft::cuda> m;
-  parallel::DataParallel<float, comm::Communicator<Algo, NT>> dp(m.params, c, {.bucket_bytes = 2048});  // several buckets
+  // Several buckets; sharded: each reduce-scattered, this rank's pieces stepped, then allgathered.
+  parallel::DataParallel<float, comm::Communicator<Algo, NT>> dp(m.params, c, {.bucket_bytes = 2048, .shard_update = sharded});
   nn::MultiTensorSGD<float> opt(m.params, t.stream(), {.lr = kLr});
   auto x = to_device(rows_x(kPerRank * r, kPerRank), t.stream());
   auto y = to_device(rows_y(kPerRank * r, kPerRank), t.stream());
@@ -95,7 +98,7 @@ static void train_and_compare(comm::ThreadTransport& boot, int k, const std::vec
   for (int s = 0; s < kSteps; ++s) {
     opt.zero_grad();
     const float l = dp.backward(m.loss(x, y), ex);
-    EXPECT(std::isfinite(l), "%s rank %d step %d: loss %g", Algo::name, r, s, l);
+    EXPECT(std::isfinite(l), "%s%s rank %d step %d: loss %g", Algo::name, sharded ? " sharded" : "", r, s, l);
     dp.step(opt);
   }
   device_memory<weft::cuda>::synchronize(t.stream());
@@ -106,8 +109,8 @@ static void train_and_compare(comm::ThreadTransport& boot, int k, const std::vec
     double worst = 0;
     for (std::size_t i = 0; i < got.size(); ++i)
       worst = std::fmax(worst, std::fabs(double(got[i]) - double(want[k_param][i])) / (1.0 + std::fabs(want[k_param][i])));
-    EXPECT(worst < 2e-5, "%s, %d rank(s), rank %d: %s after %d steps differs from the CPU model on the whole batch by %g",
-           Algo::name, k, r, p->name.c_str(), kSteps, worst);
+    EXPECT(worst < 2e-5, "%s%s, %d rank(s), rank %d: %s after %d steps differs from the CPU model on the whole batch by %g",
+           Algo::name, sharded ? " sharded" : "", k, r, p->name.c_str(), kSteps, worst);
     ++k_param;
   }
 
@@ -139,8 +142,10 @@ int main() {
   try {
     comm::run_local(k, [&](comm::ThreadTransport& boot) {
       cudaSetDevice(boot.rank());
-      train_and_compare<comm::Native>(boot, k, want);
-      train_and_compare<comm::Ring>(boot, k, want);
+      for (bool sharded : {false, true}) {
+        train_and_compare<comm::Native>(boot, k, want, sharded);
+        train_and_compare<comm::Ring>(boot, k, want, sharded);
+      }
     });
   } catch (const std::exception& e) {
     ++failures;

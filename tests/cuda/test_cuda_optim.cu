@@ -1,5 +1,5 @@
 // The device optimizers (nn/optim_cuda.cuh) against the CPU optimizers on the
-// same values, and stream-ordered device memory (kernels/cuda/memory.cuh):
+// same values (step() and step(parts)), and stream-ordered device memory (kernels/cuda/memory.cuh):
 // a repeated training step (backward + fused AdamW + zero_grad) over a reused
 // Workspace<cuda> allocates nothing after its first step. Without a GPU: exit 77.
 //
@@ -115,6 +115,37 @@ static void compare(const char* name, const Options& o, std::vector<std::string>
       EXPECT(d <= tolerance<T>(), "%s step %d, parameter %zu: max |gpu - cpu| / (1 + |cpu|) = %g", name, step, k, d);
     }
   }
+  // step(parts): only the given ranges (a sharded update's pieces), one
+  // launch, the CPU's step(parts) as the reference (every element compared,
+  // so those outside the ranges must be left as they were). Ranges cross the
+  // 8192-element chunk border, start inside a parameter, and one is empty;
+  // the second call reuses the uploaded table, the third uploads new ranges.
+  const std::vector<std::vector<nn::ParamRange>> part_sets = {
+      {{0, 0, 1}, {2, 5, 5}, {3, 100, 8300}, {4, 9000, 30021}},
+      {{0, 0, 1}, {2, 5, 5}, {3, 100, 8300}, {4, 9000, 30021}},
+      {{1, 2, 7}, {2, 0, 165}, {4, 0, 8193}}};
+  for (std::size_t round = 0; round < part_sets.size(); ++round) {
+    for (std::size_t k = 0; k < shapes.size(); ++k) {
+      for (index_t i = 0; i < hp[k].numel(); ++i) hp[k].grad.data()[i] = T(nd(rng));
+      copy_to_device_async(hp[k].grad.view(), dp[k].grad.view(), stream);
+    }
+    host.step(part_sets[round]);
+    const std::uint64_t before = dev.launches();
+    dev.step(part_sets[round]);
+    EXPECT(dev.launches() == before + 1, "%s: step(parts) launched %llu kernels", name,
+           static_cast<unsigned long long>(dev.launches() - before));
+    for (std::size_t k = 0; k < shapes.size(); ++k) {
+      const double d = rel_diff(to_host(dp[k].value, stream), hp[k].value);
+      EXPECT(d <= tolerance<T>(), "%s step(parts) round %zu, parameter %zu: max |gpu - cpu| / (1 + |cpu|) = %g", name, round, k, d);
+    }
+  }
+  bool refused = false;
+  try {
+    dev.step(std::vector<nn::ParamRange>{{4, 10, 30022}});
+  } catch (const ValueError& e) {
+    refused = std::string(e.what()).find("elements [10, 30022) of parameter 'p4' (30021 elements)") != std::string::npos;
+  }
+  EXPECT(refused, "%s: step(parts) past a parameter's end was not refused with its range", name);
   for (std::size_t k = 0; k < shapes.size(); ++k)
     for (const std::string& key : keys) {
       const double d = rel_diff(to_host(dev.state(hp[k].name, key), stream), host.state(hp[k].name, key));

@@ -20,8 +20,10 @@
 // gradients must be written by work ordered before step() on that stream.
 // Parameters' storage must stay where it was when the optimizer was built
 // (a resize that reallocates is refused at the next step, with a sentence).
-// Not supported on the device (host optimizers only): masks (set_mask) and
-// sharded updates (step(parts)).
+// step(parts) steps only the given element ranges (a sharded update's
+// pieces, parallel/sharded_update.hpp), also in one launch, from a second
+// table uploaded when the ranges change. Not supported on the device (host
+// optimizers only): masks (set_mask).
 //
 // Legend: P parameters, n_k elements of parameter k, C = multi_tensor_chunk.
 #pragma once
@@ -132,7 +134,10 @@ class MultiTensorBase {
  public:
   MultiTensorBase(const MultiTensorBase&) = delete;
   MultiTensorBase& operator=(const MultiTensorBase&) = delete;
-  ~MultiTensorBase() { device_memory<cuda>::deallocate(table_, stream_); }
+  ~MultiTensorBase() {
+    device_memory<cuda>::deallocate(table_, stream_);
+    device_memory<cuda>::deallocate(parts_table_, stream_);
+  }
 
   float lr() const { return lr_; }
   void set_lr(float lr) {
@@ -218,6 +223,40 @@ class MultiTensorBase {
   // One launch of op over every element of every parameter.
   template <class Op>
   void launch(const Op& op, const char* what) {
+    check_pointers(what);
+    if (chunks_ == 0) return;
+    multi_tensor_kernel<T, Op><<<chunks_, multi_tensor_threads, 0, stream_>>>(refs_dev_, chunks_dev_, op);
+    cuda_check(cudaGetLastError(), what);
+    ++launches_;
+  }
+
+  // One launch of op over the given element ranges only (a sharded update:
+  // this rank's pieces of the parameters, parallel/sharded_update.hpp). The
+  // ranges' table is uploaded when they differ from the last call's, so a
+  // fixed shard layout uploads once. Each range is a tensor of the launch
+  // whose value, gradient and state pointers start at its first element:
+  // the element rule is the same as step()'s, so a piece's elements get the
+  // bits step() would give them.
+  template <class Op>
+  void launch_parts(const Op& op, const std::vector<ParamRange>& parts, const char* what) {
+    check_pointers(what);
+    if (!same_parts(parts)) upload_parts(parts, what);
+    if (parts_chunks_ == 0) return;
+    multi_tensor_kernel<T, Op><<<parts_chunks_, multi_tensor_threads, 0, stream_>>>(parts_refs_dev_, parts_chunks_dev_, op);
+    cuda_check(cudaGetLastError(), what);
+    ++launches_;
+  }
+
+  // Every element (parts == nullptr) or the given ranges.
+  template <class Op>
+  void run(const Op& op, const std::vector<ParamRange>* parts, const char* what) {
+    if (parts)
+      launch_parts(op, *parts, what);
+    else
+      launch(op, what);
+  }
+
+  void check_pointers(const char* what) const {
     for (std::size_t k = 0; k < params_.size(); ++k) {
       const Parameter<T, cuda>& p = *params_[k];
       if (p.value.data() != values_[k] || p.grad.data() != grads_[k] || p.value.numel() != p.grad.numel() ||
@@ -226,10 +265,6 @@ class MultiTensorBase {
                                 "' was resized or reallocated after the optimizer was built (its device pointers were "
                                 "uploaded once): build the optimizer after the parameters take their final shape");
     }
-    if (chunks_ == 0) return;
-    multi_tensor_kernel<T, Op><<<chunks_, multi_tensor_threads, 0, stream_>>>(refs_dev_, chunks_dev_, op);
-    cuda_check(cudaGetLastError(), what);
-    ++launches_;
   }
 
   const char* name_;
@@ -245,11 +280,67 @@ class MultiTensorBase {
     return keys_.empty() ? params_[k]->numel() : state_[k * keys_.size()].numel();
   }
 
+  bool same_parts(const std::vector<ParamRange>& parts) const {
+    if (!parts_uploaded_) return false;
+    if (parts.size() != parts_.size()) return false;
+    for (std::size_t i = 0; i < parts.size(); ++i)
+      if (parts[i].param != parts_[i].param || parts[i].begin != parts_[i].begin || parts[i].end != parts_[i].end) return false;
+    return true;
+  }
+
+  // The ranges as a launch table: refs at each range's first element, chunks over its length.
+  void upload_parts(const std::vector<ParamRange>& parts, const char* what) {
+    std::vector<MultiTensorRef<T>> refs;
+    std::vector<MultiTensorChunk> chunks;
+    refs.reserve(parts.size());
+    for (const ParamRange& r : parts) {
+      if (r.param >= params_.size())
+        throw_error<ValueError>(name_, ".step(parts): part names parameter ", r.param, " but the optimizer holds ", params_.size());
+      Parameter<T, cuda>& p = *params_[r.param];
+      if (r.begin < 0 || r.begin > r.end || r.end > p.numel())
+        throw_error<ValueError>(name_, ".step(parts): elements [", r.begin, ", ", r.end, ") of parameter '", p.name, "' (",
+                                p.numel(), " elements)");
+      const std::size_t k = r.param;
+      T* st[2] = {nullptr, nullptr};
+      for (std::size_t s = 0; s < keys_.size(); ++s) st[s] = state_[k * keys_.size() + s].data() + r.begin;
+      const index_t n = r.end - r.begin;
+      const index_t t = static_cast<index_t>(refs.size());
+      refs.push_back(MultiTensorRef<T>{p.value.data() + r.begin, p.grad.data() + r.begin, st[0], st[1], n});
+      for (index_t b = 0; b < n; b += multi_tensor_chunk) chunks.push_back(MultiTensorChunk{t, b});
+    }
+    if (chunks.size() > static_cast<std::size_t>(INT_MAX))
+      throw_error<ValueError>(name_, ": ", chunks.size(), " chunks of ", multi_tensor_chunk, " elements exceed one launch's grid");
+    // The old table may still be read by a queued launch: freed in stream order.
+    device_memory<cuda>::deallocate(parts_table_, stream_);
+    parts_table_ = nullptr;
+    const std::size_t ref_bytes = refs.size() * sizeof(MultiTensorRef<T>);
+    const std::size_t chunk_bytes = chunks.size() * sizeof(MultiTensorChunk);
+    if (ref_bytes + chunk_bytes > 0) {
+      std::vector<unsigned char> host(ref_bytes + chunk_bytes);
+      if (ref_bytes) std::memcpy(host.data(), refs.data(), ref_bytes);
+      if (chunk_bytes) std::memcpy(host.data() + ref_bytes, chunks.data(), chunk_bytes);
+      parts_table_ = static_cast<unsigned char*>(device_memory<cuda>::allocate(host.size(), stream_));
+      cuda_check(cudaMemcpyAsync(parts_table_, host.data(), host.size(), cudaMemcpyHostToDevice, stream_), what);
+    }
+    parts_refs_dev_ = reinterpret_cast<const MultiTensorRef<T>*>(parts_table_);
+    parts_chunks_dev_ = reinterpret_cast<const MultiTensorChunk*>(parts_table_ + ref_bytes);
+    parts_chunks_ = static_cast<unsigned>(chunks.size());
+    parts_ = parts;
+    parts_uploaded_ = true;
+  }
+
   std::vector<const T*> values_, grads_;  // the pointers the table holds, checked at each launch
   unsigned char* table_ = nullptr;        // device: refs then chunks
   const MultiTensorRef<T>* refs_dev_ = nullptr;
   const MultiTensorChunk* chunks_dev_ = nullptr;
   unsigned chunks_ = 0;
+  // The table of the last step(parts) call, kept while the parts stay the same.
+  std::vector<ParamRange> parts_;
+  bool parts_uploaded_ = false;
+  unsigned char* parts_table_ = nullptr;
+  const MultiTensorRef<T>* parts_refs_dev_ = nullptr;
+  const MultiTensorChunk* parts_chunks_dev_ = nullptr;
+  unsigned parts_chunks_ = 0;
   std::uint64_t launches_ = 0;
 };
 
@@ -277,14 +368,18 @@ class MultiTensorSGD : public detail::MultiTensorBase<T> {
       : MultiTensorSGD(std::vector<Parameter<T, cuda>*>(reg.begin(), reg.end()), stream, o) {}
   const SGDOptions& options() const { return o_; }
 
-  void step() {
+  void step() { update(nullptr); }
+  // Only the given element ranges (nn::SGD::step(parts)'s contract): one launch.
+  void step(const std::vector<ParamRange>& parts) { update(&parts); }
+
+ private:
+  void update(const std::vector<ParamRange>* parts) {
     const detail::SGDMomentumCoeffs<T> c = detail::sgd_coeffs<T>(this->steps_ + 1, this->lr_, o_);
-    if (o_.momentum == 0.0f) this->launch(detail::SGDElement<T>{c.lr, c.wd}, "SGD.step");
-    else this->launch(detail::SGDMomentumElement<T>{c}, "SGD.step");
+    if (o_.momentum == 0.0f) this->run(detail::SGDElement<T>{c.lr, c.wd}, parts, "SGD.step");
+    else this->run(detail::SGDMomentumElement<T>{c}, parts, "SGD.step");
     ++this->steps_;
   }
 
- private:
   SGDOptions o_;
 };
 
@@ -303,14 +398,18 @@ class MultiTensorAdam : public detail::MultiTensorBase<T> {
       : MultiTensorAdam(std::vector<Parameter<T, cuda>*>(reg.begin(), reg.end()), stream, o) {}
   const AdamOptions& options() const { return o_; }
 
-  void step() {
-    this->launch(detail::AdamElement<T>{detail::adam_coeffs<T>(this->steps_ + 1, this->lr_, o_.beta1, o_.beta2, o_.eps,
-                                                               o_.weight_decay, 0.0f)},
-                 "Adam.step");
+  void step() { update(nullptr); }
+  // Only the given element ranges (nn::Adam::step(parts)'s contract): one launch.
+  void step(const std::vector<ParamRange>& parts) { update(&parts); }
+
+ private:
+  void update(const std::vector<ParamRange>* parts) {
+    this->run(detail::AdamElement<T>{detail::adam_coeffs<T>(this->steps_ + 1, this->lr_, o_.beta1, o_.beta2, o_.eps,
+                                                            o_.weight_decay, 0.0f)},
+              parts, "Adam.step");
     ++this->steps_;
   }
 
- private:
   AdamOptions o_;
 };
 
@@ -329,14 +428,18 @@ class MultiTensorAdamW : public detail::MultiTensorBase<T> {
       : MultiTensorAdamW(std::vector<Parameter<T, cuda>*>(reg.begin(), reg.end()), stream, o) {}
   const AdamWOptions& options() const { return o_; }
 
-  void step() {
-    this->launch(detail::AdamElement<T>{detail::adam_coeffs<T>(this->steps_ + 1, this->lr_, o_.beta1, o_.beta2, o_.eps, 0.0f,
-                                                               o_.weight_decay)},
-                 "AdamW.step");
+  void step() { update(nullptr); }
+  // Only the given element ranges (nn::AdamW::step(parts)'s contract): one launch.
+  void step(const std::vector<ParamRange>& parts) { update(&parts); }
+
+ private:
+  void update(const std::vector<ParamRange>* parts) {
+    this->run(detail::AdamElement<T>{detail::adam_coeffs<T>(this->steps_ + 1, this->lr_, o_.beta1, o_.beta2, o_.eps, 0.0f,
+                                                            o_.weight_decay)},
+              parts, "AdamW.step");
     ++this->steps_;
   }
 
- private:
   AdamWOptions o_;
 };
 

@@ -37,8 +37,10 @@
 //     backward(loss, exec) runs the pass on the executor's stream, which must
 //     be the communicators' stream (the one NcclTransport was built on): the
 //     buckets are packed and reduced in the order the gradients' kernels were
-//     queued, with no host wait. One process (or thread) per GPU. The sharded
-//     update is host-only so far.
+//     queued, with no host wait. One process (or thread) per GPU. Sharded,
+//     the shards are copied on that stream and the optimizer must be a
+//     multi-tensor one (nn/optim_cuda.cuh), whose step(parts) is one launch
+//     over this rank's pieces.
 #pragma once
 
 #include <cstdint>
@@ -185,12 +187,10 @@ class DataParallel {
     }
     if (!averaged_)
       throw_error<ValueError>("DataParallel::step on rank ", rank(), ": no backward() yet, so no gradient to step with");
-    if constexpr (std::is_same_v<device_type, cpu>) {  // (a device's buckets refuse shard_update when built)
-      check_optimizer(opt);
-      sharded_.step(opt);
-      for (std::size_t bi = 0; bi < buckets_.size(); ++bi) start_gather(bi);
-      for (std::size_t bi = 0; bi < buckets_.size(); ++bi) finish_gather(bi);
-    }
+    check_optimizer(opt);
+    sharded_.step(opt);
+    for (std::size_t bi = 0; bi < buckets_.size(); ++bi) start_gather(bi);
+    for (std::size_t bi = 0; bi < buckets_.size(); ++bi) finish_gather(bi);
   }
 
   // Backward without communication: gradients accumulate locally.
@@ -237,10 +237,8 @@ class DataParallel {
     nn::visit_fixed(v, "shard_update", opts_.shard_update, who);
     if (!opts_.shard_update || size() == 1) return;
     if (!built_) build();
-    if constexpr (std::is_same_v<device_type, cpu>) {
-      auto shards = nn::prefixed("shards", v);
-      sharded_.visit_state(shards);
-    }
+    auto shards = nn::prefixed("shards", v);
+    sharded_.visit_state(shards);
   }
 
   std::size_t buckets() const { return buckets_.size(); }
@@ -286,14 +284,9 @@ class DataParallel {
   // Buckets cut wherever the communicator changes; sharded, padded to p equal shards.
   void build() {
     const std::size_t p = static_cast<std::size_t>(size());
-    if constexpr (!std::is_same_v<device_type, cpu>)
-      if (opts_.shard_update)
-        throw_error<ValueError>("DataParallel on rank ", rank(), ": the sharded update runs its optimizer on the host; on ",
-                                device_type::name, " it is not written yet (use shard_update = false, or parallel::Zero on the host)");
     buckets_.build(*params_, opts_.bucket_bytes, opts_.shard_update ? p : 1,
                    [this](const std::string& name) { return comm_for(name); }, queue_);
-    if constexpr (std::is_same_v<device_type, cpu>)
-      if (opts_.shard_update) sharded_.layout(buckets_, rank(), size());
+    if (opts_.shard_update) sharded_.layout(buckets_, rank(), size());
     requests_ = std::vector<Request>(buckets_.size());  // requests move, never copy
     built_ = true;
   }
@@ -313,8 +306,7 @@ class DataParallel {
           req.template emplace<I + 1>(comm.iallreduce(data, comm::ReduceOp::avg, named));
         return;
       }
-      std::span<T> out = data;
-      if constexpr (std::is_same_v<device_type, cpu>) out = sharded_.mine(data, bi);
+      std::span<T> out = sharded_.mine(data, bi);
       if (blocking)
         comm.reduce_scatter(std::span<const T>(data), out, comm::ReduceOp::avg, named);
       else
@@ -337,19 +329,16 @@ class DataParallel {
   void finish(std::size_t bi) {
     if (!opts_.overlap) reduce(bi, true);
     wait(bi);
-    if constexpr (std::is_same_v<device_type, cpu>)
-      if (opts_.shard_update) {
-        sharded_.unpack_grads(buckets_, *params_, bi);  // only this rank's shard is averaged
-        return;
-      }
+    if (opts_.shard_update) {
+      sharded_.unpack_grads(buckets_, *params_, bi, queue_);  // only this rank's shard is averaged
+      return;
+    }
     buckets_.unpack_grads(bi);
   }
 
   // Sharded step: every rank's updated shard of the bucket's values to every rank.
-  void start_gather(std::size_t bi)
-    requires std::is_same_v<device_type, cpu>
-  {
-    sharded_.stage_values(buckets_, *params_, bi);
+  void start_gather(std::size_t bi) {
+    sharded_.stage_values(buckets_, *params_, bi, queue_);
     std::span<T> data = buckets_.values(bi);
     std::span<const T> in = sharded_.mine(data, bi);
     Request& req = requests_[bi];
@@ -361,9 +350,7 @@ class DataParallel {
     });
   }
 
-  void finish_gather(std::size_t bi)
-    requires std::is_same_v<device_type, cpu>
-  {
+  void finish_gather(std::size_t bi) {
     wait(bi);
     buckets_.unpack_values(bi);
   }
@@ -480,7 +467,7 @@ class DataParallel {
   DataParallelOptions opts_;
   std::vector<std::pair<std::string, std::size_t>> choices_;
   Buckets<T, device_type> buckets_;  // channel = index into comms_
-  ShardedUpdate<T> sharded_;       // shard_update only
+  ShardedUpdate<T, device_type> sharded_;  // shard_update only
   std::vector<Request> requests_;  // per bucket, in flight
   bool built_ = false;             // buckets fixed (by the first backward or visit_state)
   bool averaged_ = false;          // a backward() has averaged gradients

@@ -12,7 +12,10 @@
 //   3. allgather the updated values of every shard to every rank.
 // Same bytes on the wire as an allreduce, and the optimizer pass, memory-bound
 // and otherwise repeated on every rank, shrinks p-fold. In between, a rank's
-// .grad is averaged only on its own shard.
+// .grad is averaged only on its own shard. On a device (Device = cuda) the
+// copies between the buckets and the parameters are stream-ordered on the
+// buckets' queue and the optimizer is a multi-tensor one (nn/optim_cuda.cuh)
+// whose step(parts) is one launch over this rank's pieces.
 #pragma once
 
 #include <algorithm>
@@ -24,6 +27,7 @@
 #include <string_view>
 #include <vector>
 
+#include "../core/device.hpp"
 #include "../core/error.hpp"
 #include "../nn/optim.hpp"
 #include "../nn/state.hpp"
@@ -31,9 +35,10 @@
 
 namespace weft::parallel {
 
-template <class T>
+template <class T, class Device = cpu>
 class ShardedUpdate {
  public:
+  using Queue = typename device_memory<Device>::queue_type;
   struct Piece {  // this rank's shard within one parameter
     nn::ParamRange part;
     std::size_t at;  // where element part.begin sits in the bucket's buffer
@@ -42,7 +47,7 @@ class ShardedUpdate {
 
   // Cut every bucket (padded to a multiple of `size` elements) into `size`
   // shards and find the parameter elements in shard `rank`.
-  void layout(const Buckets<T>& b, int rank, int size) {
+  void layout(const Buckets<T, Device>& b, int rank, int size) {
     rank_ = static_cast<std::size_t>(rank);
     size_ = static_cast<std::size_t>(size);
     shard_.clear();
@@ -75,23 +80,26 @@ class ShardedUpdate {
   // This rank's shard of bucket i's data (gradients or values).
   std::span<T> mine(std::span<T> data, std::size_t i) const { return data.subspan(rank_ * shard_[i], shard_[i]); }
 
-  // After the reduce-scatter: this rank's averaged shard, buffer -> .grad.
-  void unpack_grads(Buckets<T>& b, nn::Registry<T>& params, std::size_t i) const {
+  // After the reduce-scatter: this rank's averaged shard, buffer -> .grad
+  // (on a device, enqueued on `queue`).
+  void unpack_grads(Buckets<T, Device>& b, nn::Registry<T, Device>& params, std::size_t i, Queue queue) const {
     if (b[i].in_place) return;
     const std::span<T> buf = b.grads(i);
     for (std::size_t k = first_[i]; k < first_[i + 1]; ++k) {
       const Piece& m = pieces_[k];
-      std::memcpy(params[m.part.param].grad.data() + m.part.begin, buf.data() + m.at, m.elems() * sizeof(T));
+      device_memory<Device>::copy(params[m.part.param].grad.data() + m.part.begin, buf.data() + m.at, m.elems() * sizeof(T),
+                                  queue);
     }
   }
 
   // Before the allgather: this rank's updated values, .value -> buffer.
-  void stage_values(Buckets<T>& b, nn::Registry<T>& params, std::size_t i) const {
+  void stage_values(Buckets<T, Device>& b, nn::Registry<T, Device>& params, std::size_t i, Queue queue) const {
     if (b[i].in_place) return;
     const std::span<T> buf = b.values(i);
     for (std::size_t k = first_[i]; k < first_[i + 1]; ++k) {
       const Piece& m = pieces_[k];
-      std::memcpy(buf.data() + m.at, params[m.part.param].value.data() + m.part.begin, m.elems() * sizeof(T));
+      device_memory<Device>::copy(buf.data() + m.at, params[m.part.param].value.data() + m.part.begin, m.elems() * sizeof(T),
+                                  queue);
     }
   }
 
