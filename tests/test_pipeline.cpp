@@ -205,6 +205,21 @@ TEST_CASE("split backward: B then W equals the full backward bit for bit; W hold
   CHECK(bias_done);
   CHECK(pipe_suite::bitwise_equal(pipe_suite::flat(reg, true), g_ref));
   CHECK_THROWS_WITH(sb.backward_weights(), "SplitBackward: backward_weights() twice for one forward");
+
+  // F into a caller's buffer (a pipeline's send buffer): the same value, the
+  // same gradients; a buffer of another shape is refused before anything runs.
+  Tensor<float> y_ref(Shape{8, pipe_suite::kHidden}), y_into(Shape{8, pipe_suite::kHidden});
+  std::memcpy(y_ref.data(), sb.forward(build, x.view()).data, y_ref.bytes());
+  CHECK(sb.forward(build, x.view(), y_into.view()).data == y_into.data());
+  CHECK(std::memcmp(y_into.data(), y_ref.data(), y_ref.bytes()) == 0);
+  reg.zero_grad();
+  sb.backward_input(seed.view(), dx.view());
+  sb.backward_weights();
+  CHECK(pipe_suite::bitwise_equal(pipe_suite::flat(reg, true), g_ref));
+  Tensor<float> wrong(Shape{8, pipe_suite::kHidden + 1});
+  CHECK_THROWS_WITH(sb.forward(build, x.view(), wrong.view()),
+                    doctest::Contains("SplitBackward: the output buffer has shape (8, 17), the output has (8, 16)"));
+  CHECK_THROWS_WITH(sb.backward_input(seed.view(), dx.view()), "SplitBackward: backward_input() before forward()");
 }
 
 TEST_CASE("split backward: input and weight gradients against central differences (double)") {

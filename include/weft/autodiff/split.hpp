@@ -84,9 +84,16 @@ class SplitBackward {
 
   // F: builds e = build(input leaf over x) and runs its forward. Returns the
   // value (valid until clear()), except for a full sum or mean at the root,
-  // whose value comes out of B's fused pass (then an empty view).
+  // whose value comes out of B's fused pass (then an empty view). With
+  // `into` (contiguous, the output's shape) the value is evaluated there
+  // instead of into this object's workspace (a pipeline stage's send
+  // buffer: no copy); B does not read it. It must not overlap x or anything
+  // the expression reads.
   template <class Build>
-  View forward(Build&& build, View x) {
+  View forward(Build&& build, View x, View into = {}) {
+    if (full_sum && into.data)
+      throw_error<ValueError>("SplitBackward: a full sum or mean at the root has its value only after B; no output buffer "
+                              "can take it at F");
     clear();
     ws_.reset();
     e_.emplace(build(split_input_t<T, K>(x)));
@@ -95,9 +102,14 @@ class SplitBackward {
       st_.emplace(e_->a.forward(ex_));
       return {};
     } else {
-      st_.emplace(e_->forward(ex_));
       Shape s = e_->shape();
-      value_ = kernels::alloc<T>(ex_, s);
+      if (into.data && (into.shape != s || !into.is_contiguous())) {
+        clear();
+        throw_error<ShapeError>("SplitBackward: the output buffer has shape ", into.shape, into.is_contiguous() ? "" : " (strided)",
+                                ", the output has ", s, " (contiguous)");
+      }
+      st_.emplace(e_->forward(ex_));
+      value_ = into.data ? into : kernels::alloc<T>(ex_, s);
       NoGrad ng;
       kernels::evaluate(ex_, e_->bind(*st_, s, ng), value_);
       return value_;

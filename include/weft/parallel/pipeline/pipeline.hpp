@@ -422,8 +422,11 @@ class Pipeline {
           case Op::F: {
             TensorView<T> in = first ? x_.slice(a.mb * mb_rows_, (a.mb + 1) * mb_rows_) : payload(sl.in, in_shape_[I]);
             if constexpr (last) labels_ = y_.slice(a.mb * mb_rows_, (a.mb + 1) * mb_rows_);
-            TensorView<T> y = sl.saved.forward(builder<I>(), in);
-            if constexpr (!last) kernels::copy(Exec<cpu>(copy_ws_), payload(sl.out, out_shape_[I]), y);
+            // (evaluated straight into the send buffer, but at the last stage)
+            if constexpr (last)
+              sl.saved.forward(builder<I>(), in);
+            else
+              sl.saved.forward(builder<I>(), in, payload(sl.out, out_shape_[I]));
             ++alive_;
             peak_alive_ = std::max(peak_alive_, alive_);
             live_bytes_ += stash_bytes(sl);
@@ -489,7 +492,6 @@ class Pipeline {
   std::uint32_t step_ = 0;
   Tensor<T> seed_{Shape{}};
   GradRoute<T> route_;  // where B and W write gradients (a GradSink strategy's buffers, or .grad)
-  Workspace<cpu> copy_ws_;
   std::vector<typename Tr::Request> sends_;
   std::vector<Event> events_;
   int alive_ = 0, peak_alive_ = 0;
