@@ -73,6 +73,7 @@ struct ParamRange {
   std::size_t param;
   index_t begin;
   index_t end;
+  friend bool operator==(const ParamRange&, const ParamRange&) = default;
 };
 
 namespace detail {

@@ -135,8 +135,8 @@ class MultiTensorBase {
   MultiTensorBase(const MultiTensorBase&) = delete;
   MultiTensorBase& operator=(const MultiTensorBase&) = delete;
   ~MultiTensorBase() {
-    device_memory<cuda>::deallocate(table_, stream_);
-    device_memory<cuda>::deallocate(parts_table_, stream_);
+    device_memory<cuda>::deallocate(all_.mem, stream_);
+    device_memory<cuda>::deallocate(parts_table_.mem, stream_);
   }
 
   float lr() const { return lr_; }
@@ -195,39 +195,18 @@ class MultiTensorBase {
         if (n > 0) cuda_check(cudaMemsetAsync(t.data(), 0, t.bytes(), stream_), "optimizer state: cudaMemsetAsync");
         st[s] = t.data();
       }
-      refs.push_back(MultiTensorRef<T>{p->value.data(), p->grad.data(), st[0], st[1], n});
-      for (index_t b = 0; b < n; b += multi_tensor_chunk) chunks.push_back(MultiTensorChunk{static_cast<index_t>(k), b});
+      add_tensor(refs, chunks, MultiTensorRef<T>{p->value.data(), p->grad.data(), st[0], st[1], n});
       values_.push_back(p->value.data());
       grads_.push_back(p->grad.data());
     }
-    if (chunks.size() > static_cast<std::size_t>(INT_MAX))
-      throw_error<ValueError>(name_, ": ", chunks.size(), " chunks of ", multi_tensor_chunk, " elements exceed one launch's grid");
-    chunks_ = static_cast<unsigned>(chunks.size());
-    // One upload: (P,) refs then the chunks, both 8-byte aligned structs.
-    const std::size_t ref_bytes = refs.size() * sizeof(MultiTensorRef<T>);
-    const std::size_t chunk_bytes = chunks.size() * sizeof(MultiTensorChunk);
-    static_assert(sizeof(MultiTensorRef<T>) % alignof(MultiTensorChunk) == 0);
-    if (ref_bytes + chunk_bytes > 0) {
-      std::vector<unsigned char> host(ref_bytes + chunk_bytes);
-      if (ref_bytes) std::memcpy(host.data(), refs.data(), ref_bytes);
-      if (chunk_bytes) std::memcpy(host.data() + ref_bytes, chunks.data(), chunk_bytes);
-      table_ = static_cast<unsigned char*>(device_memory<cuda>::allocate(host.size(), stream_));
-      // From pageable memory: staged before cudaMemcpyAsync returns, so `host` may die.
-      cuda_check(cudaMemcpyAsync(table_, host.data(), host.size(), cudaMemcpyHostToDevice, stream_),
-                 "optimizer launch table upload");
-    }
-    refs_dev_ = reinterpret_cast<const MultiTensorRef<T>*>(table_);
-    chunks_dev_ = reinterpret_cast<const MultiTensorChunk*>(table_ + ref_bytes);
+    all_ = upload(refs, chunks, "optimizer launch table upload");
   }
 
   // One launch of op over every element of every parameter.
   template <class Op>
   void launch(const Op& op, const char* what) {
     check_pointers(what);
-    if (chunks_ == 0) return;
-    multi_tensor_kernel<T, Op><<<chunks_, multi_tensor_threads, 0, stream_>>>(refs_dev_, chunks_dev_, op);
-    cuda_check(cudaGetLastError(), what);
-    ++launches_;
+    launch_table(all_, op, what);
   }
 
   // One launch of op over the given element ranges only (a sharded update:
@@ -240,11 +219,8 @@ class MultiTensorBase {
   template <class Op>
   void launch_parts(const Op& op, const std::vector<ParamRange>& parts, const char* what) {
     check_pointers(what);
-    if (!same_parts(parts)) upload_parts(parts, what);
-    if (parts_chunks_ == 0) return;
-    multi_tensor_kernel<T, Op><<<parts_chunks_, multi_tensor_threads, 0, stream_>>>(parts_refs_dev_, parts_chunks_dev_, op);
-    cuda_check(cudaGetLastError(), what);
-    ++launches_;
+    if (parts != parts_) upload_parts(parts, what);
+    launch_table(parts_table_, op, what);
   }
 
   // Every element (parts == nullptr) or the given ranges.
@@ -280,12 +256,50 @@ class MultiTensorBase {
     return keys_.empty() ? params_[k]->numel() : state_[k * keys_.size()].numel();
   }
 
-  bool same_parts(const std::vector<ParamRange>& parts) const {
-    if (!parts_uploaded_) return false;
-    if (parts.size() != parts_.size()) return false;
-    for (std::size_t i = 0; i < parts.size(); ++i)
-      if (parts[i].param != parts_[i].param || parts[i].begin != parts_[i].begin || parts[i].end != parts_[i].end) return false;
-    return true;
+  // A launch table in device memory: the refs, then the chunks (one block each).
+  struct LaunchTable {
+    unsigned char* mem = nullptr;
+    const MultiTensorRef<T>* refs = nullptr;
+    const MultiTensorChunk* chunks = nullptr;
+    unsigned blocks = 0;
+  };
+
+  // One tensor of a launch, cut into chunks of multi_tensor_chunk elements.
+  static void add_tensor(std::vector<MultiTensorRef<T>>& refs, std::vector<MultiTensorChunk>& chunks, const MultiTensorRef<T>& r) {
+    const index_t t = static_cast<index_t>(refs.size());
+    refs.push_back(r);
+    for (index_t b = 0; b < r.n; b += multi_tensor_chunk) chunks.push_back(MultiTensorChunk{t, b});
+  }
+
+  // One upload: the refs then the chunks, both 8-byte aligned structs.
+  LaunchTable upload(const std::vector<MultiTensorRef<T>>& refs, const std::vector<MultiTensorChunk>& chunks,
+                     const char* what) const {
+    if (chunks.size() > static_cast<std::size_t>(INT_MAX))
+      throw_error<ValueError>(name_, ": ", chunks.size(), " chunks of ", multi_tensor_chunk, " elements exceed one launch's grid");
+    static_assert(sizeof(MultiTensorRef<T>) % alignof(MultiTensorChunk) == 0);
+    const std::size_t ref_bytes = refs.size() * sizeof(MultiTensorRef<T>);
+    const std::size_t chunk_bytes = chunks.size() * sizeof(MultiTensorChunk);
+    LaunchTable t;
+    if (ref_bytes + chunk_bytes > 0) {
+      std::vector<unsigned char> host(ref_bytes + chunk_bytes);
+      if (ref_bytes) std::memcpy(host.data(), refs.data(), ref_bytes);
+      if (chunk_bytes) std::memcpy(host.data() + ref_bytes, chunks.data(), chunk_bytes);
+      t.mem = static_cast<unsigned char*>(device_memory<cuda>::allocate(host.size(), stream_));
+      // From pageable memory: staged before cudaMemcpyAsync returns, so `host` may die.
+      cuda_check(cudaMemcpyAsync(t.mem, host.data(), host.size(), cudaMemcpyHostToDevice, stream_), what);
+    }
+    t.refs = reinterpret_cast<const MultiTensorRef<T>*>(t.mem);
+    t.chunks = reinterpret_cast<const MultiTensorChunk*>(t.mem + ref_bytes);
+    t.blocks = static_cast<unsigned>(chunks.size());
+    return t;
+  }
+
+  template <class Op>
+  void launch_table(const LaunchTable& t, const Op& op, const char* what) {
+    if (t.blocks == 0) return;
+    multi_tensor_kernel<T, Op><<<t.blocks, multi_tensor_threads, 0, stream_>>>(t.refs, t.chunks, op);
+    cuda_check(cudaGetLastError(), what);
+    ++launches_;
   }
 
   // The ranges as a launch table: refs at each range's first element, chunks over its length.
@@ -303,44 +317,21 @@ class MultiTensorBase {
       const std::size_t k = r.param;
       T* st[2] = {nullptr, nullptr};
       for (std::size_t s = 0; s < keys_.size(); ++s) st[s] = state_[k * keys_.size() + s].data() + r.begin;
-      const index_t n = r.end - r.begin;
-      const index_t t = static_cast<index_t>(refs.size());
-      refs.push_back(MultiTensorRef<T>{p.value.data() + r.begin, p.grad.data() + r.begin, st[0], st[1], n});
-      for (index_t b = 0; b < n; b += multi_tensor_chunk) chunks.push_back(MultiTensorChunk{t, b});
+      add_tensor(refs, chunks, MultiTensorRef<T>{p.value.data() + r.begin, p.grad.data() + r.begin, st[0], st[1], r.end - r.begin});
     }
-    if (chunks.size() > static_cast<std::size_t>(INT_MAX))
-      throw_error<ValueError>(name_, ": ", chunks.size(), " chunks of ", multi_tensor_chunk, " elements exceed one launch's grid");
+    const LaunchTable t = upload(refs, chunks, what);
     // The old table may still be read by a queued launch: freed in stream order.
-    device_memory<cuda>::deallocate(parts_table_, stream_);
-    parts_table_ = nullptr;
-    const std::size_t ref_bytes = refs.size() * sizeof(MultiTensorRef<T>);
-    const std::size_t chunk_bytes = chunks.size() * sizeof(MultiTensorChunk);
-    if (ref_bytes + chunk_bytes > 0) {
-      std::vector<unsigned char> host(ref_bytes + chunk_bytes);
-      if (ref_bytes) std::memcpy(host.data(), refs.data(), ref_bytes);
-      if (chunk_bytes) std::memcpy(host.data() + ref_bytes, chunks.data(), chunk_bytes);
-      parts_table_ = static_cast<unsigned char*>(device_memory<cuda>::allocate(host.size(), stream_));
-      cuda_check(cudaMemcpyAsync(parts_table_, host.data(), host.size(), cudaMemcpyHostToDevice, stream_), what);
-    }
-    parts_refs_dev_ = reinterpret_cast<const MultiTensorRef<T>*>(parts_table_);
-    parts_chunks_dev_ = reinterpret_cast<const MultiTensorChunk*>(parts_table_ + ref_bytes);
-    parts_chunks_ = static_cast<unsigned>(chunks.size());
+    device_memory<cuda>::deallocate(parts_table_.mem, stream_);
+    parts_table_ = t;
     parts_ = parts;
-    parts_uploaded_ = true;
   }
 
   std::vector<const T*> values_, grads_;  // the pointers the table holds, checked at each launch
-  unsigned char* table_ = nullptr;        // device: refs then chunks
-  const MultiTensorRef<T>* refs_dev_ = nullptr;
-  const MultiTensorChunk* chunks_dev_ = nullptr;
-  unsigned chunks_ = 0;
-  // The table of the last step(parts) call, kept while the parts stay the same.
+  LaunchTable all_;                       // every element of every parameter
+  // The table of the last step(parts) call, kept while the parts stay the
+  // same (none yet: no parts, no blocks).
   std::vector<ParamRange> parts_;
-  bool parts_uploaded_ = false;
-  unsigned char* parts_table_ = nullptr;
-  const MultiTensorRef<T>* parts_refs_dev_ = nullptr;
-  const MultiTensorChunk* parts_chunks_dev_ = nullptr;
-  unsigned parts_chunks_ = 0;
+  LaunchTable parts_table_;
   std::uint64_t launches_ = 0;
 };
 
