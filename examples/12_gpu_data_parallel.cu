@@ -5,8 +5,11 @@
 // (rank 0's id sent through MPI), then everything runs on one stream per
 // rank: forward and backward as kernels, each gradient bucket averaged as
 // soon as its last gradient's kernel is queued, per layer: l1 (the largest)
-// through NCCL's own allreduce (comm::Native), l2 and l3 through weft's ring
-// over ncclSend/ncclRecv; AdamW updates every parameter in one launch. Rank 0
+// through NCCL's own allreduce (comm::Native), l2 through weft's
+// Hierarchical (ranks grouped by node as MPI sees them, each level a ring over
+// ncclSend/ncclRecv), l3 through Compressed<BF16, Ring> (the codec on the
+// host, bf16 payloads on the wire); AdamW updates every parameter in one
+// launch. Each communicator has its own split of the NCCL transport. Rank 0
 // prints the loss, the test accuracy (the logits computed on its GPU) and
 // samples/s per epoch. Without a GPU it says so and exits 77.
 #include "run_under_mpi.hpp"
@@ -18,8 +21,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
+#include <weft/comm/algorithm/compressed.hpp>
+#include <weft/comm/algorithm/hierarchical.hpp>
 #include <weft/comm/algorithm/native.hpp>
 #include <weft/comm/algorithm/ring.hpp>
+#include <weft/comm/codec/cast.hpp>
 #include <weft/comm/communicator.hpp>
 #include <weft/comm/transport/mpi.hpp>
 #include <weft/comm/transport/nccl.hpp>
@@ -51,7 +57,9 @@ int main(int argc, char** argv) {
     comm::NcclTransport<comm::MpiTransport> t(boot, device);  // creates and owns its stream
     cudaStream_t stream = t.stream();
     comm::Communicator<comm::Native, decltype(t)> nccl{t};
-    comm::Communicator<comm::Ring, decltype(t)> ring{t.split(1, rank, comm::deadline_after(std::chrono::seconds(60)))};
+    const auto dl = comm::deadline_after(std::chrono::seconds(60));
+    comm::Communicator<comm::Hierarchical<>, decltype(t)> hier{t.split(1, rank, dl)};
+    comm::Communicator<comm::Compressed<comm::BF16, comm::Ring>, decltype(t)> bf16{t.split(2, rank, dl)};
 
     auto train = io::load_fashion_mnist("train");  // (60000, 784), (60000,)
     auto test = io::load_fashion_mnist("test");
@@ -61,9 +69,9 @@ int main(int argc, char** argv) {
     nn::Linear<float, true, weft::cuda> l1(d, 256, seed), l2(256, 256, seed + 1), l3(256, 10, seed + 2);
     nn::Registry<float, weft::cuda> params;
     params.add("l1", l1).add("l2", l2).add("l3", l3);
-    parallel::DataParallel<float, decltype(nccl), decltype(ring)> dp(params, nccl, ring);  // rank 0's values to all
-    dp.layer("l2").use(ring);
-    dp.layer("l3").use(ring);
+    parallel::DataParallel<float, decltype(nccl), decltype(hier), decltype(bf16)> dp(params, nccl, hier, bf16);  // rank 0's values to all
+    dp.layer("l2").use(hier);
+    dp.layer("l3").use(bf16);
     nn::MultiTensorAdamW<float> opt(params, stream, {.lr = 1e-3f});
     auto model = [&](auto& x) { return l3(relu(l2(relu(l1(x))))); };
 
@@ -76,8 +84,8 @@ int main(int argc, char** argv) {
     io::DistributedSampler sampler(n, rank, size, seed, io::Remainder::drop);
     const index_t steps = sampler.shard_size() / batch;
     if (rank == 0)
-      std::printf("GPU data parallel: %d ranks x batch %lld, MLP 784-256-256-10, AdamW; l1 via NCCL allreduce, l2/l3 via "
-                  "weft's ring over NCCL send/recv\n", size, static_cast<long long>(batch));
+      std::printf("GPU data parallel: %d ranks x batch %lld, MLP 784-256-256-10, AdamW; l1 via NCCL allreduce, l2 via "
+                  "weft's Hierarchical, l3 via Compressed<BF16, Ring> (NCCL send/recv)\n", size, static_cast<long long>(batch));
 
     auto dtest = to_device(test.images, stream);
     Tensor<float, weft::cuda> dlogits(Shape{test.images.size(0), 10}, stream);

@@ -1,7 +1,9 @@
 // NcclTransport and CudaExecutor: collectives on device buffers through
-// comm::Native (NCCL's own) and weft's Ring (ncclSend/ncclRecv with combines
-// on the device), each compared with a host reference; a split; a deadline
-// that expires. One thread rank per GPU over a ThreadTransport bootstrap
+// comm::Native (NCCL's own), weft's Ring and Hierarchical (ncclSend/ncclRecv
+// with combines on the device; Hierarchical's levels on split communicators
+// sharing the stream), each compared with a host reference; Compressed
+// (host codecs staged through download/upload) against the same policy over
+// host buffers, bit for bit; a split; a deadline that expires. One thread rank per GPU over a ThreadTransport bootstrap
 // (NCCL refuses two ranks on one device): with one GPU only the 1-rank
 // communicator runs, and the deadline test needs two.
 // Before looking for a GPU, the element arithmetic the device kernels use
@@ -19,8 +21,12 @@
 #include <type_traits>
 #include <vector>
 
+#include <weft/comm/algorithm/compressed.hpp>
+#include <weft/comm/algorithm/hierarchical.hpp>
 #include <weft/comm/algorithm/native.hpp>
 #include <weft/comm/algorithm/ring.hpp>
+#include <weft/comm/codec/cast.hpp>
+#include <weft/comm/codec/top_k.hpp>
 #include <weft/comm/communicator.hpp>
 #include <weft/comm/run_local.hpp>
 #include <weft/comm/transport/nccl.hpp>
@@ -227,6 +233,42 @@ static void check_algorithm(NT& t) {
   check_allreduce<Algo, double>(t, 4099, ReduceOp::max, 0.0);
 }
 
+// Compressed over NCCL: the codec runs on the host, the payloads go through
+// the inner Ring on the device. Two calls (the second sees the first's
+// error-feedback residual), then the same on a host communicator over the
+// bootstrap: bitwise equal (the device combines match the host loops).
+template <class Policy>
+static void check_compressed(NT& t, ThreadTransport& boot, Policy (*make)()) {
+  const int r = t.rank();
+  const std::size_t n = 10007;
+  std::vector<std::vector<float>> dev_out, host_out;
+  {
+    Communicator<Policy, NT> comm{t, make()};
+    DeviceBuffer<float> buf(n);
+    for (int call = 0; call < 2; ++call) {
+      std::vector<float> h(n);
+      for (std::size_t i = 0; i < n; ++i) h[i] = value(r, i + static_cast<std::size_t>(call)) / 7.0f;
+      buf.put(h);
+      comm.allreduce(buf.p, buf.p, n, ReduceOp::avg, {.name = "g"});
+      cuda_expect(cudaStreamSynchronize(t.stream()), "cudaStreamSynchronize");
+      dev_out.push_back(buf.get());
+    }
+  }
+  {
+    Communicator<Policy, ThreadTransport> comm{boot.split(1, r, deadline_after(std::chrono::seconds(60))), make()};
+    for (int call = 0; call < 2; ++call) {
+      std::vector<float> h(n);
+      for (std::size_t i = 0; i < n; ++i) h[i] = value(r, i + static_cast<std::size_t>(call)) / 7.0f;
+      comm.allreduce(h.data(), h.data(), n, ReduceOp::avg, {.name = "g"});
+      host_out.push_back(h);
+    }
+  }
+  for (int call = 0; call < 2; ++call)
+    EXPECT(std::memcmp(dev_out[call].data(), host_out[call].data(), n * sizeof(float)) == 0,
+           "%s<%s> over NCCL, call %d on rank %d: differs from the same policy over host buffers", Policy::name,
+           Policy::codec_type::name, call, r);
+}
+
 // Split by parity: each half allreduces on its own NCCL communicator.
 static void check_split(NT& t) {
   const int r = t.rank(), p = t.size();
@@ -302,18 +344,25 @@ int main() {
   const int k = devices < 4 ? devices : 4;
   std::printf("%d CUDA device(s): %d thread rank(s), one per GPU\n", devices, k);
   try {
-    run_local(k, [&](ThreadTransport& boot) {
+    // Two ranks per emulated node where there are 4 GPUs (Hierarchical's two levels).
+    run_local(
+        k,
+        [&](ThreadTransport& boot) {
       const int device = boot.rank();
       cuda_expect(cudaSetDevice(device), "cudaSetDevice");
       NT t(boot, device, nullptr, deadline_after(std::chrono::seconds(120)));
       check_algorithm<Native>(t);
       check_algorithm<Ring>(t);
+      check_algorithm<Hierarchical<>>(t);
+      check_compressed<Compressed<BF16, Ring>>(t, boot, [] { return Compressed<BF16, Ring>{}; });
+      check_compressed<Compressed<TopK, Ring>>(t, boot, [] { return Compressed<TopK, Ring>{.codec = {.fraction = 0.05}}; });
       check_split(t);
       if (k >= 2) {
         check_deadline<Ring>(boot, device);
         check_deadline<Native>(boot, device);
       }
-    });
+        },
+        LocalOptions{k >= 4 ? 2 : k});
   } catch (const std::exception& e) {
     ++failures;
     std::printf("FAILED: %s\n", e.what());

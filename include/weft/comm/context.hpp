@@ -22,6 +22,7 @@
 #include <sstream>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -71,6 +72,16 @@ concept Executor = std::copyable<E> && requires(const E& e, std::byte* p, void* 
   { e.divide(d, dst, n, k) } -> std::same_as<void>;             // buf[i] /= k
 };
 
+// Optional: an executor of device memory that can stage buffers through the
+// host, for work that runs there (comm::Compressed's codecs): download copies
+// device -> host, upload host -> device, each complete when it returns (after
+// the work queued before it).
+template <class E>
+concept StagingExecutor = Executor<E> && requires(const E& e, void* dst, const void* src, std::size_t n) {
+  { e.download(dst, src, n) } -> std::same_as<void>;
+  { e.upload(dst, src, n) } -> std::same_as<void>;
+};
+
 // Host memory and the host loops of reduce_op.hpp.
 struct HostExecutor {
   using device_type = weft::cpu;  // where the buffers it is given live
@@ -109,6 +120,12 @@ struct executor_of<T> {
 };
 template <class T>
 using executor_of_t = typename executor_of<T>::type;
+
+// Whether a context's (or executor's) buffers are host memory, which policies
+// may read and write directly (codecs); false for a device executor's.
+template <class X>
+inline constexpr bool host_buffers_v =
+    std::is_same_v<typename X::executor_type::device_type, weft::cpu>;
 
 namespace detail {
 // A grow-only, 64-byte aligned buffer from an executor's memory.

@@ -165,6 +165,22 @@ struct CudaExecutor {
     }
     deallocate(tmp);
   }
+  // Staging through the host (StagingExecutor, for comm::Compressed's host
+  // codecs): queued after the stream's earlier work, complete on return. The
+  // stream's pending work is local (a transport call returns once its
+  // messages completed), so the wait cannot hang on a peer.
+  void download(void* host, const void* dev, std::size_t bytes) const {
+    if (!bytes) return;
+    detail::DeviceScope on(device);
+    detail::cuda_ok(cudaMemcpyAsync(host, dev, bytes, cudaMemcpyDeviceToHost, stream), "CudaExecutor::download (cudaMemcpyAsync)");
+    detail::cuda_ok(cudaStreamSynchronize(stream), "CudaExecutor::download (cudaStreamSynchronize)");
+  }
+  void upload(void* dev, const void* host, std::size_t bytes) const {
+    if (!bytes) return;
+    detail::DeviceScope on(device);
+    detail::cuda_ok(cudaMemcpyAsync(dev, host, bytes, cudaMemcpyHostToDevice, stream), "CudaExecutor::upload (cudaMemcpyAsync)");
+    detail::cuda_ok(cudaStreamSynchronize(stream), "CudaExecutor::upload (cudaStreamSynchronize)");
+  }
   void combine(dtype d, ReduceOp op, const void* a, const void* b, void* out, std::size_t n) const {
     if (!n) return;
     detail::DeviceScope on(device);
@@ -195,6 +211,6 @@ struct CudaExecutor {
     detail::cuda_ok(cudaGetLastError(), "CudaExecutor::divide (kernel launch)");
   }
 };
-static_assert(Executor<CudaExecutor>);
+static_assert(StagingExecutor<CudaExecutor>);
 
 }  // namespace weft::comm

@@ -51,11 +51,6 @@
 
 namespace weft::comm {
 
-namespace detail {
-template <class A, class T>
-concept prepares_on = requires(A& a, Context<T>& ctx, Deadline dl) { a.prepare(ctx, dl); };
-}  // namespace detail
-
 template <Algorithm... Candidates>
 struct AutoOf {
   static_assert(sizeof...(Candidates) > 0, "comm::AutoOf needs at least one candidate algorithm");
@@ -90,8 +85,8 @@ struct AutoOf {
 
   // Candidates that split groups (Hierarchical) do so when the Communicator
   // is built; in-run selection starts a fresh state for this communicator.
-  template <Transport T>
-  void prepare(Context<T>& ctx, Deadline dl) {
+  template <Transport T, Executor E>
+  void prepare(Context<T, E>& ctx, Deadline dl) {
     std::apply([&](auto&... c) { (prepare_one(c, ctx, dl), ...); }, candidates);
     if (in_run.enabled()) {
       if (in_run.calls_per_candidate > 1000)

@@ -69,6 +69,31 @@ inline constexpr bool linear_with_byte_payload = [] {
   else
     return false;
 }();
+
+// Device memory for the payloads of one compressed call over a device
+// transport, freed (stream-ordered) when the call ends; unused on the host.
+template <class Exec>
+class DeviceStage {
+ public:
+  explicit DeviceStage(const Exec& e) : e_(e) {}
+  ~DeviceStage() { e_.deallocate(p_); }
+  DeviceStage(const DeviceStage&) = delete;
+  DeviceStage& operator=(const DeviceStage&) = delete;
+  std::byte* get(std::size_t bytes) {
+    if (bytes > cap_) {
+      e_.deallocate(p_);
+      p_ = nullptr;
+      cap_ = (bytes + 63) / 64 * 64;
+      p_ = e_.allocate(cap_);
+    }
+    return p_;
+  }
+
+ private:
+  const Exec& e_;
+  std::byte* p_ = nullptr;
+  std::size_t cap_ = 0;
+};
 }  // namespace detail
 
 template <class C, class A = Ring>
@@ -100,9 +125,9 @@ struct Compressed {
   std::shared_ptr<state_table> states = std::make_shared<state_table>();
 
   // The inner algorithm's groups, split when the Communicator is built (Hierarchical).
-  template <Transport T>
-    requires requires(A& a, Context<T>& c, Deadline d) { a.prepare(c, d); }
-  void prepare(Context<T>& ctx, Deadline dl) {
+  template <Transport T, Executor E>
+    requires requires(A& a, Context<T, E>& c, Deadline d) { a.prepare(c, d); }
+  void prepare(Context<T, E>& ctx, Deadline dl) {
     inner.prepare(ctx, dl);
   }
 
@@ -116,8 +141,25 @@ struct Compressed {
     const CodecCall k{&ctx.call, ctx.call.seq, ctx.name_of(ctx.rank()), ctx.size(), C::name};
     codec.check(n, k);
     auto& st = ctx.call.name.empty() ? states->at(out, n, k) : states->by_name(ctx.call.name, n, k);
+    // The codec runs on the host. Over a device transport (NcclTransport) the
+    // input is downloaded, each payload goes up to the device for the inner
+    // algorithm and back, and the decoded result goes up into `out`: the
+    // wire carries the compressed bytes, PCIe the whole buffer twice.
+    constexpr bool host = host_buffers_v<Ctx>;
+    using Exec = typename Ctx::executor_type;
+    static_assert(host || StagingExecutor<Exec>,
+                  "comm::Compressed runs its codec on the host: over a device transport the executor needs "
+                  "download() and upload() (CudaExecutor has them; see StagingExecutor in comm/context.hpp)");
+    const Exec& ex = ctx.executor();
     const auto* x = static_cast<const float*>(in);
     auto* y = static_cast<float*>(out);
+    detail::DeviceStage<Exec> wire{ex};
+    if constexpr (!host) {
+      auto* xh = reinterpret_cast<float*>(states->scratch(n * sizeof(float), 1));
+      ex.download(xh, in, n * sizeof(float));
+      x = xh;
+      y = reinterpret_cast<float*>(states->scratch(n * sizeof(float), 2));
+    }
     const CallInfo saved = ctx.call;
     try {
       if constexpr (C::linear) {
@@ -127,23 +169,29 @@ struct Compressed {
           const std::size_t pc = codec.payload_count(st, n, round);
           auto* pl = reinterpret_cast<P*>(states->scratch(pc * sizeof(P)));
           codec.encode(st, x, n, pl, round, k);
+          void* w = pl;
+          if constexpr (!host) ex.upload(w = wire.get(pc * sizeof(P)), pl, pc * sizeof(P));
           ctx.call.type = dtype_v<P>;
           ctx.call.count = pc;
           ctx.call.reduce = ReduceOp::sum;
-          run_collective<collectives::Allreduce>(inner, ctx, {pl, pl, pc});
+          run_collective<collectives::Allreduce>(inner, ctx, {w, w, pc});
           ctx.call = saved;
+          if constexpr (!host) ex.download(pl, w, pc * sizeof(P));
           codec.decode(st, pl, y, n, round, k);
         }
       } else {
         const std::size_t b = codec.payload_bytes(n), p = static_cast<std::size_t>(ctx.size());
+        const std::size_t at = static_cast<std::size_t>(ctx.rank()) * b;
         std::byte* all = states->scratch(b * p);
-        std::byte* mine = all + static_cast<std::size_t>(ctx.rank()) * b;
-        codec.encode(st, x, n, mine, k);
+        codec.encode(st, x, n, all + at, k);
+        std::byte* w = all;
+        if constexpr (!host) ex.upload((w = wire.get(b * p)) + at, all + at, b);
         ctx.call.type = dtype::u8;
         ctx.call.count = b;
         ctx.call.reduce = ReduceOp::sum;
-        run_collective<collectives::Allgather>(inner, ctx, {mine, all, b});
+        run_collective<collectives::Allgather>(inner, ctx, {w + at, w, b});
         ctx.call = saved;
+        if constexpr (!host) ex.download(all, w, b * p);
         std::memset(y, 0, n * sizeof(float));
         for (std::size_t r = 0; r < p; ++r) codec.decode_add(all + r * b, y, n, k);
       }
@@ -151,7 +199,8 @@ struct Compressed {
       ctx.call = saved;
       throw;
     }
-    if (op == ReduceOp::avg) detail::divide_by(dtype::f32, out, n, ctx.size());
+    if constexpr (!host) ex.upload(out, y, n * sizeof(float));
+    if (op == ReduceOp::avg) ctx.divide(out, n, ctx.size());
   }
 
   // Every other collective: the inner algorithm's, uncompressed.

@@ -36,23 +36,26 @@ namespace weft::comm {
 
 // The levels of a multi-node communicator: the ranks on this node, and the
 // ranks with this node-local index on other nodes (a "rail"), each a
-// sub-context whose errors name the communicator's ranks.
-template <Transport T>
+// sub-context whose errors name the communicator's ranks and whose local
+// work (copies, combines, scratch) goes through the communicator's executor:
+// on NcclTransport the sub-transports share its stream, so the levels' steps
+// run in order on the device.
+template <Transport T, Executor E = HostExecutor>
 struct NodeGroups {
-  std::unique_ptr<Context<T>> node, rail;
+  std::unique_ptr<Context<T, E>> node, rail;
   bool uniform = true;           // every node holds the same number of ranks
   std::vector<int> node_of;      // node id of each rank
   std::vector<int> local_index;  // each rank's index on its node (= its rail)
 
   // Splits `whole`'s transport by node, then by node-local index. Collective
   // over whole's ranks; bounded by `dl`.
-  static std::shared_ptr<NodeGroups> split(Context<T>& whole, Deadline dl) {
+  static std::shared_ptr<NodeGroups> split(Context<T, E>& whole, Deadline dl) {
     auto g = std::make_shared<NodeGroups>();
     T& t = whole.transport();
     T node_t = t.split(t.node(), whole.rank(), dl);
     T rail_t = t.split(node_t.rank(), whole.rank(), dl);
-    g->node = std::make_unique<Context<T>>(node_t, names(whole, node_t, dl));
-    g->rail = std::make_unique<Context<T>>(rail_t, names(whole, rail_t, dl));
+    g->node = std::make_unique<Context<T, E>>(node_t, names(whole, node_t, dl), whole.executor());
+    g->rail = std::make_unique<Context<T, E>>(rail_t, names(whole, rail_t, dl), whole.executor());
     g->node_of = node_ids(whole, dl);
     const auto first = g->node_of.begin();
     g->local_index.resize(g->node_of.size());
@@ -64,7 +67,7 @@ struct NodeGroups {
   }
 
  private:
-  [[noreturn]] static void fail(Context<T>& whole, WaitStatus s, const char* what) {
+  [[noreturn]] static void fail(Context<T, E>& whole, WaitStatus s, const char* what) {
     const std::string head = "Hierarchical on rank " + std::to_string(whole.name_of(whole.rank())) +
                              ": splitting the node and rail groups (" + what + ") ";
     if (s == WaitStatus::timed_out) throw TimeoutError(head + "timed out: " + whole.transport().failure());
@@ -72,7 +75,7 @@ struct NodeGroups {
   }
 
   // The communicator-level rank of every member of a sub-transport.
-  static std::vector<int> names(Context<T>& whole, T& sub, Deadline dl) {
+  static std::vector<int> names(Context<T, E>& whole, T& sub, Deadline dl) {
     std::vector<int> out(static_cast<std::size_t>(sub.size()));
     int mine = whole.name_of(whole.rank());
     std::vector<typename T::Request> rq(static_cast<std::size_t>(2 * sub.size()));
@@ -90,7 +93,7 @@ struct NodeGroups {
   }
 
   // Every rank's node id.
-  static std::vector<int> node_ids(Context<T>& whole, Deadline dl) {
+  static std::vector<int> node_ids(Context<T, E>& whole, Deadline dl) {
     T& t = whole.transport();
     const int p = t.size(), me = t.rank(), v = t.node();
     std::vector<int> vals(static_cast<std::size_t>(p), v);
@@ -123,28 +126,30 @@ struct Hierarchical {
   enum class Schedule { rails, leaders };
   Schedule schedule = Schedule::rails;
   std::size_t leader_chunk_bytes = std::size_t{256} << 10;
-  // Set by prepare(): the NodeGroups<T> of the communicator it was prepared
+  // Set by prepare(): the NodeGroups<T, E> of the communicator it was prepared
   // for (type-erased: a policy is not tied to one transport type).
   std::shared_ptr<void> groups;
   const void* prepared_for = nullptr;
 
   // Splits the node and rail groups of `ctx` now (the Communicator calls it
   // when it is built). Collective.
-  template <Transport T>
-  void prepare(Context<T>& ctx, Deadline dl) {
-    groups = NodeGroups<T>::split(ctx, dl);
+  template <Transport T, Executor E>
+  void prepare(Context<T, E>& ctx, Deadline dl) {
+    if constexpr (!host_buffers_v<Context<T, E>>)
+      if (schedule == Schedule::leaders) refuse_leaders(ctx, std::string("building the communicator"));
+    groups = NodeGroups<T, E>::split(ctx, dl);
     prepared_for = &ctx;
   }
 
   // The groups prepare() split for `ctx`.
-  template <Transport T>
-  NodeGroups<T>& levels(Context<T>& ctx) const {
+  template <Transport T, Executor E>
+  NodeGroups<T, E>& levels(Context<T, E>& ctx) const {
     if (!groups || prepared_for != &ctx)
       throw_error<ValueError>(ctx.call.label(), " on rank ", ctx.name_of(ctx.rank()),
                               ": Hierarchical was not prepared for this communicator (its node and rail groups are "
                               "split when a Communicator is built from it; a policy that wraps it must forward "
                               "prepare())");
-    return *static_cast<NodeGroups<T>*>(groups.get());
+    return *static_cast<NodeGroups<T, E>*>(groups.get());
   }
 
   template <class Ctx>
@@ -157,6 +162,7 @@ struct Hierarchical {
     ReduceOp op = ctx.call.reduce;
     ctx.call.reduce = op == ReduceOp::avg ? ReduceOp::sum : op;  // divide once, at the end
     if (lv.uniform && L > 1 && lv.rail->size() > 1 && schedule == Schedule::leaders) {
+      if constexpr (!host_buffers_v<Ctx>) refuse_leaders(ctx, ctx.call.label());
       leaders_allreduce(ctx, node, rail, in, out, n);
     } else if (lv.uniform && n % static_cast<std::size_t>(L) == 0) {
       const std::size_t shard = n / static_cast<std::size_t>(L);
@@ -170,7 +176,7 @@ struct Hierarchical {
       run_collective<collectives::Broadcast>(intra, ctx.with_call(node, n), {out, out, n, 0});
     }
     ctx.call.reduce = op;
-    if (op == ReduceOp::avg) detail::divide_by(ctx.call.type, out, n, ctx.size());
+    if (op == ReduceOp::avg) ctx.divide(out, n, ctx.size());
   }
 
   template <class Ctx>
@@ -201,7 +207,7 @@ struct Hierarchical {
     run_collective<collectives::Reduce>(intra, ctx.with_call(*lv.node, n), {in, acc, n, lr});
     if (on_rail) run_collective<collectives::Reduce>(inter, ctx.with_call(*lv.rail, n), {acc, acc, n, rail_rank(lv, root)});
     ctx.call.reduce = op;
-    if (op == ReduceOp::avg && ctx.rank() == root) detail::divide_by(ctx.call.type, out, n, ctx.size());
+    if (op == ReduceOp::avg && ctx.rank() == root) ctx.divide(out, n, ctx.size());
   }
 
   template <class Ctx>
@@ -257,6 +263,17 @@ struct Hierarchical {
   }
 
  private:
+  // The leaders schedule's non-leaders post every chunk before the leader
+  // receives them; NCCL's send/recv, ordered on one stream, would block on
+  // the first unmatched send. Same on every rank, before any message.
+  template <class Ctx>
+  [[noreturn]] static void refuse_leaders(Ctx& ctx, const std::string& when) {
+    throw_error<ValueError>("Hierarchical on rank ", ctx.name_of(ctx.rank()), " (", ctx.transport().name(), "), ", when,
+                            ": the leaders schedule posts a node's chunks ahead of the leader's receives, which "
+                            "stream-ordered device send/recv (NCCL) cannot progress; use Schedule::rails "
+                            "(Hierarchical<>) on a device transport");
+  }
+
   // The leaders schedule. Chunk k (c elements) goes: every non-leader sends
   // its chunk k of `in` to the leader (node rank 0), which adds them to its
   // own in node-rank order; the leaders allreduce it with Inter (every leader

@@ -40,9 +40,9 @@ struct Ordered {
 
   // One-time setup of the inner policy (Hierarchical's node and rail groups),
   // run when the Communicator is built.
-  template <Transport T>
-    requires requires(Inner& a, Context<T>& c, Deadline d) { a.prepare(c, d); }
-  void prepare(Context<T>& ctx, Deadline dl) {
+  template <Transport T, Executor E>
+    requires requires(Inner& a, Context<T, E>& c, Deadline d) { a.prepare(c, d); }
+  void prepare(Context<T, E>& ctx, Deadline dl) {
     inner.prepare(ctx, dl);
   }
 

@@ -53,6 +53,10 @@ struct QuantizedRing {
 
   template <class Ctx>
   void allreduce(Ctx& ctx, const void* in, void* out, std::size_t n) const {
+    static_assert(host_buffers_v<Ctx>,
+                  "QuantizedRing decodes and re-encodes on the host at every hop, so its buffers must be host "
+                  "memory: over a device transport (NcclTransport) use Compressed<Int8, Ring>, which stages "
+                  "through the host once per call");
     const ReduceOp op = ctx.call.reduce;
     if (ctx.call.type != dtype::f32 || (op != ReduceOp::sum && op != ReduceOp::avg) || ctx.size() == 1) {
       run_collective<collectives::Allreduce>(fallback, ctx, {in, out, n, -1});

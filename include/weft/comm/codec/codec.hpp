@@ -120,10 +120,14 @@ inline std::size_t indexed_keep_count(std::size_t count, double fraction, std::s
   return kk;
 }
 
-template <class State>
-concept VisitableState = std::default_initializable<State> && requires(State& s) {
-  s.visit([](const char*, std::vector<float>&) {});
+// What a state's visit() is called with in the concept below (a named type:
+// nvcc's front end rejects a lambda inside a requires-expression).
+struct StateVisitorProbe {
+  void operator()(const char*, std::vector<float>&) const {}
 };
+
+template <class State>
+concept VisitableState = std::default_initializable<State> && requires(State& s, StateVisitorProbe f) { s.visit(f); };
 
 template <class P>
 inline constexpr bool summable_payload_v =

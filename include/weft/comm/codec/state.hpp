@@ -119,8 +119,10 @@ class CodecStates {
     v->assign(values.begin(), values.end());
   }
 
-  // Scratch for payloads (grow-only, shared by all buffers of this policy).
-  std::byte* scratch(std::size_t bytes) { return scratch_.get(bytes); }
+  // Host scratch (grow-only, shared by all buffers of this policy): slot 0
+  // for payloads; over a device transport slots 1 and 2 hold the host copies
+  // of the input and the decoded result (comm::Compressed).
+  std::byte* scratch(std::size_t bytes, int slot = 0) { return scratch_[slot % 3].get(bytes); }
 
  private:
   struct Entry {
@@ -196,7 +198,7 @@ class CodecStates {
   std::string prefix_;
   std::vector<std::unique_ptr<Entry>> entries_;                  // unnamed buffers, by arrival
   std::map<std::string, Entry, std::less<>> named_;              // named buffers (nodes never move)
-  detail::Buffer scratch_;
+  detail::Buffer scratch_[3];
 };
 
 }  // namespace weft::comm

@@ -7,7 +7,9 @@
 // aborted. weft's own schedules (Ring, Tree, ...) run over it with their
 // local work on the device (CudaExecutor, cuda_executor.cuh: the transport
 // declares it as its executor_type, so Communicator picks it), and
-// comm::Native maps every collective to NCCL's own.
+// comm::Native maps every collective to NCCL's own. Hierarchical runs its
+// levels on split transports (sharing the stream; rails schedule only),
+// Compressed stages its host codecs through CudaExecutor's download/upload.
 //
 // Messages:
 //   - NCCL has no tags: device messages between a pair are matched in the

@@ -1,0 +1,211 @@
+// Every policy over a device transport (emulated_device.hpp: buffers the host
+// cannot read as numbers, an executor with its own combines and staging)
+// gives bitwise what the same policy gives over host buffers: the schedules'
+// local work all goes through the executor, Hierarchical's levels share it,
+// and Compressed stages its host codecs through download/upload (its codec
+// state evolving as on the host). What cannot run on a device transport says
+// so: Hierarchical's leaders schedule when the communicator is built,
+// QuantizedRing at compile time (compile_fail_quantized_ring_device.cpp).
+// This is what NcclTransport runs (tests/cuda/test_nccl.cu on a GPU).
+#include <doctest/doctest.h>
+
+#include <weft/comm/algorithm/auto.hpp>
+#include <weft/comm/algorithm/compressed.hpp>
+#include <weft/comm/algorithm/halving_doubling.hpp>
+#include <weft/comm/algorithm/hierarchical.hpp>
+#include <weft/comm/algorithm/ordered.hpp>
+#include <weft/comm/algorithm/recursive_doubling.hpp>
+#include <weft/comm/algorithm/ring.hpp>
+#include <weft/comm/algorithm/tree.hpp>
+#include <weft/comm/codec/cast.hpp>
+#include <weft/comm/codec/int8.hpp>
+#include <weft/comm/codec/powersgd.hpp>
+#include <weft/comm/codec/random_k.hpp>
+#include <weft/comm/codec/scaled_sign.hpp>
+#include <weft/comm/codec/top_k.hpp>
+#include <weft/comm/communicator.hpp>
+#include <weft/comm/run_local.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "emulated_device.hpp"
+
+using namespace weft::comm;
+using namespace std::chrono_literals;
+using DT = emulated::Transport<>;
+
+namespace {
+CommOptions checked() { return CommOptions{.timeout = 30s, .fingerprints = true}; }
+
+// Rank r's element i: fractions of mixed magnitude (so a different order of
+// additions would change the bits), different per rank.
+float input(int r, std::size_t i, int call) {
+  const std::uint32_t h = static_cast<std::uint32_t>((i + 1) * 2654435761u) ^ static_cast<std::uint32_t>((r + 1) * 40503 + call * 977);
+  return static_cast<float>(static_cast<int>(h % 20001) - 10000) / 1024.0f * ((h >> 20) % 3 == 0 ? 37.0f : 1.0f);
+}
+
+std::vector<float> inputs(int r, std::size_t n, int call) {
+  std::vector<float> v(n);
+  for (std::size_t i = 0; i < n; ++i) v[i] = input(r, i, call);
+  return v;
+}
+
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+// What one rank's communicator produced: every result of the sequence below, in order.
+template <class Comm, class Put, class Get>
+std::vector<std::vector<float>> sequence(Comm& c, Put put, Get get) {
+  std::vector<std::vector<float>> out;
+  const int p = c.size(), r = c.rank();
+  const auto up = static_cast<std::size_t>(p);
+  int call = 0;
+  for (std::size_t n : {std::size_t{1}, std::size_t{1000}, std::size_t{4099}}) {
+    const std::string oop = "out_of_place_" + std::to_string(n), ip = "in_place_" + std::to_string(n);
+    for (ReduceOp op : {ReduceOp::sum, ReduceOp::avg}) {
+      auto in = put(inputs(r, n, ++call));
+      auto res = put(std::vector<float>(n, -1.0f));
+      c.allreduce(in->data(), res->data(), n, op, {.name = oop});
+      out.push_back(get(*res));
+      c.allreduce(in->data(), in->data(), n, op, {.name = ip});  // again: codec state from the first call
+      out.push_back(get(*in));
+    }
+    {
+      auto buf = put(inputs(r, n, ++call));
+      c.broadcast(buf->data(), n, p - 1);
+      out.push_back(get(*buf));
+    }
+    {
+      auto in = put(inputs(r, n, ++call));
+      auto res = put(std::vector<float>(n, -1.0f));
+      c.reduce(in->data(), res->data(), n, 1 % p, ReduceOp::avg);
+      if (r == 1 % p) out.push_back(get(*res));
+    }
+    {
+      auto in = put(inputs(r, n, ++call));
+      auto res = put(std::vector<float>(n * up, -1.0f));
+      c.allgather(in->data(), res->data(), n);
+      out.push_back(get(*res));
+    }
+    {
+      auto in = put(inputs(r, n * up, ++call));
+      auto res = put(std::vector<float>(n, -1.0f));
+      c.reduce_scatter(in->data(), res->data(), n, ReduceOp::sum);
+      out.push_back(get(*res));
+    }
+  }
+  return out;
+}
+
+// Runs `sequence` with policy A over host buffers and over emulated device
+// buffers on 4 thread ranks, 2 per emulated node; "" = bitwise the same.
+// Each communicator gets a policy of its own from make() (copies of a
+// Compressed policy would share one codec state table).
+template <class A, class Make>
+std::string host_vs_device(const char* what, Make make) {
+  std::mutex m;
+  std::string errors;
+  run_local(
+      4,
+      [&](ThreadTransport& t) {
+        std::vector<std::vector<float>> host, dev;
+        {
+          Communicator<A, ThreadTransport> c{t, make(), checked()};
+          host = sequence(c, [](std::vector<float> v) { return std::make_unique<std::vector<float>>(std::move(v)); },
+                          [](const std::vector<float>& v) { return v; });
+        }
+        emulated::Executor ex;
+        {
+          Communicator<A, DT> c{DT(t, ex), make(), checked()};
+          dev = sequence(c, [&](const std::vector<float>& v) { return std::make_unique<emulated::Buffer<float>>(ex, v); },
+                         [](const emulated::Buffer<float>& b) { return b.get(); });
+        }
+        std::string e;
+        if (host.size() != dev.size()) e += "different number of results; ";
+        for (std::size_t k = 0; k < host.size() && k < dev.size(); ++k)
+          if (!same_bits(host[k], dev[k])) {
+            e += "result " + std::to_string(k) + " differs; ";
+            break;
+          }
+        if (ex.counts->combine == 0 && t.size() > 1) e += "no combine went through the device executor; ";
+        std::lock_guard lock(m);
+        if (!e.empty()) errors += std::string(what) + " on rank " + std::to_string(t.rank()) + ": " + e;
+      },
+      LocalOptions{2});
+  return errors;
+}
+template <class A>
+std::string host_vs_device(const char* what) {
+  return host_vs_device<A>(what, [] { return A{}; });
+}
+}  // namespace
+
+TEST_CASE("the schedules over a device transport give the host's bits") {
+  CHECK(host_vs_device<Ring>("Ring") == "");
+  CHECK(host_vs_device<Tree>("Tree") == "");
+  CHECK(host_vs_device<HalvingDoubling>("HalvingDoubling") == "");
+  CHECK(host_vs_device<RecursiveDoubling>("RecursiveDoubling") == "");
+  CHECK(host_vs_device<Ordered<>>("Ordered") == "");
+}
+
+TEST_CASE("Hierarchical over a device transport: its levels use the communicator's executor") {
+  CHECK(host_vs_device<Hierarchical<>>("Hierarchical") == "");
+  CHECK(host_vs_device<Hierarchical<Tree, HalvingDoubling>>("Hierarchical<Tree, HalvingDoubling>") == "");
+  CHECK(host_vs_device<AutoOf<Ring, Hierarchical<>>>("AutoOf<Ring, Hierarchical>") == "");
+}
+
+TEST_CASE("Compressed over a device transport stages its host codec and keeps its state as on the host") {
+  CHECK(host_vs_device<Compressed<F16, Ring>>("Compressed<F16, Ring>") == "");
+  CHECK(host_vs_device<Compressed<BF16, Hierarchical<>>>("Compressed<BF16, Hierarchical>") == "");
+  CHECK(host_vs_device<Compressed<TopK, Ring>>("Compressed<TopK, Ring>",
+                                               [] { return Compressed<TopK, Ring>{.codec = {.fraction = 0.05}}; }) == "");
+  CHECK(host_vs_device<Compressed<Int8, Ring>>("Compressed<Int8, Ring>") == "");
+  CHECK(host_vs_device<Compressed<ScaledSign, Tree>>("Compressed<ScaledSign, Tree>") == "");
+  CHECK(host_vs_device<Compressed<RandomK, Ring>>("Compressed<RandomK, Ring>",
+                                                  [] { return Compressed<RandomK, Ring>{.codec = {.fraction = 0.1}}; }) == "");
+  CHECK(host_vs_device<Compressed<PowerSGD, Ring>>("Compressed<PowerSGD, Ring>") == "");
+}
+
+TEST_CASE("Compressed over a device transport: every byte the codec reads or writes is staged") {
+  // The input goes down once, each round's payload up and down, the result up once.
+  run_local(2, [](ThreadTransport& t) {
+    emulated::Executor ex;
+    Communicator<Compressed<TopK, Ring>, DT> c{DT(t, ex), Compressed<TopK, Ring>{.codec = {.fraction = 0.1}}, checked()};
+    emulated::Buffer<float> x(ex, inputs(t.rank(), 100, 0));
+    const long down = ex.counts->download, up = ex.counts->upload;
+    c.allreduce(x.data(), x.data(), 100, ReduceOp::avg, {.name = "w"});
+    CHECK(ex.counts->download - down == 2);  // the input; the allgathered payloads
+    CHECK(ex.counts->upload - up == 2);      // this rank's payload; the result
+    CHECK(c.algorithm().states->names() == std::vector<std::string>{"compressed/w/residual"});
+  });
+}
+
+TEST_CASE("Hierarchical's leaders schedule is refused on a device transport when the communicator is built") {
+  std::mutex m;
+  std::vector<std::string> what;
+  run_local(
+      4,
+      [&](ThreadTransport& t) {
+        std::string w;
+        try {
+          Communicator<HierarchicalLeaders<>, DT> c{DT(t), HierarchicalLeaders<>{}, checked()};
+        } catch (const weft::ValueError& e) {
+          w = e.what();
+        }
+        std::lock_guard lock(m);
+        what.push_back(w);
+      },
+      LocalOptions{2});
+  REQUIRE(what.size() == 4);
+  for (const auto& w : what) {
+    CHECK(w.find("leaders schedule") != std::string::npos);
+    CHECK(w.find("Schedule::rails") != std::string::npos);
+    CHECK(w.find("emulated-device") != std::string::npos);
+  }
+}
