@@ -9,7 +9,7 @@
 #   ssp_vs_bsp_time_to_accuracy_straggler: R     (transient; BSP time / best SSP time, threads, 1 server x 3 workers)
 #   asp_vs_bsp_time_to_accuracy_slow_worker: R2  (persistent; BSP time / ASP time, same layout)
 #   ssp_vs_bsp_throughput_straggler: R3         (transient; BSP training time / SSP s=4 training time, same runs)
-#   EPOCHS=2 TARGET=85 BATCH=128 MPI=1 REPEATS=1 bench/compare_ps.sh  (REPEATS=5: medians of 5 interleaved runs)
+#   EPOCHS=2 TARGET=85 BATCH=128 OPTIMIZER=adam MPI=1 REPEATS=1 bench/compare_ps.sh  (REPEATS=5: medians of 5 interleaved runs)
 # BATCH is per worker. At 32 the servers' work per step (an Adam pass over the
 # 269,322 weights per push and 1 MiB each way per worker) is about ten times a
 # worker's compute on 2 cores shared by 4 ranks, so a straggler's sleep is ~15%
@@ -23,6 +23,7 @@ export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_AL
 E=${EPOCHS:-2}
 T=${TARGET:-85}
 B=${BATCH:-128}
+OPT=${OPTIMIZER:-adam}  # the servers' (and DataParallel's) optimizer: adam or sgd (momentum 0.9)
 EX="$WEFT_BUILD/examples/09_parameter_server"
 EXM="$WEFT_BUILD/examples/09_parameter_server_mpi"
 
@@ -46,13 +47,17 @@ run() {  # run KEY COMMAND...
   tr=$(echo "$line" | sed -n 's/.*train_s=\([0-9.]*\).*/\1/p')
   st=$(echo "$line" | sed -n 's/.*steps_to_target=\([-0-9]*\).*/\1/p')
   TRAIN[$key]="${TRAIN[$key]:-} ${tr:--1}"
+  local cpu used
+  cpu=$(echo "$line" | sed -n 's/.*cpu_s=\([0-9.]*\).*/\1/p')
+  # cores busy on average (thread ranks: every rank's CPU; mpirun: worker 0's process only)
+  used=$(awk -v c="${cpu:-0}" -v t="${tr:-0}" 'BEGIN { if (t > 0 && c > 0) printf "%.2f", c / t; else print "-" }')
   ACC[$key]=$(echo "$line" | sed -n 's/.*final_accuracy=\([0-9.]*\).*/\1/p')
-  printf '%-44s time_to_%s%%: %8s s (step %4s)   final accuracy: %6s%%   training: %7s s\n' "$key" "$T" "${t:-fail}" \
-    "${st:--}" "${ACC[$key]:-fail}" "${tr:-fail}"
+  printf '%-44s time_to_%s%%: %8s s (step %4s)   final accuracy: %6s%%   training: %7s s   cores busy: %s\n' "$key" "$T" \
+    "${t:-fail}" "${st:--}" "${ACC[$key]:-fail}" "${tr:-fail}" "$used"
 }
 
 echo "== time to ${T}% test accuracy (worker 0's weights every 5 steps, evaluated on 2,000 test images after the run;"
-echo "   -1: not reached in $E epochs), batch $B per worker"
+echo "   -1: not reached in $E epochs), batch $B per worker, optimizer $OPT"
 echo "   and final accuracy (10,000 test images); uptime: $(cut -d' ' -f1-3 /proc/loadavg)"
 # LAYOUTS="1 3" (servers workers, comma-separated): fewer runs; the two ratios below read the 1 x 3 runs.
 IFS=, read -ra LAYOUT_LIST <<<"${LAYOUTS:-1 3,2 4}"
@@ -64,7 +69,7 @@ for straggler in transient persistent; do
     S=$1 W=$2
     for c in bsp ssp1 ssp4 asp dp; do
       run "threads_${S}x${W}_${straggler}_${c}" "$EX" --consistency $c --servers $S --workers $W --epochs "$E" \
-        --batch "$B" --straggler $straggler --target "$T"
+        --batch "$B" --straggler $straggler --target "$T" --optimizer "$OPT"
     done
   done
   if [ "${MPI:-1}" = 1 ] && [ -x "$EXM" ]; then
@@ -73,10 +78,10 @@ for straggler in transient persistent; do
       S=$1 W=$2
       for c in bsp ssp1 ssp4 asp; do
         run "mpi_${S}x${W}_${straggler}_${c}" mpirun --oversubscribe -np $((S + W)) "$EXM" --consistency $c --servers $S \
-          --epochs "$E" --batch "$B" --straggler $straggler --target "$T"
+          --epochs "$E" --batch "$B" --straggler $straggler --target "$T" --optimizer "$OPT"
       done
       run "mpi_${S}x${W}_${straggler}_dp" mpirun --oversubscribe -np $W "$EXM" --consistency dp --epochs "$E" \
-        --batch "$B" --straggler $straggler --target "$T"
+        --batch "$B" --straggler $straggler --target "$T" --optimizer "$OPT"
     done
   fi
 done

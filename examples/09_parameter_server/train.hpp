@@ -7,7 +7,7 @@
 //   --straggler persistent  the last worker is always 2x slower
 // A straggler sleeps for (k - 1) times the step's measured compute time.
 // Each worker takes batches of --batch (per worker) from its own shard; the
-// servers run Adam on their pieces. Worker 0 keeps a copy of its current
+// servers run Adam (or SGD with momentum: --optimizer sgd) on their pieces. Worker 0 keeps a copy of its current
 // weights every --eval-every steps (the copy's time excluded); after training
 // it evaluates the copies in order on 2,000 test images to find when the
 // target accuracy was first reached, and its final weights on the whole test
@@ -15,6 +15,11 @@
 // would stall the other workers under BSP but not under SSP/ASP.
 // The last line is machine-readable (bench/compare_ps.sh reads it):
 //   result consistency=... time_to_target_s=... final_accuracy=... steps=...
+//   cpu_s=... cores=...
+// cpu_s is the process's CPU time over the training (every rank's on thread
+// ranks, worker 0's process alone under MPI); cores the CPUs it may run on.
+// On thread ranks cpu_s / cores is the least wall time the run's work needs:
+// a straggler's sleep frees a core only if nothing else is waiting for one.
 #pragma once
 
 #include <algorithm>
@@ -23,6 +28,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <random>
+#include <sched.h>
+#include <sys/resource.h>
 #include <string>
 #include <thread>
 #include <utility>
@@ -48,7 +55,9 @@ struct Options {
   index_t batch = 32;  // per worker
   std::string straggler = "none";  // none, transient, persistent
   double target = 85.0;
-  float lr = 1e-3f;
+  std::string optimizer = "adam";  // adam, sgd (momentum)
+  float lr = -1.0f;                // unset: 1e-3 for Adam, 0.05 for SGD
+  float momentum = 0.9f;           // SGD's
   std::uint64_t seed = 1;
   long eval_every = 5;  // steps between worker 0's weight copies
 };
@@ -71,13 +80,16 @@ inline Options parse(int argc, char** argv) {
     else if (a == "--straggler") o.straggler = need();
     else if (a == "--target") o.target = std::atof(need());
     else if (a == "--lr") o.lr = static_cast<float>(std::atof(need()));
+    else if (a == "--optimizer") o.optimizer = need();
+    else if (a == "--momentum") o.momentum = static_cast<float>(std::atof(need()));
     else if (a == "--seed") o.seed = std::strtoull(need(), nullptr, 10);
     else if (a == "--eval-every") o.eval_every = std::atol(need());
     else
       throw_error<ValueError>("usage: ", argv[0],
                               " [--consistency bsp|ssp1|ssp4|asp|dp] [--servers S] [--workers W] [--epochs E] "
-                              "[--batch B per worker] [--straggler none|transient|persistent] [--target PCT] [--lr LR] "
-                              "[--seed N] [--eval-every STEPS]  (at '", a, "')");
+                              "[--batch B per worker] [--straggler none|transient|persistent] [--target PCT] "
+                              "[--optimizer adam|sgd] [--lr LR] [--momentum M (sgd)] [--seed N] [--eval-every STEPS]  (at '",
+                              a, "')");
   }
   const std::string c = o.consistency;
   if (c != "bsp" && c != "ssp1" && c != "ssp4" && c != "asp" && c != "dp")
@@ -86,6 +98,9 @@ inline Options parse(int argc, char** argv) {
     throw_error<ValueError>("--straggler must be none, transient or persistent, got '", o.straggler, "'");
   if (o.workers < 1 || o.servers < 1) throw_error<ValueError>("need at least one server and one worker");
   if (o.eval_every < 1) throw_error<ValueError>("--eval-every must be at least 1, got ", o.eval_every);
+  if (o.optimizer != "adam" && o.optimizer != "sgd")
+    throw_error<ValueError>("--optimizer must be adam or sgd, got '", o.optimizer, "'");
+  if (o.lr < 0) o.lr = o.optimizer == "sgd" ? 0.05f : 1e-3f;
   return o;
 }
 
@@ -115,7 +130,15 @@ struct Progress {
   Tensor<float> probe_x{Shape{2000, 784}};
   Tensor<std::int32_t> probe_y{Shape{2000}};
   Clock::time_point start = Clock::now();
+  double cpu_start = process_cpu_seconds();
   Clock::duration excluded{};
+  static double process_cpu_seconds() {
+    rusage u{};
+    getrusage(RUSAGE_SELF, &u);
+    return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+           1e-6 * static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+  }
+  double cpu_seconds() const { return process_cpu_seconds() - cpu_start; }
   double time_to_target = -1;
   std::mt19937_64 pick;
 
@@ -168,11 +191,14 @@ struct Progress {
 };
 
 inline void report(const Options& o, int ranks, const char* transport, const Progress& pr, double acc, double secs,
-                   long steps) {
+                   double cpu, long steps) {
+  cpu_set_t cpus;
+  CPU_ZERO(&cpus);
+  const int cores = sched_getaffinity(0, sizeof(cpus), &cpus) == 0 ? CPU_COUNT(&cpus) : 0;
   std::printf("result transport=%s consistency=%s servers=%d workers=%d straggler=%s time_to_target_s=%.3f "
-              "steps_to_target=%ld final_accuracy=%.2f train_s=%.3f steps=%ld ranks=%d\n",
+              "steps_to_target=%ld final_accuracy=%.2f train_s=%.3f steps=%ld ranks=%d cpu_s=%.3f cores=%d\n",
               transport, o.consistency.c_str(), o.consistency == "dp" ? 0 : o.servers, o.workers, o.straggler.c_str(),
-              pr.time_to_target, pr.steps_to_target, acc, secs, steps, ranks);
+              pr.time_to_target, pr.steps_to_target, acc, secs, steps, ranks, cpu, cores);
   std::fflush(stdout);
 }
 
@@ -182,7 +208,8 @@ void train_ps(Transport& t, const io::Dataset& train, const io::Dataset& test, c
   Model m(o.seed);
   auto [keys, init] = parallel::ParameterServer<C, Transport>::keys_of(m.reg);
   ps::Options po;
-  po.update = nn::AdamOptions{.lr = o.lr};
+  if (o.optimizer == "sgd") po.update = nn::SGDOptions{.lr = o.lr, .momentum = o.momentum};
+  else po.update = nn::AdamOptions{.lr = o.lr};
   po.timeout = std::chrono::seconds(120);
   po.worker_timeout = std::chrono::seconds(60);
   parallel::ParameterServer<C, Transport> server(t, ps::Roles::count(o.servers, t.size()), keys, init, po);
@@ -214,25 +241,41 @@ void train_ps(Transport& t, const io::Dataset& train, const io::Dataset& test, c
     }
   }
   server.pull(m.reg, true);  // once every worker has finished its steps (ASP/SSP: the slow one too)
-  const double secs = pr.elapsed();
+  const double secs = pr.elapsed(), cpu = pr.cpu_seconds();
   server.leave();
   if (w == 0) {
     Tensor<float> logits = eval(m(test.images), ws);
     const double acc = 100.0 * nn::accuracy(logits, test.labels);
     pr.find_target(m, ws);
-    report(o, t.size(), t.name(), pr, acc, secs, step);
+    report(o, t.size(), t.name(), pr, acc, secs, cpu, step);
   }
 }
 
-// DataParallel with the same per-worker batch, stragglers and evaluation (every rank a worker).
+template <class Transport, class Opt>
+void train_dp_with(Transport& t, const io::Dataset& train, const io::Dataset& test, const Options& o, Model& m,
+                   Opt& opt);
+
+// DataParallel with the same per-worker batch, stragglers, optimizer and
+// evaluation (every rank a worker).
 template <class Transport>
 void train_dp(Transport& t, const io::Dataset& train, const io::Dataset& test, const Options& o) {
-  using namespace weft::comm;
   Model m(o.seed);
+  if (o.optimizer == "sgd") {
+    nn::SGD<float> opt(m.reg, {.lr = o.lr, .momentum = o.momentum});
+    train_dp_with(t, train, test, o, m, opt);
+  } else {
+    nn::Adam<float> opt(m.reg, {.lr = o.lr});
+    train_dp_with(t, train, test, o, m, opt);
+  }
+}
+
+template <class Transport, class Opt>
+void train_dp_with(Transport& t, const io::Dataset& train, const io::Dataset& test, const Options& o, Model& m,
+                   Opt& opt) {
+  using namespace weft::comm;
   Communicator<Ring, Transport> ring{t};
   parallel::DataParallel dp(m.reg, ring);
   dp.set_overlap(false);
-  nn::Adam<float> opt(m.reg, {.lr = o.lr});
   const int w = t.rank(), W = t.size();
   io::DistributedSampler sampler(train.labels.numel(), w, W, o.seed, io::Remainder::drop);
   const long per_epoch = static_cast<long>(sampler.shard_size() / o.batch);
@@ -257,12 +300,12 @@ void train_dp(Transport& t, const io::Dataset& train, const io::Dataset& test, c
       dp.step(opt);
     }
   }
-  const double secs = pr.elapsed();
+  const double secs = pr.elapsed(), cpu = pr.cpu_seconds();
   if (w == 0) {
     Tensor<float> logits = eval(m(test.images), ws);
     const double acc = 100.0 * nn::accuracy(logits, test.labels);
     pr.find_target(m, ws);
-    report(o, t.size(), t.name(), pr, acc, secs, step);
+    report(o, t.size(), t.name(), pr, acc, secs, cpu, step);
   }
 }
 
