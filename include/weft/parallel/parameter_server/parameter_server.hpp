@@ -1552,18 +1552,24 @@ class ParameterServer {
     for (std::size_t i = sp.size(); i-- > 0;) {
       if (sp[i].size() != n) continue;
       std::vector<std::byte> b = std::move(sp[i]);
-      sp[i] = std::move(sp.back());
-      sp.pop_back();
+      sp.erase(sp.begin() + static_cast<std::ptrdiff_t>(i));  // keeps the others oldest first
       server_->spare_bytes -= b.capacity();
       return b;
     }
     return std::vector<std::byte>(n);
   }
-  // Keeps b for reuse while the spares stay within twice the bytes this server holds (+ 1 MiB).
+  // Keeps b for reuse; the spares stay within twice the bytes this server
+  // holds (+ 1 MiB) by dropping the oldest first, so the sizes in use now
+  // stay: a reply is a few bytes longer than a push's payload, and spares
+  // full of payload-sized buffers once made every 64 MiB pull allocate and
+  // zero its reply (1.2 GB/s against 3.7 at 16 MiB).
   void give_back(std::vector<std::byte>&& b) {
     Server& S = *server_;
     const std::size_t c = b.capacity();
-    if (c == 0 || S.spare_bytes + c > S.spare_limit) return;
+    if (c == 0 || c > S.spare_limit) return;
+    std::size_t drop = 0;
+    while (S.spare_bytes + c > S.spare_limit) S.spare_bytes -= S.spare[drop++].capacity();
+    S.spare.erase(S.spare.begin(), S.spare.begin() + static_cast<std::ptrdiff_t>(drop));
     S.spare_bytes += c;
     S.spare.push_back(std::move(b));
   }
