@@ -49,7 +49,8 @@ run() {  # run KEY COMMAND...
   TRAIN[$key]="${TRAIN[$key]:-} ${tr:--1}"
   local cpu used
   cpu=$(echo "$line" | sed -n 's/.*cpu_s=\([0-9.]*\).*/\1/p')
-  # cores busy on average (thread ranks: every rank's CPU; mpirun: worker 0's process only)
+  # cores busy on average: every rank's CPU on thread ranks (under mpirun cpu_s is worker 0's process only: not shown)
+  case $key in mpi_*) cpu= ;; esac
   used=$(awk -v c="${cpu:-0}" -v t="${tr:-0}" 'BEGIN { if (t > 0 && c > 0) printf "%.2f", c / t; else print "-" }')
   ACC[$key]=$(echo "$line" | sed -n 's/.*final_accuracy=\([0-9.]*\).*/\1/p')
   printf '%-44s time_to_%s%%: %8s s (step %4s)   final accuracy: %6s%%   training: %7s s   cores busy: %s\n' "$key" "$T" \
