@@ -16,7 +16,7 @@
 #   auto_worst_ratio_to_best_mpi: A2        policy's, every size and placement,
 #                                           median of REPEATS runs)
 #   mpi_transport_vs_mpi_native_min_1MiB_64MiB_median_of_runs: R2m
-# Knobs (environment): MAXBYTES (256M), ITERS (20), AUTO_WARMUP (40: in-run
+# Knobs (environment): MAXBYTES (256M), ITERS (20), SMALL_ITERS (1000, at 8 B-8 KiB), AUTO_WARMUP (40: in-run
 # Auto's warmup, 7 candidates x IN_RUN calls, so its trials end before the
 # timed calls; weft-bench caps every other policy's at ITERS/2, and Gloo and
 # torch get ITERS/2 too), IN_RUN (5), REPEATS (3: weft's runs per transport),
@@ -29,6 +29,7 @@ weft_build -Dtests=false -Dexamples=false >/dev/null
 
 MAXBYTES=${MAXBYTES:-256M}
 ITERS=${ITERS:-20}
+SMALL_ITERS=${SMALL_ITERS:-1000}  # timed calls at 8 B .. 8 KiB (weft-bench --small-iters)
 WARMUP=$((ITERS / 2 > 0 ? ITERS / 2 : 1))
 BUDGET=${BUDGET:-1G}
 NP=${NP:-2}
@@ -44,7 +45,7 @@ MODEL=$(mktemp "${TMPDIR:-/tmp}/weft-cost-model.XXXXXX")
 trap 'rm -f "$MODEL"' EXIT
 # weft-bench caps every policy's warmup at half its iterations, except in-run
 # Auto's: -w is Auto's warmup (its 7 candidates x IN_RUN trial calls).
-COMMON=(-b 8 -e "$MAXBYTES" -f 2 -n "$ITERS" -w "$AUTO_WARMUP" --bytes-budget "$BUDGET" -c 1
+COMMON=(-b 8 -e "$MAXBYTES" -f 2 -n "$ITERS" --small-iters "$SMALL_ITERS" -w "$AUTO_WARMUP" --bytes-budget "$BUDGET" -c 1
   --in-run "$IN_RUN" --auto-candidates wide)
 MPIRUN=(mpirun -np "$NP")
 [ "$NP" -gt "$(nproc)" ] && MPIRUN+=(--oversubscribe)

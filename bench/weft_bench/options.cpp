@@ -205,6 +205,7 @@ const char* usage_text =
     "  -f, --stepfactor F      multiply the size by F each step (default 2)\n"
     "  -i, --stepbytes SIZE    add SIZE each step instead\n"
     "  -n, --iters N           timed iterations per size (default 20; capped by --bytes-budget)\n"
+    "      --small-iters N     timed iterations for sizes up to 8 KiB (default: --iters)\n"
     "  -w, --warmup_iters N    untimed iterations first (default 5)\n"
     "  -c, --check 0|1         count wrong elements exactly (default 1)\n"
     "  -o, --redop OP          sum, prod, min, max, avg (default sum)\n"
@@ -287,6 +288,7 @@ Options parse(int argc, char** argv) {
       if (o.step_bytes == 0) throw UsageError(a + ": the step must be at least 1 byte");
     }
     else if (a == "-n" || a == "--iters") o.iters = static_cast<int>(parse_int(a, val(), 1, 1000000));
+    else if (a == "--small-iters") o.small_iters = static_cast<int>(parse_int(a, val(), 1, 1000000));
     else if (a == "-w" || a == "--warmup_iters") o.warmup = static_cast<int>(parse_int(a, val(), 0, 1000000));
     else if (a == "--in-run") o.in_run = static_cast<int>(parse_int(a, val(), 0, 1000));
     else if (a == "--auto-candidates") {

@@ -142,8 +142,9 @@ void measure(std::vector<Runner>& runners, Ctl& ctl, const char* tname, const Op
         if (n == 0) continue;
       }
       const std::size_t bytes = total_elems(op, n, p) * es;
+      const int most = bytes <= 8192 && o.small_iters > 0 ? o.small_iters : o.iters;
       const int iters = static_cast<int>(std::clamp<std::size_t>(o.bytes_budget / std::max<std::size_t>(bytes, 1), 3,
-                                                                 static_cast<std::size_t>(o.iters)));
+                                                                 static_cast<std::size_t>(most)));
       const int warm = std::min(o.warmup, std::max(1, iters / 2));
       const int rounds = std::min(iters, 5);
       std::vector<Row> row(na);
