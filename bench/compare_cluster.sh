@@ -26,7 +26,7 @@
 #   auto_worst_ratio_to_best: R3                    (per rate, and the worst)
 #   model_worst_error_ge_1MiB: E                    (|predicted/measured - 1|; per rate, and the worst)
 # Knobs (environment): RATES ("1gbit 10gbit"), DP_RATES ("1gbit"; empty: no training), MINBYTES (8), MAXBYTES
-# (256M), FACTOR (2), ITERS (8), WARMUP (4; Auto gets at least 7 x IN_RUN + 1), IN_RUN (3: timed calls per Auto
+# (256M), FACTOR (2), ITERS (8), SMALL_ITERS (60, at 8 B-8 KiB), WARMUP (4; Auto gets at least 7 x IN_RUN + 1), IN_RUN (3: timed calls per Auto
 # candidate), BUDGET (512M), EPOCHS (6), OUT (build/cluster),
 # WEFT_BUILD (build), SUMMARY_ONLY (set: print the tables from the files already in OUT). Needs root (network namespaces); exits 77 without.
 set -euo pipefail
@@ -42,6 +42,7 @@ MAXBYTES=${MAXBYTES:-256M}
 MINBYTES=${MINBYTES:-8}
 FACTOR=${FACTOR:-2}
 ITERS=${ITERS:-8}
+SMALL_ITERS=${SMALL_ITERS:-60}  # timed calls at 8 B-8 KiB (weft-bench --small-iters): 8 in shares of 1-2 per policy are the scheduler's
 WARMUP=${WARMUP:-4}
 IN_RUN=${IN_RUN:-3}
 BUDGET=${BUDGET:-512M}
@@ -83,7 +84,7 @@ for rate in $RATES; do
   echo "   MPI_Allreduce, and Auto with in-run selection over ring, tree, recursive_doubling, halving_doubling,"
   echo "   hierarchical, hierarchical_leaders, native"
   W=$((WARMUP > 7 * IN_RUN + 1 ? WARMUP : 7 * IN_RUN + 1))
-  "$CLUSTER" run --name "$NAME" -- "$BENCH" --transport mpi -b "$MINBYTES" -e "$MAXBYTES" -f "$FACTOR" -n "$ITERS" -w "$W" \
+  "$CLUSTER" run --name "$NAME" -- "$BENCH" --transport mpi -b "$MINBYTES" -e "$MAXBYTES" -f "$FACTOR" -n "$ITERS" --small-iters "$SMALL_ITERS" -w "$W" \
     --bytes-budget "$BUDGET" -c 1 --algo ring,hierarchical,hierarchical_leaders,halving_doubling,mpi,auto --in-run "$IN_RUN" --auto-candidates wide \
     --csv "$OUT/allreduce_$rate.csv" >"$OUT/allreduce_$rate.txt"
   rm -f "$OUT/auto_$rate.csv"  # an older layout's separate Auto run
