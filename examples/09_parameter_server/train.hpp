@@ -251,24 +251,8 @@ void train_ps(Transport& t, const io::Dataset& train, const io::Dataset& test, c
   }
 }
 
-template <class Transport, class Opt>
-void train_dp_with(Transport& t, const io::Dataset& train, const io::Dataset& test, const Options& o, Model& m,
-                   Opt& opt);
-
 // DataParallel with the same per-worker batch, stragglers, optimizer and
-// evaluation (every rank a worker).
-template <class Transport>
-void train_dp(Transport& t, const io::Dataset& train, const io::Dataset& test, const Options& o) {
-  Model m(o.seed);
-  if (o.optimizer == "sgd") {
-    nn::SGD<float> opt(m.reg, {.lr = o.lr, .momentum = o.momentum});
-    train_dp_with(t, train, test, o, m, opt);
-  } else {
-    nn::Adam<float> opt(m.reg, {.lr = o.lr});
-    train_dp_with(t, train, test, o, m, opt);
-  }
-}
-
+// evaluation (every rank a worker), given the optimizer.
 template <class Transport, class Opt>
 void train_dp_with(Transport& t, const io::Dataset& train, const io::Dataset& test, const Options& o, Model& m,
                    Opt& opt) {
@@ -306,6 +290,19 @@ void train_dp_with(Transport& t, const io::Dataset& train, const io::Dataset& te
     const double acc = 100.0 * nn::accuracy(logits, test.labels);
     pr.find_target(m, ws);
     report(o, t.size(), t.name(), pr, acc, secs, cpu, step);
+  }
+}
+
+// The same with the optimizer --optimizer names.
+template <class Transport>
+void train_dp(Transport& t, const io::Dataset& train, const io::Dataset& test, const Options& o) {
+  Model m(o.seed);
+  if (o.optimizer == "sgd") {
+    nn::SGD<float> opt(m.reg, {.lr = o.lr, .momentum = o.momentum});
+    train_dp_with(t, train, test, o, m, opt);
+  } else {
+    nn::Adam<float> opt(m.reg, {.lr = o.lr});
+    train_dp_with(t, train, test, o, m, opt);
   }
 }
 

@@ -70,30 +70,6 @@ inline constexpr bool linear_with_byte_payload = [] {
     return false;
 }();
 
-// Device memory for the payloads of one compressed call over a device
-// transport, freed (stream-ordered) when the call ends; unused on the host.
-template <class Exec>
-class DeviceStage {
- public:
-  explicit DeviceStage(const Exec& e) : e_(e) {}
-  ~DeviceStage() { e_.deallocate(p_); }
-  DeviceStage(const DeviceStage&) = delete;
-  DeviceStage& operator=(const DeviceStage&) = delete;
-  std::byte* get(std::size_t bytes) {
-    if (bytes > cap_) {
-      e_.deallocate(p_);
-      p_ = nullptr;
-      cap_ = (bytes + 63) / 64 * 64;
-      p_ = e_.allocate(cap_);
-    }
-    return p_;
-  }
-
- private:
-  const Exec& e_;
-  std::byte* p_ = nullptr;
-  std::size_t cap_ = 0;
-};
 }  // namespace detail
 
 template <class C, class A = Ring>
@@ -153,7 +129,7 @@ struct Compressed {
     const Exec& ex = ctx.executor();
     const auto* x = static_cast<const float*>(in);
     auto* y = static_cast<float*>(out);
-    detail::DeviceStage<Exec> wire{ex};
+    detail::BasicBuffer<Exec> wire{ex};  // device payloads of this call (never allocated on the host)
     if constexpr (!host) {
       auto* xh = reinterpret_cast<float*>(states->scratch(n * sizeof(float), 1));
       ex.download(xh, in, n * sizeof(float));
