@@ -26,8 +26,8 @@
 #   auto_worst_ratio_to_best: R3                    (per rate, and the worst)
 #   model_worst_error_ge_1MiB: E                    (|predicted/measured - 1|; per rate, and the worst)
 # Knobs (environment): RATES ("1gbit 10gbit"), DP_RATES ("1gbit"; empty: no training), MINBYTES (8), MAXBYTES
-# (256M), FACTOR (2), ITERS (8), SMALL_ITERS (60, at 8 B-8 KiB), WARMUP (4; Auto gets at least 7 x IN_RUN + 1), IN_RUN (3: timed calls per Auto
-# candidate), BUDGET (512M), EPOCHS (6), OUT (build/cluster),
+# (256M), FACTOR (2), ITERS (8), SMALL_ITERS (60, at 8 B-8 KiB), WARMUP (4; Auto gets at least 7 x IN_RUN + 1), IN_RUN (5: rounds of timed calls,
+# one per Auto candidate each), BUDGET (512M), EPOCHS (6), OUT (build/cluster),
 # WEFT_BUILD (build), SUMMARY_ONLY (set: print the tables from the files already in OUT). Needs root (network namespaces); exits 77 without.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -44,7 +44,7 @@ FACTOR=${FACTOR:-2}
 ITERS=${ITERS:-8}
 SMALL_ITERS=${SMALL_ITERS:-60}  # timed calls at 8 B-8 KiB (weft-bench --small-iters): 8 in shares of 1-2 per policy are the scheduler's
 WARMUP=${WARMUP:-4}
-IN_RUN=${IN_RUN:-3}
+IN_RUN=${IN_RUN:-5}
 BUDGET=${BUDGET:-512M}
 EPOCHS=${EPOCHS:-6}
 OUT=${OUT:-$WEFT_BUILD/cluster}
@@ -76,10 +76,12 @@ for rate in $RATES; do
   # Auto in the same run as the policies it is compared with, interleaved with
   # them round by round (weft-bench's rounds): a separate run differed from
   # this one by more than Auto's choices do. Its warmup calls (at least
-  # 7 x IN_RUN + 1) let in-run selection time its 7 candidates IN_RUN times
-  # each first (the fastest call of each counts: one call each picked a
-  # 1.8x slower policy at some sizes below 512 KiB, where a call takes 1-5 ms
-  # and one trial is noise); the others get the same warmup.
+  # 7 x IN_RUN + 1) let in-run selection time its 7 candidates in IN_RUN
+  # interleaved rounds first (a candidate's lower median counts: one call
+  # each picked a 1.8x slower policy at some sizes below 512 KiB, where a
+  # call takes 1-5 ms and one trial is noise; with 3 rounds, on 2026-12-05,
+  # still 1.29-1.52x at 1-2 MiB and 1.94x at 256 KiB (10 Gbit/s), where
+  # calls of one policy vary up to 2x); the others get the same warmup.
   echo "-- allreduce busbw (f32 sum), $MINBYTES B .. $MAXBYTES: ring, hierarchical, hierarchical_leaders, halving_doubling,"
   echo "   MPI_Allreduce, and Auto with in-run selection over ring, tree, recursive_doubling, halving_doubling,"
   echo "   hierarchical, hierarchical_leaders, native"

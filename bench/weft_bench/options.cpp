@@ -231,7 +231,7 @@ const char* usage_text =
     "      --codec LIST        compressed allreduce: none, f16, bf16, int8[:chunk], topk[:fraction],\n"
     "                          randomk[:fraction], sign, powersgd[:rank]; prints bytes on the wire,\n"
     "                          compression ratio and effective busbw (weft_bench/codec.hpp)\n"
-    "      --in-run N          auto: time every candidate N calls inside the run (warmup included) and\n"
+    "      --in-run N          auto: time the candidates in N interleaved rounds inside the run (warmup included) and\n"
     "                          keep the winner the ranks agree on (comm/tuning/in_run.hpp); 0: off\n"
     "      --recheck N         auto --in-run: time the candidates again after N decided calls\n"
     "      --in-run-sync on|off  auto --in-run: start every trial call together on every rank (default\n"

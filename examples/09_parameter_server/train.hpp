@@ -50,7 +50,7 @@ namespace ps = weft::parallel::ps;
 using Clock = std::chrono::steady_clock;
 
 struct Options {
-  std::string consistency = "ssp4";  // bsp, ssp1, ssp4, asp, dp
+  std::string consistency = "ssp4";  // bsp, ssp0, ssp1, ssp4, asp, dp
   int servers = 1, workers = 3, epochs = 2;
   index_t batch = 32;  // per worker
   std::string straggler = "none";  // none, transient, persistent
@@ -86,14 +86,14 @@ inline Options parse(int argc, char** argv) {
     else if (a == "--eval-every") o.eval_every = std::atol(need());
     else
       throw_error<ValueError>("usage: ", argv[0],
-                              " [--consistency bsp|ssp1|ssp4|asp|dp] [--servers S] [--workers W] [--epochs E] "
+                              " [--consistency bsp|ssp0|ssp1|ssp4|asp|dp] [--servers S] [--workers W] [--epochs E] "
                               "[--batch B per worker] [--straggler none|transient|persistent] [--target PCT] "
                               "[--optimizer adam|sgd] [--lr LR] [--momentum M (sgd)] [--seed N] [--eval-every STEPS]  (at '",
                               a, "')");
   }
   const std::string c = o.consistency;
-  if (c != "bsp" && c != "ssp1" && c != "ssp4" && c != "asp" && c != "dp")
-    throw_error<ValueError>("--consistency must be bsp, ssp1, ssp4, asp or dp, got '", c, "'");
+  if (c != "bsp" && c != "ssp0" && c != "ssp1" && c != "ssp4" && c != "asp" && c != "dp")
+    throw_error<ValueError>("--consistency must be bsp, ssp0, ssp1, ssp4, asp or dp, got '", c, "'");
   if (o.straggler != "none" && o.straggler != "transient" && o.straggler != "persistent")
     throw_error<ValueError>("--straggler must be none, transient or persistent, got '", o.straggler, "'");
   if (o.workers < 1 || o.servers < 1) throw_error<ValueError>("need at least one server and one worker");
@@ -311,6 +311,7 @@ void train(Transport& t, const io::Dataset& train, const io::Dataset& test, cons
   const std::string& c = o.consistency;
   if (c == "dp") return train_dp(t, train, test, o);
   if (c == "bsp") return train_ps<parallel::BSP>(t, train, test, o);
+  if (c == "ssp0") return train_ps<parallel::SSP<0>>(t, train, test, o);
   if (c == "ssp1") return train_ps<parallel::SSP<1>>(t, train, test, o);
   if (c == "ssp4") return train_ps<parallel::SSP<4>>(t, train, test, o);
   return train_ps<parallel::ASP>(t, train, test, o);

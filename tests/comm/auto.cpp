@@ -553,8 +553,12 @@ TEST_CASE("in-run Auto: a candidate's trial time is the lower median of its call
   // Candidate 0 (the guess) takes one or two rounds at random, candidate 1 always one and a half.
   InRunTuner tuner(InRunOptions{.calls_per_candidate = 3, .keep_guess_within = 0}, 2);
   OneRankContext ctx;
-  for (double t : {2.0, 1.0, 2.0}) tuner.record(ctx, Collective::allreduce, 64, false, 0, 0, t);
-  for (double t : {1.5, 1.6, 1.4}) tuner.record(ctx, Collective::allreduce, 64, false, 0, 1, t);
+  // Rounds: candidate 0 (the guess), then 1.
+  const double t0[] = {2.0, 1.0, 2.0}, t1[] = {1.5, 1.6, 1.4};
+  for (int r = 0; r < 3; ++r) {
+    tuner.record(ctx, Collective::allreduce, 64, false, 0, 0, t0[r]);
+    tuner.record(ctx, Collective::allreduce, 64, false, 0, 1, t1[r]);
+  }
   const InRunTuner::Entry* e = tuner.find(Collective::allreduce, 64, false);
   REQUIRE(e != nullptr);
   REQUIRE(e->decided);
@@ -563,7 +567,36 @@ TEST_CASE("in-run Auto: a candidate's trial time is the lower median of its call
   CHECK(e->winner == 1);
   // Two calls: the faster (a cold first call does not count against a candidate).
   InRunTuner two(InRunOptions{.calls_per_candidate = 2, .keep_guess_within = 0}, 2);
-  for (double t : {9.0, 1.0}) two.record(ctx, Collective::allreduce, 64, false, 0, 0, t);
-  for (double t : {1.2, 1.3}) two.record(ctx, Collective::allreduce, 64, false, 0, 1, t);
+  const double u0[] = {9.0, 1.0}, u1[] = {1.2, 1.3};
+  for (int r = 0; r < 2; ++r) {
+    two.record(ctx, Collective::allreduce, 64, false, 0, 0, u0[r]);
+    two.record(ctx, Collective::allreduce, 64, false, 0, 1, u1[r]);
+  }
   CHECK(two.find(Collective::allreduce, 64, false)->winner == 0);
+}
+
+TEST_CASE("in-run Auto: trials run in rounds, the guess first in each, so drift falls on every candidate alike") {
+  InRunTuner tuner(InRunOptions{.calls_per_candidate = 3, .keep_guess_within = 0}, 3);
+  OneRankContext ctx;
+  const std::size_t guess = 2;
+  // The machine slows down during the trials: call i takes 1 + i/20 s plus the candidate's own
+  // cost. In rounds every candidate's lower median falls in the middle round; one candidate
+  // after another, the guess's calls (0-2) would time 1.25 and candidate 1's (6-8) 1.35.
+  const double own[] = {0.30, 0.00, 0.20};  // candidate 1 is the fastest
+  std::vector<std::size_t> ran;
+  for (int i = 0; i < 9; ++i) {
+    CHECK(tuner.trialing(Collective::allreduce, 1 << 20, true));
+    const std::size_t c = tuner.next(Collective::allreduce, 1 << 20, true, guess);
+    ran.push_back(c);
+    tuner.record(ctx, Collective::allreduce, 1 << 20, true, guess, c, 1.0 + i / 20.0 + own[c]);
+  }
+  CHECK(ran == std::vector<std::size_t>{2, 0, 1, 2, 0, 1, 2, 0, 1});
+  const InRunTuner::Entry* e = tuner.find(Collective::allreduce, 1 << 20, true);
+  REQUIRE(e != nullptr);
+  REQUIRE(e->decided);
+  CHECK(e->winner == 1);
+  CHECK(e->agreed[1] == doctest::Approx(1.25));  // call 5
+  CHECK(e->agreed[2] == doctest::Approx(1.35));  // call 3
+  CHECK(e->agreed[0] == doctest::Approx(1.50));  // call 4
+  CHECK(tuner.next(Collective::allreduce, 1 << 20, true, guess) == 1);
 }

@@ -18,7 +18,8 @@
 // In-run selection (tuning/in_run.hpp), off unless asked:
 //   a.in_run = {.calls_per_candidate = 2, .recheck_every = 1000};
 // The first calls of each (op, size class) on the communicator time every
-// candidate in the user's own run (the model's pick first: the table is the
+// candidate in the user's own run, in calls_per_candidate interleaved
+// rounds (the model's pick first in each: the table is the
 // starting guess, not the final word), the ranks agree on the winner from
 // the slowest rank's times, and later calls run it. The state belongs to the
 // communicator the policy was prepared for (a Communicator prepares its own

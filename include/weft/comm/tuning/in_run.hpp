@@ -12,9 +12,17 @@
 //                Every rank must call with the same placement, as MPI asks of
 //                MPI_IN_PLACE; a rank that does not fails at the fingerprint
 //                check (the choices differ) or at its deadline
-//   trial phase  the starting guess (the cost file's measured decision, else
-//                the cheapest formula) runs first, then every other candidate
-//                in order, each for `calls_per_candidate` calls; each timed
+//   trial phase  `calls_per_candidate` rounds; each round runs the starting
+//                guess (the cost file's measured decision, else the cheapest
+//                formula) first, then every other candidate in order, one
+//                call each. Interleaved, so what drifts during the trials (a
+//                TCP connection's window, a token bucket's burst, another
+//                job on the cores) falls on every candidate alike. (Run one
+//                candidate after another, a candidate's calls share one slow
+//                or fast spell: on the emulated cluster's 10 Gbit/s links a
+//                4 MiB trial timed the leaders' schedule at 11.7 ms where
+//                the benchmark's interleaved calls took 21.2, and Auto ran
+//                ring at 256 KiB at 1.94x the best policy.) Each timed
 //                call starts together on every rank (sync(): a byte to every
 //                other rank) and each rank records its time (its own clock)
 //   agreement    after the last trial call every rank sends its times to
@@ -89,8 +97,8 @@ class InRunTuner {
   struct Entry {
     bool decided = false;
     std::size_t guess = 0;   // the candidate the table or formulas pick
-    std::size_t step = 0;    // trial phase: position in the trial order
-    int calls = 0;           // trial phase: timed calls of the current candidate
+    std::size_t step = 0;    // trial phase: position in the round's order (the guess first)
+    int calls = 0;           // trial phase: the round (rounds finished)
     std::vector<double> times;  // trial phase: this rank's time of each call (s), (candidates, calls_per_candidate)
     std::size_t winner = 0;
     std::uint64_t since = 0;  // decided calls since the decision
@@ -125,9 +133,10 @@ class InRunTuner {
     }
     const auto calls = static_cast<std::size_t>(opts_.calls_per_candidate);
     e.times[ran * calls + static_cast<std::size_t>(e.calls)] = seconds;
-    if (++e.calls < opts_.calls_per_candidate) return;
+    if (++e.step < k_) return;  // the round's next candidate
+    e.step = 0;
+    if (++e.calls < opts_.calls_per_candidate) return;  // the next round
     e.calls = 0;
-    if (++e.step < k_) return;
     // Each call's slowest rank, then each candidate's lower median of those.
     const std::vector<double> slowest = agree(ctx, e.times);
     e.agreed.resize(k_);  // every element set below
