@@ -79,9 +79,10 @@ for rate in $RATES; do
   # 7 x IN_RUN + 1) let in-run selection time its 7 candidates in IN_RUN
   # interleaved rounds first (a candidate's lower median counts: one call
   # each picked a 1.8x slower policy at some sizes below 512 KiB, where a
-  # call takes 1-5 ms and one trial is noise; with 3 rounds, on 2026-12-05,
-  # still 1.29-1.52x at 1-2 MiB and 1.94x at 256 KiB (10 Gbit/s), where
-  # calls of one policy vary up to 2x); the others get the same warmup.
+  # call takes 1-5 ms and one trial is noise; on 2026-12-05 neither 3 calls
+  # per candidate one after another nor 5 interleaved rounds held Auto
+  # within 1.10 everywhere, since calls of one policy vary up to 2x here:
+  # docs/benchmarks.md); the others get the same warmup.
   echo "-- allreduce busbw (f32 sum), $MINBYTES B .. $MAXBYTES: ring, hierarchical, hierarchical_leaders, halving_doubling,"
   echo "   MPI_Allreduce, and Auto with in-run selection over ring, tree, recursive_doubling, halving_doubling,"
   echo "   hierarchical, hierarchical_leaders, native"

@@ -21,8 +21,7 @@
 //                candidate after another, a candidate's calls share one slow
 //                or fast spell: on the emulated cluster's 10 Gbit/s links a
 //                4 MiB trial timed the leaders' schedule at 11.7 ms where
-//                the benchmark's interleaved calls took 21.2, and Auto ran
-//                ring at 256 KiB at 1.94x the best policy.) Each timed
+//                the benchmark's interleaved calls took 21.2.) Each timed
 //                call starts together on every rank (sync(): a byte to every
 //                other rank) and each rank records its time (its own clock)
 //   agreement    after the last trial call every rank sends its times to
