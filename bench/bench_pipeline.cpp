@@ -15,6 +15,8 @@
 // step's ASCII timeline; WEFT_PIPE_EVENTS=1: the last step's actions, one per
 // line (rank, op, micro-batch, start and end in us from the step's start):
 // a receive's end minus its send's start is the delivery latency.
+// WEFT_PIPE_COPY=1: messages carry copies of the payload (PipelineOptions::
+// zero_copy off; by default thread ranks read the sender's buffer in place).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -122,7 +124,7 @@ Result run(const pp::Schedule& sched, int steps, index_t hidden, index_t rows) {
     Model model(EntryBlock(hidden, 1), Block(hidden, 2), Block(hidden, 3), Block(hidden, 4), Block(hidden, 5), Block(hidden, 6),
                 Block(hidden, 7), HeadBlock(hidden, 8));
     auto loss = [](auto out, TensorView<std::int32_t> labels) { return cross_entropy(out, labels); };
-    auto pipe = pp::make_pipeline<float, std::int32_t>(t, sched, cut_model<S>(model), loss, {.trace = true});
+    auto pipe = pp::make_pipeline<float, std::int32_t>(t, sched, cut_model<S>(model), loss, {.trace = true, .zero_copy = std::getenv("WEFT_PIPE_COPY") == nullptr});
     nn::Registry<float> reg;
     reg.add("", model);
     const int warm = 3;

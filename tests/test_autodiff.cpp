@@ -105,6 +105,37 @@ TEST_CASE("matmul with all four transpose combinations") {
   CHECK_GRAD([](auto x) { return transpose(exp(x)) * 2.0; }, a);
 }
 
+TEST_CASE("matmul operands: a region's backward reads its stored value, the input's gradient comes from the gemm, float vs naive") {
+  // d/dx sum(f(x) @ W) = f'(x) * rowsum(W), per element; the regions' df use
+  // y (exp, sigmoid, tanh, sqrt) or x (sin), so a wrong stored value shows.
+  const Tensor<float> x = randn<float>({2, 6, 5}, 21, 0.5, 2.0), w = randn<float>({5, 4}, 22);
+  std::vector<double> rs(5, 0.0);
+  for (int k = 0; k < 5; ++k)
+    for (int j = 0; j < 4; ++j) rs[static_cast<std::size_t>(k)] += w.data()[k * 4 + j];
+  auto check = [&](auto f, auto df, const char* what) {
+    INFO(what);
+    auto [v, g] = value_and_grad([&](auto a) { return sum(matmul(f(a), w)); }, x);
+    double worst = 0;
+    for (index_t i = 0; i < x.numel(); ++i) {
+      const double want = df(static_cast<double>(x.data()[i])) * rs[static_cast<std::size_t>(i % 5)];
+      worst = std::max(worst, std::fabs(g.data()[i] - want) / (1.0 + std::fabs(want)));
+    }
+    CHECK(worst < 1e-5);
+  };
+  check([](auto a) { return exp(a); }, [](double t) { return std::exp(t); }, "exp");
+  check([](auto a) { return sigmoid(a); }, [](double t) { const double s = 1 / (1 + std::exp(-t)); return s * (1 - s); }, "sigmoid");
+  check([](auto a) { return tanh(a * 0.5f); }, [](double t) { const double y = std::tanh(0.5 * t); return 0.5 * (1 - y * y); }, "tanh");
+  check([](auto a) { return sqrt(a); }, [](double t) { return 0.5 / std::sqrt(t); }, "sqrt");
+  check([](auto a) { return sin(a); }, [](double t) { return std::cos(t); }, "sin");
+  // the input itself (its gradient written by the gemm), and read twice (through a region)
+  check([](auto a) { return a; }, [](double) { return 1.0; }, "x");
+  auto [v2, g2] = value_and_grad([&](auto a) { return sum(matmul(a, w)) + sum(a * a); }, x);
+  double worst = 0;
+  for (index_t i = 0; i < x.numel(); ++i)
+    worst = std::max(worst, std::fabs(g2.data()[i] - (rs[static_cast<std::size_t>(i % 5)] + 2.0 * x.data()[i])));
+  CHECK(worst < 1e-4);
+}
+
 TEST_CASE("cross_entropy's gradient is (softmax - onehot) / N at every row and column, against a double reference") {
   // Shapes whose element index crosses many rows: the backward finds an
   // element's row without an integer division (expr/cross_entropy.hpp).

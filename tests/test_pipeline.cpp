@@ -299,6 +299,22 @@ TEST_CASE("pipeline, threads: every schedule, p = 2 and 4, m = 1, 4, 8: gradient
   }
 }
 
+TEST_CASE("pipeline, threads: messages copied (zero_copy = false) train bitwise like one rank too") {
+  // (zero-copy, the default on threads, is what the test above runs)
+  const Data data;
+  std::vector<std::string> errs(2);
+  comm::run_local(2, [&](comm::ThreadTransport t) {
+    for (int m : {1, 4}) {
+      std::vector<int> mine;
+      pipe_suite::Reference got = pipe_suite::run_pipeline<2>(t, pp::ZeroBubbleH1{}, data, m, 5, mine, {.zero_copy = false});
+      pipe_suite::Reference want = pipe_suite::reference<2>(data, m, 5, mine);
+      if (!pipe_suite::bitwise_equal(got.grads, want.grads) || !pipe_suite::bitwise_equal(got.values, want.values))
+        errs[static_cast<std::size_t>(t.rank())] = "m=" + std::to_string(m) + " rank " + std::to_string(t.rank()) + " differs from one rank";
+    }
+  });
+  for (const std::string& e : errs) CHECK_MESSAGE(e.empty(), e);
+}
+
 TEST_CASE("pipeline, threads: Sequential cut points and a measured trace; the bubble and activations are reported") {
   const Data data;
   std::string ascii, json;
@@ -371,6 +387,19 @@ TEST_CASE("pipeline, threads: errors name the stage, micro-batch, direction and 
           "stage 1 (rank 1) expected the activation of micro-batch 0 from stage 0 (rank 0) of step 1 (512 elements) and received "
           "the activation of micro-batch 0 from stage 0 for stage 1 of step 1 (256 elements): the ranks run different schedules "
           "or shapes");
+  }
+  SUBCASE("ranks that disagree on zero-copy messages: the receiver names the option") {
+    std::string err1;
+    comm::run_local(2, [&](comm::ThreadTransport t) {
+      pipe_suite::Model model = pipe_suite::make_model();
+      pp::PipelineOptions o{.timeout = std::chrono::seconds(5)};
+      o.zero_copy = t.rank() == 0;  // rank 0 sends addresses, rank 1 expects copies
+      auto pipe = pp::make_pipeline<float, std::int32_t>(t, pp::OneFOneB{}, 2, pp::cut<4>(model), pipe_suite::loss_fn(), o);
+      const std::string e = error_of([&] { pipe.step(data.xs(0), data.ys(0)); });
+      if (t.rank() == 1) err1 = e;
+    });
+    CHECK(err1 == "stage 1 (rank 1) received the activation of micro-batch 0 from stage 0 (rank 0) as an address but copies "
+                  "messages: the ranks disagree on PipelineOptions::zero_copy");
   }
   SUBCASE("the schedule does not fit the model or the transport") {
     comm::run_local(2, [&](comm::ThreadTransport t) {

@@ -94,11 +94,27 @@ struct GradContext {
     region<E, false>(e, st, shape, seed);
   }
 
+  // run_region for a region whose value forward already stored at `val`
+  // (contiguous, e's shape): the pass reads it instead of recomputing the
+  // root op (kernels::BoundKnownValue).
+  template <class E, class Seed>
+  void run_region_valued(const E& e, typename E::State& st, const Shape& shape, const Seed& seed, const T* val) {
+    const Shape s = e.shape();
+    const Strides c = contiguous_strides(s);
+    auto inner = e.bind(st, shape, *this);
+    region_bound<E, false>(e, st, shape, seed,
+                           kernels::BoundKnownValue<decltype(inner)>{inner, {val, nullptr, aligned_strides(s, c, shape), s, c}});
+  }
+
   template <class E, bool Sum, class Seed>
   T region(const E& e, typename E::State& st, const Shape& shape, const Seed& seed) {
+    return region_bound<E, Sum>(e, st, shape, seed, e.bind(st, shape, *this));
+  }
+
+  template <class E, bool Sum, class Seed, class Bound>
+  T region_bound(const E& e, typename E::State& st, const Shape& shape, const Seed& seed, Bound b) {
     static_assert(std::is_same_v<typename E::value_type, T>,
                   "value_and_grad: every differentiated expression must compute in the inputs' element type");
-    auto b = e.bind(st, shape, *this);
     constexpr std::array<bool, K> active_k = kernels::active_slots<E, K>();
     kernels::SlotMem<T, K> sinks;
     bool any_written = false;
@@ -148,6 +164,17 @@ struct GradContext {
   }
 
   void zero(std::size_t k) { kernels::fill(exec(), grads[k], T(0)); }
+
+  // Input k's gradient buffer when a node may write the whole gradient there
+  // itself (a matmul's product into dx, beta 0, where a region pass would
+  // copy it from a scratch buffer): nothing has written it in this pass and
+  // the caller holds its only occurrence. Else a null view. The caller then
+  // calls sole_input_grad_done(k).
+  View sole_input_grad(std::size_t k) const { return (!written[k] && remaining[k] == 1) ? grads[k] : View{}; }
+  void sole_input_grad_done(std::size_t k) {
+    written[k] = true;
+    done(k, 1);
+  }
 
   // The gradient buffer of parameter p in this pass.
   View grad_of(Param& p) { return state_of(p).grad; }

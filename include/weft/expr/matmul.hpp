@@ -158,6 +158,34 @@ struct MatMul : ExprTag {
     return materialise(e, st, ex);
   }
 
+  // Whether operand() always evaluates e into new memory (an elementwise
+  // region, a materialising node): then that memory holds e's value, and e's
+  // backward reads it there instead of recomputing its root op.
+  template <class E>
+  static constexpr bool evaluated_operand() {
+    return !std::is_same_v<E, P> && std::is_void_v<typename detail::leaf_storage<E>::type> && !detail::is_view_node<E>::value &&
+           !requires { requires E::value_in_state; };
+  }
+
+  // When e is the differentiated input itself, read once, contiguously, in
+  // its gradient buffer's shape: its gradient is the product, written there
+  // by prod(buffer) (beta 0) with no scratch buffer and no pass copying it
+  // (GradContext::sole_input_grad). Returns whether it did.
+  template <class G, class E, class Prod>
+  static bool product_into_input_grad(G& g, const E& e, Prod&& prod) {
+    if constexpr (detail::is_arg<E>::value && requires { g.sole_input_grad(E::slot); }) {
+      if (!e.v.is_contiguous()) return false;
+      const View gx = g.sole_input_grad(E::slot);
+      if (!gx.data || gx.shape != e.v.shape || !gx.is_contiguous()) return false;
+      prod(gx);
+      g.sole_input_grad_done(E::slot);
+      return true;
+    } else {
+      (void)g, (void)e, (void)prod;
+      return false;
+    }
+  }
+
   bool plain() const { return a.shape().rank == 2 && b.shape().rank == 2; }
 
   // c = alpha * x @ y + beta * c over the output's batch (x, y, c: views of
@@ -239,9 +267,14 @@ struct MatMul : ExprTag {
         g.param_done(*b.p);
       }
     } else if constexpr (weft::needs_grad<B, G>()) {  // (no gemm for an operand with nothing to differentiate)
+      if (product_into_input_grad(g, b, [&](const View& gx) { product(ex, st, st.av.transposed(), dc, gx, value_type(0)); }))
+        return;
       auto db = kernels::alloc<value_type>(ex, sb);
       product(ex, st, st.av.transposed(), dc, db, value_type(0));
-      detail::backward_into(g, b, st.b, db);
+      if constexpr (evaluated_operand<B>())
+        detail::backward_into(g, b, st.b, db, st.bv.data);
+      else
+        detail::backward_into(g, b, st.b, db);
     }
   }
   // dA from the adjoint, then A's own backward (affine's fused dW + db path
@@ -261,9 +294,14 @@ struct MatMul : ExprTag {
         g.param_done(*a.p);
       }
     } else if constexpr (weft::needs_grad<A, G>()) {
+      if (product_into_input_grad(g, a, [&](const View& gx) { product(ex, st, dc, st.bv.transposed(), rows(st, gx), value_type(0)); }))
+        return;
       auto da = kernels::alloc<value_type>(ex, sa);
       product(ex, st, dc, st.bv.transposed(), rows(st, da), value_type(0));
-      detail::backward_into(g, a, st.a, da);
+      if constexpr (evaluated_operand<A>())
+        detail::backward_into(g, a, st.a, da, st.av.data);
+      else
+        detail::backward_into(g, a, st.a, da);
     }
   }
 

@@ -208,6 +208,41 @@ struct BoundBuffer {
   }
 };
 
+// A region whose value is already in memory (a matmul operand, evaluated
+// once in forward), bound for its backward: the tape's root value is read
+// from `val` (contiguous, the region's shape, read at the region's output
+// through `st`) instead of computed, so the root op's own arithmetic (the
+// tanh of tanh(x W + b)) is dead code in the fused pass; the adjoint rules
+// see the value forward stored. Everything below the root is b's.
+template <class B>
+struct BoundKnownValue {
+  using value_type = typename B::value_type;
+  using Tape = typename B::Tape;
+  B b;
+  BoundBuffer<value_type, false> val;
+
+  template <class Ix>
+  WEFT_HD WEFT_INLINE void fwd(const Ix& ix, Tape& t) const {
+    b.fwd(ix, t);
+    typename BoundBuffer<value_type, false>::Tape vt;
+    val.fwd(ix, vt);
+    t.v = vt.v;
+  }
+  template <class Ix, class S>
+  WEFT_HD WEFT_INLINE void bwd(const Ix& ix, const Tape& t, value_type g, S& s) const {
+    b.bwd(ix, t, g, s);
+  }
+  template <class F>
+  void visit(F&& f) const {
+    b.visit(f);
+    val.visit(f);
+  }
+  template <class F>
+  void adjoints(F&& f) {
+    b.adjoints(f);
+  }
+};
+
 template <class T>
 struct BoundScalar {
   using value_type = T;

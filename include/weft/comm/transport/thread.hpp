@@ -152,6 +152,10 @@ struct Group {
 
 class ThreadTransport {
  public:
+  // Every rank is a thread of one process: a buffer's address means the same
+  // on every rank (parallel::Pipeline sends addresses instead of copies).
+  static constexpr bool shares_address_space = true;
+
   class Request {
    public:
     Request() = default;

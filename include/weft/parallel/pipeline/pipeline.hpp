@@ -29,6 +29,7 @@
 // (split) when other communicators share the ranks.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cstdio>
@@ -36,6 +37,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <tuple>
 #include <type_traits>
@@ -61,6 +63,11 @@ struct PipelineOptions {
   bool trace = false;
   // The step's loss is sum(micro-batch losses) x loss_scale; 0 means 1/m.
   double loss_scale = 0;
+  // On a transport whose ranks share one address space (ThreadTransport):
+  // a message carries only its header and the payload's address, and the
+  // receiver reads the sender's buffer in place (no receive copy; each
+  // sender alternates two buffers per slot by step parity). false: copy.
+  bool zero_copy = true;
 };
 
 namespace detail {
@@ -71,6 +78,7 @@ struct MsgHeader {
   std::uint32_t step = 0;
   std::int32_t from_stage = -1, to_stage = -1, mb = -1, grad = -1;
   std::int64_t numel = -1;
+  const void* payload = nullptr;  // zero-copy messages: where the sender's payload lies
 };
 
 // Stage I's expression from its input leaf; the last stage's through the loss.
@@ -118,7 +126,11 @@ class Pipeline {
   template <std::size_t I>
   struct Slot {
     Split<I> saved;
-    Tensor<T> in, out, gin, gout;  // header + payload: activation in/out, gradient in (of the output)/out (of the input)
+    // header + payload: activation in/out, gradient in (of the output)/out (of
+    // the input); zero-copy: in and gin hold the header only.
+    Tensor<T> in, out, gin, gout;
+    const T* in_at = nullptr;   // zero-copy: where this micro-batch's received payloads lie
+    const T* gin_at = nullptr;
     typename Tr::Request rin, rgin;
   };
   template <std::size_t I>
@@ -134,10 +146,17 @@ class Pipeline {
     if (sched_.stages() != S)
       throw_error<ValueError>("Pipeline: schedule '", sched_.name, "' on ", sched_.ranks, " ranks with ", sched_.chunks,
                               " chunks each runs ", sched_.stages(), " stages, the model is cut into ", S);
-    if (2 * S * sched_.micro_batches + 1 > static_cast<int>(comm::max_tag))
+    if (2 * S * sched_.micro_batches + 2 > static_cast<int>(comm::max_tag))
       throw_error<ValueError>("Pipeline: ", S, " stages x ", sched_.micro_batches, " micro-batches need more message tags than the transport's ",
                               comm::max_tag);
     if (opts_.timeout.count() < 0) throw_error<ValueError>("Pipeline: the timeout is negative");
+    for (int st = 0; st < S; ++st) {
+      if (!holds_stage(st)) continue;
+      for (int q : {st - 1, st + 1}) {
+        if (q < 0 || q >= S || q % ranks() == rank()) continue;
+        if (std::find(neighbours_.begin(), neighbours_.end(), q % ranks()) == neighbours_.end()) neighbours_.push_back(q % ranks());
+      }
+    }
   }
 
   // The schedule policy form: builds the schedule for the transport's ranks.
@@ -239,8 +258,43 @@ class Pipeline {
     } catch (const std::exception& e) {
       broken_ = e.what();
       sends_.clear();  // (a send request given up is withdrawn: no peer reads its buffer)
+      if (zero_copy()) abandon_send_buffers();
       throw;
     }
+  }
+
+  // Zero-copy, at the end of a step: each neighbour has finished the step
+  // (and with it every read of this rank's send buffers), and knows this
+  // rank has. Costs nothing in steady state: a stage cannot start its next
+  // step's work before its neighbours start theirs. So a pipeline can be
+  // destroyed, or its buffers reused, once step() returns.
+  void release_neighbours() {
+    if (neighbours_.empty()) return;
+    const std::uint32_t mine = step_;
+    std::vector<std::uint32_t> theirs(neighbours_.size(), 0);
+    std::vector<typename Tr::Request> reqs;
+    const comm::Tag tag = static_cast<comm::Tag>(2 * S * sched_.micro_batches + 1);
+    for (std::size_t i = 0; i < neighbours_.size(); ++i) reqs.push_back(t_.irecv(&theirs[i], sizeof mine, neighbours_[i], tag));
+    for (int q : neighbours_) reqs.push_back(t_.isend(&mine, sizeof mine, q, tag));
+    const auto dl = comm::deadline_after(opts_.timeout);
+    for (auto& q : reqs) wait(q, dl, "hear that its neighbour stages finished step " + std::to_string(step_));
+    for (std::size_t i = 0; i < neighbours_.size(); ++i)
+      if (theirs[i] != mine)
+        throw_error<comm::MismatchError>("pipeline rank ", rank(), " finished step ", mine, " and rank ", neighbours_[i],
+                                         " step ", theirs[i], ": the ranks run different numbers of steps");
+  }
+
+  // A failed step under zero-copy: a neighbour may still read this rank's
+  // send buffers (until its own deadline), so they are never freed; they
+  // stay reachable here until the process ends.
+  void abandon_send_buffers() {
+    static std::mutex mu;
+    static std::vector<Tensor<T>> kept;
+    std::lock_guard<std::mutex> lock(mu);
+    with_all_slots([&]<std::size_t I>(Slot<I>& sl) {
+      for (Tensor<T>* b : {&sl.out, &sl.gout})
+        if (b->numel()) kept.push_back(std::move(*b));
+    });
   }
 
   void start_step(TensorView<T> x, TensorView<L> labels) {
@@ -308,13 +362,23 @@ class Pipeline {
           auto sl = std::make_unique<Slot<I>>();
           const index_t hin = static_cast<index_t>(header_elems) + in_shape_[I].numel();
           const index_t hout = static_cast<index_t>(header_elems) + out_shape_[I].numel();
-          if (I > 0) sl->in = Tensor<T>(Shape{hin}), sl->gout = Tensor<T>(Shape{hin});
-          if (I + 1 < static_cast<std::size_t>(S)) sl->out = Tensor<T>(Shape{hout}), sl->gin = Tensor<T>(Shape{hout});
+          const index_t hrecv_in = zero_copy() ? static_cast<index_t>(header_elems) : hin;  // (zero-copy: the header alone)
+          const index_t hrecv_out = zero_copy() ? static_cast<index_t>(header_elems) : hout;
+          if (I > 0) sl->in = Tensor<T>(Shape{hrecv_in}), sl->gout = Tensor<T>(Shape{hin});
+          if (I + 1 < static_cast<std::size_t>(S)) sl->out = Tensor<T>(Shape{hout}), sl->gin = Tensor<T>(Shape{hrecv_out});
           v.push_back(std::move(sl));
         }
       }
       alloc_slots<I + 1>();
     }
+  }
+
+  // f(slot) for every slot of every stage this rank holds.
+  template <class F>
+  void with_all_slots(F&& f) {
+    [&]<std::size_t... I>(std::index_sequence<I...>) {
+      ((holds_stage(static_cast<int>(I)) ? [&] { for (auto& sl : std::get<I>(slots_)) f.template operator()<I>(*sl); }() : void()), ...);
+    }(std::make_index_sequence<static_cast<std::size_t>(S)>{});
   }
 
   // Calls f.template operator()<I>() with I = stage s (a run-time index).
@@ -331,6 +395,20 @@ class Pipeline {
 
   static TensorView<T> payload(Tensor<T>& msg, const Shape& s) {
     return TensorView<T>(msg.data() + header_elems, s);
+  }
+  // A received payload: in place in the sender's buffer (zero-copy) or here.
+  TensorView<T> received(Tensor<T>& msg, const T* at, const Shape& s) const {
+    return zero_copy() ? TensorView<T>(const_cast<T*>(at), s) : payload(msg, s);
+  }
+
+  // Whether messages carry addresses instead of payloads (a neighbour reads
+  // this rank's send buffers until it has finished the step: see
+  // release_neighbours()).
+  bool zero_copy() const {
+    if constexpr (requires { requires Tr::shares_address_space; })
+      return opts_.zero_copy;
+    else
+      return false;
   }
 
   // "the activation of micro-batch 5 from stage 1 (rank 1)"
@@ -354,7 +432,7 @@ class Pipeline {
     return buf;
   }
 
-  void receive(typename Tr::Request& r, Tensor<T>& msg, bool grad, int stage, int mb, index_t numel) {
+  const T* receive(typename Tr::Request& r, Tensor<T>& msg, bool grad, int stage, int mb, index_t numel) {
     const int from = grad ? stage + 1 : stage - 1;
     const comm::WaitStatus st = t_.wait(r, comm::deadline_after(opts_.timeout));
     if (st == comm::WaitStatus::timed_out)
@@ -370,6 +448,11 @@ class Pipeline {
                                        numel, " elements) and received ", h.grad == 1 ? "the gradient" : "the activation",
                                        " of micro-batch ", h.mb, " from stage ", h.from_stage, " for stage ", h.to_stage, " of step ", h.step,
                                        " (", h.numel, " elements): the ranks run different schedules or shapes");
+    if (zero_copy() != (h.payload != nullptr))
+      throw_error<comm::MismatchError>("stage ", stage, " (rank ", rank(), ") received ", what(grad, from, mb),
+                                       h.payload ? " as an address" : " as a copy", " but ", zero_copy() ? "reads" : "copies",
+                                       " messages: the ranks disagree on PipelineOptions::zero_copy");
+    return static_cast<const T*>(h.payload);
   }
 
   void post(Tensor<T>& msg, bool grad, int stage, int mb, index_t numel) {
@@ -380,8 +463,10 @@ class Pipeline {
     h.mb = mb;
     h.grad = grad ? 1 : 0;
     h.numel = numel;
-    std::memcpy(msg.data(), &h, sizeof h);
-    sends_.push_back(t_.isend(msg.data(), msg.bytes(), h.to_stage % ranks(), tag(grad, h.to_stage, mb)));
+    if (zero_copy()) h.payload = msg.data() + header_elems;
+    std::memcpy(static_cast<void*>(msg.data()), &h, sizeof h);
+    const std::size_t bytes = zero_copy() ? header_elems * sizeof(T) : static_cast<std::size_t>(msg.bytes());
+    sends_.push_back(t_.isend(msg.data(), bytes, h.to_stage % ranks(), tag(grad, h.to_stage, mb)));
   }
 
   T run() {
@@ -415,12 +500,12 @@ class Pipeline {
         Slot<I>& sl = *std::get<I>(slots_)[static_cast<std::size_t>(a.mb)];
         constexpr bool first = I == 0, last = I + 1 == static_cast<std::size_t>(S);
         switch (a.op) {
-          case Op::recv_act: receive(sl.rin, sl.in, false, s, a.mb, in_shape_[I].numel()); break;
-          case Op::recv_grad: receive(sl.rgin, sl.gin, true, s, a.mb, out_shape_[I].numel()); break;
+          case Op::recv_act: sl.in_at = receive(sl.rin, sl.in, false, s, a.mb, in_shape_[I].numel()); break;
+          case Op::recv_grad: sl.gin_at = receive(sl.rgin, sl.gin, true, s, a.mb, out_shape_[I].numel()); break;
           case Op::send_act: post(sl.out, false, s, a.mb, out_shape_[I].numel()); break;
           case Op::send_grad: post(sl.gout, true, s, a.mb, in_shape_[I].numel()); break;
           case Op::F: {
-            TensorView<T> in = first ? x_.slice(a.mb * mb_rows_, (a.mb + 1) * mb_rows_) : payload(sl.in, in_shape_[I]);
+            TensorView<T> in = first ? x_.slice(a.mb * mb_rows_, (a.mb + 1) * mb_rows_) : received(sl.in, sl.in_at, in_shape_[I]);
             if constexpr (last) labels_ = y_.slice(a.mb * mb_rows_, (a.mb + 1) * mb_rows_);
             // (evaluated straight into the send buffer, but at the last stage)
             if constexpr (last)
@@ -434,7 +519,7 @@ class Pipeline {
             break;
           }
           case Op::B: {
-            TensorView<T> dy = last ? seed_.view() : payload(sl.gin, out_shape_[I]);
+            TensorView<T> dy = last ? seed_.view() : received(sl.gin, sl.gin_at, out_shape_[I]);
             TensorView<T> dx = first ? TensorView<T>() : payload(sl.gout, in_shape_[I]);
             const std::size_t before = stash_bytes(sl);
             sl.saved.route_grads(route_);
@@ -453,12 +538,14 @@ class Pipeline {
     const auto dl = comm::deadline_after(opts_.timeout);
     for (auto& q : sends_) wait(q, dl, "deliver its sends of step " + std::to_string(step_) + " (a peer stopped receiving)");
     sends_.clear();
+    if (zero_copy()) release_neighbours();
     return loss;
   }
 
   template <std::size_t I>
   std::size_t stash_bytes(const Slot<I>& sl) const {
-    return sl.saved.bytes() + (I > 0 ? static_cast<std::size_t>(sl.in.bytes()) : 0);
+    // (the input counts wherever it lies: here, or in place in the sender's buffer)
+    return sl.saved.bytes() + (I > 0 ? static_cast<std::size_t>(in_shape_[I].numel()) * sizeof(T) : 0);
   }
 
   template <std::size_t I>
@@ -493,6 +580,7 @@ class Pipeline {
   Tensor<T> seed_{Shape{}};
   GradRoute<T> route_;  // where B and W write gradients (a GradSink strategy's buffers, or .grad)
   std::vector<typename Tr::Request> sends_;
+  std::vector<int> neighbours_;  // the other ranks this rank's stages exchange messages with
   std::vector<Event> events_;
   int alive_ = 0, peak_alive_ = 0;
   std::size_t live_bytes_ = 0, peak_bytes_ = 0;
