@@ -65,8 +65,8 @@ struct PipelineOptions {
   double loss_scale = 0;
   // On a transport whose ranks share one address space (ThreadTransport):
   // a message carries only its header and the payload's address, and the
-  // receiver reads the sender's buffer in place (no receive copy; each
-  // sender alternates two buffers per slot by step parity). false: copy.
+  // receiver reads the sender's buffer in place (no receive copy; a step
+  // ends once its neighbour stages have finished it). false: copy.
   bool zero_copy = true;
 };
 
