@@ -118,7 +118,8 @@ TEST_CASE("matmul operands: a region's backward reads its stored value, the inpu
     double worst = 0;
     for (index_t i = 0; i < x.numel(); ++i) {
       const double want = df(static_cast<double>(x.data()[i])) * rs[static_cast<std::size_t>(i % 5)];
-      worst = std::max(worst, std::fabs(g.data()[i] - want) / (1.0 + std::fabs(want)));
+      const double err = std::fabs(g.data()[i] - want) / (1.0 + std::fabs(want));
+      worst = std::isnan(err) ? INFINITY : std::max(worst, err);
     }
     CHECK(worst < 1e-5);
   };
@@ -131,9 +132,44 @@ TEST_CASE("matmul operands: a region's backward reads its stored value, the inpu
   check([](auto a) { return a; }, [](double) { return 1.0; }, "x");
   auto [v2, g2] = value_and_grad([&](auto a) { return sum(matmul(a, w)) + sum(a * a); }, x);
   double worst = 0;
-  for (index_t i = 0; i < x.numel(); ++i)
-    worst = std::max(worst, std::fabs(g2.data()[i] - (rs[static_cast<std::size_t>(i % 5)] + 2.0 * x.data()[i])));
+  for (index_t i = 0; i < x.numel(); ++i) {
+    const double err = std::fabs(g2.data()[i] - (rs[static_cast<std::size_t>(i % 5)] + 2.0 * x.data()[i]));
+    worst = std::isnan(err) ? INFINITY : std::max(worst, err);
+  }
   CHECK(worst < 1e-4);
+}
+
+TEST_CASE("gelu's gradient (Phi read off the value as y / x) against erf in double, across signs, near 0 and at 0") {
+  std::vector<float> xs;
+  for (int i = -800; i <= 800; ++i) xs.push_back(static_cast<float>(i) / 100.0f);
+  for (float t : {0.0f, -0.0f, 1e-38f, -1e-38f, 1e-31f, -1e-29f, 1e-20f, -1e-6f, 3e-4f, -12.0f, 12.0f}) xs.push_back(t);
+  Tensor<float> x(Shape{static_cast<index_t>(xs.size())});
+  std::copy(xs.begin(), xs.end(), x.data());
+  auto check = [&](const Tensor<float>& g, const char* path) {
+    INFO(path);
+    double worst = 0;
+    float at = 0;
+    for (index_t i = 0; i < x.numel(); ++i) {
+      const double t = x.data()[i];
+      const double want = 0.5 * (1.0 + std::erf(t / std::sqrt(2.0))) + t * std::exp(-0.5 * t * t) / std::sqrt(2.0 * M_PI);
+      const double err = std::fabs(g.data()[i] - want) / (2e-7 + 1e-6 * std::fabs(want));  // (float's 1 + erf cancels for x << 0)
+      if (!(err <= worst)) worst = std::isnan(err) ? INFINITY : err, at = x.data()[i];  // (NaN counts as worst)
+    }
+    INFO("worst at x = " << at);
+    CHECK(worst <= 1.0);
+  };
+  auto [v, g] = value_and_grad([](auto a) { return sum(gelu(a)); }, x);  // a region: y recomputed in the pass
+  check(g, "region");
+  Tensor<float> w(Shape{1, 4}), x2(Shape{x.numel(), 1});
+  std::fill(w.data(), w.data() + 4, 1.0f);
+  std::copy(x.data(), x.data() + x.numel(), x2.data());
+  auto [v2, g2] = value_and_grad([&](auto a) { return sum(matmul(gelu(a), w)); }, x2);  // a matmul operand: y stored
+  Tensor<float> g2s(Shape{x.numel()});
+  for (index_t i = 0; i < x.numel(); ++i) g2s.data()[i] = g2.data()[i] / 4.0f;  // (exact)
+  check(g2s, "matmul operand");
+  // double: what gradcheck differentiates
+  Tensor<double> xd = randn({64}, 32, 2.0);
+  CHECK_GRAD([](auto a) { return gelu(a); }, xd);
 }
 
 TEST_CASE("cross_entropy's gradient is (softmax - onehot) / N at every row and column, against a double reference") {

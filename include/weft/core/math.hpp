@@ -415,4 +415,22 @@ WEFT_HD WEFT_INLINE T sigmoid(T x) {
   }
 }
 
+// GELU's derivative Phi(x) + x phi(x) given its value y = x Phi(x): Phi(x) is
+// read off the value as y / x, so no second erf; below |x| = 1e-30 (and at
+// 0), where y / x runs out of digits, Phi's Taylor terms 1/2 + x / sqrt(2 pi)
+// are exact. Phi from y carries y's own error (for x << 0 the forward's
+// 1 + erf cancels, as Phi computed directly from erf does).
+template <class T>
+WEFT_HD WEFT_INLINE T gelu_grad(T x, T y) {
+  const T c = T(0.39894228040143267794);  // 1 / sqrt(2 pi)
+  const T pdf = c * exp(T(-0.5) * x * x);
+  const T near = T(0.5) + x * c;
+  const T q = y / x;
+#if !defined(__CUDA_ARCH__)
+  if constexpr (std::is_same_v<T, float>) return detail::select(detail::abs_f32(x) < 1e-30f, near, q) + x * pdf;
+  else
+#endif
+    return ((x < T(0) ? -x : x) < T(1e-30) ? near : q) + x * pdf;
+}
+
 }  // namespace weft::math

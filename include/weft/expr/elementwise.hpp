@@ -65,11 +65,7 @@ struct Gelu {
   template <class T> WEFT_HD WEFT_INLINE static T f(T x) {
     return T(0.5) * x * (T(1) + math::erf(x * T(0.70710678118654752440)));
   }
-  template <class T> WEFT_HD WEFT_INLINE static T df(T x, T) {
-    T cdf = T(0.5) * (T(1) + math::erf(x * T(0.70710678118654752440)));
-    T pdf = T(0.39894228040143267794) * math::exp(T(-0.5) * x * x);
-    return cdf + x * pdf;
-  }
+  template <class T> WEFT_HD WEFT_INLINE static T df(T x, T y) { return math::gelu_grad(x, y); }  // (Phi from y: no erf)
 };
 // erf(x); d/dx = 2/sqrt(pi) exp(-x^2).
 struct Erf {
