@@ -232,7 +232,8 @@ WEFT_INLINE float tanh_f32(float x) {
   p = p * u - 3.33333320e-1f;
   float small = select(x == 0.0f, x, x + x * u * p);  // keeps tanh(-0) = -0
   float a2 = 2.0f * select(ax < 10.0f, ax, 10.0f);   // NaN -> 20
-  std::int32_t k = static_cast<std::int32_t>(a2 * log2e + 0.5f);  // a2 >= 0: rounds to nearest
+  // a2 >= 0, so + 0.5 rounds to nearest: round_to_int's copysign would cost ~12% of tanh
+  std::int32_t k = static_cast<std::int32_t>(a2 * log2e + 0.5f);
   float kf = static_cast<float>(k);
   float r = (a2 - kf * ln2_hi) - kf * ln2_lo;
   float e = exp_poly(r) * from_bits(static_cast<std::uint32_t>(k + 127) << 23);

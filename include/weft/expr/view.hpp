@@ -380,20 +380,17 @@ void backward_into(G& g, const E& e, typename E::State& st, const V& d) {
   }
 }
 
-// backward_into for a child whose value forward evaluated into `value`
-// (contiguous, e's shape; a matmul's operand): its region's pass reads the
-// value there rather than recomputing its root op.
+// backward_into for a region whose value forward evaluated into `value`
+// (contiguous, e's shape; a matmul's operand): its pass reads the value there
+// rather than recomputing its root op.
 template <class G, class E, class V>
 void backward_into(G& g, const E& e, typename E::State& st, const V& d, const typename E::value_type* value) {
-  if constexpr (requires { requires E::value_in_state; }) {
-    (void)value;
-    backward_into(g, e, st, d);
-  } else {
-    const Shape s = e.shape();
-    g.run_region_valued(e, st, s, kernels::BufferSeed<typename E::value_type>{d.data, aligned_strides(s, contiguous_strides(s), s),
-                                                                              typename E::value_type(1)},
-                        value);
-  }
+  static_assert(!requires { requires E::value_in_state; },
+                "backward_into with a value: for regions (a node that keeps its value in its state takes d as its adjoint)");
+  const Shape s = e.shape();
+  g.run_region_valued(e, st, s, kernels::BufferSeed<typename E::value_type>{d.data, aligned_strides(s, contiguous_strides(s), s),
+                                                                            typename E::value_type(1)},
+                      value);
 }
 
 // Node e's value where it already lies in memory (a tensor, an input, a
