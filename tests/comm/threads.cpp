@@ -536,6 +536,17 @@ TEST_CASE("more runnable threads than CPUs mark the run contended; contended wai
     MESSAGE("this thread may run on one CPU only: a pinned waiter always spins, test skipped");
     return;
   }
+  // No spins, no yields (an oversubscribed world's policy): it sleeps from the first check on.
+  {
+    detail::Contention quiet;
+    detail::SpinPolicy none;
+    none.spins = 0, none.yields = 0, none.yield_ns = 0;
+    long checks = 0;
+    WaitStatus s = detail::wait_until(bell, none, quiet, Deadline(Clock::now() + 5ms), [&] { return ++checks < 0; },
+                                      [] { return WaitStatus::done; });
+    CHECK(s == WaitStatus::timed_out);
+    CHECK(checks < 20);
+  }
   // Contended: wait_until neither spins nor yields, it only re-checks around its sleeps.
   c.until_ns.store(detail::Contention::now_ns() + 10'000'000'000, std::memory_order_relaxed);
   long checks = 0;

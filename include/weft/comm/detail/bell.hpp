@@ -1,9 +1,10 @@
 // Spin-then-block waiting for the in-process transport: a waiter spins briefly
-// (microsecond latency when every rank has a core), then yields, then sleeps on
-// its rank's doorbell (a futex on Linux) until a peer rings it or a short
-// timeout passes, so deadlines and failures are always re-checked. While the
-// machine has lately had more runnable threads than CPUs (it is shared with
-// other work), waiters skip the spinning and yielding and sleep at once.
+// (microsecond latency when every rank has a core), then yields (for 2 ms when
+// every rank has a core), then sleeps on its rank's doorbell (a futex on
+// Linux) until a peer rings it or a short timeout passes, so deadlines and
+// failures are always re-checked. While the machine has lately had more
+// runnable threads than CPUs (it is shared with other work), waiters skip the
+// spinning and yielding and sleep at once.
 #pragma once
 
 #include <atomic>
@@ -69,9 +70,18 @@ struct alignas(64) Bell {
   }
 };
 
+// Why yield for as long as 2 ms: a sleeping waiter costs every message that
+// ends its wait two wake-ups, the sender's futex call and the sleeper's own
+// return to a core, and on this VM each took ~20-30 us (pipeline traces,
+// p = 2 thread ranks: a send to a sleeping stage took 20-30 us, to a
+// yielding one 1 us). Waits of a few hundred us to ~1 ms are the common
+// case there (a stage waits one F or B of its neighbour). A yield hands the
+// core to any task queued on it and the late-yield check below then sleeps,
+// so this costs only a core nobody else wanted.
 struct SpinPolicy {
   int spins = 2000;  // busy iterations before yielding (0 when ranks outnumber cores)
-  int yields = 64;   // sched_yield rounds before sleeping on the bell
+  int yields = 64;   // sched_yield rounds before sleeping on the bell, at least
+  std::int64_t yield_ns = 2'000'000;  // ... and yielding until this long into the wait (0 when ranks outnumber cores)
   int contended_yield_us = 50;  // a yield longer than this means another task ran: sleep at once
 };
 
@@ -149,11 +159,13 @@ WaitStatus wait_until(Bell& bell, const SpinPolicy& sp, Contention& contention, 
                       Stop&& stop) {
   if (ready()) return WaitStatus::done;
   const bool shared = contention.contended();
+  const auto yield_until = Clock::now() + std::chrono::nanoseconds(sp.yield_ns);
   for (int i = shared ? sp.spins : 0; i < sp.spins; ++i) {
     if (ready()) return WaitStatus::done;
     cpu_relax();
   }
-  for (int i = shared ? sp.yields : 0;; ++i) {
+  bool yielding = !shared;
+  for (int i = 0;; ++i) {
     if (ready()) return WaitStatus::done;
     if (WaitStatus s = stop(); s != WaitStatus::done) {
       // A peer's failure does not cancel what was already sent: messages
@@ -169,14 +181,17 @@ WaitStatus wait_until(Bell& bell, const SpinPolicy& sp, Contention& contention, 
     }
     auto now = Clock::now();
     if (now >= deadline) return ready() ? WaitStatus::done : WaitStatus::timed_out;
-    if (i < sp.yields) {
+    // (past the first yields, re-asked now and then: the machine may have
+    // become shared during a long wait)
+    if (yielding && i >= sp.yields && (now >= yield_until || (i % 64 == 0 && contention.contended()))) yielding = false;
+    if (yielding) {
       // A yield that comes back late gave the core to someone else: the
       // machine is shared (a build, another job), and every further yield
       // keeps this rank runnable beside the peer it waits for, taking half of
       // that peer's core. Sleep on the bell from now on instead.
       const auto before = Clock::now();
       std::this_thread::yield();
-      if (Clock::now() - before > std::chrono::microseconds(sp.contended_yield_us)) i = sp.yields;
+      if (Clock::now() - before > std::chrono::microseconds(sp.contended_yield_us)) yielding = false;
     } else {
       auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(deadline - now).count();
       bell.sleep(ready, left < 20'000'000 ? left : 20'000'000);

@@ -56,7 +56,10 @@ struct World {
       sent[i].store(0, std::memory_order_relaxed);
     }
     unsigned hc = std::thread::hardware_concurrency();
-    if (hc != 0 && static_cast<unsigned>(n) > hc) spin.spins = 0;  // oversubscribed: spinning steals the peer's core
+    if (hc != 0 && static_cast<unsigned>(n) > hc) {  // oversubscribed: spinning steals the peer's core
+      spin.spins = 0;
+      spin.yield_ns = 0;
+    }
   }
 
   void ring_all() {
