@@ -22,6 +22,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <thread>
 #include <vector>
 #include <weft/comm/run_local.hpp>
 #include <weft/nn/nn.hpp>
@@ -120,6 +121,12 @@ Result run(const pp::Schedule& sched, int steps, index_t hidden, index_t rows) {
   res.f.assign(S, 0), res.b.assign(S, 0), res.w.assign(S, 0);
   std::vector<std::size_t> peak_bytes(static_cast<std::size_t>(p));
   std::vector<int> peak_stash(static_cast<std::size_t>(p));
+  // Each rank pinned to its own CPU where there are enough (as mpirun binds
+  // ranks to cores): unpinned, the scheduler sometimes ran both ranks on one
+  // core for a while, and one run's bubble then differed from the next by
+  // ~20%. WEFT_PIPE_BIND=0: unpinned.
+  const char* bind_env = std::getenv("WEFT_PIPE_BIND");
+  const bool bind = !(bind_env && std::string(bind_env) == "0") && static_cast<unsigned>(p) <= std::thread::hardware_concurrency();
   comm::run_local(p, [&](comm::ThreadTransport t) {
     Model model(EntryBlock(hidden, 1), Block(hidden, 2), Block(hidden, 3), Block(hidden, 4), Block(hidden, 5), Block(hidden, 6),
                 Block(hidden, 7), HeadBlock(hidden, 8));
@@ -166,7 +173,7 @@ Result run(const pp::Schedule& sched, int steps, index_t hidden, index_t rows) {
         res.f[static_cast<std::size_t>(st)] = mean(0), res.b[static_cast<std::size_t>(st)] = mean(1), res.w[static_cast<std::size_t>(st)] = mean(2);
       }
     }
-  });
+  }, {.bind_cores = bind});
   res.peak_mib = static_cast<double>(*std::max_element(peak_bytes.begin(), peak_bytes.end())) / (1 << 20);
   res.peak_stashes = *std::max_element(peak_stash.begin(), peak_stash.end());
   res.sim_bubble = pp::simulate(sched, {res.f, res.b, res.w, 0}).bubble();

@@ -51,6 +51,49 @@ void check_param_grads(nn::Registry<double>& params, F&& loss, double tol = 1e-6
 
 }  // namespace
 
+// Materialised nodes' adjoint buffers are workspace memory the backward pass
+// does not zero where its contiguous pass stores every element once
+// (BoundBuffer's Fresh). A workspace whose memory still holds NaNs from an
+// earlier pass must give the same gradients as a new one: any element the
+// pass missed would carry a NaN into them.
+TEST_CASE("backward over a reused workspace: adjoint buffers left unzeroed are fully written") {
+  const index_t B = 6, I = 5, H = 8, C = 3;
+  nn::Linear<float> l1(I, H, 21), l2(H, H, 22), l3(H, C, 23);
+  Parameter<float> shift("shift", Shape{I}), shift2("shift2", Shape{H});
+  fill_normal(shift.value, 4, 0.1);
+  fill_normal(shift2.value, 6, 0.1);
+  Tensor<float> x({B, I});
+  fill_normal(x, 5);
+  nn::Registry<float> reg;
+  reg.add("l1", l1).add("l2", l2).add("l3", l3);
+  reg.add(shift, "shift").add(shift2, "shift2");
+  // contiguous regions (tanh over an affine), regions with a broadcast read
+  // (x + shift; an affine's value + shift2: a materialised node's adjoint
+  // through the accumulating pass), a sum at the root
+  auto loss = [&](const Tensor<float>& in) { return sum(l3(tanh(l2(tanh(l1(in + shift))) + shift2)) * 0.5f); };
+  std::vector<std::vector<float>> ref;
+  {
+    Workspace<> fresh;
+    reg.zero_grad();
+    backward(loss(x), fresh);
+    for (Parameter<float>* p : reg) ref.emplace_back(p->grad.data(), p->grad.data() + p->numel());
+  }
+  Tensor<float> poison({B, I});
+  for (index_t i = 0; i < poison.numel(); ++i) poison.data()[i] = std::nanf("");
+  Workspace<> ws;
+  for (int round = 0; round < 3; ++round) {
+    reg.zero_grad();
+    backward(loss(poison), ws);  // every buffer of this pass holds NaNs afterwards
+    reg.zero_grad();
+    backward(loss(x), ws);
+    std::size_t k = 0;
+    for (Parameter<float>* p : reg) {
+      for (index_t i = 0; i < p->numel(); ++i) REQUIRE(p->grad.data()[i] == ref[k][static_cast<std::size_t>(i)]);
+      ++k;
+    }
+  }
+}
+
 TEST_CASE("registry names parameters and refuses duplicates") {
   nn::Linear<float> l1(4, 3), l2(3, 2);
   nn::Registry<float> reg;

@@ -126,6 +126,13 @@ struct GradContext {
         }
     check_no_overlap(b, active_k);
     const bool linear = kernels::linear_ok(b, shape) && seed.linear(shape);
+    // Materialised nodes' new adjoint buffers: stored once per element on the
+    // host's contiguous pass; zeroed here for every other pass (broadcast
+    // reads, strided ones, a device's kernels), which accumulate.
+    if (!(linear && std::is_same_v<Device, weft::cpu>))
+      b.adjoints([&]<class U>(U*& adj, Strides&, const Shape& own, bool fresh) {
+        if (fresh) kernels::fill(exec(), TensorView<U, Device>(adj, own), U(0));
+      });
     const bool assign = linear && !any_written;
     if constexpr (K > 0)
       for (std::size_t k = 0; k < K; ++k)

@@ -146,8 +146,10 @@ auto bind_materialised(const T* val, TensorView<T, D>& adj, const Shape& s, cons
   const Strides c = contiguous_strides(s);
   const Strides al = aligned_strides(s, c, out);
   if constexpr (G::active) {
-    adj = kernels::zeros<T>(g.exec(), s);
-    return BoundBuffer<T, true>{val, adj.data, al, s, c};
+    // Unwritten: the backward pass either stores every element once or
+    // zeroes it first (BoundBuffer's Fresh).
+    adj = kernels::alloc<T>(g.exec(), s);
+    return BoundBuffer<T, true, true>{val, adj.data, al, s, c};
   } else {
     return BoundBuffer<T, false>{val, nullptr, al, s, c};
   }

@@ -176,7 +176,13 @@ struct BoundArg {
 // a buffer of the same shape (a workspace buffer, or the parameter's gradient;
 // then `param` names the parameter for the backward pass's bookkeeping),
 // through ast: st unless a kernel redirected it (adjoints()).
-template <class T, bool Grad>
+// Fresh: adj is a node's own new adjoint buffer, unwritten (expr/node.hpp's
+// bind_materialised). On the host's contiguous pass (slot accumulator
+// HostLinearAcc), where each element of it gets exactly one store, the store
+// is the adjoint itself, with no pass zeroing the buffer first; every other
+// pass accumulates, and the backward pass zeroes such buffers before it
+// (GradContext::region_bound, through adjoints(f) with a four-argument f).
+template <class T, bool Grad, bool Fresh = false>
 struct BoundBuffer {
   using value_type = T;
   const T* p;
@@ -196,7 +202,12 @@ struct BoundBuffer {
   }
   template <class Ix, class S>
   WEFT_HD WEFT_INLINE void bwd(const Ix& ix, const Tape&, value_type g, S&) const {
-    if constexpr (Grad) adj[offset(ix, ast)] += g;
+    if constexpr (Grad) {
+      if constexpr (Fresh && requires { requires S::host_linear; })
+        adj[offset(ix, ast)] = g;
+      else
+        adj[offset(ix, ast)] += g;
+    }
   }
   template <class F>
   void visit(F&& f) const {
@@ -204,7 +215,12 @@ struct BoundBuffer {
   }
   template <class F>
   void adjoints(F&& f) {
-    if constexpr (Grad) f(adj, ast, shape);
+    if constexpr (Grad) {
+      if constexpr (std::is_invocable_v<F&, T*&, Strides&, const Shape&, bool>)
+        f(adj, ast, shape, Fresh);
+      else
+        f(adj, ast, shape);
+    }
   }
 };
 
@@ -302,6 +318,12 @@ struct SlotAcc {
   WEFT_HD WEFT_INLINE void add(const Ix&, const Strides&, T g) {
     v[I] += g;
   }
+};
+// The host's contiguous pass: every buffer element gets one store (see
+// BoundBuffer's Fresh).
+template <class T, std::size_t K>
+struct HostLinearAcc : SlotAcc<T, K> {
+  static constexpr bool host_linear = true;
 };
 
 // Adjoints written straight to memory through each occurrence's own strides

@@ -208,7 +208,7 @@ template <class E, std::size_t K, bool Assign, class B, class Seed, class T>
 WEFT_INLINE T backward_one(const B& b, const Seed& seed, const SlotMem<T, K>& g, index_t i) {
   typename B::Tape t;
   b.fwd(i, t);
-  SlotAcc<T, K> acc;
+  HostLinearAcc<T, K> acc;
   for (std::size_t k = 0; k < (K > 0 ? K : 1); ++k) acc.v[k] = T(0);
   b.bwd(i, t, seed(i, t.v), acc);
   [&]<std::size_t... k>(std::index_sequence<k...>) __attribute__((always_inline)) {
