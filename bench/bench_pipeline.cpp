@@ -17,6 +17,8 @@
 // a receive's end minus its send's start is the delivery latency.
 // WEFT_PIPE_COPY=1: messages carry copies of the payload (PipelineOptions::
 // zero_copy off; by default thread ranks read the sender's buffer in place).
+// WEFT_PIPE_BIND=0: ranks unpinned (by default each has its own core where
+// p <= cores).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>

@@ -5,7 +5,8 @@
 # chunks the bubble time is divided by v: (p-1)/(v m + p - 1)) and next to the bubble simulate() gives from the measured
 # per-stage F, B and W times (one core per rank: p = 4 oversubscribes a
 # 2-core machine, so its measured bubble mostly counts waiting for a core),
-# peak activation memory and samples/s. Ends with:
+# peak activation memory and samples/s. Ranks are pinned one per core where
+# p <= cores (bench_pipeline; WEFT_PIPE_BIND=0 unpins). Ends with:
 #   zero_bubble_vs_1f1b_bubble: R        (ZB-H1's measured bubble / 1F1B's, p = 2, m = 8; target <= 0.5)
 #   pipeline_bubble_vs_formula_1f1b: R2  (1F1B's measured bubble / (p-1)/(m+p-1), p = 2, m = 8; target 0.9-1.2)
 #   STEPS=30 REPEATS=5 bench/compare_pipeline.sh  (each configuration REPEATS times, interleaved;
