@@ -72,9 +72,9 @@ struct alignas(64) Bell {
 
 // Why yield for as long as 2 ms: a sleeping waiter costs every message that
 // ends its wait two wake-ups, the sender's futex call and the sleeper's own
-// return to a core, and on this VM each took ~20-30 us (pipeline traces,
-// p = 2 thread ranks: a send to a sleeping stage took 20-30 us, to a
-// yielding one 1 us). Waits of a few hundred us to ~1 ms are the common
+// return to a core, and on a 2-vCPU VM each took ~20-30 us (pipeline
+// traces, p = 2 thread ranks: a send to a sleeping stage took 20-30 us, to
+// a yielding one 1 us). Waits of a few hundred us to ~1 ms are the common
 // case there (a stage waits one F or B of its neighbour). A yield hands the
 // core to any task queued on it and the late-yield check below then sleeps,
 // so this costs only a core nobody else wanted.
