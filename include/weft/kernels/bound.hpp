@@ -10,7 +10,9 @@
 //   visit(f)                       (host) calls f(LeafInfo) for every leaf
 //   adjoints(f)                    (host) calls f(adj, adj_strides, shape) for every
 //                                  leaf that adds its adjoint to a buffer, which f may
-//                                  redirect (kernels/cpu/loops.hpp: broadcast leaves)
+//                                  redirect (kernels/cpu/loops.hpp: broadcast leaves);
+//                                  an f that takes a fourth argument also gets whether
+//                                  the buffer is unwritten (BoundBuffer's Fresh)
 // ix is a linear index (contiguous fast path) or an Index4 (padded 4-D index,
 // general strided/broadcast path). Tapes are filled in place, never copied
 // whole, so the compiler keeps every field in a register.
@@ -19,6 +21,7 @@
 #include <array>
 #include <cstddef>
 #include <limits>
+#include <type_traits>
 #include <utility>
 
 #include "../core/config.hpp"
