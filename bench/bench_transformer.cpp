@@ -3,16 +3,29 @@
 //   bench_transformer [steps = 20]   time `steps` steps, print the median
 //   bench_transformer --serve        answer "steps K" lines on stdin with
 //                                    "ms t1 .. tK loss" (transformer_peers.py
-//                                    interleaves it with its peers); "quit" ends
+//                                    interleaves it with its peers); "quit" ends;
+//                                    "roofline" answers "roofline FLOPS MEDIAN BEST"
+//   bench_transformer --roofline     print the roofline lines alone
+// The roofline: FLOPS, the matrix products one step needs at the least
+// (forward and backward, causal attention counted over its lower triangle,
+// no recomputation), and one core's fused multiply-add rate measured here
+// (12 independent chains of vector FMAs, the widest the build targets), the
+// median and the best of 9 runs. FLOPS / BEST is the step's time if every
+// product ran at the best FMA rate and nothing else took any time: no
+// implementation on this core is faster.
 // Model and initial values: see bench/transformer_peers.py (the same formula).
 #include <algorithm>
 #include <chrono>
+#if defined(__AVX512F__) || defined(__FMA__)
+#include <immintrin.h>
+#endif
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
 #include <string>
+#include <utility>
 #include <vector>
 #include <weft/nn/nn.hpp>
 #include <weft/nn/transformer.hpp>
@@ -49,11 +62,84 @@ void init_like_peers(nn::Registry<float>& reg) {
   }
 }
 
+// Matrix-product FLOPs of one step, the least any implementation needs:
+// per block, four (N x C) by (C x k) products forward (qkv 3C, proj C, fc1 4C,
+// fc2 from 4C back to C: 12 N C^2 multiply-adds), twice that backward (the
+// input's and the weight's gradients), and attention's six T x T x D products
+// (QK^T and PV forward; dV, dP, dQ, dK backward) over the causal triangle.
+double step_flops(int blocks) {
+  const double n = double(B) * double(T), c = double(C), d = double(C / H);
+  const double dense = 3 * 2 * n * 12 * c * c;
+  const double attention = 6 * 2 * double(B) * double(H) * d * (double(T) * double(T + 1) / 2);
+  return blocks * (dense + attention);
+}
+
+// One core's fused multiply-add rate in FLOP/s over 9 runs of ~10 ms:
+// {median, best}. The best is the highest rate seen (turbo included), so the
+// floor it gives is the lowest.
+std::pair<double, double> fma_peak() {
+#if defined(__AVX512F__)
+  using V = __m512;
+  constexpr int lanes = 16;
+  auto fma = [](V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); };
+  auto set = [](float x) { return _mm512_set1_ps(x); };
+  auto sum = [](V v) {
+    float o[16];
+    _mm512_storeu_ps(o, v);
+    float t = 0;
+    for (float x : o) t += x;
+    return t;
+  };
+#elif defined(__FMA__)
+  using V = __m256;
+  constexpr int lanes = 8;
+  auto fma = [](V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); };
+  auto set = [](float x) { return _mm256_set1_ps(x); };
+  auto sum = [](V v) {
+    float o[8];
+    _mm256_storeu_ps(o, v);
+    return o[0] + o[1] + o[2] + o[3] + o[4] + o[5] + o[6] + o[7];
+  };
+#else
+  using V = float;
+  constexpr int lanes = 1;
+  auto fma = [](V a, V b, V c) { return a * b + c; };
+  auto set = [](float x) { return x; };
+  auto sum = [](V v) { return v; };
+#endif
+  constexpr int chains = 12;
+  constexpr long iters = 1 << 22;
+  std::vector<double> rates;
+  volatile float sink = 0;
+  for (int run = 0; run < 9; ++run) {
+    V acc[chains];
+    for (int i = 0; i < chains; ++i) acc[i] = set(float(i));
+    const V mul = set(sink + 0.999999f), add = set(sink + 1e-7f);
+    const auto t0 = std::chrono::steady_clock::now();
+    for (long k = 0; k < iters; ++k)
+      for (int i = 0; i < chains; ++i) acc[i] = fma(acc[i], mul, add);
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    float total = 0;
+    for (int i = 0; i < chains; ++i) total += sum(acc[i]);
+    sink = total;
+    rates.push_back(2.0 * lanes * chains * double(iters) / s);
+  }
+  std::sort(rates.begin(), rates.end());
+  return {rates[rates.size() / 2], rates.back()};
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   openblas_set_num_threads(1);
   const bool serve = argc > 1 && std::strcmp(argv[1], "--serve") == 0;
+  if (argc > 1 && std::strcmp(argv[1], "--roofline") == 0) {
+    const double f = step_flops(2);
+    const auto [median, best] = fma_peak();
+    std::printf("step_matmul_gflop: %.3f\ncore_fma_gflops: %.1f median, %.1f best\nstep_floor_ms: %.2f\n", f / 1e9,
+                median / 1e9, best / 1e9, 1e3 * f / best);
+    return 0;
+  }
   const int steps = !serve && argc > 1 ? std::atoi(argv[1]) : 20;
 
   const nn::BlockConfig cfg{.dim = C, .heads = H, .mlp = 4 * C, .causal = true};
@@ -82,6 +168,12 @@ int main(int argc, char** argv) {
     int k = 0;
     while (std::cin >> cmd) {
       if (cmd == "quit") break;
+      if (cmd == "roofline") {
+        const auto [median, best] = fma_peak();
+        std::printf("roofline %.9g %.9g %.9g\n", step_flops(2), median, best);
+        std::fflush(stdout);
+        continue;
+      }
       if (cmd != "steps" || !(std::cin >> k) || k <= 0) {
         std::fprintf(stderr, "bench_transformer --serve: expected 'steps K' or 'quit', got '%s'\n", cmd.c_str());
         return 2;

@@ -202,11 +202,23 @@ def main():
         ts.sort()
         med[name] = ts[len(ts) // 2]
         print(f"{name}_step_ms: {med[name]:.3f} (min {ts[0]:.3f}, {len(ts)} steps)")
+    # The roofline (bench_transformer.cpp): the step's matrix-product FLOPs at
+    # the best FMA rate measured on this core, with nothing else taking time.
+    _, flops, fma_median, fma_best = weft.ask("roofline")
+    flops, fma_median, fma_best = float(flops), float(fma_median), float(fma_best)
+    floor = 1e3 * flops / fma_best
     weft.ask("quit")
+    print(f"roofline: {flops / 1e9:.3f} GFLOP of matrix products per step; one core's FMA rate {fma_median / 1e9:.1f} "
+          f"GFLOP/s median, {fma_best / 1e9:.1f} best; floor {floor:.2f} ms (every product at the best rate, nothing else)")
+    for name in med:
+        print(f"{name}_products_gflops: {flops / med[name] / 1e6:.1f} ({100 * floor / med[name]:.0f}% of the best FMA rate)")
     if "torch_eager" in med:
+        print(f"transformer_step_vs_torch_eager_ceiling: {med['torch_eager'] / floor:.2f} "
+              "(the highest transformer_step_vs_torch_eager any implementation could reach on this core)")
         print(f"transformer_step_vs_torch_eager: {med['torch_eager'] / med['weft']:.2f}")
     peers = [med[n] for n in med if n != "weft"]
     if peers:
+        print(f"transformer_step_vs_best_peer_ceiling: {min(peers) / floor:.2f}")
         print(f"transformer_step_vs_best_peer: {min(peers) / med['weft']:.2f}")
 
 
