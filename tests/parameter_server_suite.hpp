@@ -30,8 +30,11 @@ using dp_suite::Model;
 // BSP training of dp_suite's model: each worker takes its share of the
 // global batch (dp_suite::rows), the servers run Adam (or SGD with momentum)
 // on the mean gradient. Returns the final parameters on worker ranks (empty on servers).
+// pipelined: each step's pushes and clock are sent without waiting
+// (push_async, clock_async); the next step's pull comes back after them and
+// the handle is waited for before the gradients are overwritten.
 template <class Transport>
-std::vector<float> bsp_train(Transport& t, const Data& data, int n_servers, bool adam) {
+std::vector<float> bsp_train(Transport& t, const Data& data, int n_servers, bool adam, bool pipelined = false) {
   Model m;
   auto [keys, init] = parallel::ParameterServer<parallel::BSP, Transport>::keys_of(m.reg);
   ps::Options o;
@@ -46,15 +49,23 @@ std::vector<float> bsp_train(Transport& t, const Data& data, int n_servers, bool
   }
   const int w = server.roles().worker_index(t.rank()), W = static_cast<int>(server.roles().workers.size());
   Workspace<> ws;
+  typename parallel::ParameterServer<parallel::BSP, Transport>::Handle sent;
   for (int s = 0; s < kSteps; ++s) {
     server.pull(m.reg);
+    sent.wait();
     m.reg.zero_grad();
     auto [lo, hi] = dp_suite::rows(s, w, W);
     backward(m.loss(data.x.slice(lo, hi), data.y.slice(lo, hi)), ws);
-    server.push(m.reg);
-    server.clock();
+    if (pipelined) {
+      sent = server.push_async(m.reg);
+      sent += server.clock_async();
+    } else {
+      server.push(m.reg);
+      server.clock();
+    }
   }
   server.pull(m.reg);
+  sent.wait();
   server.leave();
   return m.values();
 }

@@ -85,7 +85,47 @@ TEST_CASE("BSP on 1 server x 2 workers and 2 servers x 4 workers equals DataPara
     const auto sgd_ref = dp_suite::shards_in_rank_order_sgd(data, workers);
     got = per_rank(servers + workers, [&](ThreadTransport& t) { return bsp_train(t, data, servers, false); });
     for (int r = servers; r < servers + workers; ++r) dp_suite::check_close(got[static_cast<std::size_t>(r)], sgd_ref);
+    // the same with each step's pushes and clock sent without waiting (push_async, clock_async)
+    got = per_rank(servers + workers, [&](ThreadTransport& t) { return bsp_train(t, data, servers, true, true); });
+    for (int r = servers; r < servers + workers; ++r) dp_suite::check_close(got[static_cast<std::size_t>(r)], ref);
   }
+}
+
+TEST_CASE("Handle += joins requests of one instance and refuses another instance's") {
+  comm::run_local(2, [&](ThreadTransport& t) {
+    using PS = parallel::ParameterServer<parallel::ASP, ThreadTransport>;
+    PS a(t, ps::Roles::count(1, 2), {{"x", 8, 1, false}}, {}, {.update = nn::SGDOptions{.lr = 1.0f}});
+    if (a.is_server()) return a.serve();
+    std::vector<float> g(8, 1.0f), v(8, 0.0f);
+    PS::Handle h = a.push(0, g);
+    h += a.push(0, g);
+    h += PS::Handle{};  // an empty handle joins as nothing
+    h.wait();
+    a.pull(0, v).wait();
+    CHECK(v[0] == -2.0f);  // both pushes applied: 0 - 1 - 1
+    a.leave();
+  });
+  // two instances live at once on one transport (constructed in the same order on every rank)
+  comm::run_local(2, [&](ThreadTransport& t) {
+    using PS = parallel::ParameterServer<parallel::ASP, ThreadTransport>;
+    PS a(t, ps::Roles::count(1, 2), {{"x", 8, 1, false}}, {}, {.update = nn::SGDOptions{.lr = 1.0f}});
+    PS b(t, ps::Roles::count(1, 2), {{"y", 8, 1, false}}, {}, {.update = nn::SGDOptions{.lr = 1.0f}});
+    if (a.is_server()) {
+      a.start();
+      b.start();
+      a.finish();
+      b.finish();
+      return;
+    }
+    std::vector<float> g(8, 1.0f);
+    PS::Handle h = a.push(0, g);
+    PS::Handle k = b.push(0, g);
+    CHECK_THROWS_WITH_AS(h += std::move(k), doctest::Contains("different ParameterServer instances"), ValueError);
+    h.wait();
+    k.wait();
+    a.leave();
+    b.leave();
+  });
 }
 
 TEST_CASE("instances on one transport: in sequence, and two live at once, each serving only its own requests") {

@@ -226,20 +226,26 @@ void train_ps(Transport& t, const io::Dataset& train, const io::Dataset& test, c
   Workspace<> ws;
   Progress pr(o, test);
   long step = 0;
+  // The step's pushes and clock go out without waiting for their answers; the
+  // next pull's answer comes after them, and `sent` is waited for before the
+  // gradients are overwritten.
+  typename parallel::ParameterServer<C, Transport>::Handle sent;
   for (int epoch = 0; epoch < o.epochs; ++epoch) {
     auto idx = sampler.indices(static_cast<std::uint64_t>(epoch));
     for (long s = 0; s < per_epoch; ++s, ++step) {
       server.pull(m.reg);
+      sent.wait();
       if (w == 0) pr.snapshot(m, step);
       const auto c0 = Clock::now();
       io::gather_batch(train, idx, s * o.batch, xb, yb);
       m.reg.zero_grad();
       backward(cross_entropy(m(xb), yb), ws);
       pr.straggle(w, W, step, Clock::now() - c0);
-      server.push(m.reg);
-      server.clock();
+      sent = server.push_async(m.reg);
+      sent += server.clock_async();
     }
   }
+  sent.wait();
   server.pull(m.reg, true);  // once every worker has finished its steps (ASP/SSP: the slow one too)
   const double secs = pr.elapsed(), cpu = pr.cpu_seconds();
   server.leave();

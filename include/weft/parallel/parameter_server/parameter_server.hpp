@@ -472,6 +472,18 @@ class ParameterServer {
     }
     Handle(const Handle&) = delete;
     Handle& operator=(const Handle&) = delete;
+    // Takes over o's requests (of the same ParameterServer): wait() then waits for both.
+    Handle& operator+=(Handle&& o) {
+      if (!o.ps_) return *this;
+      if (!ps_) return *this = std::move(o);
+      if (o.ps_ != ps_)
+        throw_error<ValueError>("ParameterServer::Handle += on worker rank ", ps_->rank(),
+                                ": the two handles belong to different ParameterServer instances");
+      slots_.insert(slots_.end(), o.slots_.begin(), o.slots_.end());
+      o.slots_.clear();
+      o.ps_ = nullptr;
+      return *this;
+    }
     // Waits for every server's answer; rethrows the first error (naming the server).
     void wait() {
       if (!ps_) return;
@@ -591,19 +603,24 @@ class ParameterServer {
     return h;
   }
 
-  // Registry helpers (dense keys named as the registry's parameters, in order).
-  void push(const nn::Registry<float>& reg) {
-    std::vector<Handle> hs;
+  // Registry helpers (dense keys named as the registry's parameters, in
+  // order). The _async forms return one handle for every parameter's
+  // requests: the gradients must stay unchanged (push) and the values
+  // unread (pull) until its wait().
+  [[nodiscard]] Handle push_async(const nn::Registry<float>& reg) {
+    Handle all;
     for (const Parameter<float>* p : reg)
-      hs.push_back(push(key(p->name), std::span<const float>(p->grad.data(), static_cast<std::size_t>(p->numel()))));
-    wait_all(hs);
+      all += push(key(p->name), std::span<const float>(p->grad.data(), static_cast<std::size_t>(p->numel())));
+    return all;
   }
-  void pull(nn::Registry<float>& reg, bool synced = false) {
-    std::vector<Handle> hs;
+  [[nodiscard]] Handle pull_async(nn::Registry<float>& reg, bool synced = false) {
+    Handle all;
     for (Parameter<float>* p : reg)
-      hs.push_back(pull(key(p->name), std::span<float>(p->value.data(), static_cast<std::size_t>(p->numel())), synced));
-    wait_all(hs);
+      all += pull(key(p->name), std::span<float>(p->value.data(), static_cast<std::size_t>(p->numel())), synced);
+    return all;
   }
+  void push(const nn::Registry<float>& reg) { push_async(reg).wait(); }
+  void pull(nn::Registry<float>& reg, bool synced = false) { pull_async(reg, synced).wait(); }
   static void wait_all(std::vector<Handle>& hs) {
     std::string first;
     for (Handle& h : hs) {
@@ -618,13 +635,16 @@ class ParameterServer {
 
   // Ends this worker's step: its clock advances on every server (after the
   // step's pushes, which the servers see first: one sender's headers stay in order).
-  void clock() {
+  // clock_async: the same without waiting for the servers' answers (the
+  // answer to a later request comes after them; the handle reports errors).
+  void clock() { clock_async().wait(); }
+  [[nodiscard]] Handle clock_async() {
     require_worker("clock");
     ++worker_->clock;
     Handle h = begin_handle();
     for (int s = 0; s < placement_.servers(); ++s)
       h.slots_.push_back(tagged(issue(s, Kind::clock, 0, 0, 0, nullptr, 0, nullptr, 0)));
-    h.wait();
+    return h;
   }
   std::int64_t worker_clock() const {
     require_worker("worker_clock");
