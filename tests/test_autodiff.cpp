@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -351,6 +352,44 @@ TEST_CASE("steady-state value_and_grad allocates nothing in its workspace") {
   std::size_t n = ws.allocations();
   for (int i = 0; i < 5; ++i) value_and_grad_into(f, ws, gv, hook, w);
   CHECK(ws.allocations() == n);
+}
+
+TEST_CASE("eval through a workspace starts it afresh: an evaluation loop, alone or between backward passes, stops growing it") {
+  // Every eval(e, ws) used to bump-allocate past the last one's space (only
+  // backward reset the arena), so a test-set loop grew the workspace by its
+  // intermediates on every batch.
+  Tensor<float> in = randn<float>({64, 32}, 28), w = randn<float>({32, 16}, 29), w2 = randn<float>({16, 8}, 30);
+  Tensor<std::int32_t> lab({64});
+  for (index_t i = 0; i < 64; ++i) lab.data()[i] = static_cast<std::int32_t>(i % 8);
+  auto model = [&] { return matmul(tanh(matmul(in, w)), w2); };  // two materialised products
+  const Tensor<float> ref = eval(model());  // its own workspace
+  Workspace<> ws;
+  for (int warm = 0; warm < 2; ++warm) (void)eval(model(), ws);
+  std::size_t n = ws.allocations(), cap = ws.capacity();
+  for (int i = 0; i < 10; ++i) {
+    Tensor<float> out = eval(model(), ws);
+    for (index_t k = 0; k < out.numel(); ++k) REQUIRE(out.data()[k] == ref.data()[k]);
+  }
+  CHECK(ws.allocations() == n);
+  CHECK(ws.capacity() == cap);
+  // training steps and evaluations taking turns on one workspace
+  Parameter<float> p("w", w.shape());
+  std::memcpy(p.value.data(), w.data(), sizeof(float) * static_cast<std::size_t>(w.numel()));
+  for (int warm = 0; warm < 2; ++warm) {
+    p.grad.fill(0.0f);
+    (void)backward(cross_entropy(matmul(tanh(matmul(in, p)), w2), lab), ws).item();
+    (void)eval(model(), ws);
+  }
+  n = ws.allocations();
+  cap = ws.capacity();
+  for (int i = 0; i < 10; ++i) {
+    p.grad.fill(0.0f);
+    (void)backward(cross_entropy(matmul(tanh(matmul(in, p)), w2), lab), ws).item();
+    Tensor<float> out = eval(model(), ws);
+    REQUIRE(out.data()[0] == ref.data()[0]);
+  }
+  CHECK(ws.allocations() == n);
+  CHECK(ws.capacity() == cap);
 }
 
 namespace {

@@ -74,9 +74,15 @@ void assign(TensorView<T, Device> dst, const E& e, const X& ex) {
   kernels::evaluate(ex, b, dst);
 }
 
-// dst = e, with `ws` holding materialised intermediates (no allocation once warm).
+// dst = e, with `ws` holding materialised intermediates (no allocation once
+// warm). The evaluation starts the workspace afresh (reset(), as backward
+// does): what an earlier evaluation left in it, such as the loss view that
+// backward returns, is overwritten. Without the reset every call took new
+// space, so an evaluation loop grew the workspace by its intermediates each
+// time (examples/05_vit's test pass reached 6 GB).
 template <class T, class Device, Expression E>
 void assign(TensorView<T, Device> dst, const E& e, Workspace<Device>& ws) {
+  ws.reset();
   assign(dst, e, Exec<Device>(ws));
 }
 
