@@ -226,8 +226,8 @@ void train_ps(Transport& t, const io::Dataset& train, const io::Dataset& test, c
   Workspace<> ws;
   Progress pr(o, test);
   long step = 0;
-  // The step's pushes and clock go out without waiting for their answers; the
-  // next pull's answer comes after them, and `sent` is waited for before the
+  // The step's pushes and clock go out without waiting for their answers (the
+  // servers handle them before the next pull); `sent` is waited for before the
   // gradients are overwritten.
   typename parallel::ParameterServer<C, Transport>::Handle sent;
   for (int epoch = 0; epoch < o.epochs; ++epoch) {

@@ -635,8 +635,8 @@ class ParameterServer {
 
   // Ends this worker's step: its clock advances on every server (after the
   // step's pushes, which the servers see first: one sender's headers stay in order).
-  // clock_async: the same without waiting for the servers' answers (the
-  // answer to a later request comes after them; the handle reports errors).
+  // clock_async: the same without waiting for the servers' answers (a server
+  // handles it before any later request of this worker; the handle reports errors).
   void clock() { clock_async().wait(); }
   [[nodiscard]] Handle clock_async() {
     require_worker("clock");
