@@ -83,30 +83,27 @@ std::pair<double, double> fma_peak() {
   constexpr int lanes = 16;
   auto fma = [](V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); };
   auto set = [](float x) { return _mm512_set1_ps(x); };
-  auto sum = [](V v) {
-    float o[16];
-    _mm512_storeu_ps(o, v);
-    float t = 0;
-    for (float x : o) t += x;
-    return t;
-  };
+  auto store = [](float* o, V v) { _mm512_storeu_ps(o, v); };
 #elif defined(__FMA__)
   using V = __m256;
   constexpr int lanes = 8;
   auto fma = [](V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); };
   auto set = [](float x) { return _mm256_set1_ps(x); };
-  auto sum = [](V v) {
-    float o[8];
-    _mm256_storeu_ps(o, v);
-    return o[0] + o[1] + o[2] + o[3] + o[4] + o[5] + o[6] + o[7];
-  };
+  auto store = [](float* o, V v) { _mm256_storeu_ps(o, v); };
 #else
   using V = float;
   constexpr int lanes = 1;
   auto fma = [](V a, V b, V c) { return a * b + c; };
   auto set = [](float x) { return x; };
-  auto sum = [](V v) { return v; };
+  auto store = [](float* o, V v) { *o = v; };
 #endif
+  auto sum = [&](V v) {
+    float o[lanes];
+    store(o, v);
+    float t = 0;
+    for (float x : o) t += x;
+    return t;
+  };
   constexpr int chains = 12;
   constexpr long iters = 1 << 22;
   std::vector<double> rates;
