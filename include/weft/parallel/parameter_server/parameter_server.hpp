@@ -621,17 +621,6 @@ class ParameterServer {
   }
   void push(const nn::Registry<float>& reg) { push_async(reg).wait(); }
   void pull(nn::Registry<float>& reg, bool synced = false) { pull_async(reg, synced).wait(); }
-  static void wait_all(std::vector<Handle>& hs) {
-    std::string first;
-    for (Handle& h : hs) {
-      try {
-        h.wait();
-      } catch (const std::exception& e) {
-        if (first.empty()) first = e.what();
-      }
-    }
-    if (!first.empty()) throw PsError(first);
-  }
 
   // Ends this worker's step: its clock advances on every server (after the
   // step's pushes, which the servers see first: one sender's headers stay in order).
